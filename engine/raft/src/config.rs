@@ -1,0 +1,163 @@
+//! Settings of one Raft node, with the relations between them checked by
+//! [`Config::validate`].
+
+use crate::types::{Membership, NodeId};
+
+/// Settings of one replica. Time is counted in ticks: the runtime calls
+/// `RaftNode::tick` at a fixed interval of its choosing.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's id; it must be a member of `membership`.
+    pub id: NodeId,
+    /// The group's members when the node starts.
+    pub membership: Membership,
+    /// Lower bound of the randomized election timeout, in ticks. Also the length of a
+    /// leader's lease and of the check-quorum interval.
+    pub election_timeout_ticks_min: u32,
+    /// Upper bound (exclusive) of the randomized election timeout, in ticks.
+    pub election_timeout_ticks_max: u32,
+    /// Ticks between heartbeats from the leader.
+    pub heartbeat_interval_ticks: u32,
+    /// Run a pre-vote round before each election, so that a node that was cut off cannot
+    /// raise the group's term when it comes back.
+    pub pre_vote: bool,
+    /// Make a leader step down when it has not heard from a quorum within
+    /// `election_timeout_ticks_min`, and make voters reject candidates while they still
+    /// hear from a leader.
+    pub check_quorum: bool,
+    /// Most entries in one `AppendEntries`.
+    pub max_entries_per_message: usize,
+    /// Most payload bytes in one `AppendEntries`; a single larger entry is still sent alone.
+    pub max_bytes_per_message: u64,
+    /// Most `AppendEntries` in flight to one follower before the leader waits for acks.
+    pub max_inflight_messages: usize,
+    /// Most entry bytes in flight to one follower before the leader waits for acks.
+    pub max_inflight_bytes: u64,
+    /// Most bytes of entries the leader holds uncommitted before it rejects proposals.
+    pub max_uncommitted_bytes: u64,
+    /// Most ReadIndex requests queued at the leader before it rejects new ones.
+    pub max_pending_reads: usize,
+    /// Most entries handed out for applying in one `Ready`.
+    pub max_committed_entries_per_ready: usize,
+    /// Seed of the generator that randomizes election timeouts. Give each replica its own.
+    pub random_seed: u64,
+}
+
+impl Config {
+    /// Settings with conservative defaults for a group with the given members: a 10 to 20
+    /// tick election timeout and a heartbeat every 2 ticks.
+    pub fn new(id: NodeId, membership: Membership) -> Config {
+        Config {
+            id,
+            membership,
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
+            heartbeat_interval_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_message: 512,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+            max_inflight_bytes: 16 << 20,
+            max_uncommitted_bytes: 64 << 20,
+            max_pending_reads: 65_536,
+            max_committed_entries_per_ready: 4096,
+            random_seed: id.0,
+        }
+    }
+
+    /// Checks each setting's range and the relations between them.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first setting found out of range, with the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.0 == 0 {
+            return Err(ConfigError::InvalidNodeId);
+        }
+        if self.membership.voters.contains(&self.id) && self.membership.learners.contains(&self.id)
+        {
+            return Err(ConfigError::VoterAndLearner { id: self.id.0 });
+        }
+        if !self.membership.contains(self.id) {
+            return Err(ConfigError::NotAMember { id: self.id.0 });
+        }
+        if self.membership.voters.iter().any(|voter| voter.0 == 0) {
+            return Err(ConfigError::InvalidNodeId);
+        }
+        if self.heartbeat_interval_ticks == 0 {
+            return Err(ConfigError::OutOfRange {
+                name: "heartbeat_interval_ticks",
+                value: 0,
+                allowed: "at least 1",
+            });
+        }
+        // Three heartbeats per election timeout, so that one or two lost heartbeats do not
+        // start an election.
+        if u64::from(self.election_timeout_ticks_min) < 3 * u64::from(self.heartbeat_interval_ticks)
+        {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+                election_timeout_ticks_min: self.election_timeout_ticks_min,
+            });
+        }
+        if self.election_timeout_ticks_max <= self.election_timeout_ticks_min {
+            return Err(ConfigError::OutOfRange {
+                name: "election_timeout_ticks_max",
+                value: u64::from(self.election_timeout_ticks_max),
+                allowed: "greater than election_timeout_ticks_min",
+            });
+        }
+        let positive_limits = [
+            (
+                "max_entries_per_message",
+                self.max_entries_per_message as u64,
+            ),
+            ("max_bytes_per_message", self.max_bytes_per_message),
+            ("max_inflight_messages", self.max_inflight_messages as u64),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
+            ("max_pending_reads", self.max_pending_reads as u64),
+            (
+                "max_committed_entries_per_ready",
+                self.max_committed_entries_per_ready as u64,
+            ),
+        ];
+        for (name, value) in positive_limits {
+            if value == 0 {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    allowed: "at least 1",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A setting of [`Config`] out of its range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id 0 is reserved; give every node an id of 1 or more")]
+    InvalidNodeId,
+    #[error("node {id} is not a voter or learner of the membership it was given; add it")]
+    NotAMember { id: u64 },
+    #[error("node {id} is listed both as voter and as learner; keep one")]
+    VoterAndLearner { id: u64 },
+    #[error(
+        "heartbeat_interval_ticks = {heartbeat_interval_ticks} is too close to \
+         election_timeout_ticks_min = {election_timeout_ticks_min}; the election timeout \
+         must be at least 3 heartbeat intervals"
+    )]
+    HeartbeatTooSlow {
+        heartbeat_interval_ticks: u32,
+        election_timeout_ticks_min: u32,
+    },
+    #[error("{name} = {value} is out of range; allowed: {allowed}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
+}

@@ -1,0 +1,136 @@
+//! The leader's record of each follower: how much of the log it is known to hold, what to
+//! send next, and how much is in flight.
+
+use alloc::collections::VecDeque;
+
+use crate::types::LogIndex;
+
+/// How the leader sends to one follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// The leader does not know where the follower's log matches its own: one
+    /// `AppendEntries` at a time, and the next only after an answer or a heartbeat round.
+    Probe,
+    /// The follower's log matches up to `match_index`: entries stream ahead of
+    /// acknowledgements, bounded by the in-flight window.
+    Replicate,
+}
+
+/// One `AppendEntries` that has not been acknowledged yet.
+#[derive(Clone, Copy, Debug)]
+struct InflightMessage {
+    last_index: LogIndex,
+    bytes: u64,
+}
+
+/// The leader's view of one follower (or of itself, where only `match_index` is used).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to match the leader's log. Invariant: `match_index < next_index`.
+    pub match_index: LogIndex,
+    /// Next index to send.
+    pub next_index: LogIndex,
+    pub state: ReplicationState,
+    /// In `Probe`: a message is out and the leader waits before sending another.
+    pub probe_sent: bool,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// Highest ReadIndex round this follower has confirmed.
+    pub read_round_acked: u64,
+    /// Highest commit index told to this follower.
+    pub commit_sent: LogIndex,
+    inflight: VecDeque<InflightMessage>,
+    inflight_bytes: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(next_index: LogIndex) -> Progress {
+        Progress {
+            match_index: LogIndex(0),
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            recent_active: false,
+            read_round_acked: 0,
+            commit_sent: LogIndex(0),
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+        }
+    }
+
+    /// Number of unacknowledged `AppendEntries` in flight.
+    pub fn inflight_messages(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Entry bytes in flight.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight_bytes
+    }
+
+    /// Whether another `AppendEntries` may go out now.
+    pub(crate) fn can_send(&self, max_inflight_messages: usize, max_inflight_bytes: u64) -> bool {
+        match self.state {
+            ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Replicate => {
+                self.inflight.len() < max_inflight_messages
+                    && self.inflight_bytes < max_inflight_bytes
+            }
+        }
+    }
+
+    /// Records an `AppendEntries` whose last entry is `last_index`, `bytes` long in all.
+    pub(crate) fn record_sent(&mut self, last_index: LogIndex, bytes: u64) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Replicate => {
+                self.inflight
+                    .push_back(InflightMessage { last_index, bytes });
+                self.inflight_bytes += bytes;
+                self.next_index = last_index.next();
+            }
+        }
+    }
+
+    /// Raises `match_index` after an acceptance; returns whether it moved. Frees every
+    /// in-flight message the acceptance covers.
+    pub(crate) fn record_accepted(&mut self, match_index: LogIndex) -> bool {
+        let advanced = match_index > self.match_index;
+        if advanced {
+            self.match_index = match_index;
+            self.probe_sent = false;
+        }
+        if self.next_index <= match_index {
+            self.next_index = match_index.next();
+        }
+        while let Some(front) = self.inflight.front() {
+            if front.last_index > match_index {
+                break;
+            }
+            self.inflight_bytes -= front.bytes;
+            self.inflight.pop_front();
+        }
+        advanced
+    }
+
+    /// Switches to streaming once the match point is known.
+    pub(crate) fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.next_index = self.match_index.next();
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
+    /// Switches back to one message at a time, resuming at `next_index`.
+    pub(crate) fn become_probe(&mut self, next_index: LogIndex) {
+        self.state = ReplicationState::Probe;
+        self.next_index = next_index.max(self.match_index.next());
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
+    fn clear_inflight(&mut self) {
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+    }
+}

@@ -1,0 +1,452 @@
+//! Log replication: the follower's side of `AppendEntries` and heartbeats, the leader's
+//! handling of their answers, the messages it builds for each follower, and the commit
+//! rule.
+
+use alloc::vec::Vec;
+
+use crate::message::{AppendOutcome, MessageBody};
+use crate::node::{RaftNode, Rejection, Role};
+use crate::progress::ReplicationState;
+use crate::types::{Entry, LogIndex, NodeId, Term};
+
+impl RaftNode {
+    /// Follower side of `AppendEntries`, after the term check made `from` the leader.
+    pub(crate) fn handle_append_entries(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        prev_log_index: LogIndex,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        leader_commit: LogIndex,
+    ) -> Result<(), Rejection> {
+        if let Err(reason) = check_append_shape(term, prev_log_index, prev_log_term, &entries) {
+            return self.reject_malformed("AppendEntries", reason, from);
+        }
+
+        // Everything up to the commit index already matches the leader's log, so a late or
+        // duplicated message about that prefix only needs the commit index as answer.
+        if prev_log_index < self.log.committed() {
+            let match_index = self.log.committed();
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    outcome: AppendOutcome::Accepted { match_index },
+                },
+            );
+            return Ok(());
+        }
+
+        if self.log.term(prev_log_index) != Some(prev_log_term) {
+            let hint_index = self
+                .log
+                .last_index_with_term_at_most(prev_log_index, prev_log_term);
+            let hint_term = self.log.term(hint_index).unwrap_or_default();
+            tracing::debug!(node = %self.id, leader = %from, %prev_log_index, %prev_log_term, %hint_index, %hint_term, "rejected AppendEntries: log does not match");
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    outcome: AppendOutcome::Rejected {
+                        rejected_prev_index: prev_log_index,
+                        hint_index,
+                        hint_term,
+                    },
+                },
+            );
+            return Ok(());
+        }
+
+        let last_new_index = prev_log_index.plus(entries.len() as u64);
+        let first_new = entries
+            .iter()
+            .position(|entry| self.log.term(entry.index) != Some(entry.term));
+        if let Some(first_new) = first_new {
+            let conflict_index = entries[first_new].index;
+            if conflict_index <= self.log.committed() {
+                return self.reject_malformed(
+                    "AppendEntries",
+                    "conflicts with a committed entry",
+                    from,
+                );
+            }
+            if conflict_index <= self.log.last_index() {
+                tracing::debug!(node = %self.id, leader = %from, %conflict_index, last_index = %self.log.last_index(), "truncating conflicting entries");
+                self.log.truncate_from(conflict_index);
+            }
+            for entry in entries.into_iter().skip(first_new) {
+                self.log.append(entry);
+            }
+        }
+
+        self.log.commit_to(leader_commit.min(last_new_index));
+        self.send(
+            from,
+            MessageBody::AppendEntriesResponse {
+                outcome: AppendOutcome::Accepted {
+                    match_index: last_new_index,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    /// Follower side of a heartbeat.
+    pub(crate) fn handle_heartbeat(
+        &mut self,
+        from: NodeId,
+        leader_commit: LogIndex,
+        read_round: Option<u64>,
+    ) {
+        // The leader never sends a commit index beyond what this follower's log is known to
+        // match; capping at the last index guards against a faulty peer.
+        self.log.commit_to(leader_commit.min(self.log.last_index()));
+        self.send(from, MessageBody::HeartbeatResponse { read_round });
+    }
+
+    pub(crate) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        outcome: AppendOutcome,
+    ) -> Result<(), Rejection> {
+        if self.role != Role::Leader {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        };
+        progress.recent_active = true;
+
+        match outcome {
+            AppendOutcome::Accepted { match_index } => {
+                if match_index > last_index {
+                    return self.reject_malformed(
+                        "AppendEntriesResponse",
+                        "match index past the leader's log",
+                        from,
+                    );
+                }
+                let advanced = progress.record_accepted(match_index);
+                if progress.state == ReplicationState::Probe {
+                    progress.become_replicate();
+                }
+                let caught_up = progress.match_index == last_index;
+                self.replication_pending = true;
+                if advanced {
+                    self.maybe_commit();
+                }
+                if caught_up && self.transfer_target == Some(from) {
+                    tracing::info!(node = %self.id, term = %self.term, target = %from, "transfer target caught up; sending TimeoutNow");
+                    self.send(from, MessageBody::TimeoutNow);
+                }
+                Ok(())
+            }
+            AppendOutcome::Rejected {
+                rejected_prev_index,
+                hint_index,
+                hint_term,
+            } => self.handle_append_rejected(from, rejected_prev_index, hint_index, hint_term),
+        }
+    }
+
+    /// Moves a follower's next index back after a mismatch, skipping a whole term of
+    /// conflicting entries per round trip with the follower's hint.
+    fn handle_append_rejected(
+        &mut self,
+        from: NodeId,
+        rejected_prev_index: LogIndex,
+        hint_index: LogIndex,
+        hint_term: Term,
+    ) -> Result<(), Rejection> {
+        let Some(progress) = self.progress.get(&from) else {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        };
+        let stale = match progress.state {
+            // Only an answer to the single outstanding probe counts.
+            ReplicationState::Probe => rejected_prev_index != progress.next_index.prev(),
+            ReplicationState::Replicate => rejected_prev_index <= progress.match_index,
+        };
+        if stale || rejected_prev_index >= progress.next_index {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        }
+        if hint_index > rejected_prev_index {
+            return self.reject_malformed(
+                "AppendEntriesResponse",
+                "hint index past the rejected index",
+                from,
+            );
+        }
+
+        // Every leader entry above the returned index has a term above the follower's entry
+        // at `hint_index`, so the logs can match at most up to there.
+        let match_candidate = self.log.last_index_with_term_at_most(hint_index, hint_term);
+        tracing::debug!(node = %self.id, follower = %from, %rejected_prev_index, %hint_index, %hint_term, next = %match_candidate.next(), "follower log mismatch; probing back");
+        if let Some(progress) = self.progress.get_mut(&from) {
+            progress.become_probe(match_candidate.next());
+        }
+        self.replication_pending = true;
+        Ok(())
+    }
+
+    pub(crate) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_round: Option<u64>,
+    ) -> Result<(), Rejection> {
+        if self.role != Role::Leader {
+            return self.ignore_stale_response("HeartbeatResponse");
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return self.ignore_stale_response("HeartbeatResponse");
+        };
+        progress.recent_active = true;
+        // A probe answered by silence is sent again after the next heartbeat round trip.
+        if progress.state == ReplicationState::Probe {
+            progress.probe_sent = false;
+        }
+        if progress.match_index < last_index {
+            self.replication_pending = true;
+        }
+        if let Some(round) = read_round {
+            if round > self.reads.newest_round() {
+                return self.reject_malformed(
+                    "HeartbeatResponse",
+                    "confirms a read round never sent",
+                    from,
+                );
+            }
+            let Some(progress) = self.progress.get_mut(&from) else {
+                return self.ignore_stale_response("HeartbeatResponse");
+            };
+            if round > progress.read_round_acked {
+                progress.read_round_acked = round;
+                self.confirm_reads();
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every read round a quorum of voters has confirmed.
+    fn confirm_reads(&mut self) {
+        let mut acked: Vec<u64> = Vec::with_capacity(self.membership.voters.len());
+        for voter in &self.membership.voters {
+            if *voter == self.id {
+                acked.push(u64::MAX);
+            } else {
+                acked.push(
+                    self.progress
+                        .get(voter)
+                        .map_or(0, |progress| progress.read_round_acked),
+                );
+            }
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acked[self.membership.quorum() - 1];
+        self.reads.confirm_through(confirmed, &mut self.read_states);
+    }
+
+    /// Commits the highest index that a quorum holds durably, if its entry is of the
+    /// current term. An earlier term's entry commits only beneath one of the current term:
+    /// counting replicas of an old entry is not enough, since a later leader could still
+    /// overwrite it (Figure 8 of the Raft paper).
+    pub(crate) fn maybe_commit(&mut self) {
+        self.match_scratch.clear();
+        for voter in &self.membership.voters {
+            let match_index = if *voter == self.id {
+                self.log.persisted()
+            } else {
+                self.progress
+                    .get(voter)
+                    .map_or(LogIndex(0), |progress| progress.match_index)
+            };
+            self.match_scratch.push(match_index);
+        }
+        self.match_scratch.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = self.match_scratch[self.membership.quorum() - 1];
+        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
+            return;
+        }
+
+        let committed_before = self.log.committed();
+        let newly_committed_bytes: u64 = self
+            .log
+            .iter_from(committed_before.next())
+            .take_while(|entry| entry.index <= quorum_index)
+            .map(Entry::size_bytes)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly_committed_bytes);
+        self.log.commit_to(quorum_index);
+        self.replication_pending = true;
+
+        if committed_before < quorum_index && self.log.term(committed_before) != Some(self.term) {
+            // The first commit of this term: reads held back until now learn their index.
+            self.reads.release_waiting(self.log.committed());
+        }
+        if self.membership.quorum() == 1 {
+            self.reads.confirm_open(&mut self.read_states);
+        }
+    }
+
+    /// Builds the messages every follower needs: entries within its window, else the
+    /// commit index when it moved, and a heartbeat for the open read round.
+    pub(crate) fn flush_replication(&mut self) {
+        let read_round = if self.reads.has_open() {
+            if self.membership.quorum() == 1 {
+                self.reads.confirm_open(&mut self.read_states);
+                None
+            } else {
+                Some(self.reads.seal_open_round())
+            }
+        } else {
+            None
+        };
+        if !self.replication_pending && read_round.is_none() {
+            return;
+        }
+        self.replication_pending = false;
+
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let sent_entries = self.send_entries(peer);
+            let Some(progress) = self.progress.get_mut(&peer) else {
+                continue;
+            };
+            let commit_for_peer = self.log.committed().min(progress.match_index);
+            let is_voter = self.membership.voters.contains(&peer);
+            let needs_commit = !sent_entries && commit_for_peer > progress.commit_sent;
+            let needs_read_round = read_round.is_some() && is_voter;
+            if needs_commit || needs_read_round {
+                progress.commit_sent = progress.commit_sent.max(commit_for_peer);
+                self.send(
+                    peer,
+                    MessageBody::Heartbeat {
+                        leader_commit: commit_for_peer,
+                        read_round: if is_voter { read_round } else { None },
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends `peer` as many `AppendEntries` as its window allows; returns whether any left.
+    fn send_entries(&mut self, peer: NodeId) -> bool {
+        let mut sent = false;
+        loop {
+            let last_index = self.log.last_index();
+            let committed = self.log.committed();
+            let Some(progress) = self.progress.get_mut(&peer) else {
+                return sent;
+            };
+            if progress.next_index > last_index
+                || !progress.can_send(
+                    self.config.max_inflight_messages,
+                    self.config.max_inflight_bytes,
+                )
+            {
+                return sent;
+            }
+            let prev_log_index = progress.next_index.prev();
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                // TODO: send a snapshot once log compaction exists; until then the log
+                // keeps every entry and this cannot happen.
+                tracing::warn!(node = %self.id, follower = %peer, %prev_log_index, "entries needed by follower are not in the log");
+                return sent;
+            };
+            let (entries, bytes) = self.log.entries_for_message(
+                progress.next_index,
+                self.config.max_entries_per_message,
+                self.config.max_bytes_per_message,
+            );
+            let Some(last_sent) = entries.last().map(|entry| entry.index) else {
+                return sent;
+            };
+            progress.record_sent(last_sent, bytes);
+            progress.commit_sent = progress.commit_sent.max(committed.min(last_sent));
+            let probing = progress.state == ReplicationState::Probe;
+            self.send(
+                peer,
+                MessageBody::AppendEntries {
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit: committed,
+                },
+            );
+            sent = true;
+            if probing {
+                return sent;
+            }
+        }
+    }
+
+    /// Sends a heartbeat to every member, carrying the newest unconfirmed read round.
+    pub(crate) fn broadcast_heartbeat(&mut self, read_round: Option<u64>) {
+        let committed = self.log.committed();
+        let peers: Vec<(NodeId, LogIndex)> = self
+            .progress
+            .iter()
+            .map(|(peer, progress)| (*peer, progress.match_index))
+            .collect();
+        for (peer, match_index) in peers {
+            let is_voter = self.membership.voters.contains(&peer);
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    leader_commit: committed.min(match_index),
+                    read_round: if is_voter { read_round } else { None },
+                },
+            );
+        }
+    }
+
+    fn reject_malformed(
+        &mut self,
+        kind: &'static str,
+        reason: &'static str,
+        from: NodeId,
+    ) -> Result<(), Rejection> {
+        self.stats.rejected_malformed += 1;
+        tracing::debug!(node = %self.id, %from, kind, reason, "rejected malformed message");
+        Err(Rejection::Malformed { kind, reason })
+    }
+}
+
+/// Checks that the entries of an `AppendEntries` follow `prev_log_index` one by one, with
+/// terms that never decrease and never pass the sender's term.
+fn check_append_shape(
+    term: Term,
+    prev_log_index: LogIndex,
+    prev_log_term: Term,
+    entries: &[Entry],
+) -> Result<(), &'static str> {
+    if prev_log_term > term {
+        return Err("previous entry's term is newer than the message's term");
+    }
+    if prev_log_index
+        .0
+        .checked_add(entries.len() as u64 + 1)
+        .is_none()
+    {
+        return Err("entry indexes overflow");
+    }
+    if prev_log_index.0 == 0 && prev_log_term.0 != 0 {
+        return Err("index 0 must have term 0");
+    }
+    let mut expected_index = prev_log_index.next();
+    let mut previous_term = prev_log_term;
+    for entry in entries {
+        if entry.index != expected_index {
+            return Err("entry indexes do not follow the previous index one by one");
+        }
+        if entry.term < previous_term {
+            return Err("entry terms decrease");
+        }
+        if entry.term > term {
+            return Err("entry term is newer than the message's term");
+        }
+        expected_index = expected_index.next();
+        previous_term = entry.term;
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! shardraft is a Raft consensus engine built shard-per-core: each core runs its own
+//! executor with its own Raft groups, write-ahead log and connections.
+//!
+//! The consensus core lives in its own `no_std` crate, re-exported here as [`raft`], so
+//! that it can never perform I/O and a deterministic simulator can drive it.
+
+pub use shardraft_raft as raft;

@@ -1,0 +1,6 @@
+//! Test infrastructure for shardraft: a linearizability checker for client histories and
+//! a deterministic simulator that drives the Raft core through crashes, partitions and
+//! message loss.
+
+pub mod history;
+pub mod lincheck;
