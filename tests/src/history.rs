@@ -28,7 +28,8 @@
 //!
 //! - [`History::parse_jepsen_register`]: the tab-separated `jepsen.util` log lines that
 //!   Jepsen writes for a single register (key `""`), such as
-//!   `INFO  jepsen.util - 4	:ok	:cas	[1 4]`. All other lines are ignored.
+//!   `INFO  jepsen.util - 4 :ok :cas [1 4]` with tabs between the fields. All other lines
+//!   are ignored.
 //! - [`History::parse_edn_kv`]: one Clojure EDN map per line, such as
 //!   `{:process 0, :type :ok, :f :get, :key "4", :value "x 0 1 y"}`. A missing key reads as
 //!   the empty string in this format.
@@ -66,7 +67,9 @@
 //!   completes with `"fail"`.
 //!
 //! The header is optional when parsing, and its absence means `null`. Blank lines are
-//! ignored. Reading back what [`History::write_jsonl`] wrote yields an equal [`History`].
+//! ignored. Reading back what [`History::write_jsonl`] wrote yields the same operations,
+//! outcomes and positions. Only the source lines differ, which
+//! [`History::without_source_lines`] clears for a comparison.
 
 mod builder;
 mod edn;
@@ -74,6 +77,7 @@ mod jepsen;
 mod jsonl;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use builder::Builder;
 
@@ -84,7 +88,7 @@ pub enum Call {
     Read { key: String },
     /// Set the key to `value`.
     Write { key: String, value: String },
-    /// Set the key to `new` if it holds `expected`, where `None` means "if it is absent".
+    /// Set the key to `new` if its value is `expected`, where `None` means "if it is absent".
     Cas {
         key: String,
         expected: Option<String>,
@@ -173,7 +177,7 @@ pub enum MissingKeyRead {
     /// `None` (nil), distinct from the empty string.
     #[default]
     Nil,
-    /// The empty string, so an absent key and a key holding `""` cannot be told apart.
+    /// The empty string, so an absent key and a key whose value is `""` are indistinguishable.
     EmptyString,
 }
 
@@ -338,6 +342,16 @@ impl History {
         self.missing_key_read
     }
 
+    /// Returns a copy of the history with the source lines of every operation cleared.
+    pub fn without_source_lines(&self) -> History {
+        let mut history = self.clone();
+        for operation in &mut history.operations {
+            operation.invoke_line = None;
+            operation.completion_line = None;
+        }
+        history
+    }
+
     /// Returns the sub-history of the operations for which `keep` returns true, with their
     /// positions and outcomes unchanged.
     pub fn filter(&self, mut keep: impl FnMut(&Operation) -> bool) -> History {
@@ -367,22 +381,38 @@ fn truncate_for_message(text: &str) -> String {
 
 /// Identifies an operation invoked through a [`HistoryRecorder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct OpHandle(usize);
+pub struct OpHandle {
+    recorder: u64,
+    index: usize,
+}
+
+/// The source of [`HistoryRecorder`] ids, which tie each [`OpHandle`] to its recorder.
+static NEXT_RECORDER_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Records the events of a history as they happen, in real (or virtual) time order.
 ///
 /// Like the text formats, the recorder allows each process one open operation at a time.
 /// After `info` the process may invoke again, while the earlier operation's effect stays
 /// unknown. An operation that is never completed is [`Outcome::Pending`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HistoryRecorder {
+    id: u64,
     builder: Builder,
+}
+
+impl Default for HistoryRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HistoryRecorder {
     /// Creates an empty recorder whose history reads a missing key as `None`.
     pub fn new() -> Self {
-        Self::default()
+        HistoryRecorder {
+            id: NEXT_RECORDER_ID.fetch_add(1, Ordering::Relaxed),
+            builder: Builder::default(),
+        }
     }
 
     /// Records the invocation of `call` by `process` and returns its handle.
@@ -393,7 +423,10 @@ impl HistoryRecorder {
     /// pair its completions. Use a new process id for a client whose operation is abandoned.
     pub fn invoke(&mut self, process: u64, call: Call) -> OpHandle {
         match self.builder.invoke(process, call, None) {
-            Ok(index) => OpHandle(index),
+            Ok(index) => OpHandle {
+                recorder: self.id,
+                index,
+            },
             Err(message) => panic!("HistoryRecorder::invoke: {message}"),
         }
     }
@@ -444,7 +477,14 @@ impl HistoryRecorder {
     }
 
     fn complete(&mut self, op: OpHandle, outcome: Outcome) {
-        if let Err(message) = self.builder.complete(op.0, outcome, None) {
+        if op.recorder != self.id {
+            panic!(
+                "HistoryRecorder: the handle {op:?} comes from recorder {}, not from this \
+                 recorder {}",
+                op.recorder, self.id
+            );
+        }
+        if let Err(message) = self.builder.complete(op.index, outcome, None) {
             panic!("HistoryRecorder: {message}");
         }
     }

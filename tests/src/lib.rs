@@ -2,5 +2,7 @@
 //! a deterministic simulator that drives the Raft core through crashes, partitions and
 //! message loss.
 
+pub mod harness;
 pub mod history;
 pub mod lincheck;
+pub mod sim;

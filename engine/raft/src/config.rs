@@ -161,3 +161,174 @@ pub enum ConfigError {
         allowed: &'static str,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::ToString;
+
+    use super::*;
+
+    /// Sets one limit of a config to zero.
+    type SetLimit = fn(&mut Config);
+
+    fn valid() -> Config {
+        Config::new(
+            NodeId(1),
+            Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]),
+        )
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(valid().validate(), Ok(()));
+    }
+
+    #[test]
+    fn node_id_zero_rejected() {
+        let mut config = valid();
+        config.id = NodeId(0);
+        config.membership.voters.insert(NodeId(0));
+        assert_eq!(config.validate(), Err(ConfigError::InvalidNodeId));
+    }
+
+    #[test]
+    fn voter_id_zero_rejected() {
+        let mut config = valid();
+        config.membership.voters.insert(NodeId(0));
+        assert_eq!(config.validate(), Err(ConfigError::InvalidNodeId));
+    }
+
+    #[test]
+    fn non_member_rejected_with_its_id() {
+        let mut config = valid();
+        config.id = NodeId(7);
+        assert_eq!(config.validate(), Err(ConfigError::NotAMember { id: 7 }));
+    }
+
+    #[test]
+    fn voter_and_learner_rejected() {
+        let mut config = valid();
+        config.membership.learners.insert(NodeId(1));
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::VoterAndLearner { id: 1 })
+        );
+    }
+
+    #[test]
+    fn learner_config_is_valid() {
+        let mut membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        membership.learners.insert(NodeId(4));
+        let config = Config::new(NodeId(4), membership);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_heartbeat_interval_names_key() {
+        let mut config = valid();
+        config.heartbeat_interval_ticks = 0;
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::OutOfRange {
+                    name: "heartbeat_interval_ticks",
+                    value: 0,
+                    ..
+                }
+            ),
+            "error: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("heartbeat_interval_ticks"),
+            "message: {message}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_too_slow_names_both_keys() {
+        let mut config = valid();
+        config.heartbeat_interval_ticks = 4;
+        config.election_timeout_ticks_min = 11;
+        let error = config.validate().unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError::HeartbeatTooSlow {
+                heartbeat_interval_ticks: 4,
+                election_timeout_ticks_min: 11,
+            }
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("heartbeat_interval_ticks"),
+            "message: {message}"
+        );
+        assert!(
+            message.contains("election_timeout_ticks_min"),
+            "message: {message}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_exactly_a_third_of_timeout_is_valid() {
+        let mut config = valid();
+        config.heartbeat_interval_ticks = 4;
+        config.election_timeout_ticks_min = 12;
+        config.election_timeout_ticks_max = 13;
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn timeout_max_not_above_min_names_key() {
+        let mut config = valid();
+        config.election_timeout_ticks_max = config.election_timeout_ticks_min;
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::OutOfRange {
+                    name: "election_timeout_ticks_max",
+                    ..
+                }
+            ),
+            "error: {error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("election_timeout_ticks_max"),
+            "message: {message}"
+        );
+    }
+
+    #[test]
+    fn zero_limits_name_their_key() {
+        let cases: [(&str, SetLimit); 7] = [
+            ("max_entries_per_message", |c| c.max_entries_per_message = 0),
+            ("max_bytes_per_message", |c| c.max_bytes_per_message = 0),
+            ("max_inflight_messages", |c| c.max_inflight_messages = 0),
+            ("max_inflight_bytes", |c| c.max_inflight_bytes = 0),
+            ("max_uncommitted_bytes", |c| c.max_uncommitted_bytes = 0),
+            ("max_pending_reads", |c| c.max_pending_reads = 0),
+            ("max_committed_entries_per_ready", |c| {
+                c.max_committed_entries_per_ready = 0
+            }),
+        ];
+        for (key, set_zero) in cases {
+            let mut config = valid();
+            set_zero(&mut config);
+            let error = config.validate().unwrap_err();
+            assert_eq!(
+                error,
+                ConfigError::OutOfRange {
+                    name: key,
+                    value: 0,
+                    allowed: "at least 1",
+                },
+                "error for {key} = 0"
+            );
+            let message = error.to_string();
+            assert!(message.contains(key), "message for {key} = 0: {message}");
+        }
+    }
+}

@@ -63,18 +63,15 @@ impl RaftNode {
     /// Whether a quorum of voters (this leader included) was heard from since the last
     /// check; clears the marks for the next round.
     fn quorum_recently_active(&mut self) -> bool {
-        let mut active = 0;
-        for voter in &self.membership.voters {
-            if *voter == self.id {
-                active += 1;
-            } else if self
-                .progress
-                .get(voter)
-                .is_some_and(|progress| progress.recent_active)
-            {
-                active += 1;
-            }
-        }
+        let active = self
+            .membership
+            .voters
+            .iter()
+            .filter(|voter| {
+                **voter == self.id
+                    || self.progress.get(voter).is_some_and(|progress| progress.recent_active)
+            })
+            .count();
         for progress in self.progress.values_mut() {
             progress.recent_active = false;
         }
@@ -303,8 +300,14 @@ impl RaftNode {
         term: Term,
         granted: bool,
     ) -> Result<(), Rejection> {
-        let expected_term = if granted { self.term.next() } else { self.term };
-        if self.role != Role::PreCandidate || term != expected_term {
+        // A granted response carries the term the pre-candidate would campaign in, and no
+        // term follows u64::MAX.
+        let expected_term = if granted {
+            self.term.0.checked_add(1).map(Term)
+        } else {
+            Some(self.term)
+        };
+        if self.role != Role::PreCandidate || Some(term) != expected_term {
             return self.ignore_stale_response("PreVoteResponse");
         }
         self.record_vote(from, granted);
@@ -361,6 +364,12 @@ impl RaftNode {
     /// Starts a pre-vote round or an election.
     pub(crate) fn campaign(&mut self, campaign: Campaign) {
         if !self.is_promotable() {
+            return;
+        }
+        if self.term.0 == u64::MAX {
+            // No term follows; only forged messages can have raised the term this far.
+            tracing::warn!(node = %self.id, term = %self.term, "not campaigning: the term cannot be raised");
+            self.reset_election_timer();
             return;
         }
         self.votes.clear();

@@ -244,3 +244,189 @@ impl RaftLog {
         batch
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+    use crate::types::EntryKind;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: bytes::Bytes::from_static(b"abcd"),
+        }
+    }
+
+    /// A log restored from durable entries with the given terms.
+    fn restored(terms: &[u64], committed: u64) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(offset, term)| entry(offset as u64 + 1, *term))
+            .collect();
+        RaftLog::restore(entries, LogIndex(committed), LogIndex(0))
+    }
+
+    #[test]
+    fn restore_clamps_commit_and_applied() {
+        let log = RaftLog::restore(vec![entry(1, 1), entry(2, 1)], LogIndex(5), LogIndex(9));
+        assert_eq!(log.last_index(), LogIndex(2));
+        assert_eq!(log.committed(), LogIndex(2), "commit clamped to the log");
+        assert_eq!(log.applied(), LogIndex(2), "applied clamped to the commit");
+        assert_eq!(log.persisted(), LogIndex(2), "a restored log is durable");
+        assert!(!log.has_unstable(), "nothing to hand to storage");
+    }
+
+    #[test]
+    fn persisted_advances_per_batch_in_order() {
+        let mut log = restored(&[1], 1);
+        log.append(entry(2, 1));
+        let first = log.take_unstable(ReadyNumber(1));
+        assert_eq!(first, vec![entry(2, 1)]);
+        log.append(entry(3, 1));
+        log.append(entry(4, 1));
+        let second = log.take_unstable(ReadyNumber(2));
+        assert_eq!(second, vec![entry(3, 1), entry(4, 1)]);
+        assert_eq!(log.persisted(), LogIndex(1), "nothing reported yet");
+
+        log.mark_persisted(ReadyNumber(1));
+        assert_eq!(log.persisted(), LogIndex(2), "after batch 1");
+        log.mark_persisted(ReadyNumber(2));
+        assert_eq!(log.persisted(), LogIndex(4), "after batch 2");
+    }
+
+    #[test]
+    fn batch_number_covers_every_earlier_batch() {
+        let mut log = restored(&[], 0);
+        log.append(entry(1, 1));
+        log.take_unstable(ReadyNumber(1));
+        log.append(entry(2, 1));
+        log.take_unstable(ReadyNumber(2));
+        log.mark_persisted(ReadyNumber(2));
+        assert_eq!(log.persisted(), LogIndex(2));
+    }
+
+    #[test]
+    fn truncate_lowers_persisted_and_resends_from_cut() {
+        let mut log = restored(&[1, 1, 1, 1], 1);
+        log.truncate_from(LogIndex(3));
+        assert_eq!(log.last_index(), LogIndex(2));
+        assert_eq!(log.persisted(), LogIndex(2), "entries from 3 on are gone");
+        log.append(entry(3, 2));
+        let unstable = log.take_unstable(ReadyNumber(1));
+        assert_eq!(unstable, vec![entry(3, 2)], "storage truncates at 3");
+        log.mark_persisted(ReadyNumber(1));
+        assert_eq!(log.persisted(), LogIndex(3));
+    }
+
+    #[test]
+    fn replaced_batch_does_not_count_as_persisted() {
+        let mut log = restored(&[1], 1);
+        log.append(entry(2, 1));
+        log.append(entry(3, 1));
+        log.take_unstable(ReadyNumber(1));
+        // A new leader replaces entries 2 and 3 before batch 1 is durable.
+        log.truncate_from(LogIndex(2));
+        log.append(entry(2, 2));
+        log.take_unstable(ReadyNumber(2));
+
+        log.mark_persisted(ReadyNumber(1));
+        assert_eq!(
+            log.persisted(),
+            LogIndex(1),
+            "batch 1 wrote entries that are no longer in the log"
+        );
+        log.mark_persisted(ReadyNumber(2));
+        assert_eq!(log.persisted(), LogIndex(2));
+    }
+
+    #[test]
+    fn apply_waits_for_commit_and_persist() {
+        let mut log = restored(&[], 0);
+        for index in 1..=3 {
+            log.append(entry(index, 1));
+        }
+        log.take_unstable(ReadyNumber(1));
+        log.commit_to(LogIndex(3));
+        assert!(!log.has_entries_to_apply(), "committed but not durable");
+        assert!(log.take_entries_to_apply(10).is_empty());
+
+        log.mark_persisted(ReadyNumber(1));
+        let first = log.take_entries_to_apply(2);
+        assert_eq!(first, vec![entry(1, 1), entry(2, 1)], "at most 2 at once");
+        let rest = log.take_entries_to_apply(2);
+        assert_eq!(rest, vec![entry(3, 1)]);
+        assert_eq!(log.applied(), LogIndex(3));
+        assert!(!log.has_entries_to_apply());
+    }
+
+    #[test]
+    fn commit_never_moves_back() {
+        let mut log = restored(&[1, 1, 1], 2);
+        assert!(!log.commit_to(LogIndex(1)), "lower commit ignored");
+        assert_eq!(log.committed(), LogIndex(2));
+        assert!(log.commit_to(LogIndex(3)));
+        assert_eq!(log.committed(), LogIndex(3));
+    }
+
+    #[test]
+    fn last_index_with_term_at_most_skips_newer_terms() {
+        let log = restored(&[1, 1, 2, 2, 4, 4], 0);
+        assert_eq!(
+            log.last_index_with_term_at_most(LogIndex(6), Term(3)),
+            LogIndex(4)
+        );
+        assert_eq!(
+            log.last_index_with_term_at_most(LogIndex(6), Term(4)),
+            LogIndex(6)
+        );
+        assert_eq!(
+            log.last_index_with_term_at_most(LogIndex(3), Term(1)),
+            LogIndex(2)
+        );
+        assert_eq!(
+            log.last_index_with_term_at_most(LogIndex(6), Term(0)),
+            LogIndex(0)
+        );
+        assert_eq!(
+            log.last_index_with_term_at_most(LogIndex(100), Term(9)),
+            LogIndex(6),
+            "an index past the log starts from the last entry"
+        );
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_length() {
+        let log = restored(&[1, 2, 2], 0);
+        assert!(log.is_up_to_date(LogIndex(1), Term(3)), "newer last term");
+        assert!(log.is_up_to_date(LogIndex(3), Term(2)), "same log");
+        assert!(
+            !log.is_up_to_date(LogIndex(2), Term(2)),
+            "shorter, same term"
+        );
+        assert!(
+            !log.is_up_to_date(LogIndex(9), Term(1)),
+            "longer, older term"
+        );
+    }
+
+    #[test]
+    fn message_batch_respects_count_and_bytes() {
+        let log = restored(&[1, 1, 1, 1, 1], 0);
+        let size = entry(1, 1).size_bytes();
+        let (batch, bytes) = log.entries_for_message(LogIndex(2), 2, u64::MAX);
+        assert_eq!(batch, vec![entry(2, 1), entry(3, 1)], "count limit");
+        assert_eq!(bytes, 2 * size);
+        let (batch, _) = log.entries_for_message(LogIndex(1), 10, 3 * size);
+        assert_eq!(batch.len(), 3, "byte limit");
+        let (batch, bytes) = log.entries_for_message(LogIndex(1), 10, 1);
+        assert_eq!(batch, vec![entry(1, 1)], "one entry over the byte limit");
+        assert_eq!(bytes, size);
+        let (batch, _) = log.entries_for_message(LogIndex(6), 10, u64::MAX);
+        assert!(batch.is_empty(), "nothing past the end");
+    }
+}

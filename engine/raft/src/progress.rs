@@ -33,6 +33,9 @@ pub struct Progress {
     pub state: ReplicationState,
     /// In `Probe`: a message is out and the leader waits before sending another.
     pub probe_sent: bool,
+    /// In `Replicate`: a heartbeat answer showed the follower behind, so the next flush
+    /// sends an `AppendEntries` even without new entries, to expose lost messages.
+    pub gap_check_pending: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
     /// Highest ReadIndex round this follower has confirmed.
@@ -50,6 +53,7 @@ impl Progress {
             next_index,
             state: ReplicationState::Probe,
             probe_sent: false,
+            gap_check_pending: false,
             recent_active: false,
             read_round_acked: 0,
             commit_sent: LogIndex(0),
@@ -129,8 +133,117 @@ impl Progress {
         self.clear_inflight();
     }
 
+    /// Treats the oldest in-flight message as lost, freeing its share of the window.
+    pub(crate) fn forget_oldest_inflight(&mut self) {
+        if let Some(oldest) = self.inflight.pop_front() {
+            self.inflight_bytes -= oldest.bytes;
+        }
+    }
+
     fn clear_inflight(&mut self) {
+        self.gap_check_pending = false;
         self.inflight.clear();
         self.inflight_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicating(match_index: u64) -> Progress {
+        let mut progress = Progress::new(LogIndex(match_index + 1));
+        progress.record_accepted(LogIndex(match_index));
+        progress.become_replicate();
+        progress
+    }
+
+    #[test]
+    fn probe_sends_one_message_at_a_time() {
+        let mut progress = Progress::new(LogIndex(5));
+        assert!(progress.can_send(2, 1000));
+        progress.record_sent(LogIndex(7), 100);
+        assert!(!progress.can_send(2, 1000), "a probe is out");
+        assert_eq!(
+            progress.next_index,
+            LogIndex(5),
+            "probing does not move next"
+        );
+        assert_eq!(progress.inflight_messages(), 0, "probes are not windowed");
+    }
+
+    #[test]
+    fn replicate_window_counts_messages() {
+        let mut progress = replicating(3);
+        assert_eq!(progress.next_index, LogIndex(4));
+        progress.record_sent(LogIndex(5), 10);
+        assert!(progress.can_send(2, 1000), "one of two in flight");
+        progress.record_sent(LogIndex(7), 10);
+        assert!(!progress.can_send(2, 1000), "window of two is full");
+        assert_eq!(
+            progress.next_index,
+            LogIndex(8),
+            "next follows what was sent"
+        );
+
+        assert!(progress.record_accepted(LogIndex(5)), "match advanced");
+        assert_eq!(progress.inflight_messages(), 1, "the ack freed one message");
+        assert_eq!(progress.inflight_bytes(), 10);
+        assert!(progress.can_send(2, 1000));
+    }
+
+    #[test]
+    fn replicate_window_counts_bytes() {
+        let mut progress = replicating(0);
+        progress.record_sent(LogIndex(1), 60);
+        assert!(progress.can_send(64, 100), "60 of 100 bytes in flight");
+        progress.record_sent(LogIndex(2), 60);
+        assert!(!progress.can_send(64, 100), "120 of 100 bytes in flight");
+        assert_eq!(progress.inflight_bytes(), 120);
+        progress.record_accepted(LogIndex(2));
+        assert_eq!(progress.inflight_bytes(), 0);
+        assert_eq!(progress.inflight_messages(), 0);
+    }
+
+    #[test]
+    fn partial_ack_frees_only_covered_messages() {
+        let mut progress = replicating(0);
+        progress.record_sent(LogIndex(3), 30);
+        progress.record_sent(LogIndex(6), 30);
+        progress.record_accepted(LogIndex(4));
+        assert_eq!(progress.inflight_messages(), 1, "message up to 6 still out");
+        assert_eq!(progress.match_index, LogIndex(4));
+    }
+
+    #[test]
+    fn duplicate_ack_does_not_advance() {
+        let mut progress = replicating(4);
+        assert!(!progress.record_accepted(LogIndex(4)));
+        assert!(!progress.record_accepted(LogIndex(2)), "older ack");
+        assert_eq!(progress.match_index, LogIndex(4));
+    }
+
+    #[test]
+    fn become_probe_clears_window_and_keeps_next_above_match() {
+        let mut progress = replicating(4);
+        progress.record_sent(LogIndex(8), 40);
+        progress.become_probe(LogIndex(2));
+        assert_eq!(progress.state, ReplicationState::Probe);
+        assert_eq!(progress.inflight_messages(), 0);
+        assert_eq!(progress.inflight_bytes(), 0);
+        assert_eq!(progress.next_index, LogIndex(5), "never at or below match");
+        assert!(progress.can_send(1, 1));
+    }
+
+    #[test]
+    fn accepted_probe_answer_raises_next() {
+        let mut progress = Progress::new(LogIndex(3));
+        progress.record_sent(LogIndex(6), 10);
+        progress.record_accepted(LogIndex(6));
+        assert_eq!(progress.next_index, LogIndex(7));
+        assert!(!progress.probe_sent, "the answer ends the probe");
+        progress.become_replicate();
+        assert_eq!(progress.state, ReplicationState::Replicate);
+        assert_eq!(progress.next_index, LogIndex(7));
     }
 }

@@ -201,11 +201,24 @@ impl RaftNode {
             return self.ignore_stale_response("HeartbeatResponse");
         };
         progress.recent_active = true;
-        // A probe answered by silence is sent again after the next heartbeat round trip.
-        if progress.state == ReplicationState::Probe {
-            progress.probe_sent = false;
-        }
         if progress.match_index < last_index {
+            match progress.state {
+                // A probe answered by silence is sent again after each heartbeat round trip.
+                ReplicationState::Probe => progress.probe_sent = false,
+                // Streamed entries may have been lost. An empty AppendEntries at the last
+                // index sent makes the follower reject it if so, which restarts replication
+                // from its match index; a full window first gives up its oldest message,
+                // so that the check can go out at all.
+                ReplicationState::Replicate => {
+                    if !progress.can_send(
+                        self.config.max_inflight_messages,
+                        self.config.max_inflight_bytes,
+                    ) {
+                        progress.forget_oldest_inflight();
+                    }
+                    progress.gap_check_pending = true;
+                }
+            }
             self.replication_pending = true;
         }
         if let Some(round) = read_round {
@@ -338,7 +351,9 @@ impl RaftNode {
             let Some(progress) = self.progress.get_mut(&peer) else {
                 return sent;
             };
-            if progress.next_index > last_index
+            let has_entries = progress.next_index <= last_index;
+            let gap_check = !sent && !has_entries && progress.gap_check_pending;
+            if !(has_entries || gap_check)
                 || !progress.can_send(
                     self.config.max_inflight_messages,
                     self.config.max_inflight_bytes,
@@ -346,6 +361,7 @@ impl RaftNode {
             {
                 return sent;
             }
+            progress.gap_check_pending = false;
             let prev_log_index = progress.next_index.prev();
             let Some(prev_log_term) = self.log.term(prev_log_index) else {
                 // TODO: send a snapshot once log compaction exists; until then the log
@@ -358,23 +374,28 @@ impl RaftNode {
                 self.config.max_entries_per_message,
                 self.config.max_bytes_per_message,
             );
-            let Some(last_sent) = entries.last().map(|entry| entry.index) else {
-                return sent;
-            };
-            progress.record_sent(last_sent, bytes);
-            progress.commit_sent = progress.commit_sent.max(committed.min(last_sent));
+            match entries.last() {
+                Some(last) => {
+                    progress.record_sent(last.index, bytes);
+                    progress.commit_sent = progress.commit_sent.max(committed.min(last.index));
+                }
+                None => {
+                    progress.commit_sent = progress.commit_sent.max(committed.min(prev_log_index));
+                }
+            }
             let probing = progress.state == ReplicationState::Probe;
+            let leader_commit = committed;
             self.send(
                 peer,
                 MessageBody::AppendEntries {
                     prev_log_index,
                     prev_log_term,
                     entries,
-                    leader_commit: committed,
+                    leader_commit,
                 },
             );
             sent = true;
-            if probing {
+            if probing || gap_check {
                 return sent;
             }
         }

@@ -77,7 +77,7 @@ impl Builder {
     ) -> Result<(), String> {
         let Some(operation) = self.operations.get_mut(index) else {
             return Err(format!(
-                "operation handle {index} is not from this recorder, which has {} operations",
+                "operation index {index} is out of range for a history of {} operations",
                 self.operations.len()
             ));
         };

@@ -62,7 +62,8 @@ impl fmt::Display for Value {
 }
 
 impl Value {
-    /// Converts a stored value: a string or an integer (as its decimal text), `None` for nil.
+    /// Converts the value to a stored string: a string, or an integer as its decimal text.
+    /// Returns `None` for nil and an error naming `field` for any other value.
     pub(super) fn to_register_value(&self, field: &str) -> Result<Option<String>, String> {
         match self {
             Value::Nil => Ok(None),
@@ -217,7 +218,7 @@ impl Reader<'_> {
             Some('u') => {
                 let high = self.hex4()?;
                 if (0xD800..0xDC00).contains(&high) {
-                    // A UTF-16 surrogate pair spells a character outside the BMP.
+                    // A UTF-16 surrogate pair encodes a character outside the BMP.
                     if !self.rest().starts_with("\\u") {
                         return Err(format!("unpaired surrogate \\u{high:04X} in a string"));
                     }

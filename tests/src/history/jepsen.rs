@@ -134,7 +134,7 @@ fn parse_line(builder: &mut Builder, fields: &str, line_number: usize) -> Result
             }
             Call::Append { .. } | Call::Delete { .. } => Outcome::Ok(Output::Done),
         },
-        // The value of a failed or unknown operation (such as :timed-out) carries nothing.
+        // The value of a failed or unknown operation, such as :timed-out, does not matter.
         ":fail" => Outcome::Fail,
         _ => Outcome::Info,
     };

@@ -1,0 +1,892 @@
+//! A scripted harness that drives several replicas of the Raft core by function call.
+//!
+//! A [`Cluster`] owns one [`RaftNode`] per member, an in-memory durable store for each, and
+//! a network queue. Nothing happens unless a test calls for it, and there is no real time or
+//! OS randomness, so every run of a test is the same run:
+//!
+//! - [`Cluster::tick`] and [`Cluster::tick_all`] advance logical time.
+//! - [`Cluster::process_ready`] takes a node's [`Ready`] batches and handles them as a
+//!   runtime would. It writes hard state and entries to the node's [`DurableState`]
+//!   (truncating at `entries[0].index`) and calls [`RaftNode::on_persisted`]. It queues
+//!   `messages` at once and `messages_after_persist` only after the write. It records
+//!   committed entries as applied, and keeps read states and dropped reads.
+//! - [`Cluster::pause_persistence`] holds the writes, and the messages that wait for them,
+//!   until [`Cluster::resume_persistence`], to model a slow disk.
+//! - [`Cluster::deliver_queued`] and [`Cluster::deliver_matching`] step queued messages into
+//!   their recipients. A message over a cut link ([`Cluster::cut`], [`Cluster::isolate`],
+//!   [`Cluster::partition`]), matching a drop rule ([`Cluster::add_drop_rule`]) or sent to
+//!   a crashed node is dropped when its turn comes.
+//! - [`Cluster::crash`] loses everything a node had not persisted, and [`Cluster::restart`]
+//!   builds a new replica from its durable state with [`RaftNode::new`].
+//! - [`Cluster::stabilize`] alternates ready processing and delivery until nothing moves.
+//!   [`Cluster::run_ticks`], [`Cluster::run_until_leader`], [`Cluster::elect`],
+//!   [`Cluster::win_election`] and [`Cluster::propose_and_commit`] build on it.
+//!
+//! The harness checks two safety properties as it goes and panics when either breaks: at
+//! most one leader per term, and no two nodes ever apply different entries at one index.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+use shardraft_raft::{
+    Config, Entry, HardState, LogIndex, Membership, Message, NodeId, ProposalId, RaftNode,
+    ReadState, Ready, ReadyNumber, Rejection, RestoredState, Role, Term,
+};
+
+/// Upper bound on ready-and-deliver rounds in one [`Cluster::stabilize`]. Without ticks a
+/// cluster settles in a few rounds, so hitting this bound means messages loop forever.
+const MAX_STABILIZE_ROUNDS: usize = 10_000;
+
+/// What a node's storage holds: the state [`RaftNode::new`] restarts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub hard_state: HardState,
+    /// The stored log, contiguous from index 1.
+    pub entries: Vec<Entry>,
+}
+
+impl DurableState {
+    /// Writes one batch: the hard state if set, then the entries after dropping every
+    /// stored entry at or after `entries[0].index`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the batch would leave a gap in the log or its indexes are not
+    /// contiguous, which only a bug in the core can produce.
+    pub fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) {
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state;
+        }
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let keep = first.index.0 - 1;
+        assert!(
+            keep <= self.entries.len() as u64,
+            "batch starts at {} but the stored log ends at index {}",
+            first.index,
+            self.entries.len()
+        );
+        self.entries.truncate(keep as usize);
+        for entry in entries {
+            assert_eq!(
+                entry.index.0,
+                self.entries.len() as u64 + 1,
+                "batch entries are not contiguous"
+            );
+            self.entries.push(entry.clone());
+        }
+    }
+
+    /// Returns the state to restart from, with `applied` at 0 so that the state machine
+    /// is rebuilt from the log.
+    pub fn to_restored(&self) -> RestoredState {
+        RestoredState {
+            hard_state: self.hard_state,
+            entries: self.entries.clone(),
+            applied: LogIndex(0),
+        }
+    }
+
+    /// Returns the terms of the stored log, index 1 first.
+    pub fn terms(&self) -> Vec<u64> {
+        self.entries.iter().map(|entry| entry.term.0).collect()
+    }
+}
+
+/// A batch taken from the core whose writes have not been made durable yet.
+#[derive(Debug)]
+struct PendingWrite {
+    number: ReadyNumber,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages_after_persist: Vec<Message>,
+}
+
+/// One member of the cluster: its config, its replica while it is up, and its storage.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    /// `None` while crashed.
+    node: Option<RaftNode>,
+    durable: DurableState,
+    persistence_paused: bool,
+    pending_writes: VecDeque<PendingWrite>,
+    /// Entries applied since the last restart, in order.
+    applied: Vec<Entry>,
+    /// Entries applied over every run of this node, including before crashes.
+    applied_ever: Vec<Entry>,
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
+    crash_count: usize,
+}
+
+impl Replica {
+    fn node(&self) -> &RaftNode {
+        self.node
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} is crashed", self.config.id))
+    }
+
+    fn node_mut(&mut self) -> &mut RaftNode {
+        let id = self.config.id;
+        self.node
+            .as_mut()
+            .unwrap_or_else(|| panic!("node {id} is crashed"))
+    }
+}
+
+/// Identifies a drop rule added with [`Cluster::add_drop_rule`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DropRuleId(u64);
+
+type DropRule = Box<dyn Fn(&Message) -> bool>;
+
+type ConfigChange = Box<dyn Fn(&mut Config)>;
+
+/// Messages in flight and the faults applied to them at delivery.
+struct Network {
+    queue: VecDeque<Message>,
+    /// Links cut one way, as (from, to).
+    cut_links: BTreeSet<(NodeId, NodeId)>,
+    drop_rules: BTreeMap<DropRuleId, DropRule>,
+    next_rule_id: u64,
+}
+
+impl fmt::Debug for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Network")
+            .field("queue", &self.queue)
+            .field("cut_links", &self.cut_links)
+            .field("drop_rules", &self.drop_rules.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Network {
+    fn blocks(&self, message: &Message) -> bool {
+        self.cut_links.contains(&(message.from, message.to))
+            || self.drop_rules.values().any(|rule| rule(message))
+    }
+}
+
+/// What happened to one message the harness handed to a recipient.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message: Message,
+    pub result: Result<(), Rejection>,
+}
+
+/// Builds a [`Cluster`] with custom configs, learners or restored logs.
+pub struct ClusterBuilder {
+    voters: u64,
+    learners: u64,
+    configure_all: Vec<ConfigChange>,
+    configure_node: Vec<(NodeId, ConfigChange)>,
+    restored: BTreeMap<NodeId, RestoredState>,
+}
+
+impl fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("voters", &self.voters)
+            .field("learners", &self.learners)
+            .field("restored", &self.restored.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterBuilder {
+    /// Adds `count` learners, numbered after the voters.
+    pub fn learners(mut self, count: u64) -> Self {
+        self.learners = count;
+        self
+    }
+
+    /// Changes the config of every node, after [`Config::new`] set the defaults.
+    pub fn configure(mut self, change: impl Fn(&mut Config) + 'static) -> Self {
+        self.configure_all.push(Box::new(change));
+        self
+    }
+
+    /// Changes the config of one node, after the changes made with [`Self::configure`].
+    pub fn configure_node(mut self, id: u64, change: impl Fn(&mut Config) + 'static) -> Self {
+        self.configure_node.push((NodeId(id), Box::new(change)));
+        self
+    }
+
+    /// Starts node `id` from `state` instead of an empty log.
+    pub fn restore(mut self, id: u64, state: RestoredState) -> Self {
+        self.restored.insert(NodeId(id), state);
+        self
+    }
+
+    /// Creates every node as a follower.
+    ///
+    /// # Panics
+    ///
+    /// Panics when a config is invalid or a restored state is inconsistent.
+    pub fn build(self) -> Cluster {
+        let voters: Vec<NodeId> = (1..=self.voters).map(NodeId).collect();
+        let learners: Vec<NodeId> = (self.voters + 1..=self.voters + self.learners)
+            .map(NodeId)
+            .collect();
+        let membership = Membership {
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+        };
+        let mut replicas = BTreeMap::new();
+        for id in membership.members() {
+            let mut config = Config::new(id, membership.clone());
+            for change in &self.configure_all {
+                change(&mut config);
+            }
+            for (node, change) in &self.configure_node {
+                if *node == id {
+                    change(&mut config);
+                }
+            }
+            let restored = self.restored.get(&id).cloned().unwrap_or_default();
+            let durable = DurableState {
+                hard_state: restored.hard_state,
+                entries: restored.entries.clone(),
+            };
+            let node = RaftNode::new(config.clone(), restored)
+                .unwrap_or_else(|error| panic!("cannot create node {id}: {error}"));
+            replicas.insert(
+                id,
+                Replica {
+                    config,
+                    node: Some(node),
+                    durable,
+                    persistence_paused: false,
+                    pending_writes: VecDeque::new(),
+                    applied: Vec::new(),
+                    applied_ever: Vec::new(),
+                    read_states: Vec::new(),
+                    dropped_reads: Vec::new(),
+                    crash_count: 0,
+                },
+            );
+        }
+        Cluster {
+            replicas,
+            network: Network {
+                queue: VecDeque::new(),
+                cut_links: BTreeSet::new(),
+                drop_rules: BTreeMap::new(),
+                next_rule_id: 1,
+            },
+            sent: Vec::new(),
+            deliveries: Vec::new(),
+            leaders_by_term: BTreeMap::new(),
+            applied_by_index: BTreeMap::new(),
+        }
+    }
+}
+
+/// A group of replicas, their storage and the network between them.
+#[derive(Debug)]
+pub struct Cluster {
+    replicas: BTreeMap<NodeId, Replica>,
+    network: Network,
+    /// Every message the nodes handed to the network, in order.
+    sent: Vec<Message>,
+    /// Every message stepped into a node, with the result.
+    deliveries: Vec<Delivery>,
+    leaders_by_term: BTreeMap<Term, NodeId>,
+    /// The first entry any node applied at each index, for the state machine safety check.
+    applied_by_index: BTreeMap<LogIndex, (NodeId, Entry)>,
+}
+
+impl Cluster {
+    /// Creates a cluster of `voters` voters with ids 1 to `voters`, default configs and
+    /// empty logs.
+    pub fn new(voters: u64) -> Cluster {
+        Cluster::builder(voters).build()
+    }
+
+    /// Starts building a cluster of `voters` voters with ids 1 to `voters`.
+    pub fn builder(voters: u64) -> ClusterBuilder {
+        ClusterBuilder {
+            voters,
+            learners: 0,
+            configure_all: Vec::new(),
+            configure_node: Vec::new(),
+            restored: BTreeMap::new(),
+        }
+    }
+
+    // ----- access -----
+
+    /// Returns every member's id, voters first.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.replicas.keys().copied().collect()
+    }
+
+    /// Returns the ids of the members that are up.
+    pub fn live_ids(&self) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .filter(|(_, replica)| replica.node.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn replica(&self, id: NodeId) -> &Replica {
+        self.replicas
+            .get(&id)
+            .unwrap_or_else(|| panic!("node {id} is not a member of the cluster"))
+    }
+
+    fn replica_mut(&mut self, id: NodeId) -> &mut Replica {
+        self.replicas
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("node {id} is not a member of the cluster"))
+    }
+
+    /// Returns the replica of node `id`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node is crashed or unknown.
+    pub fn node(&self, id: u64) -> &RaftNode {
+        self.replica(NodeId(id)).node()
+    }
+
+    /// Returns the replica of node `id`, for calls the harness does not wrap.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node is crashed or unknown.
+    pub fn node_mut(&mut self, id: u64) -> &mut RaftNode {
+        self.replica_mut(NodeId(id)).node_mut()
+    }
+
+    /// Returns the config node `id` was built with.
+    pub fn config(&self, id: u64) -> &Config {
+        &self.replica(NodeId(id)).config
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.replica(NodeId(id)).node.is_some()
+    }
+
+    /// Returns what node `id` has persisted.
+    pub fn durable(&self, id: u64) -> &DurableState {
+        &self.replica(NodeId(id)).durable
+    }
+
+    /// Returns the entries node `id` applied since it last started, in order.
+    pub fn applied(&self, id: u64) -> &[Entry] {
+        &self.replica(NodeId(id)).applied
+    }
+
+    /// Returns the entries node `id` applied in any of its runs, before and after crashes.
+    pub fn applied_ever(&self, id: u64) -> &[Entry] {
+        &self.replica(NodeId(id)).applied_ever
+    }
+
+    /// Returns the read states node `id` output, over all its runs.
+    pub fn read_states(&self, id: u64) -> &[ReadState] {
+        &self.replica(NodeId(id)).read_states
+    }
+
+    /// Returns the contexts of the reads node `id` dropped, over all its runs.
+    pub fn dropped_reads(&self, id: u64) -> &[u64] {
+        &self.replica(NodeId(id)).dropped_reads
+    }
+
+    /// Returns how often node `id` crashed.
+    pub fn crash_count(&self, id: u64) -> usize {
+        self.replica(NodeId(id)).crash_count
+    }
+
+    /// Returns every message the nodes handed to the network, in order, including dropped
+    /// ones.
+    pub fn sent(&self) -> &[Message] {
+        &self.sent
+    }
+
+    /// Forgets the messages recorded so far by [`Self::sent`] and [`Self::deliveries`].
+    pub fn clear_records(&mut self) {
+        self.sent.clear();
+        self.deliveries.clear();
+    }
+
+    /// Returns every message stepped into a node, with the node's result.
+    pub fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    /// Returns the messages waiting for delivery.
+    pub fn queued(&self) -> impl Iterator<Item = &Message> {
+        self.network.queue.iter()
+    }
+
+    /// Returns the live leader of the highest term, if any node is leader.
+    pub fn leader(&self) -> Option<u64> {
+        self.replicas
+            .values()
+            .filter_map(|replica| replica.node.as_ref())
+            .filter(|node| node.role() == Role::Leader)
+            .max_by_key(|node| node.term())
+            .map(|node| node.id().0)
+    }
+
+    // ----- time -----
+
+    /// Ticks node `id` once.
+    pub fn tick(&mut self, id: u64) {
+        self.node_mut(id).tick();
+    }
+
+    /// Ticks every live node once.
+    pub fn tick_all(&mut self) {
+        for id in self.live_ids() {
+            self.tick(id.0);
+        }
+    }
+
+    /// Ticks every live node `ticks` times, stabilizing the cluster after each tick.
+    pub fn run_ticks(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            self.tick_all();
+            self.stabilize();
+        }
+    }
+
+    // ----- readies and storage -----
+
+    /// Handles every `Ready` node `id` has, as a runtime would; returns how many it took.
+    ///
+    /// With persistence paused, the writes and the messages that wait for them are held
+    /// until [`Self::resume_persistence`]; the rest of each batch is handled at once.
+    pub fn process_ready(&mut self, id: u64) -> usize {
+        let mut count = 0;
+        while let Some(ready) = self.take_ready(id) {
+            count += 1;
+            self.handle_ready(id, ready);
+        }
+        count
+    }
+
+    /// Handles the readies of every live node until none has one; returns how many.
+    pub fn process_all_readies(&mut self) -> usize {
+        let mut count = 0;
+        loop {
+            let mut round = 0;
+            for id in self.live_ids() {
+                round += self.process_ready(id.0);
+            }
+            if round == 0 {
+                return count;
+            }
+            count += round;
+        }
+    }
+
+    /// Takes one `Ready` from node `id` without handling it, for tests that inspect or
+    /// handle a batch themselves. Nothing of it is persisted or sent.
+    pub fn take_ready(&mut self, id: u64) -> Option<Ready> {
+        let replica = self.replica_mut(NodeId(id));
+        let node = replica.node.as_mut()?;
+        node.ready()
+    }
+
+    /// Handles a batch taken with [`Self::take_ready`] as [`Self::process_ready`] would.
+    pub fn handle_ready(&mut self, id: u64, ready: Ready) {
+        let id = NodeId(id);
+        self.check_leader(id, &ready);
+        let Ready {
+            number,
+            role_state: _,
+            hard_state,
+            entries,
+            messages,
+            messages_after_persist,
+            committed_entries,
+            read_states,
+            dropped_reads,
+        } = ready;
+        self.send_all(messages);
+
+        let pending = PendingWrite {
+            number,
+            hard_state,
+            entries,
+            messages_after_persist,
+        };
+        self.replica_mut(id).pending_writes.push_back(pending);
+        if !self.replica(id).persistence_paused {
+            self.flush_pending_writes(id);
+        }
+
+        for entry in committed_entries {
+            self.apply(id, entry);
+        }
+        let replica = self.replica_mut(id);
+        replica.read_states.extend(read_states);
+        replica.dropped_reads.extend(dropped_reads);
+    }
+
+    /// Holds node `id`'s writes from now on: entries and hard state stay unwritten,
+    /// `on_persisted` is not called, and after-persist messages wait.
+    pub fn pause_persistence(&mut self, id: u64) {
+        self.replica_mut(NodeId(id)).persistence_paused = true;
+    }
+
+    /// Writes what node `id` held, reports it durable and releases the waiting messages.
+    pub fn resume_persistence(&mut self, id: u64) {
+        let id = NodeId(id);
+        self.replica_mut(id).persistence_paused = false;
+        self.flush_pending_writes(id);
+    }
+
+    fn flush_pending_writes(&mut self, id: NodeId) {
+        let mut last_number = None;
+        let mut messages = Vec::new();
+        let replica = self.replica_mut(id);
+        while let Some(write) = replica.pending_writes.pop_front() {
+            replica.durable.write(write.hard_state, &write.entries);
+            messages.extend(write.messages_after_persist);
+            last_number = Some(write.number);
+        }
+        if let Some(number) = last_number {
+            replica.node_mut().on_persisted(number);
+        }
+        self.send_all(messages);
+    }
+
+    fn send_all(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            self.sent.push(message.clone());
+            self.network.queue.push_back(message);
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, entry: Entry) {
+        match self.applied_by_index.get(&entry.index) {
+            Some((first, earlier)) => assert_eq!(
+                earlier, &entry,
+                "state machine safety violated: {id} applied {:?} at {}, {first} applied {:?}",
+                entry, entry.index, earlier
+            ),
+            None => {
+                self.applied_by_index
+                    .insert(entry.index, (id, entry.clone()));
+            }
+        }
+        let replica = self.replica_mut(id);
+        if let Some(last) = replica.applied.last() {
+            assert_eq!(
+                entry.index,
+                last.index.next(),
+                "{id} applied {} after {}",
+                entry.index,
+                last.index
+            );
+        }
+        replica.applied.push(entry.clone());
+        replica.applied_ever.push(entry);
+    }
+
+    fn check_leader(&mut self, id: NodeId, ready: &Ready) {
+        let Some(role_state) = ready.role_state else {
+            return;
+        };
+        if role_state.role != Role::Leader {
+            return;
+        }
+        let leader = *self.leaders_by_term.entry(role_state.term).or_insert(id);
+        assert_eq!(
+            leader, id,
+            "election safety violated: {leader} and {id} both led term {}",
+            role_state.term
+        );
+    }
+
+    // ----- network -----
+
+    /// Steps every queued message into its recipient unless a fault drops it; messages
+    /// the recipients send meanwhile wait for the next call. Returns how many were
+    /// stepped.
+    pub fn deliver_queued(&mut self) -> usize {
+        self.deliver_matching(|_| true)
+    }
+
+    /// Steps the queued messages for which `select` returns true, in queue order, and
+    /// leaves the others queued. Returns how many were stepped.
+    pub fn deliver_matching(&mut self, mut select: impl FnMut(&Message) -> bool) -> usize {
+        let queue = std::mem::take(&mut self.network.queue);
+        let mut kept = VecDeque::new();
+        let mut selected = Vec::new();
+        for message in queue {
+            if select(&message) {
+                selected.push(message);
+            } else {
+                kept.push_back(message);
+            }
+        }
+        self.network.queue = kept;
+        let mut count = 0;
+        for message in selected {
+            if self.deliver(message) {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Removes the queued messages for which `select` returns true; returns them.
+    pub fn drop_queued(&mut self, mut select: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let mut dropped = Vec::new();
+        let mut kept = VecDeque::new();
+        for message in std::mem::take(&mut self.network.queue) {
+            if select(&message) {
+                dropped.push(message);
+            } else {
+                kept.push_back(message);
+            }
+        }
+        self.network.queue = kept;
+        dropped
+    }
+
+    /// Steps one message into its recipient, unless a fault drops it or the recipient is
+    /// down; returns whether it was stepped.
+    pub fn deliver(&mut self, message: Message) -> bool {
+        if self.network.blocks(&message) {
+            return false;
+        }
+        let Some(replica) = self.replicas.get_mut(&message.to) else {
+            return false;
+        };
+        let Some(node) = replica.node.as_mut() else {
+            return false;
+        };
+        let result = node.step(message.clone());
+        self.deliveries.push(Delivery { message, result });
+        true
+    }
+
+    /// Cuts the link from `from` to `to`, one way.
+    pub fn cut(&mut self, from: u64, to: u64) {
+        self.network.cut_links.insert((NodeId(from), NodeId(to)));
+    }
+
+    /// Cuts the links between `a` and `b` both ways.
+    pub fn cut_both(&mut self, a: u64, b: u64) {
+        self.cut(a, b);
+        self.cut(b, a);
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&mut self, id: u64) {
+        for other in self.ids() {
+            if other.0 != id {
+                self.cut_both(id, other.0);
+            }
+        }
+    }
+
+    /// Cuts every link between nodes of different groups; links inside a group stay.
+    /// Nodes in no group are cut from everyone.
+    pub fn partition(&mut self, groups: &[&[u64]]) {
+        let group_of = |id: u64| groups.iter().position(|group| group.contains(&id));
+        let ids = self.ids();
+        for a in &ids {
+            for b in &ids {
+                if a == b {
+                    continue;
+                }
+                let same_group = match (group_of(a.0), group_of(b.0)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => false,
+                };
+                if !same_group {
+                    self.cut(a.0, b.0);
+                }
+            }
+        }
+    }
+
+    /// Restores every cut link; drop rules stay.
+    pub fn heal(&mut self) {
+        self.network.cut_links.clear();
+    }
+
+    /// Drops every message for which `rule` returns true when its turn for delivery comes,
+    /// until the rule is removed.
+    pub fn add_drop_rule(&mut self, rule: impl Fn(&Message) -> bool + 'static) -> DropRuleId {
+        let id = DropRuleId(self.network.next_rule_id);
+        self.network.next_rule_id += 1;
+        self.network.drop_rules.insert(id, Box::new(rule));
+        id
+    }
+
+    pub fn remove_drop_rule(&mut self, id: DropRuleId) {
+        self.network.drop_rules.remove(&id);
+    }
+
+    pub fn clear_drop_rules(&mut self) {
+        self.network.drop_rules.clear();
+    }
+
+    // ----- crashes -----
+
+    /// Stops node `id`: its replica, unpersisted writes, held messages and state machine
+    /// are lost, and a pause of its persistence ends. Its storage and the messages it
+    /// already sent stay.
+    pub fn crash(&mut self, id: u64) {
+        let replica = self.replica_mut(NodeId(id));
+        assert!(replica.node.is_some(), "node {id} is already crashed");
+        replica.node = None;
+        replica.pending_writes.clear();
+        replica.persistence_paused = false;
+        replica.applied.clear();
+        replica.crash_count += 1;
+    }
+
+    /// Starts node `id` again from its storage with `RaftNode::new`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node is up or the core rejects its durable state.
+    pub fn restart(&mut self, id: u64) {
+        let replica = self.replica_mut(NodeId(id));
+        assert!(replica.node.is_none(), "node {id} is up; crash it first");
+        let node = RaftNode::new(replica.config.clone(), replica.durable.to_restored())
+            .unwrap_or_else(|error| panic!("node {id} cannot restart: {error}"));
+        replica.node = Some(node);
+    }
+
+    // ----- composite steps -----
+
+    /// Handles readies and delivers messages until no node has a ready and no message is
+    /// queued; returns how many messages were stepped.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the cluster keeps exchanging messages for `MAX_STABILIZE_ROUNDS`
+    /// rounds without a tick.
+    pub fn stabilize(&mut self) -> usize {
+        let mut delivered = 0;
+        for _ in 0..MAX_STABILIZE_ROUNDS {
+            let readies = self.process_all_readies();
+            let round = self.deliver_queued();
+            delivered += round;
+            if readies == 0 && round == 0 && self.network.queue.is_empty() {
+                return delivered;
+            }
+        }
+        panic!("the cluster did not settle within {MAX_STABILIZE_ROUNDS} rounds");
+    }
+
+    /// Ticks all live nodes until one leads and has committed an entry of its term;
+    /// returns its id.
+    ///
+    /// # Panics
+    ///
+    /// Panics when no such leader emerges within `max_ticks` ticks.
+    pub fn run_until_leader(&mut self, max_ticks: u32) -> u64 {
+        self.stabilize();
+        for _ in 0..max_ticks {
+            if let Some(leader) = self.settled_leader() {
+                return leader;
+            }
+            self.tick_all();
+            self.stabilize();
+        }
+        self.settled_leader()
+            .unwrap_or_else(|| panic!("no leader within {max_ticks} ticks"))
+    }
+
+    fn settled_leader(&self) -> Option<u64> {
+        let leader = self.leader()?;
+        let node = self.node(leader);
+        let commit_term = node.entry(node.commit_index()).map(|entry| entry.term);
+        (commit_term == Some(node.term())).then_some(leader)
+    }
+
+    /// Ticks only node `id`, stabilizing after each tick, until it is leader. Other nodes
+    /// do not tick, so their election timers stay where they were.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node does not win within `max_ticks` ticks.
+    pub fn elect(&mut self, id: u64, max_ticks: u32) {
+        self.stabilize();
+        for _ in 0..max_ticks {
+            if self.node(id).role() == Role::Leader {
+                return;
+            }
+            self.tick(id);
+            self.stabilize();
+        }
+        let role = self.node(id).role();
+        assert_eq!(
+            role,
+            Role::Leader,
+            "node {id} did not become leader within {max_ticks} ticks"
+        );
+    }
+
+    /// Ticks only node `id` until it becomes leader, handling readies and delivering
+    /// messages, and returns as soon as it leads: before it takes the `Ready` that carries
+    /// its first `AppendEntries`, so the test decides what happens to them.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node does not win within `max_ticks` ticks.
+    pub fn win_election(&mut self, id: u64, max_ticks: u32) {
+        for _ in 0..max_ticks {
+            self.tick(id);
+            loop {
+                if self.node(id).role() == Role::Leader {
+                    return;
+                }
+                let readies = self.process_all_readies();
+                if self.node(id).role() == Role::Leader {
+                    return;
+                }
+                let delivered = self.deliver_queued();
+                if readies == 0 && delivered == 0 && self.network.queue.is_empty() {
+                    break;
+                }
+            }
+        }
+        panic!("node {id} did not become leader within {max_ticks} ticks");
+    }
+
+    /// Proposes `data` at the current leader and stabilizes; returns where it was
+    /// appended.
+    ///
+    /// # Panics
+    ///
+    /// Panics when there is no leader, the leader rejects the proposal, or the leader has
+    /// not applied the entry once the cluster settles.
+    pub fn propose_and_commit(&mut self, data: impl Into<Bytes>) -> ProposalId {
+        let leader = self.leader().expect("propose_and_commit needs a leader");
+        let proposal = self
+            .node_mut(leader)
+            .propose(data.into())
+            .unwrap_or_else(|error| panic!("leader {leader} rejected the proposal: {error}"));
+        self.stabilize();
+        assert!(
+            self.has_applied(leader, proposal),
+            "leader {leader} did not apply {proposal:?}; applied up to {}",
+            self.node(leader).applied_index()
+        );
+        proposal
+    }
+
+    /// Returns whether node `id` applied the entry that `proposal` appended, in its current
+    /// run.
+    pub fn has_applied(&self, id: u64, proposal: ProposalId) -> bool {
+        self.applied(id)
+            .iter()
+            .any(|entry| entry.index == proposal.index && entry.term == proposal.term)
+    }
+}

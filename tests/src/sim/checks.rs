@@ -1,0 +1,213 @@
+//! Raft's safety properties, checked incrementally after every event of a run.
+//!
+//! Each replica's log is mirrored from the entries its `Ready` batches hand out, with a
+//! hash chain over the entries (`chain[i]` covers every entry up to `i`), so that two logs
+//! agree on a whole prefix exactly when their chain values at its last index agree:
+//!
+//! - election safety: at most one leader per term;
+//! - log matching: two logs with an entry of the same index and term agree on every entry
+//!   up to it;
+//! - leader completeness: a new leader's log holds every entry applied anywhere so far;
+//! - state machine safety: no two replicas apply different entries at one index.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use shardraft_raft::{Entry, EntryKind, LogIndex, NodeId, Term};
+
+/// A violated safety property, with what shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub property: &'static str,
+    pub detail: String,
+}
+
+/// One replica's log as the checker sees it.
+#[derive(Clone, Debug, Default)]
+struct MirroredLog {
+    /// `(term, chain)` of the entry at index `k + 1`.
+    entries: Vec<(Term, u64)>,
+}
+
+impl MirroredLog {
+    fn chain_at(&self, index: LogIndex) -> Option<u64> {
+        if index.0 == 0 {
+            return Some(0);
+        }
+        self.entries
+            .get(index.0 as usize - 1)
+            .map(|(_, chain)| *chain)
+    }
+
+    fn last_index(&self) -> LogIndex {
+        LogIndex(self.entries.len() as u64)
+    }
+}
+
+fn chain_hash(previous: u64, entry: &Entry) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    previous.hash(&mut hasher);
+    entry.term.0.hash(&mut hasher);
+    matches!(entry.kind, EntryKind::LeaderNoop).hash(&mut hasher);
+    entry.data.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Debug, Default)]
+pub struct SafetyChecker {
+    logs: BTreeMap<NodeId, MirroredLog>,
+    leaders_by_term: BTreeMap<Term, NodeId>,
+    /// Chain value of each `(index, term)` seen in any log.
+    chain_by_position: BTreeMap<(LogIndex, Term), u64>,
+    /// Chain value at each index applied anywhere, and who applied it first.
+    applied: Vec<(u64, NodeId)>,
+    /// Next index each replica must apply.
+    next_apply: BTreeMap<NodeId, LogIndex>,
+}
+
+impl SafetyChecker {
+    /// Starts mirroring `node` from its durable log, after a start or a restart.
+    pub fn restore(&mut self, node: NodeId, durable: &[Entry]) -> Result<(), Violation> {
+        self.logs.insert(node, MirroredLog::default());
+        self.next_apply.insert(node, LogIndex(1));
+        self.append(node, durable)
+    }
+
+    /// Records entries a replica handed to storage: its log is truncated at the first
+    /// one's index, then extended.
+    pub fn append(&mut self, node: NodeId, entries: &[Entry]) -> Result<(), Violation> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let log = self.logs.entry(node).or_default();
+        let keep = (first.index.0 as usize).saturating_sub(1);
+        if keep > log.entries.len() {
+            return Err(Violation {
+                property: "log continuity",
+                detail: format!(
+                    "{node} appended at {} past its last index {}",
+                    first.index,
+                    log.last_index()
+                ),
+            });
+        }
+        log.entries.truncate(keep);
+        for entry in entries {
+            let previous = log.chain_at(entry.index.prev()).unwrap_or(0);
+            let chain = chain_hash(previous, entry);
+            log.entries.push((entry.term, chain));
+            match self.chain_by_position.get(&(entry.index, entry.term)) {
+                Some(known) if *known != chain => {
+                    return Err(Violation {
+                        property: "log matching",
+                        detail: format!(
+                            "{node} holds an entry at {} of {} whose prefix differs from another log's entry at the same index and term",
+                            entry.index, entry.term
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.chain_by_position
+                        .insert((entry.index, entry.term), chain);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the replica's core agrees with the mirror about its last index.
+    pub fn check_last_index(
+        &self,
+        node: NodeId,
+        core_last_index: LogIndex,
+    ) -> Result<(), Violation> {
+        let mirrored = self
+            .logs
+            .get(&node)
+            .map_or(LogIndex(0), MirroredLog::last_index);
+        if mirrored != core_last_index {
+            return Err(Violation {
+                property: "log handed to storage",
+                detail: format!(
+                    "{node} has last index {core_last_index} but handed out entries up to {mirrored}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that `node` became leader of `term`.
+    pub fn leader_elected(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
+        if let Some(existing) = self.leaders_by_term.insert(term, node) {
+            if existing != node {
+                return Err(Violation {
+                    property: "election safety",
+                    detail: format!("{existing} and {node} both led {term}"),
+                });
+            }
+        }
+        // Every entry applied so far was committed in an earlier term, so this log must
+        // hold all of them.
+        let Some(last_applied) = self.applied.len().checked_sub(1) else {
+            return Ok(());
+        };
+        let index = LogIndex(last_applied as u64 + 1);
+        let expected = self.applied[last_applied].0;
+        let actual = self.logs.get(&node).and_then(|log| log.chain_at(index));
+        if actual != Some(expected) {
+            return Err(Violation {
+                property: "leader completeness",
+                detail: format!(
+                    "{node} became leader of {term} without the committed entries up to {index}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that `node` applied `entry`.
+    pub fn applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+        let expected_index = self.next_apply.get(&node).copied().unwrap_or(LogIndex(1));
+        if entry.index != expected_index {
+            return Err(Violation {
+                property: "apply order",
+                detail: format!(
+                    "{node} applied {} but {expected_index} was next",
+                    entry.index
+                ),
+            });
+        }
+        self.next_apply.insert(node, entry.index.next());
+        let Some(chain) = self
+            .logs
+            .get(&node)
+            .and_then(|log| log.chain_at(entry.index))
+        else {
+            return Err(Violation {
+                property: "apply order",
+                detail: format!("{node} applied {} which is not in its log", entry.index),
+            });
+        };
+        let position = entry.index.0 as usize - 1;
+        match self.applied.get(position) {
+            Some((known, first)) if *known != chain => Err(Violation {
+                property: "state machine safety",
+                detail: format!(
+                    "{node} and {first} applied different entries at {}",
+                    entry.index
+                ),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.applied.push((chain, node));
+                Ok(())
+            }
+        }
+    }
+
+    /// Highest index applied by any replica.
+    pub fn highest_applied(&self) -> LogIndex {
+        LogIndex(self.applied.len() as u64)
+    }
+}

@@ -1,0 +1,1035 @@
+//! The event loop of one simulated run: replicas, their storage, the network, clients and
+//! the fault schedule, all driven by one virtual clock and one seeded generator.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use shardraft_raft::{
+    Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, NodeId, ProposeError,
+    RaftNode, ReadIndexError, Ready, ReadyNumber, RestoredState, Role, Term,
+};
+
+use super::checks::{SafetyChecker, Violation};
+use super::faults::{Fault, ScheduledFault, draw_schedule};
+use super::kv::{Command, CommandResult, KvStore};
+use super::network::{LinkQuality, Partition, chance, uniform};
+use super::params::{RunParams, tick_period_us};
+use crate::history::{Call, History, HistoryRecorder, Output};
+
+/// What ends a run early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunError {
+    Safety(Violation),
+    Liveness(String),
+}
+
+impl From<Violation> for RunError {
+    fn from(violation: Violation) -> RunError {
+        RunError::Safety(violation)
+    }
+}
+
+/// Counts describing a finished run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub events: u64,
+    pub messages_sent: u64,
+    pub messages_lost: u64,
+    pub elections_won: u64,
+    pub highest_term: u64,
+    pub highest_applied: u64,
+    pub operations_ok: u64,
+    pub operations_failed: u64,
+    pub operations_unknown: u64,
+    pub crashes: u64,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Deliver {
+        message: Message,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+        number: ReadyNumber,
+    },
+    ClientWake {
+        client: usize,
+    },
+    ClientArrive {
+        client: usize,
+        node: usize,
+        op_seq: u64,
+    },
+    ClientResponse {
+        client: usize,
+        op_seq: u64,
+        result: ClientResult,
+    },
+    ClientTimeout {
+        client: usize,
+        op_seq: u64,
+    },
+    Fault {
+        index: usize,
+    },
+    Restart {
+        node: usize,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ClientResult {
+    Ok(Output),
+    /// Definitely not applied; `leader_hint` names the leader if the node knew one.
+    Failed {
+        leader_hint: Option<usize>,
+    },
+    /// May or may not have been applied.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    number: ReadyNumber,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    messages_after_persist: Vec<Message>,
+}
+
+#[derive(Debug)]
+struct WriteWaiter {
+    term: Term,
+    client: usize,
+    op_seq: u64,
+}
+
+#[derive(Debug)]
+struct ReadWaiter {
+    client: usize,
+    op_seq: u64,
+    key: String,
+}
+
+/// One replica with the storage it survives crashes with.
+#[derive(Debug)]
+struct SimNode {
+    id: NodeId,
+    incarnation: u64,
+    raft: Option<RaftNode>,
+    tick_period_us: u64,
+    durable_hard_state: HardState,
+    durable_entries: Vec<Entry>,
+    pending_writes: VecDeque<PendingWrite>,
+    last_write_done_us: u64,
+    kv: KvStore,
+    write_waiters: BTreeMap<LogIndex, Vec<WriteWaiter>>,
+    read_waiters: BTreeMap<u64, ReadWaiter>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    confirmed_reads: Vec<(LogIndex, u64)>,
+}
+
+impl SimNode {
+    fn applied_index(&self) -> LogIndex {
+        self.raft
+            .as_ref()
+            .map_or(LogIndex(0), RaftNode::applied_index)
+    }
+}
+
+#[derive(Debug)]
+struct ClientOp {
+    op_seq: u64,
+    node: usize,
+    /// Index into `Simulation::operations`.
+    operation: usize,
+    call: Call,
+}
+
+/// How a client saw one of its operations end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RecordedOutcome {
+    Ok(Output),
+    /// Rejected before it could take effect, for example by a replica that does not lead.
+    NoEffect,
+    Unknown,
+}
+
+#[derive(Debug)]
+struct RecordedOperation {
+    process: u64,
+    call: Call,
+    outcome: Option<RecordedOutcome>,
+}
+
+/// One event of the clients' history, in the order the events happened.
+#[derive(Clone, Copy, Debug)]
+enum HistoryEvent {
+    Invoke(usize),
+    Complete(usize),
+}
+
+#[derive(Debug)]
+struct SimClient {
+    process: u64,
+    next_op_seq: u64,
+    current: Option<ClientOp>,
+    leader_hint: Option<usize>,
+}
+
+/// One simulated run.
+pub struct Simulation {
+    pub params: RunParams,
+    pub schedule: Vec<ScheduledFault>,
+    rng: ChaCha8Rng,
+    now_us: u64,
+    next_event_seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    event_slots: Vec<Option<Event>>,
+    free_slots: Vec<usize>,
+    nodes: Vec<SimNode>,
+    clients: Vec<SimClient>,
+    next_process: u64,
+    next_read_context: u64,
+    partition: Partition,
+    links: LinkQuality,
+    checker: SafetyChecker,
+    operations: Vec<RecordedOperation>,
+    history_events: Vec<HistoryEvent>,
+    counts: RunCounts,
+    seed: u64,
+    liveness_met: bool,
+    ok_after_faults: bool,
+}
+
+impl std::fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("seed", &self.seed)
+            .field("now_us", &self.now_us)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulation {
+    /// Sets up the run of `seed`; `nodes` fixes the cluster size.
+    pub fn new(seed: u64, nodes: Option<usize>) -> Simulation {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let params = RunParams::draw(seed, &mut rng, nodes);
+        let schedule = draw_schedule(
+            &mut rng,
+            params.nodes,
+            params.faults_start_us,
+            params.faults_end_us,
+        );
+        let nodes = (0..params.nodes)
+            .map(|index| SimNode {
+                id: NodeId(index as u64 + 1),
+                incarnation: 0,
+                raft: None,
+                tick_period_us: tick_period_us(&mut rng),
+                durable_hard_state: HardState::default(),
+                durable_entries: Vec::new(),
+                pending_writes: VecDeque::new(),
+                last_write_done_us: 0,
+                kv: KvStore::default(),
+                write_waiters: BTreeMap::new(),
+                read_waiters: BTreeMap::new(),
+                confirmed_reads: Vec::new(),
+            })
+            .collect();
+        let clients = (0..params.clients)
+            .map(|index| SimClient {
+                process: index as u64,
+                next_op_seq: 0,
+                current: None,
+                leader_hint: None,
+            })
+            .collect();
+        Simulation {
+            next_process: params.clients as u64,
+            params,
+            schedule,
+            rng,
+            now_us: 0,
+            next_event_seq: 0,
+            events: BinaryHeap::new(),
+            event_slots: Vec::new(),
+            free_slots: Vec::new(),
+            nodes,
+            clients,
+            next_read_context: 1,
+            partition: Partition::default(),
+            links: LinkQuality::reliable(),
+            checker: SafetyChecker::default(),
+            operations: Vec::new(),
+            history_events: Vec::new(),
+            counts: RunCounts::default(),
+            seed,
+            liveness_met: false,
+            ok_after_faults: false,
+        }
+    }
+
+    pub fn counts(&self) -> &RunCounts {
+        &self.counts
+    }
+
+    /// The clients' history.
+    ///
+    /// A compare-and-set that was rejected before taking effect is left out entirely: in
+    /// the history's formats a failed compare-and-set means that the key held another
+    /// value, which such a rejection does not show. Other rejected operations are recorded
+    /// as failed, which means the same as leaving them out.
+    pub fn history(&self) -> History {
+        let mut recorder = HistoryRecorder::new();
+        let mut handles = vec![None; self.operations.len()];
+        for event in &self.history_events {
+            match *event {
+                HistoryEvent::Invoke(index) => {
+                    let operation = &self.operations[index];
+                    let rejected_cas = matches!(operation.call, Call::Cas { .. })
+                        && operation.outcome == Some(RecordedOutcome::NoEffect);
+                    if !rejected_cas {
+                        handles[index] =
+                            Some(recorder.invoke(operation.process, operation.call.clone()));
+                    }
+                }
+                HistoryEvent::Complete(index) => {
+                    let Some(handle) = handles[index] else {
+                        continue;
+                    };
+                    match &self.operations[index].outcome {
+                        Some(RecordedOutcome::Ok(output)) => recorder.ok(handle, output.clone()),
+                        Some(RecordedOutcome::NoEffect) => recorder.fail(handle),
+                        Some(RecordedOutcome::Unknown) => recorder.info(handle),
+                        None => {}
+                    }
+                }
+            }
+        }
+        recorder.into_history()
+    }
+
+    /// Runs to the end, checking safety after every event and liveness once faults stop.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first safety violation, or a liveness failure.
+    pub fn run(&mut self) -> Result<(), RunError> {
+        for node in 0..self.nodes.len() {
+            self.start_node(node)?;
+        }
+        for client in 0..self.clients.len() {
+            let wake_us = uniform(&mut self.rng, 0, 50_000);
+            self.schedule_event(wake_us, Event::ClientWake { client });
+        }
+        for index in 0..self.schedule.len() {
+            let at_us = self.schedule[index].at_us;
+            self.schedule_event(at_us, Event::Fault { index });
+        }
+
+        while let Some(Reverse((at_us, _, slot))) = self.events.pop() {
+            if at_us > self.params.end_us {
+                break;
+            }
+            self.now_us = at_us;
+            let Some(event) = self.event_slots[slot].take() else {
+                continue;
+            };
+            self.free_slots.push(slot);
+            self.counts.events += 1;
+            self.handle_event(event)?;
+            self.check_liveness()?;
+        }
+        if !self.liveness_met {
+            return Err(RunError::Liveness(format!(
+                "no leader committed an entry of its term within {} ms after faults stopped",
+                self.params.liveness_bound_us / 1000
+            )));
+        }
+        for node in &self.nodes {
+            if let Some(raft) = node.raft.as_ref() {
+                tracing::debug!(node = %node.id, role = ?raft.role(), term = %raft.term(), commit = %raft.commit_index(), applied = %raft.applied_index(), persisted = %raft.persisted_index(), last = %raft.last_index(), pending_writes = node.pending_writes.len(), "final state");
+            }
+        }
+        if !self.ok_after_faults && self.params.clients > 0 {
+            return Err(RunError::Liveness(
+                "no client operation succeeded after faults stopped".into(),
+            ));
+        }
+        self.counts.highest_applied = self.checker.highest_applied().0;
+        Ok(())
+    }
+
+    fn schedule_event(&mut self, at_us: u64, event: Event) {
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.event_slots[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.event_slots.push(Some(event));
+                self.event_slots.len() - 1
+            }
+        };
+        self.next_event_seq += 1;
+        self.events
+            .push(Reverse((at_us, self.next_event_seq, slot)));
+    }
+
+    fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
+        match event {
+            Event::Tick { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return Ok(());
+                }
+                let Some(raft) = self.nodes[node].raft.as_mut() else {
+                    return Ok(());
+                };
+                raft.tick();
+                let next_us = self.now_us + self.nodes[node].tick_period_us;
+                self.schedule_event(next_us, Event::Tick { node, incarnation });
+                self.drive(node)
+            }
+            Event::Deliver { message } => self.deliver(message),
+            Event::PersistDone {
+                node,
+                incarnation,
+                number,
+            } => self.persist_done(node, incarnation, number),
+            Event::ClientWake { client } => {
+                self.issue_operation(client);
+                Ok(())
+            }
+            Event::ClientArrive {
+                client,
+                node,
+                op_seq,
+            } => self.client_arrive(client, node, op_seq),
+            Event::ClientResponse {
+                client,
+                op_seq,
+                result,
+            } => {
+                self.client_response(client, op_seq, result);
+                Ok(())
+            }
+            Event::ClientTimeout { client, op_seq } => {
+                self.client_response(client, op_seq, ClientResult::Unknown);
+                Ok(())
+            }
+            Event::Fault { index } => self.apply_fault(index),
+            Event::Restart { node } => {
+                if self.nodes[node].raft.is_none() {
+                    self.start_node(node)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_liveness(&mut self) -> Result<(), RunError> {
+        if self.liveness_met || self.now_us < self.params.faults_end_us {
+            return Ok(());
+        }
+        let leader_committed =
+            self.nodes
+                .iter()
+                .filter_map(|node| node.raft.as_ref())
+                .any(|raft| {
+                    raft.role() == Role::Leader
+                        && raft
+                            .entry(raft.commit_index())
+                            .is_some_and(|entry| entry.term == raft.term())
+                });
+        if leader_committed {
+            self.liveness_met = true;
+            return Ok(());
+        }
+        if self.now_us > self.params.faults_end_us + self.params.liveness_bound_us {
+            return Err(RunError::Liveness(format!(
+                "no leader committed an entry of its term within {} ms after faults stopped",
+                self.params.liveness_bound_us / 1000
+            )));
+        }
+        Ok(())
+    }
+
+    fn node_config(&self, node: usize) -> Config {
+        let voters = self.nodes.iter().map(|node| node.id);
+        let mut config = Config::new(self.nodes[node].id, Membership::with_voters(voters));
+        config.pre_vote = self.params.pre_vote;
+        config.check_quorum = self.params.check_quorum;
+        config.max_entries_per_message = self.params.max_entries_per_message;
+        config.max_inflight_messages = self.params.max_inflight_messages;
+        config.max_bytes_per_message = self.params.max_bytes_per_message;
+        config.random_seed = RunParams::core_seed(self.seed, node, self.nodes[node].incarnation);
+        config
+    }
+
+    /// Starts or restarts a replica from its durable state; its state machine is rebuilt
+    /// by applying the log again.
+    fn start_node(&mut self, node: usize) -> Result<(), RunError> {
+        let config = self.node_config(node);
+        let sim_node = &mut self.nodes[node];
+        let restored = RestoredState {
+            hard_state: sim_node.durable_hard_state,
+            entries: sim_node.durable_entries.clone(),
+            applied: LogIndex(0),
+        };
+        let raft = match RaftNode::new(config, restored) {
+            Ok(raft) => raft,
+            Err(error) => {
+                return Err(RunError::Safety(Violation {
+                    property: "restart",
+                    detail: format!(
+                        "{} could not restart from its durable state: {error}",
+                        sim_node.id
+                    ),
+                }));
+            }
+        };
+        sim_node.raft = Some(raft);
+        sim_node.kv = KvStore::default();
+        sim_node.last_write_done_us = self.now_us;
+        let id = sim_node.id;
+        let incarnation = sim_node.incarnation;
+        let first_tick_us = self.now_us + self.rng.next_u64() % sim_node.tick_period_us;
+        self.checker
+            .restore(id, &self.nodes[node].durable_entries)?;
+        self.schedule_event(first_tick_us, Event::Tick { node, incarnation });
+        Ok(())
+    }
+
+    /// Stops a replica: its core, unfinished writes and clients' requests are lost.
+    fn crash_node(&mut self, node: usize) {
+        let sim_node = &mut self.nodes[node];
+        if sim_node.raft.is_none() {
+            return;
+        }
+        self.counts.crashes += 1;
+        sim_node.raft = None;
+        sim_node.incarnation += 1;
+        sim_node.pending_writes.clear();
+        sim_node.confirmed_reads.clear();
+        let writes: Vec<WriteWaiter> = std::mem::take(&mut sim_node.write_waiters)
+            .into_values()
+            .flatten()
+            .collect();
+        let reads: Vec<ReadWaiter> = std::mem::take(&mut sim_node.read_waiters)
+            .into_values()
+            .collect();
+        // The connection breaks: a write's outcome is unknown, a read had no effect.
+        for waiter in writes {
+            self.respond(waiter.client, waiter.op_seq, ClientResult::Unknown);
+        }
+        for waiter in reads {
+            self.respond(
+                waiter.client,
+                waiter.op_seq,
+                ClientResult::Failed { leader_hint: None },
+            );
+        }
+    }
+
+    /// Takes every `Ready` the replica has and carries it out.
+    fn drive(&mut self, node: usize) -> Result<(), RunError> {
+        loop {
+            let Some(ready) = self.nodes[node].raft.as_mut().and_then(RaftNode::ready) else {
+                return Ok(());
+            };
+            self.handle_ready(node, ready)?;
+        }
+    }
+
+    fn handle_ready(&mut self, node: usize, ready: Ready) -> Result<(), RunError> {
+        let id = self.nodes[node].id;
+        let must_persist = ready.must_persist();
+        self.checker.append(id, &ready.entries)?;
+        if let Some(raft) = self.nodes[node].raft.as_ref() {
+            self.checker.check_last_index(id, raft.last_index())?;
+        }
+        if let Some(role_state) = ready.role_state {
+            self.counts.highest_term = self.counts.highest_term.max(role_state.term.0);
+            if role_state.role == Role::Leader {
+                self.counts.elections_won += 1;
+                self.checker.leader_elected(id, role_state.term)?;
+            }
+        }
+
+        for message in ready.messages {
+            self.send(message);
+        }
+        self.apply_entries(node, &ready.committed_entries)?;
+        for read in ready.read_states {
+            self.nodes[node]
+                .confirmed_reads
+                .push((read.read_index, read.context));
+        }
+        self.serve_confirmed_reads(node);
+        for context in ready.dropped_reads {
+            if let Some(waiter) = self.nodes[node].read_waiters.remove(&context) {
+                self.respond(
+                    waiter.client,
+                    waiter.op_seq,
+                    ClientResult::Failed { leader_hint: None },
+                );
+            }
+        }
+
+        if must_persist || !ready.messages_after_persist.is_empty() {
+            let latency_us = if must_persist {
+                self.disk_latency_us()
+            } else {
+                0
+            };
+            let sim_node = &mut self.nodes[node];
+            // Writes complete in order: a write cannot finish before the one ahead of it.
+            let done_us = (self.now_us + latency_us).max(sim_node.last_write_done_us);
+            sim_node.last_write_done_us = done_us;
+            sim_node.pending_writes.push_back(PendingWrite {
+                number: ready.number,
+                hard_state: ready.hard_state,
+                entries: ready.entries,
+                messages_after_persist: ready.messages_after_persist,
+            });
+            let incarnation = sim_node.incarnation;
+            self.schedule_event(
+                done_us,
+                Event::PersistDone {
+                    node,
+                    incarnation,
+                    number: ready.number,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn disk_latency_us(&mut self) -> u64 {
+        let mut latency = uniform(
+            &mut self.rng,
+            self.params.disk_latency_us_min,
+            self.params.disk_latency_us_max,
+        );
+        if chance(&mut self.rng, self.params.disk_stall_probability) {
+            latency += self.params.disk_stall_us;
+        }
+        latency
+    }
+
+    fn persist_done(
+        &mut self,
+        node: usize,
+        incarnation: u64,
+        number: ReadyNumber,
+    ) -> Result<(), RunError> {
+        let sim_node = &mut self.nodes[node];
+        if sim_node.incarnation != incarnation {
+            return Ok(());
+        }
+        let Some(write) = sim_node.pending_writes.pop_front() else {
+            return Ok(());
+        };
+        debug_assert_eq!(
+            write.number, number,
+            "storage writes completed out of order"
+        );
+        if let Some(hard_state) = write.hard_state {
+            sim_node.durable_hard_state = hard_state;
+        }
+        if let Some(first) = write.entries.first() {
+            sim_node
+                .durable_entries
+                .truncate(first.index.0 as usize - 1);
+            sim_node.durable_entries.extend(write.entries);
+        }
+        if let Some(raft) = sim_node.raft.as_mut() {
+            raft.on_persisted(write.number);
+        }
+        for message in write.messages_after_persist {
+            self.send(message);
+        }
+        self.drive(node)
+    }
+
+    fn send(&mut self, message: Message) {
+        self.counts.messages_sent += 1;
+        let from = message.from.0 as usize - 1;
+        let to = message.to.0 as usize - 1;
+        if !self.partition.allows(from, to) {
+            self.counts.messages_lost += 1;
+            return;
+        }
+        let delays = self.links.delivery_delays_us(&mut self.rng);
+        if delays.is_empty() {
+            self.counts.messages_lost += 1;
+            return;
+        }
+        for delay_us in delays {
+            let message = message.clone();
+            self.schedule_event(self.now_us + delay_us, Event::Deliver { message });
+        }
+    }
+
+    fn deliver(&mut self, message: Message) -> Result<(), RunError> {
+        let from = message.from.0 as usize - 1;
+        let to = message.to.0 as usize - 1;
+        if !self.partition.allows(from, to) {
+            self.counts.messages_lost += 1;
+            return Ok(());
+        }
+        let Some(raft) = self.nodes[to].raft.as_mut() else {
+            self.counts.messages_lost += 1;
+            return Ok(());
+        };
+        // Rejections are the protocol's answer to stale or duplicated input; the core has
+        // counted them.
+        let _ = raft.step(message);
+        self.drive(to)
+    }
+
+    fn apply_entries(&mut self, node: usize, entries: &[Entry]) -> Result<(), RunError> {
+        let id = self.nodes[node].id;
+        for entry in entries {
+            self.checker.applied(id, entry)?;
+            let result = match entry.kind {
+                EntryKind::Normal => match Command::decode(&entry.data) {
+                    Ok(command) => Some(self.nodes[node].kv.apply(&command)),
+                    Err(error) => {
+                        return Err(RunError::Safety(Violation {
+                            property: "entry contents",
+                            detail: format!(
+                                "{id} applied an undecodable entry at {}: {error}",
+                                entry.index
+                            ),
+                        }));
+                    }
+                },
+                EntryKind::LeaderNoop => None,
+            };
+            let waiters = self.nodes[node]
+                .write_waiters
+                .remove(&entry.index)
+                .unwrap_or_default();
+            for waiter in waiters {
+                // Only one entry is ever committed at an index, so a proposal whose term
+                // differs from the applied entry's can no longer take effect.
+                let outcome = match result {
+                    Some(result) if waiter.term == entry.term => ClientResult::Ok(match result {
+                        CommandResult::Done => Output::Done,
+                        CommandResult::Cas { succeeded } => Output::Cas(succeeded),
+                    }),
+                    _ => ClientResult::Failed { leader_hint: None },
+                };
+                self.respond(waiter.client, waiter.op_seq, outcome);
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_confirmed_reads(&mut self, node: usize) {
+        let applied = self.nodes[node].applied_index();
+        let sim_node = &mut self.nodes[node];
+        let (ready, waiting): (Vec<_>, Vec<_>) = sim_node
+            .confirmed_reads
+            .drain(..)
+            .partition(|(read_index, _)| *read_index <= applied);
+        sim_node.confirmed_reads = waiting;
+        for (_, context) in ready {
+            let Some(waiter) = self.nodes[node].read_waiters.remove(&context) else {
+                continue;
+            };
+            let value = self.nodes[node].kv.get(&waiter.key).cloned();
+            self.respond(
+                waiter.client,
+                waiter.op_seq,
+                ClientResult::Ok(Output::Read(value)),
+            );
+        }
+    }
+
+    fn apply_fault(&mut self, index: usize) -> Result<(), RunError> {
+        let fault = self.schedule[index].fault.clone();
+        tracing::debug!(seed = self.seed, at_ms = self.now_us / 1000, %fault, "fault");
+        match fault {
+            Fault::Partition { partition, .. } => self.partition = partition,
+            Fault::Heal => self.partition = Partition::default(),
+            Fault::Crash { node } => self.crash_node(node),
+            Fault::CrashLeader => {
+                if let Some(leader) = self.current_leader() {
+                    self.crash_node(leader);
+                    let restart_us = self.now_us + uniform(&mut self.rng, 200_000, 2_000_000);
+                    self.schedule_event(restart_us, Event::Restart { node: leader });
+                }
+            }
+            Fault::IsolateLeader => {
+                if let Some(leader) = self.current_leader() {
+                    let others: Vec<usize> = (0..self.nodes.len()).filter(|node| *node != leader).collect();
+                    self.partition = Partition::symmetric(&[leader], &others);
+                }
+            }
+            Fault::CrashAll => {
+                for node in 0..self.nodes.len() {
+                    self.crash_node(node);
+                }
+            }
+            Fault::Restart { node } => {
+                if self.nodes[node].raft.is_none() {
+                    self.start_node(node)?;
+                }
+            }
+            Fault::RestartAll => {
+                for node in 0..self.nodes.len() {
+                    if self.nodes[node].raft.is_none() {
+                        self.start_node(node)?;
+                    }
+                }
+            }
+            Fault::Links { quality } => self.links = quality,
+            Fault::TransferLeadership { node } => {
+                let target = self.nodes[node].id;
+                let leader = self.current_leader();
+                if let Some(leader) = leader {
+                    if let Some(raft) = self.nodes[leader].raft.as_mut() {
+                        // A transfer to itself or to a non-voter is refused; that is fine here.
+                        let _ = raft.transfer_leadership(target);
+                    }
+                    self.drive(leader)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node that leads in the highest term, if any node leads.
+    fn current_leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter_map(|node| {
+                let raft = self.nodes[node].raft.as_ref()?;
+                (raft.role() == Role::Leader).then_some((raft.term(), node))
+            })
+            .max()
+            .map(|(_, node)| node)
+    }
+
+    /// Starts the client's next operation, if the run still takes operations.
+    fn issue_operation(&mut self, client: usize) {
+        if self.now_us >= self.params.clients_stop_us || self.clients[client].current.is_some() {
+            return;
+        }
+        let key = format!("k{}", self.rng.next_u64() % self.params.keys as u64);
+        let op_seq = self.clients[client].next_op_seq;
+        self.clients[client].next_op_seq += 1;
+        let unique_value = format!("{client}.{op_seq}");
+        let call = match self.rng.next_u64() % 10 {
+            0..=3 => Call::Read { key },
+            4..=6 => Call::Write {
+                key,
+                value: unique_value,
+            },
+            _ => {
+                let expected = if chance(&mut self.rng, 0.2) {
+                    None
+                } else {
+                    let writer = self.rng.next_u64() % self.params.clients as u64;
+                    let writer_seq = self.rng.next_u64() % (op_seq + 1);
+                    Some(format!("{writer}.{writer_seq}"))
+                };
+                Call::Cas {
+                    key,
+                    expected,
+                    new: unique_value,
+                }
+            }
+        };
+        let node = match self.clients[client].leader_hint {
+            Some(node) if !chance(&mut self.rng, 0.1) => node,
+            _ => (self.rng.next_u64() % self.nodes.len() as u64) as usize,
+        };
+        let operation = self.operations.len();
+        self.operations.push(RecordedOperation {
+            process: self.clients[client].process,
+            call: call.clone(),
+            outcome: None,
+        });
+        self.history_events.push(HistoryEvent::Invoke(operation));
+        self.clients[client].current = Some(ClientOp {
+            op_seq,
+            node,
+            operation,
+            call,
+        });
+
+        let arrive_us = self.now_us + uniform(&mut self.rng, 50, 500);
+        self.schedule_event(
+            arrive_us,
+            Event::ClientArrive {
+                client,
+                node,
+                op_seq,
+            },
+        );
+        let timeout_us = self.now_us + self.params.client_timeout_us;
+        self.schedule_event(timeout_us, Event::ClientTimeout { client, op_seq });
+    }
+
+    fn client_arrive(&mut self, client: usize, node: usize, op_seq: u64) -> Result<(), RunError> {
+        let Some(call) = self.clients[client]
+            .current
+            .as_ref()
+            .filter(|op| op.op_seq == op_seq)
+            .map(|op| op.call.clone())
+        else {
+            return Ok(());
+        };
+        let Some(raft) = self.nodes[node].raft.as_mut() else {
+            // Connection refused: the request never reached a replica.
+            self.respond(client, op_seq, ClientResult::Failed { leader_hint: None });
+            return Ok(());
+        };
+        let node_index_of = |leader: Option<NodeId>| leader.map(|id| id.0 as usize - 1);
+        match call {
+            Call::Read { key } => {
+                let context = self.next_read_context;
+                self.next_read_context += 1;
+                match raft.read_index(context) {
+                    Ok(()) => {
+                        self.nodes[node].read_waiters.insert(
+                            context,
+                            ReadWaiter {
+                                client,
+                                op_seq,
+                                key,
+                            },
+                        );
+                    }
+                    Err(ReadIndexError::NotLeader { leader }) => {
+                        let leader_hint = node_index_of(leader);
+                        self.respond(client, op_seq, ClientResult::Failed { leader_hint });
+                    }
+                    Err(ReadIndexError::TooManyPending { .. }) => {
+                        self.respond(
+                            client,
+                            op_seq,
+                            ClientResult::Failed {
+                                leader_hint: Some(node),
+                            },
+                        );
+                    }
+                }
+            }
+            Call::Write { key, value } => {
+                self.propose(client, node, op_seq, Command::Put { key, value })
+            }
+            Call::Cas { key, expected, new } => {
+                self.propose(client, node, op_seq, Command::Cas { key, expected, new })
+            }
+            Call::Append { .. } | Call::Delete { .. } => {
+                self.respond(client, op_seq, ClientResult::Failed { leader_hint: None });
+            }
+        }
+        self.drive(node)
+    }
+
+    fn propose(&mut self, client: usize, node: usize, op_seq: u64, command: Command) {
+        let Some(raft) = self.nodes[node].raft.as_mut() else {
+            return;
+        };
+        match raft.propose(command.encode()) {
+            Ok(proposal) => {
+                self.nodes[node]
+                    .write_waiters
+                    .entry(proposal.index)
+                    .or_default()
+                    .push(WriteWaiter {
+                        term: proposal.term,
+                        client,
+                        op_seq,
+                    });
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let leader_hint = leader.map(|id| id.0 as usize - 1);
+                self.respond(client, op_seq, ClientResult::Failed { leader_hint });
+            }
+            Err(ProposeError::TransferInProgress { target }) => {
+                let leader_hint = Some(target.0 as usize - 1);
+                self.respond(client, op_seq, ClientResult::Failed { leader_hint });
+            }
+            Err(ProposeError::UncommittedLimit { .. }) => {
+                self.respond(
+                    client,
+                    op_seq,
+                    ClientResult::Failed {
+                        leader_hint: Some(node),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends a result back to a client over a short, reliable link.
+    fn respond(&mut self, client: usize, op_seq: u64, result: ClientResult) {
+        let arrive_us = self.now_us + uniform(&mut self.rng, 50, 500);
+        self.schedule_event(
+            arrive_us,
+            Event::ClientResponse {
+                client,
+                op_seq,
+                result,
+            },
+        );
+    }
+
+    fn client_response(&mut self, client: usize, op_seq: u64, result: ClientResult) {
+        let matches = self.clients[client]
+            .current
+            .as_ref()
+            .is_some_and(|op| op.op_seq == op_seq);
+        if !matches {
+            return;
+        }
+        let Some(op) = self.clients[client].current.take() else {
+            return;
+        };
+        match result {
+            ClientResult::Ok(output) => {
+                self.counts.operations_ok += 1;
+                if self.now_us >= self.params.faults_end_us {
+                    self.ok_after_faults = true;
+                }
+                self.clients[client].leader_hint = Some(op.node);
+                self.complete_operation(op.operation, RecordedOutcome::Ok(output));
+            }
+            ClientResult::Failed { leader_hint } => {
+                self.counts.operations_failed += 1;
+                self.clients[client].leader_hint = leader_hint;
+                self.complete_operation(op.operation, RecordedOutcome::NoEffect);
+            }
+            ClientResult::Unknown => {
+                self.counts.operations_unknown += 1;
+                self.clients[client].leader_hint = None;
+                self.complete_operation(op.operation, RecordedOutcome::Unknown);
+                // An operation of unknown outcome stays open for ever, so the client goes on
+                // under a new process id, as a process has one operation open at a time.
+                self.clients[client].process = self.next_process;
+                self.next_process += 1;
+            }
+        }
+        let think_us = uniform(&mut self.rng, 0, 20_000);
+        self.schedule_event(self.now_us + think_us, Event::ClientWake { client });
+    }
+
+    fn complete_operation(&mut self, operation: usize, outcome: RecordedOutcome) {
+        self.operations[operation].outcome = Some(outcome);
+        self.history_events.push(HistoryEvent::Complete(operation));
+    }
+}

@@ -1,0 +1,228 @@
+//! The fault schedule of one run: partitions, crashes, restarts, changes of link quality
+//! and leadership transfers, drawn from the run's seed before the run starts.
+
+use std::fmt;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::RngCore;
+
+use super::network::{LinkQuality, Partition, chance, uniform};
+
+/// One scheduled fault or repair.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Replace the current partition.
+    Partition {
+        partition: Partition,
+        description: String,
+    },
+    /// Restore every link.
+    Heal,
+    /// Stop a node; everything it had not reported durable is lost.
+    Crash {
+        node: usize,
+    },
+    /// Stop whichever node leads at that moment, if any.
+    CrashLeader,
+    /// Cut whichever node leads at that moment off from every other node.
+    IsolateLeader,
+    /// Stop every node at once.
+    CrashAll,
+    /// Start a stopped node from its durable state.
+    Restart {
+        node: usize,
+    },
+    RestartAll,
+    /// Change loss, duplication and delays.
+    Links {
+        quality: LinkQuality,
+    },
+    /// Ask the current leader, if any, to hand leadership to `node`.
+    TransferLeadership {
+        node: usize,
+    },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition { description, .. } => write!(f, "partition {description}"),
+            Fault::Heal => write!(f, "heal"),
+            Fault::Crash { node } => write!(f, "crash n{}", node + 1),
+            Fault::CrashLeader => write!(f, "crash the leader"),
+            Fault::IsolateLeader => write!(f, "isolate the leader"),
+            Fault::CrashAll => write!(f, "crash all"),
+            Fault::Restart { node } => write!(f, "restart n{}", node + 1),
+            Fault::RestartAll => write!(f, "restart all"),
+            Fault::Links { quality } => write!(
+                f,
+                "links drop {:.0}% dup {:.0}% delay {}-{}us spikes {:.0}%",
+                quality.drop_probability * 100.0,
+                quality.duplicate_probability * 100.0,
+                quality.delay_us_min,
+                quality.delay_us_max,
+                quality.spike_probability * 100.0
+            ),
+            Fault::TransferLeadership { node } => write!(f, "transfer leadership to n{}", node + 1),
+        }
+    }
+}
+
+/// A fault at a virtual time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduledFault {
+    pub at_us: u64,
+    pub fault: Fault,
+}
+
+/// Draws the faults of one run between `start_us` and `end_us`. At `end_us` every node
+/// restarts and every link heals, so that the run ends with a healthy cluster.
+pub fn draw_schedule(
+    rng: &mut ChaCha8Rng,
+    nodes: usize,
+    start_us: u64,
+    end_us: u64,
+) -> Vec<ScheduledFault> {
+    let mut schedule = Vec::new();
+    let mut time_us = start_us;
+    let mut down = vec![false; nodes];
+    while time_us < end_us {
+        let fault = draw_fault(rng, nodes, &mut down);
+        if let Some(fault) = fault {
+            schedule.push(ScheduledFault {
+                at_us: time_us,
+                fault,
+            });
+        }
+        time_us += uniform(rng, 100_000, 1_500_000);
+    }
+    // Nodes stopped by `CrashLeader` are only known while the run goes on, so every node
+    // that is still down restarts here.
+    schedule.push(ScheduledFault {
+        at_us: end_us,
+        fault: Fault::RestartAll,
+    });
+    schedule.push(ScheduledFault {
+        at_us: end_us,
+        fault: Fault::Heal,
+    });
+    schedule.push(ScheduledFault {
+        at_us: end_us,
+        fault: Fault::Links {
+            quality: LinkQuality::reliable(),
+        },
+    });
+    schedule
+}
+
+fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<Fault> {
+    let pick = rng.next_u64() % 100;
+    let random_node = |rng: &mut ChaCha8Rng| (rng.next_u64() % nodes as u64) as usize;
+    match pick {
+        0..=19 if nodes > 1 => Some(draw_partition(rng, nodes)),
+        20..=34 => Some(Fault::Heal),
+        35..=49 => {
+            let node = random_node(rng);
+            if down[node] {
+                down[node] = false;
+                Some(Fault::Restart { node })
+            } else if down.iter().filter(|is_down| !**is_down).count() > 1 || chance(rng, 0.3) {
+                down[node] = true;
+                Some(Fault::Crash { node })
+            } else {
+                None
+            }
+        }
+        50..=54 => {
+            if down.iter().any(|is_down| *is_down) {
+                down.iter_mut().for_each(|is_down| *is_down = false);
+                Some(Fault::RestartAll)
+            } else {
+                down.iter_mut().for_each(|is_down| *is_down = true);
+                Some(Fault::CrashAll)
+            }
+        }
+        55..=59 => {
+            let restart = down.iter().position(|is_down| *is_down)?;
+            down[restart] = false;
+            Some(Fault::Restart { node: restart })
+        }
+        60..=79 => Some(Fault::Links {
+            quality: draw_link_quality(rng),
+        }),
+        80..=87 if nodes > 1 => Some(Fault::TransferLeadership {
+            node: random_node(rng),
+        }),
+        _ => None,
+    }
+}
+
+fn draw_link_quality(rng: &mut ChaCha8Rng) -> LinkQuality {
+    let percent = |rng: &mut ChaCha8Rng, max: u64| uniform(rng, 0, max) as f64 / 100.0;
+    let delay_us_min = uniform(rng, 50, 1_000);
+    LinkQuality {
+        drop_probability: percent(rng, 30),
+        duplicate_probability: percent(rng, 10),
+        delay_us_min,
+        delay_us_max: delay_us_min + uniform(rng, 0, 20_000),
+        spike_probability: percent(rng, 10),
+        spike_delay_us: uniform(rng, 10_000, 300_000),
+    }
+}
+
+/// A random split: symmetric halves, a one-way cut, an isolated node, or a bridge node
+/// that sees both sides while the sides cannot see each other.
+fn draw_partition(rng: &mut ChaCha8Rng, nodes: usize) -> Fault {
+    let mut order: Vec<usize> = (0..nodes).collect();
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let names = |side: &[usize]| {
+        side.iter()
+            .map(|node| format!("n{}", node + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match rng.next_u64() % 4 {
+        0 => {
+            let split = 1 + (rng.next_u64() % (nodes as u64 - 1)) as usize;
+            let (a, b) = order.split_at(split);
+            Fault::Partition {
+                partition: Partition::symmetric(a, b),
+                description: format!("{{{}}} | {{{}}}", names(a), names(b)),
+            }
+        }
+        1 => {
+            let split = 1 + (rng.next_u64() % (nodes as u64 - 1)) as usize;
+            let (a, b) = order.split_at(split);
+            Fault::Partition {
+                partition: Partition::one_way(a, b),
+                description: format!("{{{}}} -/-> {{{}}}", names(a), names(b)),
+            }
+        }
+        2 => {
+            let (a, b) = order.split_at(1);
+            Fault::Partition {
+                partition: Partition::symmetric(a, b),
+                description: format!("isolate {}", names(a)),
+            }
+        }
+        _ if nodes >= 3 => {
+            let bridge = order[0];
+            let rest = &order[1..];
+            let split = 1 + (rng.next_u64() % (rest.len() as u64 - 1).max(1)) as usize;
+            let (a, b) = rest.split_at(split.min(rest.len() - 1));
+            Fault::Partition {
+                partition: Partition::symmetric(a, b),
+                description: format!(
+                    "{{{}}} | {{{}}} bridged by n{}",
+                    names(a),
+                    names(b),
+                    bridge + 1
+                ),
+            }
+        }
+        _ => Fault::Heal,
+    }
+}

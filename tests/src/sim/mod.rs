@@ -1,0 +1,190 @@
+//! A deterministic simulator of whole clusters of the Raft core.
+//!
+//! One run is one seed. The seed draws the cluster size (1, 3, 5 or 7 replicas unless
+//! fixed), the core's settings, disk latencies, the clients, and a schedule of faults:
+//! partitions (symmetric, one-way, an isolated node, or a bridge node that sees both
+//! sides), crashes that lose every write not yet reported durable, restarts, and link
+//! quality that drops, duplicates, delays and reorders messages. Everything runs on one
+//! virtual clock with one seeded generator and ordered maps only, so the same seed replays
+//! the same run event for event.
+//!
+//! After every event the run checks election safety, log matching, leader completeness and
+//! state machine safety (see [`checks`]). Once the faults stop, a leader must commit an
+//! entry of its term within a bound, and a client operation must succeed. At the end, the
+//! clients' history of reads, writes and compare-and-swaps must be linearizable.
+
+pub mod checks;
+pub mod cluster;
+pub mod faults;
+pub mod kv;
+pub mod network;
+pub mod params;
+
+use std::fmt::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use crate::history::History;
+use crate::lincheck::{CheckOutcome, check};
+use cluster::{RunCounts, RunError, Simulation};
+use faults::ScheduledFault;
+use params::RunParams;
+
+/// Wall-clock limit for checking one run's history. Runs produce a few hundred operations
+/// that check in milliseconds; the limit only stops a pathological history from hanging.
+pub const LINEARIZABILITY_TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed { reason: String },
+}
+
+/// Everything a caller needs to report a run and replay it.
+#[derive(Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub params: RunParams,
+    pub schedule: Vec<ScheduledFault>,
+    pub counts: RunCounts,
+    pub verdict: Verdict,
+    pub history: Option<History>,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Passed
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run -p shardraft-tests --bin simulate -- --seed {} --nodes {}",
+            self.seed, self.params.nodes
+        )
+    }
+
+    /// One line for a passing run; the reason, the faults in brief and the replay command
+    /// for a failing one.
+    pub fn summary(&self) -> String {
+        let counts = &self.counts;
+        let mut text = format!(
+            "seed {} nodes {}: {} events, {} messages ({} lost), {} elections, term {}, applied {}, ops ok {} failed {} unknown {}, crashes {}",
+            self.seed,
+            self.params.nodes,
+            counts.events,
+            counts.messages_sent,
+            counts.messages_lost,
+            counts.elections_won,
+            counts.highest_term,
+            counts.highest_applied,
+            counts.operations_ok,
+            counts.operations_failed,
+            counts.operations_unknown,
+            counts.crashes
+        );
+        if let Verdict::Failed { reason } = &self.verdict {
+            let _ = write!(text, "\n  FAILED: {reason}\n  faults:");
+            for scheduled in &self.schedule {
+                let _ = write!(
+                    text,
+                    "\n    {:>7.3}s {}",
+                    scheduled.at_us as f64 / 1e6,
+                    scheduled.fault
+                );
+            }
+            let _ = write!(text, "\n  replay: {}", self.replay_command());
+        }
+        text
+    }
+}
+
+/// Runs one seed to its verdict; a panic in the core is caught and reported as a failure.
+/// With `keep_history`, the report carries the clients' history.
+pub fn run_seed(seed: u64, nodes: Option<usize>, keep_history: bool) -> RunReport {
+    let mut simulation = Simulation::new(seed, nodes);
+    let params = simulation.params.clone();
+    let schedule = simulation.schedule.clone();
+    let outcome = catch_unwind(AssertUnwindSafe(|| simulation.run()));
+    let mut verdict = match outcome {
+        Ok(Ok(())) => Verdict::Passed,
+        Ok(Err(RunError::Safety(violation))) => Verdict::Failed {
+            reason: format!("{} violated: {}", violation.property, violation.detail),
+        },
+        Ok(Err(RunError::Liveness(reason))) => Verdict::Failed {
+            reason: format!("liveness: {reason}"),
+        },
+        Err(panic) => Verdict::Failed {
+            reason: format!("panic: {}", panic_message(&panic)),
+        },
+    };
+    let history = simulation.history();
+    if verdict == Verdict::Passed {
+        verdict = check_history(&history);
+    }
+    RunReport {
+        seed,
+        params,
+        schedule,
+        counts: simulation.counts().clone(),
+        verdict,
+        history: keep_history.then_some(history),
+    }
+}
+
+fn check_history(history: &History) -> Verdict {
+    match check(history, LINEARIZABILITY_TIME_LIMIT) {
+        CheckOutcome::Linearizable => Verdict::Passed,
+        CheckOutcome::NotLinearizable { key, offending, .. } => {
+            let mut reason =
+                format!("history not linearizable on key {key:?}; offending operations:");
+            for operation in offending {
+                let _ = write!(reason, "\n      {operation}");
+            }
+            Verdict::Failed { reason }
+        }
+        CheckOutcome::Unknown { reason } => Verdict::Failed {
+            reason: format!("linearizability check did not finish: {reason}"),
+        },
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(message) = panic.downcast_ref::<String>() {
+        return message.clone();
+    }
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        return (*message).to_string();
+    }
+    "unknown panic payload".to_string()
+}
+
+/// Runs `seeds` on `threads` worker threads and returns the reports in seed order.
+pub fn run_seeds(
+    seeds: std::ops::Range<u64>,
+    nodes: Option<usize>,
+    threads: usize,
+) -> Vec<RunReport> {
+    let next = std::sync::atomic::AtomicU64::new(seeds.start);
+    let reports = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= seeds.end {
+                        break;
+                    }
+                    let report = run_seed(seed, nodes, false);
+                    if let Ok(mut reports) = reports.lock() {
+                        reports.push(report);
+                    }
+                }
+            });
+        }
+    });
+    let mut reports = reports.into_inner().unwrap_or_default();
+    reports.sort_by_key(|report| report.seed);
+    reports
+}

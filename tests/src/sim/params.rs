@@ -1,0 +1,93 @@
+//! The shape of one run, drawn from its seed: cluster size, core settings, disk latency,
+//! client count and the phases of the run.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::RngCore;
+
+use super::network::{chance, uniform};
+
+/// Cluster sizes the simulator covers; a seed picks one unless the caller fixes it.
+pub const CLUSTER_SIZES: [usize; 4] = [1, 3, 5, 7];
+
+/// Virtual length of one tick of the core.
+pub const TICK_US: u64 = 10_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunParams {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub max_entries_per_message: usize,
+    pub max_inflight_messages: usize,
+    pub max_bytes_per_message: u64,
+    /// Range of one storage write plus sync.
+    pub disk_latency_us_min: u64,
+    pub disk_latency_us_max: u64,
+    /// Probability that one write stalls for `disk_stall_us`.
+    pub disk_stall_probability: f64,
+    pub disk_stall_us: u64,
+    /// Faults happen between `faults_start_us` and `faults_end_us`; then every node is up
+    /// and every link healthy.
+    pub faults_start_us: u64,
+    pub faults_end_us: u64,
+    /// Once faults stop, a leader must commit an entry of its term within this bound.
+    pub liveness_bound_us: u64,
+    /// Clients stop issuing operations here; the run ends at `end_us`.
+    pub clients_stop_us: u64,
+    pub end_us: u64,
+    /// A client gives up on an operation after this long and records its outcome as
+    /// unknown.
+    pub client_timeout_us: u64,
+}
+
+impl RunParams {
+    /// Draws the parameters of a run. `nodes` fixes the cluster size; otherwise the seed
+    /// cycles through [`CLUSTER_SIZES`] so that any range of seeds covers every size.
+    pub fn draw(seed: u64, rng: &mut ChaCha8Rng, nodes: Option<usize>) -> RunParams {
+        let nodes = nodes.unwrap_or(CLUSTER_SIZES[(seed % CLUSTER_SIZES.len() as u64) as usize]);
+        let faults_start_us = 500_000;
+        let faults_end_us = faults_start_us + uniform(rng, 2_000_000, 8_000_000);
+        let liveness_bound_us = 10_000_000;
+        let clients_stop_us = faults_end_us + 2_500_000;
+        RunParams {
+            nodes,
+            clients: uniform(rng, 2, 5) as usize,
+            keys: uniform(rng, 1, 3) as usize,
+            // Most runs use the production settings; some turn the protections off so that
+            // the paths without them stay exercised.
+            pre_vote: !chance(rng, 0.15),
+            check_quorum: !chance(rng, 0.15),
+            max_entries_per_message: uniform(rng, 1, 64) as usize,
+            max_inflight_messages: uniform(rng, 1, 8) as usize,
+            max_bytes_per_message: uniform(rng, 64, 4096),
+            disk_latency_us_min: uniform(rng, 20, 200),
+            disk_latency_us_max: uniform(rng, 300, 3_000),
+            disk_stall_probability: uniform(rng, 0, 3) as f64 / 100.0,
+            disk_stall_us: uniform(rng, 10_000, 200_000),
+            faults_start_us,
+            faults_end_us,
+            liveness_bound_us,
+            clients_stop_us,
+            end_us: clients_stop_us + 1_000_000,
+            client_timeout_us: 1_000_000,
+        }
+    }
+
+    /// The random seed each replica's core gets, different for every restart.
+    pub fn core_seed(seed: u64, node: usize, incarnation: u64) -> u64 {
+        let mut rng_seed = seed ^ 0x5eed_5eed_5eed_5eed;
+        rng_seed = rng_seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(node as u64);
+        rng_seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(incarnation)
+    }
+}
+
+/// A per-node clock skew, so that replicas' ticks drift apart as real clocks do.
+pub fn tick_period_us(rng: &mut ChaCha8Rng) -> u64 {
+    TICK_US - TICK_US / 50 + rng.next_u64() % (TICK_US / 25 + 1)
+}
