@@ -8,7 +8,7 @@
 //! - Persistence is instant. A `Ready`'s entries and hard state count as durable as soon
 //!   as the `Ready` is taken, so the driver calls [`RaftNode::on_persisted`] at once and
 //!   then delivers `messages_after_persist`. Storage keeps only counters and the last hard
-//!   state, because the core holds every entry in its own log and nothing reads storage
+//!   state, because the core keeps every entry in its own log and nothing reads storage
 //!   back here.
 //! - Applying counts the committed `Normal` entries and their payload bytes, then drops
 //!   them, as a state machine would once it has applied them.
@@ -36,23 +36,23 @@ use shardraft_raft::{
 /// Payload size of the proposals in the commit benchmark, in bytes.
 pub const PAYLOAD_BYTES: usize = 16;
 
-/// Most passes over all nodes that [`Cluster::drive`] makes before it reports a stall. A
+/// Maximum passes over all nodes that [`Cluster::drive`] makes before it reports a stall. A
 /// round of proposals settles in a handful of passes, so reaching this means that the
 /// cluster makes no progress.
 const MAX_DRIVE_PASSES: usize = 10_000;
 
-/// Most ticks [`Cluster::elect_leader`] spends before it gives up. With the default 10 to
+/// Maximum ticks [`Cluster::elect_leader`] spends before it gives up. With the default 10 to
 /// 20 tick election timeout a first election takes a few dozen ticks.
 const MAX_ELECTION_TICKS: usize = 1_000;
 
-/// Why the driver could not finish what it was asked.
+/// A failure of the cluster driver.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("a cluster needs at least 1 node, got 0")]
     Empty,
     #[error("building a node failed: {0}")]
     NewNode(#[from] NewNodeError),
-    #[error("no leader after {ticks} ticks")]
+    #[error("no stable leader after {ticks} ticks; check the election timeouts of the configs")]
     NoLeader { ticks: usize },
     #[error("the cluster has no leader; call elect_leader first")]
     NotElected,
@@ -73,7 +73,7 @@ pub enum ClusterError {
     UnknownRecipient { to: NodeId },
 }
 
-/// What one replica's runtime has done since the cluster was built.
+/// Counts of one replica's runtime work since the cluster was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeCounters {
     /// `Ready` batches taken.
@@ -120,7 +120,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds `size` voters with ids 1 to `size` and default configs; none leads yet.
+    /// Builds `size` voters with ids 1 to `size` and default configs. None leads yet.
     ///
     /// # Errors
     ///
@@ -130,8 +130,8 @@ impl Cluster {
         Cluster::with_config(size, |_| {})
     }
 
-    /// Builds `size` voters with ids 1 to `size`; `adjust` changes each default config
-    /// before its node is built.
+    /// Builds `size` voters with ids 1 to `size`, letting `adjust` change each default
+    /// config before its node is built.
     ///
     /// # Errors
     ///
@@ -264,23 +264,23 @@ impl Cluster {
         })
     }
 
-    /// The nodes, in id order.
+    /// Returns the nodes, in id order.
     pub fn nodes(&self) -> &[RaftNode] {
         &self.nodes
     }
 
-    /// The node elected by [`Cluster::elect_leader`], if any.
+    /// Returns the node elected by [`Cluster::elect_leader`], if any.
     pub fn leader(&self) -> Option<&RaftNode> {
         self.leader.map(|index| &self.nodes[index])
     }
 
-    /// The counters of the node with id `id`.
+    /// Returns the counters of the node with id `id`.
     pub fn counters(&self, id: NodeId) -> Option<NodeCounters> {
         let index = self.index_of(id)?;
         Some(self.runtimes[index].counters)
     }
 
-    /// The hard state last persisted by the node with id `id`.
+    /// Returns the hard state last persisted by the node with id `id`.
     pub fn persisted_hard_state(&self, id: NodeId) -> Option<HardState> {
         let index = self.index_of(id)?;
         Some(self.runtimes[index].hard_state)
@@ -302,7 +302,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// A node that leads while every other node follows it in the same term.
+    /// Finds a node that leads while every other node follows it in the same term.
     fn find_stable_leader(&self) -> Option<usize> {
         let leader = self
             .nodes
@@ -317,9 +317,9 @@ impl Cluster {
         followed.then_some(leader)
     }
 
-    /// Steps every message waiting for node `index`; returns whether there was any.
+    /// Steps every message waiting for node `index` and returns whether there was any.
     fn deliver_inbox(&mut self, index: usize) -> bool {
-        // Taking the inbox out keeps its allocation for the next round: no node sends to
+        // Taking the inbox out keeps its allocation for the next round. No node sends to
         // itself, so nothing is pushed to it while it drains.
         let mut inbox = core::mem::take(&mut self.runtimes[index].inbox);
         let delivered = !inbox.is_empty();
@@ -335,7 +335,7 @@ impl Cluster {
         delivered
     }
 
-    /// Handles every `Ready` node `index` has; returns whether there was any.
+    /// Handles every `Ready` that node `index` has and returns whether there was any.
     fn handle_readies(&mut self, index: usize) -> Result<bool, ClusterError> {
         let mut handled = false;
         while let Some(ready) = self.nodes[index].ready() {
@@ -395,7 +395,7 @@ impl Cluster {
         (index < self.nodes.len()).then_some(index)
     }
 
-    /// The counters of all nodes added up.
+    /// Adds up the counters of all nodes.
     fn totals(&self) -> NodeCounters {
         let mut totals = NodeCounters::default();
         for runtime in &self.runtimes {
@@ -446,7 +446,8 @@ mod tests {
     #[test]
     fn batches_apply_on_every_node() {
         let mut cluster = Cluster::with_leader(3).unwrap();
-        // Votes that arrive after their election ended are ignored; count only later ones.
+        // Votes that arrive after their election ended are ignored, so only later rejections
+        // count.
         let rejected_in_election: Vec<u64> = cluster
             .nodes()
             .iter()

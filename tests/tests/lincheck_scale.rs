@@ -152,3 +152,44 @@ fn scratch_corrupted_history_timing() {
         }
     }
 }
+
+#[test]
+fn scratch_prefix_timing() {
+    use shardraft_tests::history::Outcome;
+    let history = generate(8, 3_000, 10, 1);
+    let ops = history.operations();
+    let target = ops
+        .iter()
+        .enumerate()
+        .skip(1500)
+        .find(|(_, op)| matches!(op.outcome, Outcome::Ok(Output::Read(Some(_)))))
+        .map(|(i, _)| i)
+        .unwrap();
+    let mut text = Vec::new();
+    history.write_jsonl(&mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let mut corrupted = String::new();
+    let position = ops[target].completion_position.unwrap();
+    for (line_index, line) in text.lines().enumerate() {
+        if line_index == position + 1 {
+            let Outcome::Ok(Output::Read(Some(v))) = &ops[target].outcome else { panic!() };
+            let other = ((v.parse::<u64>().unwrap() + 1) % 5).to_string();
+            corrupted.push_str(&line.replace(&format!("\"value\":\"{v}\""), &format!("\"value\":\"{other}\"")));
+        } else {
+            corrupted.push_str(line);
+        }
+        corrupted.push('\n');
+    }
+    std::fs::write("/tmp/corrupted8.jsonl", &corrupted).unwrap();
+    let history = History::parse_jsonl(&corrupted).unwrap();
+    println!("target op {target} at position {position}: {}", history.operations()[target]);
+    let unknown = history.operations().iter().filter(|op| op.outcome.is_unknown() && op.invoke_position < position).count();
+    println!("unknown before: {unknown}");
+    for k in [position - 200, position - 50, position - 10, position, position + 2, position + 10, position + 50] {
+        let prefix = history.filter(|op| op.invoke_position < k);
+        let start = Instant::now();
+        let outcome = check(&prefix, Duration::from_secs(10));
+        println!("k {k}: {:?} in {:?}", std::mem::discriminant(&outcome), start.elapsed());
+        if let CheckOutcome::NotLinearizable { offending, .. } = &outcome { for op in offending { println!("   {op}"); } }
+    }
+}

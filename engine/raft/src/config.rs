@@ -25,19 +25,19 @@ pub struct Config {
     /// `election_timeout_ticks_min`, and make voters reject candidates while they still
     /// hear from a leader.
     pub check_quorum: bool,
-    /// Most entries in one `AppendEntries`.
+    /// Maximum entries in one `AppendEntries`.
     pub max_entries_per_message: usize,
-    /// Most payload bytes in one `AppendEntries`; a single larger entry is still sent alone.
+    /// Maximum payload bytes in one `AppendEntries`; a single larger entry is still sent alone.
     pub max_bytes_per_message: u64,
-    /// Most `AppendEntries` in flight to one follower before the leader waits for acks.
+    /// Maximum `AppendEntries` in flight to one follower before the leader waits for acks.
     pub max_inflight_messages: usize,
-    /// Most entry bytes in flight to one follower before the leader waits for acks.
+    /// Maximum entry bytes in flight to one follower before the leader waits for acks.
     pub max_inflight_bytes: u64,
-    /// Most bytes of entries the leader holds uncommitted before it rejects proposals.
+    /// Maximum bytes of uncommitted entries at the leader; beyond it, proposals are rejected.
     pub max_uncommitted_bytes: u64,
-    /// Most ReadIndex requests queued at the leader before it rejects new ones.
+    /// Maximum ReadIndex requests queued at the leader before it rejects new ones.
     pub max_pending_reads: usize,
-    /// Most entries handed out for applying in one `Ready`.
+    /// Maximum entries handed out for applying in one `Ready`.
     pub max_committed_entries_per_ready: usize,
     /// Seed of the generator that randomizes election timeouts. Give each replica its own.
     pub random_seed: u64,

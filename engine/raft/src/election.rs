@@ -7,7 +7,7 @@ use crate::node::{RaftNode, Rejection, Role};
 use crate::progress::Progress;
 use crate::types::{Entry, EntryKind, LogIndex, NodeId, Term};
 
-/// How an election starts.
+/// The kind of campaign a replica starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Campaign {
     /// Ask first whether a majority would vote, without raising the term.

@@ -2,7 +2,10 @@
 //! builds. A failure here is a bug in the core, never a consequence of bad input, which is
 //! rejected before it can change state.
 
-use crate::node::{RaftNode, Role};
+use crate::node::RaftNode;
+#[cfg(debug_assertions)]
+use crate::node::Role;
+#[cfg(debug_assertions)]
 use crate::types::{LogIndex, NodeId, Term};
 
 /// The values an event must not move backwards.

@@ -5,7 +5,7 @@ use alloc::collections::VecDeque;
 
 use crate::types::LogIndex;
 
-/// How the leader sends to one follower.
+/// The replication mode of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
     /// The leader does not know where the follower's log matches its own: one

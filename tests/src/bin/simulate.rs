@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardraft_tests::sim::{RunReport, run_seed, run_seeds};
+use shardraft_tests::sim::{RunOptions, RunReport, run_seed_with, run_seeds};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,10 @@ struct Args {
     /// With --seed: write the clients' history to this file as JSON lines, for `lincheck`.
     #[arg(long, requires = "seed")]
     history: Option<std::path::PathBuf>,
+    /// Break the simulated storage so that it reports writes durable before they are.
+    /// Runs are then expected to fail: this checks the simulator's own checks.
+    #[arg(long)]
+    acknowledge_before_durable: bool,
     /// Print a line for every run, not only failures; with --seed, log the core's decisions
     /// at debug level (RUST_LOG overrides the filter).
     #[arg(long)]
@@ -77,15 +81,20 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .init();
         }
-        let report = run_seed(seed, nodes, args.history.is_some());
-        if let (Some(path), Some(history)) = (&args.history, &report.history) {
-            if let Err(error) = write_history(path, history) {
-                eprintln!(
-                    "simulate: failed to write history to {}: {error}",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
+        let options = RunOptions {
+            nodes,
+            keep_history: args.history.is_some(),
+            acknowledge_before_durable: args.acknowledge_before_durable,
+        };
+        let report = run_seed_with(seed, options);
+        if let (Some(path), Some(history)) = (&args.history, &report.history)
+            && let Err(error) = write_history(path, history)
+        {
+            eprintln!(
+                "simulate: failed to write history to {}: {error}",
+                path.display()
+            );
+            return ExitCode::from(2);
         }
         vec![report]
     } else {
@@ -96,7 +105,12 @@ fn main() -> ExitCode {
         let threads = args
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        run_seeds(seeds, nodes, threads)
+        let options = RunOptions {
+            nodes,
+            keep_history: false,
+            acknowledge_before_durable: args.acknowledge_before_durable,
+        };
+        run_seeds(seeds, options, threads)
     };
 
     print_reports(&reports, args.verbose || args.seed.is_some())

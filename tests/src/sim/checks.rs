@@ -139,13 +139,13 @@ impl SafetyChecker {
 
     /// Records that `node` became leader of `term`.
     pub fn leader_elected(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
-        if let Some(existing) = self.leaders_by_term.insert(term, node) {
-            if existing != node {
-                return Err(Violation {
-                    property: "election safety",
-                    detail: format!("{existing} and {node} both led {term}"),
-                });
-            }
+        if let Some(existing) = self.leaders_by_term.insert(term, node)
+            && existing != node
+        {
+            return Err(Violation {
+                property: "election safety",
+                detail: format!("{existing} and {node} both led {term}"),
+            });
         }
         // Every entry applied so far was committed in an earlier term, so this log must
         // hold all of them.

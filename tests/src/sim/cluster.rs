@@ -207,6 +207,9 @@ pub struct Simulation {
     seed: u64,
     liveness_met: bool,
     ok_after_faults: bool,
+    /// Storage that reports writes durable before they are, which loses acknowledged
+    /// data in a crash. Only for checking that the simulator detects such bugs.
+    acknowledge_before_durable: bool,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -275,7 +278,15 @@ impl Simulation {
             seed,
             liveness_met: false,
             ok_after_faults: false,
+            acknowledge_before_durable: false,
         }
+    }
+
+    /// Makes storage report every write durable as soon as it is submitted, so that a
+    /// crash loses writes the cluster acknowledged. The runs must then fail: this checks
+    /// that the simulator's checks detect lost acknowledged data.
+    pub fn acknowledge_before_durable(&mut self) {
+        self.acknowledge_before_durable = true;
     }
 
     pub fn counts(&self) -> &RunCounts {
@@ -595,12 +606,31 @@ impl Simulation {
             // Writes complete in order: a write cannot finish before the one ahead of it.
             let done_us = (self.now_us + latency_us).max(sim_node.last_write_done_us);
             sim_node.last_write_done_us = done_us;
-            sim_node.pending_writes.push_back(PendingWrite {
-                number: ready.number,
-                hard_state: ready.hard_state,
-                entries: ready.entries,
-                messages_after_persist: ready.messages_after_persist,
-            });
+            let mut messages_after_persist = ready.messages_after_persist;
+            if self.acknowledge_before_durable {
+                // The broken storage of the self-test: report the write durable at once.
+                if let Some(raft) = sim_node.raft.as_mut() {
+                    raft.on_persisted(ready.number);
+                }
+                let messages = std::mem::take(&mut messages_after_persist);
+                sim_node.pending_writes.push_back(PendingWrite {
+                    number: ready.number,
+                    hard_state: ready.hard_state,
+                    entries: ready.entries,
+                    messages_after_persist,
+                });
+                for message in messages {
+                    self.send(message);
+                }
+            } else {
+                sim_node.pending_writes.push_back(PendingWrite {
+                    number: ready.number,
+                    hard_state: ready.hard_state,
+                    entries: ready.entries,
+                    messages_after_persist,
+                });
+            }
+            let sim_node = &mut self.nodes[node];
             let incarnation = sim_node.incarnation;
             self.schedule_event(
                 done_us,
@@ -652,7 +682,9 @@ impl Simulation {
                 .truncate(first.index.0 as usize - 1);
             sim_node.durable_entries.extend(write.entries);
         }
-        if let Some(raft) = sim_node.raft.as_mut() {
+        if let Some(raft) = sim_node.raft.as_mut()
+            && !self.acknowledge_before_durable
+        {
             raft.on_persisted(write.number);
         }
         for message in write.messages_after_persist {

@@ -100,10 +100,37 @@ impl RunReport {
     }
 }
 
+/// Options of one run beyond its seed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Fix the cluster size instead of letting the seed choose.
+    pub nodes: Option<usize>,
+    /// Keep the clients' history in the report.
+    pub keep_history: bool,
+    /// Break the simulated storage: report writes durable before they are. Used to show
+    /// that the checks catch lost acknowledged writes.
+    pub acknowledge_before_durable: bool,
+}
+
 /// Runs one seed to its verdict; a panic in the core is caught and reported as a failure.
 /// With `keep_history`, the report carries the clients' history.
 pub fn run_seed(seed: u64, nodes: Option<usize>, keep_history: bool) -> RunReport {
-    let mut simulation = Simulation::new(seed, nodes);
+    run_seed_with(
+        seed,
+        RunOptions {
+            nodes,
+            keep_history,
+            ..RunOptions::default()
+        },
+    )
+}
+
+/// Runs one seed with `options`.
+pub fn run_seed_with(seed: u64, options: RunOptions) -> RunReport {
+    let mut simulation = Simulation::new(seed, options.nodes);
+    if options.acknowledge_before_durable {
+        simulation.acknowledge_before_durable();
+    }
     let params = simulation.params.clone();
     let schedule = simulation.schedule.clone();
     let outcome = catch_unwind(AssertUnwindSafe(|| simulation.run()));
@@ -129,7 +156,7 @@ pub fn run_seed(seed: u64, nodes: Option<usize>, keep_history: bool) -> RunRepor
         schedule,
         counts: simulation.counts().clone(),
         verdict,
-        history: keep_history.then_some(history),
+        history: options.keep_history.then_some(history),
     }
 }
 
@@ -163,7 +190,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Runs `seeds` on `threads` worker threads and returns the reports in seed order.
 pub fn run_seeds(
     seeds: std::ops::Range<u64>,
-    nodes: Option<usize>,
+    options: RunOptions,
     threads: usize,
 ) -> Vec<RunReport> {
     let next = std::sync::atomic::AtomicU64::new(seeds.start);
@@ -176,7 +203,7 @@ pub fn run_seeds(
                     if seed >= seeds.end {
                         break;
                     }
-                    let report = run_seed(seed, nodes, false);
+                    let report = run_seed_with(seed, options);
                     if let Ok(mut reports) = reports.lock() {
                         reports.push(report);
                     }
