@@ -60,11 +60,13 @@
 //! - `f` is `"read"`, `"write"`, `"cas"`, `"append"` or `"delete"`. It is required on an
 //!   invocation and optional on a completion, where it must match the invocation if present.
 //!   `key` is a string, `""` when absent. On a completion it must match if present.
-//! - `value` is the written or appended value, the new value of a compare-and-set, or, on an
-//!   `ok` read, the value read (`null` for absent, required there). `expected` is the value a
-//!   compare-and-set requires, `null` for "only if the key is absent".
+//! - `value` is the written or appended value, or the new value of a compare-and-set, all
+//!   required on the invocation. On an `ok` read it is the value read, `null` for absent,
+//!   and required there. `expected` is the value a compare-and-set requires, `null` for
+//!   "only if the key is absent", and required on its invocation. A completion that repeats
+//!   `value` or `expected` must repeat them unchanged.
 //! - A compare-and-set that swapped completes with `"ok"` and one that found another value
-//!   completes with `"fail"`.
+//!   completes with `"fail"`. A `"fail"` of any other operation means it had no effect.
 //!
 //! The header is optional when parsing, and its absence means `null`. Blank lines are
 //! ignored. Reading back what [`History::write_jsonl`] wrote yields the same operations,

@@ -252,6 +252,26 @@ fn unknown_write_not_before_invocation() {
 }
 
 #[test]
+fn unknown_twin_writes_each_take_effect() {
+    for twins in [1, 2] {
+        let mut recorder = HistoryRecorder::new();
+        for process in 0..twins {
+            let written = recorder.invoke(process, write("x", "1"));
+            recorder.info(written);
+        }
+        complete(&mut recorder, 5, write("x", "2"), Output::Done);
+        complete(&mut recorder, 6, read("x"), value("1"));
+        complete(&mut recorder, 5, write("x", "3"), Output::Done);
+        complete(&mut recorder, 6, read("x"), value("1"));
+        assert_eq!(
+            is_linearizable(&recorder.history()),
+            twins == 2,
+            "{twins} unknown writes of 1 for two reads of 1 after overwrites"
+        );
+    }
+}
+
+#[test]
 fn pending_invocation_is_unknown() {
     let mut recorder = HistoryRecorder::new();
     recorder.invoke(0, write("x", "2"));

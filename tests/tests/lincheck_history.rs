@@ -247,6 +247,40 @@ fn jsonl_read_completion_requires_value() {
 }
 
 #[test]
+fn documented_jsonl_example_parses() {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/history.rs"))
+            .expect("the history module source is readable");
+    let section = source
+        .split("//! # JSON-lines format")
+        .nth(1)
+        .expect("the module documents the JSON-lines format");
+    let example: String = section
+        .split("//! ```text\n")
+        .nth(1)
+        .and_then(|rest| rest.split("//! ```").next())
+        .expect("the JSON-lines section has a text example")
+        .lines()
+        .map(|line| format!("{}\n", line.trim_start_matches("//! ")))
+        .collect();
+
+    let history = History::parse_jsonl(&example).expect("the documented example parses");
+    assert_eq!(history.len(), 5);
+    assert_eq!(history.missing_key_read(), MissingKeyRead::Nil);
+    let outcomes: Vec<&Outcome> = history.operations().iter().map(|op| &op.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            &Outcome::Ok(Output::Done),
+            &Outcome::Ok(Output::Read(register("1"))),
+            &Outcome::Ok(Output::Cas(false)),
+            &Outcome::Info,
+            &Outcome::Ok(Output::Done),
+        ]
+    );
+}
+
+#[test]
 fn parse_error_displays_line() {
     let error = ParseError {
         line: 7,

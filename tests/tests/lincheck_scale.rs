@@ -1,11 +1,12 @@
-//! The checker on large generated histories that are linearizable by construction.
+//! The checker on large generated histories, linearizable by construction or with one
+//! injected stale read.
 
 use std::time::{Duration, Instant};
 
 use shardraft_tests::history::{Call, History, HistoryRecorder, OpHandle, Output};
 use shardraft_tests::lincheck::{CheckOutcome, check};
 
-/// A small deterministic generator (xorshift64*), so the test needs no random seed.
+/// A small deterministic generator (xorshift64*), so every run checks the same histories.
 struct Rng(u64);
 
 impl Rng {
@@ -24,12 +25,33 @@ struct InFlight {
     output: Option<Output>,
 }
 
-/// Generates `operations` operations by `clients` clients on `keys` keys of a store that
-/// applies each operation atomically at a random step between its invocation and its
-/// completion. About one operation in twenty ends with `info`, half of them never applied.
-fn generate(seed: u64, operations: usize, clients: u64, keys: u64) -> History {
+/// Parameters of a generated history.
+struct Generator {
+    seed: u64,
+    operations: usize,
+    clients: u64,
+    keys: u64,
+    /// One operation in this many completes with `info` after it took effect.
+    info_one_in: u64,
+    /// The first read that takes effect after this many invocations returns the value its
+    /// key had before the latest change, a stale read.
+    stale_read_after: Option<usize>,
+}
+
+/// Generates a history of a store that applies each operation atomically at a random step
+/// between its invocation and its completion.
+fn generate(generator: &Generator) -> History {
+    let Generator {
+        seed,
+        operations,
+        clients,
+        keys,
+        info_one_in,
+        mut stale_read_after,
+    } = *generator;
     let mut rng = Rng(seed);
     let mut store: Vec<Option<String>> = vec![None; keys as usize];
+    let mut before_latest_change: Vec<Option<String>> = vec![None; keys as usize];
     let mut recorder = HistoryRecorder::new();
     let mut in_flight: Vec<Option<InFlight>> = (0..clients).map(|_| None).collect();
     let mut process_ids: Vec<u64> = (0..clients).collect();
@@ -59,17 +81,27 @@ fn generate(seed: u64, operations: usize, clients: u64, keys: u64) -> History {
             }
             None => {}
             Some(operation) if operation.output.is_none() => {
-                let slot = &mut store[operation.call.key().parse::<usize>().unwrap_or(0)];
+                let key = operation.call.key().parse::<usize>().unwrap_or(0);
+                let slot = &mut store[key];
+                let earlier = &mut before_latest_change[key];
                 operation.output = Some(match &operation.call {
-                    Call::Read { .. } => Output::Read(slot.clone()),
+                    Call::Read { .. } => {
+                        if stale_read_after.is_some_and(|after| invoked > after) && earlier != slot
+                        {
+                            stale_read_after = None;
+                            Output::Read(earlier.clone())
+                        } else {
+                            Output::Read(slot.clone())
+                        }
+                    }
                     Call::Write { value, .. } => {
-                        *slot = Some(value.clone());
+                        *earlier = slot.replace(value.clone());
                         Output::Done
                     }
                     Call::Cas { expected, new, .. } => {
                         let swapped = slot == expected;
                         if swapped {
-                            *slot = Some(new.clone());
+                            *earlier = slot.replace(new.clone());
                         }
                         Output::Cas(swapped)
                     }
@@ -81,7 +113,7 @@ fn generate(seed: u64, operations: usize, clients: u64, keys: u64) -> History {
                     continue;
                 };
                 let output = operation.output.unwrap_or(Output::Done);
-                if rng.below(20) == 0 {
+                if rng.below(info_one_in) == 0 {
                     recorder.info(operation.handle);
                     process_ids[client] += clients;
                 } else {
@@ -95,9 +127,17 @@ fn generate(seed: u64, operations: usize, clients: u64, keys: u64) -> History {
 
 #[test]
 fn large_generated_histories_are_linearizable() {
+    // (seed, operations, clients, keys)
     let cases = [(1, 20_000, 5, 8), (2, 5_000, 10, 1), (3, 3_000, 20, 1)];
     for (seed, operations, clients, keys) in cases {
-        let history = generate(seed, operations, clients, keys);
+        let history = generate(&Generator {
+            seed,
+            operations,
+            clients,
+            keys,
+            info_one_in: 20,
+            stale_read_after: None,
+        });
         let start = Instant::now();
         let outcome = check(&history, Duration::from_secs(60));
         let elapsed = start.elapsed();
@@ -110,86 +150,36 @@ fn large_generated_histories_are_linearizable() {
     }
 }
 
+/// The seeds are ones whose stale read happens to fall outside every concurrent write, so
+/// that the history is not linearizable.
 #[test]
-fn scratch_corrupted_history_timing() {
-    use shardraft_tests::history::Outcome;
-    for (seed, clients) in [(7u64, 5u64), (8, 10), (9, 10), (10, 20)] {
-        let history = generate(seed, 3_000, clients, 1);
-        // Make one read in the middle return a different written value.
-        let ops = history.operations();
-        let target = ops
-            .iter()
-            .enumerate()
-            .skip(1500)
-            .find(|(_, op)| matches!(op.outcome, Outcome::Ok(Output::Read(Some(_)))))
-            .map(|(i, _)| i)
-            .unwrap();
-        let mut text = Vec::new();
-        history.write_jsonl(&mut text).unwrap();
-        let text = String::from_utf8(text).unwrap();
-        let mut corrupted = String::new();
-        let position = ops[target].completion_position.unwrap();
-        for (line_index, line) in text.lines().enumerate() {
-            if line_index == position + 1 {
-                let Outcome::Ok(Output::Read(Some(v))) = &ops[target].outcome else { panic!() };
-                let other = ((v.parse::<u64>().unwrap() + 1) % 5).to_string();
-                corrupted.push_str(&line.replace(&format!("\"value\":\"{v}\""), &format!("\"value\":\"{other}\"")));
-            } else {
-                corrupted.push_str(line);
-            }
-            corrupted.push('\n');
-        }
-        let history = History::parse_jsonl(&corrupted).unwrap();
+fn stale_read_in_long_history_rejected() {
+    for (seed, clients) in [(7, 5), (7, 10), (18, 10)] {
+        let history = generate(&Generator {
+            seed,
+            operations: 3_000,
+            clients,
+            keys: 1,
+            info_one_in: u64::MAX,
+            stale_read_after: Some(1_500),
+        });
         let start = Instant::now();
         let outcome = check(&history, Duration::from_secs(60));
         let elapsed = start.elapsed();
-        match outcome {
-            CheckOutcome::NotLinearizable { offending, minimal, first_failure, .. } => println!(
-                "clients {clients}: not linearizable in {elapsed:?}, {} offending, minimal {minimal}, first failure {:?}",
-                offending.len(), first_failure.map(|op| op.to_string())
-            ),
-            other => println!("clients {clients}: {other:?} in {elapsed:?}"),
-        }
-    }
-}
-
-#[test]
-fn scratch_prefix_timing() {
-    use shardraft_tests::history::Outcome;
-    let history = generate(8, 3_000, 10, 1);
-    let ops = history.operations();
-    let target = ops
-        .iter()
-        .enumerate()
-        .skip(1500)
-        .find(|(_, op)| matches!(op.outcome, Outcome::Ok(Output::Read(Some(_)))))
-        .map(|(i, _)| i)
-        .unwrap();
-    let mut text = Vec::new();
-    history.write_jsonl(&mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    let mut corrupted = String::new();
-    let position = ops[target].completion_position.unwrap();
-    for (line_index, line) in text.lines().enumerate() {
-        if line_index == position + 1 {
-            let Outcome::Ok(Output::Read(Some(v))) = &ops[target].outcome else { panic!() };
-            let other = ((v.parse::<u64>().unwrap() + 1) % 5).to_string();
-            corrupted.push_str(&line.replace(&format!("\"value\":\"{v}\""), &format!("\"value\":\"{other}\"")));
-        } else {
-            corrupted.push_str(line);
-        }
-        corrupted.push('\n');
-    }
-    std::fs::write("/tmp/corrupted8.jsonl", &corrupted).unwrap();
-    let history = History::parse_jsonl(&corrupted).unwrap();
-    println!("target op {target} at position {position}: {}", history.operations()[target]);
-    let unknown = history.operations().iter().filter(|op| op.outcome.is_unknown() && op.invoke_position < position).count();
-    println!("unknown before: {unknown}");
-    for k in [position - 200, position - 50, position - 10, position, position + 2, position + 10, position + 50] {
-        let prefix = history.filter(|op| op.invoke_position < k);
-        let start = Instant::now();
-        let outcome = check(&prefix, Duration::from_secs(10));
-        println!("k {k}: {:?} in {:?}", std::mem::discriminant(&outcome), start.elapsed());
-        if let CheckOutcome::NotLinearizable { offending, .. } = &outcome { for op in offending { println!("   {op}"); } }
+        println!("stale read, {clients} clients: {elapsed:?}");
+        let CheckOutcome::NotLinearizable {
+            minimal,
+            first_failure,
+            ..
+        } = outcome
+        else {
+            panic!("seed {seed}, {clients} clients: expected a violation, got {outcome:?}");
+        };
+        assert!(minimal, "seed {seed}");
+        let first_failure = first_failure.expect("the search for the first failure finished");
+        assert!(
+            first_failure.invoke_position > 1_500,
+            "first failure {first_failure} precedes the stale read"
+        );
     }
 }

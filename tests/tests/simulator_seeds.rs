@@ -26,7 +26,11 @@ fn simulated_clusters_stay_safe_and_live() {
 
     let reports = run_seeds(start..start + count, RunOptions::default(), threads);
 
-    assert_eq!(reports.len() as u64, count, "every seed must produce a report");
+    assert_eq!(
+        reports.len() as u64,
+        count,
+        "every seed must produce a report"
+    );
     let failures: Vec<String> = reports
         .iter()
         .filter(|report| !report.passed())
@@ -46,8 +50,14 @@ fn simulated_clusters_stay_safe_and_live() {
             );
         }
     }
-    let operations_ok: u64 = reports.iter().map(|report| report.counts.operations_ok).sum();
-    assert!(operations_ok > count, "clients completed only {operations_ok} operations in {count} runs");
+    let operations_ok: u64 = reports
+        .iter()
+        .map(|report| report.counts.operations_ok)
+        .sum();
+    assert!(
+        operations_ok > count,
+        "clients completed only {operations_ok} operations in {count} runs"
+    );
 }
 
 #[test]
@@ -55,9 +65,18 @@ fn same_seed_replays_identically() {
     for seed in [3, 42, 1001] {
         let first = run_seed(seed, None, true);
         let second = run_seed(seed, None, true);
-        assert_eq!(first.counts, second.counts, "seed {seed}: event counts differ between runs");
-        assert_eq!(first.history, second.history, "seed {seed}: histories differ between runs");
-        assert_eq!(first.schedule, second.schedule, "seed {seed}: fault schedules differ");
+        assert_eq!(
+            first.counts, second.counts,
+            "seed {seed}: event counts differ between runs"
+        );
+        assert_eq!(
+            first.history, second.history,
+            "seed {seed}: histories differ between runs"
+        );
+        assert_eq!(
+            first.schedule, second.schedule,
+            "seed {seed}: fault schedules differ"
+        );
     }
 }
 
@@ -75,9 +94,18 @@ fn failure_summary_names_seed_faults_and_replay() {
         reason: "example".into(),
     };
     let summary = report.summary();
-    assert!(summary.contains("seed 5"), "summary lacks the seed: {summary}");
-    assert!(summary.contains("FAILED: example"), "summary lacks the reason: {summary}");
-    assert!(summary.contains("faults:"), "summary lacks the fault schedule: {summary}");
+    assert!(
+        summary.contains("seed 5"),
+        "summary lacks the seed: {summary}"
+    );
+    assert!(
+        summary.contains("FAILED: example"),
+        "summary lacks the reason: {summary}"
+    );
+    assert!(
+        summary.contains("faults:"),
+        "summary lacks the fault schedule: {summary}"
+    );
     assert!(
         summary.contains("simulate -- --seed 5 --nodes 3"),
         "summary lacks the replay command: {summary}"
@@ -96,5 +124,8 @@ fn storage_acknowledging_early_is_detected() {
         .map(|seed| shardraft_tests::sim::run_seed_with(seed, options))
         .filter(|report| !report.passed())
         .count();
-    assert!(failed > 0, "no run failed with storage that acknowledges before writes are durable");
+    assert!(
+        failed > 0,
+        "no run failed with storage that acknowledges before writes are durable"
+    );
 }

@@ -69,7 +69,10 @@ impl RaftNode {
             .iter()
             .filter(|voter| {
                 **voter == self.id
-                    || self.progress.get(voter).is_some_and(|progress| progress.recent_active)
+                    || self
+                        .progress
+                        .get(voter)
+                        .is_some_and(|progress| progress.recent_active)
             })
             .count();
         for progress in self.progress.values_mut() {

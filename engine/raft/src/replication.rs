@@ -181,9 +181,20 @@ impl RaftNode {
         // at `hint_index`, so the logs can match at most up to there.
         let match_candidate = self.log.last_index_with_term_at_most(hint_index, hint_term);
         tracing::debug!(node = %self.id, follower = %from, %rejected_prev_index, %hint_index, %hint_term, next = %match_candidate.next(), "follower log mismatch; probing back");
-        if let Some(progress) = self.progress.get_mut(&from) {
-            progress.become_probe(match_candidate.next());
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        };
+        let next_index = match_candidate.next().max(progress.match_index.next());
+        if progress.state == ReplicationState::Probe && next_index >= progress.next_index {
+            // The follower rejects the entry just above its acknowledged match index, so it
+            // lost entries it had reported durable. Probing again at once would bounce the
+            // same rejection back and forth; the next heartbeat answer retries instead.
+            // TODO: replicate again from the follower's actual log once a replica that lost
+            // its data may rejoin; until then such a follower stays behind.
+            tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable");
+            return Ok(());
         }
+        progress.become_probe(next_index);
         self.replication_pending = true;
         Ok(())
     }

@@ -43,7 +43,17 @@
 //! output observes it. So an unknown read is dropped, and an unknown compare-and-set is
 //! only placed where it would swap, because a mismatch changes nothing. A failed write,
 //! append or delete had no effect and is dropped. A failed compare-and-set observed another
-//! value, and is kept with that constraint.
+//! value, and is kept with that constraint. Unknown operations with the same effect are
+//! interchangeable, so the search places them in invocation order and loses nothing.
+//!
+//! NOTE: an unknown operation stays a candidate to the end of the history, so refuting a
+//! long key history with many of them can take time exponential in their number, and the
+//! time limit then gives [`CheckOutcome::Unknown`]. Measured on a 2-core machine in a
+//! debug build with the generator in `tests/lincheck_scale.rs`: histories of 3,000
+//! operations by 10 clients on one key with an injected stale read and no unknown
+//! operations are rejected in under 2 seconds. A similar history with one operation in
+//! twenty unknown stayed undecided after 20 seconds. Linearizable generated histories with
+//! up to 20 clients check within a few seconds.
 //!
 //! # Offending sets and time limits
 //!

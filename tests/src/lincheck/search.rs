@@ -85,7 +85,6 @@ struct Choice {
     /// The position of the first remaining return when the choice was made.
     boundary: usize,
     previous_state: StateId,
-    previous_obligation: Option<StateId>,
 }
 
 /// The event lists and the bookkeeping to unlink and relink an operation.
@@ -150,34 +149,19 @@ pub(super) fn search(
         .iter()
         .filter(|operation| operation.return_position.is_some())
         .count();
-    // Operations of unknown outcome get no hash key, so configurations that differ only in
-    // them share a chain in the memo, where the subset test finds them.
     let zobrist: Vec<u64> = (0..u64::from(operation_count))
-        .zip(operations)
-        .map(|(index, operation)| match operation.return_position {
-            Some(_) => splitmix64(index.wrapping_add(0x5EED)),
-            None => 0,
-        })
+        .map(|index| splitmix64(index.wrapping_add(0x5EED)))
         .collect();
 
-    let mut unknown_mask = vec![0u64; operations.len().div_ceil(64)];
-    for (index, operation) in operations.iter().enumerate() {
-        if operation.return_position.is_none() {
-            unknown_mask[index / 64] |= 1 << (index % 64);
-        }
-    }
-    let mut memo = Memo::new(unknown_mask);
+    let mut memo = Memo::new(operations.len());
     let mut linearized = vec![0u64; operations.len().div_ceil(64)];
     let mut set_hash = 0u64;
     let mut state = ABSENT;
-    // After an operation of unknown outcome, the state before it: the next operation must
-    // tell the two states apart (see the module documentation).
-    let mut obligation: Option<StateId> = None;
     let mut linearized_required = 0usize;
     let mut choices: Vec<Choice> = Vec::new();
-    let mut phase = Phase::Known;
-    let mut boundary = usize::MAX;
-    let mut cursor = lists.nodes[KNOWN_HEAD as usize].next;
+    let mut phase = Phase::Unknown;
+    let mut boundary = lists.first_return_position();
+    let mut cursor = lists.nodes[UNKNOWN_HEAD as usize].next;
     let mut steps = 0u64;
 
     loop {
@@ -190,7 +174,11 @@ pub(super) fn search(
         }
 
         let candidate = match phase {
-            Phase::Unknown if cursor == NIL => None,
+            Phase::Unknown if cursor == NIL => {
+                phase = Phase::Known;
+                cursor = lists.nodes[KNOWN_HEAD as usize].next;
+                continue;
+            }
             Phase::Unknown => {
                 // Replacing a lifted operation by its twin leaves this list out of order, so
                 // the scan checks every node against the boundary.
@@ -202,18 +190,13 @@ pub(super) fn search(
                 Some(cursor)
             }
             Phase::Known => {
+                // The end of the list is unreachable while a required operation is left,
+                // because its return node stops the scan first.
                 if cursor == NIL || lists.nodes[cursor as usize].is_return {
-                    // The end of the list is unreachable while a required operation is left,
-                    // because its return node stops the scan first.
-                    boundary = match cursor {
-                        NIL => usize::MAX,
-                        node => lists.nodes[node as usize].position,
-                    };
-                    phase = Phase::Unknown;
-                    cursor = lists.nodes[UNKNOWN_HEAD as usize].next;
-                    continue;
+                    None
+                } else {
+                    Some(cursor)
                 }
-                Some(cursor)
             }
         };
 
@@ -228,7 +211,6 @@ pub(super) fn search(
             linearized[index / 64] &= !(1u64 << (index % 64));
             set_hash ^= zobrist[index];
             state = choice.previous_state;
-            obligation = choice.previous_obligation;
             if operations[index].return_position.is_some() {
                 linearized_required -= 1;
             }
@@ -239,36 +221,27 @@ pub(super) fn search(
         };
 
         let index = lists.nodes[call_node as usize].operation as usize;
-        let step = operations[index].step;
-        let next_state = values.apply(state, step).filter(|&next_state| match obligation {
-            // The operation must behave differently than it would have without the operation
-            // of unknown outcome just placed, or that one could have been placed later.
-            Some(earlier_state) => values.apply(earlier_state, step) != Some(next_state),
-            None => true,
-        });
-        if let Some(next_state) = next_state {
+        if let Some(next_state) = values.apply(state, operations[index].step) {
             let word = index / 64;
             let bit = 1u64 << (index % 64);
             linearized[word] |= bit;
             let next_hash = set_hash ^ zobrist[index];
-            let next_obligation = operations[index].return_position.is_none().then_some(state);
-            if memo.insert(next_hash, next_state, next_obligation, &linearized) {
+            if memo.insert(next_hash, next_state, &linearized) {
                 choices.push(Choice {
                     call_node,
                     phase,
                     boundary,
                     previous_state: state,
-                    previous_obligation: obligation,
                 });
-                obligation = next_obligation;
                 state = next_state;
                 set_hash = next_hash;
                 if operations[index].return_position.is_some() {
                     linearized_required += 1;
                 }
                 lists.lift(index);
-                phase = Phase::Known;
-                cursor = lists.nodes[KNOWN_HEAD as usize].next;
+                phase = Phase::Unknown;
+                boundary = lists.first_return_position();
+                cursor = lists.nodes[UNKNOWN_HEAD as usize].next;
                 continue;
             }
             linearized[word] &= !bit;
@@ -369,46 +342,32 @@ fn relink(nodes: &mut [Node], index: u32) {
 /// followed by the bitset, and collide into chains through `next_entry`. Only an insert
 /// allocates, and a lookup compares the full bitset, so hash collisions never prune.
 struct Memo {
-    /// The bits of the operations of unknown outcome.
-    unknown_mask: Vec<u64>,
+    words: usize,
     heads: HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
     next_entry: Vec<u32>,
     arena: Vec<u64>,
 }
 
 impl Memo {
-    fn new(unknown_mask: Vec<u64>) -> Self {
+    fn new(operation_count: usize) -> Self {
         Memo {
-            unknown_mask,
+            words: operation_count.div_ceil(64),
             heads: HashMap::default(),
             next_entry: Vec::new(),
             arena: Vec::new(),
         }
     }
 
-    /// Adds the configuration and returns whether it was new: whether no stored
-    /// configuration has the same state, the same operations of known outcome, and a subset
-    /// of its operations of unknown outcome. `known_hash` must hash only the operations of
-    /// known outcome in `bits`.
-    fn insert(
-        &mut self,
-        known_hash: u64,
-        state: StateId,
-        obligation: Option<StateId>,
-        bits: &[u64],
-    ) -> bool {
-        let hash = known_hash ^ splitmix64(u64::from(state));
-        let stride = self.unknown_mask.len() + 2;
-        // An entry is the state, the obligation plus one (0 for none) and the bitset.
-        let obligation_code = obligation.map_or(0, |state| u64::from(state) + 1);
+    /// Adds the configuration and returns whether it was new.
+    fn insert(&mut self, set_hash: u64, state: StateId, bits: &[u64]) -> bool {
+        let hash = set_hash ^ splitmix64(u64::from(state));
+        let stride = self.words + 1;
         let head = self.heads.get(&hash).copied().unwrap_or(NIL);
         let mut entry = head;
         while entry != NIL {
             let start = entry as usize * stride;
-            let stored_obligation = self.arena[start + 1];
             if self.arena[start] == u64::from(state)
-                && (stored_obligation == 0 || stored_obligation == obligation_code)
-                && self.subsumes(&self.arena[start + 2..start + stride], bits)
+                && self.arena[start + 1..start + stride] == *bits
             {
                 return false;
             }
@@ -420,25 +379,10 @@ impl Memo {
             return true;
         };
         self.arena.push(u64::from(state));
-        self.arena.push(obligation_code);
         self.arena.extend_from_slice(bits);
         self.next_entry.push(head);
         self.heads.insert(hash, new_entry);
         true
-    }
-}
-
-impl Memo {
-    /// Returns whether `stored` has the same operations of known outcome as `bits` and a
-    /// subset of its operations of unknown outcome.
-    fn subsumes(&self, stored: &[u64], bits: &[u64]) -> bool {
-        stored
-            .iter()
-            .zip(bits)
-            .zip(&self.unknown_mask)
-            .all(|((&stored, &bits), &unknown)| {
-                (stored ^ bits) & !unknown == 0 && stored & !bits & unknown == 0
-            })
     }
 }
 
@@ -492,12 +436,12 @@ mod tests {
 
     #[test]
     fn memo_rejects_repeated_configuration() {
-        let mut memo = Memo::new(vec![0, 0]);
+        let mut memo = Memo::new(70);
         let bits = [0b101u64, 1];
-        assert!(memo.insert(42, 7, None, &bits));
-        assert!(!memo.insert(42, 7, None, &bits));
-        assert!(memo.insert(42, 8, None, &bits));
-        assert!(memo.insert(42, 7, None, &[0b100, 1]));
+        assert!(memo.insert(42, 7, &bits));
+        assert!(!memo.insert(42, 7, &bits));
+        assert!(memo.insert(42, 8, &bits));
+        assert!(memo.insert(42, 7, &[0b100, 1]));
     }
 
     #[test]

@@ -553,12 +553,20 @@ impl Simulation {
 
     /// Takes every `Ready` the replica has and carries it out.
     fn drive(&mut self, node: usize) -> Result<(), RunError> {
-        loop {
+        // Each batch hands out what accumulated since the previous one, so a handful per
+        // event is normal; thousands mean the core keeps producing work out of nothing.
+        const READY_BATCHES_PER_EVENT_MAX: usize = 10_000;
+        for _ in 0..READY_BATCHES_PER_EVENT_MAX {
             let Some(ready) = self.nodes[node].raft.as_mut().and_then(RaftNode::ready) else {
                 return Ok(());
             };
             self.handle_ready(node, ready)?;
         }
+        let ready = self.nodes[node].raft.as_mut().and_then(RaftNode::ready);
+        Err(RunError::Liveness(format!(
+            "{} returned {READY_BATCHES_PER_EVENT_MAX} Ready batches for one event; the next one: {ready:?}",
+            self.nodes[node].id
+        )))
     }
 
     fn handle_ready(&mut self, node: usize, ready: Ready) -> Result<(), RunError> {
@@ -805,8 +813,23 @@ impl Simulation {
             }
             Fault::IsolateLeader => {
                 if let Some(leader) = self.current_leader() {
-                    let others: Vec<usize> = (0..self.nodes.len()).filter(|node| *node != leader).collect();
+                    let others: Vec<usize> = (0..self.nodes.len())
+                        .filter(|node| *node != leader)
+                        .collect();
                     self.partition = Partition::symmetric(&[leader], &others);
+                }
+            }
+            Fault::CrashMajority => {
+                let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+                for i in (1..order.len()).rev() {
+                    let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+                    order.swap(i, j);
+                }
+                let majority = self.nodes.len() / 2 + 1;
+                for &node in &order[..majority] {
+                    self.crash_node(node);
+                    let restart_us = self.now_us + uniform(&mut self.rng, 50_000, 1_500_000);
+                    self.schedule_event(restart_us, Event::Restart { node });
                 }
             }
             Fault::CrashAll => {

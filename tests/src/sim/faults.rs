@@ -26,6 +26,9 @@ pub enum Fault {
     CrashLeader,
     /// Cut whichever node leads at that moment off from every other node.
     IsolateLeader,
+    /// Stop a random majority of the nodes at once, each restarting after its own delay.
+    /// A write acknowledged by a majority survives only if it was durable on one of them.
+    CrashMajority,
     /// Stop every node at once.
     CrashAll,
     /// Start a stopped node from its durable state.
@@ -51,6 +54,7 @@ impl fmt::Display for Fault {
             Fault::Crash { node } => write!(f, "crash n{}", node + 1),
             Fault::CrashLeader => write!(f, "crash the leader"),
             Fault::IsolateLeader => write!(f, "isolate the leader"),
+            Fault::CrashMajority => write!(f, "crash a majority"),
             Fault::CrashAll => write!(f, "crash all"),
             Fault::Restart { node } => write!(f, "restart n{}", node + 1),
             Fault::RestartAll => write!(f, "restart all"),
@@ -150,9 +154,12 @@ fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<F
         60..=79 => Some(Fault::Links {
             quality: draw_link_quality(rng),
         }),
-        80..=87 if nodes > 1 => Some(Fault::TransferLeadership {
+        80..=84 if nodes > 1 => Some(Fault::TransferLeadership {
             node: random_node(rng),
         }),
+        85..=89 if nodes > 1 => Some(Fault::IsolateLeader),
+        90..=94 => Some(Fault::CrashLeader),
+        95..=99 if nodes > 2 => Some(Fault::CrashMajority),
         _ => None,
     }
 }
