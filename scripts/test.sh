@@ -12,4 +12,13 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+# cargo prints one "test result" line per test binary; the total goes on the last line.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;/) passed += $(i - 1); if ($i ~ /^failed;/) failed += $(i - 1) } }
+     END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
