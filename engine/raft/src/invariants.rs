@@ -17,6 +17,8 @@ pub(crate) struct InvariantSnapshot {
     vote: Option<NodeId>,
     #[cfg(debug_assertions)]
     committed: LogIndex,
+    #[cfg(debug_assertions)]
+    role: Role,
 }
 
 impl RaftNode {
@@ -28,6 +30,8 @@ impl RaftNode {
             vote: self.vote,
             #[cfg(debug_assertions)]
             committed: self.log.committed(),
+            #[cfg(debug_assertions)]
+            role: self.role,
         }
     }
 
@@ -62,6 +66,16 @@ impl RaftNode {
             committed <= last_index,
             "{id}: commit {committed} past last index {last_index}"
         );
+        if self.role == Role::Leader && before.role == Role::Leader && committed > before.committed
+        {
+            // A leader commits by counting replicas only for an entry of its own term.
+            assert_eq!(
+                self.log.term(committed),
+                Some(self.term),
+                "{id}: leader of {} committed {committed}, which is not of its term",
+                self.term
+            );
+        }
         let applied = self.log.applied();
         assert!(
             applied <= committed,

@@ -129,6 +129,8 @@ struct SimNode {
     durable_entries: Vec<Entry>,
     pending_writes: VecDeque<PendingWrite>,
     last_write_done_us: u64,
+    /// Commit index of the last hard state the core handed out.
+    last_reported_commit: LogIndex,
     kv: KvStore,
     write_waiters: BTreeMap<LogIndex, Vec<WriteWaiter>>,
     read_waiters: BTreeMap<u64, ReadWaiter>,
@@ -210,6 +212,8 @@ pub struct Simulation {
     /// Storage that reports writes durable before they are, which loses acknowledged
     /// data in a crash. Only for checking that the simulator detects such bugs.
     acknowledge_before_durable: bool,
+    /// Armed by [`Fault::CrashLeaderOnCommit`].
+    crash_leader_on_commit: bool,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -242,6 +246,7 @@ impl Simulation {
                 durable_entries: Vec::new(),
                 pending_writes: VecDeque::new(),
                 last_write_done_us: 0,
+                last_reported_commit: LogIndex(0),
                 kv: KvStore::default(),
                 write_waiters: BTreeMap::new(),
                 read_waiters: BTreeMap::new(),
@@ -279,6 +284,7 @@ impl Simulation {
             liveness_met: false,
             ok_after_faults: false,
             acknowledge_before_durable: false,
+            crash_leader_on_commit: false,
         }
     }
 
@@ -510,6 +516,7 @@ impl Simulation {
         };
         sim_node.raft = Some(raft);
         sim_node.kv = KvStore::default();
+        sim_node.last_reported_commit = sim_node.durable_hard_state.commit;
         sim_node.last_write_done_us = self.now_us;
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
@@ -570,6 +577,22 @@ impl Simulation {
     }
 
     fn handle_ready(&mut self, node: usize, ready: Ready) -> Result<(), RunError> {
+        if let Some(hard_state) = ready.hard_state {
+            let sim_node = &mut self.nodes[node];
+            let commit_advanced = hard_state.commit > sim_node.last_reported_commit;
+            sim_node.last_reported_commit = hard_state.commit;
+            let leads = sim_node
+                .raft
+                .as_ref()
+                .is_some_and(|raft| raft.role() == Role::Leader);
+            if self.crash_leader_on_commit && leads && commit_advanced {
+                self.crash_leader_on_commit = false;
+                self.crash_node(node);
+                let restart_us = self.now_us + uniform(&mut self.rng, 200_000, 2_000_000);
+                self.schedule_event(restart_us, Event::Restart { node });
+                return Ok(());
+            }
+        }
         let id = self.nodes[node].id;
         let must_persist = ready.must_persist();
         self.checker.append(id, &ready.entries)?;
@@ -811,6 +834,7 @@ impl Simulation {
                     self.schedule_event(restart_us, Event::Restart { node: leader });
                 }
             }
+            Fault::CrashLeaderOnCommit => self.crash_leader_on_commit = true,
             Fault::IsolateLeader => {
                 if let Some(leader) = self.current_leader() {
                     let others: Vec<usize> = (0..self.nodes.len())

@@ -26,6 +26,9 @@ pub enum Fault {
     CrashLeader,
     /// Cut whichever node leads at that moment off from every other node.
     IsolateLeader,
+    /// Stop the next leader that advances its commit index, before it hands out that
+    /// batch: it dies knowing of a commit that no other node has heard of.
+    CrashLeaderOnCommit,
     /// Stop a random majority of the nodes at once, each restarting after its own delay.
     /// A write acknowledged by a majority survives only if it was durable on one of them.
     CrashMajority,
@@ -54,6 +57,7 @@ impl fmt::Display for Fault {
             Fault::Crash { node } => write!(f, "crash n{}", node + 1),
             Fault::CrashLeader => write!(f, "crash the leader"),
             Fault::IsolateLeader => write!(f, "isolate the leader"),
+            Fault::CrashLeaderOnCommit => write!(f, "crash the leader at its next commit"),
             Fault::CrashMajority => write!(f, "crash a majority"),
             Fault::CrashAll => write!(f, "crash all"),
             Fault::Restart { node } => write!(f, "restart n{}", node + 1),
@@ -158,7 +162,8 @@ fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<F
             node: random_node(rng),
         }),
         85..=89 if nodes > 1 => Some(Fault::IsolateLeader),
-        90..=94 => Some(Fault::CrashLeader),
+        90..=92 => Some(Fault::CrashLeader),
+        93..=94 => Some(Fault::CrashLeaderOnCommit),
         95..=99 if nodes > 2 => Some(Fault::CrashMajority),
         _ => None,
     }
