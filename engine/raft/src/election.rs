@@ -20,7 +20,9 @@ pub(crate) enum Campaign {
 
 impl RaftNode {
     pub(crate) fn tick_election(&mut self) {
-        self.election_elapsed_ticks += 1;
+        // Saturating: a learner never campaigns, so nothing else resets its count while it
+        // hears from no leader.
+        self.election_elapsed_ticks = self.election_elapsed_ticks.saturating_add(1);
         if self.is_promotable()
             && self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
         {
@@ -34,11 +36,11 @@ impl RaftNode {
     }
 
     pub(crate) fn tick_leader(&mut self) {
-        self.heartbeat_elapsed_ticks += 1;
-        self.election_elapsed_ticks += 1;
+        self.heartbeat_elapsed_ticks = self.heartbeat_elapsed_ticks.saturating_add(1);
+        self.election_elapsed_ticks = self.election_elapsed_ticks.saturating_add(1);
 
         if self.transfer_target.is_some() {
-            self.transfer_elapsed_ticks += 1;
+            self.transfer_elapsed_ticks = self.transfer_elapsed_ticks.saturating_add(1);
             if self.transfer_elapsed_ticks >= self.config.election_timeout_ticks_min {
                 tracing::info!(node = %self.id, term = %self.term, target = ?self.transfer_target, "leadership transfer abandoned");
                 self.transfer_target = None;
@@ -137,7 +139,7 @@ impl RaftNode {
                 entries,
                 leader_commit,
             } => {
-                self.accept_leader(from)?;
+                self.accept_leader(from, "AppendEntries")?;
                 self.handle_append_entries(
                     from,
                     term,
@@ -151,7 +153,7 @@ impl RaftNode {
                 leader_commit,
                 read_round,
             } => {
-                self.accept_leader(from)?;
+                self.accept_leader(from, "Heartbeat")?;
                 self.handle_heartbeat(from, leader_commit, read_round);
                 Ok(())
             }
@@ -230,7 +232,7 @@ impl RaftNode {
     }
 
     /// Makes `from`, which sent leader traffic in the current term, this replica's leader.
-    fn accept_leader(&mut self, from: NodeId) -> Result<(), Rejection> {
+    fn accept_leader(&mut self, from: NodeId, kind: &'static str) -> Result<(), Rejection> {
         match self.role {
             Role::Leader => {
                 // Two leaders in one term would break election safety; only a faulty peer
@@ -238,11 +240,12 @@ impl RaftNode {
                 self.stats.rejected_malformed += 1;
                 tracing::debug!(node = %self.id, %from, term = %self.term, "leader traffic from another leader in the same term");
                 Err(Rejection::Malformed {
-                    kind: "AppendEntries",
+                    kind,
                     reason: "sent by a second leader of the same term",
                 })
             }
             Role::PreCandidate | Role::Candidate => {
+                tracing::info!(node = %self.id, leader = %from, term = %self.term, role = ?self.role, "another node leads this term; following");
                 self.become_follower(self.term, Some(from));
                 self.election_elapsed_ticks = 0;
                 Ok(())
@@ -344,7 +347,7 @@ impl RaftNode {
                 Campaign::Election | Campaign::Transfer => self.become_leader(),
             }
         } else if rejected >= quorum {
-            tracing::debug!(node = %self.id, term = %self.term, "lost the election");
+            tracing::info!(node = %self.id, term = %self.term, role = ?self.role, "lost the election; following");
             self.become_follower(self.term, None);
         }
     }
@@ -356,7 +359,11 @@ impl RaftNode {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) -> Result<(), Rejection> {
-        if self.role != Role::Follower || self.leader != Some(from) || !self.is_promotable() {
+        // Only the leader of the current term sends TimeoutNow, so a replica that has not
+        // heard from it yet (just restarted, or running a pre-vote) follows it as well.
+        let from_leader = self.leader.is_none_or(|leader| leader == from);
+        let waiting = matches!(self.role, Role::Follower | Role::PreCandidate);
+        if !waiting || !from_leader || !self.is_promotable() {
             return self.ignore_stale_response("TimeoutNow");
         }
         tracing::info!(node = %self.id, term = %self.term, leader = %from, "leadership transfer: campaigning now");

@@ -163,6 +163,17 @@ impl RaftLog {
         self.unstable_from = self.unstable_from.min(from);
         // Entries from `from` on that were durable no longer describe this log.
         self.persisted = self.persisted.min(from.prev());
+        // A batch handed to storage before this truncation can vouch only for the entries
+        // below `from`: the entries it wrote from `from` on are replaced by a later batch,
+        // even if a later leader writes an entry with the same index and term again.
+        let kept_last_index = from.prev();
+        let kept_last_term = self.term(kept_last_index).unwrap_or(self.base_term);
+        for write in &mut self.pending_writes {
+            if write.last_index >= from {
+                write.last_index = kept_last_index;
+                write.last_term = kept_last_term;
+            }
+        }
     }
 
     /// Advances the commit index; it never moves back.
@@ -199,9 +210,9 @@ impl RaftLog {
 
     /// Records that every batch up to `number` is durable.
     ///
-    /// A batch's entries count only while the log still holds the same entry at the batch's
-    /// last index: by log matching the whole prefix is then the same, so it is durable.
-    /// Entries replaced by a later, not yet durable batch do not count.
+    /// A batch vouches for the log up to its last index, which `truncate_from` lowers below
+    /// any entry a later batch replaces. The term check guards the same rule: a batch counts
+    /// only while the log still holds the entry it wrote at that index.
     pub(crate) fn mark_persisted(&mut self, number: ReadyNumber) {
         while let Some(write) = self.pending_writes.front().copied() {
             if write.number > number {

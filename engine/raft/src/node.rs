@@ -107,6 +107,9 @@ pub struct Stats {
     pub ignored_stale_response: u64,
     /// Vote requests ignored because this replica still heard from a leader.
     pub ignored_vote_in_lease: u64,
+    /// Rejections from followers of entries they had acknowledged as durable, which only
+    /// storage that loses acknowledged writes produces.
+    pub rejections_of_acknowledged_entries: u64,
 }
 
 /// Why [`RaftNode::step`] did not act on a message. Every case is expected input from a
@@ -134,7 +137,7 @@ pub enum Rejection {
 /// Why a proposal was not appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
-    #[error("not the leader; the leader is {leader:?}")]
+    #[error("not the leader; {}", describe_leader(*.leader))]
     NotLeader { leader: Option<NodeId> },
     #[error("leadership is being transferred to {target}; retry at the new leader")]
     TransferInProgress { target: NodeId },
@@ -151,16 +154,16 @@ pub enum ProposeError {
 /// Why a ReadIndex read was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadIndexError {
-    #[error("not the leader; the leader is {leader:?}")]
+    #[error("not the leader; {}", describe_leader(*.leader))]
     NotLeader { leader: Option<NodeId> },
-    #[error("{pending} reads are pending, at the limit max_pending_reads; retry later")]
+    #[error("{pending} reads are pending, which is max_pending_reads; retry later")]
     TooManyPending { pending: usize },
 }
 
 /// Why a leadership transfer did not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
-    #[error("not the leader; the leader is {leader:?}")]
+    #[error("not the leader; {}", describe_leader(*.leader))]
     NotLeader { leader: Option<NodeId> },
     #[error("{target} is not a voter of the group; only voters can lead")]
     NotAVoter { target: NodeId },
@@ -588,6 +591,14 @@ impl RaftNode {
     /// Whether this replica may campaign: only voters lead.
     pub(crate) fn is_promotable(&self) -> bool {
         self.membership.voters.contains(&self.id)
+    }
+}
+
+/// Names the leader for an error message, or says that none is known.
+fn describe_leader(leader: Option<NodeId>) -> alloc::string::String {
+    match leader {
+        Some(leader) => alloc::format!("the leader is {leader}"),
+        None => alloc::string::String::from("no leader is known"),
     }
 }
 

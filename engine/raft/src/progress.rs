@@ -23,7 +23,8 @@ struct InflightMessage {
     bytes: u64,
 }
 
-/// The leader's view of one follower (or of itself, where only `match_index` is used).
+/// The leader's view of one follower. The leader tracks its own log through its durable
+/// index instead.
 #[derive(Clone, Debug)]
 pub struct Progress {
     /// Highest index known to match the leader's log. Invariant: `match_index < next_index`.
@@ -36,6 +37,9 @@ pub struct Progress {
     /// In `Replicate`: a heartbeat answer showed the follower behind, so the next flush
     /// sends an `AppendEntries` even without new entries, to expose lost messages.
     pub gap_check_pending: bool,
+    /// The follower rejected entries it had acknowledged, so its storage lost data; set
+    /// once, so that the warning is logged once per follower and term.
+    pub lost_acknowledged_entries: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
     /// Highest ReadIndex round this follower has confirmed.
@@ -54,6 +58,7 @@ impl Progress {
             state: ReplicationState::Probe,
             probe_sent: false,
             gap_check_pending: false,
+            lost_acknowledged_entries: false,
             recent_active: false,
             read_round_acked: 0,
             commit_sent: LogIndex(0),

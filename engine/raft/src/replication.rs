@@ -98,7 +98,8 @@ impl RaftNode {
         read_round: Option<u64>,
     ) {
         // The leader never sends a commit index beyond what this follower's log is known to
-        // match; capping at the last index guards against a faulty peer.
+        // match. Capping at the last index only keeps a faulty peer from pushing the commit
+        // index past the end of the log; it cannot detect a commit index that does not match.
         self.log.commit_to(leader_commit.min(self.log.last_index()));
         self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
@@ -191,7 +192,11 @@ impl RaftNode {
             // same rejection back and forth; the next heartbeat answer retries instead.
             // TODO: replicate again from the follower's actual log once a replica that lost
             // its data may rejoin; until then such a follower stays behind.
-            tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable");
+            self.stats.rejections_of_acknowledged_entries += 1;
+            if !progress.lost_acknowledged_entries {
+                progress.lost_acknowledged_entries = true;
+                tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable; it lost data and stays behind");
+            }
             return Ok(());
         }
         progress.become_probe(next_index);
@@ -293,10 +298,14 @@ impl RaftNode {
         }
 
         let committed_before = self.log.committed();
+        // Only entries of this term were counted when proposed; earlier terms' entries were
+        // appended by other leaders.
+        let term = self.term;
         let newly_committed_bytes: u64 = self
             .log
             .iter_from(committed_before.next())
             .take_while(|entry| entry.index <= quorum_index)
+            .filter(|entry| entry.term == term)
             .map(Entry::size_bytes)
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly_committed_bytes);
