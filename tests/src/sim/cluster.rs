@@ -764,6 +764,20 @@ impl Simulation {
         let id = self.nodes[node].id;
         for entry in entries {
             self.checker.applied(id, entry)?;
+            // The core hands out only durable entries, so that a state machine never runs
+            // ahead of the log it is rebuilt from after a crash.
+            let durable = self.nodes[node]
+                .durable_entries
+                .get(entry.index.0 as usize - 1);
+            if durable != Some(entry) {
+                return Err(RunError::Safety(Violation {
+                    property: "apply only durable entries",
+                    detail: format!(
+                        "{id} applied {} of {} before it was durable",
+                        entry.index, entry.term
+                    ),
+                }));
+            }
             let result = match entry.kind {
                 EntryKind::Normal => match Command::decode(&entry.data) {
                     Ok(command) => Some(self.nodes[node].kv.apply(&command)),
