@@ -9,10 +9,10 @@
 //! the same run event for event.
 //!
 //! After every event the run checks election safety, log matching, leader completeness and
-//! state machine safety (see [`checks`]), and that a replica applies only entries already in its
-//! durable log. Once the faults stop, a leader must commit an
-//! entry of its term within a bound, and a client operation must succeed. At the end, the
-//! clients' history of reads, writes and compare-and-swaps must be linearizable.
+//! state machine safety (see [`checks`]), and that a replica applies only entries already in
+//! its durable log. Once the faults stop, a leader must commit an entry of its term within a
+//! bound, and a client operation must succeed. At the end, the clients' history of reads,
+//! writes and compare-and-swaps must be linearizable.
 
 pub mod checks;
 pub mod cluster;
