@@ -30,8 +30,13 @@ pub struct Config {
     /// Maximum payload bytes in one `AppendEntries`; a single larger entry is still sent alone.
     pub max_bytes_per_message: u64,
     /// Maximum `AppendEntries` in flight to one follower before the leader waits for acks.
+    /// A soft limit: when a heartbeat answer shows the follower behind with a full window,
+    /// the leader counts the oldest message as lost, so a slow follower gets one more
+    /// message per heartbeat interval.
     pub max_inflight_messages: usize,
     /// Maximum entry bytes in flight to one follower before the leader waits for acks.
+    /// Checked before each message, so the last message may pass it by up to
+    /// `max_bytes_per_message`.
     pub max_inflight_bytes: u64,
     /// Maximum bytes of uncommitted entries at the leader; beyond it, proposals are rejected.
     pub max_uncommitted_bytes: u64,

@@ -190,6 +190,7 @@ pub struct RaftNode {
     pub(crate) term: Term,
     /// Invariant: set at most once per term.
     pub(crate) vote: Option<NodeId>,
+    /// The leader of `term` as far as this replica knows; `Some(id)` when leading.
     pub(crate) leader: Option<NodeId>,
     pub(crate) role: Role,
     pub(crate) log: RaftLog,
@@ -200,7 +201,8 @@ pub struct RaftNode {
     /// Drawn from `[election_timeout_ticks_min, election_timeout_ticks_max)` at every reset.
     pub(crate) randomized_election_timeout_ticks: u32,
 
-    /// Votes received in the current (pre-)election: granted or rejected, by voter.
+    /// Answers in the current pre-vote round or election, granted or rejected, by voter;
+    /// this replica's own vote included. Empty outside a campaign.
     pub(crate) votes: BTreeMap<NodeId, bool>,
 
     /// The leader's view of every other member; empty unless leader.
