@@ -139,6 +139,18 @@ struct SimNode {
 }
 
 impl SimNode {
+    /// Applies one batch to durable storage: the hard state, then the entries, which
+    /// replace every stored entry from the first one's index on.
+    fn make_durable(&mut self, hard_state: Option<HardState>, entries: Vec<Entry>) {
+        if let Some(hard_state) = hard_state {
+            self.durable_hard_state = hard_state;
+        }
+        if let Some(first) = entries.first() {
+            self.durable_entries.truncate(first.index.0 as usize - 1);
+            self.durable_entries.extend(entries);
+        }
+    }
+
     fn applied_index(&self) -> LogIndex {
         self.raft
             .as_ref()
@@ -150,6 +162,7 @@ impl SimNode {
 struct ClientOp {
     op_seq: u64,
     node: usize,
+    invoked_us: u64,
     /// Index into `Simulation::operations`.
     operation: usize,
     call: Call,
@@ -214,6 +227,10 @@ pub struct Simulation {
     acknowledge_before_durable: bool,
     /// Armed by [`Fault::CrashLeaderOnCommit`].
     crash_leader_on_commit: bool,
+    /// Highest last index of any replica when the faults stopped.
+    last_index_at_heal: Option<LogIndex>,
+    /// Highest commit index of any replica when the clients stopped.
+    commit_at_clients_stop: Option<LogIndex>,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -285,6 +302,8 @@ impl Simulation {
             ok_after_faults: false,
             acknowledge_before_durable: false,
             crash_leader_on_commit: false,
+            last_index_at_heal: None,
+            commit_at_clients_stop: None,
         }
     }
 
@@ -379,8 +398,20 @@ impl Simulation {
         }
         if !self.ok_after_faults && self.params.clients > 0 {
             return Err(RunError::Liveness(
-                "no client operation succeeded after faults stopped".into(),
+                "no client operation invoked after faults stopped succeeded".into(),
             ));
+        }
+        // With the network healthy and no new writes for the last stretch of the run, every
+        // replica must have caught up with what was committed when the clients stopped.
+        let caught_up_to = self.commit_at_clients_stop.unwrap_or_default();
+        for node in &self.nodes {
+            let applied = node.applied_index();
+            if applied < caught_up_to {
+                return Err(RunError::Liveness(format!(
+                    "{} applied only up to {applied} by the end, behind the commit index {caught_up_to} reached when clients stopped",
+                    node.id
+                )));
+            }
         }
         self.counts.highest_applied = self.checker.highest_applied().0;
         Ok(())
@@ -454,15 +485,32 @@ impl Simulation {
     }
 
     fn check_liveness(&mut self) -> Result<(), RunError> {
+        if self.now_us >= self.params.clients_stop_us && self.commit_at_clients_stop.is_none() {
+            let highest_commit = self.nodes.iter().filter_map(|node| node.raft.as_ref()).map(RaftNode::commit_index).max();
+            self.commit_at_clients_stop = Some(highest_commit.unwrap_or_default());
+        }
         if self.liveness_met || self.now_us < self.params.faults_end_us {
             return Ok(());
         }
+        // Only an entry appended after the faults stopped shows progress: a leader may have
+        // committed before, even inside a minority that was then healed.
+        let last_index_at_heal = *self.last_index_at_heal.get_or_insert_with(|| {
+            self.nodes
+                .iter()
+                .map(|node| {
+                    let durable = LogIndex(node.durable_entries.len() as u64);
+                    node.raft.as_ref().map_or(durable, |raft| raft.last_index().max(durable))
+                })
+                .max()
+                .unwrap_or_default()
+        });
         let leader_committed =
             self.nodes
                 .iter()
                 .filter_map(|node| node.raft.as_ref())
                 .any(|raft| {
                     raft.role() == Role::Leader
+                        && raft.commit_index() > last_index_at_heal
                         && raft
                             .entry(raft.commit_index())
                             .is_some_and(|entry| entry.term == raft.term())
@@ -536,7 +584,13 @@ impl Simulation {
         self.counts.crashes += 1;
         sim_node.raft = None;
         sim_node.incarnation += 1;
-        sim_node.pending_writes.clear();
+        // Storage may have finished writes it had not reported yet: a random prefix of the
+        // unreported batches survives the crash, the rest is lost.
+        let surviving = (self.rng.next_u64() % (sim_node.pending_writes.len() as u64 + 1)) as usize;
+        let writes: Vec<PendingWrite> = sim_node.pending_writes.drain(..).collect();
+        for write in writes.into_iter().take(surviving) {
+            sim_node.make_durable(write.hard_state, write.entries);
+        }
         sim_node.confirmed_reads.clear();
         let writes: Vec<WriteWaiter> = std::mem::take(&mut sim_node.write_waiters)
             .into_values()
@@ -585,7 +639,8 @@ impl Simulation {
                 .raft
                 .as_ref()
                 .is_some_and(|raft| raft.role() == Role::Leader);
-            if self.crash_leader_on_commit && leads && commit_advanced {
+            let in_fault_window = self.now_us < self.params.faults_end_us;
+            if self.crash_leader_on_commit && in_fault_window && leads && commit_advanced {
                 self.crash_leader_on_commit = false;
                 self.crash_node(node);
                 let restart_us = self.now_us + uniform(&mut self.rng, 200_000, 2_000_000);
@@ -704,15 +759,7 @@ impl Simulation {
             write.number, number,
             "storage writes completed out of order"
         );
-        if let Some(hard_state) = write.hard_state {
-            sim_node.durable_hard_state = hard_state;
-        }
-        if let Some(first) = write.entries.first() {
-            sim_node
-                .durable_entries
-                .truncate(first.index.0 as usize - 1);
-            sim_node.durable_entries.extend(write.entries);
-        }
+        sim_node.make_durable(write.hard_state, write.entries);
         if let Some(raft) = sim_node.raft.as_mut()
             && !self.acknowledge_before_durable
         {
@@ -958,6 +1005,7 @@ impl Simulation {
         self.clients[client].current = Some(ClientOp {
             op_seq,
             node,
+            invoked_us: self.now_us,
             operation,
             call,
         });
@@ -1096,7 +1144,7 @@ impl Simulation {
         match result {
             ClientResult::Ok(output) => {
                 self.counts.operations_ok += 1;
-                if self.now_us >= self.params.faults_end_us {
+                if op.invoked_us >= self.params.faults_end_us {
                     self.ok_after_faults = true;
                 }
                 self.clients[client].leader_hint = Some(op.node);

@@ -32,7 +32,8 @@ pub struct RunParams {
     /// and every link healthy.
     pub faults_start_us: u64,
     pub faults_end_us: u64,
-    /// Once faults stop, a leader must commit an entry of its term within this bound.
+    /// Once faults stop, a leader must commit an entry appended after that within this
+    /// bound, and a client operation invoked after that must succeed.
     pub liveness_bound_us: u64,
     /// Clients stop issuing operations here; the run ends at `end_us`.
     pub clients_stop_us: u64,
@@ -49,8 +50,10 @@ impl RunParams {
         let nodes = nodes.unwrap_or(CLUSTER_SIZES[(seed % CLUSTER_SIZES.len() as u64) as usize]);
         let faults_start_us = 500_000;
         let faults_end_us = faults_start_us + uniform(rng, 2_000_000, 8_000_000);
-        let liveness_bound_us = 10_000_000;
-        let clients_stop_us = faults_end_us + 2_500_000;
+        // Elections take a few hundred milliseconds of virtual time; the bound leaves room
+        // for several failed rounds, and the run lasts past it so that the bound can fire.
+        let liveness_bound_us = 3_000_000;
+        let clients_stop_us = faults_end_us + liveness_bound_us + 500_000;
         RunParams {
             nodes,
             clients: uniform(rng, 2, 5) as usize,
