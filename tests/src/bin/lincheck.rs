@@ -51,6 +51,17 @@ enum InputFormat {
     Jsonl,
 }
 
+impl InputFormat {
+    fn name(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "detected",
+            InputFormat::Jepsen => "jepsen",
+            InputFormat::Edn => "edn",
+            InputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ReportFormat {
     Text,
@@ -134,7 +145,17 @@ fn read_history(path: &Path, format: InputFormat) -> Result<History, String> {
         InputFormat::Edn => History::parse_edn_kv(&text),
         InputFormat::Jsonl => History::parse_jsonl(&text),
     };
-    parsed.map_err(|error| error.to_string())
+    let history = parsed.map_err(|error| error.to_string())?;
+    // An empty history is trivially linearizable, which would hide a file of the wrong
+    // format: the Jepsen reader skips every line that is not a Jepsen event.
+    if history.is_empty() {
+        return Err(format!(
+            "no operations found in the {} format; check that the file is a history and that \
+             --format matches it",
+            format.name()
+        ));
+    }
+    Ok(history)
 }
 
 fn print_text(path: &Path, outcome: &CheckOutcome) {

@@ -36,7 +36,7 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// With --seed: write the clients' history to this file as JSON lines, for `lincheck`.
-    #[arg(long, requires = "seed")]
+    #[arg(long, requires = "seed", conflicts_with = "seeds")]
     history: Option<std::path::PathBuf>,
     /// Break the simulated storage so that it reports writes durable before they are.
     /// Runs are then expected to fail: this checks the simulator's own checks.
@@ -76,9 +76,14 @@ fn main() -> ExitCode {
         if args.verbose {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+            // Wall-clock timestamps mean nothing in a simulated run: each line carries the
+            // virtual time of its event instead, in the `event` span.
+            use std::io::IsTerminal as _;
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .without_time()
                 .init();
         }
         let options = RunOptions {

@@ -63,6 +63,9 @@ pub struct SafetyChecker {
     applied: Vec<(u64, NodeId)>,
     /// Next index each replica must apply.
     next_apply: BTreeMap<NodeId, LogIndex>,
+    /// Chain value at each commit index a replica reported, and the highest of them.
+    committed: BTreeMap<LogIndex, u64>,
+    highest_committed: Option<(LogIndex, u64)>,
 }
 
 impl SafetyChecker {
@@ -147,8 +150,19 @@ impl SafetyChecker {
                 detail: format!("{existing} and {node} both led {term}"),
             });
         }
-        // Every entry applied so far was committed in an earlier term, so this log must
+        // Every entry committed so far was committed in an earlier term, so this log must
         // hold all of them.
+        if let Some((index, expected)) = self.highest_committed {
+            let actual = self.logs.get(&node).and_then(|log| log.chain_at(index));
+            if actual != Some(expected) {
+                return Err(Violation {
+                    property: "leader completeness",
+                    detail: format!(
+                        "{node} became leader of {term} without the committed entries up to {index}"
+                    ),
+                });
+            }
+        }
         let Some(last_applied) = self.applied.len().checked_sub(1) else {
             return Ok(());
         };
@@ -162,6 +176,40 @@ impl SafetyChecker {
                     "{node} became leader of {term} without the committed entries up to {index}"
                 ),
             });
+        }
+        Ok(())
+    }
+
+    /// Records that `node` reports `commit` as its commit index.
+    pub fn committed(&mut self, node: NodeId, commit: LogIndex) -> Result<(), Violation> {
+        if commit.0 == 0 {
+            return Ok(());
+        }
+        let Some(chain) = self.logs.get(&node).and_then(|log| log.chain_at(commit)) else {
+            return Err(Violation {
+                property: "commit within the log",
+                detail: format!("{node} reports commit index {commit} past its log"),
+            });
+        };
+        match self.committed.get(&commit) {
+            Some(known) if *known != chain => {
+                return Err(Violation {
+                    property: "state machine safety",
+                    detail: format!(
+                        "{node} committed a different entry at {commit} than another replica"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.committed.insert(commit, chain);
+            }
+        }
+        if self
+            .highest_committed
+            .is_none_or(|(highest, _)| commit > highest)
+        {
+            self.highest_committed = Some((commit, chain));
         }
         Ok(())
     }

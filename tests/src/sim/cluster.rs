@@ -197,6 +197,9 @@ struct SimClient {
     next_op_seq: u64,
     current: Option<ClientOp>,
     leader_hint: Option<usize>,
+    /// The value this client last read, wrote or swapped in, by key, so that most of its
+    /// compare-and-swaps expect a value the key may still hold and can succeed.
+    last_seen: BTreeMap<String, Option<String>>,
 }
 
 /// One simulated run.
@@ -276,6 +279,7 @@ impl Simulation {
                 next_op_seq: 0,
                 current: None,
                 leader_hint: None,
+                last_seen: BTreeMap::new(),
             })
             .collect();
         Simulation {
@@ -382,6 +386,7 @@ impl Simulation {
             };
             self.free_slots.push(slot);
             self.counts.events += 1;
+            let _span = tracing::debug_span!("event", at_us = self.now_us).entered();
             self.handle_event(event)?;
             self.check_liveness()?;
         }
@@ -486,7 +491,12 @@ impl Simulation {
 
     fn check_liveness(&mut self) -> Result<(), RunError> {
         if self.now_us >= self.params.clients_stop_us && self.commit_at_clients_stop.is_none() {
-            let highest_commit = self.nodes.iter().filter_map(|node| node.raft.as_ref()).map(RaftNode::commit_index).max();
+            let highest_commit = self
+                .nodes
+                .iter()
+                .filter_map(|node| node.raft.as_ref())
+                .map(RaftNode::commit_index)
+                .max();
             self.commit_at_clients_stop = Some(highest_commit.unwrap_or_default());
         }
         if self.liveness_met || self.now_us < self.params.faults_end_us {
@@ -499,7 +509,9 @@ impl Simulation {
                 .iter()
                 .map(|node| {
                     let durable = LogIndex(node.durable_entries.len() as u64);
-                    node.raft.as_ref().map_or(durable, |raft| raft.last_index().max(durable))
+                    node.raft
+                        .as_ref()
+                        .map_or(durable, |raft| raft.last_index().max(durable))
                 })
                 .max()
                 .unwrap_or_default()
@@ -631,7 +643,12 @@ impl Simulation {
     }
 
     fn handle_ready(&mut self, node: usize, ready: Ready) -> Result<(), RunError> {
+        let id = self.nodes[node].id;
+        self.checker.append(id, &ready.entries)?;
         if let Some(hard_state) = ready.hard_state {
+            // Recorded before a crash can strike, so that a commit known only to a leader
+            // that dies at once still counts for leader completeness.
+            self.checker.committed(id, hard_state.commit)?;
             let sim_node = &mut self.nodes[node];
             let commit_advanced = hard_state.commit > sim_node.last_reported_commit;
             sim_node.last_reported_commit = hard_state.commit;
@@ -648,9 +665,7 @@ impl Simulation {
                 return Ok(());
             }
         }
-        let id = self.nodes[node].id;
         let must_persist = ready.must_persist();
-        self.checker.append(id, &ready.entries)?;
         if let Some(raft) = self.nodes[node].raft.as_ref() {
             self.checker.check_last_index(id, raft.last_index())?;
         }
@@ -977,12 +992,15 @@ impl Simulation {
                 value: unique_value,
             },
             _ => {
-                let expected = if chance(&mut self.rng, 0.2) {
-                    None
-                } else {
-                    let writer = self.rng.next_u64() % self.params.clients as u64;
-                    let writer_seq = self.rng.next_u64() % (op_seq + 1);
-                    Some(format!("{writer}.{writer_seq}"))
+                let last_seen = self.clients[client].last_seen.get(&key).cloned();
+                let expected = match last_seen {
+                    Some(value) if !chance(&mut self.rng, 0.2) => value,
+                    _ if chance(&mut self.rng, 0.3) => None,
+                    _ => {
+                        let writer = self.rng.next_u64() % self.params.clients as u64;
+                        let writer_seq = self.rng.next_u64() % (op_seq + 1);
+                        Some(format!("{writer}.{writer_seq}"))
+                    }
                 };
                 Call::Cas {
                     key,
@@ -1148,6 +1166,17 @@ impl Simulation {
                     self.ok_after_faults = true;
                 }
                 self.clients[client].leader_hint = Some(op.node);
+                let seen = match (&op.call, &output) {
+                    (Call::Read { key }, Output::Read(value)) => Some((key, value.clone())),
+                    (Call::Write { key, value }, _) => Some((key, Some(value.clone()))),
+                    (Call::Cas { key, new, .. }, Output::Cas(true)) => {
+                        Some((key, Some(new.clone())))
+                    }
+                    _ => None,
+                };
+                if let Some((key, value)) = seen {
+                    self.clients[client].last_seen.insert(key.clone(), value);
+                }
                 self.complete_operation(op.operation, RecordedOutcome::Ok(output));
             }
             ClientResult::Failed { leader_hint } => {

@@ -51,6 +51,8 @@ pub struct RunReport {
     pub counts: RunCounts,
     pub verdict: Verdict,
     pub history: Option<History>,
+    /// The run used the broken storage of the self-test.
+    pub acknowledge_before_durable: bool,
 }
 
 impl RunReport {
@@ -60,8 +62,13 @@ impl RunReport {
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
+        let broken_storage = if self.acknowledge_before_durable {
+            " --acknowledge-before-durable"
+        } else {
+            ""
+        };
         format!(
-            "cargo run -p shardraft-tests --bin simulate -- --seed {} --nodes {}",
+            "cargo run -p shardraft-tests --bin simulate -- --seed {} --nodes {}{broken_storage}",
             self.seed, self.params.nodes
         )
     }
@@ -158,6 +165,7 @@ pub fn run_seed_with(seed: u64, options: RunOptions) -> RunReport {
         counts: simulation.counts().clone(),
         verdict,
         history: options.keep_history.then_some(history),
+        acknowledge_before_durable: options.acknowledge_before_durable,
     }
 }
 
