@@ -1,5 +1,5 @@
 //! Log replication: the follower's side of `AppendEntries` and heartbeats, the leader's
-//! handling of their answers, the messages it builds for each follower, and the commit
+//! handling of their responses, the messages it builds for each follower, and the commit
 //! rule.
 
 use alloc::vec::Vec;
@@ -25,7 +25,7 @@ impl RaftNode {
         }
 
         // Everything up to the commit index already matches the leader's log, so a late or
-        // duplicated message about that prefix only needs the commit index as answer.
+        // duplicated message about that prefix only needs the commit index in response.
         if prev_log_index < self.log.committed() {
             let match_index = self.log.committed();
             self.send(
@@ -163,7 +163,7 @@ impl RaftNode {
             return self.ignore_stale_response("AppendEntriesResponse");
         };
         let stale = match progress.state {
-            // Only an answer to the single outstanding probe counts.
+            // Only the response to the single outstanding probe counts.
             ReplicationState::Probe => rejected_prev_index != progress.next_index.prev(),
             ReplicationState::Replicate => rejected_prev_index <= progress.match_index,
         };
