@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
     Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, NodeId, ProposeError,
-    RaftNode, ReadIndexError, Ready, ReadyNumber, RestoredState, Role, Term,
+    RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -16,6 +16,7 @@ use super::faults::{Fault, ScheduledFault, draw_schedule};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
 use super::params::{RunParams, tick_period_us};
+use crate::harness::DurableState;
 use crate::history::{Call, History, HistoryRecorder, Output};
 
 /// What ends a run early.
@@ -125,8 +126,7 @@ struct SimNode {
     incarnation: u64,
     raft: Option<RaftNode>,
     tick_period_us: u64,
-    durable_hard_state: HardState,
-    durable_entries: Vec<Entry>,
+    durable: DurableState,
     pending_writes: VecDeque<PendingWrite>,
     last_write_done_us: u64,
     /// Commit index of the last hard state the core handed out.
@@ -139,18 +139,6 @@ struct SimNode {
 }
 
 impl SimNode {
-    /// Applies one batch to durable storage: the hard state, then the entries, which
-    /// replace every stored entry from the first one's index on.
-    fn make_durable(&mut self, hard_state: Option<HardState>, entries: Vec<Entry>) {
-        if let Some(hard_state) = hard_state {
-            self.durable_hard_state = hard_state;
-        }
-        if let Some(first) = entries.first() {
-            self.durable_entries.truncate(first.index.0 as usize - 1);
-            self.durable_entries.extend(entries);
-        }
-    }
-
     fn applied_index(&self) -> LogIndex {
         self.raft
             .as_ref()
@@ -262,8 +250,7 @@ impl Simulation {
                 incarnation: 0,
                 raft: None,
                 tick_period_us: tick_period_us(&mut rng),
-                durable_hard_state: HardState::default(),
-                durable_entries: Vec::new(),
+                durable: DurableState::default(),
                 pending_writes: VecDeque::new(),
                 last_write_done_us: 0,
                 last_reported_commit: LogIndex(0),
@@ -508,7 +495,7 @@ impl Simulation {
             self.nodes
                 .iter()
                 .map(|node| {
-                    let durable = LogIndex(node.durable_entries.len() as u64);
+                    let durable = LogIndex(node.durable.entries.len() as u64);
                     node.raft
                         .as_ref()
                         .map_or(durable, |raft| raft.last_index().max(durable))
@@ -557,12 +544,8 @@ impl Simulation {
     fn start_node(&mut self, node: usize) -> Result<(), RunError> {
         let config = self.node_config(node);
         let sim_node = &mut self.nodes[node];
-        let restored = RestoredState {
-            hard_state: sim_node.durable_hard_state,
-            entries: sim_node.durable_entries.clone(),
-            applied: LogIndex(0),
-        };
-        let raft = match RaftNode::new(config, restored) {
+        // The state machine keeps nothing durable, so it is rebuilt by applying the log.
+        let raft = match RaftNode::new(config, sim_node.durable.to_restored()) {
             Ok(raft) => raft,
             Err(error) => {
                 return Err(RunError::Safety(Violation {
@@ -576,13 +559,13 @@ impl Simulation {
         };
         sim_node.raft = Some(raft);
         sim_node.kv = KvStore::default();
-        sim_node.last_reported_commit = sim_node.durable_hard_state.commit;
+        sim_node.last_reported_commit = sim_node.durable.hard_state.commit;
         sim_node.last_write_done_us = self.now_us;
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
         let first_tick_us = self.now_us + self.rng.next_u64() % sim_node.tick_period_us;
         self.checker
-            .restore(id, &self.nodes[node].durable_entries)?;
+            .restore(id, &self.nodes[node].durable.entries)?;
         self.schedule_event(first_tick_us, Event::Tick { node, incarnation });
         Ok(())
     }
@@ -601,7 +584,7 @@ impl Simulation {
         let surviving = (self.rng.next_u64() % (sim_node.pending_writes.len() as u64 + 1)) as usize;
         let writes: Vec<PendingWrite> = sim_node.pending_writes.drain(..).collect();
         for write in writes.into_iter().take(surviving) {
-            sim_node.make_durable(write.hard_state, write.entries);
+            sim_node.durable.write(write.hard_state, &write.entries);
         }
         sim_node.confirmed_reads.clear();
         let writes: Vec<WriteWaiter> = std::mem::take(&mut sim_node.write_waiters)
@@ -774,7 +757,7 @@ impl Simulation {
             write.number, number,
             "storage writes completed out of order"
         );
-        sim_node.make_durable(write.hard_state, write.entries);
+        sim_node.durable.write(write.hard_state, &write.entries);
         if let Some(raft) = sim_node.raft.as_mut()
             && !self.acknowledge_before_durable
         {
@@ -829,7 +812,8 @@ impl Simulation {
             // The core hands out only durable entries, so that a state machine never runs
             // ahead of the log it is rebuilt from after a crash.
             let durable = self.nodes[node]
-                .durable_entries
+                .durable
+                .entries
                 .get(entry.index.0 as usize - 1);
             if durable != Some(entry) {
                 return Err(RunError::Safety(Violation {
