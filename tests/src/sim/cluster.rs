@@ -131,6 +131,9 @@ struct SimNode {
     last_write_done_us: u64,
     /// Commit index of the last hard state the core handed out.
     last_reported_commit: LogIndex,
+    /// Batches durable but not yet reported to the core, and their after-persist messages.
+    unreported_writes: u64,
+    unreported_messages: Vec<Message>,
     kv: KvStore,
     write_waiters: BTreeMap<LogIndex, Vec<WriteWaiter>>,
     read_waiters: BTreeMap<u64, ReadWaiter>,
@@ -254,6 +257,8 @@ impl Simulation {
                 pending_writes: VecDeque::new(),
                 last_write_done_us: 0,
                 last_reported_commit: LogIndex(0),
+                unreported_writes: 0,
+                unreported_messages: Vec::new(),
                 kv: KvStore::default(),
                 write_waiters: BTreeMap::new(),
                 read_waiters: BTreeMap::new(),
@@ -586,6 +591,8 @@ impl Simulation {
         for write in writes.into_iter().take(surviving) {
             sim_node.durable.write(write.hard_state, &write.entries);
         }
+        sim_node.unreported_writes = 0;
+        sim_node.unreported_messages.clear();
         sim_node.confirmed_reads.clear();
         let writes: Vec<WriteWaiter> = std::mem::take(&mut sim_node.write_waiters)
             .into_values()
@@ -758,12 +765,26 @@ impl Simulation {
             "storage writes completed out of order"
         );
         sim_node.durable.write(write.hard_state, &write.entries);
+        sim_node.unreported_writes += 1;
+        sim_node
+            .unreported_messages
+            .extend(write.messages_after_persist);
+
+        // Storage may report several finished batches at once, as a runtime that polls for
+        // completions does; the core must then count all of them from one number.
+        let report = sim_node.unreported_writes >= self.params.batches_per_durability_report
+            || sim_node.pending_writes.is_empty();
+        if !report {
+            return Ok(());
+        }
+        sim_node.unreported_writes = 0;
         if let Some(raft) = sim_node.raft.as_mut()
             && !self.acknowledge_before_durable
         {
             raft.on_persisted(write.number);
         }
-        for message in write.messages_after_persist {
+        let messages = std::mem::take(&mut sim_node.unreported_messages);
+        for message in messages {
             self.send(message);
         }
         self.drive(node)

@@ -25,6 +25,9 @@ pub struct RunParams {
     /// Range of one storage write plus sync.
     pub disk_latency_us_min: u64,
     pub disk_latency_us_max: u64,
+    /// Storage reports durability after this many finished batches, or when no write is
+    /// left in flight.
+    pub batches_per_durability_report: u64,
     /// Probability that one write stalls for `disk_stall_us`.
     pub disk_stall_probability: f64,
     pub disk_stall_us: u64,
@@ -67,6 +70,7 @@ impl RunParams {
             max_bytes_per_message: uniform(rng, 64, 4096),
             disk_latency_us_min: uniform(rng, 20, 200),
             disk_latency_us_max: uniform(rng, 300, 3_000),
+            batches_per_durability_report: uniform(rng, 1, 3),
             disk_stall_probability: uniform(rng, 0, 3) as f64 / 100.0,
             disk_stall_us: uniform(rng, 10_000, 200_000),
             faults_start_us,
