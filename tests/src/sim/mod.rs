@@ -3,7 +3,7 @@
 //! One run is one seed. The seed draws the cluster size (1, 3, 5 or 7 replicas unless
 //! fixed), the core's settings, disk latencies, the clients, and a schedule of faults:
 //! partitions (symmetric, one-way, an isolated node, or a bridge node that sees both
-//! sides), crashes that lose every write not yet reported durable, restarts, and link
+//! sides), crashes that lose a random suffix of the writes in flight, restarts, and link
 //! quality that drops, duplicates, delays and reorders messages. Everything runs on one
 //! virtual clock with one seeded generator and ordered maps only, so the same seed replays
 //! the same run event for event.
