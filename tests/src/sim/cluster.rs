@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
-    Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, NodeId, ProposeError,
-    RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
+    Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
+    ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -82,6 +82,10 @@ enum Event {
         index: usize,
     },
     Restart {
+        node: usize,
+    },
+    /// The node's clock jumps ahead by a whole election timeout, as after a pause.
+    ClockJump {
         node: usize,
     },
 }
@@ -221,6 +225,8 @@ pub struct Simulation {
     acknowledge_before_durable: bool,
     /// Armed by [`Fault::CrashLeaderOnCommit`].
     crash_leader_on_commit: bool,
+    /// Armed by [`Fault::SplitVote`].
+    split_vote_armed: bool,
     /// Highest last index of any replica when the faults stopped.
     last_index_at_heal: Option<LogIndex>,
     /// Highest commit index of any replica when the clients stopped.
@@ -298,6 +304,7 @@ impl Simulation {
             ok_after_faults: false,
             acknowledge_before_durable: false,
             crash_leader_on_commit: false,
+            split_vote_armed: false,
             last_index_at_heal: None,
             commit_at_clients_stop: None,
         }
@@ -472,6 +479,16 @@ impl Simulation {
                 Ok(())
             }
             Event::Fault { index } => self.apply_fault(index),
+            Event::ClockJump { node } => {
+                let ticks = self.node_config(node).election_timeout_ticks_max;
+                let Some(raft) = self.nodes[node].raft.as_mut() else {
+                    return Ok(());
+                };
+                for _ in 0..ticks {
+                    raft.tick();
+                }
+                self.drive(node)
+            }
             Event::Restart { node } => {
                 if self.nodes[node].raft.is_none() {
                     self.start_node(node)?;
@@ -653,6 +670,23 @@ impl Simulation {
                 let restart_us = self.now_us + uniform(&mut self.rng, 200_000, 2_000_000);
                 self.schedule_event(restart_us, Event::Restart { node });
                 return Ok(());
+            }
+        }
+        if self.split_vote_armed && self.now_us < self.params.faults_end_us {
+            let granted_to = ready
+                .messages
+                .iter()
+                .chain(&ready.messages_after_persist)
+                .find(|message| {
+                    matches!(
+                        message.body,
+                        MessageBody::RequestVoteResponse { granted: true }
+                    )
+                })
+                .map(|message| message.to.0 as usize - 1);
+            if let (Some(candidate), Some(hard_state)) = (granted_to, ready.hard_state) {
+                self.split_vote_armed = false;
+                return self.split_vote(node, candidate, hard_state.term, ready.messages);
             }
         }
         let must_persist = ready.must_persist();
@@ -916,6 +950,7 @@ impl Simulation {
                 }
             }
             Fault::CrashLeaderOnCommit => self.crash_leader_on_commit = true,
+            Fault::SplitVote => self.split_vote_armed = true,
             Fault::IsolateLeader => {
                 if let Some(leader) = self.current_leader() {
                     let others: Vec<usize> = (0..self.nodes.len())
@@ -966,6 +1001,38 @@ impl Simulation {
                     self.drive(leader)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Crashes `voter` just after it granted its vote in `term` to `candidate`, sending only
+    /// the messages that may leave before the batch is durable, and restarts it a
+    /// millisecond later. A third node that has not reached `term` yet is cut off from the
+    /// candidate and made to campaign at once. If the core let the vote leave before it was
+    /// durable, the restarted voter can vote again in the same term and elect two leaders.
+    fn split_vote(
+        &mut self,
+        voter: usize,
+        candidate: usize,
+        term: Term,
+        messages: Vec<Message>,
+    ) -> Result<(), RunError> {
+        for message in messages {
+            self.send(message);
+        }
+        self.crash_node(voter);
+        self.schedule_event(self.now_us + 1_000, Event::Restart { node: voter });
+        let rival = (0..self.nodes.len()).find(|&node| {
+            node != voter
+                && node != candidate
+                && self.nodes[node]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|raft| raft.role() == Role::Follower && raft.term() < term)
+        });
+        if let Some(rival) = rival {
+            self.partition = Partition::symmetric(&[candidate], &[rival]);
+            self.schedule_event(self.now_us + 2_000, Event::ClockJump { node: rival });
         }
         Ok(())
     }

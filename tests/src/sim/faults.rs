@@ -29,6 +29,9 @@ pub enum Fault {
     /// Stop the next leader that advances its commit index, before it hands out that
     /// batch: it dies knowing of a commit that no other node has heard of.
     CrashLeaderOnCommit,
+    /// Stop the next node that grants a vote right after it does, restart it at once, and
+    /// make a third node campaign: a vote sent before it was durable then splits the term.
+    SplitVote,
     /// Stop a random majority of the nodes at once, each restarting after its own delay.
     /// A write acknowledged by a majority survives only if it was durable on one of them.
     CrashMajority,
@@ -58,6 +61,7 @@ impl fmt::Display for Fault {
             Fault::CrashLeader => write!(f, "crash the leader"),
             Fault::IsolateLeader => write!(f, "isolate the leader"),
             Fault::CrashLeaderOnCommit => write!(f, "crash the leader at its next commit"),
+            Fault::SplitVote => write!(f, "crash the next voter and start a rival candidate"),
             Fault::CrashMajority => write!(f, "crash a majority"),
             Fault::CrashAll => write!(f, "crash all"),
             Fault::Restart { node } => write!(f, "restart n{}", node + 1),
@@ -164,7 +168,8 @@ fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<F
         85..=89 if nodes > 1 => Some(Fault::IsolateLeader),
         90..=92 => Some(Fault::CrashLeader),
         93..=94 => Some(Fault::CrashLeaderOnCommit),
-        95..=99 if nodes > 2 => Some(Fault::CrashMajority),
+        95..=96 if nodes > 2 => Some(Fault::SplitVote),
+        97..=99 if nodes > 2 => Some(Fault::CrashMajority),
         _ => None,
     }
 }
