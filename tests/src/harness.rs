@@ -97,11 +97,11 @@ impl DurableState {
 
 /// A batch taken from the core whose writes have not been made durable yet.
 #[derive(Debug)]
-struct PendingWrite {
-    number: ReadyNumber,
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    messages_after_persist: Vec<Message>,
+pub struct PendingWrite {
+    pub number: ReadyNumber,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages_after_persist: Vec<Message>,
 }
 
 /// One member of the cluster: its config, its replica while it is up, and its storage.

@@ -150,26 +150,30 @@ impl SafetyChecker {
                 detail: format!("{existing} and {node} both led {term}"),
             });
         }
-        // Every entry committed so far was committed in an earlier term, so this log must
-        // hold all of them.
-        if let Some((index, expected)) = self.highest_committed {
-            let actual = self.logs.get(&node).and_then(|log| log.chain_at(index));
-            if actual != Some(expected) {
-                return Err(Violation {
-                    property: "leader completeness",
-                    detail: format!(
-                        "{node} became leader of {term} without the committed entries up to {index}"
-                    ),
-                });
-            }
+        // Every entry committed or applied so far was committed in an earlier term, so this
+        // log must contain all of them.
+        if let Some((index, chain)) = self.highest_committed {
+            self.check_log_contains(node, term, index, chain)?;
         }
-        let Some(last_applied) = self.applied.len().checked_sub(1) else {
-            return Ok(());
-        };
-        let index = LogIndex(last_applied as u64 + 1);
-        let expected = self.applied[last_applied].0;
+        if let Some(last_applied) = self.applied.len().checked_sub(1) {
+            let index = LogIndex(last_applied as u64 + 1);
+            let chain = self.applied[last_applied].0;
+            self.check_log_contains(node, term, index, chain)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that the new leader `node` of `term` has the prefix ending at `index` whose
+    /// chain value is `chain`.
+    fn check_log_contains(
+        &self,
+        node: NodeId,
+        term: Term,
+        index: LogIndex,
+        chain: u64,
+    ) -> Result<(), Violation> {
         let actual = self.logs.get(&node).and_then(|log| log.chain_at(index));
-        if actual != Some(expected) {
+        if actual != Some(chain) {
             return Err(Violation {
                 property: "leader completeness",
                 detail: format!(

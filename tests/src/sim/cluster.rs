@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
-    Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, MessageBody, NodeId,
-    ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
+    Config, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, ProposeError,
+    RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -16,7 +16,7 @@ use super::faults::{Fault, ScheduledFault, draw_schedule};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
 use super::params::{RunParams, tick_period_us};
-use crate::harness::DurableState;
+use crate::harness::{DurableState, PendingWrite};
 use crate::history::{Call, History, HistoryRecorder, Output};
 
 /// What ends a run early.
@@ -99,14 +99,6 @@ enum ClientResult {
     },
     /// May or may not have been applied.
     Unknown,
-}
-
-#[derive(Debug)]
-struct PendingWrite {
-    number: ReadyNumber,
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    messages_after_persist: Vec<Message>,
 }
 
 #[derive(Debug)]
