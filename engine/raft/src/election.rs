@@ -167,7 +167,7 @@ impl RaftNode {
         }
     }
 
-    /// Answers a message from an older term as the protocol requires.
+    /// Responds to a message from an older term as the protocol requires.
     fn handle_stale_term(&mut self, message: &Message) -> Result<(), Rejection> {
         self.stats.rejected_stale_term += 1;
         tracing::debug!(node = %self.id, from = %message.from, term = %message.term, current = %self.term, kind = message.body.kind_name(), "message from an older term");
@@ -198,7 +198,7 @@ impl RaftNode {
     /// Reacts to a message from a newer term; returns whether to go on handling it.
     fn handle_newer_term(&mut self, message: &Message) -> bool {
         match message.body {
-            // A pre-vote and a granted answer carry a proposed term, not a real one.
+            // A pre-vote and a granted pre-vote response carry a proposed term, not a real one.
             MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => true,
             MessageBody::RequestVote {
                 leadership_transfer,

@@ -68,7 +68,7 @@ pub enum MessageBody {
     TimeoutNow,
 }
 
-/// How a follower answered an `AppendEntries`.
+/// A follower's response to an `AppendEntries`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// The follower's log matches the leader's up to and including `match_index`.
@@ -93,7 +93,7 @@ impl MessageBody {
     /// and a leader writing its log in parallel with its followers is safe because its own
     /// entries count toward a quorum only once durable. Pre-votes change no state. A
     /// heartbeat response only states that the sender had not moved past the leader's term
-    /// when it answered, which stays true even if a crash loses that term. Every message
+    /// when it responded, which stays true even if a crash loses that term. Every message
     /// that reports a vote or log contents must wait for those to be durable.
     pub fn may_send_before_persist(&self) -> bool {
         match self {

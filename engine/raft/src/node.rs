@@ -134,7 +134,7 @@ pub enum Rejection {
     StaleResponse { kind: &'static str },
 }
 
-/// Why a proposal was not appended.
+/// The reason a proposal was not appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader; {}", describe_leader(*.leader))]
@@ -151,7 +151,7 @@ pub enum ProposeError {
     },
 }
 
-/// Why a ReadIndex read was not queued.
+/// The reason a ReadIndex read was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadIndexError {
     #[error("not the leader; {}", describe_leader(*.leader))]
@@ -160,7 +160,7 @@ pub enum ReadIndexError {
     TooManyPending { pending: usize },
 }
 
-/// Why a leadership transfer did not start.
+/// The reason a leadership transfer did not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
     #[error("not the leader; {}", describe_leader(*.leader))]
@@ -190,7 +190,7 @@ pub struct RaftNode {
     pub(crate) term: Term,
     /// Invariant: set at most once per term.
     pub(crate) vote: Option<NodeId>,
-    /// The leader of `term` as far as this replica knows; `Some(id)` when leading.
+    /// The leader of `term` that this replica has heard from; `Some(id)` when leading.
     pub(crate) leader: Option<NodeId>,
     pub(crate) role: Role,
     pub(crate) log: RaftLog,
@@ -201,7 +201,7 @@ pub struct RaftNode {
     /// Drawn from `[election_timeout_ticks_min, election_timeout_ticks_max)` at every reset.
     pub(crate) randomized_election_timeout_ticks: u32,
 
-    /// Answers in the current pre-vote round or election, granted or rejected, by voter;
+    /// Responses in the current pre-vote round or election, granted or rejected, by voter;
     /// this replica's own vote included. Empty outside a campaign.
     pub(crate) votes: BTreeMap<NodeId, bool>,
 
@@ -341,7 +341,7 @@ impl RaftNode {
         self.log.last_term()
     }
 
-    /// The entry at `index`, if this replica's log holds it.
+    /// The entry at `index`, if this replica's log contains it.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
     }

@@ -9,7 +9,7 @@ use crate::types::LogIndex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
     /// The leader does not know where the follower's log matches its own: one
-    /// `AppendEntries` at a time, and the next only after an answer or a heartbeat round.
+    /// `AppendEntries` at a time, and the next only after a response or a heartbeat round.
     Probe,
     /// The follower's log matches up to `match_index`: entries stream ahead of
     /// acknowledgements, bounded by the in-flight window.
@@ -34,7 +34,7 @@ pub struct Progress {
     pub state: ReplicationState,
     /// In `Probe`: a message is out and the leader waits before sending another.
     pub probe_sent: bool,
-    /// In `Replicate`: a heartbeat answer showed the follower behind, so the next flush
+    /// In `Replicate`: a heartbeat response showed the follower behind, so the next flush
     /// sends an `AppendEntries` even without new entries, to expose lost messages.
     pub gap_check_pending: bool,
     /// The follower rejected entries it had acknowledged, so its storage lost data; set
@@ -44,7 +44,7 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex round this follower has confirmed.
     pub read_round_acked: u64,
-    /// Highest commit index told to this follower.
+    /// Highest commit index sent to this follower.
     pub commit_sent: LogIndex,
     inflight: VecDeque<InflightMessage>,
     inflight_bytes: u64,

@@ -189,7 +189,7 @@ impl RaftNode {
         if progress.state == ReplicationState::Probe && next_index >= progress.next_index {
             // The follower rejects the entry just above its acknowledged match index, so it
             // lost entries it had reported durable. Probing again at once would bounce the
-            // same rejection back and forth; the next heartbeat answer retries instead.
+            // same rejection back and forth; the next heartbeat response retries instead.
             // TODO: replicate again from the follower's actual log once a replica that lost
             // its data may rejoin; until then such a follower stays behind.
             self.stats.rejections_of_acknowledged_entries += 1;
@@ -219,7 +219,7 @@ impl RaftNode {
         progress.recent_active = true;
         if progress.match_index < last_index {
             match progress.state {
-                // A probe answered by silence is sent again after each heartbeat round trip.
+                // A probe that got no response is sent again after each heartbeat round trip.
                 ReplicationState::Probe => progress.probe_sent = false,
                 // Streamed entries may have been lost. An empty AppendEntries at the last
                 // index sent makes the follower reject it if so, which restarts replication
@@ -275,7 +275,7 @@ impl RaftNode {
         self.reads.confirm_through(confirmed, &mut self.read_states);
     }
 
-    /// Commits the highest index that a quorum holds durably, if its entry is of the
+    /// Commits the highest index that a quorum has stored durably, if its entry is of the
     /// current term. An earlier term's entry commits only beneath one of the current term:
     /// counting replicas of an old entry is not enough, since a later leader could still
     /// overwrite it (Figure 8 of the Raft paper).

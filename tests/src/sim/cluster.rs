@@ -846,8 +846,8 @@ impl Simulation {
             self.counts.messages_lost += 1;
             return Ok(());
         };
-        // Rejections are the protocol's answer to stale or duplicated input; the core has
-        // counted them.
+        // Rejections are the protocol's response to stale or duplicated input, and the core
+        // has counted them.
         let _ = raft.step(message);
         self.drive(to)
     }
