@@ -5,3 +5,7 @@
 //! that it can never perform I/O and a deterministic simulator can drive it.
 
 pub use shardraft_raft as raft;
+
+pub mod kv;
+pub mod log;
+pub mod state_machine;

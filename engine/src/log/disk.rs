@@ -1,0 +1,1014 @@
+//! The disk log: one set of segment files per shard, written by one flusher task with group
+//! commit.
+//!
+//! Submissions are encoded into staged batches at once. The flusher takes the oldest staged
+//! batch, writes it with one DMA write at the next block boundary of the active segment and
+//! makes it durable with one fdatasync; every submission that arrives meanwhile lands in the
+//! next staged batch, up to `flush_bytes_max`. Each batch starts on a fresh block, so a write
+//! never touches a block that an earlier, acknowledged batch occupies: a torn write can
+//! damage only the batch being written.
+//!
+//! When a batch does not fit in the active segment, the flusher switches to the next segment
+//! (prepared in the background) and writes a checkpoint first: the hard state and compaction
+//! point of every group. That lets a segment be deleted once every group's compaction has
+//! passed the entries it holds, without losing any group's hard state.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use glommio::io::DmaFile;
+use shardraft_raft::{Entry, EntryKind, HardState, LogIndex, Term};
+
+use super::error::glommio_io_error;
+use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
+use super::group::{GroupLog, Slot, check_batch};
+use super::notify::Signal;
+use super::segment::{prepare_segment, segment_path, sync_directory, write_all};
+use super::{
+    BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
+    WriteOp, recovery,
+};
+
+/// Where an entry's record sits on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub segment_seq: u64,
+    /// File offset of the record's length field.
+    pub offset: u64,
+    /// Bytes of the whole record, prefix included.
+    pub len: u32,
+}
+
+/// What the disk log keeps per stored entry: its term and kind, where it is on disk once
+/// written, and its payload while it is cached.
+#[derive(Clone, Debug)]
+pub(crate) struct DiskSlot {
+    pub term: Term,
+    pub kind: EntryKind,
+    pub location: Option<Location>,
+    pub data: Option<Bytes>,
+    /// Submission that wrote this slot, so that a flush completing for an older write of the
+    /// same index does not claim this slot.
+    pub submission: BatchNumber,
+}
+
+impl Slot for DiskSlot {
+    fn term(&self) -> Term {
+        self.term
+    }
+}
+
+/// Per-entry overhead counted against the cache budget besides the payload: the slot and
+/// the cache's queue entry.
+const CACHE_ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// Payloads of recent entries, evicted oldest first once over budget. Only entries already
+/// on disk are evicted, because pending ones have no other copy.
+#[derive(Debug)]
+pub(crate) struct EntryCache {
+    order: VecDeque<(GroupId, LogIndex)>,
+    pub bytes: u64,
+    bytes_max: u64,
+}
+
+impl EntryCache {
+    pub fn new(bytes_max: u64) -> Self {
+        EntryCache {
+            order: VecDeque::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    pub fn insert(&mut self, group: GroupId, index: LogIndex, data_bytes: usize) {
+        self.order.push_back((group, index));
+        self.bytes += data_bytes as u64 + CACHE_ENTRY_OVERHEAD_BYTES;
+    }
+
+    /// Accounts for slots removed from a group's log.
+    pub fn forget(&mut self, slots: &[DiskSlot]) {
+        for slot in slots {
+            if let Some(data) = &slot.data {
+                self.bytes -= data.len() as u64 + CACHE_ENTRY_OVERHEAD_BYTES;
+            }
+        }
+    }
+
+    pub fn evict(&mut self, groups: &mut BTreeMap<GroupId, GroupLog<DiskSlot>>) {
+        while self.bytes > self.bytes_max {
+            let Some((group, index)) = self.order.pop_front() else {
+                return;
+            };
+            let Some(log) = groups.get_mut(&group) else {
+                continue;
+            };
+            let Ok(position) = log.position(group, index) else {
+                continue;
+            };
+            let slot = &mut log.slots[position];
+            if slot.location.is_none() {
+                self.order.push_front((group, index));
+                return;
+            }
+            if let Some(data) = slot.data.take() {
+                self.bytes -= data.len() as u64 + CACHE_ENTRY_OVERHEAD_BYTES;
+            }
+        }
+    }
+}
+
+/// One segment file and what recovery and deletion need to know about it.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub file: Rc<DmaFile>,
+    /// Highest entry index of each group written into this segment.
+    pub max_index: HashMap<GroupId, LogIndex>,
+    /// Each group's compacted index as recorded by the checkpoint at the start of this
+    /// segment. Entries of a group at or below it are not needed from older segments.
+    pub checkpoint_base: HashMap<GroupId, LogIndex>,
+}
+
+/// A group's hard state and compaction point as written so far, the content of a
+/// checkpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WrittenGroup {
+    pub hard_state: Option<HardState>,
+    pub compacted_index: LogIndex,
+    pub compacted_term: Term,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum WrittenChange {
+    HardState(HardState),
+    Compact(LogIndex, Term),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StagedEntry {
+    group: GroupId,
+    index: LogIndex,
+    submission: BatchNumber,
+    payload_offset: u32,
+    record_bytes: u32,
+}
+
+/// Records of one or more submissions, written together.
+#[derive(Debug, Default)]
+struct StagedBatch {
+    payload: Vec<u8>,
+    record_count: u32,
+    last_submission: BatchNumber,
+    entries: Vec<StagedEntry>,
+    changes: Vec<(GroupId, WrittenChange)>,
+}
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskLogStats {
+    /// Write + fdatasync pairs completed.
+    pub syncs: u64,
+    /// Entry records made durable.
+    pub entries: u64,
+    /// Bytes written, padding and checkpoints included.
+    pub bytes: u64,
+    /// Segments started after the first.
+    pub rotations: u64,
+    /// Segments deleted after compaction.
+    pub segments_deleted: u64,
+}
+
+/// Everything recovery hands to the writer.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub groups: BTreeMap<GroupId, GroupLog<DiskSlot>>,
+    pub cache: EntryCache,
+    pub segments: BTreeMap<u64, SegmentFile>,
+    pub active_seq: u64,
+    pub write_offset: u64,
+    pub next_batch_seq: u64,
+}
+
+struct State {
+    groups: BTreeMap<GroupId, GroupLog<DiskSlot>>,
+    cache: EntryCache,
+    staged: VecDeque<StagedBatch>,
+    pending_bytes: u64,
+    submitted: BatchNumber,
+    durable: BatchNumber,
+    failure: Option<StorageError>,
+    closing: bool,
+    flusher_stopped: bool,
+    segments: BTreeMap<u64, SegmentFile>,
+    active_seq: u64,
+    write_offset: u64,
+    next_batch_seq: u64,
+    written: BTreeMap<GroupId, WrittenGroup>,
+    prepared: Option<glommio::Task<Result<Rc<DmaFile>, StorageError>>>,
+    stats: DiskLogStats,
+}
+
+struct Shared {
+    dir: PathBuf,
+    identity: LogIdentity,
+    config: LogConfig,
+    state: RefCell<State>,
+    /// Notified when a batch is staged or the log is closing.
+    staged: Signal,
+    /// Notified when the durable number advances, pending bytes shrink or the log stops.
+    progress: Signal,
+}
+
+/// The disk implementation of [`LogStore`]. See the module documentation.
+#[derive(Clone)]
+pub struct DiskLog {
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for DiskLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskLog")
+            .field("dir", &self.shared.dir)
+            .field("identity", &self.shared.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskLog {
+    /// Opens the log of shard `identity.shard` under `config.data_dir`, recovering what it
+    /// holds, and starts its flusher. Must run inside a glommio executor.
+    ///
+    /// # Errors
+    /// A missing or unwritable data directory, a volatile filesystem or one without
+    /// O_DIRECT, a directory of another cluster, node or shard, and corruption inside data
+    /// that was made durable. A torn final batch is not an error: it is truncated and logged.
+    pub async fn open(config: &LogConfig, identity: LogIdentity) -> Result<DiskLog, StorageError> {
+        config.validate()?;
+        let dir = recovery::prepare_directory(&config.data_dir, identity)?;
+        let recovered = recovery::recover(&dir, identity, config).await?;
+        let written = recovered
+            .groups
+            .iter()
+            .map(|(group, log)| {
+                let written = WrittenGroup {
+                    hard_state: log.hard_state,
+                    compacted_index: log.compacted_index,
+                    compacted_term: log.compacted_term,
+                };
+                (*group, written)
+            })
+            .collect();
+        let state = State {
+            groups: recovered.groups,
+            cache: recovered.cache,
+            staged: VecDeque::new(),
+            pending_bytes: 0,
+            submitted: BatchNumber(0),
+            durable: BatchNumber(0),
+            failure: None,
+            closing: false,
+            flusher_stopped: false,
+            segments: recovered.segments,
+            active_seq: recovered.active_seq,
+            write_offset: recovered.write_offset,
+            next_batch_seq: recovered.next_batch_seq,
+            written,
+            prepared: None,
+            stats: DiskLogStats::default(),
+        };
+        let shared = Rc::new(Shared {
+            dir,
+            identity,
+            config: config.clone(),
+            state: RefCell::new(state),
+            staged: Signal::default(),
+            progress: Signal::default(),
+        });
+        let next_seq = shared.state.borrow().active_seq + 1;
+        start_preparing(&shared, next_seq);
+        glommio::spawn_local(run_flusher(Rc::clone(&shared))).detach();
+        Ok(DiskLog { shared })
+    }
+
+    /// The shard's directory, `data_dir/shard-N`.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn stats(&self) -> DiskLogStats {
+        self.shared.state.borrow().stats
+    }
+
+    /// Paths of the segment files in use, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let state = self.shared.state.borrow();
+        state.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    /// Stops the log at once as a crash would: nothing staged is written, and a write in
+    /// flight completes or not. For crash tests; a node shuts down with
+    /// [`close`](LogStore::close).
+    pub fn halt(&self) {
+        let mut state = self.shared.state.borrow_mut();
+        state.staged.clear();
+        state.closing = true;
+        if state.failure.is_none() {
+            state.failure = Some(StorageError::Closed);
+        }
+        drop(state);
+        self.shared.staged.notify_all();
+        self.shared.progress.notify_all();
+    }
+
+    fn stopped_error(state: &State) -> Option<StorageError> {
+        match &state.failure {
+            Some(StorageError::Closed) => Some(StorageError::Closed),
+            Some(cause) => Some(StorageError::Stopped {
+                cause: Box::new(cause.clone()),
+            }),
+            None if state.closing => Some(StorageError::Closed),
+            None => None,
+        }
+    }
+}
+
+impl LogStore for DiskLog {
+    fn group_ids(&self) -> Vec<GroupId> {
+        self.shared.state.borrow().groups.keys().copied().collect()
+    }
+
+    fn group_state(&self, group: GroupId) -> Option<GroupState> {
+        self.shared
+            .state
+            .borrow()
+            .groups
+            .get(&group)
+            .map(GroupLog::state)
+    }
+
+    fn submit(&self, batch: WriteBatch) -> Result<BatchNumber, StorageError> {
+        let mut state = self.shared.state.borrow_mut();
+        if let Some(error) = DiskLog::stopped_error(&state) {
+            return Err(error);
+        }
+        let estimate = batch.entry_bytes() + (batch.ops.len() * format::RECORD_HEADER_BYTES) as u64;
+        let single_batch_max = self.shared.config.segment_bytes / 2;
+        if estimate > single_batch_max {
+            return Err(StorageError::BatchTooLarge {
+                bytes: estimate,
+                segment_bytes: self.shared.config.segment_bytes,
+            });
+        }
+        let compaction_terms = check_batch(&state.groups, &batch)?;
+
+        state.submitted.0 += 1;
+        let submission = state.submitted;
+        let start_new = match state.staged.back() {
+            None => true,
+            Some(back) => back.payload.len() as u64 + estimate > self.shared.config.flush_bytes_max,
+        };
+        if start_new {
+            state.staged.push_back(StagedBatch::default());
+        }
+        let State {
+            groups,
+            cache,
+            staged,
+            pending_bytes,
+            ..
+        } = &mut *state;
+        let staged = staged.back_mut().expect("a staged batch was just ensured");
+        let before = staged.payload.len();
+        let target = StageTarget { groups, cache };
+        stage_ops(target, staged, batch, compaction_terms, submission);
+        staged.last_submission = submission;
+        *pending_bytes += (staged.payload.len() - before) as u64;
+        cache.evict(groups);
+        self.shared.staged.notify_all();
+        Ok(submission)
+    }
+
+    fn durable(&self) -> Result<BatchNumber, StorageError> {
+        let state = self.shared.state.borrow();
+        match &state.failure {
+            Some(StorageError::Closed) | None => Ok(state.durable),
+            Some(cause) => Err(StorageError::Stopped {
+                cause: Box::new(cause.clone()),
+            }),
+        }
+    }
+
+    async fn wait_durable(&self, after: BatchNumber) -> Result<BatchNumber, StorageError> {
+        self.shared
+            .progress
+            .wait_for(|| {
+                let state = self.shared.state.borrow();
+                if let Some(error) = DiskLog::stopped_error(&state) {
+                    if state.durable > after || state.submitted <= after {
+                        return Some(Ok(state.durable));
+                    }
+                    return Some(Err(error));
+                }
+                if state.durable > after || state.submitted <= after {
+                    return Some(Ok(state.durable));
+                }
+                None
+            })
+            .await
+    }
+
+    fn has_room(&self) -> bool {
+        let state = self.shared.state.borrow();
+        state.pending_bytes < self.shared.config.pending_bytes_max
+    }
+
+    fn term(&self, group: GroupId, index: LogIndex) -> Result<Term, StorageError> {
+        let state = self.shared.state.borrow();
+        match state.groups.get(&group) {
+            Some(log) => log.term(group, index),
+            None => GroupLog::<DiskSlot>::default().term(group, index),
+        }
+    }
+
+    async fn read(
+        &self,
+        group: GroupId,
+        range: Range<LogIndex>,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let plan = self.plan_read(group, range, bytes_max)?;
+        let mut entries = Vec::with_capacity(plan.len());
+        let mut position = 0;
+        while position < plan.len() {
+            match &plan[position] {
+                PlannedRead::Cached(entry) => {
+                    entries.push(entry.clone());
+                    position += 1;
+                }
+                PlannedRead::OnDisk { .. } => {
+                    let run_end = disk_run_end(&plan, position);
+                    self.read_run(group, &plan[position..run_end], &mut entries)
+                        .await?;
+                    position = run_end;
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn close(&self) -> Result<(), StorageError> {
+        {
+            let mut state = self.shared.state.borrow_mut();
+            state.closing = true;
+        }
+        self.shared.staged.notify_all();
+        self.shared
+            .progress
+            .wait_for(|| self.shared.state.borrow().flusher_stopped.then_some(()))
+            .await;
+        let state = self.shared.state.borrow();
+        match &state.failure {
+            None | Some(StorageError::Closed) => Ok(()),
+            Some(cause) => Err(StorageError::Stopped {
+                cause: Box::new(cause.clone()),
+            }),
+        }
+    }
+}
+
+/// One entry of a read: from the cache, or from a record on disk.
+#[derive(Debug)]
+enum PlannedRead {
+    Cached(Entry),
+    OnDisk {
+        index: LogIndex,
+        term: Term,
+        location: Location,
+    },
+}
+
+/// Largest gap between two records on disk that one read still spans instead of two.
+const READ_MERGE_GAP_BYTES: u64 = 64 * 1024;
+
+fn disk_run_end(plan: &[PlannedRead], start: usize) -> usize {
+    let PlannedRead::OnDisk {
+        location: first, ..
+    } = &plan[start]
+    else {
+        return start + 1;
+    };
+    let mut end = start + 1;
+    let mut previous = *first;
+    while let Some(PlannedRead::OnDisk { location, .. }) = plan.get(end) {
+        let previous_end = previous.offset + u64::from(previous.len);
+        let same_file = location.segment_seq == previous.segment_seq;
+        if !same_file
+            || location.offset < previous_end
+            || location.offset - previous_end > READ_MERGE_GAP_BYTES
+        {
+            break;
+        }
+        previous = *location;
+        end += 1;
+    }
+    end
+}
+
+impl DiskLog {
+    fn plan_read(
+        &self,
+        group: GroupId,
+        range: Range<LogIndex>,
+        bytes_max: u64,
+    ) -> Result<Vec<PlannedRead>, StorageError> {
+        let state = self.shared.state.borrow();
+        let empty = GroupLog::default();
+        let log = state.groups.get(&group).unwrap_or(&empty);
+        let mut plan = Vec::new();
+        let mut bytes = 0u64;
+        let mut index = range.start;
+        while index < range.end {
+            let slot = &log.slots[log.position(group, index)?];
+            let data_bytes = match (&slot.data, &slot.location) {
+                (Some(data), _) => data.len() as u64,
+                (None, Some(location)) => {
+                    u64::from(location.len) - format::RECORD_HEADER_BYTES as u64
+                }
+                (None, None) => unreachable!("an entry without a location keeps its data"),
+            };
+            bytes += data_bytes;
+            if !plan.is_empty() && bytes > bytes_max {
+                break;
+            }
+            plan.push(match (&slot.data, slot.location) {
+                (Some(data), _) => PlannedRead::Cached(Entry {
+                    term: slot.term,
+                    index,
+                    kind: slot.kind,
+                    data: data.clone(),
+                }),
+                (None, Some(location)) => PlannedRead::OnDisk {
+                    index,
+                    term: slot.term,
+                    location,
+                },
+                (None, None) => unreachable!("an entry without a location keeps its data"),
+            });
+            index.0 += 1;
+        }
+        Ok(plan)
+    }
+
+    /// Reads records that lie close together in one segment with one read.
+    async fn read_run(
+        &self,
+        group: GroupId,
+        run: &[PlannedRead],
+        entries: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        let locations: Vec<(LogIndex, Term, Location)> = run
+            .iter()
+            .filter_map(|item| match item {
+                PlannedRead::OnDisk {
+                    index,
+                    term,
+                    location,
+                } => Some((*index, *term, *location)),
+                PlannedRead::Cached(_) => None,
+            })
+            .collect();
+        let first = locations[0].2;
+        let last = locations[locations.len() - 1].2;
+        let (file, path) =
+            {
+                let state = self.shared.state.borrow();
+                let segment = state.segments.get(&first.segment_seq).ok_or_else(|| {
+                    StorageError::Compacted {
+                        group,
+                        index: locations[0].0,
+                        compacted: state
+                            .groups
+                            .get(&group)
+                            .map_or(LogIndex(0), |log| log.compacted_index),
+                    }
+                })?;
+                (Rc::clone(&segment.file), segment.path.clone())
+            };
+        let span = (last.offset + u64::from(last.len) - first.offset) as usize;
+        let bytes = file
+            .read_at(first.offset, span)
+            .await
+            .map_err(|error| StorageError::from_io("reading", &path, glommio_io_error(error)))?;
+        for (index, term, location) in locations {
+            let start = (location.offset - first.offset) as usize;
+            let corrupt = |detail: String| StorageError::Corrupt {
+                path: path.clone(),
+                offset: location.offset,
+                detail,
+            };
+            let record_bytes = bytes
+                .get(start..start + location.len as usize)
+                .ok_or_else(|| corrupt("the file ends before the record".to_string()))?;
+            let (record, _) =
+                format::decode_record(record_bytes).map_err(|error| corrupt(error.to_string()))?;
+            match record {
+                Record::Entry {
+                    group: found_group,
+                    entry,
+                } if found_group == group && entry.index == index && entry.term == term => {
+                    entries.push(entry);
+                }
+                other => {
+                    return Err(corrupt(format!(
+                        "expected entry {} (term {}) of group {group}, found {other:?}",
+                        index.0, term.0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parts of [`State`] that staging changes, borrowed apart from the staged queue.
+struct StageTarget<'a> {
+    groups: &'a mut BTreeMap<GroupId, GroupLog<DiskSlot>>,
+    cache: &'a mut EntryCache,
+}
+
+/// Encodes the ops of one checked submission into `staged` and applies them to the
+/// in-memory view.
+fn stage_ops(
+    target: StageTarget<'_>,
+    staged: &mut StagedBatch,
+    batch: WriteBatch,
+    compaction_terms: Vec<Option<Term>>,
+    submission: BatchNumber,
+) {
+    for (op, compaction_term) in batch.ops.into_iter().zip(compaction_terms) {
+        let group = op.group();
+        let log = target.groups.entry(group).or_default();
+        match op {
+            WriteOp::Append { entries, .. } => {
+                let first = entries[0].index;
+                if first <= log.last_index() {
+                    push_record(staged, &Record::Truncate { group, from: first });
+                    target.cache.forget(&log.truncate_from(first));
+                }
+                for entry in entries {
+                    let payload_offset = staged.payload.len() as u32;
+                    format::encode_entry(group, &entry, &mut staged.payload);
+                    staged.record_count += 1;
+                    staged.entries.push(StagedEntry {
+                        group,
+                        index: entry.index,
+                        submission,
+                        payload_offset,
+                        record_bytes: staged.payload.len() as u32 - payload_offset,
+                    });
+                    target.cache.insert(group, entry.index, entry.data.len());
+                    log.slots.push_back(DiskSlot {
+                        term: entry.term,
+                        kind: entry.kind,
+                        location: None,
+                        data: Some(entry.data),
+                        submission,
+                    });
+                }
+            }
+            WriteOp::HardState { hard_state, .. } => {
+                push_record(staged, &Record::HardState { group, hard_state });
+                log.hard_state = Some(hard_state);
+                staged
+                    .changes
+                    .push((group, WrittenChange::HardState(hard_state)));
+            }
+            WriteOp::Truncate { from, .. } => {
+                push_record(staged, &Record::Truncate { group, from });
+                target.cache.forget(&log.truncate_from(from));
+            }
+            WriteOp::Compact { through, .. } => {
+                let Some(term) = compaction_term else {
+                    continue;
+                };
+                push_record(
+                    staged,
+                    &Record::Compact {
+                        group,
+                        through,
+                        term,
+                    },
+                );
+                target.cache.forget(&log.compact(through, term));
+                staged
+                    .changes
+                    .push((group, WrittenChange::Compact(through, term)));
+            }
+        }
+    }
+}
+
+fn push_record(staged: &mut StagedBatch, record: &Record) {
+    format::encode_record(record, &mut staged.payload);
+    staged.record_count += 1;
+}
+
+fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
+    let dir = shared.dir.clone();
+    let identity = shared.identity;
+    let segment_bytes = shared.config.segment_bytes;
+    let zero_fill = shared.config.zero_fill_segments;
+    let task = glommio::spawn_local(async move {
+        prepare_segment(&dir, identity, segment_seq, segment_bytes, zero_fill).await
+    });
+    shared.state.borrow_mut().prepared = Some(task);
+}
+
+async fn run_flusher(shared: Rc<Shared>) {
+    loop {
+        let next = shared
+            .staged
+            .wait_for(|| {
+                let mut state = shared.state.borrow_mut();
+                if state.failure.is_some() {
+                    return Some(None);
+                }
+                match state.staged.pop_front() {
+                    Some(batch) => Some(Some(batch)),
+                    None if state.closing => Some(None),
+                    None => None,
+                }
+            })
+            .await;
+        let Some(batch) = next else {
+            break;
+        };
+        if let Err(error) = flush(&shared, batch).await {
+            tracing::error!(dir = %shared.dir.display(), %error, "write-ahead log stopped");
+            let mut state = shared.state.borrow_mut();
+            if state.failure.is_none() {
+                state.failure = Some(error);
+            }
+            break;
+        }
+    }
+    // Drop the preparation of a segment that will never be used; its file stays and is
+    // reused or removed by the next recovery.
+    let prepared = shared.state.borrow_mut().prepared.take();
+    drop(prepared);
+    shared.state.borrow_mut().flusher_stopped = true;
+    shared.progress.notify_all();
+}
+
+/// Writes one staged batch and makes it durable, then publishes its locations.
+async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageError> {
+    let batch_bytes = align_up((BATCH_HEADER_BYTES + batch.payload.len()) as u64);
+    let needs_new_segment = {
+        let state = shared.state.borrow();
+        state.write_offset + batch_bytes > shared.config.segment_bytes
+    };
+    if needs_new_segment {
+        rotate(shared).await?;
+    }
+
+    let (file, path, segment_seq, offset, buffer, data_offset) = {
+        let mut state = shared.state.borrow_mut();
+        let segment = &state.segments[&state.active_seq];
+        let file = Rc::clone(&segment.file);
+        let path = segment.path.clone();
+        let checkpoint = if state.write_offset == BLOCK_BYTES {
+            Some(encode_checkpoint(&mut state))
+        } else {
+            None
+        };
+        let checkpoint_bytes = checkpoint.as_ref().map_or(0, |c| c.len() as u64);
+        let total = checkpoint_bytes + batch_bytes;
+        if state.write_offset + total > shared.config.segment_bytes {
+            return Err(StorageError::BatchTooLarge {
+                bytes: total,
+                segment_bytes: shared.config.segment_bytes,
+            });
+        }
+        let batch_seq = state.next_batch_seq;
+        state.next_batch_seq += 1;
+        let header = format::encode_batch_header(batch_seq, &batch.payload, batch.record_count);
+        let mut buffer = file.alloc_dma_buffer(total as usize);
+        let bytes = buffer.as_bytes_mut();
+        let mut at = 0usize;
+        if let Some(checkpoint) = &checkpoint {
+            bytes[..checkpoint.len()].copy_from_slice(checkpoint);
+            at = checkpoint.len();
+        }
+        bytes[at..at + BATCH_HEADER_BYTES].copy_from_slice(&header);
+        let payload_start = at + BATCH_HEADER_BYTES;
+        bytes[payload_start..payload_start + batch.payload.len()].copy_from_slice(&batch.payload);
+        bytes[payload_start + batch.payload.len()..].fill(0);
+        let data_offset = state.write_offset + at as u64;
+        (
+            file,
+            path,
+            state.active_seq,
+            state.write_offset,
+            buffer,
+            data_offset,
+        )
+    };
+
+    let written_bytes = buffer.len() as u64;
+    write_all(&file, buffer, offset, &path).await?;
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: path.clone(),
+            source: Arc::new(glommio_io_error(error)),
+        })?;
+
+    let deletable = {
+        let mut state = shared.state.borrow_mut();
+        publish(&mut state, &batch, segment_seq, data_offset);
+        state.write_offset = offset + written_bytes;
+        state.stats.syncs += 1;
+        state.stats.bytes += written_bytes;
+        state.stats.entries += batch.entries.len() as u64;
+        state.pending_bytes = state
+            .pending_bytes
+            .saturating_sub(batch.payload.len() as u64);
+        state.durable = batch.last_submission;
+        let State { cache, groups, .. } = &mut *state;
+        cache.evict(groups);
+        take_deletable_segments(&mut state)
+    };
+    shared.progress.notify_all();
+    delete_segments(shared, deletable).await
+}
+
+/// Records where the batch's entries now are and what the checkpoint state became.
+fn publish(state: &mut State, batch: &StagedBatch, segment_seq: u64, data_offset: u64) {
+    let payload_offset = data_offset + BATCH_HEADER_BYTES as u64;
+    let mut max_index: HashMap<GroupId, LogIndex> = HashMap::new();
+    for staged in &batch.entries {
+        let highest = max_index.entry(staged.group).or_default();
+        *highest = (*highest).max(staged.index);
+        let Some(log) = state.groups.get_mut(&staged.group) else {
+            continue;
+        };
+        let Ok(position) = log.position(staged.group, staged.index) else {
+            continue;
+        };
+        let slot = &mut log.slots[position];
+        if slot.submission == staged.submission {
+            slot.location = Some(Location {
+                segment_seq,
+                offset: payload_offset + u64::from(staged.payload_offset),
+                len: staged.record_bytes,
+            });
+        }
+    }
+    if let Some(segment) = state.segments.get_mut(&segment_seq) {
+        for (group, index) in max_index {
+            let highest = segment.max_index.entry(group).or_default();
+            *highest = (*highest).max(index);
+        }
+    }
+    for (group, change) in &batch.changes {
+        let written = state.written.entry(*group).or_default();
+        match *change {
+            WrittenChange::HardState(hard_state) => written.hard_state = Some(hard_state),
+            WrittenChange::Compact(index, term) => {
+                written.compacted_index = index;
+                written.compacted_term = term;
+            }
+        }
+    }
+}
+
+/// Encodes the checkpoint batch that opens a segment: every group's hard state and
+/// compaction point as written so far. Also records them as the segment's checkpoint base.
+fn encode_checkpoint(state: &mut State) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let mut record_count = 0u32;
+    let mut base = HashMap::new();
+    for (group, written) in &state.written {
+        if let Some(hard_state) = written.hard_state {
+            let group = *group;
+            format::encode_record(&Record::HardState { group, hard_state }, &mut payload);
+            record_count += 1;
+        }
+        if written.compacted_index > LogIndex(0) {
+            let record = Record::Compact {
+                group: *group,
+                through: written.compacted_index,
+                term: written.compacted_term,
+            };
+            format::encode_record(&record, &mut payload);
+            record_count += 1;
+            base.insert(*group, written.compacted_index);
+        }
+    }
+    let batch_seq = state.next_batch_seq;
+    state.next_batch_seq += 1;
+    let header = format::encode_batch_header(batch_seq, &payload, record_count);
+    let mut bytes =
+        Vec::with_capacity(align_up((BATCH_HEADER_BYTES + payload.len()) as u64) as usize);
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&payload);
+    bytes.resize(align_up(bytes.len() as u64) as usize, 0);
+    if let Some(segment) = state.segments.get_mut(&state.active_seq) {
+        segment.checkpoint_base = base;
+    }
+    bytes
+}
+
+/// Switches to the prepared next segment and starts preparing the one after it.
+async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
+    let next_seq = shared.state.borrow().active_seq + 1;
+    let prepared = shared.state.borrow_mut().prepared.take();
+    let file = match prepared {
+        Some(task) => task.await?,
+        None => {
+            let config = &shared.config;
+            prepare_segment(
+                &shared.dir,
+                shared.identity,
+                next_seq,
+                config.segment_bytes,
+                config.zero_fill_segments,
+            )
+            .await?
+        }
+    };
+    {
+        let mut state = shared.state.borrow_mut();
+        state.segments.insert(
+            next_seq,
+            SegmentFile {
+                seq: next_seq,
+                path: segment_path(&shared.dir, next_seq),
+                file,
+                max_index: HashMap::new(),
+                checkpoint_base: HashMap::new(),
+            },
+        );
+        state.active_seq = next_seq;
+        state.write_offset = BLOCK_BYTES;
+        state.stats.rotations += 1;
+    }
+    tracing::debug!(dir = %shared.dir.display(), segment = next_seq, "started a new segment");
+    start_preparing(shared, next_seq + 1);
+    Ok(())
+}
+
+/// Removes from the map the oldest segments whose entries every group has compacted, as
+/// proven by the checkpoint of the segment after them.
+fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
+    let mut deletable = Vec::new();
+    loop {
+        let mut seqs = state.segments.keys();
+        let (Some(&oldest), Some(&next)) = (seqs.next(), seqs.next()) else {
+            break;
+        };
+        if oldest == state.active_seq || next > state.active_seq {
+            break;
+        }
+        let next_base = &state.segments[&next].checkpoint_base;
+        let covered = state.segments[&oldest]
+            .max_index
+            .iter()
+            .all(|(group, index)| next_base.get(group).is_some_and(|base| base >= index));
+        // The next segment's checkpoint is only on disk once a batch was written there.
+        let next_written = next != state.active_seq || state.write_offset > BLOCK_BYTES;
+        if !covered || !next_written {
+            break;
+        }
+        if let Some(segment) = state.segments.remove(&oldest) {
+            deletable.push(segment);
+        }
+    }
+    deletable
+}
+
+async fn delete_segments(
+    shared: &Rc<Shared>,
+    segments: Vec<SegmentFile>,
+) -> Result<(), StorageError> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    for segment in &segments {
+        if let Err(error) = segment.file.remove().await {
+            tracing::warn!(
+                path = %segment.path.display(),
+                error = %glommio_io_error(error),
+                "could not delete a compacted segment; it will be retried at the next start"
+            );
+        }
+    }
+    shared.state.borrow_mut().stats.segments_deleted += segments.len() as u64;
+    sync_directory(&shared.dir).await
+}

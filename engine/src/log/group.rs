@@ -1,0 +1,286 @@
+//! The logical log of one group, shared by both implementations: the hard state, the
+//! compacted prefix and one slot per stored entry, with the checks that keep the log
+//! contiguous.
+
+use std::collections::VecDeque;
+
+use shardraft_raft::{Entry, HardState, LogIndex, Term};
+
+use super::{GroupId, GroupState, StorageError};
+
+/// What a log keeps per stored entry.
+pub(crate) trait Slot {
+    fn term(&self) -> Term;
+}
+
+impl Slot for Entry {
+    fn term(&self) -> Term {
+        self.term
+    }
+}
+
+/// One group's log.
+///
+/// Invariant: `slots[i]` holds the entry at index `compacted_index + 1 + i`, and terms never
+/// decrease along `slots`.
+#[derive(Debug)]
+pub(crate) struct GroupLog<S> {
+    pub hard_state: Option<HardState>,
+    pub compacted_index: LogIndex,
+    pub compacted_term: Term,
+    pub slots: VecDeque<S>,
+}
+
+impl<S> Default for GroupLog<S> {
+    fn default() -> Self {
+        GroupLog {
+            hard_state: None,
+            compacted_index: LogIndex(0),
+            compacted_term: Term(0),
+            slots: VecDeque::new(),
+        }
+    }
+}
+
+impl<S: Slot> GroupLog<S> {
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.compacted_index.0 + self.slots.len() as u64)
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.slots.back().map_or(self.compacted_term, Slot::term)
+    }
+
+    pub fn state(&self) -> GroupState {
+        GroupState {
+            hard_state: self.hard_state.unwrap_or_default(),
+            compacted_index: self.compacted_index,
+            compacted_term: self.compacted_term,
+            last_index: self.last_index(),
+            last_term: self.last_term(),
+        }
+    }
+
+    /// Position in `slots` of the entry at `index`, or why it is not stored.
+    pub fn position(&self, group: GroupId, index: LogIndex) -> Result<usize, StorageError> {
+        if index <= self.compacted_index {
+            return Err(StorageError::Compacted {
+                group,
+                index,
+                compacted: self.compacted_index,
+            });
+        }
+        if index > self.last_index() {
+            return Err(StorageError::Unavailable {
+                group,
+                index,
+                last: self.last_index(),
+            });
+        }
+        Ok((index.0 - self.compacted_index.0 - 1) as usize)
+    }
+
+    pub fn term(&self, group: GroupId, index: LogIndex) -> Result<Term, StorageError> {
+        if index == self.compacted_index {
+            return Ok(self.compacted_term);
+        }
+        let position = self.position(group, index)?;
+        Ok(self.slots[position].term())
+    }
+
+    /// Removes the slots at and after `from`, returning them oldest first.
+    pub fn truncate_from(&mut self, from: LogIndex) -> Vec<S> {
+        let from = from.max(LogIndex(self.compacted_index.0 + 1));
+        if from > self.last_index() {
+            return Vec::new();
+        }
+        let keep = (from.0 - self.compacted_index.0 - 1) as usize;
+        self.slots.drain(keep..).collect()
+    }
+
+    /// Drops slots through `through`, recording `term` as the compacted term, and returns
+    /// the dropped slots. Callers check the compaction first with [`check_batch`].
+    pub fn compact(&mut self, through: LogIndex, term: Term) -> Vec<S> {
+        if through <= self.compacted_index {
+            return Vec::new();
+        }
+        let drop = ((through.0 - self.compacted_index.0) as usize).min(self.slots.len());
+        let dropped = self.slots.drain(..drop).collect();
+        self.compacted_index = through;
+        self.compacted_term = term;
+        dropped
+    }
+}
+
+/// The bounds and terms of a group's log as a batch under check would leave them, without
+/// copying the log: `terms` holds the terms the batch appended from `appended_from` on, and
+/// entries of the stored log count only up to `stored_last`.
+#[derive(Debug)]
+pub(crate) struct PendingBounds<'a, S> {
+    stored: Option<&'a GroupLog<S>>,
+    pub compacted_index: LogIndex,
+    compacted_term: Term,
+    stored_last: LogIndex,
+    appended_from: LogIndex,
+    terms: Vec<Term>,
+}
+
+impl<'a, S: Slot> PendingBounds<'a, S> {
+    pub fn new(stored: Option<&'a GroupLog<S>>) -> Self {
+        let (compacted_index, compacted_term, stored_last) = stored
+            .map_or((LogIndex(0), Term(0), LogIndex(0)), |log| {
+                (log.compacted_index, log.compacted_term, log.last_index())
+            });
+        PendingBounds {
+            stored,
+            compacted_index,
+            compacted_term,
+            stored_last,
+            appended_from: LogIndex(stored_last.0 + 1),
+            terms: Vec::new(),
+        }
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.appended_from.0 + self.terms.len() as u64 - 1)
+    }
+
+    pub fn term(&self, group: GroupId, index: LogIndex) -> Result<Term, StorageError> {
+        if index == self.compacted_index {
+            return Ok(self.compacted_term);
+        }
+        if index < self.compacted_index {
+            return Err(StorageError::Compacted {
+                group,
+                index,
+                compacted: self.compacted_index,
+            });
+        }
+        if index >= self.appended_from && index <= self.last_index() {
+            return Ok(self.terms[(index.0 - self.appended_from.0) as usize]);
+        }
+        match self.stored {
+            Some(log) if index <= self.stored_last => log.term(group, index),
+            _ => Err(StorageError::Unavailable {
+                group,
+                index,
+                last: self.last_index(),
+            }),
+        }
+    }
+
+    /// Checks an append as [`GroupLog::check_append`] does, then records it.
+    pub fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let invalid = |detail: String| StorageError::InvalidWrite { group, detail };
+        if first.index <= self.compacted_index {
+            return Err(invalid(format!(
+                "entry {} is at or below the compacted index {}",
+                first.index.0, self.compacted_index.0
+            )));
+        }
+        if first.index.0 > self.last_index().0 + 1 {
+            return Err(invalid(format!(
+                "entry {} would leave a gap after the last index {}",
+                first.index.0,
+                self.last_index().0
+            )));
+        }
+        let previous_term = self.term(group, LogIndex(first.index.0 - 1))?;
+        if first.term < previous_term {
+            return Err(invalid(format!(
+                "entry {} has term {}, below the term {} of the entry before it",
+                first.index.0, first.term.0, previous_term.0
+            )));
+        }
+        for pair in entries.windows(2) {
+            if pair[1].index.0 != pair[0].index.0 + 1 || pair[1].term < pair[0].term {
+                return Err(invalid(format!(
+                    "entries are not contiguous with non-decreasing terms at index {}",
+                    pair[1].index.0
+                )));
+            }
+        }
+        self.truncate(group, first.index)?;
+        self.terms.extend(entries.iter().map(|entry| entry.term));
+        Ok(())
+    }
+
+    /// Checks and records a truncation from `from`.
+    pub fn truncate(&mut self, group: GroupId, from: LogIndex) -> Result<(), StorageError> {
+        if from <= self.compacted_index {
+            return Err(StorageError::InvalidWrite {
+                group,
+                detail: format!(
+                    "cannot truncate from {}, at or below the compacted index {}",
+                    from.0, self.compacted_index.0
+                ),
+            });
+        }
+        if from >= self.appended_from {
+            let keep = ((from.0 - self.appended_from.0) as usize).min(self.terms.len());
+            self.terms.truncate(keep);
+        } else {
+            self.terms.clear();
+            self.stored_last = self.stored_last.min(LogIndex(from.0 - 1));
+            self.appended_from = LogIndex(self.stored_last.0 + 1);
+        }
+        Ok(())
+    }
+
+    /// Checks and records a compaction; returns the term it records, or `None` if it
+    /// does nothing.
+    pub fn compact(
+        &mut self,
+        group: GroupId,
+        through: LogIndex,
+    ) -> Result<Option<Term>, StorageError> {
+        if through <= self.compacted_index {
+            return Ok(None);
+        }
+        if through > self.last_index() {
+            return Err(StorageError::InvalidWrite {
+                group,
+                detail: format!(
+                    "cannot compact through {}, beyond the last index {}",
+                    through.0,
+                    self.last_index().0
+                ),
+            });
+        }
+        let term = self.term(group, through)?;
+        self.compacted_index = through;
+        self.compacted_term = term;
+        Ok(Some(term))
+    }
+}
+
+/// Checks every op of `batch` in order against the logs in `stored`, so that a batch
+/// whose later ops depend on earlier ones is judged correctly and a rejected batch changes
+/// nothing. Returns the term each compaction op will record, `None` for ops that are not
+/// compactions or compact nothing.
+pub(crate) fn check_batch<S: Slot>(
+    stored: &std::collections::BTreeMap<GroupId, GroupLog<S>>,
+    batch: &super::WriteBatch,
+) -> Result<Vec<Option<Term>>, StorageError> {
+    use super::WriteOp;
+    let mut bounds: std::collections::BTreeMap<GroupId, PendingBounds<'_, S>> =
+        std::collections::BTreeMap::new();
+    let mut compaction_terms = Vec::with_capacity(batch.ops.len());
+    for op in &batch.ops {
+        let group = op.group();
+        let view = bounds
+            .entry(group)
+            .or_insert_with(|| PendingBounds::new(stored.get(&group)));
+        let term = match op {
+            WriteOp::Append { entries, .. } => view.append(group, entries).map(|()| None)?,
+            WriteOp::HardState { .. } => None,
+            WriteOp::Truncate { from, .. } => view.truncate(group, *from).map(|()| None)?,
+            WriteOp::Compact { through, .. } => view.compact(group, *through)?,
+        };
+        compaction_terms.push(term);
+    }
+    Ok(compaction_terms)
+}

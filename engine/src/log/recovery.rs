@@ -1,0 +1,624 @@
+//! Recovery of a shard's log at start: check the directory and its identity, scan every
+//! segment, verify every checksum and rebuild each group's log.
+//!
+//! Only one batch can be in flight when a node stops, because the flusher writes the next
+//! batch only after the previous fdatasync returned. So the last batch found is the only one
+//! that may be torn, and damage there is truncated and logged. Damage anywhere else is
+//! followed by a valid batch, which proves the damaged batch was synced before it; such a
+//! batch may hold acknowledged writes, so recovery stops with [`StorageError::Corrupt`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use shardraft_raft::LogIndex;
+
+use super::disk::{DiskSlot, EntryCache, Location, Recovered, SegmentFile};
+use super::error::glommio_io_error;
+use super::format::{
+    self, BATCH_HEADER_BYTES, BLOCK_BYTES, DecodedRecord, FormatError, Record, align_up,
+};
+use super::group::GroupLog;
+use super::segment::{list_segments, prepare_segment, segment_path, write_all};
+use super::{GroupId, LogConfig, LogIdentity, StorageError, identity};
+
+/// Bytes read from a segment per request while scanning.
+const SCAN_READ_BYTES: u64 = 1 << 20;
+
+/// Checks `data_dir` and returns the shard's directory inside it, created if needed.
+pub(crate) fn prepare_directory(
+    data_dir: &Path,
+    identity: LogIdentity,
+) -> Result<PathBuf, StorageError> {
+    if !data_dir.is_dir() {
+        return Err(StorageError::DataDirMissing {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    check_filesystem(data_dir)?;
+    let dir = data_dir.join(format!("shard-{}", identity.shard));
+    let not_writable = |source: std::io::Error| StorageError::DataDirNotWritable {
+        path: data_dir.to_path_buf(),
+        source: Arc::new(source),
+    };
+    if !dir.is_dir() {
+        std::fs::create_dir(&dir).map_err(not_writable)?;
+    }
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(not_writable)?;
+    std::fs::remove_file(&probe).map_err(not_writable)?;
+    Ok(dir)
+}
+
+/// Rejects filesystems that keep data only in memory: glommio would open files there
+/// without O_DIRECT and every fdatasync would return at once without making anything
+/// durable.
+fn check_filesystem(dir: &Path) -> Result<(), StorageError> {
+    use nix::libc::TMPFS_MAGIC;
+    // From linux/magic.h; the libc crate does not define it.
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let stat = nix::sys::statfs::statfs(dir).map_err(|errno| {
+        StorageError::from_io(
+            "inspecting the filesystem of",
+            dir,
+            std::io::Error::from(errno),
+        )
+    })?;
+    // The width of the magic number differs between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = stat.filesystem_type().0 as i64;
+    let filesystem = match magic {
+        #[allow(clippy::unnecessary_cast)]
+        kind if kind == TMPFS_MAGIC as i64 => "tmpfs",
+        kind if kind == RAMFS_MAGIC => "ramfs",
+        _ => return Ok(()),
+    };
+    Err(StorageError::VolatileFilesystem {
+        path: dir.to_path_buf(),
+        filesystem,
+    })
+}
+
+/// Makes glommio learn whether the device of `dir` supports polled I/O before the log
+/// opens any segment.
+///
+/// glommio 0.9 finds out by reading the first block of the first file it opens on a device
+/// through its polled ring, and caches the answer for the process. If that file is empty
+/// or sparse, the kernel answers the read without asking the device, glommio concludes
+/// that polling works, and every later read on a device without poll queues fails with
+/// EOPNOTSUPP. So the first DMA open is of a small file whose block is allocated on disk.
+pub async fn prime_direct_io(dir: &Path) -> Result<(), StorageError> {
+    let path = dir.join(".direct-io-probe");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&[0xa5; BLOCK_BYTES as usize])?;
+        file.sync_all()
+    };
+    write().map_err(|error| StorageError::from_io("writing", &path, error))?;
+    let file = glommio::io::DmaFile::open(&path)
+        .await
+        .map_err(|error| open_error(&path, error))?;
+    let _ = file.close().await;
+    std::fs::remove_file(&path).map_err(|error| StorageError::from_io("removing", &path, error))
+}
+
+/// Maps the error of opening a segment: EINVAL from an O_DIRECT open means the filesystem
+/// does not support direct I/O.
+pub(crate) fn open_error(path: &Path, error: glommio::GlommioError<()>) -> StorageError {
+    let error = glommio_io_error(error);
+    if error.raw_os_error() == Some(nix::libc::EINVAL) {
+        return StorageError::DirectIoUnsupported {
+            path: path.to_path_buf(),
+        };
+    }
+    StorageError::from_io("opening", path, error)
+}
+
+/// Scans the segments of `dir` and rebuilds the log.
+pub(crate) async fn recover(
+    dir: &Path,
+    identity: LogIdentity,
+    config: &LogConfig,
+) -> Result<Recovered, StorageError> {
+    let listed = list_segments(dir)?;
+    identity::check_or_create(dir, identity, !listed.is_empty())?;
+    prime_direct_io(dir).await?;
+    for pair in listed.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(StorageError::SegmentMissing {
+                path: segment_path(dir, pair[0].0 + 1),
+            });
+        }
+    }
+
+    let mut scan = Scan::new(config);
+    let mut remaining = listed.into_iter().peekable();
+    while let Some((seq, path)) = remaining.next() {
+        let is_last = remaining.peek().is_none();
+        let Some(file) = open_segment(&path, identity, seq, is_last).await? else {
+            continue;
+        };
+        if scan.damage.is_some() {
+            scan.check_after_damage(seq, &path, &file).await?;
+            continue;
+        }
+        scan.scan_segment(seq, path, file).await?;
+    }
+
+    if let Some(damage) = scan.damage.take() {
+        truncate_torn_tail(&damage, &scan.segments).await?;
+        scan.active = Some((damage.segment_seq, damage.offset));
+    }
+    let (active_seq, write_offset) = match scan.active {
+        Some(active) => active,
+        None => {
+            let file = prepare_segment(
+                dir,
+                identity,
+                1,
+                config.segment_bytes,
+                config.zero_fill_segments,
+            )
+            .await?;
+            scan.segments
+                .insert(1, empty_segment(1, segment_path(dir, 1), file));
+            (1, BLOCK_BYTES)
+        }
+    };
+    Ok(Recovered {
+        groups: scan.groups,
+        cache: scan.cache,
+        segments: scan.segments,
+        active_seq,
+        write_offset,
+        next_batch_seq: scan.last_batch_seq.map_or(1, |seq| seq + 1),
+    })
+}
+
+fn empty_segment(seq: u64, path: PathBuf, file: Rc<DmaFile>) -> SegmentFile {
+    SegmentFile {
+        seq,
+        path,
+        file,
+        max_index: HashMap::new(),
+        checkpoint_base: HashMap::new(),
+    }
+}
+
+/// Opens a segment and verifies its header. Returns `None` for a last segment whose header
+/// was never written, which a crash during preparation leaves behind; it is removed.
+async fn open_segment(
+    path: &Path,
+    identity: LogIdentity,
+    seq: u64,
+    is_last: bool,
+) -> Result<Option<Rc<DmaFile>>, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|error| open_error(path, error))?;
+    let block = file
+        .read_at_aligned(0, BLOCK_BYTES as usize)
+        .await
+        .map_err(|error| StorageError::from_io("reading", path, glommio_io_error(error)))?;
+    let header = match format::decode_segment_header(&block) {
+        Ok(header) => header,
+        Err(_) if is_last && block.iter().all(|byte| *byte == 0) => {
+            tracing::warn!(
+                path = %path.display(),
+                "removing a segment whose preparation did not finish"
+            );
+            let _ = file.remove().await;
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(StorageError::Format {
+                path: path.to_path_buf(),
+                offset: 0,
+                source,
+            });
+        }
+    };
+    let found = LogIdentity {
+        cluster_id: header.cluster_id,
+        node_id: header.node_id,
+        shard: header.shard,
+    };
+    if found != identity {
+        return Err(StorageError::IdentityMismatch {
+            path: path.to_path_buf(),
+            expected: identity,
+            found,
+        });
+    }
+    if header.segment_seq != seq {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            detail: format!(
+                "the header names segment {} but the file name says {seq}",
+                header.segment_seq
+            ),
+        });
+    }
+    Ok(Some(Rc::new(file)))
+}
+
+/// A damaged batch found while scanning: the end of the log, unless valid data follows.
+#[derive(Debug)]
+struct Damage {
+    segment_seq: u64,
+    path: PathBuf,
+    offset: u64,
+    /// Where a search for later valid batches starts.
+    search_from: u64,
+    detail: String,
+}
+
+/// Reads a segment through a buffer of aligned reads.
+struct SegmentReader<'a> {
+    file: &'a DmaFile,
+    path: &'a Path,
+    file_bytes: u64,
+    buffer: Option<ReadResult>,
+    buffer_start: u64,
+}
+
+impl<'a> SegmentReader<'a> {
+    async fn new(file: &'a DmaFile, path: &'a Path) -> Result<SegmentReader<'a>, StorageError> {
+        let file_bytes = file
+            .file_size()
+            .await
+            .map_err(|error| StorageError::from_io("inspecting", path, glommio_io_error(error)))?;
+        Ok(SegmentReader {
+            file,
+            path,
+            file_bytes,
+            buffer: None,
+            buffer_start: 0,
+        })
+    }
+
+    /// The bytes at `offset..offset + len`, or fewer where the file ends.
+    async fn bytes(&mut self, offset: u64, len: u64) -> Result<&[u8], StorageError> {
+        let end = (offset + len).min(self.file_bytes);
+        let covered = self.buffer.as_ref().is_some_and(|buffer| {
+            offset >= self.buffer_start && end <= self.buffer_start + buffer.len() as u64
+        });
+        if !covered {
+            let start = offset - offset % BLOCK_BYTES;
+            let read_bytes = align_up(end - start).max(SCAN_READ_BYTES);
+            let read = self
+                .file
+                .read_at_aligned(start, read_bytes as usize)
+                .await
+                .map_err(|error| {
+                    StorageError::from_io("reading", self.path, glommio_io_error(error))
+                })?;
+            self.buffer = Some(read);
+            self.buffer_start = start;
+        }
+        let buffer = self.buffer.as_ref().expect("the buffer was just filled");
+        let from = (offset - self.buffer_start) as usize;
+        let to = ((end.max(offset) - self.buffer_start) as usize).min(buffer.len());
+        Ok(&buffer[from.min(to)..to])
+    }
+}
+
+/// What one valid batch held.
+struct ScannedBatch {
+    batch_seq: u64,
+    records: Vec<DecodedRecord>,
+    batch_bytes: u64,
+}
+
+struct Scan {
+    groups: BTreeMap<GroupId, GroupLog<DiskSlot>>,
+    cache: EntryCache,
+    segments: BTreeMap<u64, SegmentFile>,
+    last_batch_seq: Option<u64>,
+    damage: Option<Damage>,
+    /// Segment and offset where the writer continues.
+    active: Option<(u64, u64)>,
+}
+
+impl Scan {
+    fn new(config: &LogConfig) -> Scan {
+        Scan {
+            groups: BTreeMap::new(),
+            cache: EntryCache::new(config.entry_cache_bytes_max),
+            segments: BTreeMap::new(),
+            last_batch_seq: None,
+            damage: None,
+            active: None,
+        }
+    }
+
+    async fn scan_segment(
+        &mut self,
+        seq: u64,
+        path: PathBuf,
+        file: Rc<DmaFile>,
+    ) -> Result<(), StorageError> {
+        let mut segment = empty_segment(seq, path.clone(), Rc::clone(&file));
+        let mut reader = SegmentReader::new(&file, &path).await?;
+        let mut offset = BLOCK_BYTES;
+        let mut first_batch = true;
+        while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
+            let batch = match read_batch(&mut reader, offset).await? {
+                BatchRead::End => break,
+                BatchRead::Valid(batch) => batch,
+                BatchRead::Damaged {
+                    detail,
+                    search_from,
+                } => {
+                    self.damage = Some(Damage {
+                        segment_seq: seq,
+                        path: path.clone(),
+                        offset,
+                        search_from,
+                        detail,
+                    });
+                    break;
+                }
+            };
+            if let Some(last) = self.last_batch_seq
+                && batch.batch_seq != last + 1
+            {
+                self.damage = Some(Damage {
+                    segment_seq: seq,
+                    path: path.clone(),
+                    offset,
+                    search_from: offset + align_up(batch.batch_bytes),
+                    detail: format!(
+                        "batch {} found where batch {} belongs",
+                        batch.batch_seq,
+                        last + 1
+                    ),
+                });
+                break;
+            }
+            self.replay(&mut segment, &batch, offset)
+                .map_err(|detail| StorageError::Corrupt {
+                    path: path.clone(),
+                    offset,
+                    detail,
+                })?;
+            if first_batch {
+                segment.checkpoint_base = self.compaction_points();
+                first_batch = false;
+            }
+            self.last_batch_seq = Some(batch.batch_seq);
+            offset += align_up(batch.batch_bytes);
+            self.cache.evict(&mut self.groups);
+        }
+
+        if let Some(damage) = &self.damage {
+            let search_from = damage.search_from;
+            let expected = self.last_batch_seq.map_or(0, |last| last + 1);
+            if let Some(found) = find_valid_batch(&mut reader, search_from, expected).await? {
+                return Err(corrupt_before_valid(damage, &path, found));
+            }
+        }
+        self.active = Some((seq, offset));
+        self.segments.insert(seq, segment);
+        Ok(())
+    }
+
+    /// After damage in an earlier segment, a later segment may only be one prepared but
+    /// never written; it is removed so that the writer continues after the last valid batch.
+    async fn check_after_damage(
+        &mut self,
+        seq: u64,
+        path: &Path,
+        file: &DmaFile,
+    ) -> Result<(), StorageError> {
+        let damage = self.damage.as_ref().expect("called only after damage");
+        let mut reader = SegmentReader::new(file, path).await?;
+        if let Some(found) = find_valid_batch(&mut reader, BLOCK_BYTES, 0).await? {
+            return Err(corrupt_before_valid(damage, path, found));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            segment = seq,
+            "removing an unused segment after the torn end of the log"
+        );
+        file.remove()
+            .await
+            .map_err(|error| StorageError::from_io("removing", path, glommio_io_error(error)))
+    }
+
+    fn compaction_points(&self) -> HashMap<GroupId, LogIndex> {
+        self.groups
+            .iter()
+            .filter(|(_, log)| log.compacted_index > LogIndex(0))
+            .map(|(group, log)| (*group, log.compacted_index))
+            .collect()
+    }
+
+    /// Applies a batch's records; returns what is inconsistent if anything is.
+    fn replay(
+        &mut self,
+        segment: &mut SegmentFile,
+        batch: &ScannedBatch,
+        batch_offset: u64,
+    ) -> Result<(), String> {
+        let payload_offset = batch_offset + BATCH_HEADER_BYTES as u64;
+        for decoded in &batch.records {
+            let group = decoded.record.group();
+            let log = self.groups.entry(group).or_default();
+            match &decoded.record {
+                Record::Entry { entry, .. } => {
+                    if entry.index.0 != log.last_index().0 + 1 {
+                        return Err(format!(
+                            "entry {} of group {group} does not follow its last index {}",
+                            entry.index.0,
+                            log.last_index().0
+                        ));
+                    }
+                    if entry.term < log.last_term() {
+                        return Err(format!(
+                            "entry {} of group {group} has term {}, below the term {} before it",
+                            entry.index.0,
+                            entry.term.0,
+                            log.last_term().0
+                        ));
+                    }
+                    let location = Location {
+                        segment_seq: segment.seq,
+                        offset: payload_offset + u64::from(decoded.payload_offset),
+                        len: decoded.record_bytes,
+                    };
+                    self.cache.insert(group, entry.index, entry.data.len());
+                    log.slots.push_back(DiskSlot {
+                        term: entry.term,
+                        kind: entry.kind,
+                        location: Some(location),
+                        data: Some(entry.data.clone()),
+                        submission: super::BatchNumber(0),
+                    });
+                    let highest = segment.max_index.entry(group).or_default();
+                    *highest = (*highest).max(entry.index);
+                }
+                Record::HardState { hard_state, .. } => log.hard_state = Some(*hard_state),
+                Record::Truncate { from, .. } => {
+                    let dropped = log.truncate_from(*from);
+                    self.cache.forget(&dropped);
+                }
+                Record::Compact { through, term, .. } => {
+                    let dropped = log.compact(*through, *term);
+                    self.cache.forget(&dropped);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum BatchRead {
+    End,
+    Valid(ScannedBatch),
+    Damaged { detail: String, search_from: u64 },
+}
+
+async fn read_batch(
+    reader: &mut SegmentReader<'_>,
+    offset: u64,
+) -> Result<BatchRead, StorageError> {
+    let header_bytes = reader.bytes(offset, BATCH_HEADER_BYTES as u64).await?;
+    if format::is_zeroed_header(header_bytes) && header_bytes.len() == BATCH_HEADER_BYTES {
+        return Ok(BatchRead::End);
+    }
+    let header = match format::decode_batch_header(header_bytes) {
+        Ok(header) => header,
+        Err(error) => {
+            return Ok(BatchRead::Damaged {
+                detail: error.to_string(),
+                search_from: offset + BLOCK_BYTES,
+            });
+        }
+    };
+    let search_from = offset + align_up(header.batch_bytes());
+    let batch_bytes = reader.bytes(offset, header.batch_bytes()).await?;
+    let Some(payload) = batch_bytes.get(BATCH_HEADER_BYTES..) else {
+        return Ok(BatchRead::Damaged {
+            detail: "the file ends inside the batch header".to_string(),
+            search_from,
+        });
+    };
+    if payload.len() < header.payload_len as usize {
+        let error = FormatError::Truncated {
+            what: "batch",
+            needed: u64::from(header.payload_len),
+            available: payload.len() as u64,
+        };
+        return Ok(BatchRead::Damaged {
+            detail: error.to_string(),
+            search_from,
+        });
+    }
+    match format::decode_payload(payload, header.record_count) {
+        Ok(records) => Ok(BatchRead::Valid(ScannedBatch {
+            batch_seq: header.batch_seq,
+            records,
+            batch_bytes: header.batch_bytes(),
+        })),
+        Err(error) => Ok(BatchRead::Damaged {
+            detail: error.to_string(),
+            search_from,
+        }),
+    }
+}
+
+/// Looks for a valid batch header with a sequence number of at least `seq_min` at any
+/// block from `from` on. Such a batch was written after the damaged one, which proves the
+/// damaged one had been synced.
+async fn find_valid_batch(
+    reader: &mut SegmentReader<'_>,
+    from: u64,
+    seq_min: u64,
+) -> Result<Option<(u64, u64)>, StorageError> {
+    let mut offset = align_up(from);
+    while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
+        let bytes = reader.bytes(offset, BATCH_HEADER_BYTES as u64).await?;
+        if let Ok(header) = format::decode_batch_header(bytes)
+            && header.batch_seq >= seq_min
+        {
+            return Ok(Some((offset, header.batch_seq)));
+        }
+        offset += BLOCK_BYTES;
+    }
+    Ok(None)
+}
+
+fn corrupt_before_valid(damage: &Damage, path: &Path, found: (u64, u64)) -> StorageError {
+    StorageError::Corrupt {
+        path: damage.path.clone(),
+        offset: damage.offset,
+        detail: format!(
+            "{}; batch {} at offset {} of {} follows it",
+            damage.detail,
+            found.1,
+            found.0,
+            path.display()
+        ),
+    }
+}
+
+/// Overwrites the torn final batch, and everything after it in its segment, with zeros, so
+/// that the writer continues at its offset and no fragment of it is ever read again.
+async fn truncate_torn_tail(
+    damage: &Damage,
+    segments: &BTreeMap<u64, SegmentFile>,
+) -> Result<(), StorageError> {
+    tracing::warn!(
+        path = %damage.path.display(),
+        offset = damage.offset,
+        detail = %damage.detail,
+        "truncating the torn final batch of the log, which was never acknowledged"
+    );
+    let segment = &segments[&damage.segment_seq];
+    let file = &segment.file;
+    let file_bytes = file.file_size().await.map_err(|error| {
+        StorageError::from_io("inspecting", &segment.path, glommio_io_error(error))
+    })?;
+    let mut offset = damage.offset;
+    while offset < file_bytes {
+        let len = SCAN_READ_BYTES.min(align_up(file_bytes) - offset);
+        let mut buffer = file.alloc_dma_buffer(len as usize);
+        buffer.as_bytes_mut().fill(0);
+        write_all(file, buffer, offset, &segment.path).await?;
+        offset += len;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: segment.path.clone(),
+            source: Arc::new(glommio_io_error(error)),
+        })
+}

@@ -1,0 +1,152 @@
+//! Segment files: naming, listing and preparation.
+//!
+//! A segment is named by its sequence number, zero-padded so that names sort in log order
+//! (`00000000000000000007.wal`). A new segment is prepared ahead of use: created,
+//! allocated to its full size, optionally overwritten with zeros, given its header block and
+//! synced together with its directory, so that switching to it costs the writer nothing.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::error::glommio_io_error;
+use super::format::{self, BLOCK_BYTES, SegmentHeader};
+use super::{LogIdentity, StorageError};
+
+const SEGMENT_EXTENSION: &str = "wal";
+
+/// Bytes written per request while zero-filling a new segment.
+const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
+
+pub(crate) fn segment_path(dir: &Path, segment_seq: u64) -> PathBuf {
+    dir.join(format!("{segment_seq:020}.{SEGMENT_EXTENSION}"))
+}
+
+/// Segment files in `dir`, in log order. Files of other names are left alone.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|error| StorageError::from_io("listing", dir, error))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| StorageError::from_io("listing", dir, error))?;
+        let path = entry.path();
+        if path.extension().and_then(|ext| ext.to_str()) != Some(SEGMENT_EXTENSION) {
+            continue;
+        }
+        let seq = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse::<u64>().ok());
+        match seq {
+            Some(seq) => segments.push((seq, path)),
+            None => {
+                return Err(StorageError::Corrupt {
+                    detail: "a segment file name is not a sequence number".to_string(),
+                    path,
+                    offset: 0,
+                });
+            }
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Creates segment `segment_seq` in `dir`, ready for batches from offset [`BLOCK_BYTES`].
+pub(crate) async fn prepare_segment(
+    dir: &Path,
+    identity: LogIdentity,
+    segment_seq: u64,
+    segment_bytes: u64,
+    zero_fill: bool,
+) -> Result<Rc<DmaFile>, StorageError> {
+    let path = segment_path(dir, segment_seq);
+    let io_error = |operation| {
+        let path = path.clone();
+        move |error| StorageError::from_io(operation, path, glommio_io_error(error))
+    };
+    let file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(io_error("creating"))?;
+    file.pre_allocate(segment_bytes, false)
+        .await
+        .map_err(io_error("allocating"))?;
+
+    if zero_fill {
+        let mut offset = BLOCK_BYTES;
+        while offset < segment_bytes {
+            let len = ZERO_FILL_CHUNK_BYTES.min(segment_bytes - offset);
+            let mut buffer = file.alloc_dma_buffer(len as usize);
+            buffer.as_bytes_mut().fill(0);
+            write_all(&file, buffer, offset, &path).await?;
+            offset += len;
+        }
+    }
+
+    let header = SegmentHeader {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+        shard: identity.shard,
+        segment_seq,
+    };
+    let mut block = file.alloc_dma_buffer(BLOCK_BYTES as usize);
+    block.as_bytes_mut().fill(0);
+    format::encode_segment_header(&header, block.as_bytes_mut());
+    write_all(&file, block, 0, &path).await?;
+
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: path.clone(),
+            source: std::sync::Arc::new(glommio_io_error(error)),
+        })?;
+    sync_directory(dir).await?;
+    Ok(Rc::new(file))
+}
+
+/// Writes `buffer` at `offset`, treating a short write as an error.
+pub(crate) async fn write_all(
+    file: &DmaFile,
+    buffer: glommio::io::DmaBuffer,
+    offset: u64,
+    path: &Path,
+) -> Result<(), StorageError> {
+    let len = buffer.len();
+    let written = file
+        .write_at(buffer, offset)
+        .await
+        .map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
+    if written != len {
+        return Err(StorageError::from_io(
+            "writing",
+            path,
+            std::io::Error::other(format!(
+                "short write at offset {offset}: {written} of {len} bytes"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes creations and removals of files in `dir` durable.
+pub(crate) async fn sync_directory(dir: &Path) -> Result<(), StorageError> {
+    let directory = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|error| StorageError::from_io("opening", dir, glommio_io_error(error)))?;
+    directory
+        .sync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: dir.to_path_buf(),
+            source: std::sync::Arc::new(glommio_io_error(error)),
+        })?;
+    directory
+        .close()
+        .await
+        .map_err(|error| StorageError::from_io("closing", dir, glommio_io_error(error)))
+}
