@@ -6,6 +6,11 @@
 
 pub use shardraft_raft as raft;
 
+pub mod config;
 pub mod kv;
 pub mod log;
+pub mod node;
+pub mod shard;
+pub(crate) mod signal;
 pub mod state_machine;
+pub mod transport;

@@ -502,6 +502,23 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Records that the runtime lost its connection to `peer`: messages in flight to it are
+    /// presumed lost, so the leader stops streaming and probes it again once it answers.
+    /// Does nothing on a replica that does not lead or for a peer it does not track.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let before = self.invariant_snapshot();
+        if let Some(progress) = self.progress.get_mut(&peer) {
+            let next_index = progress.match_index.next();
+            progress.become_probe(next_index);
+            self.replication_pending = true;
+            tracing::debug!(node = %self.id, %peer, "peer unreachable; probing it again");
+        }
+        self.check_invariants(&before);
+    }
+
     /// Records that every batch up to `number` is durable.
     pub fn on_persisted(&mut self, number: ReadyNumber) {
         let before = self.invariant_snapshot();

@@ -27,12 +27,12 @@ use shardraft_raft::{Entry, EntryKind, HardState, LogIndex, Term};
 use super::error::glommio_io_error;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
 use super::group::{GroupLog, Slot, check_batch};
-use super::notify::Signal;
 use super::segment::{prepare_segment, segment_path, sync_directory, write_all};
 use super::{
     BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
     WriteOp, recovery,
 };
+use crate::signal::Signal;
 
 /// Where an entry's record sits on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -776,40 +776,31 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
     if needs_new_segment {
         rotate(shared).await?;
     }
+    if shared.state.borrow().write_offset == BLOCK_BYTES {
+        write_checkpoint(shared).await?;
+    }
 
     let (file, path, segment_seq, offset, buffer, data_offset) = {
         let mut state = shared.state.borrow_mut();
         let segment = &state.segments[&state.active_seq];
         let file = Rc::clone(&segment.file);
         let path = segment.path.clone();
-        let checkpoint = if state.write_offset == BLOCK_BYTES {
-            Some(encode_checkpoint(&mut state))
-        } else {
-            None
-        };
-        let checkpoint_bytes = checkpoint.as_ref().map_or(0, |c| c.len() as u64);
-        let total = checkpoint_bytes + batch_bytes;
-        if state.write_offset + total > shared.config.segment_bytes {
+        if state.write_offset + batch_bytes > shared.config.segment_bytes {
             return Err(StorageError::BatchTooLarge {
-                bytes: total,
+                bytes: state.write_offset - BLOCK_BYTES + batch_bytes,
                 segment_bytes: shared.config.segment_bytes,
             });
         }
         let batch_seq = state.next_batch_seq;
         state.next_batch_seq += 1;
         let header = format::encode_batch_header(batch_seq, &batch.payload, batch.record_count);
-        let mut buffer = file.alloc_dma_buffer(total as usize);
+        let mut buffer = file.alloc_dma_buffer(batch_bytes as usize);
         let bytes = buffer.as_bytes_mut();
-        let mut at = 0usize;
-        if let Some(checkpoint) = &checkpoint {
-            bytes[..checkpoint.len()].copy_from_slice(checkpoint);
-            at = checkpoint.len();
-        }
-        bytes[at..at + BATCH_HEADER_BYTES].copy_from_slice(&header);
-        let payload_start = at + BATCH_HEADER_BYTES;
-        bytes[payload_start..payload_start + batch.payload.len()].copy_from_slice(&batch.payload);
-        bytes[payload_start + batch.payload.len()..].fill(0);
-        let data_offset = state.write_offset + at as u64;
+        bytes[..BATCH_HEADER_BYTES].copy_from_slice(&header);
+        let payload_end = BATCH_HEADER_BYTES + batch.payload.len();
+        bytes[BATCH_HEADER_BYTES..payload_end].copy_from_slice(&batch.payload);
+        bytes[payload_end..].fill(0);
+        let data_offset = state.write_offset;
         (
             file,
             path,
@@ -886,6 +877,41 @@ fn publish(state: &mut State, batch: &StagedBatch, segment_seq: u64, data_offset
             }
         }
     }
+}
+
+/// Writes the checkpoint that opens the active segment with its own write and fdatasync.
+/// Written together with the batch after it, a torn write could damage the checkpoint while
+/// the batch survives, and recovery would have to report synced data as corrupt.
+async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
+    let (file, path, offset, buffer) = {
+        let mut state = shared.state.borrow_mut();
+        let checkpoint = encode_checkpoint(&mut state);
+        let segment = &state.segments[&state.active_seq];
+        let file = Rc::clone(&segment.file);
+        let path = segment.path.clone();
+        if state.write_offset + checkpoint.len() as u64 > shared.config.segment_bytes {
+            return Err(StorageError::BatchTooLarge {
+                bytes: checkpoint.len() as u64,
+                segment_bytes: shared.config.segment_bytes,
+            });
+        }
+        let mut buffer = file.alloc_dma_buffer(checkpoint.len());
+        buffer.as_bytes_mut().copy_from_slice(&checkpoint);
+        (file, path, state.write_offset, buffer)
+    };
+    let written_bytes = buffer.len() as u64;
+    write_all(&file, buffer, offset, &path).await?;
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: path.clone(),
+            source: Arc::new(glommio_io_error(error)),
+        })?;
+    let mut state = shared.state.borrow_mut();
+    state.write_offset = offset + written_bytes;
+    state.stats.syncs += 1;
+    state.stats.bytes += written_bytes;
+    Ok(())
 }
 
 /// Encodes the checkpoint batch that opens a segment: every group's hard state and
@@ -965,25 +991,26 @@ async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
 }
 
 /// Removes from the map the oldest segments whose entries every group has compacted, as
-/// proven by the checkpoint of the segment after them.
+/// proven by the newest checkpoint on disk. The oldest remaining segment's own checkpoint
+/// may predate those compactions; recovery bridges that gap (see `Scan::replay`).
 fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
+    // The active segment's checkpoint is only on disk once something was written there.
+    let proven_seq = if state.write_offset > BLOCK_BYTES {
+        state.active_seq
+    } else {
+        state.active_seq.saturating_sub(1)
+    };
+    let Some(proven) = state.segments.get(&proven_seq) else {
+        return Vec::new();
+    };
+    let base = proven.checkpoint_base.clone();
     let mut deletable = Vec::new();
-    loop {
-        let mut seqs = state.segments.keys();
-        let (Some(&oldest), Some(&next)) = (seqs.next(), seqs.next()) else {
-            break;
-        };
-        if oldest == state.active_seq || next > state.active_seq {
-            break;
-        }
-        let next_base = &state.segments[&next].checkpoint_base;
-        let covered = state.segments[&oldest]
+    while let Some((&oldest, segment)) = state.segments.first_key_value() {
+        let covered = segment
             .max_index
             .iter()
-            .all(|(group, index)| next_base.get(group).is_some_and(|base| base >= index));
-        // The next segment's checkpoint is only on disk once a batch was written there.
-        let next_written = next != state.active_seq || state.write_offset > BLOCK_BYTES;
-        if !covered || !next_written {
+            .all(|(group, index)| base.get(group).is_some_and(|base| base >= index));
+        if oldest >= proven_seq || !covered {
             break;
         }
         if let Some(segment) = state.segments.remove(&oldest) {

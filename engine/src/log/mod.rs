@@ -30,7 +30,6 @@ pub mod format;
 mod group;
 mod identity;
 mod memory;
-mod notify;
 mod recovery;
 mod segment;
 

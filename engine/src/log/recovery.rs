@@ -7,7 +7,7 @@
 //! followed by a valid batch, which proves the damaged batch was synced before it; such a
 //! batch may hold acknowledged writes, so recovery stops with [`StorageError::Corrupt`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -138,16 +138,25 @@ pub(crate) async fn recover(
     let mut remaining = listed.into_iter().peekable();
     while let Some((seq, path)) = remaining.next() {
         let is_last = remaining.peek().is_none();
-        let Some(file) = open_segment(&path, identity, seq, is_last).await? else {
-            continue;
+        let file = match open_segment(&path, identity, seq, is_last).await? {
+            OpenedSegment::Ready(file) => file,
+            OpenedSegment::Unfinished(file) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "removing a segment whose preparation did not finish"
+                );
+                scan.unused_segments.push((path, file));
+                continue;
+            }
         };
         if scan.damage.is_some() {
-            scan.check_after_damage(seq, &path, &file).await?;
+            scan.check_after_damage(&path, &file).await?;
             continue;
         }
         scan.scan_segment(seq, path, file).await?;
     }
 
+    scan.remove_unused_segments().await?;
     if let Some(damage) = scan.damage.take() {
         truncate_torn_tail(&damage, &scan.segments).await?;
         scan.active = Some((damage.segment_seq, damage.offset));
@@ -188,14 +197,22 @@ fn empty_segment(seq: u64, path: PathBuf, file: Rc<DmaFile>) -> SegmentFile {
     }
 }
 
-/// Opens a segment and verifies its header. Returns `None` for a last segment whose header
-/// was never written, which a crash during preparation leaves behind; it is removed.
+/// A segment file opened by recovery.
+enum OpenedSegment {
+    /// A segment with a valid header of this log.
+    Ready(Rc<DmaFile>),
+    /// A last segment whose header was never written, which a crash during preparation
+    /// leaves behind. It is removed once the scan succeeded.
+    Unfinished(Rc<DmaFile>),
+}
+
+/// Opens a segment and verifies its header.
 async fn open_segment(
     path: &Path,
     identity: LogIdentity,
     seq: u64,
     is_last: bool,
-) -> Result<Option<Rc<DmaFile>>, StorageError> {
+) -> Result<OpenedSegment, StorageError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -209,12 +226,7 @@ async fn open_segment(
     let header = match format::decode_segment_header(&block) {
         Ok(header) => header,
         Err(_) if is_last && block.iter().all(|byte| *byte == 0) => {
-            tracing::warn!(
-                path = %path.display(),
-                "removing a segment whose preparation did not finish"
-            );
-            let _ = file.remove().await;
-            return Ok(None);
+            return Ok(OpenedSegment::Unfinished(Rc::new(file)));
         }
         Err(source) => {
             return Err(StorageError::Format {
@@ -246,7 +258,7 @@ async fn open_segment(
             ),
         });
     }
-    Ok(Some(Rc::new(file)))
+    Ok(OpenedSegment::Ready(Rc::new(file)))
 }
 
 /// A damaged batch found while scanning: the end of the log, unless valid data follows.
@@ -325,6 +337,12 @@ struct Scan {
     damage: Option<Damage>,
     /// Segment and offset where the writer continues.
     active: Option<(u64, u64)>,
+    /// Groups with at least one entry replayed so far.
+    entries_seen: HashSet<GroupId>,
+    /// Segments that hold no batch: one whose preparation did not finish, and those after
+    /// the torn end of the log. They are removed only once the whole scan succeeded, so
+    /// that a failed recovery leaves every file as it found it.
+    unused_segments: Vec<(PathBuf, Rc<DmaFile>)>,
 }
 
 impl Scan {
@@ -336,6 +354,8 @@ impl Scan {
             last_batch_seq: None,
             damage: None,
             active: None,
+            entries_seen: HashSet::new(),
+            unused_segments: Vec::new(),
         }
     }
 
@@ -351,7 +371,23 @@ impl Scan {
         let mut first_batch = true;
         while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
             let batch = match read_batch(&mut reader, offset).await? {
-                BatchRead::End => break,
+                BatchRead::End => {
+                    // A zeroed header ends the segment only if no later batch follows it;
+                    // otherwise a synced batch was lost.
+                    let expected = self.last_batch_seq.map_or(0, |last| last + 1);
+                    let from = offset + BLOCK_BYTES;
+                    if let Some(found) = find_valid_batch(&mut reader, from, expected).await? {
+                        let damage = Damage {
+                            segment_seq: seq,
+                            path: path.clone(),
+                            offset,
+                            search_from: from,
+                            detail: "the batch header is zeroed".to_string(),
+                        };
+                        return Err(corrupt_before_valid(&damage, &path, found));
+                    }
+                    break;
+                }
                 BatchRead::Valid(batch) => batch,
                 BatchRead::Damaged {
                     detail,
@@ -411,12 +447,12 @@ impl Scan {
     }
 
     /// After damage in an earlier segment, a later segment may only be one prepared but
-    /// never written; it is removed so that the writer continues after the last valid batch.
+    /// never written. It is removed, once every later segment was checked and found unused
+    /// too, so that the writer continues after the last valid batch.
     async fn check_after_damage(
         &mut self,
-        seq: u64,
         path: &Path,
-        file: &DmaFile,
+        file: &Rc<DmaFile>,
     ) -> Result<(), StorageError> {
         let damage = self.damage.as_ref().expect("called only after damage");
         let mut reader = SegmentReader::new(file, path).await?;
@@ -425,12 +461,20 @@ impl Scan {
         }
         tracing::warn!(
             path = %path.display(),
-            segment = seq,
             "removing an unused segment after the torn end of the log"
         );
-        file.remove()
-            .await
-            .map_err(|error| StorageError::from_io("removing", path, glommio_io_error(error)))
+        self.unused_segments
+            .push((path.to_path_buf(), Rc::clone(file)));
+        Ok(())
+    }
+
+    async fn remove_unused_segments(&mut self) -> Result<(), StorageError> {
+        for (path, file) in self.unused_segments.drain(..) {
+            file.remove().await.map_err(|error| {
+                StorageError::from_io("removing", &path, glommio_io_error(error))
+            })?;
+        }
+        Ok(())
     }
 
     fn compaction_points(&self) -> HashMap<GroupId, LogIndex> {
@@ -454,6 +498,15 @@ impl Scan {
             let log = self.groups.entry(group).or_default();
             match &decoded.record {
                 Record::Entry { entry, .. } => {
+                    let first_seen = self.entries_seen.insert(group);
+                    if first_seen && log.slots.is_empty() && entry.index > log.last_index() {
+                        // The group's earlier entries were in segments deleted once a later
+                        // checkpoint recorded their compaction. That checkpoint comes later
+                        // in the scan and sets the compacted term; until then the entry's
+                        // own term stands in for it.
+                        log.compacted_index = LogIndex(entry.index.0 - 1);
+                        log.compacted_term = entry.term;
+                    }
                     if entry.index.0 != log.last_index().0 + 1 {
                         return Err(format!(
                             "entry {} of group {group} does not follow its last index {}",

@@ -1,0 +1,353 @@
+//! The settings of a node, with the relations between them checked at startup by
+//! [`NodeConfig::validate`]. Field names are the keys of the config file.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::log::LogConfig;
+
+/// One member of the cluster and where its shards listen for peers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// Peer addresses of the member's shards: one per shard, or a single address whose port
+    /// is shard 0's, with shard `s` listening on that port plus `s`.
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl MemberConfig {
+    /// The peer address of shard `shard` of this member.
+    pub fn shard_address(&self, shard: usize) -> Option<SocketAddr> {
+        match self.addresses.as_slice() {
+            [base] => {
+                let port = u16::try_from(usize::from(base.port()) + shard).ok()?;
+                Some(SocketAddr::new(base.ip(), port))
+            }
+            many => many.get(shard).copied(),
+        }
+    }
+}
+
+/// Settings of the Raft core shared by every group of the node. Time is counted in ticks
+/// of [`NodeConfig::tick_interval_ms`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+    pub heartbeat_interval_ticks: u32,
+    pub max_entries_per_message: usize,
+    pub max_bytes_per_message: u64,
+    pub max_inflight_messages: usize,
+    pub max_inflight_bytes: u64,
+    pub max_uncommitted_bytes: u64,
+    pub max_pending_reads: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            election_timeout_ticks_min: 15,
+            election_timeout_ticks_max: 30,
+            heartbeat_interval_ticks: 3,
+            max_entries_per_message: 512,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+            max_inflight_bytes: 16 << 20,
+            max_uncommitted_bytes: 64 << 20,
+            max_pending_reads: 65_536,
+        }
+    }
+}
+
+/// Settings of the peer transport.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Largest frame payload accepted from a peer; larger frames close the connection.
+    pub frame_bytes_max: u32,
+    /// Bytes queued for one peer beyond which the shard stops taking proposals until the
+    /// queue drains; at twice this, further messages to that peer are dropped, which Raft
+    /// tolerates.
+    pub send_queue_bytes_max: u64,
+    /// First delay before reconnecting to a peer; doubled per failed attempt, with jitter.
+    pub reconnect_backoff_ms_min: u64,
+    pub reconnect_backoff_ms_max: u64,
+    /// Time a new connection has to send its hello frame.
+    pub hello_timeout_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            frame_bytes_max: 64 << 20,
+            send_queue_bytes_max: 32 << 20,
+            reconnect_backoff_ms_min: 10,
+            reconnect_backoff_ms_max: 1000,
+            hello_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identifies the cluster; nodes and data directories of other clusters are rejected.
+    pub cluster_id: u64,
+    pub node_id: u64,
+    /// Every member, this node included. Each member is a voter of every group.
+    pub members: Vec<MemberConfig>,
+    /// Executors (one per shard). Unset: one per CPU in the process's affinity mask, which
+    /// respects container CPU limits set through cpusets.
+    pub shards: Option<usize>,
+    /// Pin shard `s` to the `s`-th CPU of the affinity mask.
+    pub pin_shards: bool,
+    /// Raft groups in the cluster. Group `g` lives on shard `g % shards` of every node.
+    pub groups: u32,
+    pub tick_interval_ms: u64,
+    /// Proposals and reads queued per shard before callers wait.
+    pub request_queue_max: usize,
+    /// Time after which a proposal or read that has not completed fails with a timeout.
+    pub request_timeout_ms: u64,
+    pub raft: RaftConfig,
+    pub log: LogConfig,
+    pub transport: TransportConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cluster_id: 1,
+            node_id: 1,
+            members: Vec::new(),
+            shards: None,
+            pin_shards: false,
+            groups: 16,
+            tick_interval_ms: 10,
+            request_queue_max: 4096,
+            request_timeout_ms: 10_000,
+            raft: RaftConfig::default(),
+            log: LogConfig::default(),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// A config value out of range, naming the key and what is allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config value {key}: {detail}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub detail: String,
+}
+
+fn invalid(key: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        detail: detail.into(),
+    }
+}
+
+/// Most shards a node runs; far more than any machine's cores, so only a typo reaches it.
+pub const SHARDS_MAX: usize = 1024;
+
+impl NodeConfig {
+    /// Checks every value and the relations between them, for `shard_count` shards.
+    ///
+    /// # Errors
+    /// The first key out of range, with the allowed range.
+    pub fn validate(&self, shard_count: usize) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "0; node ids start at 1"));
+        }
+        if !(1..=SHARDS_MAX).contains(&shard_count) {
+            return Err(invalid(
+                "shards",
+                format!("{shard_count}; allowed 1 to {SHARDS_MAX}"),
+            ));
+        }
+        if self.groups == 0 {
+            return Err(invalid("groups", "0; at least one group is needed"));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(invalid("tick_interval_ms", "0; allowed 1 and above"));
+        }
+        if self.request_queue_max == 0 {
+            return Err(invalid("request_queue_max", "0; allowed 1 and above"));
+        }
+        self.validate_members(shard_count)?;
+        self.validate_raft()?;
+        self.validate_transport()?;
+        self.log
+            .validate()
+            .map_err(|error| invalid("log", error.to_string()))
+    }
+
+    fn validate_members(&self, shard_count: usize) -> Result<(), ConfigError> {
+        let mut ids: Vec<u64> = self.members.iter().map(|member| member.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(invalid("members", "a member id appears twice"));
+        }
+        if ids.first() == Some(&0) {
+            return Err(invalid("members", "member id 0; ids start at 1"));
+        }
+        if !ids.contains(&self.node_id) {
+            return Err(invalid(
+                "members",
+                format!("node_id {} is not among the members", self.node_id),
+            ));
+        }
+        for member in &self.members {
+            let count = member.addresses.len();
+            if count != 1 && count != shard_count {
+                return Err(invalid(
+                    "members",
+                    format!(
+                        "member {} lists {count} addresses; give one (shard 0's, the others \
+                         on the following ports) or one per shard ({shard_count})",
+                        member.id
+                    ),
+                ));
+            }
+            if member.shard_address(shard_count - 1).is_none() {
+                return Err(invalid(
+                    "members",
+                    format!("member {}: shard ports would pass 65535", member.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ticks == 0 {
+            return Err(invalid(
+                "raft.heartbeat_interval_ticks",
+                "0; allowed 1 and above",
+            ));
+        }
+        let heartbeat_max = raft.election_timeout_ticks_min / 3;
+        if raft.heartbeat_interval_ticks > heartbeat_max {
+            return Err(invalid(
+                "raft.heartbeat_interval_ticks",
+                format!(
+                    "{} is not below a third of raft.election_timeout_ticks_min ({}); a \
+                     follower would time out between heartbeats after one lost message",
+                    raft.heartbeat_interval_ticks, raft.election_timeout_ticks_min
+                ),
+            ));
+        }
+        if raft.election_timeout_ticks_max <= raft.election_timeout_ticks_min {
+            return Err(invalid(
+                "raft.election_timeout_ticks_max",
+                format!(
+                    "{} must exceed raft.election_timeout_ticks_min ({}) so that timeouts \
+                     are randomized",
+                    raft.election_timeout_ticks_max, raft.election_timeout_ticks_min
+                ),
+            ));
+        }
+        if raft.max_bytes_per_message > u64::from(self.transport.frame_bytes_max) / 2 {
+            return Err(invalid(
+                "raft.max_bytes_per_message",
+                format!(
+                    "{} must be at most half of transport.frame_bytes_max ({}), so that one \
+                     message with its framing fits a frame",
+                    raft.max_bytes_per_message, self.transport.frame_bytes_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let transport = &self.transport;
+        if transport.reconnect_backoff_ms_min == 0
+            || transport.reconnect_backoff_ms_max < transport.reconnect_backoff_ms_min
+        {
+            return Err(invalid(
+                "transport.reconnect_backoff_ms_min",
+                "must be at least 1 and at most transport.reconnect_backoff_ms_max",
+            ));
+        }
+        if transport.send_queue_bytes_max < self.raft.max_bytes_per_message {
+            return Err(invalid(
+                "transport.send_queue_bytes_max",
+                "must be at least raft.max_bytes_per_message",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The member entry of this node.
+    pub fn own_member(&self) -> Option<&MemberConfig> {
+        self.members.iter().find(|member| member.id == self.node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_members() -> NodeConfig {
+        let member = |id: u64, port: u16| MemberConfig {
+            id,
+            addresses: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        };
+        NodeConfig {
+            members: vec![member(1, 7000), member(2, 7100), member(3, 7200)],
+            ..NodeConfig::default()
+        }
+    }
+
+    #[test]
+    fn default_three_member_config_is_valid() {
+        assert_eq!(three_members().validate(2), Ok(()));
+    }
+
+    #[test]
+    fn single_address_expands_to_consecutive_ports() {
+        let config = three_members();
+
+        let address = config.members[1].shard_address(3).unwrap();
+
+        assert_eq!(address.port(), 7103);
+    }
+
+    #[test]
+    fn heartbeat_near_election_timeout_is_rejected() {
+        let mut config = three_members();
+        config.raft.heartbeat_interval_ticks = 6;
+
+        let error = config.validate(2).unwrap_err();
+
+        assert_eq!(error.key, "raft.heartbeat_interval_ticks");
+    }
+
+    #[test]
+    fn node_outside_members_is_rejected() {
+        let mut config = three_members();
+        config.node_id = 9;
+
+        let error = config.validate(2).unwrap_err();
+
+        assert_eq!(error.key, "members");
+    }
+
+    #[test]
+    fn address_count_must_match_shards() {
+        let mut config = three_members();
+        config.members[0]
+            .addresses
+            .push(SocketAddr::from(([127, 0, 0, 1], 1)));
+
+        let error = config.validate(3).unwrap_err();
+
+        assert_eq!(error.key, "members");
+    }
+}

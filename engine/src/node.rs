@@ -1,0 +1,483 @@
+//! A node: its shards, each on its own glommio executor thread, and the [`NodeHandle`]
+//! through which application threads propose and read.
+//!
+//! ```text
+//! application threads ── flume ──► shard 0 executor: groups 0, S, 2S, …, log, connections
+//!                     ── flume ──► shard 1 executor: groups 1, S+1, …, log, connections
+//! ```
+//!
+//! The handle is `Send + Sync` and cheap to clone. Each call goes to the shard that hosts
+//! the group (group `g` on shard `g % S`) through a bounded flume channel, so a full shard
+//! makes callers wait instead of growing a queue, and the reply comes back on a one-shot
+//! flume channel. Every call has a blocking form and an `_async` form that works under any
+//! async runtime.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use shardraft_raft::{LogIndex, NodeId, Role, Term};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::log::{DiskLogStats, GroupId, StorageError};
+use crate::shard::{self, ShardParams};
+use crate::state_machine::StateMachine;
+use crate::transport::TransportStats;
+
+/// A proposal's result: where it was applied and what the state machine returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied<T> {
+    pub index: LogIndex,
+    pub output: T,
+}
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Confirm leadership with a quorum (ReadIndex), wait until the state machine has
+    /// applied the commit index, then read. Sees every write acknowledged before it began.
+    #[default]
+    Linearizable,
+    /// Read this replica's state machine as it is, leader or not. May miss recent writes.
+    Stale,
+}
+
+/// Why a call through a [`NodeHandle`] failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("this node does not lead group {group}; {}", describe_leader(*.leader))]
+    NotLeader {
+        group: GroupId,
+        leader: Option<NodeId>,
+    },
+    #[error("group {group} does not exist; the cluster has groups 0 to {}", .groups.saturating_sub(1))]
+    UnknownGroup { group: GroupId, groups: u32 },
+    #[error(
+        "the proposal at index {index} of group {group} was replaced by another leader's \
+         entry and did not take effect; retry it"
+    )]
+    ProposalDropped { group: GroupId, index: LogIndex },
+    #[error("the request to group {group} did not complete within {timeout_ms} ms")]
+    Timeout { group: GroupId, timeout_ms: u64 },
+    #[error("group {group} is overloaded ({reason}); retry later")]
+    Busy { group: GroupId, reason: String },
+    #[error("the node is stopped")]
+    Stopped,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("shard {shard} failed to start: {detail}")]
+    Startup { shard: u32, detail: String },
+}
+
+fn describe_leader(leader: Option<NodeId>) -> String {
+    match leader {
+        Some(leader) => format!("node {} leads it", leader.0),
+        None => "no leader is known yet; retry shortly".to_string(),
+    }
+}
+
+/// Role and progress of one group on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+}
+
+/// State of one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub shard: u32,
+    pub groups: Vec<GroupStatus>,
+    pub transport: TransportStats,
+    /// Counters of the disk log; `None` in memory mode.
+    pub log: Option<DiskLogStats>,
+    /// Inputs the Raft cores rejected, summed over the shard's groups.
+    pub rejected_messages: u64,
+}
+
+/// State of the whole node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub shards: Vec<ShardStatus>,
+}
+
+impl NodeStatus {
+    pub fn group(&self, group: GroupId) -> Option<&GroupStatus> {
+        self.shards
+            .iter()
+            .flat_map(|shard| &shard.groups)
+            .find(|status| status.group == group)
+    }
+}
+
+/// Where a shard sends the result of one proposal.
+pub(crate) type ProposalReply<S> =
+    flume::Sender<Result<Applied<<S as StateMachine>::Output>, NodeError>>;
+
+type ProposalResult<S> = flume::Receiver<Result<Applied<<S as StateMachine>::Output>, NodeError>>;
+
+/// A read to run against a group's state machine, or the error that prevents it.
+pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<&S, NodeError>) + Send>;
+
+/// A request from an application thread to a shard.
+pub(crate) enum ShardRequest<S: StateMachine> {
+    Propose {
+        group: GroupId,
+        command: Bytes,
+        reply: ProposalReply<S>,
+    },
+    Read {
+        group: GroupId,
+        mode: ReadMode,
+        read: ReadFn<S>,
+    },
+    Status {
+        reply: flume::Sender<ShardStatus>,
+    },
+    /// Stop the shard. With `crash`, stop at once as a killed process would: nothing
+    /// pending is written and the log is not closed.
+    Stop {
+        crash: bool,
+    },
+}
+
+struct HandleInner<S: StateMachine> {
+    node_id: NodeId,
+    groups: u32,
+    shards: Vec<flume::Sender<ShardRequest<S>>>,
+    request_timeout_ms: u64,
+}
+
+/// The application's handle on a running node. See the module documentation.
+pub struct NodeHandle<S: StateMachine> {
+    inner: Arc<HandleInner<S>>,
+}
+
+impl<S: StateMachine> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for NodeHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("node_id", &self.inner.node_id)
+            .field("groups", &self.inner.groups)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+/// The group a key belongs to: CRC-32 of the key modulo the number of groups. Stable
+/// across versions, because every node and client must agree on it.
+pub fn group_for_key(key: &[u8], groups: u32) -> GroupId {
+    GroupId(crc32fast::hash(key) % groups.max(1))
+}
+
+impl<S> NodeHandle<S>
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Number of groups in the cluster.
+    pub fn groups(&self) -> u32 {
+        self.inner.groups
+    }
+
+    /// The group `key` belongs to.
+    pub fn group_for_key(&self, key: &[u8]) -> GroupId {
+        group_for_key(key, self.inner.groups)
+    }
+
+    fn shard_for(&self, group: GroupId) -> Result<&flume::Sender<ShardRequest<S>>, NodeError> {
+        if group.0 >= self.inner.groups {
+            return Err(NodeError::UnknownGroup {
+                group,
+                groups: self.inner.groups,
+            });
+        }
+        let shards = &self.inner.shards;
+        Ok(&shards[group.0 as usize % shards.len()])
+    }
+
+    fn propose_request(
+        &self,
+        group: GroupId,
+        command: Bytes,
+    ) -> (ShardRequest<S>, ProposalResult<S>) {
+        let (reply, receiver) = flume::bounded(1);
+        let request = ShardRequest::Propose {
+            group,
+            command,
+            reply,
+        };
+        (request, receiver)
+    }
+
+    /// Replicates `command` in `group` and waits until it is applied on this node, the
+    /// group's leader.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`] with the leader if known, [`NodeError::Timeout`] after
+    /// `request_timeout_ms`, [`NodeError::ProposalDropped`] if a new leader replaced the
+    /// entry, and [`NodeError::Stopped`].
+    pub fn propose(&self, group: GroupId, command: Bytes) -> Result<Applied<S::Output>, NodeError> {
+        let shard = self.shard_for(group)?;
+        let (request, receiver) = self.propose_request(group, command);
+        shard.send(request).map_err(|_| NodeError::Stopped)?;
+        receiver.recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The async form of [`propose`](Self::propose).
+    pub async fn propose_async(
+        &self,
+        group: GroupId,
+        command: Bytes,
+    ) -> Result<Applied<S::Output>, NodeError> {
+        let shard = self.shard_for(group)?;
+        let (request, receiver) = self.propose_request(group, command);
+        shard
+            .send_async(request)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| NodeError::Stopped)?
+    }
+
+    fn read_request<R: Send + 'static>(
+        group: GroupId,
+        mode: ReadMode,
+        read: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> (ShardRequest<S>, flume::Receiver<Result<R, NodeError>>) {
+        let (reply, receiver) = flume::bounded(1);
+        let read: ReadFn<S> = Box::new(move |state_machine| {
+            let _ = reply.send(state_machine.map(read));
+        });
+        (ShardRequest::Read { group, mode, read }, receiver)
+    }
+
+    /// Runs `read` against the state machine of `group` on this node, as `mode` says.
+    ///
+    /// # Errors
+    /// For linearizable reads, [`NodeError::NotLeader`] when this node does not lead the
+    /// group; [`NodeError::Timeout`] and [`NodeError::Stopped`] for both modes.
+    pub fn read<R: Send + 'static>(
+        &self,
+        group: GroupId,
+        mode: ReadMode,
+        read: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let shard = self.shard_for(group)?;
+        let (request, receiver) = Self::read_request(group, mode, read);
+        shard.send(request).map_err(|_| NodeError::Stopped)?;
+        receiver.recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The async form of [`read`](Self::read).
+    pub async fn read_async<R: Send + 'static>(
+        &self,
+        group: GroupId,
+        mode: ReadMode,
+        read: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let shard = self.shard_for(group)?;
+        let (request, receiver) = Self::read_request(group, mode, read);
+        shard
+            .send_async(request)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Role, term and progress of every group, and each shard's counters.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] once the node stopped.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let mut shards = Vec::with_capacity(self.inner.shards.len());
+        for shard in &self.inner.shards {
+            let (reply, receiver) = flume::bounded(1);
+            shard
+                .send(ShardRequest::Status { reply })
+                .map_err(|_| NodeError::Stopped)?;
+            shards.push(receiver.recv().map_err(|_| NodeError::Stopped)?);
+        }
+        Ok(NodeStatus {
+            node_id: self.inner.node_id,
+            shards,
+        })
+    }
+
+    /// The leader of `group` as this node knows it.
+    pub fn leader(&self, group: GroupId) -> Result<Option<NodeId>, NodeError> {
+        Ok(self.status()?.group(group).and_then(|status| status.leader))
+    }
+
+    /// Time after which a request fails with [`NodeError::Timeout`].
+    pub fn request_timeout_ms(&self) -> u64 {
+        self.inner.request_timeout_ms
+    }
+}
+
+/// A running node. Dropping it without [`shutdown`](Node::shutdown) stops its shards
+/// the same way, but without reporting errors.
+pub struct Node<S: StateMachine> {
+    handle: NodeHandle<S>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl<S: StateMachine> std::fmt::Debug for Node<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+/// Shards to run when the config does not say: one per CPU this process may use.
+pub fn default_shard_count() -> usize {
+    core_affinity::get_core_ids().map_or(1, |cores| cores.len().max(1))
+}
+
+impl<S> Node<S>
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    /// Starts a node: opens each shard's log, restores its groups, binds its peer
+    /// addresses and connects to the other members. `new_state_machine` creates the empty
+    /// state machine of a group on the shard that hosts it; the log is then replayed into it.
+    ///
+    /// # Errors
+    /// An invalid config, and any shard's failure to start (its log, its listen address).
+    pub fn start<F>(config: NodeConfig, new_state_machine: F) -> Result<Node<S>, NodeError>
+    where
+        F: Fn(GroupId) -> S + Send + Sync + 'static,
+    {
+        let shard_count = config.shards.unwrap_or_else(default_shard_count);
+        config.validate(shard_count)?;
+        tracing::info!(
+            node = config.node_id, cluster = config.cluster_id, shards = shard_count,
+            groups = config.groups, storage = ?config.log.storage, "starting node"
+        );
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let factory: Arc<dyn Fn(GroupId) -> S + Send + Sync> = Arc::new(new_state_machine);
+        let config = Arc::new(config);
+        let (ready_sender, ready_receiver) = flume::unbounded();
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut executors = Vec::with_capacity(shard_count);
+        for shard in 0..shard_count {
+            let (sender, receiver) = flume::bounded(config.request_queue_max);
+            senders.push(sender);
+            let placement = match cores.get(shard) {
+                Some(core) if config.pin_shards => Placement::Fixed(core.id),
+                _ => Placement::Unbound,
+            };
+            let params = ShardParams {
+                shard: shard as u32,
+                shard_count: shard_count as u32,
+                config: Arc::clone(&config),
+                new_state_machine: Arc::clone(&factory),
+                requests: receiver,
+                ready: ready_sender.clone(),
+            };
+            let name = format!("shard-{}-{shard}", config.node_id);
+            let executor = LocalExecutorBuilder::new(placement)
+                .name(&name)
+                .spawn(move || shard::run(params))
+                .map_err(|error| NodeError::Startup {
+                    shard: shard as u32,
+                    detail: error.to_string(),
+                })?;
+            executors.push(executor);
+        }
+        drop(ready_sender);
+
+        let handle = NodeHandle {
+            inner: Arc::new(HandleInner {
+                node_id: NodeId(config.node_id),
+                groups: config.groups,
+                shards: senders,
+                request_timeout_ms: config.request_timeout_ms,
+            }),
+        };
+        let node = Node { handle, executors };
+        for _ in 0..shard_count {
+            let started = ready_receiver.recv().unwrap_or(Err(NodeError::Stopped));
+            if let Err(error) = started {
+                node.stop(true);
+                return Err(error);
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn handle(&self) -> NodeHandle<S> {
+        self.handle.clone()
+    }
+
+    /// Stops every shard cleanly: pending writes are made durable and the logs closed.
+    ///
+    /// # Errors
+    /// A shard whose executor thread panicked.
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        self.stop_and_join(false)
+    }
+
+    /// Stops every shard at once, as a killed process would: whatever is not durable yet
+    /// is lost. For failure tests.
+    pub fn kill(mut self) {
+        let _ = self.stop_and_join(true);
+    }
+
+    fn stop(&self, crash: bool) {
+        for shard in &self.handle.inner.shards {
+            let _ = shard.send(ShardRequest::Stop { crash });
+        }
+    }
+
+    fn stop_and_join(&mut self, crash: bool) -> Result<(), NodeError> {
+        self.stop(crash);
+        let mut result = Ok(());
+        for (shard, executor) in self.executors.drain(..).enumerate() {
+            if let Err(error) = executor.join() {
+                result = Err(NodeError::Startup {
+                    shard: shard as u32,
+                    detail: format!("the shard's executor failed: {error}"),
+                });
+            }
+        }
+        result
+    }
+}
+
+impl<S: StateMachine> Drop for Node<S> {
+    fn drop(&mut self) {
+        for shard in &self.handle.inner.shards {
+            let _ = shard.send(ShardRequest::Stop { crash: false });
+        }
+        for executor in self.executors.drain(..) {
+            let _ = executor.join();
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! A shard: one glommio executor that owns a set of Raft groups, their state machines, one
+//! write-ahead log and the connections to the same shard of every other node.
+//!
+//! Nothing a shard touches on its hot path is shared with another shard. Its tasks (the
+//! request bridge from application threads, the ticker, the connection readers, the
+//! durability watcher) push events into one [`EventQueue`]; the loop drains the queue,
+//! feeds every event to the cores, then collects the ready work of all groups at once:
+//!
+//! 1. messages that may leave at once go to the transport, which sends everything queued
+//!    for one peer in one write;
+//! 2. entries and hard states of all groups go to the log as one [`WriteBatch`], so that
+//!    the leader's own write proceeds while followers receive and write the same entries;
+//! 3. committed entries are applied and their proposers answered, and reads whose index is
+//!    applied are served;
+//! 4. when the log reports a batch durable, each group learns it through `on_persisted`, and
+//!    only then do the messages held for that batch (votes, append responses) leave.
+//!
+//! A shard stops on a storage error: a failed fdatasync is never retried.
+
+pub(crate) mod queue;
+mod replica;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber, RestoredState};
+use tracing::Instrument;
+
+use crate::config::NodeConfig;
+use crate::log::{BatchNumber, GroupId, Log, LogIdentity, LogStore, StorageError, WriteBatch};
+use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
+use crate::signal::Signal;
+use crate::state_machine::StateMachine;
+use crate::transport::wire::GroupMessage;
+use crate::transport::{Transport, TransportEvent, TransportSettings};
+use queue::EventQueue;
+use replica::Replica;
+
+/// Events queued for the shard's loop.
+pub(crate) enum ShardEvent<S: StateMachine> {
+    Request(ShardRequest<S>),
+    Transport(TransportEvent),
+    Tick,
+    Durable(Result<BatchNumber, StorageError>),
+    /// Ready work remained after a pass; collect it in the next turn.
+    Continue,
+}
+
+impl<S: StateMachine> From<TransportEvent> for ShardEvent<S> {
+    fn from(event: TransportEvent) -> Self {
+        ShardEvent::Transport(event)
+    }
+}
+
+/// Everything a shard's thread needs to start.
+pub(crate) struct ShardParams<S: StateMachine> {
+    pub shard: u32,
+    pub shard_count: u32,
+    pub config: Arc<NodeConfig>,
+    pub new_state_machine: Arc<dyn Fn(GroupId) -> S + Send + Sync>,
+    pub requests: flume::Receiver<ShardRequest<S>>,
+    pub ready: flume::Sender<Result<(), NodeError>>,
+}
+
+/// Events the loop's queue holds before producers wait.
+const EVENT_QUEUE_CAPACITY: usize = 4096;
+
+/// Ready passes per group and turn before the loop yields to queued events.
+const READY_PASSES_MAX: usize = 4;
+
+/// Ticks between scans for requests past their deadline.
+const EXPIRY_SCAN_INTERVAL_TICKS: u64 = 10;
+
+/// Runs one shard until it is stopped. This is the body of the shard's executor thread.
+pub(crate) async fn run<S>(params: ShardParams<S>)
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    let span = tracing::info_span!("shard", node = params.config.node_id, shard = params.shard);
+    async move {
+        let ready = params.ready.clone();
+        match Shard::start(params).await {
+            Ok(shard) => {
+                let _ = ready.send(Ok(()));
+                shard.run().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "shard failed to start");
+                let _ = ready.send(Err(error));
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Writes of one submitted batch: which groups' ready batches it completes, and the
+/// messages to send once it is durable.
+struct PendingPersist {
+    batch: BatchNumber,
+    readies: Vec<(GroupId, ReadyNumber)>,
+    messages: Vec<GroupMessage>,
+}
+
+struct Shard<S: StateMachine> {
+    shard: u32,
+    config: Arc<NodeConfig>,
+    replicas: BTreeMap<GroupId, Replica<S>>,
+    log: Log,
+    transport: Transport<ShardEvent<S>>,
+    events: EventQueue<ShardEvent<S>>,
+    persisting: VecDeque<PendingPersist>,
+    durable_reported: BatchNumber,
+    durable_watch_active: Rc<Cell<bool>>,
+    /// Whether the request bridge may hand proposals to the loop; closed while the log or a
+    /// peer queue is full, so that proposers wait.
+    accepting_proposals: Rc<Cell<bool>>,
+    accepting_changed: Rc<Signal>,
+    tick: u64,
+}
+
+/// How a turn of the loop ended.
+enum Flow {
+    Continue,
+    Stop { crash: bool },
+    Fail(NodeError),
+}
+
+impl<S> Shard<S>
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    async fn start(params: ShardParams<S>) -> Result<Shard<S>, NodeError> {
+        let config = Arc::clone(&params.config);
+        let identity = LogIdentity {
+            cluster_id: config.cluster_id,
+            node_id: config.node_id,
+            shard: params.shard,
+        };
+        let log = Log::open(&config.log, identity).await?;
+        let replicas = restore_groups(&params, &log).await?;
+        let events = EventQueue::new(EVENT_QUEUE_CAPACITY);
+        let transport = start_transport(&params, events.clone())?;
+        let shard = Shard {
+            shard: params.shard,
+            config,
+            replicas,
+            log,
+            transport,
+            events,
+            persisting: VecDeque::new(),
+            durable_reported: BatchNumber(0),
+            durable_watch_active: Rc::new(Cell::new(false)),
+            accepting_proposals: Rc::new(Cell::new(true)),
+            accepting_changed: Rc::new(Signal::default()),
+            tick: 0,
+        };
+        shard.spawn_request_bridge(params.requests);
+        shard.spawn_ticker();
+        tracing::info!(groups = shard.replicas.len(), "shard started");
+        Ok(shard)
+    }
+
+    fn spawn_request_bridge(&self, requests: flume::Receiver<ShardRequest<S>>) {
+        let events = self.events.clone();
+        let accepting = Rc::clone(&self.accepting_proposals);
+        let changed = Rc::clone(&self.accepting_changed);
+        let bridge = async move {
+            while let Ok(request) = requests.recv_async().await {
+                if matches!(request, ShardRequest::Propose { .. }) {
+                    changed.wait_for(|| accepting.get().then_some(())).await;
+                }
+                if !events.push(ShardEvent::Request(request)).await {
+                    return;
+                }
+            }
+        };
+        glommio::spawn_local(bridge).detach();
+    }
+
+    fn spawn_ticker(&self) {
+        let events = self.events.clone();
+        let interval = Duration::from_millis(self.config.tick_interval_ms);
+        let ticker = async move {
+            while !events.is_closed() {
+                glommio::timer::sleep(interval).await;
+                events.push_now(ShardEvent::Tick);
+            }
+        };
+        glommio::spawn_local(ticker).detach();
+    }
+
+    async fn run(mut self) {
+        let mut events = Vec::new();
+        let flow = loop {
+            if !self.events.drain_into(&mut events).await {
+                break Flow::Stop { crash: false };
+            }
+            let mut flow = Flow::Continue;
+            for event in events.drain(..) {
+                flow = self.handle(event);
+                if !matches!(flow, Flow::Continue) {
+                    break;
+                }
+            }
+            if matches!(flow, Flow::Continue)
+                && let Err(error) = self.process_ready()
+            {
+                flow = Flow::Fail(error);
+            }
+            if !matches!(flow, Flow::Continue) {
+                break flow;
+            }
+        };
+        self.stop(flow).await;
+    }
+
+    fn handle(&mut self, event: ShardEvent<S>) -> Flow {
+        match event {
+            ShardEvent::Tick => self.on_tick(),
+            ShardEvent::Continue => {}
+            ShardEvent::Transport(TransportEvent::Received { messages, .. }) => {
+                for GroupMessage { group, message } in messages {
+                    if let Some(replica) = self.replicas.get_mut(&group)
+                        && let Err(rejection) = replica.core.step(message)
+                    {
+                        tracing::debug!(%group, ?rejection, "message rejected by the core");
+                    }
+                }
+            }
+            ShardEvent::Transport(TransportEvent::PeerUnreachable { peer }) => {
+                for replica in self.replicas.values_mut() {
+                    replica.core.report_unreachable(peer);
+                }
+            }
+            ShardEvent::Durable(Ok(durable)) => self.on_durable(durable),
+            ShardEvent::Durable(Err(error)) => return Flow::Fail(error.into()),
+            ShardEvent::Request(request) => return self.on_request(request),
+        }
+        Flow::Continue
+    }
+
+    fn on_tick(&mut self) {
+        self.tick += 1;
+        for replica in self.replicas.values_mut() {
+            replica.core.tick();
+        }
+        if self.tick.is_multiple_of(EXPIRY_SCAN_INTERVAL_TICKS) {
+            let timeout_ms = self.config.request_timeout_ms;
+            for replica in self.replicas.values_mut() {
+                if replica.has_waiting_requests() {
+                    replica.expire(self.tick, timeout_ms);
+                }
+            }
+        }
+    }
+
+    fn deadline_tick(&self) -> u64 {
+        let ticks = self.config.request_timeout_ms / self.config.tick_interval_ms.max(1);
+        self.tick + ticks.max(1)
+    }
+
+    fn on_request(&mut self, request: ShardRequest<S>) -> Flow {
+        let deadline = self.deadline_tick();
+        match request {
+            ShardRequest::Propose {
+                group,
+                command,
+                reply,
+            } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.propose(command, reply, deadline),
+                None => {
+                    let groups = self.config.groups;
+                    let _ = reply.send(Err(NodeError::UnknownGroup { group, groups }));
+                }
+            },
+            ShardRequest::Read { group, mode, read } => match self.replicas.get_mut(&group) {
+                Some(replica) if mode == ReadMode::Stale => read(Ok(&replica.state_machine)),
+                Some(replica) => replica.read_linearizable(read, deadline),
+                None => {
+                    let groups = self.config.groups;
+                    read(Err(NodeError::UnknownGroup { group, groups }));
+                }
+            },
+            ShardRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            ShardRequest::Stop { crash } => return Flow::Stop { crash },
+        }
+        Flow::Continue
+    }
+
+    fn on_durable(&mut self, durable: BatchNumber) {
+        self.durable_reported = self.durable_reported.max(durable);
+        while let Some(front) = self.persisting.front() {
+            if front.batch > durable {
+                break;
+            }
+            let done = self.persisting.pop_front().expect("front exists");
+            for (group, number) in done.readies {
+                if let Some(replica) = self.replicas.get_mut(&group) {
+                    replica.core.on_persisted(number);
+                }
+            }
+            self.transport.send(done.messages);
+        }
+        if !self.persisting.is_empty() {
+            self.watch_durability();
+        }
+    }
+
+    /// Starts a task that reports the next durable batch, unless one is running.
+    fn watch_durability(&self) {
+        if self.durable_watch_active.replace(true) {
+            return;
+        }
+        let log = self.log.clone();
+        let after = self.durable_reported;
+        let events = self.events.clone();
+        let active = Rc::clone(&self.durable_watch_active);
+        let watch = async move {
+            let result = log.wait_durable(after).await;
+            active.set(false);
+            events.push_now(ShardEvent::Durable(result));
+        };
+        glommio::spawn_local(watch).detach();
+    }
+
+    /// Collects the ready work of every group: see the module documentation.
+    fn process_ready(&mut self) -> Result<(), NodeError> {
+        let mut batch = WriteBatch::new();
+        let mut readies = Vec::new();
+        let mut held_messages = Vec::new();
+        let mut messages = Vec::new();
+        let mut more_work = false;
+        for (group, replica) in self.replicas.iter_mut() {
+            for _ in 0..READY_PASSES_MAX {
+                let Some(mut ready) = replica.core.ready() else {
+                    break;
+                };
+                if let Some(role_state) = ready.role_state {
+                    log_role_change(*group, replica.role_state, role_state);
+                    replica.role_state = Some(role_state);
+                }
+                if let Some(hard_state) = ready.hard_state {
+                    batch.set_hard_state(*group, hard_state);
+                }
+                let must_persist = ready.must_persist();
+                batch.append(*group, std::mem::take(&mut ready.entries));
+                let to_group = |message| GroupMessage {
+                    group: *group,
+                    message,
+                };
+                messages.extend(ready.messages.drain(..).map(to_group));
+                if must_persist || !ready.messages_after_persist.is_empty() {
+                    readies.push((*group, ready.number));
+                    held_messages.extend(ready.messages_after_persist.drain(..).map(to_group));
+                }
+                replica
+                    .apply_ready(&mut ready)
+                    .map_err(|detail| NodeError::Startup {
+                        shard: self.shard,
+                        detail,
+                    })?;
+            }
+            more_work |= replica.core.has_ready();
+        }
+        self.transport.send(messages);
+        self.persist(batch, readies, held_messages)?;
+        if more_work {
+            self.events.push_now(ShardEvent::Continue);
+        }
+        let accepting = self.log.has_room() && !self.transport.is_congested();
+        if self.accepting_proposals.replace(accepting) != accepting {
+            self.accepting_changed.notify_all();
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        batch: WriteBatch,
+        readies: Vec<(GroupId, ReadyNumber)>,
+        messages: Vec<GroupMessage>,
+    ) -> Result<(), NodeError> {
+        if !batch.is_empty() {
+            let number = self.log.submit(batch)?;
+            self.persisting.push_back(PendingPersist {
+                batch: number,
+                readies,
+                messages,
+            });
+            self.watch_durability();
+            return Ok(());
+        }
+        if readies.is_empty() {
+            return Ok(());
+        }
+        // Nothing to write, but the held messages must still wait for earlier writes.
+        if let Some(last) = self.persisting.back_mut() {
+            last.readies.extend(readies);
+            last.messages.extend(messages);
+            return Ok(());
+        }
+        for (group, number) in readies {
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                replica.core.on_persisted(number);
+            }
+        }
+        self.transport.send(messages);
+        self.events.push_now(ShardEvent::Continue);
+        Ok(())
+    }
+
+    fn status(&self) -> ShardStatus {
+        let groups = self
+            .replicas
+            .iter()
+            .map(|(group, replica)| {
+                let core = &replica.core;
+                GroupStatus {
+                    group: *group,
+                    role: core.role(),
+                    term: core.term(),
+                    leader: core.leader(),
+                    commit_index: core.commit_index(),
+                    applied_index: replica.state_machine.applied_index(),
+                    last_index: core.last_index(),
+                }
+            })
+            .collect();
+        let rejected_messages = self
+            .replicas
+            .values()
+            .map(|replica| {
+                let stats = replica.core.stats();
+                stats.rejected_wrong_recipient
+                    + stats.rejected_unknown_sender
+                    + stats.rejected_stale_term
+                    + stats.rejected_malformed
+            })
+            .sum();
+        ShardStatus {
+            shard: self.shard,
+            groups,
+            transport: self.transport.stats(),
+            log: match &self.log {
+                Log::Disk(log) => Some(log.stats()),
+                Log::Memory(_) => None,
+            },
+            rejected_messages,
+        }
+    }
+
+    async fn stop(mut self, flow: Flow) {
+        let error = match flow {
+            Flow::Fail(error) => {
+                tracing::error!(%error, "shard stopped after an error");
+                error
+            }
+            Flow::Stop { crash } => {
+                tracing::info!(crash, "shard stopping");
+                if crash {
+                    if let Log::Disk(log) = &self.log {
+                        log.halt();
+                    }
+                } else if let Err(error) = self.log.close().await {
+                    tracing::error!(%error, "closing the log failed");
+                }
+                NodeError::Stopped
+            }
+            Flow::Continue => NodeError::Stopped,
+        };
+        self.transport.close();
+        self.events.close();
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(&error);
+        }
+    }
+}
+
+fn log_role_change(
+    group: GroupId,
+    before: Option<shardraft_raft::RoleState>,
+    after: shardraft_raft::RoleState,
+) {
+    let changed = before.is_none_or(|before| before.role != after.role);
+    if changed {
+        tracing::info!(
+            %group, role = ?after.role, term = after.term.0,
+            leader = ?after.leader.map(|leader| leader.0), "role changed"
+        );
+    } else {
+        tracing::debug!(
+            %group, term = after.term.0, leader = ?after.leader.map(|leader| leader.0),
+            "term or leader changed"
+        );
+    }
+}
+
+/// Builds the core and state machine of every group this shard hosts from what its log
+/// holds. State machines start empty and are rebuilt by applying the committed log.
+async fn restore_groups<S: StateMachine>(
+    params: &ShardParams<S>,
+    log: &Log,
+) -> Result<BTreeMap<GroupId, Replica<S>>, NodeError> {
+    let config = &params.config;
+    let voters = config.members.iter().map(|member| NodeId(member.id));
+    let membership = Membership::with_voters(voters);
+    let seed_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    let mut replicas = BTreeMap::new();
+    for group in (params.shard..config.groups).step_by(params.shard_count as usize) {
+        let group = GroupId(group);
+        let restored = restored_state(log, group).await?;
+        let mut core_config = Config::new(NodeId(config.node_id), membership.clone());
+        apply_raft_settings(&mut core_config, config);
+        core_config.random_seed = seed_base ^ (config.node_id << 40) ^ u64::from(group.0);
+        let core = RaftNode::new(core_config, restored).map_err(|error| NodeError::Startup {
+            shard: params.shard,
+            detail: format!("group {group}: {error}"),
+        })?;
+        let state_machine = (params.new_state_machine)(group);
+        replicas.insert(group, Replica::new(group, core, state_machine));
+    }
+    Ok(replicas)
+}
+
+async fn restored_state(log: &Log, group: GroupId) -> Result<RestoredState, NodeError> {
+    let Some(state) = log.group_state(group) else {
+        return Ok(RestoredState::default());
+    };
+    if state.compacted_index.0 > 0 {
+        // TODO: restore from a snapshot once snapshots exist; until then nothing compacts.
+        return Err(NodeError::Startup {
+            shard: 0,
+            detail: format!(
+                "group {group} has a compacted log (through index {}), which needs a \
+                 snapshot to restore",
+                state.compacted_index.0
+            ),
+        });
+    }
+    let entries = log
+        .read(
+            group,
+            state.first_index()..state.last_index.next(),
+            u64::MAX,
+        )
+        .await?;
+    Ok(RestoredState {
+        hard_state: state.hard_state,
+        entries,
+        applied: shardraft_raft::LogIndex(0),
+    })
+}
+
+fn apply_raft_settings(core: &mut Config, config: &NodeConfig) {
+    let raft = &config.raft;
+    core.election_timeout_ticks_min = raft.election_timeout_ticks_min;
+    core.election_timeout_ticks_max = raft.election_timeout_ticks_max;
+    core.heartbeat_interval_ticks = raft.heartbeat_interval_ticks;
+    core.max_entries_per_message = raft.max_entries_per_message;
+    core.max_bytes_per_message = raft.max_bytes_per_message;
+    core.max_inflight_messages = raft.max_inflight_messages;
+    core.max_inflight_bytes = raft.max_inflight_bytes;
+    core.max_uncommitted_bytes = raft.max_uncommitted_bytes;
+    core.max_pending_reads = raft.max_pending_reads;
+}
+
+fn start_transport<S: StateMachine + 'static>(
+    params: &ShardParams<S>,
+    events: EventQueue<ShardEvent<S>>,
+) -> Result<Transport<ShardEvent<S>>, NodeError> {
+    let config = &params.config;
+    let shard = params.shard as usize;
+    let startup = |detail: String| NodeError::Startup {
+        shard: params.shard,
+        detail,
+    };
+    let own = config
+        .own_member()
+        .ok_or_else(|| startup("this node is not among the members".to_string()))?;
+    let listen_address = own
+        .shard_address(shard)
+        .ok_or_else(|| startup("no peer address for this shard".to_string()))?;
+    let mut peers = BTreeMap::new();
+    for member in config
+        .members
+        .iter()
+        .filter(|member| member.id != config.node_id)
+    {
+        let address = member
+            .shard_address(shard)
+            .ok_or_else(|| startup(format!("no peer address for member {}", member.id)))?;
+        peers.insert(NodeId(member.id), address);
+    }
+    let settings = TransportSettings {
+        cluster_id: config.cluster_id,
+        node_id: NodeId(config.node_id),
+        shard: params.shard,
+        shard_count: params.shard_count,
+        groups: config.groups,
+        listen_address,
+        peers,
+        config: config.transport.clone(),
+        random_seed: config.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ params.shard as u64,
+    };
+    Transport::start(settings, events).map_err(|error| startup(error.to_string()))
+}

@@ -1,0 +1,228 @@
+//! One group hosted by a shard: its Raft core, its state machine, and the requests waiting
+//! on it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use shardraft_raft::{
+    Entry, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
+};
+
+use crate::log::GroupId;
+use crate::node::{Applied, NodeError, ProposalReply, ReadFn};
+use crate::state_machine::StateMachine;
+
+/// A proposal waiting for its entry to be applied.
+pub(crate) struct PendingProposal<S: StateMachine> {
+    term: Term,
+    reply: ProposalReply<S>,
+    expires_at_tick: u64,
+}
+
+/// A linearizable read waiting for its ReadIndex round, then for the state machine to
+/// reach the read index.
+struct PendingRead<S> {
+    read: ReadFn<S>,
+    expires_at_tick: u64,
+}
+
+pub(crate) struct Replica<S: StateMachine> {
+    pub group: GroupId,
+    pub core: RaftNode,
+    pub state_machine: S,
+    proposals: HashMap<LogIndex, PendingProposal<S>>,
+    /// Reads whose ReadIndex round is still open, by context.
+    reads_confirming: HashMap<u64, PendingRead<S>>,
+    /// Confirmed reads waiting for the state machine, by read index and context.
+    reads_applying: BTreeMap<(LogIndex, u64), PendingRead<S>>,
+    next_read_context: u64,
+    pub role_state: Option<RoleState>,
+}
+
+impl<S> Replica<S>
+where
+    S: StateMachine,
+{
+    pub fn new(group: GroupId, core: RaftNode, state_machine: S) -> Self {
+        Replica {
+            group,
+            core,
+            state_machine,
+            proposals: HashMap::new(),
+            reads_confirming: HashMap::new(),
+            reads_applying: BTreeMap::new(),
+            next_read_context: 1,
+            role_state: None,
+        }
+    }
+
+    pub fn propose(
+        &mut self,
+        command: bytes::Bytes,
+        reply: ProposalReply<S>,
+        expires_at_tick: u64,
+    ) {
+        let group = self.group;
+        match self.core.propose(command) {
+            Ok(id) => {
+                let pending = PendingProposal {
+                    term: id.term,
+                    reply,
+                    expires_at_tick,
+                };
+                if let Some(replaced) = self.proposals.insert(id.index, pending) {
+                    let _ = replaced.reply.send(Err(NodeError::ProposalDropped {
+                        group,
+                        index: id.index,
+                    }));
+                }
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = reply.send(Err(NodeError::NotLeader { group, leader }));
+            }
+            Err(ProposeError::TransferInProgress { target }) => {
+                let _ = reply.send(Err(NodeError::NotLeader {
+                    group,
+                    leader: Some(target),
+                }));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(NodeError::Busy {
+                    group,
+                    reason: error.to_string(),
+                }));
+            }
+        }
+    }
+
+    pub fn read_linearizable(&mut self, read: ReadFn<S>, expires_at_tick: u64) {
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        let group = self.group;
+        match self.core.read_index(context) {
+            Ok(()) => {
+                let pending = PendingRead {
+                    read,
+                    expires_at_tick,
+                };
+                self.reads_confirming.insert(context, pending);
+            }
+            Err(ReadIndexError::NotLeader { leader }) => {
+                read(Err(NodeError::NotLeader { group, leader }));
+            }
+            Err(error) => read(Err(NodeError::Busy {
+                group,
+                reason: error.to_string(),
+            })),
+        }
+    }
+
+    /// Applies committed entries, answers the proposals they complete and the reads they
+    /// make possible, and takes the confirmed and dropped reads of `ready`.
+    pub fn apply_ready(&mut self, ready: &mut Ready) -> Result<(), String> {
+        for entry in std::mem::take(&mut ready.committed_entries) {
+            self.apply(&entry)?;
+        }
+        for state in std::mem::take(&mut ready.read_states) {
+            if let Some(pending) = self.reads_confirming.remove(&state.context) {
+                self.reads_applying
+                    .insert((state.read_index, state.context), pending);
+            }
+        }
+        let group = self.group;
+        for context in std::mem::take(&mut ready.dropped_reads) {
+            if let Some(pending) = self.reads_confirming.remove(&context) {
+                let leader = self.core.leader();
+                (pending.read)(Err(NodeError::NotLeader { group, leader }));
+            }
+        }
+        self.serve_applied_reads();
+        Ok(())
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<(), String> {
+        let output = self
+            .state_machine
+            .apply(entry)
+            .map_err(|error| format!("group {}: {error}", self.group))?;
+        let Some(pending) = self.proposals.remove(&entry.index) else {
+            return Ok(());
+        };
+        let result = match output {
+            Some(output) if pending.term == entry.term => Ok(Applied {
+                index: entry.index,
+                output,
+            }),
+            _ => Err(NodeError::ProposalDropped {
+                group: self.group,
+                index: entry.index,
+            }),
+        };
+        let _ = pending.reply.send(result);
+        Ok(())
+    }
+
+    fn serve_applied_reads(&mut self) {
+        let applied = self.state_machine.applied_index();
+        while let Some(entry) = self.reads_applying.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            let pending = entry.remove();
+            (pending.read)(Ok(&self.state_machine));
+        }
+    }
+
+    /// Fails every request that has waited past its deadline.
+    pub fn expire(&mut self, now_tick: u64, timeout_ms: u64) {
+        let group = self.group;
+        let timeout = || NodeError::Timeout { group, timeout_ms };
+        self.proposals.retain(|_, pending| {
+            let keep = pending.expires_at_tick > now_tick;
+            if !keep {
+                let _ = pending.reply.send(Err(timeout()));
+            }
+            keep
+        });
+        let expired: Vec<u64> = self
+            .reads_confirming
+            .iter()
+            .filter(|(_, pending)| pending.expires_at_tick <= now_tick)
+            .map(|(context, _)| *context)
+            .collect();
+        for context in expired {
+            if let Some(pending) = self.reads_confirming.remove(&context) {
+                (pending.read)(Err(timeout()));
+            }
+        }
+        let expired: Vec<(LogIndex, u64)> = self
+            .reads_applying
+            .iter()
+            .filter(|(_, pending)| pending.expires_at_tick <= now_tick)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in expired {
+            if let Some(pending) = self.reads_applying.remove(&key) {
+                (pending.read)(Err(timeout()));
+            }
+        }
+    }
+
+    /// Fails every waiting request with `error`, when the shard stops.
+    pub fn fail_all(&mut self, error: &NodeError) {
+        for (_, pending) in self.proposals.drain() {
+            let _ = pending.reply.send(Err(error.clone()));
+        }
+        for (_, pending) in self.reads_confirming.drain() {
+            (pending.read)(Err(error.clone()));
+        }
+        while let Some((_, pending)) = self.reads_applying.pop_first() {
+            (pending.read)(Err(error.clone()));
+        }
+    }
+
+    pub fn has_waiting_requests(&self) -> bool {
+        !self.proposals.is_empty()
+            || !self.reads_confirming.is_empty()
+            || !self.reads_applying.is_empty()
+    }
+}

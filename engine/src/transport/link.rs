@@ -1,0 +1,513 @@
+//! Connections of one shard: the listener with one reader task per accepted connection,
+//! and one writer task per peer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use shardraft_raft::{MessageBody, NodeId};
+
+use super::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
+use super::wire::{self, GroupMessage, WireError, WireHello};
+use crate::config::TransportConfig;
+use crate::log::GroupId;
+use crate::shard::queue::EventQueue;
+use crate::signal::Signal;
+
+/// What the transport reports to its shard.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// Validated messages from `from` for groups of this shard.
+    Received {
+        from: NodeId,
+        messages: Vec<GroupMessage>,
+    },
+    /// The connection to `peer` failed; messages in flight to it are lost.
+    PeerUnreachable { peer: NodeId },
+}
+
+/// Counters of one shard's transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    /// Connections closed because of an invalid frame or hello.
+    pub connections_rejected: u64,
+    /// Messages dropped because their peer was disconnected or its queue was full.
+    pub messages_dropped: u64,
+    /// Received messages dropped because they were addressed to another node or group.
+    pub messages_misrouted: u64,
+    pub connects: u64,
+    pub disconnects: u64,
+}
+
+/// Who this shard is, and who its peers are.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    pub cluster_id: u64,
+    pub node_id: NodeId,
+    pub shard: u32,
+    pub shard_count: u32,
+    pub groups: u32,
+    pub listen_address: SocketAddr,
+    /// Address of this shard's counterpart on every other member.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub config: TransportConfig,
+    /// Seeds the jitter of reconnection delays.
+    pub random_seed: u64,
+}
+
+/// Bytes read from a socket per call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Bytes counted per message on top of entry payloads when sizing queues.
+const MESSAGE_OVERHEAD_BYTES: u64 = 64;
+
+#[derive(Debug)]
+struct PeerLink {
+    node: NodeId,
+    address: SocketAddr,
+    queue: RefCell<Vec<GroupMessage>>,
+    queued_bytes: Cell<u64>,
+    wake: Signal,
+    connected: Cell<bool>,
+}
+
+#[derive(Debug)]
+struct Shared<E> {
+    settings: TransportSettings,
+    peers: BTreeMap<NodeId, Rc<PeerLink>>,
+    events: EventQueue<E>,
+    stats: RefCell<TransportStats>,
+    closed: Cell<bool>,
+    random_state: Cell<u64>,
+}
+
+/// The transport of one shard. Cloning shares it.
+#[derive(Debug)]
+pub struct Transport<E> {
+    shared: Rc<Shared<E>>,
+}
+
+impl<E> Clone for Transport<E> {
+    fn clone(&self) -> Self {
+        Transport {
+            shared: Rc::clone(&self.shared),
+        }
+    }
+}
+
+impl<E: From<TransportEvent> + 'static> Transport<E> {
+    /// Binds the listener and starts the connection tasks. Must run inside the shard's
+    /// glommio executor.
+    ///
+    /// # Errors
+    /// The listen address cannot be bound.
+    pub(crate) fn start(
+        settings: TransportSettings,
+        events: EventQueue<E>,
+    ) -> std::io::Result<Transport<E>> {
+        let listener = TcpListener::bind(settings.listen_address).map_err(|error| {
+            std::io::Error::other(format!(
+                "binding the peer address {} of shard {} failed: {error}",
+                settings.listen_address, settings.shard
+            ))
+        })?;
+        let peers = settings
+            .peers
+            .iter()
+            .map(|(node, address)| {
+                let link = PeerLink {
+                    node: *node,
+                    address: *address,
+                    queue: RefCell::new(Vec::new()),
+                    queued_bytes: Cell::new(0),
+                    wake: Signal::default(),
+                    connected: Cell::new(false),
+                };
+                (*node, Rc::new(link))
+            })
+            .collect();
+        let random_state = Cell::new(settings.random_seed | 1);
+        let transport = Transport {
+            shared: Rc::new(Shared {
+                settings,
+                peers,
+                events,
+                stats: RefCell::new(TransportStats::default()),
+                closed: Cell::new(false),
+                random_state,
+            }),
+        };
+        glommio::spawn_local(run_listener(Rc::clone(&transport.shared), listener)).detach();
+        for link in transport.shared.peers.values() {
+            let task = run_writer(Rc::clone(&transport.shared), Rc::clone(link));
+            glommio::spawn_local(task).detach();
+        }
+        Ok(transport)
+    }
+}
+
+impl<E> Transport<E> {
+    /// Queues messages for their recipients; they leave with the next write to each peer.
+    pub fn send(&self, messages: Vec<GroupMessage>) {
+        let limit = self
+            .shared
+            .settings
+            .config
+            .send_queue_bytes_max
+            .saturating_mul(2);
+        let mut dropped = 0;
+        for message in messages {
+            let Some(link) = self.shared.peers.get(&message.message.to) else {
+                dropped += 1;
+                continue;
+            };
+            let bytes = message_bytes(&message);
+            if !link.connected.get() || link.queued_bytes.get() + bytes > limit {
+                dropped += 1;
+                continue;
+            }
+            link.queued_bytes.set(link.queued_bytes.get() + bytes);
+            link.queue.borrow_mut().push(message);
+        }
+        for link in self.shared.peers.values() {
+            if !link.queue.borrow().is_empty() {
+                link.wake.notify_all();
+            }
+        }
+        self.shared.stats.borrow_mut().messages_dropped += dropped;
+    }
+
+    /// Whether some peer's queue is over `send_queue_bytes_max`.
+    pub fn is_congested(&self) -> bool {
+        let limit = self.shared.settings.config.send_queue_bytes_max;
+        self.shared
+            .peers
+            .values()
+            .any(|link| link.queued_bytes.get() > limit)
+    }
+
+    /// Whether the outbound connection to `peer` is up.
+    pub fn is_connected(&self, peer: NodeId) -> bool {
+        self.shared
+            .peers
+            .get(&peer)
+            .is_some_and(|link| link.connected.get())
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        *self.shared.stats.borrow()
+    }
+
+    /// Stops the writer tasks; the listener stops accepting at its next connection.
+    pub fn close(&self) {
+        self.shared.closed.set(true);
+        for link in self.shared.peers.values() {
+            link.wake.notify_all();
+        }
+    }
+}
+
+fn message_bytes(message: &GroupMessage) -> u64 {
+    let payload = match &message.message.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            entries.iter().map(|entry| entry.data.len() as u64).sum()
+        }
+        _ => 0,
+    };
+    payload + MESSAGE_OVERHEAD_BYTES
+}
+
+impl<E> Shared<E> {
+    /// A delay between `base / 2` and `base`, so that peers restarting together do not
+    /// reconnect in lockstep.
+    fn jittered(&self, base_ms: u64) -> Duration {
+        let mut x = self.random_state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random_state.set(x);
+        let half = base_ms / 2;
+        Duration::from_millis(half + x % (base_ms - half + 1))
+    }
+
+    fn hello(&self) -> WireHello {
+        let settings = &self.settings;
+        WireHello {
+            cluster_id: settings.cluster_id,
+            node_id: settings.node_id.0,
+            shard: settings.shard,
+            shard_count: settings.shard_count,
+        }
+    }
+}
+
+async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<PeerLink>) {
+    let config = shared.settings.config.clone();
+    let mut backoff_ms = config.reconnect_backoff_ms_min;
+    let mut failures = 0u64;
+    while !shared.closed.get() {
+        let stream = match TcpStream::connect(link.address).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::debug!(
+                        peer = %link.node, address = %link.address, %error, failures,
+                        "connecting to peer failed; retrying"
+                    );
+                }
+                glommio::timer::sleep(shared.jittered(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(config.reconnect_backoff_ms_max);
+                continue;
+            }
+        };
+        failures = 0;
+        backoff_ms = config.reconnect_backoff_ms_min;
+        match stream_messages(&shared, &link, stream).await {
+            Ok(()) => return,
+            Err(error) => {
+                link.connected.set(false);
+                link.queue.borrow_mut().clear();
+                link.queued_bytes.set(0);
+                shared.stats.borrow_mut().disconnects += 1;
+                tracing::info!(
+                    peer = %link.node, address = %link.address, %error,
+                    "peer connection lost"
+                );
+                shared
+                    .events
+                    .push_now(E::from(TransportEvent::PeerUnreachable { peer: link.node }));
+                glommio::timer::sleep(shared.jittered(backoff_ms)).await;
+            }
+        }
+    }
+}
+
+/// Sends the hello, then every queued batch of messages, until the connection fails or
+/// the transport closes (`Ok`).
+async fn stream_messages<E>(
+    shared: &Shared<E>,
+    link: &PeerLink,
+    mut stream: TcpStream,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let hello = wire::encode_hello(&shared.hello()).map_err(std::io::Error::other)?;
+    let mut frame = Vec::new();
+    encode_frame(FrameKind::Hello, &hello, &mut frame);
+    stream.write_all(&frame).await?;
+    link.connected.set(true);
+    shared.stats.borrow_mut().connects += 1;
+    tracing::info!(peer = %link.node, address = %link.address, "connected to peer");
+
+    loop {
+        let messages = link
+            .wake
+            .wait_for(|| {
+                if shared.closed.get() {
+                    return Some(None);
+                }
+                let mut queue = link.queue.borrow_mut();
+                (!queue.is_empty()).then(|| Some(std::mem::take(&mut *queue)))
+            })
+            .await;
+        let Some(messages) = messages else {
+            return Ok(());
+        };
+        link.queued_bytes.set(0);
+        let archive = wire::encode_batch(&messages).map_err(std::io::Error::other)?;
+        frame.clear();
+        encode_frame(FrameKind::Messages, &archive, &mut frame);
+        stream.write_all(&frame).await?;
+        let mut stats = shared.stats.borrow_mut();
+        stats.frames_sent += 1;
+        stats.messages_sent += messages.len() as u64;
+    }
+}
+
+async fn run_listener<E: From<TransportEvent> + 'static>(
+    shared: Rc<Shared<E>>,
+    listener: TcpListener,
+) {
+    while !shared.closed.get() {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(run_reader(Rc::clone(&shared), stream)).detach();
+            }
+            Err(error) => {
+                tracing::warn!(address = %shared.settings.listen_address, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Why a connection from a peer was closed.
+#[derive(Debug, thiserror::Error)]
+enum RejectReason {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Hello(String),
+    #[error("a {0:?} frame arrived where it does not belong")]
+    UnexpectedFrame(FrameKind),
+}
+
+async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: TcpStream) {
+    let peer_address = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |address| address.to_string());
+    let mut reader = ConnectionReader {
+        decoder: FrameDecoder::new(shared.settings.config.frame_bytes_max),
+        buffer: vec![0u8; READ_CHUNK_BYTES],
+        filled: 0,
+        consumed: 0,
+    };
+    let hello_timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
+    let hello = glommio::timer::timeout(hello_timeout, async {
+        Ok(reader.next_frame(&mut stream).await)
+    })
+    .await;
+    let from = match hello {
+        Err(_) => {
+            reject(
+                &shared,
+                &peer_address,
+                &RejectReason::Hello("no hello frame in time".into()),
+            );
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(frame))) => match check_hello(&shared.settings, &frame) {
+            Ok(from) => from,
+            Err(reason) => return reject(&shared, &peer_address, &reason),
+        },
+        Ok(Err(reason)) => return reject(&shared, &peer_address, &reason),
+    };
+    tracing::debug!(peer = %from, address = %peer_address, "peer connection accepted");
+
+    loop {
+        let frame = match reader.next_frame(&mut stream).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(reason) => return reject(&shared, &peer_address, &reason),
+        };
+        let messages = match accept_messages(&shared, from, &frame) {
+            Ok(messages) => messages,
+            Err(reason) => return reject(&shared, &peer_address, &reason),
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let event = TransportEvent::Received { from, messages };
+        if !shared.events.push(E::from(event)).await {
+            return;
+        }
+    }
+}
+
+fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
+    shared.stats.borrow_mut().connections_rejected += 1;
+    tracing::warn!(
+        address = %peer_address, shard = shared.settings.shard, error = %reason,
+        "closing peer connection after invalid input"
+    );
+}
+
+fn check_hello(settings: &TransportSettings, frame: &Frame) -> Result<NodeId, RejectReason> {
+    if frame.kind != FrameKind::Hello {
+        return Err(RejectReason::UnexpectedFrame(frame.kind));
+    }
+    let hello = wire::decode_hello(&frame.payload)?;
+    if hello.cluster_id != settings.cluster_id {
+        return Err(RejectReason::Hello(format!(
+            "the peer belongs to cluster {:#x}, this node to cluster {:#x}",
+            hello.cluster_id, settings.cluster_id
+        )));
+    }
+    if hello.shard != settings.shard || hello.shard_count != settings.shard_count {
+        return Err(RejectReason::Hello(format!(
+            "the peer is shard {} of {}, but this is shard {} of {}; every node must run \
+             the same number of shards",
+            hello.shard, hello.shard_count, settings.shard, settings.shard_count
+        )));
+    }
+    let from = NodeId(hello.node_id);
+    if !settings.peers.contains_key(&from) {
+        return Err(RejectReason::Hello(format!(
+            "node {} is not a member of this cluster",
+            hello.node_id
+        )));
+    }
+    Ok(from)
+}
+
+/// Checks a messages frame and keeps the messages addressed to groups of this shard.
+fn accept_messages<E>(
+    shared: &Shared<E>,
+    from: NodeId,
+    frame: &Frame,
+) -> Result<Vec<GroupMessage>, RejectReason> {
+    if frame.kind != FrameKind::Messages {
+        return Err(RejectReason::UnexpectedFrame(frame.kind));
+    }
+    let settings = &shared.settings;
+    let messages = wire::decode_batch(&frame.payload)?;
+    let received = messages.len() as u64;
+    let hosted = |group: GroupId| {
+        group.0 < settings.groups && group.0 % settings.shard_count == settings.shard
+    };
+    let accepted: Vec<GroupMessage> = messages
+        .into_iter()
+        .filter(|message| {
+            message.message.from == from
+                && message.message.to == settings.node_id
+                && hosted(message.group)
+        })
+        .collect();
+    let mut stats = shared.stats.borrow_mut();
+    stats.frames_received += 1;
+    stats.messages_received += accepted.len() as u64;
+    stats.messages_misrouted += received - accepted.len() as u64;
+    Ok(accepted)
+}
+
+/// Reads frames from a connection through a fixed buffer.
+struct ConnectionReader {
+    decoder: FrameDecoder,
+    buffer: Vec<u8>,
+    filled: usize,
+    consumed: usize,
+}
+
+impl ConnectionReader {
+    /// The next frame, `None` when the peer closed the connection cleanly.
+    async fn next_frame(&mut self, stream: &mut TcpStream) -> Result<Option<Frame>, RejectReason> {
+        loop {
+            let mut input = &self.buffer[self.consumed..self.filled];
+            let before = input.len();
+            let frame = self.decoder.decode(&mut input)?;
+            self.consumed += before - input.len();
+            if let Some(frame) = frame {
+                return Ok(Some(frame));
+            }
+            if self.consumed < self.filled {
+                continue;
+            }
+            self.consumed = 0;
+            self.filled = match stream.read(&mut self.buffer).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(read) => read,
+            };
+        }
+    }
+}

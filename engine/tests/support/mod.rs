@@ -1,0 +1,112 @@
+//! Helpers for tests that run whole nodes in the test process: free loopback ports, node
+//! configs with their own data directories, and waiting for leaders.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shardraft::config::{MemberConfig, NodeConfig};
+use shardraft::kv::{KvLimits, KvStateMachine};
+use shardraft::log::{GroupId, StorageKind};
+use shardraft::node::{Node, NodeHandle};
+use shardraft::raft::{NodeId, Role};
+
+pub type KvNode = Node<KvStateMachine>;
+pub type KvHandle = NodeHandle<KvStateMachine>;
+
+/// `count` distinct free loopback addresses. The listeners are held until all are chosen,
+/// so the addresses differ; they are released before the nodes bind them.
+pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("reading a bound address"))
+        .collect()
+}
+
+/// A fresh directory under the test target directory, which is disk-backed.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the test directory");
+    dir
+}
+
+/// Configs of a cluster of `nodes` members with `shards` shards each, every node with its
+/// own data directory under `dir`.
+pub fn cluster_configs(
+    dir: &std::path::Path,
+    nodes: u64,
+    shards: usize,
+    groups: u32,
+) -> Vec<NodeConfig> {
+    let addresses = free_addresses(nodes as usize * shards);
+    let members: Vec<MemberConfig> = (0..nodes)
+        .map(|node| MemberConfig {
+            id: node + 1,
+            addresses: addresses[node as usize * shards..(node as usize + 1) * shards].to_vec(),
+        })
+        .collect();
+    (1..=nodes)
+        .map(|node_id| {
+            let data_dir = dir.join(format!("node-{node_id}"));
+            std::fs::create_dir_all(&data_dir).expect("creating a node directory");
+            let mut config = NodeConfig {
+                cluster_id: 0x5eed,
+                node_id,
+                members: members.clone(),
+                shards: Some(shards),
+                groups,
+                tick_interval_ms: 10,
+                request_timeout_ms: 5_000,
+                ..NodeConfig::default()
+            };
+            config.log.storage = StorageKind::Disk;
+            config.log.data_dir = data_dir;
+            config.log.segment_bytes = 4 << 20;
+            config.log.flush_bytes_max = 1 << 20;
+            config.log.pending_bytes_max = 8 << 20;
+            config.log.entry_cache_bytes_max = 8 << 20;
+            config
+        })
+        .collect()
+}
+
+pub fn kv_limits() -> KvLimits {
+    KvLimits {
+        key_bytes_max: 1024,
+        value_bytes_max: 64 * 1024,
+    }
+}
+
+pub fn start_node(config: &NodeConfig) -> KvNode {
+    Node::start(config.clone(), |_| KvStateMachine::new(kv_limits())).expect("starting a node")
+}
+
+/// Waits until one of `handles` leads `group` and every handle agrees, returning the
+/// leader's id.
+pub fn wait_for_leader(handles: &[&KvHandle], group: GroupId, timeout: Duration) -> NodeId {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut leaders = Vec::new();
+        for handle in handles {
+            let status = handle.status().expect("reading node status");
+            let group_status = status.group(group).expect("the group is hosted");
+            if group_status.role == Role::Leader {
+                leaders.push(handle.node_id());
+            }
+        }
+        if leaders.len() == 1 {
+            return leaders[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} had no single leader within {timeout:?} (leaders: {leaders:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
