@@ -34,3 +34,35 @@ impl Signal {
         .await
     }
 }
+
+/// A flag that is set once, with a way to wait for it: the stop signal of a set of tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Latch {
+    set: std::cell::Cell<bool>,
+    signal: Signal,
+}
+
+impl Latch {
+    pub fn set(&self) {
+        self.set.set(true);
+        self.signal.notify_all();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub async fn wait(&self) {
+        self.signal.wait_for(|| self.is_set().then_some(())).await;
+    }
+
+    /// Runs `future` until it completes (`Some`) or the latch is set (`None`), so that a
+    /// task blocked on a socket or a channel still stops when its owner stops.
+    pub async fn or_stop<T>(&self, future: impl std::future::Future<Output = T>) -> Option<T> {
+        let stopped = async {
+            self.wait().await;
+            None
+        };
+        futures_lite::future::or(async { Some(future.await) }, stopped).await
+    }
+}

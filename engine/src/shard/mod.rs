@@ -171,9 +171,12 @@ where
         let accepting = Rc::clone(&self.accepting_proposals);
         let changed = Rc::clone(&self.accepting_changed);
         let bridge = async move {
-            while let Ok(request) = requests.recv_async().await {
+            while let Some(Ok(request)) = events.or_closed(requests.recv_async()).await {
                 if matches!(request, ShardRequest::Propose { .. }) {
-                    changed.wait_for(|| accepting.get().then_some(())).await;
+                    let room = changed.wait_for(|| accepting.get().then_some(()));
+                    if events.or_closed(room).await.is_none() {
+                        return;
+                    }
                 }
                 if !events.push(ShardEvent::Request(request)).await {
                     return;
@@ -187,8 +190,11 @@ where
         let events = self.events.clone();
         let interval = Duration::from_millis(self.config.tick_interval_ms);
         let ticker = async move {
-            while !events.is_closed() {
-                glommio::timer::sleep(interval).await;
+            while events
+                .or_closed(glommio::timer::sleep(interval))
+                .await
+                .is_some()
+            {
                 events.push_now(ShardEvent::Tick);
             }
         };
@@ -476,7 +482,7 @@ where
             }
             Flow::Continue => NodeError::Stopped,
         };
-        self.transport.close();
+        self.transport.close().await;
         self.events.close();
         for replica in self.replicas.values_mut() {
             replica.fail_all(&error);

@@ -100,7 +100,16 @@ impl<E> EventQueue<E> {
         self.inner.writable.notify_all();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.inner.closed.get()
+    /// Runs `future` until it completes (`Some`) or the queue closes (`None`).
+    pub async fn or_closed<T>(&self, future: impl std::future::Future<Output = T>) -> Option<T> {
+        let inner = &self.inner;
+        let closed = async {
+            inner
+                .readable
+                .wait_for(|| inner.closed.get().then_some(()))
+                .await;
+            None
+        };
+        futures_lite::future::or(async { Some(future.await) }, closed).await
     }
 }

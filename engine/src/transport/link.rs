@@ -16,7 +16,7 @@ use super::wire::{self, GroupMessage, WireError, WireHello};
 use crate::config::TransportConfig;
 use crate::log::GroupId;
 use crate::shard::queue::EventQueue;
-use crate::signal::Signal;
+use crate::signal::{Latch, Signal};
 
 /// What the transport reports to its shard.
 #[derive(Debug)]
@@ -85,8 +85,12 @@ struct Shared<E> {
     peers: BTreeMap<NodeId, Rc<PeerLink>>,
     events: EventQueue<E>,
     stats: RefCell<TransportStats>,
-    closed: Cell<bool>,
+    closed: Latch,
     random_state: Cell<u64>,
+    /// Connection tasks still running, so that closing can wait until their sockets are
+    /// closed.
+    live_tasks: Cell<usize>,
+    task_ended: Signal,
 }
 
 /// The transport of one shard. Cloning shares it.
@@ -141,14 +145,16 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
                 peers,
                 events,
                 stats: RefCell::new(TransportStats::default()),
-                closed: Cell::new(false),
+                closed: Latch::default(),
                 random_state,
+                live_tasks: Cell::new(0),
+                task_ended: Signal::default(),
             }),
         };
-        glommio::spawn_local(run_listener(Rc::clone(&transport.shared), listener)).detach();
-        for link in transport.shared.peers.values() {
-            let task = run_writer(Rc::clone(&transport.shared), Rc::clone(link));
-            glommio::spawn_local(task).detach();
+        let shared = &transport.shared;
+        spawn_tracked(shared, run_listener(Rc::clone(shared), listener));
+        for link in shared.peers.values() {
+            spawn_tracked(shared, run_writer(Rc::clone(shared), Rc::clone(link)));
         }
         Ok(transport)
     }
@@ -206,13 +212,34 @@ impl<E> Transport<E> {
         *self.shared.stats.borrow()
     }
 
-    /// Stops the writer tasks; the listener stops accepting at its next connection.
-    pub fn close(&self) {
-        self.shared.closed.set(true);
+    /// Stops every connection task and waits until the listener and every connection are
+    /// closed, so that a node restarted in the same process finds its ports free.
+    pub async fn close(&self) {
+        self.shared.closed.set();
         for link in self.shared.peers.values() {
             link.wake.notify_all();
         }
+        let shared = &self.shared;
+        shared
+            .task_ended
+            .wait_for(|| (shared.live_tasks.get() == 0).then_some(()))
+            .await;
     }
+}
+
+/// Spawns a connection task counted in `live_tasks` until it ends.
+fn spawn_tracked<E: 'static>(
+    shared: &Rc<Shared<E>>,
+    task: impl std::future::Future<Output = ()> + 'static,
+) {
+    shared.live_tasks.set(shared.live_tasks.get() + 1);
+    let shared = Rc::clone(shared);
+    let tracked = async move {
+        task.await;
+        shared.live_tasks.set(shared.live_tasks.get() - 1);
+        shared.task_ended.notify_all();
+    };
+    glommio::spawn_local(tracked).detach();
 }
 
 fn message_bytes(message: &GroupMessage) -> u64 {
@@ -253,8 +280,15 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
     let config = shared.settings.config.clone();
     let mut backoff_ms = config.reconnect_backoff_ms_min;
     let mut failures = 0u64;
-    while !shared.closed.get() {
-        let stream = match TcpStream::connect(link.address).await {
+    while !shared.closed.is_set() {
+        let Some(connected) = shared
+            .closed
+            .or_stop(TcpStream::connect(link.address))
+            .await
+        else {
+            return;
+        };
+        let stream = match connected {
             Ok(stream) => stream,
             Err(error) => {
                 failures += 1;
@@ -264,7 +298,8 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
                         "connecting to peer failed; retrying"
                     );
                 }
-                glommio::timer::sleep(shared.jittered(backoff_ms)).await;
+                let delay = shared.jittered(backoff_ms);
+                shared.closed.or_stop(glommio::timer::sleep(delay)).await;
                 backoff_ms = (backoff_ms * 2).min(config.reconnect_backoff_ms_max);
                 continue;
             }
@@ -285,7 +320,8 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
                 shared
                     .events
                     .push_now(E::from(TransportEvent::PeerUnreachable { peer: link.node }));
-                glommio::timer::sleep(shared.jittered(backoff_ms)).await;
+                let delay = shared.jittered(backoff_ms);
+                shared.closed.or_stop(glommio::timer::sleep(delay)).await;
             }
         }
     }
@@ -311,7 +347,7 @@ async fn stream_messages<E>(
         let messages = link
             .wake
             .wait_for(|| {
-                if shared.closed.get() {
+                if shared.closed.is_set() {
                     return Some(None);
                 }
                 let mut queue = link.queue.borrow_mut();
@@ -325,7 +361,15 @@ async fn stream_messages<E>(
         let archive = wire::encode_batch(&messages).map_err(std::io::Error::other)?;
         frame.clear();
         encode_frame(FrameKind::Messages, &archive, &mut frame);
-        stream.write_all(&frame).await?;
+        if shared
+            .closed
+            .or_stop(stream.write_all(&frame))
+            .await
+            .transpose()?
+            .is_none()
+        {
+            return Ok(());
+        }
         let mut stats = shared.stats.borrow_mut();
         stats.frames_sent += 1;
         stats.messages_sent += messages.len() as u64;
@@ -336,14 +380,16 @@ async fn run_listener<E: From<TransportEvent> + 'static>(
     shared: Rc<Shared<E>>,
     listener: TcpListener,
 ) {
-    while !shared.closed.get() {
-        match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(run_reader(Rc::clone(&shared), stream)).detach();
-            }
+    loop {
+        let Some(accepted) = shared.closed.or_stop(listener.accept()).await else {
+            return;
+        };
+        match accepted {
+            Ok(stream) => spawn_tracked(&shared, run_reader(Rc::clone(&shared), stream)),
             Err(error) => {
                 tracing::warn!(address = %shared.settings.listen_address, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let delay = Duration::from_millis(100);
+                shared.closed.or_stop(glommio::timer::sleep(delay)).await;
             }
         }
     }
@@ -374,7 +420,7 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
     };
     let hello_timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
     let hello = glommio::timer::timeout(hello_timeout, async {
-        Ok(reader.next_frame(&mut stream).await)
+        Ok(reader.next_frame(&mut stream, &shared.closed).await)
     })
     .await;
     let from = match hello {
@@ -396,7 +442,7 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
     tracing::debug!(peer = %from, address = %peer_address, "peer connection accepted");
 
     loop {
-        let frame = match reader.next_frame(&mut stream).await {
+        let frame = match reader.next_frame(&mut stream, &shared.closed).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(reason) => return reject(&shared, &peer_address, &reason),
@@ -490,8 +536,12 @@ struct ConnectionReader {
 }
 
 impl ConnectionReader {
-    /// The next frame, `None` when the peer closed the connection cleanly.
-    async fn next_frame(&mut self, stream: &mut TcpStream) -> Result<Option<Frame>, RejectReason> {
+    /// The next frame, `None` when the peer closed the connection or `closed` was set.
+    async fn next_frame(
+        &mut self,
+        stream: &mut TcpStream,
+        closed: &Latch,
+    ) -> Result<Option<Frame>, RejectReason> {
         loop {
             let mut input = &self.buffer[self.consumed..self.filled];
             let before = input.len();
@@ -504,9 +554,9 @@ impl ConnectionReader {
                 continue;
             }
             self.consumed = 0;
-            self.filled = match stream.read(&mut self.buffer).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(read) => read,
+            self.filled = match closed.or_stop(stream.read(&mut self.buffer)).await {
+                None | Some(Ok(0)) | Some(Err(_)) => return Ok(None),
+                Some(Ok(read)) => read,
             };
         }
     }
