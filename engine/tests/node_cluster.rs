@@ -76,3 +76,201 @@ fn three_nodes_elect_replicate_and_apply() {
         node.shutdown().expect("shutting down");
     }
 }
+
+/// Proposes to whichever node leads `group`, following `NotLeader` errors, until the
+/// proposal is applied or `timeout` passes.
+fn propose_anywhere(
+    handles: &[KvHandle],
+    group: GroupId,
+    command: Bytes,
+    timeout: Duration,
+) -> shardraft::raft::LogIndex {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut target = 0;
+    loop {
+        match handles[target % handles.len()].propose(group, command.clone()) {
+            Ok(applied) => return applied.index,
+            Err(NodeError::NotLeader {
+                leader: Some(leader),
+                ..
+            }) => {
+                if let Some(position) = handles.iter().position(|h| h.node_id() == leader) {
+                    target = position;
+                } else {
+                    target += 1;
+                }
+            }
+            Err(_) => target += 1,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node applied the proposal to group {group} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_value(handle: &KvHandle, group: GroupId, key: &str, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if get(handle, group, key, ReadMode::Stale).as_deref() == Some(expected.as_bytes()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {} never applied {key} = {expected}",
+            handle.node_id().0
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn writes_continue_after_leader_is_killed_and_old_leader_catches_up() {
+    let dir = test_dir("writes_continue_after_leader_is_killed");
+    let configs = cluster_configs(&dir, 3, 1, 1);
+    let mut nodes: Vec<Option<KvNode>> = configs.iter().map(|c| Some(start_node(c))).collect();
+    let group = GroupId(0);
+    let handles = |nodes: &[Option<KvNode>]| -> Vec<KvHandle> {
+        nodes.iter().flatten().map(|node| node.handle()).collect()
+    };
+    let all = handles(&nodes);
+    let first_leader = wait_for_leader(
+        &all.iter().collect::<Vec<_>>(),
+        group,
+        Duration::from_secs(10),
+    );
+    for i in 0..20 {
+        propose_anywhere(
+            &all,
+            group,
+            put(&format!("before-{i}"), "1"),
+            Duration::from_secs(10),
+        );
+    }
+
+    let killed = first_leader.0 as usize - 1;
+    nodes[killed].take().expect("the leader runs").kill();
+    let survivors = handles(&nodes);
+    let second_leader = wait_for_leader(
+        &survivors.iter().collect::<Vec<_>>(),
+        group,
+        Duration::from_secs(10),
+    );
+    assert_ne!(second_leader, first_leader, "a killed node cannot lead");
+    for i in 0..20 {
+        propose_anywhere(
+            &survivors,
+            group,
+            put(&format!("after-{i}"), "2"),
+            Duration::from_secs(10),
+        );
+    }
+
+    nodes[killed] = Some(start_node(&configs[killed]));
+    let restarted = nodes[killed].as_ref().unwrap().handle();
+    wait_for_value(&restarted, group, "after-19", "2");
+    wait_for_value(&restarted, group, "before-0", "1");
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().expect("shutting down");
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_killing_every_node() {
+    let dir = test_dir("acknowledged_writes_survive_killing_every_node");
+    let configs = cluster_configs(&dir, 3, 1, 2);
+    let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
+    let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+    let mut acknowledged = Vec::new();
+    for i in 0..60 {
+        let group = GroupId(i % 2);
+        let key = format!("key-{i}");
+        propose_anywhere(
+            &handles,
+            group,
+            put(&key, &format!("v{i}")),
+            Duration::from_secs(10),
+        );
+        acknowledged.push((group, key, format!("v{i}")));
+    }
+    for node in nodes {
+        node.kill();
+    }
+
+    let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
+    let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+    for group in [GroupId(0), GroupId(1)] {
+        let leader = wait_for_leader(
+            &handles.iter().collect::<Vec<_>>(),
+            group,
+            Duration::from_secs(10),
+        );
+        let leader = &handles[leader.0 as usize - 1];
+        for (key_group, key, value) in &acknowledged {
+            if *key_group != group {
+                continue;
+            }
+            let found = get(leader, group, key, ReadMode::Linearizable);
+            assert_eq!(
+                found.as_deref(),
+                Some(value.as_bytes()),
+                "{key} after restarting all nodes"
+            );
+        }
+    }
+    for node in nodes {
+        node.shutdown().expect("shutting down");
+    }
+}
+
+#[test]
+fn sixty_four_groups_on_two_shards_work_at_once() {
+    let dir = test_dir("sixty_four_groups_on_two_shards");
+    let configs = cluster_configs(&dir, 3, 2, 64);
+    let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
+    let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+
+    let writers: Vec<std::thread::JoinHandle<()>> = (0..4)
+        .map(|writer| {
+            let handles = handles.clone();
+            std::thread::spawn(move || {
+                for group in (writer..64).step_by(4) {
+                    let group = GroupId(group);
+                    let key = format!("group-{}", group.0);
+                    propose_anywhere(&handles, group, put(&key, "ok"), Duration::from_secs(20));
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("a writer thread panicked");
+    }
+
+    let status = handles[0].status().expect("reading status");
+    assert_eq!(status.shards.len(), 2, "two shards");
+    for shard in &status.shards {
+        assert_eq!(
+            shard.groups.len(),
+            32,
+            "shard {} hosts 32 groups",
+            shard.shard
+        );
+        for group in &shard.groups {
+            assert_eq!(
+                group.group.0 % 2,
+                shard.shard,
+                "group {} on its shard",
+                group.group
+            );
+        }
+    }
+    for group in 0..64 {
+        for handle in &handles {
+            wait_for_value(handle, GroupId(group), &format!("group-{group}"), "ok");
+        }
+    }
+    for node in nodes {
+        node.shutdown().expect("shutting down");
+    }
+}

@@ -1,0 +1,191 @@
+//! Bytes that are not valid peer frames, sent to a node's peer port while the cluster
+//! serves: each must close its own connection, count as rejected and leave the cluster
+//! working.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use shardraft::kv::Command;
+use shardraft::log::GroupId;
+use shardraft::transport::frame::{
+    FRAME_HEADER_BYTES, FrameDecoder, FrameKind, PROTOCOL_VERSION, encode_frame,
+};
+use shardraft::transport::wire::{self, WireHello};
+use support::*;
+
+fn hello_frame(cluster_id: u64, node_id: u64) -> Vec<u8> {
+    let hello = WireHello {
+        cluster_id,
+        node_id,
+        shard: 0,
+        shard_count: 1,
+    };
+    let mut frame = Vec::new();
+    encode_frame(
+        FrameKind::Hello,
+        &wire::encode_hello(&hello).unwrap(),
+        &mut frame,
+    );
+    frame
+}
+
+fn messages_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_frame(FrameKind::Messages, payload, &mut frame);
+    frame
+}
+
+/// Sends `bytes` and returns whether the node closed the connection within a second.
+fn node_closes_after(address: std::net::SocketAddr, bytes: &[u8]) -> bool {
+    let mut stream = TcpStream::connect(address).expect("connecting to the peer port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    stream.write_all(bytes).expect("sending bytes");
+    let mut buffer = [0u8; 64];
+    // A closed connection reads as end of stream (or a reset); a timeout means it is open.
+    match stream.read(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => {
+            error.kind() != std::io::ErrorKind::WouldBlock
+                && error.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+fn rejected_connections(handle: &KvHandle) -> u64 {
+    let status = handle.status().expect("reading status");
+    status
+        .shards
+        .iter()
+        .map(|shard| shard.transport.connections_rejected)
+        .sum()
+}
+
+#[test]
+fn invalid_frames_close_their_connection_and_cluster_keeps_serving() {
+    let dir = test_dir("invalid_frames_close_their_connection");
+    let configs = cluster_configs(&dir, 3, 1, 1);
+    let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
+    let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+    let group = GroupId(0);
+    let leader = wait_for_leader(
+        &handles.iter().collect::<Vec<_>>(),
+        group,
+        Duration::from_secs(10),
+    );
+    let target = &handles[leader.0 as usize - 1];
+    let address = configs[leader.0 as usize - 1].members[leader.0 as usize - 1]
+        .shard_address(0)
+        .unwrap();
+    let cluster_id = configs[0].cluster_id;
+    let peer = if leader.0 == 1 { 2 } else { 1 };
+
+    let mut wrong_version = hello_frame(cluster_id, peer);
+    wrong_version[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    let mut oversized = hello_frame(cluster_id, peer);
+    oversized[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut bad_checksum = hello_frame(cluster_id, peer);
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] ^= 0x40;
+    let mut garbage_after_hello = hello_frame(cluster_id, peer);
+    garbage_after_hello.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut invalid_archive = hello_frame(cluster_id, peer);
+    invalid_archive.extend(messages_frame(&[0xee; 48]));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"this is not a shardraft frame at all".to_vec()),
+        ("wrong version", wrong_version),
+        ("oversized", oversized),
+        ("bad checksum", bad_checksum),
+        (
+            "hello from another cluster",
+            hello_frame(cluster_id + 1, peer),
+        ),
+        ("hello from a non-member", hello_frame(cluster_id, 99)),
+        ("garbage after hello", garbage_after_hello),
+        ("invalid archive", invalid_archive),
+        ("messages before hello", messages_frame(&[0u8; 16])),
+    ];
+
+    for (index, (name, bytes)) in cases.iter().enumerate() {
+        assert!(
+            node_closes_after(address, bytes),
+            "the node kept a connection that sent {name}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rejected_connections(target) < index as u64 + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not counted as rejected"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let command = Command::Put {
+            key: format!("after-{index}").into_bytes(),
+            value: b"ok".to_vec(),
+        }
+        .encode()
+        .unwrap();
+        target
+            .propose(group, command)
+            .unwrap_or_else(|error| panic!("the cluster stopped serving after {name}: {error}"));
+    }
+
+    // A truncated frame followed by a close must not disturb anything either.
+    let mut truncated = hello_frame(cluster_id, peer);
+    truncated.truncate(FRAME_HEADER_BYTES + 3);
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(&truncated).unwrap();
+    drop(stream);
+    let command = Bytes::from(
+        Command::Delete {
+            key: b"after-0".to_vec(),
+        }
+        .encode()
+        .unwrap(),
+    );
+    target
+        .propose(group, command)
+        .expect("serving after a truncated frame");
+    for node in nodes {
+        node.shutdown().expect("shutting down");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Random bytes split at random points never panic the decoder, and whatever frames
+    /// it accepts also go through archive validation without panicking.
+    #[test]
+    fn frame_decoder_survives_random_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        split in 0usize..4096,
+    ) {
+        let mut decoder = FrameDecoder::new(1 << 16);
+        let split = split.min(bytes.len());
+        for mut piece in [&bytes[..split], &bytes[split..]] {
+            while let Ok(Some(frame)) = decoder.decode(&mut piece) {
+                let _ = wire::decode_batch(&frame.payload);
+                let _ = wire::decode_hello(&frame.payload);
+            }
+        }
+    }
+
+    /// Valid frames with random payloads decode back to exactly those payloads.
+    #[test]
+    fn random_payloads_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let frame = messages_frame(&payload);
+        let mut decoder = FrameDecoder::new(1 << 16);
+        let mut input = &frame[..];
+        let decoded = decoder.decode(&mut input).unwrap().unwrap();
+        prop_assert_eq!(&decoded.payload[..], &payload[..]);
+        let _ = wire::decode_batch(&decoded.payload);
+    }
+}
