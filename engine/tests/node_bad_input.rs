@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use proptest::prelude::*;
 use shardraft::kv::Command;
 use shardraft::log::GroupId;
@@ -143,13 +142,11 @@ fn invalid_frames_close_their_connection_and_cluster_keeps_serving() {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.write_all(&truncated).unwrap();
     drop(stream);
-    let command = Bytes::from(
-        Command::Delete {
-            key: b"after-0".to_vec(),
-        }
-        .encode()
-        .unwrap(),
-    );
+    let command = Command::Delete {
+        key: b"after-0".to_vec(),
+    }
+    .encode()
+    .unwrap();
     target
         .propose(group, command)
         .expect("serving after a truncated frame");

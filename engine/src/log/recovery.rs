@@ -156,6 +156,17 @@ pub(crate) async fn recover(
         scan.scan_segment(seq, path, file).await?;
     }
 
+    if let Some((group, gap_end)) = scan.unconfirmed_gaps.first_key_value() {
+        let first = scan.segments.values().next();
+        return Err(StorageError::Corrupt {
+            path: first.map_or_else(|| dir.to_path_buf(), |segment| segment.path.clone()),
+            offset: 0,
+            detail: format!(
+                "entries 1 to {} of group {group} are missing and no compaction record                  covers them; a segment was probably removed by hand",
+                gap_end.0
+            ),
+        });
+    }
     scan.remove_unused_segments().await?;
     if let Some(damage) = scan.damage.take() {
         truncate_torn_tail(&damage, &scan.segments).await?;
@@ -339,6 +350,9 @@ struct Scan {
     active: Option<(u64, u64)>,
     /// Groups with at least one entry replayed so far.
     entries_seen: HashSet<GroupId>,
+    /// Groups whose first replayed entry followed a gap, with the last index of the gap.
+    /// A compaction record later in the scan must cover each gap, or entries are missing.
+    unconfirmed_gaps: BTreeMap<GroupId, LogIndex>,
     /// Segments that hold no batch: one whose preparation did not finish, and those after
     /// the torn end of the log. They are removed only once the whole scan succeeded, so
     /// that a failed recovery leaves every file as it found it.
@@ -355,6 +369,7 @@ impl Scan {
             damage: None,
             active: None,
             entries_seen: HashSet::new(),
+            unconfirmed_gaps: BTreeMap::new(),
             unused_segments: Vec::new(),
         }
     }
@@ -499,13 +514,15 @@ impl Scan {
             match &decoded.record {
                 Record::Entry { entry, .. } => {
                     let first_seen = self.entries_seen.insert(group);
-                    if first_seen && log.slots.is_empty() && entry.index > log.last_index() {
+                    let gap = entry.index.0 > log.last_index().0 + 1;
+                    if first_seen && log.slots.is_empty() && gap {
                         // The group's earlier entries were in segments deleted once a later
                         // checkpoint recorded their compaction. That checkpoint comes later
                         // in the scan and sets the compacted term; until then the entry's
                         // own term stands in for it.
                         log.compacted_index = LogIndex(entry.index.0 - 1);
                         log.compacted_term = entry.term;
+                        self.unconfirmed_gaps.insert(group, log.compacted_index);
                     }
                     if entry.index.0 != log.last_index().0 + 1 {
                         return Err(format!(
@@ -544,6 +561,18 @@ impl Scan {
                     self.cache.forget(&dropped);
                 }
                 Record::Compact { through, term, .. } => {
+                    if self
+                        .unconfirmed_gaps
+                        .get(&group)
+                        .is_some_and(|gap| through >= gap)
+                    {
+                        self.unconfirmed_gaps.remove(&group);
+                        // The bridged gap ends at or before `through`; the record's term
+                        // replaces the stand-in only if it is for the same index.
+                        if *through == log.compacted_index {
+                            log.compacted_term = *term;
+                        }
+                    }
                     let dropped = log.compact(*through, *term);
                     self.cache.forget(&dropped);
                 }
@@ -674,4 +703,35 @@ async fn truncate_torn_tail(
             path: segment.path.clone(),
             source: Arc::new(glommio_io_error(error)),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn einval_from_direct_open_means_no_direct_io() {
+        let path = Path::new("/data/shard-0/00000000000000000001.wal");
+        let einval = std::io::Error::from_raw_os_error(nix::libc::EINVAL);
+
+        let error = open_error(path, glommio::GlommioError::IoError(einval));
+
+        assert!(
+            matches!(&error, StorageError::DirectIoUnsupported { path: found } if found == path),
+            "EINVAL must map to DirectIoUnsupported naming the file, got {error:?}"
+        );
+    }
+
+    #[test]
+    fn other_open_errors_keep_their_cause() {
+        let path = Path::new("/data/shard-0/00000000000000000001.wal");
+        let denied = std::io::Error::from_raw_os_error(nix::libc::EACCES);
+
+        let error = open_error(path, glommio::GlommioError::IoError(denied));
+
+        assert!(
+            matches!(error, StorageError::Io { .. }),
+            "EACCES must map to Io, got {error:?}"
+        );
+    }
 }

@@ -1,0 +1,814 @@
+//! The behaviour every [`LogStore`] must have, written once and run against both the disk
+//! log and the memory log, plus the disk log's own segment handling.
+
+mod log_support;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use log_support::{
+    IDENTITY, TestDir, entries, entry, hard_state, payload, run, small_config, snapshot,
+};
+use shardraft::log::{
+    BatchNumber, DiskLog, GroupId, Log, LogConfig, LogStore, MemoryLog, MemoryVolume, StorageError,
+    WriteBatch,
+};
+use shardraft::raft::{LogIndex, Term};
+
+const G: GroupId = GroupId(7);
+
+/// Opens a log and opens it again as a restarted process would.
+trait Fixture {
+    type Log: LogStore;
+
+    async fn open(&mut self) -> Self::Log;
+
+    /// Closes `log` and opens the same contents again.
+    async fn restart(&mut self, log: Self::Log) -> Self::Log {
+        log.close().await.expect("closing the log");
+        drop(log);
+        self.open().await
+    }
+}
+
+struct DiskFixture {
+    _dir: TestDir,
+    config: LogConfig,
+}
+
+impl DiskFixture {
+    fn new(name: &str) -> DiskFixture {
+        let dir = TestDir::new(name);
+        let config = small_config(&dir.path);
+        DiskFixture { _dir: dir, config }
+    }
+}
+
+impl Fixture for DiskFixture {
+    type Log = DiskLog;
+
+    async fn open(&mut self) -> DiskLog {
+        DiskLog::open(&self.config, IDENTITY)
+            .await
+            .expect("opening the disk log")
+    }
+}
+
+struct MemoryFixture {
+    volume: Rc<RefCell<MemoryVolume>>,
+}
+
+impl Fixture for MemoryFixture {
+    type Log = MemoryLog;
+
+    async fn open(&mut self) -> MemoryLog {
+        MemoryLog::on_volume(Rc::clone(&self.volume))
+    }
+}
+
+fn run_disk<F: Future<Output = ()>>(name: &str, case: impl FnOnce(DiskFixture) -> F) {
+    let fixture = DiskFixture::new(name);
+    run(case(fixture));
+}
+
+fn run_memory<F: Future<Output = ()>>(case: impl FnOnce(MemoryFixture) -> F) {
+    let fixture = MemoryFixture {
+        volume: Rc::default(),
+    };
+    run(case(fixture));
+}
+
+/// Instantiates each generic case once per implementation, as `disk::NAME` and
+/// `memory::NAME`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod disk {
+            $(
+                #[test]
+                fn $case() {
+                    super::run_disk(stringify!($case), super::$case);
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[test]
+                fn $case() {
+                    super::run_memory(super::$case);
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    append_and_read_back,
+    conflicting_suffix_is_replaced,
+    truncate_drops_suffix,
+    compact_drops_prefix,
+    invalid_writes_are_rejected_whole,
+    latest_hard_state_wins,
+    interleaved_groups_survive_restart,
+    read_respects_bytes_max,
+    durability_numbers_rise_in_order,
+);
+
+async fn submit_durably<L: LogStore>(log: &L, batch: WriteBatch) -> BatchNumber {
+    let number = log.submit(batch).expect("submitting a valid batch");
+    let durable = log
+        .wait_durable(BatchNumber(number.0 - 1))
+        .await
+        .expect("waiting for durability");
+    assert!(
+        durable >= number,
+        "wait_durable returned {durable:?} before {number:?}"
+    );
+    number
+}
+
+async fn append<L: LogStore>(log: &L, group: GroupId, first: u64, last: u64, term: u64) {
+    let mut batch = WriteBatch::new();
+    batch.append(group, entries(group, first, last, term));
+    submit_durably(log, batch).await;
+}
+
+async fn read_all<L: LogStore>(log: &L, group: GroupId) -> Vec<shardraft::raft::Entry> {
+    let state = log.group_state(group).expect("the group has a state");
+    log.read(
+        group,
+        state.first_index()..LogIndex(state.last_index.0 + 1),
+        u64::MAX,
+    )
+    .await
+    .expect("reading the stored entries")
+}
+
+async fn append_and_read_back<F: Fixture>(mut fixture: F) {
+    let mut log = fixture.open().await;
+    append(&log, G, 1, 10, 1).await;
+    append(&log, G, 11, 20, 2).await;
+
+    for pass in 0..2 {
+        if pass == 1 {
+            log = fixture.restart(log).await;
+        }
+        let state = log.group_state(G).expect("the group exists");
+        assert_eq!(state.last_index, LogIndex(20), "last index");
+        assert_eq!(state.last_term, Term(2), "last term");
+        assert_eq!(log.group_ids(), vec![G], "exactly one group is stored");
+        let read = read_all(&log, G).await;
+        let mut expected = entries(G, 1, 10, 1);
+        expected.extend(entries(G, 11, 20, 2));
+        assert_eq!(
+            read, expected,
+            "entries read back differ from those appended"
+        );
+        assert_eq!(
+            log.term(G, LogIndex(15)).expect("term of entry 15"),
+            Term(2),
+            "term of entry 15"
+        );
+        assert!(
+            matches!(
+                log.read(G, LogIndex(21)..LogIndex(22), u64::MAX).await,
+                Err(StorageError::Unavailable { .. })
+            ),
+            "reading past the last index must fail with Unavailable"
+        );
+    }
+    log.close().await.expect("closing");
+}
+
+async fn conflicting_suffix_is_replaced<F: Fixture>(mut fixture: F) {
+    let mut log = fixture.open().await;
+    append(&log, G, 1, 10, 1).await;
+    // A new leader of term 3 overwrites from index 6, leaving a shorter log.
+    append(&log, G, 6, 8, 3).await;
+
+    for pass in 0..2 {
+        if pass == 1 {
+            log = fixture.restart(log).await;
+        }
+        let state = log.group_state(G).expect("the group exists");
+        assert_eq!(
+            state.last_index,
+            LogIndex(8),
+            "the old suffix 9..=10 must be gone"
+        );
+        assert_eq!(state.last_term, Term(3), "last term");
+        let mut expected = entries(G, 1, 5, 1);
+        expected.extend(entries(G, 6, 8, 3));
+        assert_eq!(
+            read_all(&log, G).await,
+            expected,
+            "entries after the overwrite"
+        );
+    }
+    log.close().await.expect("closing");
+}
+
+async fn truncate_drops_suffix<F: Fixture>(mut fixture: F) {
+    let log = fixture.open().await;
+    append(&log, G, 1, 10, 1).await;
+    let mut batch = WriteBatch::new();
+    batch.truncate(G, LogIndex(4));
+    submit_durably(&log, batch).await;
+
+    let log = fixture.restart(log).await;
+    let state = log.group_state(G).expect("the group exists");
+    assert_eq!(
+        state.last_index,
+        LogIndex(3),
+        "entries from 4 on must be gone"
+    );
+    assert_eq!(
+        read_all(&log, G).await,
+        entries(G, 1, 3, 1),
+        "remaining entries"
+    );
+
+    // The log continues after the truncation point.
+    append(&log, G, 4, 5, 2).await;
+    let log = fixture.restart(log).await;
+    let mut expected = entries(G, 1, 3, 1);
+    expected.extend(entries(G, 4, 5, 2));
+    assert_eq!(
+        read_all(&log, G).await,
+        expected,
+        "entries appended after truncating"
+    );
+    log.close().await.expect("closing");
+}
+
+async fn compact_drops_prefix<F: Fixture>(mut fixture: F) {
+    let mut log = fixture.open().await;
+    append(&log, G, 1, 5, 1).await;
+    append(&log, G, 6, 10, 2).await;
+    let mut batch = WriteBatch::new();
+    batch.compact(G, LogIndex(7));
+    submit_durably(&log, batch).await;
+    // Compacting below the earlier compaction does nothing.
+    let mut batch = WriteBatch::new();
+    batch.compact(G, LogIndex(3));
+    submit_durably(&log, batch).await;
+
+    for pass in 0..2 {
+        if pass == 1 {
+            log = fixture.restart(log).await;
+        }
+        let state = log.group_state(G).expect("the group exists");
+        assert_eq!(state.compacted_index, LogIndex(7), "compacted index");
+        assert_eq!(state.compacted_term, Term(2), "compacted term");
+        assert_eq!(state.first_index(), LogIndex(8), "first index");
+        assert_eq!(
+            log.term(G, LogIndex(7))
+                .expect("term at the compacted index"),
+            Term(2),
+            "term at the compacted index"
+        );
+        for index in [1, 7] {
+            let read = log.read(G, LogIndex(index)..LogIndex(9), u64::MAX).await;
+            assert!(
+                matches!(read, Err(StorageError::Compacted { .. })),
+                "reading from compacted index {index} must fail with Compacted, got {read:?}"
+            );
+        }
+        assert!(
+            matches!(
+                log.term(G, LogIndex(6)),
+                Err(StorageError::Compacted { .. })
+            ),
+            "the term below the compacted index must fail with Compacted"
+        );
+        assert_eq!(
+            read_all(&log, G).await,
+            entries(G, 8, 10, 2),
+            "entries after compaction"
+        );
+    }
+    log.close().await.expect("closing");
+}
+
+async fn invalid_writes_are_rejected_whole<F: Fixture>(mut fixture: F) {
+    let other = GroupId(8);
+    let log = fixture.open().await;
+    append(&log, G, 1, 5, 2).await;
+    let mut batch = WriteBatch::new();
+    batch.compact(G, LogIndex(2));
+    submit_durably(&log, batch).await;
+    let before = snapshot(&log).await;
+    let durable_before = log.durable().expect("durable number");
+
+    let mut cases: Vec<(&str, WriteBatch)> = Vec::new();
+    let mut gap = WriteBatch::new();
+    gap.append(G, entries(G, 7, 7, 2));
+    cases.push(("gap after the last index", gap));
+    let mut lower_term = WriteBatch::new();
+    lower_term.append(G, entries(G, 6, 6, 1));
+    cases.push(("term below the previous entry", lower_term));
+    let mut decreasing = WriteBatch::new();
+    decreasing.append(G, vec![entry(6, 3, "a"), entry(7, 2, "b")]);
+    cases.push(("decreasing terms within the append", decreasing));
+    let mut at_compacted = WriteBatch::new();
+    at_compacted.append(G, entries(G, 2, 3, 2));
+    cases.push(("append at the compacted index", at_compacted));
+    let mut below_compacted = WriteBatch::new();
+    below_compacted.append(G, entries(G, 1, 6, 2));
+    cases.push(("append below the compacted index", below_compacted));
+    let mut beyond = WriteBatch::new();
+    beyond.compact(G, LogIndex(6));
+    cases.push(("compact beyond the last index", beyond));
+    let mut truncate_compacted = WriteBatch::new();
+    truncate_compacted.truncate(G, LogIndex(2));
+    cases.push(("truncate at the compacted index", truncate_compacted));
+    // A valid op for another group in front of an invalid one must not be applied either.
+    let mut mixed = WriteBatch::new();
+    mixed.append(other, entries(other, 1, 3, 1));
+    mixed.set_hard_state(G, hard_state(9, Some(2), 4));
+    mixed.append(G, entries(G, 6, 6, 2));
+    mixed.append(G, entries(G, 8, 8, 2));
+    cases.push(("valid ops followed by a gap", mixed));
+
+    for (name, batch) in cases {
+        let result = log.submit(batch);
+        assert!(
+            matches!(result, Err(StorageError::InvalidWrite { .. })),
+            "{name}: expected InvalidWrite, got {result:?}"
+        );
+        assert_eq!(
+            snapshot(&log).await,
+            before,
+            "{name}: a rejected batch changed the log"
+        );
+        assert_eq!(
+            log.durable().expect("durable number"),
+            durable_before,
+            "{name}: a rejected batch took a batch number"
+        );
+    }
+
+    // The log still accepts valid writes, numbered right after the last accepted one.
+    let mut batch = WriteBatch::new();
+    batch.append(G, entries(G, 6, 6, 2));
+    let number = submit_durably(&log, batch).await;
+    assert_eq!(
+        number,
+        BatchNumber(durable_before.0 + 1),
+        "number of the next valid batch"
+    );
+    let log = fixture.restart(log).await;
+    assert_eq!(
+        log.group_ids(),
+        vec![G],
+        "the rejected batch for group 8 left nothing"
+    );
+    assert_eq!(
+        read_all(&log, G).await,
+        entries(G, 3, 6, 2),
+        "entries after restart"
+    );
+    log.close().await.expect("closing");
+}
+
+async fn latest_hard_state_wins<F: Fixture>(mut fixture: F) {
+    let mut log = fixture.open().await;
+    let hard_only = GroupId(3);
+    let mut batch = WriteBatch::new();
+    batch.set_hard_state(hard_only, hard_state(1, None, 0));
+    batch.set_hard_state(G, hard_state(1, Some(1), 0));
+    submit_durably(&log, batch).await;
+    let mut batch = WriteBatch::new();
+    batch.set_hard_state(G, hard_state(2, Some(3), 0));
+    batch.append(G, entries(G, 1, 2, 2));
+    batch.set_hard_state(G, hard_state(2, Some(3), 2));
+    submit_durably(&log, batch).await;
+    let mut batch = WriteBatch::new();
+    batch.set_hard_state(hard_only, hard_state(4, Some(2), 0));
+    submit_durably(&log, batch).await;
+
+    for pass in 0..2 {
+        if pass == 1 {
+            log = fixture.restart(log).await;
+        }
+        let state = log.group_state(G).expect("group 7 exists");
+        assert_eq!(
+            state.hard_state,
+            hard_state(2, Some(3), 2),
+            "hard state of group 7"
+        );
+        let state = log.group_state(hard_only).expect("group 3 exists");
+        assert_eq!(
+            state.hard_state,
+            hard_state(4, Some(2), 0),
+            "hard state of group 3"
+        );
+        assert_eq!(state.last_index, LogIndex(0), "group 3 has no entries");
+    }
+    log.close().await.expect("closing");
+}
+
+/// A tiny deterministic generator, so that failures reproduce without a seed file.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+async fn interleaved_groups_survive_restart<F: Fixture>(mut fixture: F) {
+    const GROUPS: u64 = 64;
+    let mut random = SplitMix(42);
+    let mut last = vec![0u64; GROUPS as usize];
+    let log = fixture.open().await;
+    let mut number = BatchNumber(0);
+    for _ in 0..300 {
+        let mut batch = WriteBatch::new();
+        for _ in 0..1 + random.below(4) {
+            let group = random.below(GROUPS);
+            let id = GroupId(group as u32);
+            let count = 1 + random.below(3);
+            let first = last[group as usize] + 1;
+            let data: Vec<_> = (first..first + count)
+                .map(|index| entry(index, 1, payload(id, index, 1, random.below(300) as usize)))
+                .collect();
+            batch.append(id, data);
+            batch.set_hard_state(id, hard_state(1, Some(1), first - 1));
+            last[group as usize] += count;
+        }
+        number = log.submit(batch).expect("submitting");
+    }
+    log.wait_durable(BatchNumber(number.0 - 1))
+        .await
+        .expect("waiting for durability");
+
+    let log = fixture.restart(log).await;
+    for group in 0..GROUPS {
+        let id = GroupId(group as u32);
+        let last_index = last[group as usize];
+        let Some(state) = log.group_state(id) else {
+            assert_eq!(last_index, 0, "group {group} is missing after restart");
+            continue;
+        };
+        assert_eq!(
+            state.last_index,
+            LogIndex(last_index),
+            "last index of group {group}"
+        );
+        let read = read_all(&log, id).await;
+        assert_eq!(
+            read.len() as u64,
+            last_index,
+            "entry count of group {group}"
+        );
+        for (offset, entry) in read.iter().enumerate() {
+            let index = offset as u64 + 1;
+            assert_eq!(entry.index, LogIndex(index), "index in group {group}");
+            let expected = payload(id, index, 1, 0);
+            assert!(
+                entry.data.starts_with(&expected),
+                "group {group} entry {index} holds {:?}",
+                entry.data
+            );
+        }
+    }
+    log.close().await.expect("closing");
+}
+
+async fn read_respects_bytes_max<F: Fixture>(mut fixture: F) {
+    let mut log = fixture.open().await;
+    let mut batch = WriteBatch::new();
+    let data: Vec<_> = (1..=10)
+        .map(|index| entry(index, 1, vec![index as u8; 100]))
+        .collect();
+    batch.append(G, data);
+    submit_durably(&log, batch).await;
+
+    for pass in 0..2 {
+        if pass == 1 {
+            log = fixture.restart(log).await;
+        }
+        let range = LogIndex(1)..LogIndex(11);
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (99, 1),
+            (100, 1),
+            (199, 1),
+            (200, 2),
+            (350, 3),
+        ];
+        for (bytes_max, expected) in cases {
+            let read = log
+                .read(G, range.clone(), bytes_max)
+                .await
+                .expect("reading");
+            assert_eq!(
+                read.len(),
+                expected,
+                "entries returned for bytes_max {bytes_max}"
+            );
+            assert_eq!(
+                read[0].index,
+                LogIndex(1),
+                "first entry for bytes_max {bytes_max}"
+            );
+        }
+        let read = log.read(G, range.clone(), u64::MAX).await.expect("reading");
+        assert_eq!(read.len(), 10, "an unlimited read returns the whole range");
+        let empty = log
+            .read(G, LogIndex(5)..LogIndex(5), 0)
+            .await
+            .expect("reading");
+        assert!(empty.is_empty(), "an empty range returns no entries");
+    }
+    log.close().await.expect("closing");
+}
+
+async fn durability_numbers_rise_in_order<F: Fixture>(mut fixture: F) {
+    let log = fixture.open().await;
+    assert_eq!(
+        log.durable().expect("durable number"),
+        BatchNumber(0),
+        "nothing is durable before the first submission"
+    );
+    let mut last_durable = BatchNumber(0);
+    for round in 0..20u64 {
+        let mut numbers = Vec::new();
+        for offset in 0..5u64 {
+            let index = round * 5 + offset + 1;
+            let mut batch = WriteBatch::new();
+            batch.append(G, entries(G, index, index, 1));
+            numbers.push(log.submit(batch).expect("submitting"));
+        }
+        let expected: Vec<_> = (1..=5).map(|k| BatchNumber(round * 5 + k)).collect();
+        assert_eq!(numbers, expected, "batch numbers of round {round}");
+        for number in numbers {
+            let durable_now = log.durable().expect("durable number");
+            assert!(
+                durable_now >= last_durable,
+                "durable() went back in round {round}"
+            );
+            let durable = log
+                .wait_durable(BatchNumber(number.0 - 1))
+                .await
+                .expect("waiting for durability");
+            assert!(
+                durable >= number,
+                "wait_durable({}) returned {durable:?}",
+                number.0 - 1
+            );
+            assert!(
+                durable >= last_durable,
+                "wait_durable went back to {durable:?}"
+            );
+            last_durable = durable;
+        }
+    }
+    // Waiting past everything submitted returns the durable number at once.
+    let durable = log.wait_durable(BatchNumber(1000)).await.expect("waiting");
+    assert_eq!(
+        durable,
+        BatchNumber(100),
+        "durable number when nothing more is pending"
+    );
+    log.close().await.expect("closing");
+}
+
+/// Appends `count` entries of `pad` payload bytes to each of `groups`, one batch per round
+/// of the groups, and waits until all are durable.
+async fn fill(log: &DiskLog, groups: &[GroupId], last: &mut [u64], count: u64, pad: usize) {
+    let mut number = BatchNumber(0);
+    for _ in 0..count {
+        let mut batch = WriteBatch::new();
+        for (slot, group) in groups.iter().enumerate() {
+            let index = last[slot] + 1;
+            batch.append(
+                *group,
+                vec![entry(index, 1, payload(*group, index, 1, pad))],
+            );
+            last[slot] = index;
+        }
+        number = log.submit(batch).expect("submitting");
+    }
+    log.wait_durable(BatchNumber(number.0 - 1))
+        .await
+        .expect("waiting for durability");
+}
+
+#[test]
+fn compacted_segments_are_deleted() {
+    let mut fixture = DiskFixture::new("compacted-segments-are-deleted");
+    let groups = [GroupId(0), GroupId(1), GroupId(2)];
+    let idle = GroupId(99);
+    let idle_state = hard_state(5, Some(2), 0);
+    run(async {
+        let log = fixture.open().await;
+        let first_segment = log.segment_paths()[0].clone();
+        let mut batch = WriteBatch::new();
+        batch.set_hard_state(idle, idle_state);
+        submit_durably(&log, batch).await;
+        let mut last = [0u64; 3];
+        fill(&log, &groups, &mut last, 120, 1000).await;
+        let segments_before = log.segment_paths().len();
+        assert!(
+            segments_before >= 4,
+            "only {segments_before} segments after filling"
+        );
+
+        // Keep the last two entries of each group and compact the rest.
+        let mut batch = WriteBatch::new();
+        for (slot, group) in groups.iter().enumerate() {
+            batch.compact(*group, LogIndex(last[slot] - 2));
+            batch.set_hard_state(*group, hard_state(1, Some(1), last[slot]));
+        }
+        submit_durably(&log, batch).await;
+        // Enough new entries that the compaction is recorded by a later segment's
+        // checkpoint.
+        fill(&log, &groups, &mut last, 60, 1000).await;
+
+        let stats = log.stats();
+        assert!(
+            stats.segments_deleted > 0,
+            "no segment was deleted: {stats:?}"
+        );
+        let segments_after = log.segment_paths();
+        assert!(
+            segments_after.len() < segments_before + stats.rotations as usize,
+            "segment_paths() did not shrink: {segments_after:?}"
+        );
+        assert!(
+            !segments_after.contains(&first_segment),
+            "the first segment is still in use"
+        );
+        assert!(
+            !first_segment.exists(),
+            "the first segment file still exists"
+        );
+
+        let expected = snapshot(&log).await;
+        let log = fixture.restart(log).await;
+        assert_eq!(snapshot(&log).await, expected, "contents after restart");
+        let state = log.group_state(idle).expect("the idle group survives");
+        assert_eq!(state.hard_state, idle_state, "hard state of the idle group");
+        for (slot, group) in groups.iter().enumerate() {
+            let state = log.group_state(*group).expect("the group exists");
+            assert_eq!(
+                state.last_index,
+                LogIndex(last[slot]),
+                "last index of {group}"
+            );
+            let read = read_all(&log, *group).await;
+            assert_eq!(
+                read.len() as u64,
+                last[slot] - state.compacted_index.0,
+                "entries"
+            );
+        }
+        log.close().await.expect("closing");
+    });
+}
+
+#[test]
+fn reads_span_segments_from_disk() {
+    let mut fixture = DiskFixture::new("reads-span-segments-from-disk");
+    fixture.config.entry_cache_bytes_max = 0;
+    let groups = [G];
+    run(async {
+        let log = fixture.open().await;
+        let mut last = [0u64];
+        fill(&log, &groups, &mut last, 300, 1500).await;
+        assert!(
+            log.segment_paths().len() >= 5,
+            "expected at least five segments"
+        );
+        let expected: Vec<_> = (1..=300)
+            .map(|index| entry(index, 1, payload(G, index, 1, 1500)))
+            .collect();
+
+        let mut log = log;
+        for pass in 0..2 {
+            if pass == 1 {
+                log = fixture.restart(log).await;
+            }
+            let read = read_all(&log, G).await;
+            assert_eq!(read.len(), expected.len(), "entry count");
+            assert!(read == expected, "entries read from the segments differ");
+            // Reads that start at every index and stop after about three entries.
+            for start in 1..=298u64 {
+                let read = log
+                    .read(G, LogIndex(start)..LogIndex(301), 3 * 1500 + 100)
+                    .await
+                    .expect("reading");
+                assert_eq!(read.len(), 3, "entries read from {start}");
+                assert!(
+                    read[..] == expected[start as usize - 1..start as usize + 2],
+                    "entries read from {start} differ"
+                );
+            }
+        }
+        log.close().await.expect("closing");
+    });
+}
+
+fn parse_config(text: &str) -> LogConfig {
+    toml::from_str(text).unwrap_or_else(|error| panic!("parsing {text:?}: {error}"))
+}
+
+#[test]
+fn log_open_selects_storage_from_config() {
+    let dir = TestDir::new("log-open-selects-storage");
+    let data_dir = format!("{:?}", dir.path.display().to_string());
+    let disk = parse_config(&format!(
+        "storage = \"disk\"\ndata_dir = {data_dir}\nsegment_bytes = 65536\n\
+         flush_bytes_max = 16384\n"
+    ));
+    let memory = parse_config(&format!("storage = \"memory\"\ndata_dir = {data_dir}\n"));
+    assert!(
+        toml::from_str::<LogConfig>("storage = \"ssd\"").is_err(),
+        "an unknown storage kind must not parse"
+    );
+    run(async {
+        let log = Log::open(&disk, IDENTITY)
+            .await
+            .expect("opening the disk log");
+        assert!(
+            matches!(log, Log::Disk(_)),
+            "storage = \"disk\" opened {log:?}"
+        );
+        append(&log, G, 1, 3, 1).await;
+        log.close().await.expect("closing");
+        let log = Log::open(&disk, IDENTITY)
+            .await
+            .expect("reopening the disk log");
+        assert_eq!(
+            read_all(&log, G).await,
+            entries(G, 1, 3, 1),
+            "disk entries after reopen"
+        );
+        log.close().await.expect("closing");
+
+        let log = Log::open(&memory, IDENTITY)
+            .await
+            .expect("opening the memory log");
+        assert!(
+            matches!(log, Log::Memory(_)),
+            "storage = \"memory\" opened {log:?}"
+        );
+        assert!(log.group_ids().is_empty(), "a new memory log starts empty");
+        append(&log, G, 1, 3, 1).await;
+        assert_eq!(
+            read_all(&log, G).await,
+            entries(G, 1, 3, 1),
+            "memory entries"
+        );
+        log.close().await.expect("closing");
+    });
+    let shard_files = std::fs::read_dir(dir.shard_dir())
+        .expect("listing the shard directory")
+        .count();
+    assert!(
+        shard_files >= 2,
+        "the disk log wrote no segment and identity file"
+    );
+}
+
+#[test]
+fn checkpoint_is_synced_apart_from_the_next_batch() {
+    // Each segment's checkpoint gets its own write and fdatasync, so that a torn write can
+    // only ever damage the batch written last.
+    let mut fixture = DiskFixture::new("checkpoint-is-synced-apart");
+    run(async {
+        let log = fixture.open().await;
+        let mut last = [0u64];
+        fill(&log, &[G], &mut last, 1, 1000).await;
+        for _ in 0..99 {
+            let mut batch = WriteBatch::new();
+            batch.append(
+                G,
+                vec![entry(last[0] + 1, 1, payload(G, last[0] + 1, 1, 1000))],
+            );
+            last[0] += 1;
+            submit_durably(&log, batch).await;
+        }
+        let stats = log.stats();
+        assert!(
+            stats.rotations >= 1,
+            "the test needs at least one rotation: {stats:?}"
+        );
+        assert_eq!(
+            stats.syncs,
+            100 + stats.rotations + 1,
+            "one sync per batch plus one per segment checkpoint: {stats:?}"
+        );
+        log.close().await.expect("closing");
+    });
+}
