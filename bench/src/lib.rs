@@ -1,4 +1,5 @@
-//! An in-memory cluster of [`RaftNode`]s for benchmarks of the consensus core alone.
+//! An in-memory cluster of [`RaftNode`]s for benchmarks of the consensus core alone, and in
+//! [`wal`] the drivers of the write-ahead log benchmarks.
 //!
 //! [`Cluster`] runs every replica of one Raft group in the calling thread. Messages pass
 //! by function call: each `Ready`'s messages go to per-node inboxes, and
@@ -26,6 +27,8 @@
 //! assert_eq!(round.entries, 256);
 //! assert_eq!(round.bytes, 256 * 16);
 //! ```
+
+pub mod wal;
 
 use bytes::Bytes;
 use shardraft_raft::{

@@ -1,0 +1,483 @@
+//! `shardraft-bench`: benchmarks of shardraft from the command line.
+//!
+//! `shardraft-bench log` measures the write-ahead log on the disk under a directory. It
+//! times the device alone first (O_DIRECT write + fdatasync, one at a time), then the log
+//! with closed-loop appenders for each entry size and appender count. Last it checks the
+//! log's performance goals against the two. See `bench/BENCHMARKS.md` for recorded runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use mimalloc::MiMalloc;
+use serde::Serialize;
+use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
+use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
+use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
+use shardraft_bench::wal::goals::{self, CellReport, GoalReport};
+use shardraft_bench::wal::load::{self, LoadSpec};
+use shardraft_bench::wal::{LatencySummary, format_bytes};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// Write sizes of the device limit, in bytes: small and medium group-commit writes, and a
+/// large one as the reference for sequential bandwidth.
+const DEVICE_WRITE_BYTES: [u64; 3] = [4 << 10, 64 << 10, 1 << 20];
+/// The device write size the bandwidth goal compares against.
+const SEQUENTIAL_WRITE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Parser)]
+#[command(name = "shardraft-bench", version, about = "Benchmarks of shardraft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure the write-ahead log against the device under a directory and check its goals.
+    Log(LogArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LogArgs {
+    /// Directory to measure in, created if missing. It must be on the disk to measure, not
+    /// tmpfs. Default: a directory under the system temp directory, or under the cargo
+    /// target directory when the temp directory is tmpfs.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+
+    /// Measured seconds per cell and per device write size.
+    #[arg(long, default_value_t = 2.0)]
+    duration_secs: f64,
+
+    /// Unmeasured seconds at the start of each cell, while the log prepares its next segment.
+    #[arg(long, default_value_t = 0.3)]
+    warmup_secs: f64,
+
+    /// Entry payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,256,4096")]
+    sizes: Vec<usize>,
+
+    /// Counts of concurrent appenders, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    appenders: Vec<usize>,
+
+    /// Entries per submission in extra cells for the smallest entry size at every appender
+    /// count, like a Raft leader whose Ready carries many entries. 1 adds no cells.
+    #[arg(long, default_value_t = 64)]
+    entries_per_submit: usize,
+
+    /// Entries each appender appends between compactions of its group, as a Raft node
+    /// compacts after a snapshot; 0 never compacts, so the log's memory grows all run.
+    #[arg(long, default_value_t = 4096)]
+    compact_every_entries: u64,
+
+    /// Also write every figure to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// The log's segment_bytes.
+    #[arg(long, default_value_t = LogConfig::default().segment_bytes)]
+    segment_bytes: u64,
+
+    /// The log's flush_bytes_max: the largest single write.
+    #[arg(long, default_value_t = LogConfig::default().flush_bytes_max)]
+    flush_bytes_max: u64,
+
+    /// Do not zero-fill new segments (the log's zero_fill_segments = false).
+    #[arg(long)]
+    no_zero_fill: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Log(args)) => run_log(&args),
+        None => {
+            Cli::command().print_help()?;
+            println!();
+            Ok(())
+        }
+    }
+}
+
+/// Everything one run of `shardraft-bench log` measured, as written with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: MachineFacts,
+    filesystem: Filesystem,
+    dir: PathBuf,
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
+    log_config: ConfigReport,
+    duration_secs: f64,
+    warmup_secs: f64,
+    device: Vec<DeviceSample>,
+    cells: Vec<CellReport>,
+    goals: Vec<GoalReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConfigReport {
+    segment_bytes: u64,
+    flush_bytes_max: u64,
+    pending_bytes_max: u64,
+    entry_cache_bytes_max: u64,
+    zero_fill_segments: bool,
+}
+
+fn run_log(args: &LogArgs) -> anyhow::Result<()> {
+    let specs = load_specs(args)?;
+    let duration = seconds(args.duration_secs, "--duration-secs")?;
+    let warmup = seconds(args.warmup_secs, "--warmup-secs")?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(environment::default_data_dir);
+    environment::prepare_data_dir(&dir)?;
+    let run_dir = RunDir::create(&dir)?;
+
+    let config = LogConfig {
+        segment_bytes: args.segment_bytes,
+        flush_bytes_max: args.flush_bytes_max,
+        zero_fill_segments: !args.no_zero_fill,
+        ..LogConfig::default()
+    };
+    config.validate().context("invalid log settings")?;
+
+    let machine = environment::machine_facts();
+    let filesystem = environment::filesystem_of(&dir)?;
+    let load_average_start = environment::load_average();
+    print_header(&machine, &filesystem, &dir, load_average_start, &config);
+    println!(
+        "each cell: {:.1} s unmeasured, then {:.1} s measured; one glommio executor, one thread",
+        warmup.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+
+    let executor = glommio::LocalExecutorBuilder::default()
+        .name("shardraft-bench-log")
+        .make()
+        .map_err(std::io::Error::from)
+        .context("starting the glommio executor failed")?;
+    let (device, cells) = executor.run(measure_all(
+        run_dir.path(),
+        &config,
+        &specs,
+        warmup,
+        duration,
+    ))?;
+
+    let sequential = device
+        .iter()
+        .find(|sample| sample.write_bytes == SEQUENTIAL_WRITE_BYTES)
+        .copied()
+        .context("the device's sequential bandwidth was not measured")?;
+    let goals = vec![
+        goals::check_bandwidth(&cells, &sequential),
+        goals::check_small_entries(&cells),
+        goals::check_latency(&cells),
+    ];
+    println!();
+    println!("goals");
+    for (number, goal) in goals.iter().enumerate() {
+        println!(
+            "  ({}) {}: {} - {}",
+            number + 1,
+            goal.goal,
+            goal.verdict,
+            goal.detail
+        );
+    }
+    let load_average_end = environment::load_average();
+    println!();
+    println!("load average at end: {}", format_load(load_average_end));
+
+    if let Some(path) = &args.json {
+        let report = Report {
+            machine,
+            filesystem,
+            dir: dir.clone(),
+            load_average_start,
+            load_average_end,
+            log_config: ConfigReport {
+                segment_bytes: config.segment_bytes,
+                flush_bytes_max: config.flush_bytes_max,
+                pending_bytes_max: config.pending_bytes_max,
+                entry_cache_bytes_max: config.entry_cache_bytes_max,
+                zero_fill_segments: config.zero_fill_segments,
+            },
+            duration_secs: duration.as_secs_f64(),
+            warmup_secs: warmup.as_secs_f64(),
+            device,
+            cells,
+            goals,
+        };
+        let text = serde_json::to_string_pretty(&report).context("encoding the report failed")?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing {} failed", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    run_dir.remove()
+}
+
+/// Lists the cells to run: every size at every appender count with one entry per submission,
+/// then the smallest size with `entries_per_submit` entries per submission.
+fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<LoadSpec>> {
+    anyhow::ensure!(
+        !args.sizes.is_empty() && args.sizes.iter().all(|&size| size > 0),
+        "--sizes needs at least one entry size, each above 0 bytes"
+    );
+    anyhow::ensure!(
+        !args.appenders.is_empty() && args.appenders.iter().all(|&count| count > 0),
+        "--appenders needs at least one count, each above 0"
+    );
+    anyhow::ensure!(
+        args.entries_per_submit > 0,
+        "--entries-per-submit must be at least 1"
+    );
+    let mut specs = Vec::new();
+    for &entry_bytes in &args.sizes {
+        for &appenders in &args.appenders {
+            specs.push(LoadSpec {
+                entry_bytes,
+                appenders,
+                entries_per_submit: 1,
+                compact_every_entries: args.compact_every_entries,
+            });
+        }
+    }
+    if args.entries_per_submit > 1 {
+        let smallest = args.sizes.iter().copied().min().unwrap_or(1);
+        for &appenders in &args.appenders {
+            specs.push(LoadSpec {
+                entry_bytes: smallest,
+                appenders,
+                entries_per_submit: args.entries_per_submit,
+                compact_every_entries: args.compact_every_entries,
+            });
+        }
+    }
+    Ok(specs)
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|duration| !duration.is_zero() || flag == "--warmup-secs")
+        .with_context(|| format!("invalid {flag} {value}: expected a positive number of seconds"))
+}
+
+/// A directory of this run inside the measured directory, removed at the end and, as far as
+/// possible, on an error.
+#[derive(Debug)]
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create(parent: &Path) -> anyhow::Result<RunDir> {
+        let path = parent.join(format!("run-{}", std::process::id()));
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating {} failed", path.display()))?;
+        Ok(RunDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn remove(self) -> anyhow::Result<()> {
+        std::fs::remove_dir_all(&self.path)
+            .with_context(|| format!("removing {} failed", self.path.display()))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        // Reached with the directory still present only when the run failed; the error
+        // that ended it matters more than one from this cleanup.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn print_header(
+    machine: &MachineFacts,
+    filesystem: &Filesystem,
+    dir: &Path,
+    load_average: Option<[f64; 3]>,
+    config: &LogConfig,
+) {
+    println!("shardraft-bench log: write-ahead log against the device's own limit");
+    println!("cpu: {} x {}", machine.cpus, machine.cpu_model);
+    println!("kernel: {}", machine.kernel);
+    println!("rustc: {}", machine.rustc);
+    println!(
+        "directory: {} on {} ({} mounted at {}, {})",
+        dir.display(),
+        filesystem.fs_type,
+        filesystem.source,
+        filesystem.mount_point.display(),
+        filesystem.options
+    );
+    println!("load average at start: {}", format_load(load_average));
+    println!(
+        "log config: segment_bytes {}, flush_bytes_max {}, pending_bytes_max {}, \
+         entry_cache_bytes_max {}, zero_fill_segments {}",
+        format_bytes(config.segment_bytes),
+        format_bytes(config.flush_bytes_max),
+        format_bytes(config.pending_bytes_max),
+        format_bytes(config.entry_cache_bytes_max),
+        config.zero_fill_segments
+    );
+}
+
+fn format_load(load_average: Option<[f64; 3]>) -> String {
+    match load_average {
+        Some([one, five, fifteen]) => format!("{one:.2} {five:.2} {fifteen:.2} (1, 5, 15 min)"),
+        None => "unknown".to_string(),
+    }
+}
+
+/// Measures the device, then every cell, printing each figure as it is taken.
+async fn measure_all(
+    run_dir: &Path,
+    config: &LogConfig,
+    specs: &[LoadSpec],
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<(Vec<DeviceSample>, Vec<CellReport>)> {
+    let probe = DeviceProbe::create(run_dir, PROBE_FILE_BYTES).await?;
+    println!();
+    println!(
+        "device: O_DIRECT write + fdatasync one at a time, sequential into a preallocated, \
+         zero-filled {} file",
+        format_bytes(PROBE_FILE_BYTES)
+    );
+    println!(
+        "  {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "write", "ops/s", "MiB/s", "p50 us", "p99 us"
+    );
+    let mut device = Vec::new();
+    let mut device_by_blocks: HashMap<u64, DeviceSample> = HashMap::new();
+    for write_bytes in DEVICE_WRITE_BYTES {
+        let sample = probe.measure(write_bytes, duration).await?;
+        println!(
+            "  {:>8} {:>10.0} {:>10.1} {:>10.1} {:>10.1}",
+            format_bytes(sample.write_bytes),
+            sample.ops_per_sec,
+            sample.mib_per_sec,
+            sample.latency.p50_micros,
+            sample.latency.p99_micros
+        );
+        device_by_blocks.insert(sample.write_bytes, sample);
+        device.push(sample);
+    }
+
+    println!();
+    println!(
+        "write-ahead log: closed-loop appenders, one group each; latency from submit to \
+         durable; device p99 at the cell's mean write size"
+    );
+    println!(
+        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>6} {:>5}",
+        "entry",
+        "appenders",
+        "x/submit",
+        "entries/s",
+        "MiB/s",
+        "entries/sync",
+        "write KiB",
+        "p50 us",
+        "p99 us",
+        "device p99",
+        "ratio",
+        "cpu"
+    );
+    let mut cells = Vec::new();
+    for (number, spec) in specs.iter().enumerate() {
+        let cell_dir = run_dir.join(format!("cell-{number}"));
+        let outcome = run_cell(&cell_dir, config, *spec, warmup, duration).await?;
+        let write_bytes = (outcome.write_bytes_mean().ceil() as u64)
+            .next_multiple_of(shardraft_bench::wal::device::BLOCK_BYTES);
+        let device_sample = match device_by_blocks.get(&write_bytes) {
+            Some(sample) => *sample,
+            None => {
+                let sample = probe.measure(write_bytes, duration / 2).await?;
+                device_by_blocks.insert(write_bytes, sample);
+                sample
+            }
+        };
+        let cell = CellReport {
+            spec: *spec,
+            entries_per_sec: outcome.entries_per_sec(),
+            payload_mib_per_sec: outcome.payload_mib_per_sec(spec.entry_bytes),
+            entries_per_sync: outcome.entries_per_sync(),
+            write_bytes_mean: outcome.write_bytes_mean(),
+            latency: LatencySummary::from_nanos(&outcome.latency_nanos),
+            thread_cpu_share: outcome.thread_cpu_share(),
+            device: device_sample,
+        };
+        print_cell(&cell);
+        cells.push(cell);
+    }
+    probe.remove().await?;
+    Ok((device, cells))
+}
+
+/// Opens a fresh log in `cell_dir`, runs one load against it, closes it and deletes it.
+async fn run_cell(
+    cell_dir: &Path,
+    config: &LogConfig,
+    spec: LoadSpec,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<load::LoadOutcome> {
+    std::fs::create_dir(cell_dir)
+        .with_context(|| format!("creating {} failed", cell_dir.display()))?;
+    let config = LogConfig {
+        data_dir: cell_dir.to_path_buf(),
+        ..config.clone()
+    };
+    let identity = LogIdentity {
+        cluster_id: 1,
+        node_id: 1,
+        shard: 0,
+    };
+    let log = DiskLog::open(&config, identity)
+        .await
+        .with_context(|| format!("opening the log in {} failed", cell_dir.display()))?;
+    let outcome = load::run_timed(&log, spec, warmup, duration).await?;
+    log.close()
+        .await
+        .with_context(|| format!("closing the log in {} failed", cell_dir.display()))?;
+    drop(log);
+    std::fs::remove_dir_all(cell_dir)
+        .with_context(|| format!("removing {} failed", cell_dir.display()))?;
+    Ok(outcome)
+}
+
+fn print_cell(cell: &CellReport) {
+    let cpu = cell
+        .thread_cpu_share
+        .map_or_else(|| "-".to_string(), |share| format!("{:.0}%", share * 100.0));
+    println!(
+        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.2} {:>5}",
+        format_bytes(cell.spec.entry_bytes as u64),
+        cell.spec.appenders,
+        cell.spec.entries_per_submit,
+        cell.entries_per_sec,
+        cell.payload_mib_per_sec,
+        cell.entries_per_sync,
+        cell.write_bytes_mean / 1024.0,
+        cell.latency.p50_micros,
+        cell.latency.p99_micros,
+        cell.device.latency.p99_micros,
+        cell.latency_ratio(),
+        cpu
+    );
+}

@@ -1,0 +1,345 @@
+//! Closed-loop appenders against a [`DiskLog`] on one glommio executor.
+//!
+//! Each appender is a task of the executor that owns the log and writes to a group of its
+//! own: it submits a [`WriteBatch`] with the next entries of that group, waits until the
+//! log reports the batch durable, records how long that took and starts over. While the
+//! log's flusher writes and syncs one batch, the appenders' next submissions gather in the
+//! batch after it, so the number of appenders sets how many entries share one fdatasync.
+//!
+//! Appenders can compact their group every so many entries, as a Raft node does once its
+//! state machine has a snapshot. Without that, every group's in-memory log grows for the
+//! whole run, and since the appenders advance in step, all groups outgrow their capacity in
+//! the same round and reallocate together.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use shardraft::log::{BatchNumber, DiskLog, DiskLogStats, GroupId, LogStore, WriteBatch};
+use shardraft::raft::{Entry, EntryKind, LogIndex, Term};
+
+use super::{MIB, new_latency_histogram};
+
+/// The shape of one load: how many appenders, and what each submits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadSpec {
+    /// Payload bytes of each entry.
+    pub entry_bytes: usize,
+    pub appenders: usize,
+    /// Entries in each submission, as a Raft leader's `Ready` carries several.
+    pub entries_per_submit: usize,
+    /// Entries each appender appends between compactions of its group through its last
+    /// durable entry; 0 never compacts.
+    pub compact_every_entries: u64,
+}
+
+/// Figures of a load over the time it was measured.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// Entries made durable.
+    pub entries: u64,
+    /// Write + fdatasync pairs the log completed.
+    pub syncs: u64,
+    /// Bytes the log wrote, headers, padding and checkpoints included.
+    pub written_bytes: u64,
+    pub elapsed: Duration,
+    /// CPU time of the executor's thread, `None` where the platform does not report it.
+    pub thread_cpu: Option<Duration>,
+    /// Latency from `submit` to the durable report, in nanoseconds, one sample per
+    /// submission.
+    pub latency_nanos: Histogram<u64>,
+}
+
+impl LoadOutcome {
+    pub fn entries_per_sec(&self) -> f64 {
+        self.entries as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Entry payload made durable per second, in MiB.
+    pub fn payload_mib_per_sec(&self, entry_bytes: usize) -> f64 {
+        (self.entries * entry_bytes as u64) as f64 / MIB / self.elapsed.as_secs_f64()
+    }
+
+    pub fn entries_per_sync(&self) -> f64 {
+        self.entries as f64 / self.syncs.max(1) as f64
+    }
+
+    /// Mean bytes of one write, the size the device receives.
+    pub fn write_bytes_mean(&self) -> f64 {
+        self.written_bytes as f64 / self.syncs.max(1) as f64
+    }
+
+    /// CPU time of the executor's thread as a share of the wall time.
+    pub fn thread_cpu_share(&self) -> Option<f64> {
+        self.thread_cpu
+            .map(|cpu| cpu.as_secs_f64() / self.elapsed.as_secs_f64())
+    }
+}
+
+/// Runs `spec` against `log` for `warmup` unmeasured, then for `measure`, and reports the
+/// measured part. Every append that started in that part counts in the latency, also when it
+/// completes after it. Must run on the executor that owns `log`.
+///
+/// # Errors
+/// The first error the log returns to an appender.
+pub async fn run_timed(
+    log: &DiskLog,
+    spec: LoadSpec,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<LoadOutcome> {
+    let control = Rc::new(Control::new());
+    let tasks = spawn_appenders(log, spec, &control);
+    glommio::timer::sleep(warmup).await;
+
+    let before = Snapshot::take(log);
+    control.recording.set(true);
+    glommio::timer::sleep(measure).await;
+    let after = Snapshot::take(log);
+    control.recording.set(false);
+    control.stopping.set(true);
+
+    join_appenders(tasks).await?;
+    Ok(after.since(
+        &before,
+        control.latency_nanos.replace(new_latency_histogram()),
+    ))
+}
+
+/// Runs `spec` against `log` until `entries` more entries are durable and reports that
+/// run. Each appender resumes its group at the group's next index, so calls can follow one
+/// another on the same log. Must run on the executor that owns `log`.
+///
+/// # Errors
+/// The first error the log returns to an appender.
+pub async fn run_entries(
+    log: &DiskLog,
+    spec: LoadSpec,
+    entries: u64,
+) -> anyhow::Result<LoadOutcome> {
+    let control = Rc::new(Control::new());
+    control.entries_left.set(Some(entries));
+    control.recording.set(true);
+    let before = Snapshot::take(log);
+    let tasks = spawn_appenders(log, spec, &control);
+    join_appenders(tasks).await?;
+    let after = Snapshot::take(log);
+    Ok(after.since(
+        &before,
+        control.latency_nanos.replace(new_latency_histogram()),
+    ))
+}
+
+/// State the driver shares with its appenders.
+#[derive(Debug)]
+struct Control {
+    /// Whether appenders record the latency of the appends they start now.
+    recording: Cell<bool>,
+    /// Set once appenders should stop after their current append.
+    stopping: Cell<bool>,
+    /// Entries still to submit, when the run is bounded by a count rather than by time.
+    entries_left: Cell<Option<u64>>,
+    /// Latencies of every appender. One histogram for all, because a histogram of this range
+    /// and precision takes over 200 KiB.
+    latency_nanos: RefCell<Histogram<u64>>,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control {
+            recording: Cell::new(false),
+            stopping: Cell::new(false),
+            entries_left: Cell::new(None),
+            latency_nanos: RefCell::new(new_latency_histogram()),
+        }
+    }
+
+    /// Entries for the next submission, or `None` once the run is over.
+    fn take_entries(&self, entries_per_submit: u64) -> Option<u64> {
+        if self.stopping.get() {
+            return None;
+        }
+        match self.entries_left.get() {
+            None => Some(entries_per_submit),
+            Some(0) => None,
+            Some(left) => {
+                let count = left.min(entries_per_submit);
+                self.entries_left.set(Some(left - count));
+                Some(count)
+            }
+        }
+    }
+}
+
+type AppenderTask = glommio::Task<anyhow::Result<()>>;
+
+fn spawn_appenders(log: &DiskLog, spec: LoadSpec, control: &Rc<Control>) -> Vec<AppenderTask> {
+    // One heap buffer shared by every entry, as a real payload would be shared between the
+    // log, the replication messages and the state machine.
+    let payload = Bytes::from(vec![0x5a; spec.entry_bytes]);
+    (0..spec.appenders)
+        .map(|appender| {
+            let group = GroupId(u32::try_from(appender).unwrap_or(u32::MAX));
+            let appender = Appender {
+                log: log.clone(),
+                group,
+                entries_per_submit: spec.entries_per_submit.max(1) as u64,
+                compact_every_entries: spec.compact_every_entries,
+                payload: payload.clone(),
+                control: Rc::clone(control),
+            };
+            glommio::spawn_local(appender.run())
+        })
+        .collect()
+}
+
+/// Waits for every appender and returns the first error any of them met.
+async fn join_appenders(tasks: Vec<AppenderTask>) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for task in tasks {
+        if let Err(error) = task.await {
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+struct Appender {
+    log: DiskLog,
+    group: GroupId,
+    entries_per_submit: u64,
+    compact_every_entries: u64,
+    payload: Bytes,
+    control: Rc<Control>,
+}
+
+impl Appender {
+    async fn run(self) -> anyhow::Result<()> {
+        let mut next_index = self
+            .log
+            .group_state(self.group)
+            .map_or(1, |state| state.last_index.0 + 1);
+        let mut since_compaction = 0u64;
+        while let Some(count) = self.control.take_entries(self.entries_per_submit) {
+            let mut batch = WriteBatch::new();
+            if self.compact_every_entries > 0 && since_compaction >= self.compact_every_entries {
+                // Everything below `next_index` is durable: each append waited for it.
+                batch.compact(self.group, LogIndex(next_index - 1));
+                since_compaction = 0;
+            }
+            let entries = (next_index..next_index + count)
+                .map(|index| Entry {
+                    term: Term(1),
+                    index: LogIndex(index),
+                    kind: EntryKind::Normal,
+                    data: self.payload.clone(),
+                })
+                .collect();
+            batch.append(self.group, entries);
+
+            let recording = self.control.recording.get();
+            let start = Instant::now();
+            let number = self
+                .log
+                .submit(batch)
+                .with_context(|| format!("submitting to group {} failed", self.group))?;
+            self.wait_durable(number).await?;
+            if recording {
+                let nanos = start.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+                self.control
+                    .latency_nanos
+                    .borrow_mut()
+                    .saturating_record(nanos);
+            }
+            next_index += count;
+            since_compaction += count;
+        }
+        Ok(())
+    }
+
+    async fn wait_durable(&self, number: BatchNumber) -> anyhow::Result<()> {
+        loop {
+            let durable = self
+                .log
+                .wait_durable(BatchNumber(number.0 - 1))
+                .await
+                .with_context(|| format!("waiting for batch {} to be durable failed", number.0))?;
+            if durable >= number {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The log's counters and the clocks at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Snapshot {
+    stats: DiskLogStats,
+    at: Instant,
+    thread_cpu: Option<Duration>,
+}
+
+impl Snapshot {
+    fn take(log: &DiskLog) -> Snapshot {
+        Snapshot {
+            stats: log.stats(),
+            at: Instant::now(),
+            thread_cpu: cpu_time::ThreadTime::try_now()
+                .ok()
+                .map(|time| time.as_duration()),
+        }
+    }
+
+    fn since(&self, before: &Snapshot, latency_nanos: Histogram<u64>) -> LoadOutcome {
+        let thread_cpu = match (before.thread_cpu, self.thread_cpu) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start)),
+            _ => None,
+        };
+        LoadOutcome {
+            entries: self.stats.entries - before.stats.entries,
+            syncs: self.stats.syncs - before.stats.syncs,
+            written_bytes: self.stats.bytes - before.stats.bytes,
+            elapsed: self.at - before.at,
+            thread_cpu,
+            latency_nanos,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unbounded_control_gives_full_submissions() {
+        let control = Control::new();
+
+        assert_eq!(control.take_entries(4), Some(4));
+        assert_eq!(control.take_entries(4), Some(4));
+    }
+
+    #[test]
+    fn bounded_control_stops_at_count() {
+        let control = Control::new();
+        control.entries_left.set(Some(6));
+
+        assert_eq!(control.take_entries(4), Some(4));
+        assert_eq!(control.take_entries(4), Some(2));
+        assert_eq!(control.take_entries(4), None);
+    }
+
+    #[test]
+    fn stopping_control_gives_nothing() {
+        let control = Control::new();
+        control.stopping.set(true);
+
+        assert_eq!(control.take_entries(1), None);
+    }
+}
