@@ -73,7 +73,15 @@ fn main() -> anyhow::Result<()> {
         )
         .await?;
         monitor.stop.set(true);
+        let stats = log.stats();
         log.close().await.context("closing the log failed")?;
+        let per_sync = |total: u64| total as f64 / stats.syncs.max(1) as f64;
+        println!(
+            "per batch: write {:.0} us, fdatasync {:.0} us (means over {} batches)",
+            per_sync(stats.write_micros_total),
+            per_sync(stats.sync_micros_total),
+            stats.syncs
+        );
         let latency = LatencySummary::from_nanos(&outcome.latency_nanos);
         println!("{spec:?}");
         println!(

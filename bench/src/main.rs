@@ -40,6 +40,45 @@ struct Cli {
 enum Command {
     /// Measure the write-ahead log against the device under a directory and check its goals.
     Log(LogArgs),
+    /// Measure a 3-node cluster in this process through the embedding API, with disk
+    /// storage and fdatasync on, real TCP on loopback, closed-loop proposers.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// Directory for the three nodes' logs, created if missing. It must be on a disk, not
+    /// tmpfs. Default: as for `log`.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+
+    /// Measured seconds per cell.
+    #[arg(long, default_value_t = 3.0)]
+    duration_secs: f64,
+
+    /// Unmeasured seconds at the start of each cell.
+    #[arg(long, default_value_t = 0.5)]
+    warmup_secs: f64,
+
+    /// Counts of concurrent proposers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,256")]
+    proposers: Vec<usize>,
+
+    /// Counts of Raft groups, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    groups: Vec<u32>,
+
+    /// Shards (executors) per node.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+
+    /// Bytes of each value written.
+    #[arg(long, default_value_t = 16)]
+    value_bytes: usize,
+
+    /// Also write every figure to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +136,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Log(args)) => run_log(&args),
+        Some(Command::Node(args)) => run_node(&args),
         None => {
             Cli::command().print_help()?;
             println!();
@@ -480,4 +520,103 @@ fn print_cell(cell: &CellReport) {
         cell.latency_ratio(),
         cpu
     );
+}
+
+/// Everything one run of `shardraft-bench node` measured, as written with `--json`.
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    machine: MachineFacts,
+    filesystem: Filesystem,
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
+    cells: Vec<shardraft_bench::node::NodeOutcome>,
+}
+
+fn run_node(args: &NodeArgs) -> anyhow::Result<()> {
+    let duration = seconds(args.duration_secs, "--duration-secs")?;
+    let warmup = seconds(args.warmup_secs, "--warmup-secs")?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(environment::default_data_dir);
+    environment::prepare_data_dir(&dir)?;
+    let machine = environment::machine_facts();
+    let filesystem = environment::filesystem_of(&dir)?;
+    let load_average_start = environment::load_average();
+    println!("shardraft-bench node: 3 nodes in this process through the embedding API");
+    println!("cpu: {} x {}", machine.cpus, machine.cpu_model);
+    println!("kernel: {}", machine.kernel);
+    println!("rustc: {}", machine.rustc);
+    println!(
+        "directory: {} on {} ({} mounted at {})",
+        dir.display(),
+        filesystem.fs_type,
+        filesystem.source,
+        filesystem.mount_point.display()
+    );
+    println!("load average at start: {}", format_load(load_average_start));
+    println!(
+        "durability: every write is on disk (O_DIRECT + fdatasync) on a majority before it is \
+         acknowledged; {} shard(s) per node; {} B values; {:.1} s warmup, {:.1} s measured",
+        args.shards,
+        args.value_bytes,
+        warmup.as_secs_f64(),
+        duration.as_secs_f64()
+    );
+    println!();
+    println!(
+        "{:>6} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>11} {:>7}",
+        "groups",
+        "proposers",
+        "writes/s",
+        "p50 us",
+        "p99 us",
+        "max us",
+        "cpu us/write",
+        "syncs/write",
+        "errors"
+    );
+    let mut cells = Vec::new();
+    for &groups in &args.groups {
+        for &proposers in &args.proposers {
+            let spec = shardraft_bench::node::NodeSpec {
+                proposers,
+                groups,
+                shards: args.shards,
+                value_bytes: args.value_bytes,
+            };
+            let run_dir = RunDir::create(&dir)?;
+            let outcome = shardraft_bench::node::run_cell(run_dir.path(), spec, warmup, duration)?;
+            println!(
+                "{:>6} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>11.3} {:>7}",
+                groups,
+                proposers,
+                outcome.writes_per_sec,
+                outcome.latency.p50_micros,
+                outcome.latency.p99_micros,
+                outcome.latency.max_micros,
+                outcome.cpu_micros_per_write,
+                outcome.syncs_per_write,
+                outcome.errors
+            );
+            cells.push(outcome);
+        }
+    }
+    let load_average_end = environment::load_average();
+    println!();
+    println!("load average at end: {}", format_load(load_average_end));
+    if let Some(path) = &args.json {
+        let report = NodeReport {
+            machine,
+            filesystem,
+            load_average_start,
+            load_average_end,
+            cells,
+        };
+        let json =
+            serde_json::to_string_pretty(&report).context("serializing the report failed")?;
+        std::fs::write(path, json).with_context(|| format!("writing {} failed", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
 }

@@ -1,37 +1,71 @@
 //! A wake-up signal for tasks of one executor: tasks wait until a condition they check
 //! holds, and whoever changes the state it depends on calls [`Signal::notify_all`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
-    wakers: RefCell<Vec<Waker>>,
+    waiters: RefCell<Waiters>,
+}
+
+/// Wakers of the tasks waiting since the last notification. Each waiter keeps its slot
+/// for the generation it registered in, so re-polling a waiter replaces its waker in place
+/// instead of scanning the list: a notification that wakes N waiters costs O(N), not O(N²).
+#[derive(Debug, Default)]
+struct Waiters {
+    generation: u64,
+    wakers: Vec<Option<Waker>>,
 }
 
 impl Signal {
     /// Wakes every waiting task; each re-checks its condition.
     pub fn notify_all(&self) {
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for waker in wakers {
+        let wakers = {
+            let mut waiters = self.waiters.borrow_mut();
+            waiters.generation += 1;
+            std::mem::take(&mut waiters.wakers)
+        };
+        for waker in wakers.into_iter().flatten() {
             waker.wake();
         }
     }
 
     /// Waits until `check` returns `Some`, re-checking after every notification.
     pub async fn wait_for<T>(&self, mut check: impl FnMut() -> Option<T>) -> T {
-        poll_fn(|context| match check() {
-            Some(value) => Poll::Ready(value),
-            None => {
-                let mut wakers = self.wakers.borrow_mut();
-                if !wakers.iter().any(|waker| waker.will_wake(context.waker())) {
-                    wakers.push(context.waker().clone());
-                }
-                Poll::Pending
+        let registration: Cell<Option<(u64, usize)>> = Cell::new(None);
+        let value = poll_fn(|context| {
+            if let Some(value) = check() {
+                return Poll::Ready(value);
             }
+            let mut waiters = self.waiters.borrow_mut();
+            let generation = waiters.generation;
+            match registration.get() {
+                Some((registered, slot)) if registered == generation => {
+                    let current = &mut waiters.wakers[slot];
+                    if !current
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(context.waker()))
+                    {
+                        *current = Some(context.waker().clone());
+                    }
+                }
+                _ => {
+                    waiters.wakers.push(Some(context.waker().clone()));
+                    registration.set(Some((generation, waiters.wakers.len() - 1)));
+                }
+            }
+            Poll::Pending
         })
-        .await
+        .await;
+        if let Some((registered, slot)) = registration.get() {
+            let mut waiters = self.waiters.borrow_mut();
+            if registered == waiters.generation {
+                waiters.wakers[slot] = None;
+            }
+        }
+        value
     }
 }
 

@@ -182,6 +182,10 @@ pub struct DiskLogStats {
     pub rotations: u64,
     /// Segments deleted after compaction.
     pub segments_deleted: u64,
+    /// Time spent in batch writes, from submission to completion.
+    pub write_micros_total: u64,
+    /// Time spent in the fdatasync after each batch write.
+    pub sync_micros_total: u64,
 }
 
 /// Everything recovery hands to the writer.
@@ -812,13 +816,17 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
     };
 
     let written_bytes = buffer.len() as u64;
+    let write_started = std::time::Instant::now();
     write_all(&file, buffer, offset, &path).await?;
+    let sync_started = std::time::Instant::now();
     file.fdatasync()
         .await
         .map_err(|error| StorageError::SyncFailed {
             path: path.clone(),
             source: Arc::new(glommio_io_error(error)),
         })?;
+    let write_micros = (sync_started - write_started).as_micros() as u64;
+    let sync_micros = sync_started.elapsed().as_micros() as u64;
 
     let deletable = {
         let mut state = shared.state.borrow_mut();
@@ -827,6 +835,8 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
         state.stats.syncs += 1;
         state.stats.bytes += written_bytes;
         state.stats.entries += batch.entries.len() as u64;
+        state.stats.write_micros_total += write_micros;
+        state.stats.sync_micros_total += sync_micros;
         state.pending_bytes = state
             .pending_bytes
             .saturating_sub(batch.payload.len() as u64);
@@ -843,9 +853,20 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
 fn publish(state: &mut State, batch: &StagedBatch, segment_seq: u64, data_offset: u64) {
     let payload_offset = data_offset + BATCH_HEADER_BYTES as u64;
     let mut max_index: HashMap<GroupId, LogIndex> = HashMap::new();
+    // Entries of one group come in runs, so the highest index is recorded once per run.
+    let mut run: Option<(GroupId, LogIndex)> = None;
     for staged in &batch.entries {
-        let highest = max_index.entry(staged.group).or_default();
-        *highest = (*highest).max(staged.index);
+        match &mut run {
+            Some((group, highest)) if *group == staged.group => {
+                *highest = (*highest).max(staged.index);
+            }
+            _ => {
+                if let Some((group, highest)) = run.replace((staged.group, staged.index)) {
+                    let recorded = max_index.entry(group).or_default();
+                    *recorded = (*recorded).max(highest);
+                }
+            }
+        }
         let Some(log) = state.groups.get_mut(&staged.group) else {
             continue;
         };
@@ -860,6 +881,10 @@ fn publish(state: &mut State, batch: &StagedBatch, segment_seq: u64, data_offset
                 len: staged.record_bytes,
             });
         }
+    }
+    if let Some((group, highest)) = run {
+        let recorded = max_index.entry(group).or_default();
+        *recorded = (*recorded).max(highest);
     }
     if let Some(segment) = state.segments.get_mut(&segment_seq) {
         for (group, index) in max_index {

@@ -353,10 +353,18 @@ where
                     log_role_change(*group, replica.role_state, role_state);
                     replica.role_state = Some(role_state);
                 }
+                let mut must_persist = !ready.entries.is_empty();
                 if let Some(hard_state) = ready.hard_state {
-                    batch.set_hard_state(*group, hard_state);
+                    let submitted = replica.submitted_hard_state;
+                    if hard_state.term == submitted.term && hard_state.vote == submitted.vote {
+                        replica.deferred_hard_state = Some(hard_state);
+                    } else {
+                        batch.set_hard_state(*group, hard_state);
+                        replica.submitted_hard_state = hard_state;
+                        replica.deferred_hard_state = None;
+                        must_persist = true;
+                    }
                 }
-                let must_persist = ready.must_persist();
                 batch.append(*group, std::mem::take(&mut ready.entries));
                 let to_group = |message| GroupMessage {
                     group: *group,
@@ -377,6 +385,9 @@ where
             more_work |= replica.core.has_ready();
         }
         self.transport.send(messages);
+        if !batch.is_empty() {
+            self.add_deferred_hard_states(&mut batch);
+        }
         self.persist(batch, readies, held_messages)?;
         if more_work {
             self.events.push_now(ShardEvent::Continue);
@@ -386,6 +397,16 @@ where
             self.accepting_changed.notify_all();
         }
         Ok(())
+    }
+
+    /// Adds every deferred commit-only hard state to a batch that is written anyway.
+    fn add_deferred_hard_states(&mut self, batch: &mut WriteBatch) {
+        for (group, replica) in self.replicas.iter_mut() {
+            if let Some(hard_state) = replica.deferred_hard_state.take() {
+                batch.set_hard_state(*group, hard_state);
+                replica.submitted_hard_state = hard_state;
+            }
+        }
     }
 
     fn persist(
@@ -421,6 +442,18 @@ where
         self.transport.send(messages);
         self.events.push_now(ShardEvent::Continue);
         Ok(())
+    }
+
+    /// Writes the deferred commit indexes before a clean stop, so that a restarted node
+    /// applies everything it had applied.
+    fn write_deferred_hard_states(&mut self) {
+        let mut batch = WriteBatch::new();
+        self.add_deferred_hard_states(&mut batch);
+        if !batch.is_empty()
+            && let Err(error) = self.log.submit(batch)
+        {
+            tracing::error!(%error, "writing the last commit indexes failed");
+        }
     }
 
     fn status(&self) -> ShardStatus {
@@ -475,8 +508,11 @@ where
                     if let Log::Disk(log) = &self.log {
                         log.halt();
                     }
-                } else if let Err(error) = self.log.close().await {
-                    tracing::error!(%error, "closing the log failed");
+                } else {
+                    self.write_deferred_hard_states();
+                    if let Err(error) = self.log.close().await {
+                        tracing::error!(%error, "closing the log failed");
+                    }
                 }
                 NodeError::Stopped
             }

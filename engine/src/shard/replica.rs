@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use shardraft_raft::{
-    Entry, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
+    Entry, HardState, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
 };
 
 use crate::log::GroupId;
@@ -36,6 +36,12 @@ pub(crate) struct Replica<S: StateMachine> {
     reads_applying: BTreeMap<(LogIndex, u64), PendingRead<S>>,
     next_read_context: u64,
     pub role_state: Option<RoleState>,
+    /// The hard state last handed to the log.
+    pub submitted_hard_state: HardState,
+    /// A newer hard state that differs from the submitted one only in its commit index. It
+    /// is written with the next batch that goes to disk anyway, because a stale commit
+    /// index after a crash only delays applying until the leader repeats it.
+    pub deferred_hard_state: Option<HardState>,
 }
 
 impl<S> Replica<S>
@@ -43,6 +49,7 @@ where
     S: StateMachine,
 {
     pub fn new(group: GroupId, core: RaftNode, state_machine: S) -> Self {
+        let core_hard_state = core.hard_state();
         Replica {
             group,
             core,
@@ -52,6 +59,8 @@ where
             reads_applying: BTreeMap::new(),
             next_read_context: 1,
             role_state: None,
+            submitted_hard_state: core_hard_state,
+            deferred_hard_state: None,
         }
     }
 
