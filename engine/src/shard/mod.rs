@@ -232,15 +232,18 @@ where
             ShardEvent::Continue => {}
             ShardEvent::Transport(TransportEvent::Received { messages, .. }) => {
                 for GroupMessage { group, message } in messages {
-                    if let Some(replica) = self.replicas.get_mut(&group)
-                        && let Err(rejection) = replica.core.step(message)
-                    {
-                        tracing::debug!(%group, ?rejection, "message rejected by the core");
+                    let Some(replica) = self.replicas.get_mut(&group) else {
+                        continue;
+                    };
+                    let _entered = replica.span.enter();
+                    if let Err(rejection) = replica.core.step(message) {
+                        tracing::debug!(?rejection, "message rejected by the core");
                     }
                 }
             }
             ShardEvent::Transport(TransportEvent::PeerUnreachable { peer }) => {
                 for replica in self.replicas.values_mut() {
+                    let _entered = replica.span.enter();
                     replica.core.report_unreachable(peer);
                 }
             }
@@ -254,6 +257,7 @@ where
     fn on_tick(&mut self) {
         self.tick += 1;
         for replica in self.replicas.values_mut() {
+            let _entered = replica.span.enter();
             replica.core.tick();
         }
         if self.tick.is_multiple_of(EXPIRY_SCAN_INTERVAL_TICKS) {
@@ -279,7 +283,11 @@ where
                 command,
                 reply,
             } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.propose(command, reply, deadline),
+                Some(replica) => {
+                    let span = replica.span.clone();
+                    let _entered = span.enter();
+                    replica.propose(command, reply, deadline);
+                }
                 None => {
                     let groups = self.config.groups;
                     let _ = reply.send(Err(NodeError::UnknownGroup { group, groups }));
@@ -287,7 +295,11 @@ where
             },
             ShardRequest::Read { group, mode, read } => match self.replicas.get_mut(&group) {
                 Some(replica) if mode == ReadMode::Stale => read(Ok(&replica.state_machine)),
-                Some(replica) => replica.read_linearizable(read, deadline),
+                Some(replica) => {
+                    let span = replica.span.clone();
+                    let _entered = span.enter();
+                    replica.read_linearizable(read, deadline);
+                }
                 None => {
                     let groups = self.config.groups;
                     read(Err(NodeError::UnknownGroup { group, groups }));
@@ -310,6 +322,7 @@ where
             let done = self.persisting.pop_front().expect("front exists");
             for (group, number) in done.readies {
                 if let Some(replica) = self.replicas.get_mut(&group) {
+                    let _entered = replica.span.enter();
                     replica.core.on_persisted(number);
                 }
             }
@@ -345,6 +358,8 @@ where
         let mut messages = Vec::new();
         let mut more_work = false;
         for (group, replica) in self.replicas.iter_mut() {
+            let span = replica.span.clone();
+            let _entered = span.enter();
             for _ in 0..READY_PASSES_MAX {
                 let Some(mut ready) = replica.core.ready() else {
                     break;

@@ -36,6 +36,8 @@ pub(crate) struct Replica<S: StateMachine> {
     reads_applying: BTreeMap<(LogIndex, u64), PendingRead<S>>,
     next_read_context: u64,
     pub role_state: Option<RoleState>,
+    /// The `group` span that the core's and the replica's log lines carry.
+    pub span: tracing::Span,
     /// The hard state last handed to the log.
     pub submitted_hard_state: HardState,
     /// A newer hard state that differs from the submitted one only in its commit index. It
@@ -59,6 +61,7 @@ where
             reads_applying: BTreeMap::new(),
             next_read_context: 1,
             role_state: None,
+            span: tracing::info_span!("group", group = group.0),
             submitted_hard_state: core_hard_state,
             deferred_hard_state: None,
         }
