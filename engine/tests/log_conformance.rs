@@ -812,3 +812,78 @@ fn checkpoint_is_synced_apart_from_the_next_batch() {
         log.close().await.expect("closing");
     });
 }
+
+/// Sequence numbers of the segment files in `dir`, and whether any file of an interrupted
+/// recycling is left.
+fn segment_files(dir: &std::path::Path) -> (Vec<u64>, bool) {
+    let mut seqs = Vec::new();
+    let mut recycling_left = false;
+    for entry in std::fs::read_dir(dir).expect("listing the shard directory") {
+        let path = entry.expect("reading a directory entry").path();
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("wal") => {
+                let stem = path.file_stem().and_then(|stem| stem.to_str()).unwrap();
+                seqs.push(stem.parse().expect("a segment name is a number"));
+            }
+            Some("recycling") => recycling_left = true,
+            _ => {}
+        }
+    }
+    seqs.sort_unstable();
+    (seqs, recycling_left)
+}
+
+#[test]
+fn recycled_segments_survive_restart_and_crash() {
+    // Compacting often makes the log retire segments and reuse them as new ones, which
+    // still hold batches of their earlier use; recovery must read those as the end.
+    let mut fixture = DiskFixture::new("recycled-segments");
+    let groups = [GroupId(0), GroupId(1)];
+    run(async {
+        let log = fixture.open().await;
+        let shard_dir = log.dir().to_path_buf();
+        let mut last = [0u64; 2];
+        for _ in 0..12 {
+            fill(&log, &groups, &mut last, 40, 1000).await;
+            let mut batch = WriteBatch::new();
+            for (slot, group) in groups.iter().enumerate() {
+                batch.compact(*group, LogIndex(last[slot] - 5));
+            }
+            submit_durably(&log, batch).await;
+        }
+        let stats = log.stats();
+        assert!(
+            stats.segments_deleted >= 4,
+            "too few segments retired: {stats:?}"
+        );
+        assert!(
+            stats.segments_recycled > 0,
+            "no segment was reused: {stats:?}"
+        );
+
+        let expected = snapshot(&log).await;
+        let log = fixture.restart(log).await;
+        assert_eq!(
+            snapshot(&log).await,
+            expected,
+            "contents after a clean restart"
+        );
+
+        fill(&log, &groups, &mut last, 80, 1000).await;
+        let expected = snapshot(&log).await;
+        log.halt();
+        drop(log);
+        let log = fixture.open().await;
+        assert_eq!(snapshot(&log).await, expected, "contents after a crash");
+        let (seqs, recycling_left) = segment_files(&shard_dir);
+        assert!(!recycling_left, "a recycling file was left behind");
+        for pair in seqs.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "segment files are not contiguous: {seqs:?}"
+            );
+        }
+        log.close().await.expect("closing the log");
+    });
+}

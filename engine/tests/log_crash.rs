@@ -573,6 +573,25 @@ fn missing_oldest_segment_without_compaction_is_corrupt() {
 }
 
 #[test]
+fn interrupted_recycling_leaves_the_log_intact() {
+    run(async {
+        let (dir, config, segments) = build_segments("interrupted-recycling").await;
+        let log = DiskLog::open(&config, IDENTITY).await.expect("opening");
+        let expected = snapshot(&log).await;
+        log.close().await.expect("closing");
+        // A crash after a retired segment was renamed out of the log, before its new name.
+        let parked = dir.shard_dir().join("00000000000000000099.recycling");
+        std::fs::copy(&segments[0], &parked).expect("placing a parked segment");
+
+        let log = DiskLog::open(&config, IDENTITY).await.expect("reopening");
+
+        assert_eq!(snapshot(&log).await, expected, "contents after the interrupted recycling");
+        assert!(!parked.exists(), "the parked segment was not removed");
+        log.close().await.expect("closing");
+    });
+}
+
+#[test]
 fn segment_of_another_node_is_rejected() {
     run(async {
         let (dir, config, segments) = build_segments("segment-of-another-node").await;

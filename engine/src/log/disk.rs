@@ -27,7 +27,7 @@ use shardraft_raft::{Entry, EntryKind, HardState, LogIndex, Term};
 use super::error::glommio_io_error;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
 use super::group::{GroupLog, Slot, check_batch};
-use super::segment::{prepare_segment, segment_path, sync_directory, write_all};
+use super::segment::{prepare_segment, recycle_segment, segment_path, sync_directory, write_all};
 use super::{
     BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
     WriteOp, recovery,
@@ -180,8 +180,10 @@ pub struct DiskLogStats {
     pub bytes: u64,
     /// Segments started after the first.
     pub rotations: u64,
-    /// Segments deleted after compaction.
+    /// Segments retired after compaction: removed, or kept to be recycled.
     pub segments_deleted: u64,
+    /// Retired segments reused as new segments instead of creating and zero-filling one.
+    pub segments_recycled: u64,
     /// Time spent in batch writes, from submission to completion.
     pub write_micros_total: u64,
     /// Time spent in the fdatasync after each batch write.
@@ -215,6 +217,12 @@ struct State {
     next_batch_seq: u64,
     written: BTreeMap<GroupId, WrittenGroup>,
     prepared: Option<glommio::Task<Result<Rc<DmaFile>, StorageError>>>,
+    /// Emptied buffers of written batches, reused so that staging does not grow a fresh
+    /// buffer (and copy it on every doubling) for each batch.
+    spare_buffers: Vec<(Vec<u8>, Vec<StagedEntry>)>,
+    /// Segments whose entries are all compacted, oldest first, kept to become the next
+    /// segments. Their files are still in the directory under their old names.
+    recyclable: Vec<SegmentFile>,
     stats: DiskLogStats,
 }
 
@@ -284,6 +292,8 @@ impl DiskLog {
             next_batch_seq: recovered.next_batch_seq,
             written,
             prepared: None,
+            spare_buffers: Vec::new(),
+            recyclable: Vec::new(),
             stats: DiskLogStats::default(),
         };
         let shared = Rc::new(Shared {
@@ -378,7 +388,12 @@ impl LogStore for DiskLog {
             Some(back) => back.payload.len() as u64 + estimate > self.shared.config.flush_bytes_max,
         };
         if start_new {
-            state.staged.push_back(StagedBatch::default());
+            let (payload, entries) = state.spare_buffers.pop().unwrap_or_default();
+            state.staged.push_back(StagedBatch {
+                payload,
+                entries,
+                ..StagedBatch::default()
+            });
         }
         let State {
             groups,
@@ -728,8 +743,19 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
     let identity = shared.identity;
     let segment_bytes = shared.config.segment_bytes;
     let zero_fill = shared.config.zero_fill_segments;
+    // The oldest retired segment goes first, so that the files left in the directory stay
+    // a contiguous run of sequence numbers.
+    let recyclable = {
+        let mut state = shared.state.borrow_mut();
+        let recyclable = (!state.recyclable.is_empty()).then(|| state.recyclable.remove(0));
+        state.stats.segments_recycled += u64::from(recyclable.is_some());
+        recyclable
+    };
     let task = glommio::spawn_local(async move {
-        prepare_segment(&dir, identity, segment_seq, segment_bytes, zero_fill).await
+        match recyclable {
+            Some(old) => recycle_segment(&dir, identity, old.file, &old.path, segment_seq).await,
+            None => prepare_segment(&dir, identity, segment_seq, segment_bytes, zero_fill).await,
+        }
     });
     shared.state.borrow_mut().prepared = Some(task);
 }
@@ -843,10 +869,29 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
         state.durable = batch.last_submission;
         let State { cache, groups, .. } = &mut *state;
         cache.evict(groups);
+        recycle_buffers(&mut state, batch);
         take_deletable_segments(&mut state)
     };
     shared.progress.notify_all();
     delete_segments(shared, deletable).await
+}
+
+/// Spare staging buffers kept for reuse: enough for the batches that accumulate while one
+/// is written, without holding on to memory after a burst.
+const SPARE_BUFFERS_MAX: usize = 2;
+
+fn recycle_buffers(state: &mut State, batch: StagedBatch) {
+    if state.spare_buffers.len() >= SPARE_BUFFERS_MAX {
+        return;
+    }
+    let StagedBatch {
+        mut payload,
+        mut entries,
+        ..
+    } = batch;
+    payload.clear();
+    entries.clear();
+    state.spare_buffers.push((payload, entries));
 }
 
 /// Records where the batch's entries now are and what the checkpoint state became.
@@ -1045,6 +1090,12 @@ fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
     deletable
 }
 
+/// Compacted segments kept for recycling; more are removed.
+const RECYCLABLE_SEGMENTS_MAX: usize = 2;
+
+/// Retires segments every group has compacted: keeps a few to recycle as the next
+/// segments and removes the rest. A kept segment stays a valid, if unneeded, part of the
+/// log until it is recycled, so a crash in between loses nothing.
 async fn delete_segments(
     shared: &Rc<Shared>,
     segments: Vec<SegmentFile>,
@@ -1052,7 +1103,20 @@ async fn delete_segments(
     if segments.is_empty() {
         return Ok(());
     }
-    for segment in &segments {
+    let deleted = segments.len() as u64;
+    let mut removed = Vec::new();
+    {
+        // Segments retire oldest first and files are removed oldest first, so the files
+        // left form a contiguous run, which recovery requires.
+        let mut state = shared.state.borrow_mut();
+        for segment in segments {
+            state.recyclable.push(segment);
+            if state.recyclable.len() > RECYCLABLE_SEGMENTS_MAX {
+                removed.push(state.recyclable.remove(0));
+            }
+        }
+    }
+    for segment in &removed {
         if let Err(error) = segment.file.remove().await {
             tracing::warn!(
                 path = %segment.path.display(),
@@ -1061,6 +1125,9 @@ async fn delete_segments(
             );
         }
     }
-    shared.state.borrow_mut().stats.segments_deleted += segments.len() as u64;
+    shared.state.borrow_mut().stats.segments_deleted += deleted;
+    if removed.is_empty() {
+        return Ok(());
+    }
     sync_directory(&shared.dir).await
 }

@@ -105,6 +105,26 @@ pub async fn prime_direct_io(dir: &Path) -> Result<(), StorageError> {
     std::fs::remove_file(&path).map_err(|error| StorageError::from_io("removing", &path, error))
 }
 
+/// Removes segments whose recycling a crash interrupted. They were renamed away from
+/// the log before their header was rewritten, and every entry in them was compacted.
+fn remove_interrupted_recycling(dir: &Path) -> Result<(), StorageError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|error| StorageError::from_io("listing", dir, error))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|error| StorageError::from_io("listing", dir, error))?
+            .path();
+        if path.extension().and_then(|ext| ext.to_str())
+            == Some(super::segment::RECYCLING_EXTENSION)
+        {
+            tracing::info!(path = %path.display(), "removing a segment left by interrupted recycling");
+            std::fs::remove_file(&path)
+                .map_err(|error| StorageError::from_io("removing", &path, error))?;
+        }
+    }
+    Ok(())
+}
+
 /// Maps the error of opening a segment: EINVAL from an O_DIRECT open means the filesystem
 /// does not support direct I/O.
 pub(crate) fn open_error(path: &Path, error: glommio::GlommioError<()>) -> StorageError {
@@ -123,6 +143,7 @@ pub(crate) async fn recover(
     identity: LogIdentity,
     config: &LogConfig,
 ) -> Result<Recovered, StorageError> {
+    remove_interrupted_recycling(dir)?;
     let listed = list_segments(dir)?;
     identity::check_or_create(dir, identity, !listed.is_empty())?;
     prime_direct_io(dir).await?;
@@ -398,6 +419,28 @@ impl Scan {
                             offset,
                             search_from: from,
                             detail: "the batch header is zeroed".to_string(),
+                        };
+                        return Err(corrupt_before_valid(&damage, &path, found));
+                    }
+                    break;
+                }
+                BatchRead::Valid(batch)
+                    if self
+                        .last_batch_seq
+                        .is_some_and(|last| batch.batch_seq <= last) =>
+                {
+                    // A batch older than the log's last one is left over from the
+                    // segment's earlier use (segments are recycled). Like a zeroed header it
+                    // ends the segment, unless a newer batch follows.
+                    let expected = self.last_batch_seq.map_or(0, |last| last + 1);
+                    let from = offset + BLOCK_BYTES;
+                    if let Some(found) = find_valid_batch(&mut reader, from, expected).await? {
+                        let damage = Damage {
+                            segment_seq: seq,
+                            path: path.clone(),
+                            offset,
+                            search_from: from,
+                            detail: format!("batch {} is older than the log", batch.batch_seq),
                         };
                         return Err(corrupt_before_valid(&damage, &path, found));
                     }

@@ -16,6 +16,9 @@ use super::{LogIdentity, StorageError};
 
 const SEGMENT_EXTENSION: &str = "wal";
 
+/// Extension of a segment while it is being recycled; such files are not part of the log.
+pub(crate) const RECYCLING_EXTENSION: &str = "recycling";
+
 /// Bytes written per request while zero-filling a new segment.
 const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
 
@@ -78,12 +81,21 @@ pub(crate) async fn prepare_segment(
         .map_err(io_error("allocating"))?;
 
     if zero_fill {
+        // One zeroed buffer serves every full chunk: clearing a fresh 1 MiB buffer per
+        // chunk cost about a tenth of the flusher's thread at 1 GiB/s of log writes.
+        let mut chunk = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES as usize);
+        chunk.as_bytes_mut().fill(0);
+        let chunk = Rc::new(chunk);
         let mut offset = BLOCK_BYTES;
         while offset < segment_bytes {
             let len = ZERO_FILL_CHUNK_BYTES.min(segment_bytes - offset);
-            let mut buffer = file.alloc_dma_buffer(len as usize);
-            buffer.as_bytes_mut().fill(0);
-            write_all(&file, buffer, offset, &path).await?;
+            if len == ZERO_FILL_CHUNK_BYTES {
+                write_all_shared(&file, Rc::clone(&chunk), offset, &path).await?;
+            } else {
+                let mut tail = file.alloc_dma_buffer(len as usize);
+                tail.as_bytes_mut().fill(0);
+                write_all(&file, tail, offset, &path).await?;
+            }
             offset += len;
         }
     }
@@ -109,6 +121,48 @@ pub(crate) async fn prepare_segment(
     Ok(Rc::new(file))
 }
 
+/// Turns a segment whose entries are all compacted into segment `segment_seq`, so that the
+/// log writes over allocated blocks without zero-filling a new file.
+///
+/// The file is first renamed out of the log, then given its new header, synced and renamed
+/// to its new name. A crash in between leaves a `.recycling` file that recovery removes;
+/// the batches left in it are older than the log's and recovery reads them as its end.
+pub(crate) async fn recycle_segment(
+    dir: &Path,
+    identity: LogIdentity,
+    file: Rc<DmaFile>,
+    old_path: &Path,
+    segment_seq: u64,
+) -> Result<Rc<DmaFile>, StorageError> {
+    let parked = old_path.with_extension(RECYCLING_EXTENSION);
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|error| StorageError::from_io("renaming", from, error))
+    };
+    rename(old_path, &parked)?;
+    sync_directory(dir).await?;
+
+    let header = SegmentHeader {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+        shard: identity.shard,
+        segment_seq,
+    };
+    let mut block = file.alloc_dma_buffer(BLOCK_BYTES as usize);
+    block.as_bytes_mut().fill(0);
+    format::encode_segment_header(&header, block.as_bytes_mut());
+    write_all(&file, block, 0, &parked).await?;
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: parked.clone(),
+            source: std::sync::Arc::new(glommio_io_error(error)),
+        })?;
+
+    rename(&parked, &segment_path(dir, segment_seq))?;
+    sync_directory(dir).await?;
+    Ok(file)
+}
+
 /// Writes `buffer` at `offset`, treating a short write as an error.
 pub(crate) async fn write_all(
     file: &DmaFile,
@@ -119,6 +173,30 @@ pub(crate) async fn write_all(
     let len = buffer.len();
     let written = file
         .write_at(buffer, offset)
+        .await
+        .map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
+    if written != len {
+        return Err(StorageError::from_io(
+            "writing",
+            path,
+            std::io::Error::other(format!(
+                "short write at offset {offset}: {written} of {len} bytes"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a shared buffer at `offset`, treating a short write as an error.
+async fn write_all_shared(
+    file: &DmaFile,
+    buffer: Rc<glommio::io::DmaBuffer>,
+    offset: u64,
+    path: &Path,
+) -> Result<(), StorageError> {
+    let len = buffer.len();
+    let written = file
+        .write_rc_at(buffer, offset)
         .await
         .map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
     if written != len {
