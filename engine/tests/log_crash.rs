@@ -585,7 +585,11 @@ fn interrupted_recycling_leaves_the_log_intact() {
 
         let log = DiskLog::open(&config, IDENTITY).await.expect("reopening");
 
-        assert_eq!(snapshot(&log).await, expected, "contents after the interrupted recycling");
+        assert_eq!(
+            snapshot(&log).await,
+            expected,
+            "contents after the interrupted recycling"
+        );
         assert!(!parked.exists(), "the parked segment was not removed");
         log.close().await.expect("closing");
     });
