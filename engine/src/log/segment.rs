@@ -171,20 +171,8 @@ pub(crate) async fn write_all(
     path: &Path,
 ) -> Result<(), StorageError> {
     let len = buffer.len();
-    let written = file
-        .write_at(buffer, offset)
-        .await
-        .map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
-    if written != len {
-        return Err(StorageError::from_io(
-            "writing",
-            path,
-            std::io::Error::other(format!(
-                "short write at offset {offset}: {written} of {len} bytes"
-            )),
-        ));
-    }
-    Ok(())
+    let written = file.write_at(buffer, offset).await;
+    check_written(written, len, offset, path)
 }
 
 /// Writes a shared buffer at `offset`, treating a short write as an error.
@@ -195,10 +183,18 @@ async fn write_all_shared(
     path: &Path,
 ) -> Result<(), StorageError> {
     let len = buffer.len();
-    let written = file
-        .write_rc_at(buffer, offset)
-        .await
-        .map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
+    let written = file.write_rc_at(buffer, offset).await;
+    check_written(written, len, offset, path)
+}
+
+fn check_written(
+    written: glommio::Result<usize, ()>,
+    len: usize,
+    offset: u64,
+    path: &Path,
+) -> Result<(), StorageError> {
+    let written =
+        written.map_err(|error| StorageError::from_io("writing", path, glommio_io_error(error)))?;
     if written != len {
         return Err(StorageError::from_io(
             "writing",
