@@ -61,6 +61,12 @@ impl Slot for DiskSlot {
     fn term(&self) -> Term {
         self.term
     }
+
+    fn cached_bytes(&self) -> u64 {
+        self.data
+            .as_ref()
+            .map_or(0, |data| data.len() as u64 + CACHE_ENTRY_OVERHEAD_BYTES)
+    }
 }
 
 /// Per-entry overhead counted against the cache budget besides the payload: the slot and
@@ -90,21 +96,23 @@ impl EntryCache {
         self.bytes += data_bytes as u64 + CACHE_ENTRY_OVERHEAD_BYTES;
     }
 
-    /// Accounts for slots removed from a group's log.
-    pub fn forget(&mut self, slots: &[DiskSlot]) {
-        for slot in slots {
-            if let Some(data) = &slot.data {
-                self.bytes -= data.len() as u64 + CACHE_ENTRY_OVERHEAD_BYTES;
-            }
-        }
+    /// Accounts for slots removed from a group's log, given the bytes they counted.
+    pub fn forget(&mut self, released_bytes: u64) {
+        self.bytes -= released_bytes;
     }
 
     pub fn evict(&mut self, groups: &mut BTreeMap<GroupId, GroupLog<DiskSlot>>) {
+        // Consecutive queue entries mostly belong to one group, so the group's log is looked
+        // up once per run of them.
+        let mut current: Option<(GroupId, &mut GroupLog<DiskSlot>)> = None;
         while self.bytes > self.bytes_max {
             let Some((group, index)) = self.order.pop_front() else {
                 return;
             };
-            let Some(log) = groups.get_mut(&group) else {
+            if current.as_ref().is_none_or(|(known, _)| *known != group) {
+                current = groups.get_mut(&group).map(|log| (group, log));
+            }
+            let Some((_, log)) = current.as_mut() else {
                 continue;
             };
             let Ok(position) = log.position(group, index) else {
@@ -678,7 +686,7 @@ fn stage_ops(
                 let first = entries[0].index;
                 if first <= log.last_index() {
                     push_record(staged, &Record::Truncate { group, from: first });
-                    target.cache.forget(&log.truncate_from(first));
+                    target.cache.forget(log.truncate_from(first));
                 }
                 for entry in entries {
                     let payload_offset = staged.payload.len() as u32;
@@ -710,7 +718,7 @@ fn stage_ops(
             }
             WriteOp::Truncate { from, .. } => {
                 push_record(staged, &Record::Truncate { group, from });
-                target.cache.forget(&log.truncate_from(from));
+                target.cache.forget(log.truncate_from(from));
             }
             WriteOp::Compact { through, .. } => {
                 let Some(term) = compaction_term else {
@@ -724,7 +732,7 @@ fn stage_ops(
                         term,
                     },
                 );
-                target.cache.forget(&log.compact(through, term));
+                target.cache.forget(log.compact(through, term));
                 staged
                     .changes
                     .push((group, WrittenChange::Compact(through, term)));
@@ -898,38 +906,33 @@ fn recycle_buffers(state: &mut State, batch: StagedBatch) {
 fn publish(state: &mut State, batch: &StagedBatch, segment_seq: u64, data_offset: u64) {
     let payload_offset = data_offset + BATCH_HEADER_BYTES as u64;
     let mut max_index: HashMap<GroupId, LogIndex> = HashMap::new();
-    // Entries of one group come in runs, so the highest index is recorded once per run.
-    let mut run: Option<(GroupId, LogIndex)> = None;
-    for staged in &batch.entries {
-        match &mut run {
-            Some((group, highest)) if *group == staged.group => {
-                *highest = (*highest).max(staged.index);
-            }
-            _ => {
-                if let Some((group, highest)) = run.replace((staged.group, staged.index)) {
-                    let recorded = max_index.entry(group).or_default();
-                    *recorded = (*recorded).max(highest);
-                }
-            }
-        }
-        let Some(log) = state.groups.get_mut(&staged.group) else {
-            continue;
-        };
-        let Ok(position) = log.position(staged.group, staged.index) else {
-            continue;
-        };
-        let slot = &mut log.slots[position];
-        if slot.submission == staged.submission {
-            slot.location = Some(Location {
-                segment_seq,
-                offset: payload_offset + u64::from(staged.payload_offset),
-                len: staged.record_bytes,
-            });
-        }
-    }
-    if let Some((group, highest)) = run {
+    // Entries of one group come in runs (one submission appends a group's entries
+    // together), so each run looks its group up once and records its highest index once.
+    for run in batch.entries.chunk_by(|a, b| a.group == b.group) {
+        let group = run[0].group;
+        let highest = run
+            .iter()
+            .map(|staged| staged.index)
+            .max()
+            .unwrap_or_default();
         let recorded = max_index.entry(group).or_default();
         *recorded = (*recorded).max(highest);
+        let Some(log) = state.groups.get_mut(&group) else {
+            continue;
+        };
+        for staged in run {
+            let Ok(position) = log.position(group, staged.index) else {
+                continue;
+            };
+            let slot = &mut log.slots[position];
+            if slot.submission == staged.submission {
+                slot.location = Some(Location {
+                    segment_seq,
+                    offset: payload_offset + u64::from(staged.payload_offset),
+                    len: staged.record_bytes,
+                });
+            }
+        }
     }
     if let Some(segment) = state.segments.get_mut(&segment_seq) {
         for (group, index) in max_index {

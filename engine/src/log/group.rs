@@ -11,6 +11,11 @@ use super::{GroupId, GroupState, StorageError};
 /// What a log keeps per stored entry.
 pub(crate) trait Slot {
     fn term(&self) -> Term;
+
+    /// Bytes this slot counts against an entry cache; 0 where there is no cache.
+    fn cached_bytes(&self) -> u64 {
+        0
+    }
 }
 
 impl Slot for Entry {
@@ -88,27 +93,35 @@ impl<S: Slot> GroupLog<S> {
         Ok(self.slots[position].term())
     }
 
-    /// Removes the slots at and after `from`, returning them oldest first.
-    pub fn truncate_from(&mut self, from: LogIndex) -> Vec<S> {
+    /// Removes the slots at and after `from`, returning the cache bytes they counted.
+    pub fn truncate_from(&mut self, from: LogIndex) -> u64 {
         let from = from.max(LogIndex(self.compacted_index.0 + 1));
         if from > self.last_index() {
-            return Vec::new();
+            return 0;
         }
         let keep = (from.0 - self.compacted_index.0 - 1) as usize;
-        self.slots.drain(keep..).collect()
+        self.slots
+            .drain(keep..)
+            .map(|slot| slot.cached_bytes())
+            .sum()
     }
 
     /// Drops slots through `through`, recording `term` as the compacted term, and returns
-    /// the dropped slots. Callers check the compaction first with [`check_batch`].
-    pub fn compact(&mut self, through: LogIndex, term: Term) -> Vec<S> {
+    /// the cache bytes they counted. Callers check the compaction first with
+    /// [`check_batch`].
+    pub fn compact(&mut self, through: LogIndex, term: Term) -> u64 {
         if through <= self.compacted_index {
-            return Vec::new();
+            return 0;
         }
         let drop = ((through.0 - self.compacted_index.0) as usize).min(self.slots.len());
-        let dropped = self.slots.drain(..drop).collect();
+        let released = self
+            .slots
+            .drain(..drop)
+            .map(|slot| slot.cached_bytes())
+            .sum();
         self.compacted_index = through;
         self.compacted_term = term;
-        dropped
+        released
     }
 }
 

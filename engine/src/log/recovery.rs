@@ -601,7 +601,7 @@ impl Scan {
                 Record::HardState { hard_state, .. } => log.hard_state = Some(*hard_state),
                 Record::Truncate { from, .. } => {
                     let dropped = log.truncate_from(*from);
-                    self.cache.forget(&dropped);
+                    self.cache.forget(dropped);
                 }
                 Record::Compact { through, term, .. } => {
                     if self
@@ -617,7 +617,7 @@ impl Scan {
                         }
                     }
                     let dropped = log.compact(*through, *term);
-                    self.cache.forget(&dropped);
+                    self.cache.forget(dropped);
                 }
             }
         }
