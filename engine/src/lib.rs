@@ -6,10 +6,16 @@
 
 pub use shardraft_raft as raft;
 
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod kv;
 pub mod log;
+pub mod metrics;
 pub mod node;
+pub mod protocol;
+pub mod server;
 pub mod shard;
 pub(crate) mod signal;
 pub mod state_machine;

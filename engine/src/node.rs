@@ -13,6 +13,7 @@
 //! async runtime.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -20,6 +21,7 @@ use shardraft_raft::{LogIndex, NodeId, Role, Term};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::log::{DiskLogStats, GroupId, StorageError};
+use crate::metrics::{NodeMetrics, ShardMetrics, SnapshotError};
 use crate::shard::{self, ShardParams};
 use crate::state_machine::StateMachine;
 use crate::transport::TransportStats;
@@ -141,6 +143,9 @@ pub(crate) enum ShardRequest<S: StateMachine> {
     },
     Status {
         reply: flume::Sender<ShardStatus>,
+    },
+    Metrics {
+        reply: flume::Sender<ShardMetrics>,
     },
     /// Stop the shard. With `crash`, stop at once as a killed process would: nothing
     /// pending is written and the log is not closed.
@@ -326,6 +331,68 @@ where
             node_id: self.inner.node_id,
             shards,
         })
+    }
+
+    /// The same as [`status`](Self::status), but fails once `timeout` passes without
+    /// every shard answering, for health checks that must not hang on a stuck shard.
+    ///
+    /// # Errors
+    /// [`SnapshotError::TimedOut`] naming the first shard that did not answer in time, and
+    /// [`SnapshotError::Stopped`].
+    pub fn status_within(&self, timeout: Duration) -> Result<NodeStatus, SnapshotError> {
+        let shards = self.ask_every_shard(timeout, |reply| ShardRequest::Status { reply })?;
+        Ok(NodeStatus {
+            node_id: self.inner.node_id,
+            shards,
+        })
+    }
+
+    /// Status and counters of every shard for metrics, within `timeout`.
+    ///
+    /// # Errors
+    /// As for [`status_within`](Self::status_within).
+    pub fn metrics(&self, timeout: Duration) -> Result<NodeMetrics, SnapshotError> {
+        let shards = self.ask_every_shard(timeout, |reply| ShardRequest::Metrics { reply })?;
+        Ok(NodeMetrics {
+            node_id: self.inner.node_id,
+            shards,
+        })
+    }
+
+    /// Sends one request to every shard, then collects the answers in shard order, all
+    /// before one deadline.
+    fn ask_every_shard<T>(
+        &self,
+        timeout: Duration,
+        request: impl Fn(flume::Sender<T>) -> ShardRequest<S>,
+    ) -> Result<Vec<T>, SnapshotError> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = |shard: usize| SnapshotError::TimedOut {
+            shard: shard as u32,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let mut receivers = Vec::with_capacity(self.inner.shards.len());
+        for (shard, sender) in self.inner.shards.iter().enumerate() {
+            let (reply, receiver) = flume::bounded(1);
+            sender
+                .send_deadline(request(reply), deadline)
+                .map_err(|error| match error {
+                    flume::SendTimeoutError::Timeout(_) => timed_out(shard),
+                    flume::SendTimeoutError::Disconnected(_) => SnapshotError::Stopped,
+                })?;
+            receivers.push(receiver);
+        }
+        let mut answers = Vec::with_capacity(receivers.len());
+        for (shard, receiver) in receivers.into_iter().enumerate() {
+            let answer = receiver
+                .recv_deadline(deadline)
+                .map_err(|error| match error {
+                    flume::RecvTimeoutError::Timeout => timed_out(shard),
+                    flume::RecvTimeoutError::Disconnected => SnapshotError::Stopped,
+                })?;
+            answers.push(answer);
+        }
+        Ok(answers)
     }
 
     /// The leader of `group` as this node knows it.

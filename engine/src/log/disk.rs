@@ -32,6 +32,7 @@ use super::{
     BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
     WriteOp, recovery,
 };
+use crate::metrics::LatencyHistogram;
 use crate::signal::Signal;
 
 /// Where an entry's record sits on disk.
@@ -196,6 +197,8 @@ pub struct DiskLogStats {
     pub write_micros_total: u64,
     /// Time spent in the fdatasync after each batch write.
     pub sync_micros_total: u64,
+    /// Duration of each fdatasync, of batches and of segment checkpoints.
+    pub sync_latency: LatencyHistogram,
 }
 
 /// Everything recovery hands to the writer.
@@ -859,8 +862,9 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
             path: path.clone(),
             source: Arc::new(glommio_io_error(error)),
         })?;
+    let sync_duration = sync_started.elapsed();
     let write_micros = (sync_started - write_started).as_micros() as u64;
-    let sync_micros = sync_started.elapsed().as_micros() as u64;
+    let sync_micros = sync_duration.as_micros() as u64;
 
     let deletable = {
         let mut state = shared.state.borrow_mut();
@@ -871,6 +875,7 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
         state.stats.entries += batch.entries.len() as u64;
         state.stats.write_micros_total += write_micros;
         state.stats.sync_micros_total += sync_micros;
+        state.stats.sync_latency.record(sync_duration);
         state.pending_bytes = state
             .pending_bytes
             .saturating_sub(batch.payload.len() as u64);
@@ -974,16 +979,19 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
     };
     let written_bytes = buffer.len() as u64;
     write_all(&file, buffer, offset, &path).await?;
+    let sync_started = std::time::Instant::now();
     file.fdatasync()
         .await
         .map_err(|error| StorageError::SyncFailed {
             path: path.clone(),
             source: Arc::new(glommio_io_error(error)),
         })?;
+    let sync_duration = sync_started.elapsed();
     let mut state = shared.state.borrow_mut();
     state.write_offset = offset + written_bytes;
     state.stats.syncs += 1;
     state.stats.bytes += written_bytes;
+    state.stats.sync_latency.record(sync_duration);
     Ok(())
 }
 

@@ -24,13 +24,14 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber, RestoredState};
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::log::{BatchNumber, GroupId, Log, LogIdentity, LogStore, StorageError, WriteBatch};
+use crate::metrics::{GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics};
 use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
 use crate::signal::Signal;
 use crate::state_machine::StateMachine;
@@ -121,6 +122,8 @@ struct Shard<S: StateMachine> {
     accepting_proposals: Rc<Cell<bool>>,
     accepting_changed: Rc<Signal>,
     tick: u64,
+    /// Time the loop spent handling events and ready work since the shard started.
+    busy_time: Duration,
 }
 
 /// How a turn of the loop ended.
@@ -159,6 +162,7 @@ where
             accepting_proposals: Rc::new(Cell::new(true)),
             accepting_changed: Rc::new(Signal::default()),
             tick: 0,
+            busy_time: Duration::ZERO,
         };
         shard.spawn_request_bridge(params.requests);
         shard.spawn_ticker();
@@ -207,6 +211,7 @@ where
             if !self.events.drain_into(&mut events).await {
                 break Flow::Stop { crash: false };
             }
+            let turn_started = Instant::now();
             let mut flow = Flow::Continue;
             for event in events.drain(..) {
                 flow = self.handle(event);
@@ -219,6 +224,7 @@ where
             {
                 flow = Flow::Fail(error);
             }
+            self.busy_time += turn_started.elapsed();
             if !matches!(flow, Flow::Continue) {
                 break flow;
             }
@@ -308,6 +314,9 @@ where
             ShardRequest::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            ShardRequest::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
             ShardRequest::Stop { crash } => return Flow::Stop { crash },
         }
         Flow::Continue
@@ -366,7 +375,7 @@ where
                 };
                 if let Some(role_state) = ready.role_state {
                     log_role_change(*group, replica.role_state, role_state);
-                    replica.role_state = Some(role_state);
+                    replica.set_role_state(role_state);
                 }
                 let mut must_persist = !ready.entries.is_empty();
                 if let Some(hard_state) = ready.hard_state {
@@ -508,6 +517,31 @@ where
                 Log::Memory(_) => None,
             },
             rejected_messages,
+        }
+    }
+
+    fn metrics(&self) -> ShardMetrics {
+        let mut proposals = ProposalCounts::default();
+        let mut commit_latency = LatencyHistogram::default();
+        let mut groups = Vec::with_capacity(self.replicas.len());
+        for (group, replica) in &self.replicas {
+            proposals.add(&replica.proposal_counts);
+            commit_latency.merge(&replica.commit_latency);
+            let membership = replica.core.membership();
+            groups.push(GroupMetrics {
+                group: *group,
+                leader_changes: replica.leader_changes,
+                voters: membership.voters.iter().copied().collect(),
+                learners: membership.learners.iter().copied().collect(),
+            });
+        }
+        ShardMetrics {
+            status: self.status(),
+            groups,
+            proposals,
+            commit_latency,
+            busy_time: self.busy_time,
+            peers: self.transport.peer_stats(),
         }
     }
 

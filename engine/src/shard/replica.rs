@@ -2,12 +2,14 @@
 //! on it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use shardraft_raft::{
     Entry, HardState, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
 };
 
 use crate::log::GroupId;
+use crate::metrics::{LatencyHistogram, ProposalCounts};
 use crate::node::{Applied, NodeError, ProposalReply, ReadFn};
 use crate::state_machine::StateMachine;
 
@@ -16,6 +18,7 @@ pub(crate) struct PendingProposal<S: StateMachine> {
     term: Term,
     reply: ProposalReply<S>,
     expires_at_tick: u64,
+    proposed_at: Instant,
 }
 
 /// A linearizable read waiting for its ReadIndex round, then for the state machine to
@@ -44,6 +47,12 @@ pub(crate) struct Replica<S: StateMachine> {
     /// is written with the next batch that goes to disk anyway, because a stale commit
     /// index after a crash only delays applying until the leader repeats it.
     pub deferred_hard_state: Option<HardState>,
+    /// Proposals by how they ended.
+    pub proposal_counts: ProposalCounts,
+    /// Time from `propose` to applying the proposal, for proposals that took effect.
+    pub commit_latency: LatencyHistogram,
+    /// See [`GroupMetrics::leader_changes`](crate::metrics::GroupMetrics::leader_changes).
+    pub leader_changes: u64,
 }
 
 impl<S> Replica<S>
@@ -64,7 +73,20 @@ where
             span: tracing::info_span!("group", group = group.0),
             submitted_hard_state: core_hard_state,
             deferred_hard_state: None,
+            proposal_counts: ProposalCounts::default(),
+            commit_latency: LatencyHistogram::default(),
+            leader_changes: 0,
         }
+    }
+
+    /// Records the role state the core reported, counting a leader change when it names a
+    /// known leader in another (term, leader) pair than before.
+    pub fn set_role_state(&mut self, role_state: RoleState) {
+        let before = self.role_state.map(|state| (state.term, state.leader));
+        if role_state.leader.is_some() && before != Some((role_state.term, role_state.leader)) {
+            self.leader_changes += 1;
+        }
+        self.role_state = Some(role_state);
     }
 
     pub fn propose(
@@ -80,8 +102,10 @@ where
                     term: id.term,
                     reply,
                     expires_at_tick,
+                    proposed_at: Instant::now(),
                 };
                 if let Some(replaced) = self.proposals.insert(id.index, pending) {
+                    self.proposal_counts.dropped += 1;
                     let _ = replaced.reply.send(Err(NodeError::ProposalDropped {
                         group,
                         index: id.index,
@@ -89,15 +113,18 @@ where
                 }
             }
             Err(ProposeError::NotLeader { leader }) => {
+                self.proposal_counts.not_leader += 1;
                 let _ = reply.send(Err(NodeError::NotLeader { group, leader }));
             }
             Err(ProposeError::TransferInProgress { target }) => {
+                self.proposal_counts.not_leader += 1;
                 let _ = reply.send(Err(NodeError::NotLeader {
                     group,
                     leader: Some(target),
                 }));
             }
             Err(error) => {
+                self.proposal_counts.busy += 1;
                 let _ = reply.send(Err(NodeError::Busy {
                     group,
                     reason: error.to_string(),
@@ -160,14 +187,21 @@ where
             return Ok(());
         };
         let result = match output {
-            Some(output) if pending.term == entry.term => Ok(Applied {
-                index: entry.index,
-                output,
-            }),
-            _ => Err(NodeError::ProposalDropped {
-                group: self.group,
-                index: entry.index,
-            }),
+            Some(output) if pending.term == entry.term => {
+                self.proposal_counts.applied += 1;
+                self.commit_latency.record(pending.proposed_at.elapsed());
+                Ok(Applied {
+                    index: entry.index,
+                    output,
+                })
+            }
+            _ => {
+                self.proposal_counts.dropped += 1;
+                Err(NodeError::ProposalDropped {
+                    group: self.group,
+                    index: entry.index,
+                })
+            }
         };
         let _ = pending.reply.send(result);
         Ok(())
@@ -188,13 +222,16 @@ where
     pub fn expire(&mut self, now_tick: u64, timeout_ms: u64) {
         let group = self.group;
         let timeout = || NodeError::Timeout { group, timeout_ms };
+        let mut timed_out = 0;
         self.proposals.retain(|_, pending| {
             let keep = pending.expires_at_tick > now_tick;
             if !keep {
+                timed_out += 1;
                 let _ = pending.reply.send(Err(timeout()));
             }
             keep
         });
+        self.proposal_counts.timeout += timed_out;
         let expired: Vec<u64> = self
             .reads_confirming
             .iter()

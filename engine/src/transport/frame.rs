@@ -12,6 +12,9 @@
 //! peer speaking another protocol is rejected after 16 bytes, and no length field can make
 //! it buffer more than the configured maximum.
 //!
+//! The client protocol uses the same header with its own magic and version, given as a
+//! [`FrameFormat`]; [`encode_frame`] and [`FrameDecoder::new`] use the peer format.
+//!
 //! Payloads are handed out as [`Bytes`] that start at a 16-byte aligned address, which
 //! rkyv needs to read an archive in place. Entry data can then be sliced out of the frame
 //! without another copy.
@@ -25,6 +28,19 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRFT";
 pub const PROTOCOL_VERSION: u16 = 1;
 
 pub const FRAME_HEADER_BYTES: usize = 16;
+
+/// The magic and version that identify one protocol's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameFormat {
+    pub magic: [u8; 4],
+    pub version: u16,
+}
+
+/// Frames of the peer protocol.
+pub const PEER_FRAME_FORMAT: FrameFormat = FrameFormat {
+    magic: FRAME_MAGIC,
+    version: PROTOCOL_VERSION,
+};
 
 /// Alignment of payloads handed to rkyv; the largest alignment of any archived type.
 pub const PAYLOAD_ALIGNMENT_BYTES: usize = 16;
@@ -65,6 +81,11 @@ pub enum FrameError {
          upgrade the older node"
     )]
     UnsupportedVersion { found: u16 },
+    #[error(
+        "unsupported frame version {found}; this side speaks version {expected}, so upgrade \
+         the older side"
+    )]
+    UnsupportedFormatVersion { found: u16, expected: u16 },
     #[error("unknown frame kind {found}")]
     UnknownKind { found: u8 },
     #[error("frame payload of {found} bytes exceeds the limit of {limit} bytes")]
@@ -81,11 +102,16 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
-/// Appends one frame carrying `payload` to `out`.
+/// Appends one peer frame carrying `payload` to `out`.
 pub fn encode_frame(kind: FrameKind, payload: &[u8], out: &mut Vec<u8>) {
+    encode_frame_with(PEER_FRAME_FORMAT, kind, payload, out);
+}
+
+/// Appends one frame of `format` carrying `payload` to `out`.
+pub fn encode_frame_with(format: FrameFormat, kind: FrameKind, payload: &[u8], out: &mut Vec<u8>) {
     let mut header = [0u8; FRAME_HEADER_BYTES];
-    header[0..4].copy_from_slice(&FRAME_MAGIC);
-    header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    header[0..4].copy_from_slice(&format.magic);
+    header[4..6].copy_from_slice(&format.version.to_le_bytes());
     header[6] = kind.code();
     let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     header[8..12].copy_from_slice(&payload_len.to_le_bytes());
@@ -106,14 +132,25 @@ struct Header {
     prefix: [u8; 12],
 }
 
-fn decode_header(bytes: &[u8; FRAME_HEADER_BYTES], limit: u32) -> Result<Header, FrameError> {
+fn decode_header(
+    bytes: &[u8; FRAME_HEADER_BYTES],
+    format: FrameFormat,
+    limit: u32,
+) -> Result<Header, FrameError> {
     let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
-    if magic != FRAME_MAGIC {
+    if magic != format.magic {
         return Err(FrameError::BadMagic { found: magic });
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != PROTOCOL_VERSION {
-        return Err(FrameError::UnsupportedVersion { found: version });
+    if version != format.version {
+        // The peer format keeps its original error, which names the peer protocol version.
+        if format == PEER_FRAME_FORMAT {
+            return Err(FrameError::UnsupportedVersion { found: version });
+        }
+        return Err(FrameError::UnsupportedFormatVersion {
+            found: version,
+            expected: format.version,
+        });
     }
     let kind = FrameKind::from_code(bytes[6]).ok_or(FrameError::UnknownKind { found: bytes[6] })?;
     let payload_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -136,6 +173,7 @@ fn decode_header(bytes: &[u8; FRAME_HEADER_BYTES], limit: u32) -> Result<Header,
 /// Splits a byte stream into verified frames. Feed it whatever the socket returns.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    format: FrameFormat,
     payload_bytes_max: u32,
     header: [u8; FRAME_HEADER_BYTES],
     header_filled: usize,
@@ -143,8 +181,15 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder of peer frames.
     pub fn new(payload_bytes_max: u32) -> FrameDecoder {
+        FrameDecoder::with_format(PEER_FRAME_FORMAT, payload_bytes_max)
+    }
+
+    /// A decoder of frames of `format`.
+    pub fn with_format(format: FrameFormat, payload_bytes_max: u32) -> FrameDecoder {
         FrameDecoder {
+            format,
             payload_bytes_max,
             header: [0; FRAME_HEADER_BYTES],
             header_filled: 0,
@@ -170,7 +215,7 @@ impl FrameDecoder {
             if self.header_filled < FRAME_HEADER_BYTES {
                 return Ok(None);
             }
-            let header = decode_header(&self.header, self.payload_bytes_max)?;
+            let header = decode_header(&self.header, self.format, self.payload_bytes_max)?;
             self.header_filled = 0;
             self.pending = Some((header, aligned_buffer(header.payload_len as usize)));
         }

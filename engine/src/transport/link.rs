@@ -5,16 +5,17 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use shardraft_raft::{MessageBody, NodeId};
 
-use super::frame::{Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
+use super::frame::{FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 use super::wire::{self, GroupMessage, WireError, WireHello};
 use crate::config::TransportConfig;
 use crate::log::GroupId;
+use crate::metrics::LatencyHistogram;
 use crate::shard::queue::EventQueue;
 use crate::signal::{Latch, Signal};
 
@@ -45,6 +46,58 @@ pub struct TransportStats {
     pub messages_misrouted: u64,
     pub connects: u64,
     pub disconnects: u64,
+    /// `connections_rejected` split by the reason of the rejection.
+    pub rejections: RejectionCounts,
+}
+
+/// Rejected peer connections by reason. Each field names one value of the `reason` label
+/// of the rejection metric, so the label set stays bounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectionCounts {
+    /// A frame whose CRC did not match its contents.
+    pub checksum: u64,
+    /// A frame that did not start with the shardraft magic.
+    pub magic: u64,
+    /// A frame of another protocol version.
+    pub version: u64,
+    /// A frame longer than `frame_bytes_max`.
+    pub too_large: u64,
+    /// A payload that is not a valid archive of messages or of a hello.
+    pub archive: u64,
+    /// A missing or late hello, or one naming another cluster, shard layout or node.
+    pub hello: u64,
+    /// Any other invalid input, such as an unknown frame kind.
+    pub other: u64,
+}
+
+impl RejectionCounts {
+    /// `(reason label, count)` for every reason.
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+        [
+            ("checksum", self.checksum),
+            ("magic", self.magic),
+            ("version", self.version),
+            ("too_large", self.too_large),
+            ("archive", self.archive),
+            ("hello", self.hello),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// Traffic with one peer, as seen by one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTransportStats {
+    pub peer: NodeId,
+    /// Whether the outbound connection to the peer is up.
+    pub connected: bool,
+    /// Frame bytes written to the peer, headers included.
+    pub bytes_sent: u64,
+    /// Frame bytes received from the peer, headers and the hello included.
+    pub bytes_received: u64,
+    /// Time from writing a frame with a heartbeat to the peer until a frame with a
+    /// heartbeat response from the peer arrives. See [`Transport::peer_stats`].
+    pub round_trip: LatencyHistogram,
 }
 
 /// Who this shard is, and who its peers are.
@@ -69,6 +122,10 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes counted per message on top of entry payloads when sizing queues.
 const MESSAGE_OVERHEAD_BYTES: u64 = 64;
 
+/// Age after which an open round-trip probe whose response never came is replaced by a new
+/// one, so that a lost heartbeat does not stop the sampling.
+const ROUND_TRIP_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 struct PeerLink {
     node: NodeId,
@@ -77,6 +134,11 @@ struct PeerLink {
     queued_bytes: Cell<u64>,
     wake: Signal,
     connected: Cell<bool>,
+    bytes_sent: Cell<u64>,
+    bytes_received: Cell<u64>,
+    /// When the heartbeat that the open round-trip probe waits on was written.
+    probe_sent_at: Cell<Option<Instant>>,
+    round_trip: RefCell<LatencyHistogram>,
 }
 
 #[derive(Debug)]
@@ -134,6 +196,10 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
                     queued_bytes: Cell::new(0),
                     wake: Signal::default(),
                     connected: Cell::new(false),
+                    bytes_sent: Cell::new(0),
+                    bytes_received: Cell::new(0),
+                    probe_sent_at: Cell::new(None),
+                    round_trip: RefCell::new(LatencyHistogram::default()),
                 };
                 (*node, Rc::new(link))
             })
@@ -210,6 +276,29 @@ impl<E> Transport<E> {
 
     pub fn stats(&self) -> TransportStats {
         *self.shared.stats.borrow()
+    }
+
+    /// Returns the traffic with every peer, in node id order.
+    ///
+    /// The round trip is sampled with one probe per peer at a time. The first frame
+    /// written to the peer that carries a heartbeat opens a probe, and the first frame
+    /// from the peer that carries a heartbeat response closes it. Only a shard that leads
+    /// some group sends heartbeats, so the others record no samples. A sample includes
+    /// the time both shards' loops take to pass the messages on, so it is an upper bound
+    /// on the network round trip, and it can be short when the response answers an
+    /// earlier heartbeat.
+    pub fn peer_stats(&self) -> Vec<PeerTransportStats> {
+        self.shared
+            .peers
+            .values()
+            .map(|link| PeerTransportStats {
+                peer: link.node,
+                connected: link.connected.get(),
+                bytes_sent: link.bytes_sent.get(),
+                bytes_received: link.bytes_received.get(),
+                round_trip: *link.round_trip.borrow(),
+            })
+            .collect()
     }
 
     /// Stops every connection task and waits until the listener and every connection are
@@ -312,6 +401,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
                 link.connected.set(false);
                 link.queue.borrow_mut().clear();
                 link.queued_bytes.set(0);
+                link.probe_sent_at.set(None);
                 shared.stats.borrow_mut().disconnects += 1;
                 tracing::info!(
                     peer = %link.node, address = %link.address, %error,
@@ -339,6 +429,8 @@ async fn stream_messages<E>(
     let mut frame = Vec::new();
     encode_frame(FrameKind::Hello, &hello, &mut frame);
     stream.write_all(&frame).await?;
+    link.bytes_sent
+        .set(link.bytes_sent.get() + frame.len() as u64);
     link.connected.set(true);
     shared.stats.borrow_mut().connects += 1;
     tracing::info!(peer = %link.node, address = %link.address, "connected to peer");
@@ -361,6 +453,7 @@ async fn stream_messages<E>(
         let archive = wire::encode_batch(&messages).map_err(std::io::Error::other)?;
         frame.clear();
         encode_frame(FrameKind::Messages, &archive, &mut frame);
+        open_round_trip_probe(link, &messages);
         if shared
             .closed
             .or_stop(stream.write_all(&frame))
@@ -370,9 +463,40 @@ async fn stream_messages<E>(
         {
             return Ok(());
         }
+        link.bytes_sent
+            .set(link.bytes_sent.get() + frame.len() as u64);
         let mut stats = shared.stats.borrow_mut();
         stats.frames_sent += 1;
         stats.messages_sent += messages.len() as u64;
+    }
+}
+
+/// Opens a round-trip probe when none is open and `messages` carry a heartbeat.
+fn open_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
+    if let Some(sent_at) = link.probe_sent_at.get()
+        && sent_at.elapsed() < ROUND_TRIP_PROBE_TIMEOUT
+    {
+        return;
+    }
+    let carries_heartbeat = messages
+        .iter()
+        .any(|message| matches!(message.message.body, MessageBody::Heartbeat { .. }));
+    if carries_heartbeat {
+        link.probe_sent_at.set(Some(Instant::now()));
+    }
+}
+
+/// Closes the open round-trip probe of `link` when `messages` carry a heartbeat response.
+fn close_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
+    let Some(sent_at) = link.probe_sent_at.get() else {
+        return;
+    };
+    let carries_response = messages
+        .iter()
+        .any(|message| matches!(message.message.body, MessageBody::HeartbeatResponse { .. }));
+    if carries_response {
+        link.round_trip.borrow_mut().record(sent_at.elapsed());
+        link.probe_sent_at.set(None);
     }
 }
 
@@ -434,7 +558,10 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(frame))) => match check_hello(&shared.settings, &frame) {
-            Ok(from) => from,
+            Ok(from) => {
+                count_received_bytes(&shared, from, &frame);
+                from
+            }
             Err(reason) => return reject(&shared, &peer_address, &reason),
         },
         Ok(Err(reason)) => return reject(&shared, &peer_address, &reason),
@@ -447,10 +574,14 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
             Ok(None) => return,
             Err(reason) => return reject(&shared, &peer_address, &reason),
         };
+        count_received_bytes(&shared, from, &frame);
         let messages = match accept_messages(&shared, from, &frame) {
             Ok(messages) => messages,
             Err(reason) => return reject(&shared, &peer_address, &reason),
         };
+        if let Some(link) = shared.peers.get(&from) {
+            close_round_trip_probe(link, &messages);
+        }
         if messages.is_empty() {
             continue;
         }
@@ -461,8 +592,34 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
     }
 }
 
+fn count_received_bytes<E>(shared: &Shared<E>, from: NodeId, frame: &Frame) {
+    if let Some(link) = shared.peers.get(&from) {
+        let bytes = (FRAME_HEADER_BYTES + frame.payload.len()) as u64;
+        link.bytes_received.set(link.bytes_received.get() + bytes);
+    }
+}
+
+impl RejectReason {
+    /// Returns the counter of `RejectionCounts` that this rejection belongs to.
+    fn counter<'a>(&self, counts: &'a mut RejectionCounts) -> &'a mut u64 {
+        match self {
+            RejectReason::Frame(FrameError::ChecksumMismatch { .. }) => &mut counts.checksum,
+            RejectReason::Frame(FrameError::BadMagic { .. }) => &mut counts.magic,
+            RejectReason::Frame(FrameError::UnsupportedVersion { .. }) => &mut counts.version,
+            RejectReason::Frame(FrameError::TooLarge { .. }) => &mut counts.too_large,
+            RejectReason::Frame(_) | RejectReason::UnexpectedFrame(_) => &mut counts.other,
+            RejectReason::Wire(_) => &mut counts.archive,
+            RejectReason::Hello(_) => &mut counts.hello,
+        }
+    }
+}
+
 fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
-    shared.stats.borrow_mut().connections_rejected += 1;
+    {
+        let mut stats = shared.stats.borrow_mut();
+        stats.connections_rejected += 1;
+        *reason.counter(&mut stats.rejections) += 1;
+    }
     tracing::warn!(
         address = %peer_address, shard = shared.settings.shard, error = %reason,
         "closing peer connection after invalid input"

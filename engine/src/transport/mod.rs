@@ -22,4 +22,5 @@ pub mod frame;
 mod link;
 pub mod wire;
 
+pub use link::{PeerTransportStats, RejectionCounts};
 pub use link::{Transport, TransportEvent, TransportSettings, TransportStats};

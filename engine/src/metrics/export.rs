@@ -1,0 +1,525 @@
+//! Renders a [`NodeMetrics`] snapshot in the Prometheus text format through a
+//! `prometheus-client` [`Registry`] built for each scrape.
+//!
+//! Labels stay bounded: `shard` (one per core), `peer` (one per other member), `result` and
+//! `reason` (fixed sets), and `group` only while the node hosts at most
+//! [`PER_GROUP_SERIES_GROUPS_MAX`] groups. Larger nodes get per-shard counts of groups with
+//! and without a leader instead. Histograms are merged across shards, so each has one
+//! series per node (per peer for round trips).
+
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use shardraft_raft::{NodeId, Role};
+
+use super::histogram::LatencyHistogram;
+use super::snapshot::{NodeMetrics, ProposalCounts, ShardMetrics};
+use crate::log::DiskLogStats;
+use crate::transport::TransportStats;
+
+/// The `Content-Type` of [`encode_text`]'s output: the Prometheus text format 0.0.4.
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Nodes hosting more groups than this export no series per group, so that a scrape stays
+/// small and the series count does not grow with the group count.
+pub const PER_GROUP_SERIES_GROUPS_MAX: usize = 64;
+
+/// Identity labels of the `shardraft_node_info` series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLabels {
+    pub cluster_id: u64,
+    pub version: String,
+}
+
+/// Renders `metrics` in the Prometheus text format 0.0.4 ([`TEXT_CONTENT_TYPE`]).
+///
+/// # Errors
+/// Only when formatting into the string fails, which `String` never does.
+pub fn encode_text(metrics: NodeMetrics, labels: NodeLabels) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NodeCollector { metrics, labels }));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Label pairs of one series.
+type Labels = Vec<(&'static str, String)>;
+
+/// Name, help and value of a per-shard counter read from a stats struct `T`.
+type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+#[derive(Debug)]
+struct NodeCollector {
+    metrics: NodeMetrics,
+    labels: NodeLabels,
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let shards = &self.metrics.shards;
+        self.encode_info(&mut encoder)?;
+        encode_group_counts(&mut encoder, shards)?;
+        let hosted_groups: usize = shards.iter().map(|shard| shard.groups.len()).sum();
+        if hosted_groups <= PER_GROUP_SERIES_GROUPS_MAX {
+            encode_groups(&mut encoder, shards)?;
+        }
+        encode_proposals(&mut encoder, shards)?;
+        encode_shard_loop(&mut encoder, shards)?;
+        encode_transport(&mut encoder, shards)?;
+        encode_peers(&mut encoder, shards)?;
+        encode_log(&mut encoder, shards)?;
+        Ok(())
+    }
+}
+
+impl NodeCollector {
+    fn encode_info(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "shardraft_node",
+            "Identity of this node; the value is always 1.",
+            None,
+            MetricType::Info,
+        )?;
+        let labels: Labels = vec![
+            ("cluster_id", self.labels.cluster_id.to_string()),
+            ("node_id", self.metrics.node_id.0.to_string()),
+            ("version", self.labels.version.clone()),
+        ];
+        metric.encode_info(&labels)
+    }
+}
+
+fn shard_label(shard: &ShardMetrics) -> Labels {
+    vec![("shard", shard.status.shard.to_string())]
+}
+
+fn peer_label(peer: NodeId) -> Labels {
+    vec![("peer", peer.0.to_string())]
+}
+
+/// Writes one counter family, or nothing when `samples` is empty.
+fn counters<V: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, V)>,
+) -> Result<(), fmt::Error> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one gauge family, or nothing when `samples` is empty.
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, u64)>,
+) -> Result<(), fmt::Error> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one histogram family, or nothing when `samples` is empty.
+fn histograms(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, LatencyHistogram)>,
+) -> Result<(), fmt::Error> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, histogram) in samples {
+        let mut series = metric.encode_family(&labels)?;
+        series.encode_histogram::<Labels>(
+            histogram.sum_seconds(),
+            histogram.count(),
+            &histogram.buckets(),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds one sample per shard, of `value(shard)`.
+fn per_shard<V>(shards: &[ShardMetrics], value: impl Fn(&ShardMetrics) -> V) -> Vec<(Labels, V)> {
+    shards
+        .iter()
+        .map(|shard| (shard_label(shard), value(shard)))
+        .collect()
+}
+
+fn encode_group_counts(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let count = |shard: &ShardMetrics, keep: fn(&crate::node::GroupStatus) -> bool| {
+        shard
+            .status
+            .groups
+            .iter()
+            .filter(|group| keep(group))
+            .count() as u64
+    };
+    gauges(
+        encoder,
+        "shardraft_shard_groups",
+        "Raft groups hosted by the shard.",
+        per_shard(shards, |shard| shard.status.groups.len() as u64),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_shard_groups_without_leader",
+        "Groups of the shard that know no leader.",
+        per_shard(shards, |shard| count(shard, |group| group.leader.is_none())),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_shard_groups_led",
+        "Groups of the shard that this node leads.",
+        per_shard(shards, |shard| {
+            count(shard, |group| group.role == Role::Leader)
+        }),
+    )?;
+    counters(
+        encoder,
+        "shardraft_shard_leader_changes",
+        "New leaders learned by the groups of the shard: each new (term, leader) pair.",
+        per_shard(shards, |shard| {
+            shard
+                .groups
+                .iter()
+                .map(|group| group.leader_changes)
+                .sum::<u64>()
+        }),
+    )
+}
+
+fn encode_groups(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let statuses = || shards.iter().flat_map(|shard| &shard.status.groups);
+    let per_group = |value: &dyn Fn(&crate::node::GroupStatus) -> u64| -> Vec<(Labels, u64)> {
+        statuses()
+            .map(|group| (vec![("group", group.group.0.to_string())], value(group)))
+            .collect()
+    };
+    gauges(
+        encoder,
+        "shardraft_group_has_leader",
+        "1 when the group knows its leader, 0 otherwise.",
+        per_group(&|group| u64::from(group.leader.is_some())),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_group_is_leader",
+        "1 when this node leads the group, 0 otherwise.",
+        per_group(&|group| u64::from(group.role == Role::Leader)),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_group_term",
+        "Current Raft term of the group on this node.",
+        per_group(&|group| group.term.0),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_group_commit_index",
+        "Highest log index of the group known to be committed.",
+        per_group(&|group| group.commit_index.0),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_group_applied_index",
+        "Highest log index of the group applied to its state machine on this node.",
+        per_group(&|group| group.applied_index.0),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_group_last_index",
+        "Highest log index of the group in this node's log.",
+        per_group(&|group| group.last_index.0),
+    )?;
+    let group_metrics = || shards.iter().flat_map(|shard| &shard.groups);
+    gauges(
+        encoder,
+        "shardraft_group_voters",
+        "Voting members of the group.",
+        group_metrics()
+            .map(|group| {
+                let labels = vec![("group", group.group.0.to_string())];
+                (labels, group.voters.len() as u64)
+            })
+            .collect(),
+    )?;
+    counters(
+        encoder,
+        "shardraft_group_leader_changes",
+        "New leaders learned by the group: each new (term, leader) pair.",
+        group_metrics()
+            .map(|group| {
+                let labels = vec![("group", group.group.0.to_string())];
+                (labels, group.leader_changes)
+            })
+            .collect(),
+    )
+}
+
+fn encode_proposals(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let mut samples = Vec::new();
+    for shard in shards {
+        let counts: &ProposalCounts = &shard.proposals;
+        for (result, count) in counts.by_result() {
+            let mut labels = shard_label(shard);
+            labels.push(("result", result.to_string()));
+            samples.push((labels, count));
+        }
+    }
+    counters(
+        encoder,
+        "shardraft_proposals",
+        "Proposals that ended, by result: applied, not_leader, dropped (replaced by another \
+         leader's entry), timeout or busy (flow-control limit).",
+        samples,
+    )?;
+    let mut commit_latency = LatencyHistogram::default();
+    for shard in shards {
+        commit_latency.merge(&shard.commit_latency);
+    }
+    histograms(
+        encoder,
+        "shardraft_commit_latency_seconds",
+        "Time from a proposal reaching its shard until it was applied at this node as the \
+         leader.",
+        vec![(Labels::new(), commit_latency)],
+    )
+}
+
+fn encode_shard_loop(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    counters(
+        encoder,
+        "shardraft_shard_busy_seconds",
+        "Time the shard's loop spent handling events and ready work, not waiting.",
+        per_shard(shards, |shard| shard.busy_time.as_secs_f64()),
+    )?;
+    counters(
+        encoder,
+        "shardraft_shard_rejected_messages",
+        "Raft messages the cores of the shard rejected (wrong recipient, unknown sender, \
+         stale term, malformed).",
+        per_shard(shards, |shard| shard.status.rejected_messages),
+    )
+}
+
+fn encode_transport(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let families: [CounterFamily<TransportStats>; 8] = [
+        (
+            "shardraft_transport_sent_frames",
+            "Frames written to peers.",
+            |stats| stats.frames_sent,
+        ),
+        (
+            "shardraft_transport_received_frames",
+            "Valid frames received from peers.",
+            |stats| stats.frames_received,
+        ),
+        (
+            "shardraft_transport_sent_messages",
+            "Raft messages written to peers.",
+            |stats| stats.messages_sent,
+        ),
+        (
+            "shardraft_transport_received_messages",
+            "Raft messages received from peers for groups of the shard.",
+            |stats| stats.messages_received,
+        ),
+        (
+            "shardraft_transport_dropped_messages",
+            "Outgoing messages dropped because the peer was disconnected or its queue full.",
+            |stats| stats.messages_dropped,
+        ),
+        (
+            "shardraft_transport_misrouted_messages",
+            "Received messages dropped because they were addressed to another node or group.",
+            |stats| stats.messages_misrouted,
+        ),
+        (
+            "shardraft_transport_connects",
+            "Outbound peer connections established.",
+            |stats| stats.connects,
+        ),
+        (
+            "shardraft_transport_disconnects",
+            "Outbound peer connections lost.",
+            |stats| stats.disconnects,
+        ),
+    ];
+    for (name, help, value) in families {
+        let samples = per_shard(shards, |shard| value(&shard.status.transport));
+        counters(encoder, name, help, samples)?;
+    }
+    let mut samples = Vec::new();
+    for shard in shards {
+        for (reason, count) in shard.status.transport.rejections.by_reason() {
+            let mut labels = shard_label(shard);
+            labels.push(("reason", reason.to_string()));
+            samples.push((labels, count));
+        }
+    }
+    counters(
+        encoder,
+        "shardraft_transport_rejected_connections",
+        "Inbound peer connections closed after invalid input, by reason.",
+        samples,
+    )
+}
+
+/// Per-peer traffic, summed over shards.
+fn encode_peers(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let mut peers = std::collections::BTreeMap::<NodeId, (u64, u64, u64, LatencyHistogram)>::new();
+    for stats in shards.iter().flat_map(|shard| &shard.peers) {
+        let peer = peers.entry(stats.peer).or_default();
+        peer.0 += stats.bytes_sent;
+        peer.1 += stats.bytes_received;
+        peer.2 += u64::from(stats.connected);
+        peer.3.merge(&stats.round_trip);
+    }
+    let samples = |value: fn(&(u64, u64, u64, LatencyHistogram)) -> u64| {
+        peers
+            .iter()
+            .map(|(peer, totals)| (peer_label(*peer), value(totals)))
+            .collect()
+    };
+    counters(
+        encoder,
+        "shardraft_peer_sent_bytes",
+        "Frame bytes written to the peer, headers included.",
+        samples(|totals| totals.0),
+    )?;
+    counters(
+        encoder,
+        "shardraft_peer_received_bytes",
+        "Frame bytes received from the peer, headers included.",
+        samples(|totals| totals.1),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_peer_connected_shards",
+        "Shards of this node whose outbound connection to the peer is up.",
+        samples(|totals| totals.2),
+    )?;
+    histograms(
+        encoder,
+        "shardraft_peer_round_trip_seconds",
+        "Time from writing a heartbeat to the peer until a heartbeat response from it \
+         arrives, one probe at a time; includes both shards' loop delays.",
+        peers
+            .iter()
+            .map(|(peer, totals)| (peer_label(*peer), totals.3))
+            .collect(),
+    )
+}
+
+fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Result<(), fmt::Error> {
+    let disk: Vec<(&ShardMetrics, &DiskLogStats)> = shards
+        .iter()
+        .filter_map(|shard| shard.status.log.as_ref().map(|log| (shard, log)))
+        .collect();
+    let samples = |value: fn(&DiskLogStats) -> u64| -> Vec<(Labels, u64)> {
+        disk.iter()
+            .map(|(shard, log)| (shard_label(shard), value(log)))
+            .collect()
+    };
+    let families: [CounterFamily<DiskLogStats>; 6] = [
+        (
+            "shardraft_log_syncs",
+            "Write and fdatasync pairs of the write-ahead log, checkpoints included.",
+            |log| log.syncs,
+        ),
+        (
+            "shardraft_log_synced_entries",
+            "Entry records made durable by the fdatasyncs.",
+            |log| log.entries,
+        ),
+        (
+            "shardraft_log_synced_bytes",
+            "Bytes written and made durable, padding and checkpoints included.",
+            |log| log.bytes,
+        ),
+        (
+            "shardraft_log_rotations",
+            "Segments started after the first.",
+            |log| log.rotations,
+        ),
+        (
+            "shardraft_log_deleted_segments",
+            "Segments retired after compaction.",
+            |log| log.segments_deleted,
+        ),
+        (
+            "shardraft_log_recycled_segments",
+            "Retired segments reused as new segments.",
+            |log| log.segments_recycled,
+        ),
+    ];
+    for (name, help, value) in families {
+        counters(encoder, name, help, samples(value))?;
+    }
+    let seconds = |value: fn(&DiskLogStats) -> u64| -> Vec<(Labels, f64)> {
+        disk.iter()
+            .map(|(shard, log)| (shard_label(shard), value(log) as f64 / 1e6))
+            .collect()
+    };
+    // The fdatasync time is the `_sum` of the histogram below.
+    counters(
+        encoder,
+        "shardraft_log_write_seconds",
+        "Time spent in batch writes, from submission to completion.",
+        seconds(|log| log.write_micros_total),
+    )?;
+    if disk.is_empty() {
+        return Ok(());
+    }
+    let mut sync_latency = LatencyHistogram::default();
+    for (_, log) in &disk {
+        sync_latency.merge(&log.sync_latency);
+    }
+    histograms(
+        encoder,
+        "shardraft_log_sync_duration_seconds",
+        "Duration of each fdatasync of the write-ahead log.",
+        vec![(Labels::new(), sync_latency)],
+    )
+}

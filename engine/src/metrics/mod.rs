@@ -1,0 +1,18 @@
+//! Instrumentation of a node and its export in the Prometheus text format.
+//!
+//! Each shard counts into plain fields that only its own thread touches: no locks or
+//! atomics on the hot path. [`NodeHandle::metrics`](crate::node::NodeHandle::metrics) asks
+//! every shard for a [`ShardMetrics`] snapshot over its request channel, and
+//! [`encode_text`] merges the snapshots into one scrape.
+//!
+//! Latencies are [`LatencyHistogram`]s with one fixed bucket set
+//! ([`LATENCY_BUCKET_BOUNDS_SECONDS`], 50 µs to 10 s), so histograms of different shards
+//! add up bucket by bucket.
+
+mod export;
+mod histogram;
+mod snapshot;
+
+pub use export::{NodeLabels, PER_GROUP_SERIES_GROUPS_MAX, TEXT_CONTENT_TYPE, encode_text};
+pub use histogram::{LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram};
+pub use snapshot::{GroupMetrics, NodeMetrics, ProposalCounts, ShardMetrics, SnapshotError};

@@ -1,0 +1,132 @@
+//! The `shardraft` binary as an operator runs it: real processes on loopback.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_shardraft")
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the test directory");
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding a loopback port")
+}
+
+/// `--members` for a one-node cluster on free ports.
+fn single_member() -> String {
+    format!("1=127.0.0.1:{}/127.0.0.1:{}", free_port(), free_port())
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let dir = test_dir("invalid_config_exits_2");
+    let cases = [
+        (
+            "--heartbeat-interval-ticks",
+            "9",
+            "heartbeat_interval_ticks",
+        ),
+        ("--groups", "0", "groups"),
+        ("--value-bytes-max", "0", "value_bytes_max"),
+        ("--node-id", "7", "members"),
+    ];
+    for (flag, value, key) in cases {
+        let output = Command::new(binary())
+            .args(["serve", "--storage", "memory", "--shards", "1", "--members"])
+            .arg(single_member())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([flag, value])
+            .output()
+            .expect("running shardraft");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{flag} {value}: the message names {key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn environment_overrides_file_and_flag_overrides_environment() {
+    let dir = test_dir("overrides_order");
+    let config = dir.join("node.toml");
+    std::fs::write(&config, "groups = 0\n").expect("writing the config file");
+    let run = |env_groups: Option<&str>, flag_groups: Option<&str>| {
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--storage", "memory", "--shards", "1", "--members"])
+            .arg(single_member())
+            .arg("--config")
+            .arg(&config)
+            .arg("--heartbeat-interval-ticks")
+            .arg("99");
+        if let Some(groups) = env_groups {
+            command.env("SHARDRAFT_GROUPS", groups);
+        }
+        if let Some(groups) = flag_groups {
+            command.args(["--groups", groups]);
+        }
+        let output = command.output().expect("running shardraft");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // The file's groups = 0 is reported first; a valid environment value replaces it and
+    // the next error is the heartbeat; a flag of 0 replaces the environment's value again.
+    assert!(
+        run(None, None).contains("groups"),
+        "the file's value applies"
+    );
+    assert!(
+        run(Some("4"), None).contains("heartbeat_interval_ticks"),
+        "environment over file"
+    );
+    assert!(
+        run(Some("4"), Some("0")).contains("groups"),
+        "flag over environment"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_with_status_0() {
+    let dir = test_dir("sigterm_stops_the_server");
+    let mut child = Command::new(binary())
+        .args(["serve", "--storage", "disk", "--shards", "1", "--members"])
+        .arg(single_member())
+        .arg("--data-dir")
+        .arg(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting shardraft");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server exited by itself"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sending SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
