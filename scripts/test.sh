@@ -10,6 +10,17 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The metrics test checks a scrape with promtool, from Debian's prometheus package (about
+# 20 MB to download). Install it when possible; without it that check is skipped and says
+# so.
+if ! command -v promtool >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends prometheus; } >/dev/null 2>&1; then
+        echo "test.sh: installing prometheus failed; the promtool check will be skipped" >&2
+    fi
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # cargo prints one "test result" line per test binary; the total goes on the last line.
