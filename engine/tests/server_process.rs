@@ -130,3 +130,73 @@ fn sigterm_stops_the_server_with_status_0() {
     };
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
+
+/// Runs the CLI against `endpoint` and returns its exit code and standard output.
+fn cli(endpoint: &str, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary())
+        .args(["--endpoints", endpoint, "--timeout-ms", "10000"])
+        .args(args)
+        .output()
+        .expect("running the shardraft CLI");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    )
+}
+
+fn spawn_single_node(dir: &std::path::Path, members: &str) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("opening the node log");
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).expect("creating the data directory");
+    Command::new(binary())
+        .args([
+            "serve",
+            "--storage",
+            "disk",
+            "--shards",
+            "1",
+            "--groups",
+            "2",
+        ])
+        .args(["--members", members])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stderr(log)
+        .spawn()
+        .expect("starting shardraft")
+}
+
+#[test]
+fn single_node_keeps_a_write_acknowledged_just_before_sigkill() {
+    let dir = test_dir("single_node_keeps_acknowledged_write");
+    let client_port = free_port();
+    let members = format!("1=127.0.0.1:{}/127.0.0.1:{client_port}", free_port());
+    let endpoint = format!("127.0.0.1:{client_port}");
+
+    for round in 0..3 {
+        let mut node = spawn_single_node(&dir, &members);
+        let key = format!("key-{round}");
+        let (code, _) = cli(&endpoint, &["put", &key, "acknowledged"]);
+        assert_eq!(code, Some(0), "put in round {round}");
+        // Killed at once after the acknowledgement: nothing gets a chance to flush later.
+        node.kill().expect("killing the node");
+        node.wait().expect("reaping the node");
+
+        let mut node = spawn_single_node(&dir, &members);
+        for earlier in 0..=round {
+            let (code, value) = cli(&endpoint, &["get", &format!("key-{earlier}")]);
+            assert_eq!(
+                code,
+                Some(0),
+                "key-{earlier} after the kill in round {round}"
+            );
+            assert_eq!(value, "acknowledged", "value of key-{earlier}");
+        }
+        node.kill().expect("killing the node");
+        node.wait().expect("reaping the node");
+    }
+}
