@@ -200,3 +200,41 @@ fn single_node_keeps_a_write_acknowledged_just_before_sigkill() {
         node.wait().expect("reaping the node");
     }
 }
+
+#[test]
+fn relative_data_dir_is_resolved_against_the_working_directory() {
+    let dir = test_dir("relative_data_dir");
+    std::fs::create_dir_all(dir.join("data")).expect("creating the data directory");
+    let mut child = Command::new(binary())
+        .current_dir(&dir)
+        .args([
+            "serve",
+            "--storage",
+            "disk",
+            "--shards",
+            "1",
+            "--data-dir",
+            "data",
+        ])
+        .arg("--members")
+        .arg(single_member())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting shardraft");
+    std::thread::sleep(Duration::from_millis(800));
+    let exited = child.try_wait().expect("polling the server");
+    let shard_dir_exists = dir.join("data/shard-0").is_dir();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().expect("waiting for the server");
+
+    assert!(
+        exited.is_none(),
+        "the server exited with a relative data directory: {exited:?}"
+    );
+    assert!(
+        shard_dir_exists,
+        "the shard directory was not created under data/"
+    );
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}

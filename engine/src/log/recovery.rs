@@ -38,6 +38,11 @@ pub(crate) fn prepare_directory(
         });
     }
     check_filesystem(data_dir)?;
+    // glommio 0.9 opens directories relative to no directory at all (it passes -1 as the
+    // directory descriptor), so a relative path fails with EBADF when the log syncs its
+    // directory. The shard directory is made absolute once, here.
+    let data_dir = &std::path::absolute(data_dir)
+        .map_err(|error| StorageError::from_io("resolving", data_dir, error))?;
     let dir = data_dir.join(format!("shard-{}", identity.shard));
     let not_writable = |source: std::io::Error| StorageError::DataDirNotWritable {
         path: data_dir.to_path_buf(),
