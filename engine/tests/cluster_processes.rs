@@ -881,3 +881,109 @@ fn garbage_on_client_port_leaves_cluster_serving() {
         assert_get(&own, &key, &[], "fine");
     }
 }
+
+/// The newest segment file of a node's shard 0 that holds batches; a newer one may be
+/// prepared but still empty.
+fn newest_segment(data_dir: &Path) -> PathBuf {
+    let shard_dir = data_dir.join("shard-0");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard_dir)
+        .expect("listing the shard directory")
+        .map(|entry| entry.expect("reading a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .collect();
+    segments.sort();
+    segments
+        .into_iter()
+        .rev()
+        .find(|path| {
+            let bytes = std::fs::read(path).expect("reading a segment");
+            bytes.get(4096..4100) == Some(&b"SRWB"[..])
+        })
+        .expect("the shard has a segment with batches")
+}
+
+/// Offset just past the last batch in a segment: batches start on 4 KiB blocks with the
+/// magic `SRWB`, and the header's bytes 16..20 hold the payload length.
+fn end_of_batches(segment: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let mut end = BLOCK;
+    let mut offset = BLOCK;
+    while offset + 32 <= segment.len() {
+        if &segment[offset..offset + 4] == b"SRWB" {
+            let payload = u32::from_le_bytes(segment[offset + 16..offset + 20].try_into().unwrap());
+            end = (offset + 32 + payload as usize).div_ceil(BLOCK) * BLOCK;
+            offset = end;
+        } else {
+            offset += BLOCK;
+        }
+    }
+    end
+}
+
+#[test]
+fn torn_log_tail_is_truncated_and_synced_damage_stops_the_node() {
+    let mut cluster = Cluster::start_ready("torn_log_tail");
+    let endpoints = cluster.endpoints();
+    for index in 0..20 {
+        cli_expect(&endpoints, &["put", &format!("torn-{index}"), "kept"], 0);
+    }
+    let node = 2;
+    cluster.kill(node);
+
+    // A batch whose write was cut short: its header block starts like a batch but the rest
+    // is garbage, after every batch that was synced.
+    let segment_path = newest_segment(&cluster.nodes[node].data_dir);
+    let mut segment = std::fs::read(&segment_path).expect("reading the segment");
+    let torn_at = end_of_batches(&segment);
+    let mut torn = b"SRWB".to_vec();
+    torn.extend(noise(600, 7));
+    segment[torn_at..torn_at + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&segment_path, &segment).expect("writing the torn tail");
+
+    cluster.start(node);
+    cluster.wait_ready(&[node]);
+    let log = std::fs::read_to_string(&cluster.nodes[node].log).expect("reading the node log");
+    assert!(
+        log.contains("truncating the torn final batch"),
+        "the node did not report the torn batch:\n{}",
+        last_lines(&cluster.nodes[node].log, LOG_TAIL_LINES)
+    );
+    let own = cluster.endpoint(node);
+    assert_get(&own, "torn-19", &["--stale"], "kept");
+
+    // Damage inside a batch that later batches follow: it was synced, so the node must
+    // stop with an error naming the file and the offset instead of dropping data.
+    cluster.kill(node);
+    let segment_path = newest_segment(&cluster.nodes[node].data_dir);
+    let mut segment = std::fs::read(&segment_path).expect("reading the segment");
+    segment[4096 + 8] ^= 0x01;
+    std::fs::write(&segment_path, &segment).expect("damaging a synced batch");
+    cluster.start(node);
+    let child = cluster.nodes[node]
+        .child
+        .as_mut()
+        .expect("the node was started");
+    let status = wait_with_timeout(child, STOP_TIMEOUT);
+    cluster.nodes[node].child = None;
+    let log = std::fs::read_to_string(&cluster.nodes[node].log).expect("reading the node log");
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "the node did not stop on synced damage:\n{}",
+        last_lines(&cluster.nodes[node].log, LOG_TAIL_LINES)
+    );
+    let file_name = segment_path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        log.contains(&file_name),
+        "the error names the segment file:\n{log}"
+    );
+    assert!(log.contains("offset 4096"), "the error names the offset");
+
+    // The two other nodes still form a majority and serve.
+    cli_expect(&endpoints, &["put", "after-damage", "served"], 0);
+    assert_get(&endpoints, "after-damage", &[], "served");
+}
