@@ -100,6 +100,18 @@ pub(crate) async fn prepare_segment(
         }
     }
 
+    write_header_and_sync(&file, identity, segment_seq, &path).await?;
+    sync_directory(dir).await?;
+    Ok(Rc::new(file))
+}
+
+/// Writes the header block of segment `segment_seq` and makes the file durable.
+async fn write_header_and_sync(
+    file: &DmaFile,
+    identity: LogIdentity,
+    segment_seq: u64,
+    path: &Path,
+) -> Result<(), StorageError> {
     let header = SegmentHeader {
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
@@ -109,16 +121,13 @@ pub(crate) async fn prepare_segment(
     let mut block = file.alloc_dma_buffer(BLOCK_BYTES as usize);
     block.as_bytes_mut().fill(0);
     format::encode_segment_header(&header, block.as_bytes_mut());
-    write_all(&file, block, 0, &path).await?;
-
+    write_all(file, block, 0, path).await?;
     file.fdatasync()
         .await
         .map_err(|error| StorageError::SyncFailed {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source: std::sync::Arc::new(glommio_io_error(error)),
-        })?;
-    sync_directory(dir).await?;
-    Ok(Rc::new(file))
+        })
 }
 
 /// Turns a segment whose entries are all compacted into segment `segment_seq`, so that the
@@ -141,22 +150,7 @@ pub(crate) async fn recycle_segment(
     rename(old_path, &parked)?;
     sync_directory(dir).await?;
 
-    let header = SegmentHeader {
-        cluster_id: identity.cluster_id,
-        node_id: identity.node_id,
-        shard: identity.shard,
-        segment_seq,
-    };
-    let mut block = file.alloc_dma_buffer(BLOCK_BYTES as usize);
-    block.as_bytes_mut().fill(0);
-    format::encode_segment_header(&header, block.as_bytes_mut());
-    write_all(&file, block, 0, &parked).await?;
-    file.fdatasync()
-        .await
-        .map_err(|error| StorageError::SyncFailed {
-            path: parked.clone(),
-            source: std::sync::Arc::new(glommio_io_error(error)),
-        })?;
+    write_header_and_sync(&file, identity, segment_seq, &parked).await?;
 
     rename(&parked, &segment_path(dir, segment_seq))?;
     sync_directory(dir).await?;
