@@ -18,7 +18,7 @@ pub struct MemberConfig {
 }
 
 impl MemberConfig {
-    /// The peer address of shard `shard` of this member.
+    /// Returns the peer address of shard `shard` of this member.
     pub fn shard_address(&self, shard: usize) -> Option<SocketAddr> {
         match self.addresses.as_slice() {
             [base] => {

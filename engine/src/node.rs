@@ -33,7 +33,7 @@ pub struct Applied<T> {
     pub output: T,
 }
 
-/// How a read is served.
+/// The consistency a read asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMode {
     /// Confirm leadership with a quorum (ReadIndex), wait until the state machine has
@@ -44,7 +44,7 @@ pub enum ReadMode {
     Stale,
 }
 
-/// Why a call through a [`NodeHandle`] failed.
+/// The error of a call through a [`NodeHandle`].
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("this node does not lead group {group}; {}", describe_leader(*.leader))]
@@ -120,7 +120,7 @@ impl NodeStatus {
     }
 }
 
-/// Where a shard sends the result of one proposal.
+/// The channel on which a shard returns the result of one proposal.
 pub(crate) type ProposalReply<S> =
     flume::Sender<Result<Applied<<S as StateMachine>::Output>, NodeError>>;
 

@@ -66,7 +66,7 @@ pub(crate) struct ShardParams<S: StateMachine> {
     pub ready: flume::Sender<Result<(), NodeError>>,
 }
 
-/// Events the loop's queue holds before producers wait.
+/// Capacity of the loop's event queue; producers wait while it is full.
 const EVENT_QUEUE_CAPACITY: usize = 4096;
 
 /// Ready passes per group and turn before the loop yields to queued events.
@@ -126,7 +126,7 @@ struct Shard<S: StateMachine> {
     busy_time: Duration,
 }
 
-/// How a turn of the loop ended.
+/// The outcome of one turn of the loop.
 enum Flow {
     Continue,
     Stop { crash: bool },

@@ -18,9 +18,9 @@ pub struct MemberEntry {
     pub id: u64,
     /// Peer address of the member's shard 0; shard `s` listens on the port plus `s`.
     pub peer_address: SocketAddr,
-    /// Where the member serves clients.
+    /// The member's client address.
     pub client_address: SocketAddr,
-    /// Where the member serves metrics, health and status over HTTP.
+    /// The member's HTTP address for metrics, health and status.
     pub http_address: Option<SocketAddr>,
 }
 

@@ -20,7 +20,7 @@ use shardraft::server::http::{HttpServer, NodeInfo};
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-/// Longest a clean stop may take before the process exits anyway.
+/// Maximum time a clean stop may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
