@@ -33,7 +33,7 @@ pub struct Applied<T> {
     pub output: T,
 }
 
-/// The consistency a read asks for.
+/// The consistency of a read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMode {
     /// Confirm leadership with a quorum (ReadIndex), wait until the state machine has
@@ -204,7 +204,7 @@ where
         self.inner.groups
     }
 
-    /// The group `key` belongs to.
+    /// Returns the group `key` belongs to.
     pub fn group_for_key(&self, key: &[u8]) -> GroupId {
         group_for_key(key, self.inner.groups)
     }
@@ -278,7 +278,7 @@ where
         (ShardRequest::Read { group, mode, read }, receiver)
     }
 
-    /// Runs `read` against the state machine of `group` on this node, as `mode` says.
+    /// Runs `read` against the state machine of `group` on this node, with the consistency `mode` requests.
     ///
     /// # Errors
     /// For linearizable reads, [`NodeError::NotLeader`] when this node does not lead the
@@ -395,7 +395,7 @@ where
         Ok(answers)
     }
 
-    /// The leader of `group` as this node knows it.
+    /// Returns the leader of `group` as this node last learned it.
     pub fn leader(&self, group: GroupId) -> Result<Option<NodeId>, NodeError> {
         Ok(self.status()?.group(group).and_then(|status| status.leader))
     }
@@ -421,7 +421,8 @@ impl<S: StateMachine> std::fmt::Debug for Node<S> {
     }
 }
 
-/// Shards to run when the config does not say: one per CPU this process may use.
+/// Returns the number of shards to run when the config sets none: one per CPU this
+/// process may use.
 pub fn default_shard_count() -> usize {
     core_affinity::get_core_ids().map_or(1, |cores| cores.len().max(1))
 }

@@ -43,7 +43,7 @@ use runtime::{Job, Message, Route};
 
 pub use crate::protocol::{GroupReport, GroupRole};
 
-/// How a [`Client`] reaches the cluster.
+/// Settings of a [`Client`]: the endpoints it connects to and its timeouts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Client addresses (`host:port`) of some members; the client learns the others from
@@ -75,7 +75,7 @@ impl ClientConfig {
     }
 }
 
-/// Why a client call failed.
+/// The error of a client call.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The request did not complete within the request timeout.
@@ -150,7 +150,7 @@ pub enum ClientError {
     /// A server sent bytes that break the client protocol, or speaks another version.
     #[error("client protocol error: {reason}")]
     Protocol {
-        /// What was wrong.
+        /// The problem found.
         reason: String,
     },
     /// The client's executor thread is gone.
@@ -494,7 +494,7 @@ impl Client {
     }
 
     /// Returns up to `limit` keys that start with `prefix`, in ascending order, read
-    /// linearizably; `more` says whether the prefix has further keys. Keys are spread
+    /// linearizably; `more` tells whether the prefix has further keys. Keys are spread
     /// over the groups by hash, so this reads every group and merges the pages.
     ///
     /// # Errors

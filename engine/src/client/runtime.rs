@@ -234,7 +234,7 @@ async fn attempt_until_final(
             }
             Reply::Unavailable(_) | Reply::Timeout => {
                 // The node may be stopping or cut off from its group, so the next attempt
-                // asks another member for the leader.
+                // requests the leader from another member.
                 if let Route::Leader(group) = job.route {
                     forget_leader_at(core, group, &target);
                 }

@@ -20,8 +20,8 @@
 //! waiter gets the error, because a retried sync can succeed for data the kernel has already
 //! dropped.
 //!
-//! This module must never decide anything about Raft itself: it stores what the core asks
-//! it to store and checks only that each group's log stays contiguous.
+//! This module must never decide anything about Raft itself: it stores what the core hands
+//! it and checks only that each group's log stays contiguous.
 
 mod config;
 mod disk;
@@ -144,7 +144,7 @@ impl WriteBatch {
     }
 }
 
-/// What the log holds for one group.
+/// The contents of the log for one group: hard state and bounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupState {
     /// The last hard state written; the default (term 0, no vote) if none was.
@@ -229,7 +229,7 @@ pub enum Log {
 }
 
 impl Log {
-    /// Opens the log of shard `identity.shard` as the config says. A disk log recovers what
+    /// Opens the log of shard `identity.shard` as the config selects. A disk log recovers what
     /// its directory holds; a memory log starts empty.
     ///
     /// Must run inside a glommio executor.

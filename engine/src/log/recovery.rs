@@ -567,7 +567,7 @@ impl Scan {
                         // The group's earlier entries were in segments deleted once a later
                         // checkpoint recorded their compaction. That checkpoint comes later
                         // in the scan and sets the compacted term; until then the entry's
-                        // own term stands in for it.
+                        // own term takes its place.
                         log.compacted_index = LogIndex(entry.index.0 - 1);
                         log.compacted_term = entry.term;
                         self.unconfirmed_gaps.insert(group, log.compacted_index);

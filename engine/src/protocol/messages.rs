@@ -35,7 +35,7 @@ pub enum HelloReply {
     },
 }
 
-/// Who the server is and where the cluster's members take client connections.
+/// The server's identity and the client addresses of the cluster's members.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ServerHello {
     /// The client protocol version the server speaks.
@@ -71,7 +71,7 @@ pub struct RequestBatch {
 pub struct Request {
     /// An id the client chooses; responses arrive in completion order, not request order.
     pub id: u64,
-    /// What to do.
+    /// The operation requested.
     pub operation: Operation,
 }
 
@@ -107,7 +107,7 @@ pub enum Operation {
         new_value: Option<Vec<u8>>,
     },
     /// Reads up to `limit` keys of `range` from one group, in ascending key order.
-    /// Keys are spread over groups by hash, so a whole-cluster scan asks every group and
+    /// Keys are spread over groups by hash, so a whole-cluster scan reads every group and
     /// merges the pages.
     Scan {
         /// The group to read.
@@ -170,16 +170,16 @@ pub enum Reply {
     Page {
         /// The keys in ascending order.
         entries: Vec<ScanEntry>,
-        /// Whether the group holds keys of the range after the last one returned.
+        /// Whether the group contains keys of the range after the last one returned.
         more: bool,
     },
     /// The server's role and progress in every group.
     Status(StatusReport),
     /// This node does not lead the key's group.
     NotLeader {
-        /// The leader's node id, when this node knows it.
+        /// The leader's node id, when this node has learned it.
         leader: Option<u64>,
-        /// The leader's client address, when this node knows it.
+        /// The leader's client address, when this node has learned it.
         leader_address: Option<String>,
     },
     /// A get found no value for its key.
@@ -252,7 +252,7 @@ pub struct GroupReport {
     pub role: GroupRole,
     /// The node's current term.
     pub term: u64,
-    /// The leader as the node knows it.
+    /// The leader as the node last learned it.
     pub leader: Option<u64>,
     /// The highest log index known to be committed.
     pub commit_index: u64,

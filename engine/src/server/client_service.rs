@@ -36,7 +36,7 @@ use crate::protocol::{
 use crate::raft::{NodeId, Role};
 use crate::signal::{Latch, Signal};
 
-/// Who this node is and where every member takes client connections.
+/// This node's identity and the client address of every member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterInfo {
     /// The cluster this node belongs to; clients that expect another are rejected.
@@ -99,7 +99,7 @@ struct Counters {
     requests_served: AtomicU64,
 }
 
-/// Why the client service failed to start or stop.
+/// The error of starting or stopping the client service.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientServiceError {
     /// The listen address cannot be bound.

@@ -45,7 +45,7 @@ pub const PEER_FRAME_FORMAT: FrameFormat = FrameFormat {
 /// Alignment of payloads handed to rkyv; the largest alignment of any archived type.
 pub const PAYLOAD_ALIGNMENT_BYTES: usize = 16;
 
-/// What a frame carries.
+/// The content type of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
     /// First frame on a connection: who is connecting.
@@ -71,7 +71,8 @@ impl FrameKind {
     }
 }
 
-/// Why bytes from a peer are not a valid frame. Any of these closes the connection.
+/// The defect that makes bytes from a peer an invalid frame. Any of these closes the
+/// connection.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("invalid frame magic {found:02x?}: the peer does not speak the shardraft protocol")]

@@ -19,7 +19,7 @@ use crate::metrics::LatencyHistogram;
 use crate::shard::queue::EventQueue;
 use crate::signal::{Latch, Signal};
 
-/// What the transport reports to its shard.
+/// An event the transport reports to its shard.
 #[derive(Debug)]
 pub enum TransportEvent {
     /// Validated messages from `from` for groups of this shard.
@@ -100,7 +100,7 @@ pub struct PeerTransportStats {
     pub round_trip: LatencyHistogram,
 }
 
-/// Who this shard is, and who its peers are.
+/// The identity of this shard and the addresses of its peers.
 #[derive(Clone, Debug)]
 pub struct TransportSettings {
     pub cluster_id: u64,
@@ -519,7 +519,7 @@ async fn run_listener<E: From<TransportEvent> + 'static>(
     }
 }
 
-/// Why a connection from a peer was closed.
+/// The reason a connection from a peer was closed.
 #[derive(Debug, thiserror::Error)]
 enum RejectReason {
     #[error(transparent)]
