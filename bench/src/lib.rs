@@ -28,6 +28,7 @@
 //! assert_eq!(round.bytes, 256 * 16);
 //! ```
 
+pub mod harness;
 pub mod node;
 pub mod wal;
 
