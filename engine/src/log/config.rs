@@ -58,6 +58,11 @@ pub struct LogConfig {
     /// Write zeros over a new segment before use. Overwriting allocated blocks is faster
     /// than writing into unwritten extents, whose conversion every fdatasync must commit.
     pub zero_fill_segments: bool,
+    /// fdatasync each batch before reporting it durable. When false a batch counts as
+    /// durable once its O_DIRECT write completed: it survives a crash of the process but
+    /// not a power loss or a crash of the machine, whose device cache may still hold it.
+    /// For benchmarks that compare durability classes; never for data that matters.
+    pub sync_writes: bool,
 }
 
 impl Default for LogConfig {
@@ -70,6 +75,7 @@ impl Default for LogConfig {
             pending_bytes_max: 64 * 1024 * 1024,
             entry_cache_bytes_max: 64 * 1024 * 1024,
             zero_fill_segments: true,
+            sync_writes: true,
         }
     }
 }

@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub key_bytes_max: Option<usize>,
     pub value_bytes_max: Option<usize>,
     pub segment_bytes: Option<u64>,
+    pub sync_writes: Option<bool>,
     pub members: Option<Vec<MemberEntry>>,
 }
 
@@ -136,6 +137,12 @@ pub struct ConfigOverrides {
     /// [default: 67108864]
     #[arg(long, env = "SHARDRAFT_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+
+    /// fdatasync each log write before acknowledging it. `false` keeps O_DIRECT writes,
+    /// which survive a process crash but not a power loss; for benchmarks only.
+    /// [default: true]
+    #[arg(long, env = "SHARDRAFT_SYNC_WRITES")]
+    pub sync_writes: Option<bool>,
 
     /// Every member, this node included, as `ID=PEER_ADDRESS/CLIENT_ADDRESS[/HTTP_ADDRESS]`
     /// separated by commas, for example `1=127.0.0.1:7001/127.0.0.1:7101/127.0.0.1:7201`.
@@ -332,6 +339,7 @@ pub fn merge(
     node.log.storage = pick!(overrides, file, storage, node.log.storage);
     node.log.data_dir = pick!(overrides, file, data_dir, node.log.data_dir.clone());
     node.log.segment_bytes = pick!(overrides, file, segment_bytes, node.log.segment_bytes);
+    node.log.sync_writes = pick!(overrides, file, sync_writes, node.log.sync_writes);
 
     let kv_limits = KvLimits {
         key_bytes_max: pick!(overrides, file, key_bytes_max, 1024),
