@@ -9,4 +9,5 @@
 //! checker. The summary, the JSON result, sweep CSV and charts are all made from the
 //! result alone.
 
+pub mod result;
 pub mod target;
