@@ -71,6 +71,17 @@ fn run_disk<F: Future<Output = ()>>(name: &str, case: impl FnOnce(DiskFixture) -
     run(case(fixture));
 }
 
+/// Runs a case on the disk log with `sync_writes` off, which behaves the same short of
+/// power-loss safety.
+fn run_disk_without_fdatasync<F: Future<Output = ()>>(
+    name: &str,
+    case: impl FnOnce(DiskFixture) -> F,
+) {
+    let mut fixture = DiskFixture::new(&format!("{name}-without-fdatasync"));
+    fixture.config.sync_writes = false;
+    run(case(fixture));
+}
+
 fn run_memory<F: Future<Output = ()>>(case: impl FnOnce(MemoryFixture) -> F) {
     let fixture = MemoryFixture {
         volume: Rc::default(),
@@ -78,8 +89,8 @@ fn run_memory<F: Future<Output = ()>>(case: impl FnOnce(MemoryFixture) -> F) {
     run(case(fixture));
 }
 
-/// Instantiates each generic case once per implementation, as `disk::NAME` and
-/// `memory::NAME`.
+/// Instantiates each generic case once per implementation, as `disk::NAME`,
+/// `disk_without_fdatasync::NAME` and `memory::NAME`.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod disk {
@@ -87,6 +98,14 @@ macro_rules! conformance {
                 #[test]
                 fn $case() {
                     super::run_disk(stringify!($case), super::$case);
+                }
+            )*
+        }
+        mod disk_without_fdatasync {
+            $(
+                #[test]
+                fn $case() {
+                    super::run_disk_without_fdatasync(stringify!($case), super::$case);
                 }
             )*
         }
@@ -779,6 +798,25 @@ fn log_open_selects_storage_from_config() {
         shard_files >= 2,
         "the disk log wrote no segment and identity file"
     );
+}
+
+#[test]
+fn unsynced_log_syncs_checkpoints_only() {
+    let mut fixture = DiskFixture::new("log-without-fdatasync");
+    fixture.config.sync_writes = false;
+    run(async {
+        let log = fixture.open().await;
+        let mut last = [0u64];
+        fill(&log, &[G], &mut last, 20, 100).await;
+        let stats = log.stats();
+        assert!(stats.batches >= 1, "no batch was written: {stats:?}");
+        assert_eq!(
+            stats.syncs, 1,
+            "only the segment checkpoint may be synced: {stats:?}"
+        );
+        assert_eq!(stats.entries, 20, "entries made durable: {stats:?}");
+        log.close().await.expect("closing");
+    });
 }
 
 #[test]

@@ -470,6 +470,104 @@ fn damaged_earlier_batch_is_corrupt() {
     });
 }
 
+/// Rewrites the synced-through field of the batch header at `offset`, with a fresh CRC.
+fn set_synced_through(bytes: &mut [u8], offset: u64, synced_through_seq: u64) {
+    let header = &mut bytes[offset as usize..offset as usize + BATCH_HEADER_BYTES];
+    header[24..32].copy_from_slice(&synced_through_seq.to_le_bytes());
+    let crc = crc32fast::hash(&header[8..]);
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The writer overlaps a batch's write with the previous batch's fdatasync, so a crash can
+/// leave the second-to-last batch damaged behind a complete last batch. When the last
+/// batch's header says the damaged one was not yet synced, neither was acknowledged: both
+/// are truncated, and the log keeps the batches before them.
+#[test]
+fn unsynced_damaged_pair_is_truncated() {
+    run(async {
+        let scenario = build_scenario("damaged-unsynced-pair").await;
+        let original = scenario.segment_bytes();
+        let penultimate = scenario.batches[scenario.batches.len() - 2];
+        let last = scenario.final_extent();
+        let penultimate_seq = format::decode_batch_header(&original[penultimate.offset as usize..])
+            .expect("the penultimate header decodes")
+            .batch_seq;
+        let damages: [NamedDamage<'_>; 3] = [
+            (
+                "header bit flipped",
+                Box::new(|bytes| bytes[penultimate.offset as usize + 17] ^= 4),
+            ),
+            (
+                "record bit flipped",
+                Box::new(|bytes| bytes[penultimate.end as usize - 3] ^= 1),
+            ),
+            (
+                "header block zeroed",
+                Box::new(|bytes| {
+                    let start = penultimate.offset as usize;
+                    bytes[start..start + BLOCK_BYTES as usize].fill(0)
+                }),
+            ),
+        ];
+        let before_penultimate = &scenario.prefix[..scenario.prefix.len() - 1];
+        for (name, damage) in damages {
+            restore(&scenario.shard_dir, &scenario.image);
+            let mut damaged = original.clone();
+            set_synced_through(&mut damaged, last.offset, penultimate_seq - 1);
+            damage(&mut damaged);
+            std::fs::write(&scenario.segment, &damaged).expect("writing the damage");
+
+            let log = DiskLog::open(&scenario.config, IDENTITY)
+                .await
+                .unwrap_or_else(|error| panic!("{name}: reopening failed: {error}"));
+            assert!(
+                snapshot(&log).await == model(before_penultimate).await,
+                "{name}: the log does not hold exactly the batches before the damaged one"
+            );
+            let batch = after_recovery_batch();
+            submit_durably(&log, batch.clone()).await;
+            log.close().await.expect("closing");
+            let mut batches = before_penultimate.to_vec();
+            batches.push(batch);
+            let log = DiskLog::open(&scenario.config, IDENTITY)
+                .await
+                .unwrap_or_else(|error| panic!("{name}: second reopen failed: {error}"));
+            assert!(
+                snapshot(&log).await == model(&batches).await,
+                "{name}: a batch written after recovery is missing after a restart"
+            );
+            log.close().await.expect("closing");
+        }
+    });
+}
+
+/// The same damage behind a final batch whose header says the damaged batch was synced
+/// is damage inside acknowledged data.
+#[test]
+fn synced_damaged_pair_is_corrupt() {
+    run(async {
+        let scenario = build_scenario("damaged-synced-pair").await;
+        let mut damaged = scenario.segment_bytes();
+        let penultimate = scenario.batches[scenario.batches.len() - 2];
+        let last = scenario.final_extent();
+        let penultimate_seq = format::decode_batch_header(&damaged[penultimate.offset as usize..])
+            .expect("the penultimate header decodes")
+            .batch_seq;
+        set_synced_through(&mut damaged, last.offset, penultimate_seq);
+        damaged[penultimate.end as usize - 3] ^= 1;
+        restore(&scenario.shard_dir, &scenario.image);
+        std::fs::write(&scenario.segment, &damaged).expect("writing the damage");
+        expect_corrupt(
+            &scenario.config,
+            &scenario.shard_dir,
+            &scenario.segment,
+            penultimate.offset,
+            "record bit flipped behind a batch written after its sync",
+        )
+        .await;
+    });
+}
+
 /// A log of several segments, closed. Returns the directory, config and segment paths.
 async fn build_segments(name: &str) -> (TestDir, LogConfig, Vec<PathBuf>) {
     let dir = TestDir::new(name);

@@ -61,7 +61,8 @@ pub struct LogConfig {
     /// fdatasync each batch before reporting it durable. When false a batch counts as
     /// durable once its O_DIRECT write completed: it survives a crash of the process but
     /// not a power loss or a crash of the machine, whose device cache may still hold it.
-    /// For benchmarks that compare durability classes; never for data that matters.
+    /// Segment checkpoints are still synced, once per segment. For benchmarks that compare
+    /// durability classes; never for data that matters.
     pub sync_writes: bool,
 }
 

@@ -228,6 +228,13 @@ struct State {
     active_seq: u64,
     write_offset: u64,
     next_batch_seq: u64,
+    /// The newest batch whose fdatasync completed and whose locations are published.
+    /// Batches are published in order, so every older batch is durable too.
+    synced_seq: u64,
+    /// Tasks syncing and publishing a written batch; the flusher stops after they end.
+    syncs_running: u32,
+    /// A batch write or fdatasync failed: batches after it will never be synced.
+    writer_failed: bool,
     written: BTreeMap<GroupId, WrittenGroup>,
     prepared: Option<glommio::Task<Result<Rc<DmaFile>, StorageError>>>,
     /// Emptied buffers of written batches, reused so that staging does not grow a fresh
@@ -277,6 +284,18 @@ impl DiskLog {
         config.validate()?;
         let dir = recovery::prepare_directory(&config.data_dir, identity)?;
         let recovered = recovery::recover(&dir, identity, config).await?;
+        // The last batches found may have been written but never synced before a crash.
+        // Later batches record them as synced, so make that true first.
+        if let Some(active) = recovered.segments.get(&recovered.active_seq) {
+            active
+                .file
+                .fdatasync()
+                .await
+                .map_err(|error| StorageError::SyncFailed {
+                    path: active.path.clone(),
+                    source: Arc::new(glommio_io_error(error)),
+                })?;
+        }
         let written = recovered
             .groups
             .iter()
@@ -303,6 +322,9 @@ impl DiskLog {
             active_seq: recovered.active_seq,
             write_offset: recovered.write_offset,
             next_batch_seq: recovered.next_batch_seq,
+            synced_seq: recovered.next_batch_seq - 1,
+            syncs_running: 0,
+            writer_failed: false,
             written,
             prepared: None,
             spare_buffers: Vec::new(),
@@ -773,6 +795,11 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
     shared.state.borrow_mut().prepared = Some(task);
 }
 
+/// Most batches written but not yet synced, besides the one being written. The write of one
+/// batch overlaps the fdatasync of the previous one, and no more. Recovery relies on it:
+/// at most the last two batches of the log are ever unsynced (see `recovery`).
+const UNSYNCED_BATCHES_MAX: u64 = 1;
+
 async fn run_flusher(shared: Rc<Shared>) {
     loop {
         let next = shared
@@ -792,15 +819,21 @@ async fn run_flusher(shared: Rc<Shared>) {
         let Some(batch) = next else {
             break;
         };
-        if let Err(error) = flush(&shared, batch).await {
-            tracing::error!(dir = %shared.dir.display(), %error, "write-ahead log stopped");
-            let mut state = shared.state.borrow_mut();
-            if state.failure.is_none() {
-                state.failure = Some(error);
+        match write_batch(&shared, batch).await {
+            Ok(written) => {
+                shared.state.borrow_mut().syncs_running += 1;
+                glommio::spawn_local(sync_and_publish(Rc::clone(&shared), written)).detach();
             }
-            break;
+            Err(error) => {
+                record_failure(&shared, error);
+                break;
+            }
         }
     }
+    shared
+        .progress
+        .wait_for(|| (shared.state.borrow().syncs_running == 0).then_some(()))
+        .await;
     // Drop the preparation of a segment that will never be used; its file stays and is
     // reused or removed by the next recovery.
     let prepared = shared.state.borrow_mut().prepared.take();
@@ -809,21 +842,80 @@ async fn run_flusher(shared: Rc<Shared>) {
     shared.progress.notify_all();
 }
 
-/// Writes one staged batch and makes it durable, then publishes its locations.
-async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageError> {
-    let batch_bytes = align_up((BATCH_HEADER_BYTES + batch.payload.len()) as u64);
-    let needs_new_segment = {
-        let state = shared.state.borrow();
-        state.write_offset + batch_bytes > shared.config.segment_bytes
-    };
-    if needs_new_segment {
-        rotate(shared).await?;
+/// Stops the log after a failed write or sync: later writes are refused, since retrying a
+/// failed fdatasync could report data as durable that the kernel already dropped.
+fn record_failure(shared: &Shared, error: StorageError) {
+    tracing::error!(dir = %shared.dir.display(), %error, "write-ahead log stopped");
+    let mut state = shared.state.borrow_mut();
+    if state.failure.is_none() {
+        state.failure = Some(error);
     }
-    if shared.state.borrow().write_offset == BLOCK_BYTES {
-        write_checkpoint(shared).await?;
-    }
+    state.writer_failed = true;
+    drop(state);
+    shared.progress.notify_all();
+    shared.staged.notify_all();
+}
 
-    let (file, path, segment_seq, offset, buffer, data_offset) = {
+/// Waits until every batch up to `batch_seq` is synced, or the log failed.
+async fn wait_synced(shared: &Shared, batch_seq: u64) -> Result<(), StorageError> {
+    shared
+        .progress
+        .wait_for(|| {
+            let state = shared.state.borrow();
+            if state.synced_seq >= batch_seq {
+                return Some(Ok(()));
+            }
+            // After a halt, writes in flight still complete; only a failed write or sync
+            // means that the awaited batch will never be synced.
+            if !state.writer_failed {
+                return None;
+            }
+            let cause = state.failure.clone().unwrap_or(StorageError::Closed);
+            Some(Err(StorageError::Stopped {
+                cause: Box::new(cause),
+            }))
+        })
+        .await
+}
+
+/// A batch whose write completed, waiting for its fdatasync.
+struct WrittenBatch {
+    batch: StagedBatch,
+    batch_seq: u64,
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    segment_seq: u64,
+    data_offset: u64,
+    written_bytes: u64,
+    write_micros: u64,
+}
+
+/// Writes one staged batch at the end of the active segment, after the previous batch's
+/// fdatasync at most is still running.
+async fn write_batch(shared: &Rc<Shared>, batch: StagedBatch) -> Result<WrittenBatch, StorageError> {
+    let batch_bytes = align_up((BATCH_HEADER_BYTES + batch.payload.len()) as u64);
+    let (needs_new_segment, last_written_seq) = {
+        let state = shared.state.borrow();
+        (
+            state.write_offset + batch_bytes > shared.config.segment_bytes,
+            state.next_batch_seq - 1,
+        )
+    };
+    if needs_new_segment || shared.state.borrow().write_offset == BLOCK_BYTES {
+        // A checkpoint holds the hard states and compactions of every batch before it, and
+        // recovery only bridges damage within one segment: drain before either.
+        wait_synced(shared, last_written_seq).await?;
+        if needs_new_segment {
+            rotate(shared).await?;
+        }
+        if shared.state.borrow().write_offset == BLOCK_BYTES {
+            write_checkpoint(shared).await?;
+        }
+    }
+    let batch_seq = shared.state.borrow().next_batch_seq;
+    wait_synced(shared, batch_seq.saturating_sub(1 + UNSYNCED_BATCHES_MAX)).await?;
+
+    let (file, path, segment_seq, data_offset, buffer) = {
         let mut state = shared.state.borrow_mut();
         let segment = &state.segments[&state.active_seq];
         let file = Rc::clone(&segment.file);
@@ -834,9 +926,13 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
                 segment_bytes: shared.config.segment_bytes,
             });
         }
-        let batch_seq = state.next_batch_seq;
         state.next_batch_seq += 1;
-        let header = format::encode_batch_header(batch_seq, &batch.payload, batch.record_count);
+        let header = format::encode_batch_header(
+            batch_seq,
+            state.synced_seq,
+            &batch.payload,
+            batch.record_count,
+        );
         let mut buffer = file.alloc_dma_buffer(batch_bytes as usize);
         let bytes = buffer.as_bytes_mut();
         bytes[..BATCH_HEADER_BYTES].copy_from_slice(&header);
@@ -844,19 +940,49 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
         bytes[BATCH_HEADER_BYTES..payload_end].copy_from_slice(&batch.payload);
         bytes[payload_end..].fill(0);
         let data_offset = state.write_offset;
-        (
-            file,
-            path,
-            state.active_seq,
-            state.write_offset,
-            buffer,
-            data_offset,
-        )
+        // The next batch goes after this one even before this one is synced.
+        state.write_offset += batch_bytes;
+        (file, path, state.active_seq, data_offset, buffer)
     };
 
     let written_bytes = buffer.len() as u64;
     let write_started = std::time::Instant::now();
-    write_all(&file, buffer, offset, &path).await?;
+    write_all(&file, buffer, data_offset, &path).await?;
+    Ok(WrittenBatch {
+        batch,
+        batch_seq,
+        file,
+        path,
+        segment_seq,
+        data_offset,
+        written_bytes,
+        write_micros: write_started.elapsed().as_micros() as u64,
+    })
+}
+
+/// Makes a written batch durable, then publishes it once every earlier batch is published.
+async fn sync_and_publish(shared: Rc<Shared>, written: WrittenBatch) {
+    if let Err(error) = try_sync_and_publish(&shared, written).await {
+        record_failure(&shared, error);
+    }
+    shared.state.borrow_mut().syncs_running -= 1;
+    shared.progress.notify_all();
+}
+
+async fn try_sync_and_publish(
+    shared: &Rc<Shared>,
+    written: WrittenBatch,
+) -> Result<(), StorageError> {
+    let WrittenBatch {
+        batch,
+        batch_seq,
+        file,
+        path,
+        segment_seq,
+        data_offset,
+        written_bytes,
+        write_micros,
+    } = written;
     let sync_started = std::time::Instant::now();
     if shared.config.sync_writes {
         file.fdatasync()
@@ -867,13 +993,21 @@ async fn flush(shared: &Rc<Shared>, batch: StagedBatch) -> Result<(), StorageErr
             })?;
     }
     let sync_duration = sync_started.elapsed();
-    let write_micros = (sync_started - write_started).as_micros() as u64;
+    // This fdatasync covers the previous batch too, whose write completed before this one
+    // started, but that batch's own task publishes it: publication stays in order.
+    wait_synced(shared, batch_seq - 1).await?;
     let sync_micros = sync_duration.as_micros() as u64;
 
     let deletable = {
         let mut state = shared.state.borrow_mut();
+        if state.writer_failed {
+            let cause = state.failure.clone().unwrap_or(StorageError::Closed);
+            return Err(StorageError::Stopped {
+                cause: Box::new(cause),
+            });
+        }
         publish(&mut state, &batch, segment_seq, data_offset);
-        state.write_offset = offset + written_bytes;
+        state.synced_seq = batch_seq;
         state.stats.batches += 1;
         state.stats.bytes += written_bytes;
         state.stats.entries += batch.entries.len() as u64;
@@ -996,6 +1130,8 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
     let sync_duration = sync_started.elapsed();
     let mut state = shared.state.borrow_mut();
     state.write_offset = offset + written_bytes;
+    // The checkpoint is the newest batch and every batch before it was synced first.
+    state.synced_seq = state.next_batch_seq - 1;
     state.stats.syncs += 1;
     state.stats.bytes += written_bytes;
     state.stats.sync_latency.record(sync_duration);
@@ -1027,7 +1163,7 @@ fn encode_checkpoint(state: &mut State) -> Vec<u8> {
     }
     let batch_seq = state.next_batch_seq;
     state.next_batch_seq += 1;
-    let header = format::encode_batch_header(batch_seq, &payload, record_count);
+    let header = format::encode_batch_header(batch_seq, state.synced_seq, &payload, record_count);
     let mut bytes =
         Vec::with_capacity(align_up((BATCH_HEADER_BYTES + payload.len()) as u64) as usize);
     bytes.extend_from_slice(&header);

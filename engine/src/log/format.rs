@@ -7,7 +7,7 @@
 //!                  | cluster id u64 | node id u64 | shard u32 | reserved u32 | segment seq u64
 //! batch          = batch header (32) , record * record_count
 //! batch header   = magic "SRWB" (4) | header CRC u32 | batch seq u64 | payload length u32
-//!                  | record count u32 | reserved u64
+//!                  | record count u32 | synced-through seq u64
 //! record         = CRC u32 | body length u32 | body
 //! body           = kind u8 | flags u8 | reserved u16 | group u32 | term u64 | index u64
 //!                  | payload
@@ -17,7 +17,10 @@
 //! the header CRCs cover the header bytes after the CRC field, and a record's CRC covers its
 //! length field and its body, so a corrupted length cannot point the reader at another valid
 //! record. Batch sequence numbers rise by exactly one across the whole log, segments included,
-//! which lets recovery tell a lost batch from the end of the log.
+//! which lets recovery tell a lost batch from the end of the log. A batch's synced-through
+//! sequence number is the newest batch whose fdatasync had completed when it was written (0
+//! for none). The writer overlaps one batch's write with the previous batch's fdatasync;
+//! this field lets recovery tell that unsynced pair from damage inside synced data.
 //!
 //! Decoding never panics: every length and offset read from the disk is checked against the
 //! bytes at hand and reported as a [`FormatError`].
@@ -33,7 +36,7 @@ use super::GroupId;
 pub const BLOCK_BYTES: u64 = 4096;
 
 /// Version of this layout, stored in each segment header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SRWALSEG";
 pub const SEGMENT_HEADER_BYTES: usize = 48;
@@ -226,14 +229,21 @@ pub fn record_bytes(payload_bytes: usize) -> usize {
     RECORD_HEADER_BYTES + payload_bytes
 }
 
-/// Encodes a batch header for a payload already built.
-pub fn encode_batch_header(batch_seq: u64, payload: &[u8], record_count: u32) -> [u8; 32] {
+/// Encodes a batch header for a payload already built. `synced_through_seq` is the newest
+/// batch whose fdatasync had completed before this batch is written.
+pub fn encode_batch_header(
+    batch_seq: u64,
+    synced_through_seq: u64,
+    payload: &[u8],
+    record_count: u32,
+) -> [u8; 32] {
     let mut header = [0u8; BATCH_HEADER_BYTES];
     header[0..4].copy_from_slice(&BATCH_MAGIC);
     header[8..16].copy_from_slice(&batch_seq.to_le_bytes());
     let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     header[16..20].copy_from_slice(&payload_len.to_le_bytes());
     header[20..24].copy_from_slice(&record_count.to_le_bytes());
+    header[24..32].copy_from_slice(&synced_through_seq.to_le_bytes());
     let crc = crc32fast::hash(&header[8..]);
     header[4..8].copy_from_slice(&crc.to_le_bytes());
     header
@@ -245,6 +255,8 @@ pub struct BatchHeader {
     pub batch_seq: u64,
     pub payload_len: u32,
     pub record_count: u32,
+    /// The newest batch whose fdatasync had completed when this one was written.
+    pub synced_through_seq: u64,
 }
 
 impl BatchHeader {
@@ -278,6 +290,7 @@ pub fn decode_batch_header(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
         batch_seq: le_u64(header, 8),
         payload_len,
         record_count: le_u32(header, 20),
+        synced_through_seq: le_u64(header, 24),
     })
 }
 
@@ -574,13 +587,14 @@ mod tests {
     #[test]
     fn batch_header_round_trips_and_detects_damage() {
         let payload = encode_all(&sample_records());
-        let header = encode_batch_header(42, &payload, 6);
+        let header = encode_batch_header(42, 40, &payload, 6);
 
         let decoded = decode_batch_header(&header).unwrap();
 
         assert_eq!(decoded.batch_seq, 42);
         assert_eq!(decoded.payload_len as usize, payload.len());
         assert_eq!(decoded.record_count, 6);
+        assert_eq!(decoded.synced_through_seq, 40);
         for bit in 0..BATCH_HEADER_BYTES * 8 {
             let mut damaged = header;
             damaged[bit / 8] ^= 1 << (bit % 8);
@@ -591,7 +605,7 @@ mod tests {
     #[test]
     fn zeroed_header_is_recognised() {
         assert!(is_zeroed_header(&[0u8; 64]));
-        let header = encode_batch_header(1, &[], 0);
+        let header = encode_batch_header(1, 0, &[], 0);
         assert!(!is_zeroed_header(&header));
     }
 
@@ -616,7 +630,7 @@ mod tests {
 
     #[test]
     fn oversized_payload_length_is_rejected() {
-        let mut header = encode_batch_header(1, &[], 0);
+        let mut header = encode_batch_header(1, 0, &[], 0);
         header[16..20].copy_from_slice(&(BATCH_PAYLOAD_BYTES_MAX + 1).to_le_bytes());
         let crc = crc32fast::hash(&header[8..]);
         header[4..8].copy_from_slice(&crc.to_le_bytes());

@@ -1,11 +1,16 @@
 //! Recovery of a shard's log at start: check the directory and its identity, scan every
 //! segment, verify every checksum and rebuild each group's log.
 //!
-//! Only one batch can be in flight when a node stops, because the flusher writes the next
-//! batch only after the previous fdatasync returned. So the last batch found is the only one
-//! that may be torn, and damage there is truncated and logged. Damage anywhere else is
-//! followed by a valid batch, which proves the damaged batch was synced before it; such a
-//! batch may hold acknowledged writes, so recovery stops with [`StorageError::Corrupt`].
+//! The flusher overlaps the write of one batch with the fdatasync of the one before it, and
+//! no more. So when a node stops, at most the last two batches are unsynced. Each batch
+//! header names the newest batch that was synced when it was written, and damage is judged
+//! by the batches that follow it:
+//!
+//! - nothing valid, or only batches whose header says the damaged batch was not yet synced
+//!   when they were written: the damaged batch and everything after it were never
+//!   acknowledged, so they are truncated and logged at warn;
+//! - a valid batch whose header says the damaged batch had been synced: the damaged batch
+//!   may hold acknowledged writes, so recovery stops with [`StorageError::Corrupt`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -309,6 +314,18 @@ struct Damage {
     detail: String,
 }
 
+/// The batches found after damage in a segment.
+enum Later {
+    /// No batch newer than the log's last valid one.
+    Nothing,
+    /// Only batches written while the damaged batch was not yet synced: an unacknowledged
+    /// tail.
+    UnsyncedTail,
+    /// A batch written after the damaged batch was synced, at this offset with this
+    /// sequence number.
+    ProvesSynced((u64, u64)),
+}
+
 /// Reads a segment through a buffer of aligned reads.
 struct SegmentReader<'a> {
     file: &'a DmaFile,
@@ -413,19 +430,22 @@ impl Scan {
         while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
             let batch = match read_batch(&mut reader, offset).await? {
                 BatchRead::End => {
-                    // A zeroed header ends the segment only if no later batch follows it;
-                    // otherwise a synced batch was lost.
-                    let expected = self.last_batch_seq.map_or(0, |last| last + 1);
-                    let from = offset + BLOCK_BYTES;
-                    if let Some(found) = find_valid_batch(&mut reader, from, expected).await? {
-                        let damage = Damage {
-                            segment_seq: seq,
-                            path: path.clone(),
-                            offset,
-                            search_from: from,
-                            detail: "the batch header is zeroed".to_string(),
-                        };
-                        return Err(corrupt_before_valid(&damage, &path, found));
+                    // A zeroed header ends the segment unless a later batch proves that a
+                    // synced batch was lost here. A later batch written while this one was
+                    // unsynced is an unacknowledged tail, truncated with it.
+                    let damage = Damage {
+                        segment_seq: seq,
+                        path: path.clone(),
+                        offset,
+                        search_from: offset + BLOCK_BYTES,
+                        detail: "the batch header is zeroed".to_string(),
+                    };
+                    match self.judge_damage(&mut reader, &damage).await? {
+                        Later::Nothing => {}
+                        Later::UnsyncedTail => self.damage = Some(damage),
+                        Later::ProvesSynced(found) => {
+                            return Err(corrupt_before_valid(&damage, &path, found));
+                        }
                     }
                     break;
                 }
@@ -437,17 +457,19 @@ impl Scan {
                     // A batch older than the log's last one is left over from the
                     // segment's earlier use (segments are recycled). Like a zeroed header it
                     // ends the segment, unless a newer batch follows.
-                    let expected = self.last_batch_seq.map_or(0, |last| last + 1);
-                    let from = offset + BLOCK_BYTES;
-                    if let Some(found) = find_valid_batch(&mut reader, from, expected).await? {
-                        let damage = Damage {
-                            segment_seq: seq,
-                            path: path.clone(),
-                            offset,
-                            search_from: from,
-                            detail: format!("batch {} is older than the log", batch.batch_seq),
-                        };
-                        return Err(corrupt_before_valid(&damage, &path, found));
+                    let damage = Damage {
+                        segment_seq: seq,
+                        path: path.clone(),
+                        offset,
+                        search_from: offset + BLOCK_BYTES,
+                        detail: format!("batch {} is older than the log", batch.batch_seq),
+                    };
+                    match self.judge_damage(&mut reader, &damage).await? {
+                        Later::Nothing => {}
+                        Later::UnsyncedTail => self.damage = Some(damage),
+                        Later::ProvesSynced(found) => {
+                            return Err(corrupt_before_valid(&damage, &path, found));
+                        }
                     }
                     break;
                 }
@@ -497,16 +519,44 @@ impl Scan {
             self.cache.evict(&mut self.groups);
         }
 
-        if let Some(damage) = &self.damage {
-            let search_from = damage.search_from;
-            let expected = self.last_batch_seq.map_or(0, |last| last + 1);
-            if let Some(found) = find_valid_batch(&mut reader, search_from, expected).await? {
-                return Err(corrupt_before_valid(damage, &path, found));
+        if let Some(damage) = self.damage.take() {
+            if let Later::ProvesSynced(found) = self.judge_damage(&mut reader, &damage).await? {
+                return Err(corrupt_before_valid(&damage, &path, found));
             }
+            self.damage = Some(damage);
         }
         self.active = Some((seq, offset));
         self.segments.insert(seq, segment);
         Ok(())
+    }
+
+    /// Looks past damage in the segment being scanned for a batch that proves the damaged
+    /// one was synced. The damaged batch is the one after the last valid batch.
+    async fn judge_damage(
+        &self,
+        reader: &mut SegmentReader<'_>,
+        damage: &Damage,
+    ) -> Result<Later, StorageError> {
+        let damaged_seq = self.last_batch_seq.map_or(1, |last| last + 1);
+        let mut offset = align_up(damage.search_from);
+        let mut unsynced_tail = false;
+        while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
+            let bytes = reader.bytes(offset, BATCH_HEADER_BYTES as u64).await?;
+            if let Ok(header) = format::decode_batch_header(bytes)
+                && header.batch_seq >= damaged_seq
+            {
+                if header.synced_through_seq >= damaged_seq {
+                    return Ok(Later::ProvesSynced((offset, header.batch_seq)));
+                }
+                unsynced_tail = true;
+            }
+            offset += BLOCK_BYTES;
+        }
+        Ok(if unsynced_tail {
+            Later::UnsyncedTail
+        } else {
+            Later::Nothing
+        })
     }
 
     /// After damage in an earlier segment, a later segment may only be one prepared but

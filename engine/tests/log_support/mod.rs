@@ -59,6 +59,7 @@ pub fn small_config(data_dir: &Path) -> LogConfig {
         pending_bytes_max: 1 << 20,
         entry_cache_bytes_max: 1 << 20,
         zero_fill_segments: false,
+        sync_writes: true,
     }
 }
 
