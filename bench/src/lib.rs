@@ -29,7 +29,6 @@
 //! ```
 
 pub mod harness;
-pub mod node;
 pub mod wal;
 
 use bytes::Bytes;

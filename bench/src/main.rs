@@ -1,8 +1,11 @@
 //! `shardraft-bench`: benchmarks of shardraft from the command line.
 //!
-//! Without a subcommand, or with `node`, it runs three nodes in this process through the
-//! embedding API, with disk logs and loopback TCP, and prints writes/s, latency, CPU time
-//! and fdatasyncs per write beside the device's own 4 KiB write + fdatasync.
+//! `shardraft-bench run` drives a workload against a target. It is also the command without
+//! a subcommand, and `node`, its old name. It prints throughput, latency quantiles, errors,
+//! entries per fdatasync and CPU time per operation, beside the machine's facts and the
+//! device's own 4 KiB write + fdatasync. The default target is a 3-node cluster in this
+//! process with disk logs and loopback TCP, and `--target endpoints` and `--target etcd`
+//! drive running clusters. See [`shardraft_bench::harness`].
 //!
 //! `shardraft-bench log` measures the write-ahead log on the disk under a directory. It
 //! times the device alone first (O_DIRECT write + fdatasync, one at a time), then the log
@@ -11,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +22,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use serde::Serialize;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
+use shardraft_bench::harness::workload::RunArgs;
 use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
 use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
 use shardraft_bench::wal::goals::{self, CellReport, GoalReport};
@@ -34,55 +39,30 @@ const DEVICE_WRITE_BYTES: [u64; 3] = [4 << 10, 64 << 10, 1 << 20];
 const SEQUENTIAL_WRITE_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Parser)]
-#[command(name = "shardraft-bench", version, about = "Benchmarks of shardraft")]
+#[command(
+    name = "shardraft-bench",
+    version,
+    about = "Benchmarks of shardraft",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+
+    /// Without a subcommand: the options of `run`.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Drive a workload against a target and summarise throughput and latency (the
+    /// default command). The default target is a 3-node cluster in this process, with disk
+    /// logs (O_DIRECT + fdatasync) and TCP on 127.0.0.1.
+    #[command(visible_alias = "node")]
+    Run(RunArgs),
     /// Measure the write-ahead log against the device under a directory and check its goals.
     Log(LogArgs),
-    /// Measure a 3-node cluster in this process through the embedding API, with disk
-    /// storage and fdatasync on, real TCP on loopback, closed-loop proposers.
-    Node(NodeArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct NodeArgs {
-    /// Directory for the three nodes' logs, created if missing. It must be on a disk, not
-    /// tmpfs. Default: as for `log`.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-
-    /// Measured seconds per cell.
-    #[arg(long, default_value_t = 3.0)]
-    duration_secs: f64,
-
-    /// Unmeasured seconds at the start of each cell.
-    #[arg(long, default_value_t = 0.5)]
-    warmup_secs: f64,
-
-    /// Counts of concurrent proposers, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,256")]
-    proposers: Vec<usize>,
-
-    /// Counts of Raft groups, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
-    groups: Vec<u32>,
-
-    /// Shards (executors) per node.
-    #[arg(long, default_value_t = 1)]
-    shards: usize,
-
-    /// Bytes of each value written.
-    #[arg(long, default_value_t = 16)]
-    value_bytes: usize,
-
-    /// Also write every figure to this file as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,20 +116,26 @@ struct LogArgs {
     no_zero_fill: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Log(args)) => run_log(&args),
-        Some(Command::Node(args)) => run_node(&args),
-        // The default run: the embedded cluster at its default settings.
-        None => {
-            let defaults = Cli::parse_from(["shardraft-bench", "node"]);
-            let Some(Command::Node(args)) = defaults.command else {
-                anyhow::bail!("the default run could not be set up");
-            };
-            run_node(&args)
-        }
+        Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Run(args)) => run_workload(&args),
+        None => run_workload(&cli.run),
     }
+}
+
+/// Runs `shardraft-bench run`; fails when a `--check` verdict is not linearizable.
+fn run_workload(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let workload = args.validate()?;
+    let outcome = shardraft_bench::harness::run(workload)?;
+    if outcome.failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in &outcome.failures {
+        eprintln!("error: {failure}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// Everything one run of `shardraft-bench log` measured, as written with `--json`.
@@ -529,126 +515,48 @@ fn print_cell(cell: &CellReport) {
     );
 }
 
-/// Everything one run of `shardraft-bench node` measured, as written with `--json`.
-#[derive(Debug, Serialize)]
-struct NodeReport {
-    machine: MachineFacts,
-    filesystem: Filesystem,
-    /// The device's own 4 KiB write + fdatasync, measured before the cells.
-    device: DeviceSample,
-    load_average_start: Option<[f64; 3]>,
-    load_average_end: Option<[f64; 3]>,
-    cells: Vec<shardraft_bench::node::NodeOutcome>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Time the device's own 4 KiB O_DIRECT write + fdatasync under `dir` for one second.
-fn measure_device_4k(dir: &Path) -> anyhow::Result<DeviceSample> {
-    let run_dir = RunDir::create(dir)?;
-    let executor = glommio::LocalExecutorBuilder::default()
-        .name("shardraft-bench-device")
-        .make()
-        .map_err(std::io::Error::from)
-        .context("starting the glommio executor failed")?;
-    executor.run(async {
-        let probe = DeviceProbe::create(run_dir.path(), 64 << 20).await?;
-        let sample = probe.measure(4 << 10, Duration::from_secs(1)).await?;
-        probe.remove().await?;
-        Ok(sample)
-    })
-}
-
-fn run_node(args: &NodeArgs) -> anyhow::Result<()> {
-    let duration = seconds(args.duration_secs, "--duration-secs")?;
-    let warmup = seconds(args.warmup_secs, "--warmup-secs")?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(environment::default_data_dir);
-    environment::prepare_data_dir(&dir)?;
-    let machine = environment::machine_facts();
-    let filesystem = environment::filesystem_of(&dir)?;
-    let load_average_start = environment::load_average();
-    println!("shardraft-bench node: 3 nodes in this process through the embedding API");
-    println!("cpu: {} x {}", machine.cpus, machine.cpu_model);
-    println!("kernel: {}", machine.kernel);
-    println!("rustc: {}", machine.rustc);
-    println!(
-        "directory: {} on {} ({} mounted at {})",
-        dir.display(),
-        filesystem.fs_type,
-        filesystem.source,
-        filesystem.mount_point.display()
-    );
-    println!("load average at start: {}", format_load(load_average_start));
-    let device = measure_device_4k(&dir)?;
-    println!(
-        "device: 4 KiB O_DIRECT write + fdatasync one at a time: {:.0}/s, p50 {:.1} us, p99 \
-         {:.1} us",
-        device.ops_per_sec, device.latency.p50_micros, device.latency.p99_micros
-    );
-    println!(
-        "durability: every write is on disk (O_DIRECT + fdatasync) on a majority before it is \
-         acknowledged; {} shard(s) per node; {} B values; {:.1} s warmup, {:.1} s measured",
-        args.shards,
-        args.value_bytes,
-        warmup.as_secs_f64(),
-        duration.as_secs_f64()
-    );
-    println!();
-    println!(
-        "{:>6} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>11} {:>7}",
-        "groups",
-        "proposers",
-        "writes/s",
-        "p50 us",
-        "p99 us",
-        "max us",
-        "cpu us/write",
-        "syncs/write",
-        "errors"
-    );
-    let mut cells = Vec::new();
-    for &groups in &args.groups {
-        for &proposers in &args.proposers {
-            let spec = shardraft_bench::node::NodeSpec {
-                proposers,
-                groups,
-                shards: args.shards,
-                value_bytes: args.value_bytes,
-            };
-            let run_dir = RunDir::create(&dir)?;
-            let outcome = shardraft_bench::node::run_cell(run_dir.path(), spec, warmup, duration)?;
-            println!(
-                "{:>6} {:>9} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {:>11.3} {:>7}",
-                groups,
-                proposers,
-                outcome.writes_per_sec,
-                outcome.latency.p50_micros,
-                outcome.latency.p99_micros,
-                outcome.latency.max_micros,
-                outcome.cpu_micros_per_write,
-                outcome.syncs_per_write,
-                outcome.errors
-            );
-            cells.push(outcome);
-        }
+    #[test]
+    fn no_arguments_is_the_default_run() {
+        let cli = Cli::try_parse_from(["shardraft-bench"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.run.validate().is_ok());
     }
-    let load_average_end = environment::load_average();
-    println!();
-    println!("load average at end: {}", format_load(load_average_end));
-    if let Some(path) = &args.json {
-        let report = NodeReport {
-            machine,
-            filesystem,
-            device,
-            load_average_start,
-            load_average_end,
-            cells,
+
+    #[test]
+    fn run_options_work_without_subcommand() {
+        let cli =
+            Cli::try_parse_from(["shardraft-bench", "--clients", "4", "--json", "r.json"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.clients, Some(4));
+        assert_eq!(cli.run.json, Some(PathBuf::from("r.json")));
+    }
+
+    #[test]
+    fn node_is_an_alias_of_run() {
+        let cli =
+            Cli::try_parse_from(["shardraft-bench", "node", "--sweep-clients", "1,256"]).unwrap();
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("node did not parse as run");
         };
-        let json =
-            serde_json::to_string_pretty(&report).context("serializing the report failed")?;
-        std::fs::write(path, json).with_context(|| format!("writing {} failed", path.display()))?;
-        println!("figures written to {}", path.display());
+        assert_eq!(args.sweep_clients, vec![1, 256]);
     }
-    Ok(())
+
+    #[test]
+    fn run_options_rejected_before_log() {
+        let error = Cli::try_parse_from(["shardraft-bench", "--clients", "4", "log"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn log_keeps_its_own_options() {
+        let cli = Cli::try_parse_from(["shardraft-bench", "log", "--sizes", "16"]).unwrap();
+        let Some(Command::Log(args)) = cli.command else {
+            panic!("log did not parse");
+        };
+        assert_eq!(args.sizes, vec![16]);
+    }
 }

@@ -5,12 +5,33 @@
 //! full configuration, the host facts, the target facts, and per load level
 //! ([`PointResult`]) the latency histograms serialized losslessly, so that runs can be
 //! merged and compared quantile by quantile.
+//!
+//! Reading checks [`RESULT_SCHEMA_VERSION`] before anything else, so a file of another
+//! layout is rejected with both versions named instead of with a confusing field error.
+//! Within one schema version, unknown fields are ignored where they can only add
+//! description (the run, the host, a point, a check verdict), so a newer harness that adds
+//! such a field still writes files that this one reads. The measurement records
+//! ([`OperationResult`], [`StageResult`]) reject unknown fields: a new field there could
+//! change what the counts or histograms mean (a unit, a sampling rate), and reading past
+//! it would silently misreport the run.
+//!
+//! The histogram codec and the latency summary live in [`histogram`], merging of repeated
+//! runs in [`merge`].
+
+pub mod histogram;
+pub mod merge;
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::target::TargetFacts;
+
+pub use histogram::LatencyQuantiles;
+pub use merge::merge;
 
 /// Version of the JSON layout below; raised on every incompatible change. `compare` refuses
 /// results of another version with an error that names both.
@@ -85,6 +106,7 @@ pub struct PointResult {
 
 /// Completions of one operation kind at one load level.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OperationResult {
     /// Operations that succeeded.
     pub ok: u64,
@@ -101,6 +123,7 @@ pub struct OperationResult {
 
 /// One stage of a write's path and the time spent in it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StageResult {
     /// For example `queued`, `batched`, `log_write_submitted`, `fdatasync_completed`,
     /// `replicated_to_quorum`, `applied`, `answered`.
@@ -120,8 +143,236 @@ pub struct CheckResult {
     pub detail: Option<String>,
 }
 
-/// An HdrHistogram in its standard V2 serialization, base64-encoded, so that it survives
-/// JSON without loss and other HdrHistogram tools can read it.
+/// An HdrHistogram in its standard V2 compressed serialization, base64-encoded, so that it
+/// survives JSON without loss and other HdrHistogram tools can read it. Built by
+/// [`EncodedHistogram::encode`] and read back by [`EncodedHistogram::decode`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EncodedHistogram(pub String);
+
+/// A failure to read, write, merge, compare or draw results.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    #[error("reading {path} failed: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {path} failed: {source}; check that its directory exists and is writable")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{origin} is not a valid result file: {source}")]
+    Json {
+        origin: String,
+        source: serde_json::Error,
+    },
+    #[error("{origin} has no schema_version field, so it is not a shardraft-bench result file")]
+    MissingSchemaVersion { origin: String },
+    #[error(
+        "{origin} has result schema version {found}, but this harness reads version \
+         {expected}; use a shardraft-bench build of schema version {found}, or rerun the \
+         benchmark with this build"
+    )]
+    SchemaVersion {
+        origin: String,
+        found: u64,
+        expected: u32,
+    },
+    #[error(
+        "invalid histogram: {reason}; expected the base64 of an HdrHistogram V2 or V2 \
+         compressed serialization"
+    )]
+    InvalidHistogram { reason: String },
+    #[error(
+        "{field} is {value}, but JSON stores only finite numbers; the code that computed it \
+         divided by zero or overflowed"
+    )]
+    NotFinite { field: String, value: f64 },
+    #[error("cannot merge these results: {reason}")]
+    Merge { reason: String },
+    #[error("drawing the chart {path} failed: {reason}")]
+    Chart { path: PathBuf, reason: String },
+    /// Another error, with the place in a result where it happened.
+    #[error("{location}: {source}")]
+    In {
+        location: String,
+        source: Box<ResultError>,
+    },
+}
+
+impl ResultError {
+    /// Wraps `self` with the place in a result (file, point, operation) where it happened.
+    pub fn at(self, location: impl Into<String>) -> ResultError {
+        ResultError::In {
+            location: location.into(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// The one field that is read before the rest, so that a file of another layout is
+/// rejected by version rather than by whichever field changed.
+#[derive(Deserialize)]
+struct SchemaProbe {
+    schema_version: Option<u64>,
+}
+
+impl RunResult {
+    /// Reads a result file written by [`RunResult::write`].
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::Read`] when the file cannot be read, [`ResultError::SchemaVersion`]
+    /// or [`ResultError::MissingSchemaVersion`] for a file of another layout, and
+    /// [`ResultError::Json`] for a file that is not valid JSON of this layout.
+    pub fn read(path: impl AsRef<Path>) -> Result<RunResult, ResultError> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|source| ResultError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        RunResult::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses the JSON text of a result; `origin` names it in errors (a path, `stdin`).
+    ///
+    /// # Errors
+    ///
+    /// As [`RunResult::read`], less the I/O error.
+    pub fn from_json(text: &str, origin: &str) -> Result<RunResult, ResultError> {
+        let json_error = |source| ResultError::Json {
+            origin: origin.to_owned(),
+            source,
+        };
+        let probe: SchemaProbe = serde_json::from_str(text).map_err(json_error)?;
+        let found = probe
+            .schema_version
+            .ok_or_else(|| ResultError::MissingSchemaVersion {
+                origin: origin.to_owned(),
+            })?;
+        check_schema_version(found, origin)?;
+        serde_json::from_str(text).map_err(json_error)
+    }
+
+    /// Writes this result as pretty-printed JSON, replacing `path`.
+    ///
+    /// The text goes to a temporary file beside `path` first and is then renamed over it,
+    /// so a reader never sees half a file.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::NotFinite`] when a number is NaN or infinite (JSON cannot store it,
+    /// and the file would not read back), [`ResultError::Write`] when writing fails.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<(), ResultError> {
+        let path = path.as_ref();
+        let text = self.to_json()?;
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".partial");
+        let temporary = PathBuf::from(temporary);
+        let write_error = |source| ResultError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        fs::write(&temporary, text).map_err(write_error)?;
+        fs::rename(&temporary, path).map_err(write_error)
+    }
+
+    /// Returns this result as the pretty-printed JSON that [`RunResult::write`] stores.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::NotFinite`] when a number is NaN or infinite.
+    pub fn to_json(&self) -> Result<String, ResultError> {
+        self.check_finite()?;
+        serde_json::to_string_pretty(self).map_err(|source| ResultError::Json {
+            origin: "the result being written".to_owned(),
+            source,
+        })
+    }
+
+    /// Checks that every floating-point field is finite. serde_json writes NaN and
+    /// infinities as `null`, which then fails to read back as a number.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::NotFinite`] naming the first field that is not.
+    pub fn check_finite(&self) -> Result<(), ResultError> {
+        if let Some(device) = &self.host.device_sync_4k {
+            check_finite("host.device_sync_4k.ops_per_sec", device.ops_per_sec)?;
+            check_finite("host.device_sync_4k.p50_micros", device.p50_micros)?;
+            check_finite("host.device_sync_4k.p99_micros", device.p99_micros)?;
+        }
+        for (index, point) in self.points.iter().enumerate() {
+            point
+                .check_finite()
+                .map_err(|error| error.at(format!("points[{index}]")))?;
+        }
+        Ok(())
+    }
+}
+
+impl PointResult {
+    /// Returns `clients 64` or `clients 64, target rate 5000/s`, to name a point in
+    /// errors and reports.
+    pub fn label(&self) -> String {
+        match self.target_rate_per_sec {
+            Some(rate) => format!("clients {}, target rate {rate}/s", self.clients),
+            None => format!("clients {}", self.clients),
+        }
+    }
+
+    fn check_finite(&self) -> Result<(), ResultError> {
+        check_finite("elapsed_secs", self.elapsed_secs)?;
+        if let Some(rate) = self.target_rate_per_sec {
+            check_finite("target_rate_per_sec", rate)?;
+        }
+        if let Some(cpu_seconds) = self.cpu_seconds {
+            check_finite("cpu_seconds", cpu_seconds)?;
+        }
+        if let Some(check) = &self.check {
+            check_finite("check.check_secs", check.check_secs)?;
+        }
+        for (kind, operation) in &self.operations {
+            check_finite(
+                &format!("operations.{kind}.ok_per_sec"),
+                operation.ok_per_sec,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl OperationResult {
+    /// Decodes the latency histogram and summarizes it; `None` when no operation
+    /// succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::InvalidHistogram`] when the stored histogram cannot be decoded.
+    pub fn latency_quantiles(&self) -> Result<Option<LatencyQuantiles>, ResultError> {
+        let histogram = self.latency.decode()?;
+        Ok(LatencyQuantiles::from_histogram_nanos(&histogram))
+    }
+}
+
+/// Rejects a result of another schema version; `origin` names it in the error.
+///
+/// # Errors
+///
+/// [`ResultError::SchemaVersion`] when `found` is not [`RESULT_SCHEMA_VERSION`].
+pub fn check_schema_version(found: u64, origin: &str) -> Result<(), ResultError> {
+    if found == u64::from(RESULT_SCHEMA_VERSION) {
+        return Ok(());
+    }
+    Err(ResultError::SchemaVersion {
+        origin: origin.to_owned(),
+        found,
+        expected: RESULT_SCHEMA_VERSION,
+    })
+}
+
+fn check_finite(field: &str, value: f64) -> Result<(), ResultError> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(ResultError::NotFinite {
+        field: field.to_owned(),
+        value,
+    })
+}

@@ -8,6 +8,10 @@
 //!
 //! Everything runs on glommio executors, so futures need not be `Send`.
 
+pub mod embedded;
+pub mod endpoints;
+pub mod etcd;
+
 use bytes::Bytes;
 
 /// How a read is served.

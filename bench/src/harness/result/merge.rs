@@ -1,0 +1,301 @@
+//! Merging repeated runs of one configuration into one result.
+//!
+//! Repeating a run and merging the results gives more samples for the tail quantiles and
+//! evens out run-to-run drift. The merged result is what one run with all the measured
+//! time would have recorded. Counts and measured seconds are summed and latency
+//! histograms added. Each `ok_per_sec` is recomputed as total successes over total
+//! measured seconds, not as the mean of the runs' rates, which would weight a short run
+//! like a long one.
+//!
+//! Merging is refused unless the runs are repetitions: the same schema version, harness,
+//! git commit, configuration, target facts, host facts and sequence of load levels
+//! (clients and target rate). The device sync measurement is the one host fact allowed to
+//! differ, because it is measured anew before every run. The merged result keeps the
+//! first run's host facts, that measurement included, and the earliest start time.
+
+use std::collections::BTreeSet;
+
+use hdrhistogram::Histogram;
+
+use super::histogram::TOTAL_COUNT_MAX;
+use super::{
+    CheckResult, EncodedHistogram, OperationResult, PointResult, RESULT_SCHEMA_VERSION,
+    ResultError, RunResult, StageResult, check_schema_version,
+};
+use crate::harness::compare::{ValueDifference, json_differences};
+
+/// Merges repeated runs of one configuration into one result, as described in the
+/// module documentation.
+///
+/// # Errors
+///
+/// - [`ResultError::Merge`] for an empty slice, for runs that are not repetitions of the
+///   first (the message lists every difference), and for histograms whose sum would
+///   exceed [`TOTAL_COUNT_MAX`].
+/// - [`ResultError::SchemaVersion`] for a result of another schema.
+/// - [`ResultError::InvalidHistogram`] inside [`ResultError::In`] for a histogram that
+///   does not decode, with the run, point and operation named.
+pub fn merge(results: &[RunResult]) -> Result<RunResult, ResultError> {
+    let Some(first) = results.first() else {
+        return Err(ResultError::Merge {
+            reason: "no results were given; pass at least one".to_owned(),
+        });
+    };
+    for (index, result) in results.iter().enumerate() {
+        let origin = format!("result {}", index + 1);
+        check_schema_version(u64::from(result.schema_version), &origin)?;
+        check_repetition(first, result, &origin)?;
+    }
+
+    let points = (0..first.points.len())
+        .map(|index| merge_point(results, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started_unix_ms = results.iter().map(|result| result.started_unix_ms).min();
+    Ok(RunResult {
+        schema_version: RESULT_SCHEMA_VERSION,
+        harness: first.harness.clone(),
+        git_commit: first.git_commit.clone(),
+        started_unix_ms: started_unix_ms.unwrap_or(first.started_unix_ms),
+        config: first.config.clone(),
+        host: first.host.clone(),
+        target: first.target.clone(),
+        points,
+    })
+}
+
+/// Rejects `other` unless it repeats `first`, listing every difference.
+fn check_repetition(first: &RunResult, other: &RunResult, origin: &str) -> Result<(), ResultError> {
+    let differences = setup_differences(first, other);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = differences.iter().map(ToString::to_string).collect();
+    Err(ResultError::Merge {
+        reason: format!(
+            "{origin} is not a repetition of result 1, it differs in {}; merge only repeated \
+             runs of one configuration on one machine, and use `compare` for different ones",
+            listed.join(", ")
+        ),
+    })
+}
+
+/// Differences that make two runs something other than repetitions of one setup.
+fn setup_differences(first: &RunResult, other: &RunResult) -> Vec<ValueDifference> {
+    let mut differences = json_differences(
+        "harness",
+        &serde_json::json!(first.harness),
+        &serde_json::json!(other.harness),
+    );
+    differences.extend(json_differences(
+        "git_commit",
+        &serde_json::json!(first.git_commit),
+        &serde_json::json!(other.git_commit),
+    ));
+    differences.extend(json_differences("config", &first.config, &other.config));
+    differences.extend(json_differences(
+        "target",
+        &serde_json::json!(first.target),
+        &serde_json::json!(other.target),
+    ));
+    differences.extend(json_differences(
+        "host",
+        &fixed_host_facts(first),
+        &fixed_host_facts(other),
+    ));
+    differences.extend(json_differences(
+        "points",
+        &load_levels(first),
+        &load_levels(other),
+    ));
+    differences
+}
+
+/// Returns the host facts without the device sync measurement, which differs on every
+/// run.
+fn fixed_host_facts(result: &RunResult) -> serde_json::Value {
+    let mut host = serde_json::json!(result.host);
+    if let Some(facts) = host.as_object_mut() {
+        facts.remove("device_sync_4k");
+    }
+    host
+}
+
+fn load_levels(result: &RunResult) -> serde_json::Value {
+    let labels: Vec<String> = result.points.iter().map(PointResult::label).collect();
+    serde_json::json!(labels)
+}
+
+fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, ResultError> {
+    let points: Vec<&PointResult> = results.iter().map(|result| &result.points[index]).collect();
+    let first = points[0];
+    let location = format!("point {} ({})", index + 1, first.label());
+    let elapsed_secs: f64 = points.iter().map(|point| point.elapsed_secs).sum();
+
+    let kinds: BTreeSet<&String> = points
+        .iter()
+        .flat_map(|point| point.operations.keys())
+        .collect();
+    let mut operations = std::collections::BTreeMap::new();
+    for kind in kinds {
+        let location = format!("{location}, operation `{kind}`");
+        let operation = merge_operation(&points, kind, elapsed_secs, &location)?;
+        operations.insert(kind.clone(), operation);
+    }
+
+    Ok(PointResult {
+        clients: first.clients,
+        target_rate_per_sec: first.target_rate_per_sec,
+        elapsed_secs,
+        operations,
+        cpu_seconds: sum_if_all(points.iter().map(|point| point.cpu_seconds)),
+        fdatasyncs: sum_counts_if_all(points.iter().map(|point| point.fdatasyncs)),
+        log_entries: sum_counts_if_all(points.iter().map(|point| point.log_entries)),
+        write_stages: merge_stages(&points, &location)?,
+        check: merge_checks(&points),
+    })
+}
+
+fn merge_operation(
+    points: &[&PointResult],
+    kind: &str,
+    elapsed_secs: f64,
+    location: &str,
+) -> Result<OperationResult, ResultError> {
+    let parts: Vec<(usize, &OperationResult)> = points
+        .iter()
+        .enumerate()
+        .filter_map(|(run, point)| Some((run, point.operations.get(kind)?)))
+        .collect();
+    let ok: u64 = parts.iter().map(|(_, operation)| operation.ok).sum();
+    let refused = parts.iter().map(|(_, operation)| operation.refused).sum();
+    let indeterminate = parts
+        .iter()
+        .map(|(_, operation)| operation.indeterminate)
+        .sum();
+    let histograms = parts
+        .iter()
+        .map(|(run, operation)| (*run, &operation.latency));
+    let ok_per_sec = if elapsed_secs > 0.0 {
+        ok as f64 / elapsed_secs
+    } else {
+        0.0
+    };
+    Ok(OperationResult {
+        ok,
+        refused,
+        indeterminate,
+        ok_per_sec,
+        latency: add_histograms(histograms, location)?,
+    })
+}
+
+/// Merges the write stages by name, in the order they first appear.
+fn merge_stages(points: &[&PointResult], location: &str) -> Result<Vec<StageResult>, ResultError> {
+    let mut names: Vec<&str> = Vec::new();
+    for stage in points.iter().flat_map(|point| &point.write_stages) {
+        if !names.contains(&stage.stage.as_str()) {
+            names.push(&stage.stage);
+        }
+    }
+
+    let mut stages = Vec::with_capacity(names.len());
+    for name in names {
+        let histograms = points.iter().enumerate().flat_map(|(run, point)| {
+            point
+                .write_stages
+                .iter()
+                .filter(move |stage| stage.stage == name)
+                .map(move |stage| (run, &stage.latency))
+        });
+        let location = format!("{location}, write stage `{name}`");
+        stages.push(StageResult {
+            stage: name.to_owned(),
+            latency: add_histograms(histograms, &location)?,
+        });
+    }
+    Ok(stages)
+}
+
+/// Combines the check verdicts. A violation in any run makes the merged verdict
+/// `not_linearizable`. It is `linearizable` only when every run was checked and passed,
+/// and `unknown` otherwise.
+fn merge_checks(points: &[&PointResult]) -> Option<CheckResult> {
+    let checks: Vec<(usize, &CheckResult)> = points
+        .iter()
+        .enumerate()
+        .filter_map(|(run, point)| Some((run, point.check.as_ref()?)))
+        .collect();
+    if checks.is_empty() {
+        return None;
+    }
+
+    let failures: Vec<String> = checks
+        .iter()
+        .filter(|(_, check)| check.verdict == "not_linearizable")
+        .map(|(run, check)| {
+            let detail = check.detail.as_deref().unwrap_or("no detail recorded");
+            format!("result {}: {detail}", run + 1)
+        })
+        .collect();
+    let every_run_passed = checks.len() == points.len()
+        && checks
+            .iter()
+            .all(|(_, check)| check.verdict == "linearizable");
+    let verdict = if !failures.is_empty() {
+        "not_linearizable"
+    } else if every_run_passed {
+        "linearizable"
+    } else {
+        "unknown"
+    };
+    Some(CheckResult {
+        verdict: verdict.to_owned(),
+        operations_checked: checks
+            .iter()
+            .map(|(_, check)| check.operations_checked)
+            .sum(),
+        check_secs: checks.iter().map(|(_, check)| check.check_secs).sum(),
+        detail: (!failures.is_empty()).then(|| failures.join("; ")),
+    })
+}
+
+/// Adds the histograms of several runs; `run` numbers them from 0 for error messages.
+fn add_histograms<'a>(
+    parts: impl Iterator<Item = (usize, &'a EncodedHistogram)>,
+    location: &str,
+) -> Result<EncodedHistogram, ResultError> {
+    let mut total: Option<Histogram<u64>> = None;
+    for (run, encoded) in parts {
+        let origin = format!("result {}, {location}", run + 1);
+        let histogram = encoded.decode().map_err(|error| error.at(origin.clone()))?;
+        let Some(sum) = total.as_mut() else {
+            let mut first = histogram;
+            // Later runs may have recorded values above this run's highest trackable one.
+            first.auto(true);
+            total = Some(first);
+            continue;
+        };
+        if sum.len().saturating_add(histogram.len()) > TOTAL_COUNT_MAX {
+            return Err(ResultError::Merge {
+                reason: format!("{origin}: the merged count would exceed {TOTAL_COUNT_MAX}"),
+            });
+        }
+        sum.add(&histogram).map_err(|error| ResultError::Merge {
+            reason: format!("{origin}: adding its histogram failed ({error:?})"),
+        })?;
+    }
+    let Some(total) = total else {
+        return Err(ResultError::Merge {
+            reason: format!("{location}: no run has a histogram to merge"),
+        });
+    };
+    Ok(EncodedHistogram::encode(&total))
+}
+
+fn sum_if_all(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    values.sum()
+}
+
+fn sum_counts_if_all(mut values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    values.try_fold(0_u64, |sum, value| Some(sum.saturating_add(value?)))
+}

@@ -1,0 +1,409 @@
+//! The human summary of a run on standard output, and the [`PointResult`] of each point.
+//!
+//! The header states what ran: the target, the durability class, the workload and the
+//! machine with the device's own sync latency. Each point then gets a block with its
+//! throughput, latency quantiles, errors, entries per fdatasync, CPU time per operation
+//! and the check's verdict, and a sweep ends with one table row per point.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+use super::load::{OperationStats, PointMeasurement};
+use super::result::LatencyQuantiles;
+use super::result::{CheckResult, EncodedHistogram, HostFacts, OperationResult, PointResult};
+use super::target::{ReadMode, TargetFacts};
+use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
+
+/// Formats a latency in nanoseconds with three significant digits in µs, ms or s.
+pub fn format_latency_nanos(nanos: u64) -> String {
+    let nanos = nanos as f64;
+    if nanos < 1e6 {
+        format!("{} µs", significant(nanos / 1e3))
+    } else if nanos < 1e9 {
+        format!("{} ms", significant(nanos / 1e6))
+    } else {
+        format!("{} s", significant(nanos / 1e9))
+    }
+}
+
+/// Formats a number with three significant digits, without a trailing decimal point.
+fn significant(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn format_micros(micros: f64) -> String {
+    format_latency_nanos((micros * 1e3).round() as u64)
+}
+
+/// Builds the result of one point, for the JSON result and the summary.
+pub fn point_result(
+    level: LoadLevel,
+    measurement: &PointMeasurement,
+    check: Option<CheckResult>,
+) -> PointResult {
+    let elapsed_secs = measurement.elapsed.as_secs_f64();
+    let mut operations = BTreeMap::new();
+    let stats = &measurement.stats;
+    for (name, kind) in [("write", &stats.write), ("read", &stats.read)] {
+        if kind.ok + kind.errors() > 0 || name == "write" {
+            operations.insert(name.to_string(), operation_result(kind, elapsed_secs));
+        }
+    }
+    PointResult {
+        clients: level.clients,
+        target_rate_per_sec: level.rate_per_sec,
+        elapsed_secs,
+        operations,
+        cpu_seconds: measurement.counters.cpu.map(|cpu| cpu.as_secs_f64()),
+        fdatasyncs: measurement.counters.fdatasyncs,
+        log_entries: measurement.counters.log_entries,
+        write_stages: Vec::new(),
+        check,
+    }
+}
+
+fn operation_result(stats: &OperationStats, elapsed_secs: f64) -> OperationResult {
+    OperationResult {
+        ok: stats.ok,
+        refused: stats.refused,
+        indeterminate: stats.indeterminate,
+        ok_per_sec: if elapsed_secs > 0.0 {
+            stats.ok as f64 / elapsed_secs
+        } else {
+            0.0
+        },
+        latency: EncodedHistogram::encode(&stats.latency_nanos),
+    }
+}
+
+/// Prints what the run drives and on what machine.
+pub fn print_header(
+    workload: &Workload,
+    target: &TargetFacts,
+    host: &HostFacts,
+    data_dir: Option<&str>,
+) {
+    println!(
+        "shardraft-bench run: {} target, {}",
+        target.kind, target.system
+    );
+    println!("target: {}", target.reached_through);
+    if target.kind == "embedded" {
+        println!(
+            "note: the three nodes and the load generator share this one process and its CPUs"
+        );
+    }
+    println!("durability: {}", target.durability);
+    println!("workload: {}", describe_workload(workload));
+    let memory = host.memory_bytes.map_or_else(String::new, |bytes| {
+        format!(", {:.1} GiB memory", bytes as f64 / (1u64 << 30) as f64)
+    });
+    println!(
+        "machine: {} CPUs ({}), kernel {}{memory}",
+        host.cpus, host.cpu_model, host.kernel
+    );
+    if let Some(data_dir) = data_dir {
+        println!("data directory: {data_dir}");
+    }
+    if let Some(device) = &host.device_sync_4k {
+        println!(
+            "device: 4 KiB O_DIRECT write + fdatasync, one at a time: {:.0}/s, p50 {}, p99 {}",
+            device.ops_per_sec,
+            format_micros(device.p50_micros),
+            format_micros(device.p99_micros)
+        );
+    }
+}
+
+fn describe_workload(workload: &Workload) -> String {
+    let reads = workload.read_fraction * 100.0;
+    let mix = if workload.read_fraction > 0.0 {
+        let mode = match workload.read_mode {
+            ReadMode::Linearizable => "linearizable",
+            ReadMode::Stale => "stale",
+        };
+        format!("{:.0}% writes, {reads:.0}% {mode} reads", 100.0 - reads)
+    } else {
+        "100% writes".to_string()
+    };
+    let keys = match workload.key_distribution {
+        KeyDistribution::Uniform => "uniform".to_string(),
+        KeyDistribution::Zipfian { theta } => format!("zipfian, theta {theta}"),
+    };
+    let length = match workload.length {
+        RunLength::Duration { secs } => format!("{secs:.1} s"),
+        RunLength::Operations { count } => format!("{count} operations"),
+    };
+    format!(
+        "{mix}, {} B values, {} keys ({keys}); {:.1} s warm-up, then {length} per point; up \
+         to {} load thread(s), {} connection(s), seed {}",
+        workload.value_bytes,
+        workload.keys,
+        workload.warmup_secs,
+        workload.load_threads,
+        workload.connections,
+        workload.seed
+    )
+}
+
+/// Describes a load level: `closed loop, 64 clients` or `open loop at 5000/s, up to 64
+/// in flight`.
+pub fn describe_level(level: LoadLevel) -> String {
+    match level.rate_per_sec {
+        None => format!("closed loop, {} clients", level.clients),
+        Some(rate) => format!("open loop at {rate}/s, up to {} in flight", level.clients),
+    }
+}
+
+/// Prints the block of point `index` (0-based) of `count`.
+pub fn print_point(
+    index: usize,
+    count: usize,
+    point: &PointResult,
+    measurement: &PointMeasurement,
+    cpu_scope: &str,
+) {
+    let level = LoadLevel {
+        clients: point.clients,
+        rate_per_sec: point.target_rate_per_sec,
+    };
+    println!();
+    println!(
+        "point {}/{count}: {}, {:.2} s measured, {} load thread(s), {} session(s)",
+        index + 1,
+        describe_level(level),
+        point.elapsed_secs,
+        measurement.load_threads,
+        measurement.sessions
+    );
+    let stats = &measurement.stats;
+    for (name, kind) in [("writes", &stats.write), ("reads", &stats.read)] {
+        if name == "reads" && kind.ok + kind.errors() == 0 {
+            continue;
+        }
+        print_operation(name, kind, point.elapsed_secs);
+    }
+    if level.rate_per_sec.is_some() {
+        println!(
+            "  late     {} operations found all {} slots busy when due (latency counts from \
+             the intended start)",
+            stats.late, point.clients
+        );
+    }
+    print_counters(point, stats.ok() + stats.errors(), cpu_scope);
+    if let Some(check) = &point.check {
+        print_check(check);
+    }
+}
+
+fn print_operation(name: &str, stats: &OperationStats, elapsed_secs: f64) {
+    let rate = if elapsed_secs > 0.0 {
+        stats.ok as f64 / elapsed_secs
+    } else {
+        0.0
+    };
+    println!(
+        "  {name:<8} {:.0}/s: {} ok, {} errors ({} refused, {} indeterminate)",
+        rate,
+        stats.ok,
+        stats.errors(),
+        stats.refused,
+        stats.indeterminate
+    );
+    if let Some(quantiles) = LatencyQuantiles::from_histogram_nanos(&stats.latency_nanos) {
+        println!(
+            "           latency p50 {}, p90 {}, p99 {}, p99.9 {}, max {}",
+            format_micros(quantiles.p50_micros),
+            format_micros(quantiles.p90_micros),
+            format_micros(quantiles.p99_micros),
+            format_micros(quantiles.p999_micros),
+            format_micros(quantiles.max_micros)
+        );
+    }
+}
+
+fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
+    match (
+        point.log_entries,
+        point.fdatasyncs,
+        entries_per_fdatasync(point),
+    ) {
+        (Some(entries), Some(syncs), Some(ratio)) => println!(
+            "  log      {ratio:.1} entries per fdatasync ({syncs} fdatasyncs and {entries} \
+             entries on all replicas)"
+        ),
+        (Some(entries), Some(_), None) => {
+            println!("  log      no fdatasync ({entries} entries on all replicas)")
+        }
+        (Some(entries), None, _) => println!(
+            "  log      {entries} entries appended on the listed replicas; fdatasyncs not \
+             reported"
+        ),
+        (None, _, _) => println!(
+            "  log      no log counters (memory storage, or a target that does not report them)"
+        ),
+    }
+    match (
+        point.cpu_seconds,
+        cpu_nanos_per_operation(point, operations),
+    ) {
+        (Some(cpu_secs), Some(per_operation)) => println!(
+            "  cpu      {} per operation ({cpu_secs:.2} s of {cpu_scope}, over {operations} \
+             operations)",
+            format_latency_nanos(per_operation)
+        ),
+        _ => println!("  cpu      {cpu_scope}"),
+    }
+}
+
+fn print_check(check: &CheckResult) {
+    println!(
+        "  check    {}: {} operations checked in {:.2} s",
+        check.verdict.replace('_', " "),
+        check.operations_checked,
+        check.check_secs
+    );
+    if let Some(detail) = &check.detail {
+        println!("           {detail}");
+    }
+}
+
+/// Prints one table row per point of a sweep; `late` contains each point's late operations.
+pub fn print_sweep_table(points: &[PointResult], late: &[u64]) {
+    println!();
+    println!(
+        "{:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>11} {:>9}  check",
+        "clients",
+        "rate/s",
+        "ok/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "errors",
+        "late",
+        "entries/fs",
+        "cpu/op"
+    );
+    for (index, point) in points.iter().enumerate() {
+        print_sweep_row(point, late.get(index).copied());
+    }
+}
+
+fn print_sweep_row(point: &PointResult, late: Option<u64>) {
+    let (ok, errors, latency) = point_totals(point);
+    let quantiles = latency
+        .as_ref()
+        .and_then(LatencyQuantiles::from_histogram_nanos);
+    let show = |select: fn(&LatencyQuantiles) -> f64| {
+        quantiles.map_or_else(|| "-".to_string(), |q| format_micros(select(&q)))
+    };
+
+    let rate = point
+        .target_rate_per_sec
+        .map_or_else(|| "-".to_string(), |rate| format!("{rate}"));
+    let per_sync =
+        entries_per_fdatasync(point).map_or_else(|| "-".to_string(), |ratio| format!("{ratio:.1}"));
+    let cpu = cpu_nanos_per_operation(point, ok + errors)
+        .map_or_else(|| "-".to_string(), format_latency_nanos);
+    let ok_per_sec = if point.elapsed_secs > 0.0 {
+        ok as f64 / point.elapsed_secs
+    } else {
+        0.0
+    };
+    let late = late.map_or_else(|| "-".to_string(), |late| late.to_string());
+    let check = point
+        .check
+        .as_ref()
+        .map_or("-", |check| check.verdict.as_str());
+
+    println!(
+        "{:>8} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>11} {:>9}  {check}",
+        point.clients,
+        rate,
+        ok_per_sec,
+        show(|q| q.p50_micros),
+        show(|q| q.p99_micros),
+        show(|q| q.p999_micros),
+        show(|q| q.max_micros),
+        errors,
+        late,
+        per_sync,
+        cpu
+    );
+}
+
+/// Sums a point's successful and failed operations of every kind, and merges their
+/// latency histograms; a histogram that does not decode is left out.
+fn point_totals(point: &PointResult) -> (u64, u64, Option<Histogram<u64>>) {
+    let mut latency: Option<Histogram<u64>> = None;
+    let mut ok = 0;
+    let mut errors = 0;
+    for operation in point.operations.values() {
+        ok += operation.ok;
+        errors += operation.refused + operation.indeterminate;
+        let Ok(histogram) = operation.latency.decode() else {
+            continue;
+        };
+        match &mut latency {
+            // The harness records every latency with one range, 1 ns to 60 s, so adding fits.
+            Some(total) => {
+                let _ = total.add(&histogram);
+            }
+            None => latency = Some(histogram),
+        }
+    }
+    (ok, errors, latency)
+}
+
+/// Computes the log entries per fdatasync of a point, when the target reports both.
+fn entries_per_fdatasync(point: &PointResult) -> Option<f64> {
+    match (point.log_entries, point.fdatasyncs) {
+        (Some(entries), Some(syncs)) if syncs > 0 => Some(entries as f64 / syncs as f64),
+        _ => None,
+    }
+}
+
+/// Computes the CPU nanoseconds per operation of a point, when the target reports CPU time.
+fn cpu_nanos_per_operation(point: &PointResult, operations: u64) -> Option<u64> {
+    let cpu_secs = point.cpu_seconds?;
+    (operations > 0).then(|| (cpu_secs * 1e9 / operations as f64).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_uses_three_significant_digits() {
+        assert_eq!(format_latency_nanos(812_345), "812 µs");
+        assert_eq!(format_latency_nanos(1_234_567), "1.23 ms");
+        assert_eq!(format_latency_nanos(45_600_000), "45.6 ms");
+        assert_eq!(format_latency_nanos(2_500_000_000), "2.50 s");
+        assert_eq!(format_latency_nanos(900), "0.90 µs");
+    }
+
+    #[test]
+    fn levels_name_their_loop() {
+        let closed = LoadLevel {
+            clients: 64,
+            rate_per_sec: None,
+        };
+        let open = LoadLevel {
+            clients: 8,
+            rate_per_sec: Some(5000.0),
+        };
+        assert_eq!(describe_level(closed), "closed loop, 64 clients");
+        assert_eq!(
+            describe_level(open),
+            "open loop at 5000/s, up to 8 in flight"
+        );
+    }
+}

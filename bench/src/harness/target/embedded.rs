@@ -1,0 +1,503 @@
+//! The embedded target: a 3-node shardraft cluster started inside the bench process.
+//!
+//! [`EmbeddedCluster::start`] starts three [`Node`]s, each with its own shard executors and
+//! its own log, connected by real TCP on 127.0.0.1. Disk logs live in a fresh directory
+//! under the run's data directory, removed when the cluster is dropped. Requests go
+//! through [`NodeHandle`]s: a session routes each key to its group's leader, learns leader
+//! changes from `NotLeader` errors, and serves stale reads from one replica per session.
+//!
+//! All three replicas and the load generator share one process, so the process's CPU time
+//! (the cluster's [`ServerCounters::sample`]) covers all of them together.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use shardraft::config::{MemberConfig, NodeConfig};
+use shardraft::kv::{Command, KvLimits, KvStateMachine};
+use shardraft::log::{GroupId, StorageKind};
+use shardraft::node::{self, Node, NodeError, NodeHandle};
+use shardraft::raft::NodeId;
+
+use super::{Request, RequestError, Response, Session, Target, TargetFacts};
+use crate::harness::load::{CounterSample, ServerCounters};
+use crate::harness::workload::{ClusterSpec, Durability, VALUE_BYTES_MAX};
+
+/// Members of the embedded cluster.
+pub const NODE_COUNT: usize = 3;
+
+/// Cluster id of the embedded cluster; any value works, because nothing else joins it.
+const CLUSTER_ID: u64 = 0xbe9c;
+
+/// Time the cluster has to elect a leader for every group after it starts.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Pause before a request is retried when no leader is known.
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Largest key the store accepts; the harness's keys are a few bytes.
+const KEY_BYTES_MAX: usize = 1024;
+
+type KvHandle = NodeHandle<KvStateMachine>;
+
+/// A running 3-node cluster in this process, with the directory of its logs.
+#[derive(Debug)]
+pub struct EmbeddedCluster {
+    nodes: Vec<Node<KvStateMachine>>,
+    handles: Vec<KvHandle>,
+    /// Leader of each group when the cluster had settled, as a position in `handles`.
+    leaders: Vec<usize>,
+    spec: ClusterSpec,
+    /// The run's data directory, removed on drop; `None` for memory storage.
+    run_dir: Option<ScratchDir>,
+}
+
+impl EmbeddedCluster {
+    /// Starts the nodes and waits until every group has a leader that all nodes agree on.
+    ///
+    /// # Errors
+    ///
+    /// When the data directory cannot be created, a node fails to start (its log, its
+    /// ports), or the groups have no leader within 30 s.
+    pub fn start(spec: &ClusterSpec) -> anyhow::Result<EmbeddedCluster> {
+        let run_dir = match spec.durability {
+            Durability::Memory => None,
+            Durability::DiskSynced | Durability::DiskUnsynced => {
+                Some(ScratchDir::create(&spec.dir)?)
+            }
+        };
+        let configs = node_configs(spec, run_dir.as_ref().map(ScratchDir::path))?;
+        let limits = KvLimits {
+            key_bytes_max: KEY_BYTES_MAX,
+            value_bytes_max: VALUE_BYTES_MAX,
+        };
+        let mut nodes = Vec::with_capacity(configs.len());
+        for config in configs {
+            let node_id = config.node_id;
+            let node = Node::start(config, move |_| KvStateMachine::new(limits))
+                .with_context(|| format!("starting embedded node {node_id} failed"))?;
+            nodes.push(node);
+        }
+        let handles: Vec<KvHandle> = nodes.iter().map(Node::handle).collect();
+        let leaders = wait_for_leaders(&handles, spec.groups)?;
+        Ok(EmbeddedCluster {
+            nodes,
+            handles,
+            leaders,
+            spec: spec.clone(),
+            run_dir,
+        })
+    }
+
+    /// Returns the target through which clients reach this cluster.
+    pub fn target(&self) -> EmbeddedTarget {
+        EmbeddedTarget {
+            handles: self.handles.clone(),
+            leaders: self.leaders.clone(),
+            durability: self.spec.durability,
+            shards: self.spec.shards,
+            groups: self.spec.groups,
+        }
+    }
+
+    /// Returns the directory of the nodes' logs; `None` for memory storage.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.run_dir.as_ref().map(ScratchDir::path)
+    }
+
+    /// Stops every node cleanly, then removes the data directory.
+    ///
+    /// # Errors
+    ///
+    /// When a shard's executor failed or the directory cannot be removed.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.handles.clear();
+        for node in self.nodes.drain(..) {
+            node.shutdown()
+                .context("stopping an embedded node failed")?;
+        }
+        match self.run_dir.take() {
+            Some(dir) => dir.remove(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ServerCounters for EmbeddedCluster {
+    /// Process CPU time, and fdatasyncs and durable entries summed over every shard of
+    /// every node.
+    fn sample(&self) -> anyhow::Result<CounterSample> {
+        let mut fdatasyncs = 0;
+        let mut log_entries = 0;
+        let mut disk = false;
+        for handle in &self.handles {
+            let status = handle.status().with_context(|| {
+                format!("reading the status of node {} failed", handle.node_id().0)
+            })?;
+            for log in status.shards.iter().filter_map(|shard| shard.log.as_ref()) {
+                disk = true;
+                fdatasyncs += log.syncs;
+                log_entries += log.entries;
+            }
+        }
+        Ok(CounterSample {
+            cpu: Some(cpu_time::ProcessTime::now().as_duration()),
+            fdatasyncs: disk.then_some(fdatasyncs),
+            log_entries: disk.then_some(log_entries),
+        })
+    }
+
+    fn cpu_scope(&self) -> &'static str {
+        "process CPU time, which covers all three replicas and the load generator"
+    }
+}
+
+/// Builds the three nodes' configs: one loopback port per shard of each node.
+fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<Vec<NodeConfig>> {
+    let addresses = free_loopback_addresses(NODE_COUNT * spec.shards)?;
+    let members: Vec<MemberConfig> = addresses
+        .chunks(spec.shards)
+        .enumerate()
+        .map(|(position, addresses)| MemberConfig {
+            id: position as u64 + 1,
+            addresses: addresses.to_vec(),
+        })
+        .collect();
+    let mut configs = Vec::with_capacity(NODE_COUNT);
+    for member in &members {
+        let mut config = NodeConfig {
+            cluster_id: CLUSTER_ID,
+            node_id: member.id,
+            members: members.clone(),
+            shards: Some(spec.shards),
+            groups: spec.groups,
+            ..NodeConfig::default()
+        };
+        match data_dir {
+            Some(dir) => {
+                let node_dir = dir.join(format!("node-{}", member.id));
+                std::fs::create_dir_all(&node_dir)
+                    .with_context(|| format!("creating {} failed", node_dir.display()))?;
+                config.log.storage = StorageKind::Disk;
+                config.log.data_dir = node_dir;
+                config.log.sync_writes = spec.durability == Durability::DiskSynced;
+            }
+            None => config.log.storage = StorageKind::Memory,
+        }
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+/// Finds `count` free TCP ports on 127.0.0.1 by binding and releasing them.
+///
+/// NOTE: another process may take a port between its release here and the node's bind,
+/// and the node then fails to start.
+fn free_loopback_addresses(count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("binding a free port on 127.0.0.1 failed")?;
+    listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .context("reading a bound address failed")
+        })
+        .collect()
+}
+
+/// Waits until every group has one leader that all nodes agree on; returns, per group, the
+/// leader's position in `handles`.
+fn wait_for_leaders(handles: &[KvHandle], groups: u32) -> anyhow::Result<Vec<usize>> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        if let Some(leaders) = agreed_leaders(handles, groups)? {
+            return Ok(leaders);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the embedded cluster's {groups} group(s) had no agreed leader within {} s; \
+             check the log output above for a node that failed",
+            LEADER_WAIT.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Finds each group's leader as a position in `handles`, when every node names the same
+/// one.
+fn agreed_leaders(handles: &[KvHandle], groups: u32) -> anyhow::Result<Option<Vec<usize>>> {
+    let statuses = handles
+        .iter()
+        .map(|handle| {
+            handle
+                .status()
+                .context("reading an embedded node's status failed")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut leaders = Vec::with_capacity(groups as usize);
+    for group in 0..groups {
+        let named: Vec<Option<NodeId>> = statuses
+            .iter()
+            .map(|status| status.group(GroupId(group)).and_then(|group| group.leader))
+            .collect();
+        let Some(Some(leader)) = named.first().copied() else {
+            return Ok(None);
+        };
+        if named.iter().any(|other| *other != Some(leader)) {
+            return Ok(None);
+        }
+        match handles.iter().position(|handle| handle.node_id() == leader) {
+            Some(position) => leaders.push(position),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(leaders))
+}
+
+/// The embedded cluster as the harness drives it: the nodes' handles and facts.
+#[derive(Clone, Debug)]
+pub struct EmbeddedTarget {
+    handles: Vec<KvHandle>,
+    leaders: Vec<usize>,
+    durability: Durability,
+    shards: usize,
+    groups: u32,
+}
+
+impl Target for EmbeddedTarget {
+    type Session = EmbeddedSession;
+
+    async fn open_session(&self, index: usize) -> anyhow::Result<EmbeddedSession> {
+        Ok(EmbeddedSession {
+            handles: self.handles.clone(),
+            leaders: RefCell::new(self.leaders.clone()),
+            replica: index % self.handles.len(),
+            groups: self.groups,
+        })
+    }
+
+    fn facts(&self) -> TargetFacts {
+        TargetFacts {
+            kind: "embedded".to_string(),
+            system: format!("shardraft {}", env!("CARGO_PKG_VERSION")),
+            durability: self.durability.describe().to_string(),
+            reached_through: format!(
+                "{NODE_COUNT} nodes in this process ({} shard(s) each, {} group(s)), TCP on \
+                 127.0.0.1 between them; requests through NodeHandle",
+                self.shards, self.groups
+            ),
+        }
+    }
+}
+
+/// Requests through the nodes' handles, with this session's view of the groups' leaders.
+#[derive(Debug)]
+pub struct EmbeddedSession {
+    handles: Vec<KvHandle>,
+    /// Position in `handles` of the node believed to lead each group.
+    leaders: RefCell<Vec<usize>>,
+    /// Position in `handles` of the node that serves this session's stale reads.
+    replica: usize,
+    groups: u32,
+}
+
+/// The result of one attempt at a request.
+enum Attempt<T> {
+    Done(Result<T, RequestError>),
+    /// No effect; try again at the node now believed to lead, after a pause when no node
+    /// is known to lead.
+    Retry {
+        pause: bool,
+    },
+}
+
+impl EmbeddedSession {
+    /// Runs `attempt` at the group's leader until it succeeds, fails, or the request
+    /// timeout of the node passes; retries only after errors that mean no effect.
+    async fn at_leader<T, F, Fut>(&self, group: GroupId, mut attempt: F) -> Result<T, RequestError>
+    where
+        F: FnMut(KvHandle) -> Fut,
+        Fut: std::future::Future<Output = Result<T, NodeError>>,
+    {
+        let timeout_ms = self.handles[0].request_timeout_ms();
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let position = self.leaders.borrow()[group.0 as usize];
+            let result = attempt(self.handles[position].clone()).await;
+            match self.judge(group, position, result) {
+                Attempt::Done(result) => return result,
+                Attempt::Retry { pause } if Instant::now() < deadline => {
+                    if pause {
+                        glommio::timer::sleep(NO_LEADER_BACKOFF).await;
+                    }
+                }
+                Attempt::Retry { .. } => {
+                    return Err(RequestError::Refused(format!(
+                        "group {} had no leader that accepted the request within {timeout_ms} \
+                         ms",
+                        group.0
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sorts one attempt's error into retry, refused (no effect) or indeterminate, and
+    /// updates the leader of `group`.
+    fn judge<T>(
+        &self,
+        group: GroupId,
+        position: usize,
+        result: Result<T, NodeError>,
+    ) -> Attempt<T> {
+        let error = match result {
+            Ok(value) => return Attempt::Done(Ok(value)),
+            Err(error) => error,
+        };
+        match error {
+            NodeError::NotLeader {
+                leader: Some(leader),
+                ..
+            } => {
+                if let Some(next) = self.handles.iter().position(|h| h.node_id() == leader) {
+                    self.leaders.borrow_mut()[group.0 as usize] = next;
+                }
+                Attempt::Retry { pause: false }
+            }
+            NodeError::NotLeader { leader: None, .. } => {
+                // No node is known to lead: try the next one after a pause.
+                self.leaders.borrow_mut()[group.0 as usize] = (position + 1) % self.handles.len();
+                Attempt::Retry { pause: true }
+            }
+            NodeError::ProposalDropped { .. } => Attempt::Retry { pause: false },
+            NodeError::UnknownGroup { .. } | NodeError::Busy { .. } | NodeError::Config(_) => {
+                Attempt::Done(Err(RequestError::Refused(error.to_string())))
+            }
+            NodeError::Timeout { .. }
+            | NodeError::Stopped
+            | NodeError::Storage(_)
+            | NodeError::Startup { .. } => {
+                Attempt::Done(Err(RequestError::Indeterminate(error.to_string())))
+            }
+        }
+    }
+
+    async fn put(&self, key: &Bytes, value: &Bytes) -> Result<Response, RequestError> {
+        let command = Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+        .encode()
+        .map_err(|error| RequestError::Refused(format!("encoding the put failed: {error}")))?;
+        let group = node::group_for_key(key, self.groups);
+        let applied = self
+            .at_leader(group, |handle| {
+                let command = command.clone();
+                async move { handle.propose_async(group, command).await }
+            })
+            .await?;
+        match applied.output {
+            Ok(_) => Ok(Response::Written),
+            Err(error) => Err(RequestError::Refused(format!(
+                "the store rejected the put: {error}"
+            ))),
+        }
+    }
+
+    async fn get_linearizable(&self, key: &Bytes) -> Result<Response, RequestError> {
+        let group = node::group_for_key(key, self.groups);
+        let value = self
+            .at_leader(group, |handle| {
+                let key = key.clone();
+                async move {
+                    let read = move |kv: &KvStateMachine| kv.get(&key).map(|found| found.value);
+                    handle
+                        .read_async(group, shardraft::node::ReadMode::Linearizable, read)
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::Value(value))
+    }
+
+    async fn get_stale(&self, key: &Bytes) -> Result<Response, RequestError> {
+        let group = node::group_for_key(key, self.groups);
+        let key = key.clone();
+        let read = move |kv: &KvStateMachine| kv.get(&key).map(|found| found.value);
+        let handle = &self.handles[self.replica];
+        match handle
+            .read_async(group, shardraft::node::ReadMode::Stale, read)
+            .await
+        {
+            Ok(value) => Ok(Response::Value(value)),
+            Err(error) => Err(RequestError::Refused(error.to_string())),
+        }
+    }
+}
+
+impl Session for EmbeddedSession {
+    async fn execute(&self, request: &Request) -> Result<Response, RequestError> {
+        match request {
+            Request::Put { key, value } => self.put(key, value).await,
+            Request::Get {
+                key,
+                mode: super::ReadMode::Linearizable,
+            } => self.get_linearizable(key).await,
+            Request::Get {
+                key,
+                mode: super::ReadMode::Stale,
+            } => self.get_stale(key).await,
+        }
+    }
+
+    fn multiplexes(&self) -> bool {
+        true
+    }
+}
+
+/// A directory of one run inside the data directory, removed at the end and, as far as
+/// possible, when the run fails.
+///
+/// NOTE: a run killed by a signal (Ctrl-C included) leaves its directory behind, because
+/// nothing handles signals; the next runs do not reuse or remove it.
+#[derive(Debug)]
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn create(parent: &Path) -> anyhow::Result<ScratchDir> {
+        crate::wal::environment::prepare_data_dir(parent)?;
+        let started_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        let name = format!("run-{}-{started_nanos:09}", std::process::id());
+        let path = parent.join(name);
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating {} failed", path.display()))?;
+        Ok(ScratchDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn remove(self) -> anyhow::Result<()> {
+        std::fs::remove_dir_all(&self.path)
+            .with_context(|| format!("removing {} failed", self.path.display()))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Reached with the directory still present only when the run failed; the error
+        // that ended it matters more than one from this cleanup.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

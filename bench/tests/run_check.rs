@@ -1,0 +1,83 @@
+//! Runs the built `shardraft-bench` for a short closed-loop run against the embedded
+//! cluster with `--check`, and reads back its JSON result.
+//!
+//! This covers the whole path a user takes: argument parsing, three nodes with disk logs
+//! on 127.0.0.1, the load threads, the history, the linearizability checker, the summary
+//! and the result file. It asserts that the run succeeded and that the history is
+//! linearizable, never a throughput.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use shardraft_bench::harness::result::RunResult;
+
+/// A result file of this test process that is removed when dropped.
+struct ResultFile(PathBuf);
+
+impl Drop for ResultFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn embedded_run_with_check_is_linearizable() {
+    let path =
+        std::env::temp_dir().join(format!("shardraft-bench-check-{}.json", std::process::id()));
+    let result_file = ResultFile(path.clone());
+
+    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
+        .args([
+            "run",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--clients",
+            "4",
+        ])
+        .args(["--groups", "1", "--keys", "16", "--read-fraction", "0.5"])
+        .args([
+            "--check",
+            "--check-time-limit",
+            "60",
+            "--no-progress",
+            "--json",
+        ])
+        .arg(&path)
+        .output()
+        .expect("shardraft-bench could not be started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(
+        output.status.success(),
+        "shardraft-bench failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("check    linearizable"),
+        "stdout:\n{stdout}"
+    );
+    assert!(stdout.contains("durability: disk"), "stdout:\n{stdout}");
+
+    let result = RunResult::read(&result_file.0).expect("the result file could not be read");
+    assert_eq!(result.target.kind, "embedded");
+    assert_eq!(result.points.len(), 1);
+    let point = &result.points[0];
+    let check = point
+        .check
+        .as_ref()
+        .expect("the point has no check verdict");
+    assert_eq!(check.verdict, "linearizable", "{:?}", check.detail);
+    assert!(check.operations_checked > 0);
+    let writes = &point.operations["write"];
+    assert!(writes.ok > 0, "no write succeeded");
+    assert_eq!(writes.refused + writes.indeterminate, 0, "writes failed");
+    let reads = &point.operations["read"];
+    assert!(reads.ok > 0, "no read succeeded");
+    assert!(
+        point.fdatasyncs.is_some_and(|syncs| syncs > 0),
+        "no fdatasync counted"
+    );
+}
