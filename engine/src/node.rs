@@ -135,6 +135,9 @@ pub(crate) enum ShardRequest<S: StateMachine> {
         group: GroupId,
         command: Bytes,
         reply: ProposalReply<S>,
+        /// When the proposer called [`NodeHandle::propose`], where the write's first stage
+        /// (`queued`) starts.
+        sent_at: Instant,
     },
     Read {
         group: GroupId,
@@ -230,6 +233,7 @@ where
             group,
             command,
             reply,
+            sent_at: Instant::now(),
         };
         (request, receiver)
     }
@@ -347,7 +351,9 @@ where
         })
     }
 
-    /// Status and counters of every shard for metrics, within `timeout`.
+    /// Status and counters of every shard for metrics, within `timeout`. The latency of
+    /// each stage of the writes this node completed as a leader is in
+    /// [`NodeMetrics::write_stages`].
     ///
     /// # Errors
     /// As for [`status_within`](Self::status_within).

@@ -5,7 +5,7 @@
 //! `reason` (fixed sets), and `group` only while the node hosts at most
 //! [`PER_GROUP_SERIES_GROUPS_MAX`] groups. Larger nodes get per-shard counts of groups with
 //! and without a leader instead. Histograms are merged across shards, so each has one
-//! series per node (per peer for round trips).
+//! series per node (per peer for round trips, per stage for the stages of a write).
 
 use std::fmt;
 
@@ -19,6 +19,8 @@ use shardraft_raft::{NodeId, Role};
 
 use super::histogram::LatencyHistogram;
 use super::snapshot::{NodeMetrics, ProposalCounts, ShardMetrics};
+use super::stage_histogram::StageHistogram;
+use super::write_stages::WriteStageLatencies;
 use crate::log::DiskLogStats;
 use crate::transport::TransportStats;
 
@@ -70,6 +72,7 @@ impl Collector for NodeCollector {
             encode_groups(&mut encoder, shards)?;
         }
         encode_proposals(&mut encoder, shards)?;
+        encode_write_stages(&mut encoder, &self.metrics.write_stages())?;
         encode_shard_loop(&mut encoder, shards)?;
         encode_transport(&mut encoder, shards)?;
         encode_peers(&mut encoder, shards)?;
@@ -143,6 +146,29 @@ fn histograms(
     name: &str,
     help: &str,
     samples: Vec<(Labels, LatencyHistogram)>,
+) -> Result<(), fmt::Error> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, histogram) in samples {
+        let mut series = metric.encode_family(&labels)?;
+        series.encode_histogram::<Labels>(
+            histogram.sum_seconds(),
+            histogram.count(),
+            &histogram.buckets(),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes one histogram family of [`StageHistogram`]s, or nothing when `samples` is empty.
+fn stage_histograms(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, &StageHistogram)>,
 ) -> Result<(), fmt::Error> {
     if samples.is_empty() {
         return Ok(());
@@ -315,6 +341,32 @@ fn encode_proposals(
         "Time from a proposal reaching its shard until it was applied at this node as the \
          leader.",
         vec![(Labels::new(), commit_latency)],
+    )
+}
+
+fn encode_write_stages(
+    encoder: &mut DescriptorEncoder,
+    latencies: &WriteStageLatencies,
+) -> Result<(), fmt::Error> {
+    let samples = latencies
+        .stages()
+        .map(|(stage, histogram)| (vec![("stage", stage.name().to_string())], histogram))
+        .collect();
+    stage_histograms(
+        encoder,
+        "shardraft_write_stage_seconds",
+        "Time writes answered by this node as the leader spent in each stage, from the \
+         proposal to its answer: queued, batched, log_write_submitted, fdatasync_completed, \
+         replicated_to_quorum, applied, answered. A write's stages add up to its \
+         shardraft_write_seconds; followers record nothing.",
+        samples,
+    )?;
+    stage_histograms(
+        encoder,
+        "shardraft_write_seconds",
+        "Time from a proposal until its answer was sent, for writes answered by this node \
+         as the leader with their applied result.",
+        vec![(Labels::new(), latencies.total())],
     )
 }
 

@@ -7,12 +7,19 @@
 //!
 //! Latencies are [`LatencyHistogram`]s with one fixed bucket set
 //! ([`LATENCY_BUCKET_BOUNDS_SECONDS`], 50 µs to 10 s), so histograms of different shards
-//! add up bucket by bucket.
+//! add up bucket by bucket. The stages of a write ([`WriteStageLatencies`]) last from a
+//! few microseconds up, so they use [`StageHistogram`]s, with a finer fixed bucket set
+//! ([`STAGE_BUCKET_BOUNDS_NANOS`], 1 µs to 10 s).
 
 mod export;
 mod histogram;
 mod snapshot;
+mod stage_histogram;
+mod write_stages;
 
 pub use export::{NodeLabels, PER_GROUP_SERIES_GROUPS_MAX, TEXT_CONTENT_TYPE, encode_text};
 pub use histogram::{LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram};
 pub use snapshot::{GroupMetrics, NodeMetrics, ProposalCounts, ShardMetrics, SnapshotError};
+pub use stage_histogram::{STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS, StageHistogram};
+pub(crate) use write_stages::WritePoints;
+pub use write_stages::{WRITE_STAGES, WriteStage, WriteStageLatencies};

@@ -5,6 +5,7 @@ use std::time::Duration;
 use shardraft_raft::NodeId;
 
 use super::histogram::LatencyHistogram;
+use super::write_stages::WriteStageLatencies;
 use crate::log::GroupId;
 use crate::node::{NodeStatus, ShardStatus};
 use crate::transport::PeerTransportStats;
@@ -70,8 +71,11 @@ pub struct ShardMetrics {
     pub groups: Vec<GroupMetrics>,
     /// Proposals by result, summed over the shard's groups.
     pub proposals: ProposalCounts,
-    /// Time from receiving a proposal until it was applied at this node as the leader.
+    /// Time from the turn of the shard's loop that took a proposal until the proposal was
+    /// applied at this node as the leader: the stages from `batched` to `applied`.
     pub commit_latency: LatencyHistogram,
+    /// Stages of the writes this shard completed as the leader of their group.
+    pub write_stages: WriteStageLatencies,
     /// Time the shard's loop spent handling events and collecting ready work, as opposed
     /// to waiting for events.
     pub busy_time: Duration,
@@ -99,6 +103,15 @@ impl NodeMetrics {
                 .map(|shard| shard.status.clone())
                 .collect(),
         }
+    }
+
+    /// Merges the write stages of every shard.
+    pub fn write_stages(&self) -> WriteStageLatencies {
+        let mut merged = WriteStageLatencies::default();
+        for shard in &self.shards {
+            merged.merge(&shard.write_stages);
+        }
+        merged
     }
 
     /// Finds the metrics of `group`, if this node hosts it.

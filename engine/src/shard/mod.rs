@@ -16,9 +16,15 @@
 //!    only then do the messages held for that batch (votes, append responses) leave.
 //!
 //! A shard stops on a storage error: a failed fdatasync is never retried.
+//!
+//! The loop also times the stages of each write it completes as a leader (see
+//! [`WriteStageLatencies`]). It reads the clock per turn, per submission, per durability
+//! report and per `Ready` with committed entries, never per write. The points are kept in the
+//! pending proposals and, per index range, in each group's `WriteMarks` (`write_marks.rs`).
 
 pub(crate) mod queue;
 mod replica;
+mod write_marks;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
@@ -31,21 +37,28 @@ use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::log::{BatchNumber, GroupId, Log, LogIdentity, LogStore, StorageError, WriteBatch};
-use crate::metrics::{GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics};
+use crate::metrics::{
+    GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics, WriteStageLatencies,
+};
 use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
 use crate::signal::Signal;
 use crate::state_machine::StateMachine;
 use crate::transport::wire::GroupMessage;
 use crate::transport::{Transport, TransportEvent, TransportSettings};
 use queue::EventQueue;
-use replica::Replica;
+use replica::{ProposalStart, Replica};
+use write_marks::Submission;
 
 /// Events queued for the shard's loop.
 pub(crate) enum ShardEvent<S: StateMachine> {
     Request(ShardRequest<S>),
     Transport(TransportEvent),
     Tick,
-    Durable(Result<BatchNumber, StorageError>),
+    /// The log's durability report, and when it reached the shard.
+    Durable {
+        result: Result<BatchNumber, StorageError>,
+        reported_at: Instant,
+    },
     /// Ready work remained after a pass; collect it in the next turn.
     Continue,
 }
@@ -124,6 +137,12 @@ struct Shard<S: StateMachine> {
     tick: u64,
     /// Time the loop spent handling events and ready work since the shard started.
     busy_time: Duration,
+    /// Start of the current turn, the time proposals handled in it count as taken.
+    turn_started_at: Instant,
+    /// Groups that started a write mark in the current turn and wait for its submission.
+    marked_groups: Vec<GroupId>,
+    /// Stages of the writes this shard completed as a leader.
+    write_stages: WriteStageLatencies,
 }
 
 /// The outcome of one turn of the loop.
@@ -163,6 +182,9 @@ where
             accepting_changed: Rc::new(Signal::default()),
             tick: 0,
             busy_time: Duration::ZERO,
+            turn_started_at: Instant::now(),
+            marked_groups: Vec::new(),
+            write_stages: WriteStageLatencies::default(),
         };
         shard.spawn_request_bridge(params.requests);
         shard.spawn_ticker();
@@ -212,6 +234,7 @@ where
                 break Flow::Stop { crash: false };
             }
             let turn_started = Instant::now();
+            self.turn_started_at = turn_started;
             let mut flow = Flow::Continue;
             for event in events.drain(..) {
                 flow = self.handle(event);
@@ -253,8 +276,13 @@ where
                     replica.core.report_unreachable(peer);
                 }
             }
-            ShardEvent::Durable(Ok(durable)) => self.on_durable(durable),
-            ShardEvent::Durable(Err(error)) => return Flow::Fail(error.into()),
+            ShardEvent::Durable {
+                result: Ok(durable),
+                reported_at,
+            } => self.on_durable(durable, reported_at),
+            ShardEvent::Durable {
+                result: Err(error), ..
+            } => return Flow::Fail(error.into()),
             ShardEvent::Request(request) => return self.on_request(request),
         }
         Flow::Continue
@@ -288,11 +316,16 @@ where
                 group,
                 command,
                 reply,
+                sent_at,
             } => match self.replicas.get_mut(&group) {
                 Some(replica) => {
                     let span = replica.span.clone();
                     let _entered = span.enter();
-                    replica.propose(command, reply, deadline);
+                    let start = ProposalStart {
+                        sent_at,
+                        taken_at: self.turn_started_at,
+                    };
+                    replica.propose(command, reply, deadline, start);
                 }
                 None => {
                     let groups = self.config.groups;
@@ -322,7 +355,7 @@ where
         Flow::Continue
     }
 
-    fn on_durable(&mut self, durable: BatchNumber) {
+    fn on_durable(&mut self, durable: BatchNumber, reported_at: Instant) {
         self.durable_reported = self.durable_reported.max(durable);
         while let Some(front) = self.persisting.front() {
             if front.batch > durable {
@@ -333,6 +366,7 @@ where
                 if let Some(replica) = self.replicas.get_mut(&group) {
                     let _entered = replica.span.enter();
                     replica.core.on_persisted(number);
+                    replica.write_marks.note_durable(done.batch, reported_at);
                 }
             }
             self.transport.send(done.messages);
@@ -354,7 +388,10 @@ where
         let watch = async move {
             let result = log.wait_durable(after).await;
             active.set(false);
-            events.push_now(ShardEvent::Durable(result));
+            events.push_now(ShardEvent::Durable {
+                result,
+                reported_at: Instant::now(),
+            });
         };
         glommio::spawn_local(watch).detach();
     }
@@ -389,6 +426,12 @@ where
                         must_persist = true;
                     }
                 }
+                if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last())
+                    && replica.has_pending_proposals()
+                    && replica.write_marks.note_appended(first.index, last.index)
+                {
+                    self.marked_groups.push(*group);
+                }
                 batch.append(*group, std::mem::take(&mut ready.entries));
                 let to_group = |message| GroupMessage {
                     group: *group,
@@ -400,7 +443,7 @@ where
                     held_messages.extend(ready.messages_after_persist.drain(..).map(to_group));
                 }
                 replica
-                    .apply_ready(&mut ready)
+                    .apply_ready(&mut ready, &mut self.write_stages)
                     .map_err(|detail| NodeError::Startup {
                         shard: self.shard,
                         detail,
@@ -440,7 +483,16 @@ where
         messages: Vec<GroupMessage>,
     ) -> Result<(), NodeError> {
         if !batch.is_empty() {
+            // Only a leader's turn with waiting proposals needs the submission's times.
+            let started_at = (!self.marked_groups.is_empty()).then(Instant::now);
             let number = self.log.submit(batch)?;
+            if let Some(started_at) = started_at {
+                self.note_submitted(Submission {
+                    batch: number,
+                    started_at,
+                    returned_at: Instant::now(),
+                });
+            }
             self.persisting.push_back(PendingPersist {
                 batch: number,
                 readies,
@@ -466,6 +518,15 @@ where
         self.transport.send(messages);
         self.events.push_now(ShardEvent::Continue);
         Ok(())
+    }
+
+    /// Gives the write marks started in this turn the submission that carries them.
+    fn note_submitted(&mut self, submission: Submission) {
+        for group in self.marked_groups.drain(..) {
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                replica.write_marks.note_submitted(submission);
+            }
+        }
     }
 
     /// Writes the deferred commit indexes before a clean stop, so that a restarted node
@@ -540,6 +601,7 @@ where
             groups,
             proposals,
             commit_latency,
+            write_stages: self.write_stages.clone(),
             busy_time: self.busy_time,
             peers: self.transport.peer_stats(),
         }

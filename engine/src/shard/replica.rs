@@ -1,5 +1,9 @@
 //! One group hosted by a shard: its Raft core, its state machine, and the requests waiting
 //! on it.
+//!
+//! The committed entries of a `Ready` are applied in one pass and the replies to their
+//! proposers sent in a second, so that one clock read before and after each pass times all
+//! of them for the write stages.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -8,17 +12,41 @@ use shardraft_raft::{
     Entry, HardState, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
 };
 
+use super::write_marks::WriteMarks;
 use crate::log::GroupId;
-use crate::metrics::{LatencyHistogram, ProposalCounts};
+use crate::metrics::{LatencyHistogram, ProposalCounts, WritePoints, WriteStageLatencies};
 use crate::node::{Applied, NodeError, ProposalReply, ReadFn};
 use crate::state_machine::StateMachine;
+
+/// When a proposal was sent and taken, the first two points of its write stages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProposalStart {
+    /// `NodeHandle::propose` was called, on the proposer's thread.
+    pub sent_at: Instant,
+    /// The turn of the shard's loop that took the proposal started.
+    pub taken_at: Instant,
+}
 
 /// A proposal waiting for its entry to be applied.
 pub(crate) struct PendingProposal<S: StateMachine> {
     term: Term,
     reply: ProposalReply<S>,
     expires_at_tick: u64,
-    proposed_at: Instant,
+    start: ProposalStart,
+}
+
+/// The reply to a proposal whose entry was applied, held until the rest of the `Ready`'s
+/// committed entries are applied.
+struct QueuedReply<S: StateMachine> {
+    reply: ProposalReply<S>,
+    result: Result<Applied<S::Output>, NodeError>,
+}
+
+/// A write whose proposer got the applied result, kept until the reply's time is known.
+#[derive(Clone, Copy, Debug)]
+struct CompletedWrite {
+    index: LogIndex,
+    start: ProposalStart,
 }
 
 /// A linearizable read waiting for its ReadIndex round, then for the state machine to
@@ -49,8 +77,14 @@ pub(crate) struct Replica<S: StateMachine> {
     pub deferred_hard_state: Option<HardState>,
     /// Proposals by how they ended.
     pub proposal_counts: ProposalCounts,
-    /// Time from `propose` to applying the proposal, for proposals that took effect.
+    /// Time from taking a proposal to applying it, for proposals that took effect.
     pub commit_latency: LatencyHistogram,
+    /// Log times of this group's entries while proposals wait on them.
+    pub write_marks: WriteMarks,
+    /// Replies to the committed entries being applied; empty between `Ready`s.
+    replies: Vec<QueuedReply<S>>,
+    /// Writes whose replies are being sent; empty between `Ready`s.
+    completed_writes: Vec<CompletedWrite>,
     /// See [`GroupMetrics::leader_changes`](crate::metrics::GroupMetrics::leader_changes).
     pub leader_changes: u64,
 }
@@ -75,6 +109,9 @@ where
             deferred_hard_state: None,
             proposal_counts: ProposalCounts::default(),
             commit_latency: LatencyHistogram::default(),
+            write_marks: WriteMarks::default(),
+            replies: Vec::new(),
+            completed_writes: Vec::new(),
             leader_changes: 0,
         }
     }
@@ -94,6 +131,7 @@ where
         command: bytes::Bytes,
         reply: ProposalReply<S>,
         expires_at_tick: u64,
+        start: ProposalStart,
     ) {
         let group = self.group;
         match self.core.propose(command) {
@@ -102,7 +140,7 @@ where
                     term: id.term,
                     reply,
                     expires_at_tick,
-                    proposed_at: Instant::now(),
+                    start,
                 };
                 if let Some(replaced) = self.proposals.insert(id.index, pending) {
                     self.proposal_counts.dropped += 1;
@@ -156,10 +194,26 @@ where
     }
 
     /// Applies committed entries, answers the proposals they complete and the reads they
-    /// make possible, and takes the confirmed and dropped reads of `ready`.
-    pub fn apply_ready(&mut self, ready: &mut Ready) -> Result<(), String> {
-        for entry in std::mem::take(&mut ready.committed_entries) {
-            self.apply(&entry)?;
+    /// make possible, and takes the confirmed and dropped reads of `ready`. The completed
+    /// writes count in `stages`.
+    ///
+    /// # Errors
+    /// The state machine's error, after the replies to the proposals of the entries applied
+    /// before it were sent.
+    pub fn apply_ready(
+        &mut self,
+        ready: &mut Ready,
+        stages: &mut WriteStageLatencies,
+    ) -> Result<(), String> {
+        let entries = std::mem::take(&mut ready.committed_entries);
+        // The commit point of the write stages, needed only when the entries may complete a
+        // proposal.
+        let committed_at = (!entries.is_empty() && self.has_pending_proposals()).then(Instant::now);
+        let applied = entries.iter().try_for_each(|entry| self.apply(entry));
+        self.send_replies(committed_at, stages);
+        applied?;
+        if let Some(last) = entries.last() {
+            self.write_marks.retire_through(last.index);
         }
         for state in std::mem::take(&mut ready.read_states) {
             if let Some(pending) = self.reads_confirming.remove(&state.context) {
@@ -178,6 +232,7 @@ where
         Ok(())
     }
 
+    /// Applies one entry and queues the reply to the proposal waiting on its index.
     fn apply(&mut self, entry: &Entry) -> Result<(), String> {
         let output = self
             .state_machine
@@ -189,7 +244,10 @@ where
         let result = match output {
             Some(output) if pending.term == entry.term => {
                 self.proposal_counts.applied += 1;
-                self.commit_latency.record(pending.proposed_at.elapsed());
+                self.completed_writes.push(CompletedWrite {
+                    index: entry.index,
+                    start: pending.start,
+                });
                 Ok(Applied {
                     index: entry.index,
                     output,
@@ -203,8 +261,49 @@ where
                 })
             }
         };
-        let _ = pending.reply.send(result);
+        self.replies.push(QueuedReply {
+            reply: pending.reply,
+            result,
+        });
         Ok(())
+    }
+
+    /// Sends the queued replies, then records the write stages of the writes that took
+    /// effect.
+    fn send_replies(&mut self, committed_at: Option<Instant>, stages: &mut WriteStageLatencies) {
+        if self.replies.is_empty() {
+            return;
+        }
+        let applied_at = Instant::now();
+        // Replies exist only if proposals were pending, which set `committed_at`.
+        let committed_at = committed_at.unwrap_or(applied_at);
+        for queued in self.replies.drain(..) {
+            let _ = queued.reply.send(queued.result);
+        }
+        if self.completed_writes.is_empty() {
+            return;
+        }
+        let answered_at = Instant::now();
+        for write in self.completed_writes.drain(..) {
+            let taken_at = write.start.taken_at;
+            self.commit_latency
+                .record(applied_at.saturating_duration_since(taken_at));
+            // A write whose log times are unknown (its mark was dropped) is left out of
+            // every stage, so that all stage histograms count the same writes.
+            let Some(log) = self.write_marks.log_times(write.index) else {
+                continue;
+            };
+            stages.record(&WritePoints {
+                sent_at: write.start.sent_at,
+                taken_at,
+                submit_started_at: log.submission.started_at,
+                submitted_at: log.submission.returned_at,
+                durable_at: log.durable_at,
+                committed_at,
+                applied_at,
+                answered_at,
+            });
+        }
     }
 
     fn serve_applied_reads(&mut self) {
@@ -267,6 +366,10 @@ where
         while let Some((_, pending)) = self.reads_applying.pop_first() {
             (pending.read)(Err(error.clone()));
         }
+    }
+
+    pub fn has_pending_proposals(&self) -> bool {
+        !self.proposals.is_empty()
     }
 
     pub fn has_waiting_requests(&self) -> bool {
