@@ -2,6 +2,7 @@
 # Starts, inspects and stops a 3-member etcd cluster on loopback, the etcd target of
 # shardraft-bench (`--target etcd`).
 #
+#   scripts/peer-etcd.sh install  install etcd when missing, and nothing else
 #   scripts/peer-etcd.sh start    install etcd when missing, start the members in the
 #                                 background, wait until every member reports healthy and
 #                                 print the client endpoints
@@ -329,11 +330,18 @@ stop() {
 }
 
 case ${1:-} in
+    install)
+        if etcd_bin >/dev/null 2>&1; then
+            echo "etcd is installed: $(etcd_bin)"
+        else
+            install_etcd
+        fi
+        ;;
     start) start ;;
     status) status ;;
     stop) stop ;;
     *)
-        echo "usage: $0 start|status|stop" >&2
+        echo "usage: $0 install|start|status|stop" >&2
         exit 2
         ;;
 esac

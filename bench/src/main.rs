@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use serde::Serialize;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
+use shardraft_bench::harness::compare;
 use shardraft_bench::harness::workload::RunArgs;
 use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
 use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
@@ -54,6 +55,9 @@ struct Cli {
     run: RunArgs,
 }
 
+// `run`'s options make its variant large; the enum is parsed once per process, so boxing it
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Drive a workload against a target and summarise throughput and latency (the
@@ -63,6 +67,23 @@ enum Command {
     Run(RunArgs),
     /// Measure the write-ahead log against the device under a directory and check its goals.
     Log(LogArgs),
+    /// Compare two JSON results of `run`: throughput and latency ratios B/A per point, with
+    /// significant changes flagged, and the settings and host facts that differ.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// The baseline result.
+    a: PathBuf,
+    /// The result compared against the baseline.
+    b: PathBuf,
+    /// Smallest relative change, in percent, that counts as significant.
+    #[arg(long, default_value_t = 5.0)]
+    threshold: f64,
+    /// Exit with status 1 when B is significantly worse than A anywhere.
+    #[arg(long)]
+    fail_on_regression: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +141,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Compare(args)) => run_compare(&args),
         Some(Command::Run(args)) => run_workload(&args),
         None => run_workload(&cli.run),
     }
@@ -136,6 +158,22 @@ fn run_workload(args: &RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: {failure}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// Runs `shardraft-bench compare`.
+fn run_compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.threshold.is_finite() && args.threshold > 0.0,
+        "--threshold {} is not a positive percentage; give for example --threshold 5",
+        args.threshold
+    );
+    let options = compare::CompareOptions::with_threshold_pct(args.threshold);
+    let report = compare::compare_files(&args.a, &args.b, &options)?;
+    println!("{report}");
+    if args.fail_on_regression && report.has_regression() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Everything one run of `shardraft-bench log` measured, as written with `--json`.

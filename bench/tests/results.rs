@@ -87,6 +87,7 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
         write_stages: vec![StageResult {
             stage: "fdatasync_completed".to_owned(),
             latency: EncodedHistogram::encode(writes),
+            mean_nanos: writes.mean().round() as u64,
         }],
         check: Some(CheckResult {
             verdict: "linearizable".to_owned(),
@@ -94,6 +95,7 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
             check_secs: 0.5,
             detail: None,
         }),
+        late_operations: 0,
     }
 }
 

@@ -80,4 +80,56 @@ fn embedded_run_with_check_is_linearizable() {
         point.fdatasyncs.is_some_and(|syncs| syncs > 0),
         "no fdatasync counted"
     );
+    let total = point
+        .write_stages
+        .iter()
+        .find(|stage| stage.stage == "total")
+        .expect("the point has no write stage breakdown");
+    let stage_writes = total.latency.decode().expect("the total decodes").len();
+    assert!(
+        stage_writes > 0 && stage_writes <= writes.ok + writes.indeterminate + 64,
+        "the stages counted {stage_writes} writes for {} acknowledged ones",
+        writes.ok
+    );
+
+    // A result compared with itself shows no significant change, and `compare` exits 0
+    // even with --fail-on-regression.
+    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
+        .arg("compare")
+        .args([&path, &path])
+        .arg("--fail-on-regression")
+        .output()
+        .expect("shardraft-bench compare could not be started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "compare of a result with itself failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn compare_refuses_a_bad_threshold_and_a_missing_file() {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthetic_sweep.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
+        .arg("compare")
+        .args([&fixture, &fixture])
+        .arg("--threshold=-3")
+        .output()
+        .expect("shardraft-bench compare could not be started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--threshold -3"), "stderr:\n{stderr}");
+
+    let missing = fixture.with_file_name("no-such-result.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
+        .arg("compare")
+        .args([&fixture, &missing])
+        .output()
+        .expect("shardraft-bench compare could not be started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no-such-result.json"), "stderr:\n{stderr}");
 }

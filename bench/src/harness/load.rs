@@ -52,8 +52,20 @@ pub trait ServerCounters {
     fn cpu_scope(&self) -> &'static str;
 }
 
+/// Cumulative counts of one write stage's histogram buckets, with the bounds of
+/// [`shardraft::metrics::STAGE_BUCKET_BOUNDS_NANOS`] and an overflow bucket last.
+pub type StageBucketCounts = [u64; shardraft::metrics::STAGE_BUCKETS + 1];
+
+/// One write stage's cumulative histogram: its name, bucket counts and exact sum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageSample {
+    pub stage: String,
+    pub bucket_counts: StageBucketCounts,
+    pub sum_nanos: u64,
+}
+
 /// Cumulative counters at one instant; `None` where the target does not report them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CounterSample {
     /// CPU time of the processes under test.
     pub cpu: Option<Duration>,
@@ -61,6 +73,9 @@ pub struct CounterSample {
     pub fdatasyncs: Option<u64>,
     /// Log entries made durable (or appended) by all replicas.
     pub log_entries: Option<u64>,
+    /// Per write stage (by name, `total` last), the bucket counts of the leaders' stage
+    /// histograms summed over every node.
+    pub write_stages: Option<Vec<StageSample>>,
 }
 
 impl CounterSample {
@@ -79,8 +94,30 @@ impl CounterSample {
                 .log_entries
                 .zip(earlier.log_entries)
                 .map(|(now, then)| now.saturating_sub(then)),
+            write_stages: self
+                .write_stages
+                .as_ref()
+                .zip(earlier.write_stages.as_ref())
+                .map(|(now, then)| stage_growth(now, then)),
         }
     }
+}
+
+/// Subtracts `then`'s counts from `now`'s, stage by stage, matched by name.
+fn stage_growth(now: &[StageSample], then: &[StageSample]) -> Vec<StageSample> {
+    now.iter()
+        .map(|sample| {
+            let mut growth = sample.clone();
+            if let Some(earlier) = then.iter().find(|earlier| earlier.stage == sample.stage) {
+                for (bucket, earlier) in growth.bucket_counts.iter_mut().zip(&earlier.bucket_counts)
+                {
+                    *bucket = bucket.saturating_sub(*earlier);
+                }
+                growth.sum_nanos = growth.sum_nanos.saturating_sub(earlier.sum_nanos);
+            }
+            growth
+        })
+        .collect()
 }
 
 /// A target that reports no counters.
@@ -561,7 +598,7 @@ fn watch_point(
         if before.is_none() {
             wake = wake.min(window.measure_from);
         }
-        if let (None, Some(end)) = (after, measure_end) {
+        if let (true, Some(end)) = (after.is_none(), measure_end) {
             wake = wake.min(end);
         }
         match done.recv_deadline(wake) {
@@ -1123,11 +1160,13 @@ mod tests {
             cpu: Some(Duration::from_secs(1)),
             fdatasyncs: Some(10),
             log_entries: None,
+            write_stages: Some(vec![stage_sample(&[(0, 2), (3, 1)], 10_000)]),
         };
         let after = CounterSample {
             cpu: Some(Duration::from_secs(3)),
             fdatasyncs: Some(25),
             log_entries: Some(7),
+            write_stages: Some(vec![stage_sample(&[(0, 5), (3, 1)], 13_000)]),
         };
 
         let growth = after.since(&before);
@@ -1135,5 +1174,21 @@ mod tests {
         assert_eq!(growth.cpu, Some(Duration::from_secs(2)));
         assert_eq!(growth.fdatasyncs, Some(15));
         assert_eq!(growth.log_entries, None);
+        assert_eq!(
+            growth.write_stages,
+            Some(vec![stage_sample(&[(0, 3)], 3_000)])
+        );
+    }
+
+    fn stage_sample(counts: &[(usize, u64)], sum_nanos: u64) -> StageSample {
+        let mut bucket_counts = [0; shardraft::metrics::STAGE_BUCKETS + 1];
+        for &(bucket, count) in counts {
+            bucket_counts[bucket] = count;
+        }
+        StageSample {
+            stage: "queued".to_string(),
+            bucket_counts,
+            sum_nanos,
+        }
     }
 }

@@ -68,6 +68,14 @@ pub fn run(workload: Workload) -> anyhow::Result<RunOutcome> {
         println!();
         println!("result written to {}", path.display());
     }
+    if let Some(path) = &workload.csv {
+        csv::write_csv(&outcome.result, path)?;
+        println!("CSV written to {}", path.display());
+    }
+    if let Some(path) = &workload.chart {
+        chart::write_latency_chart(&[&outcome.result], path)?;
+        println!("chart written to {}", path.display());
+    }
     Ok(outcome)
 }
 

@@ -102,6 +102,10 @@ pub struct PointResult {
     pub write_stages: Vec<StageResult>,
     /// Verdict of the linearizability check, when `--check` was given.
     pub check: Option<CheckResult>,
+    /// Open loop: operations that found every in-flight slot taken at their intended start
+    /// and started late. Their latency still counts from the intended start.
+    #[serde(default)]
+    pub late_operations: u64,
 }
 
 /// Completions of one operation kind at one load level.
@@ -128,8 +132,13 @@ pub struct StageResult {
     /// For example `queued`, `batched`, `log_write_submitted`, `fdatasync_completed`,
     /// `replicated_to_quorum`, `applied`, `answered`.
     pub stage: String,
-    /// Nanoseconds from the end of the previous stage to the end of this one.
+    /// Nanoseconds from the end of the previous stage to the end of this one. The engine
+    /// counts stages in buckets (nine per decade from 1 µs to 10 s); each write is recorded
+    /// here at its bucket's upper bound.
     pub latency: EncodedHistogram,
+    /// The exact mean, from the engine's sum of the stage's durations.
+    #[serde(default)]
+    pub mean_nanos: u64,
 }
 
 /// The linearizability checker's verdict on the history of a run.

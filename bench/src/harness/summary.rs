@@ -9,9 +9,13 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use super::load::{OperationStats, PointMeasurement};
+use shardraft::metrics::STAGE_BUCKET_BOUNDS_NANOS;
+
+use super::load::{OperationStats, PointMeasurement, StageSample};
 use super::result::LatencyQuantiles;
-use super::result::{CheckResult, EncodedHistogram, HostFacts, OperationResult, PointResult};
+use super::result::{
+    CheckResult, EncodedHistogram, HostFacts, OperationResult, PointResult, StageResult,
+};
 use super::target::{ReadMode, TargetFacts};
 use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
 
@@ -64,8 +68,9 @@ pub fn point_result(
         cpu_seconds: measurement.counters.cpu.map(|cpu| cpu.as_secs_f64()),
         fdatasyncs: measurement.counters.fdatasyncs,
         log_entries: measurement.counters.log_entries,
-        write_stages: Vec::new(),
+        write_stages: stage_results(measurement.counters.write_stages.as_deref()),
         check,
+        late_operations: stats.late,
     }
 }
 
@@ -198,6 +203,7 @@ pub fn print_point(
         );
     }
     print_counters(point, stats.ok() + stats.errors(), cpu_scope);
+    print_stages(point);
     if let Some(check) = &point.check {
         print_check(check);
     }
@@ -260,6 +266,61 @@ fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
             format_latency_nanos(per_operation)
         ),
         _ => println!("  cpu      {cpu_scope}"),
+    }
+}
+
+/// Converts the engine's stage bucket counts into HdrHistograms. Each write is recorded at
+/// its bucket's upper bound (buckets run 1, 2, ... 9 µs, 10, 20, ... µs, nine per decade, to
+/// 10 s), so quantiles read from these histograms round up to the next bucket bound.
+/// Writes beyond 10 s are recorded at 20 s.
+fn stage_results(stages: Option<&[StageSample]>) -> Vec<StageResult> {
+    let Some(stages) = stages else {
+        return Vec::new();
+    };
+    stages
+        .iter()
+        .filter(|sample| sample.bucket_counts.iter().any(|count| *count > 0))
+        .map(|sample| {
+            let mut histogram = crate::wal::new_latency_histogram();
+            for (bucket, &count) in sample.bucket_counts.iter().enumerate() {
+                let upper_bound_nanos = STAGE_BUCKET_BOUNDS_NANOS
+                    .get(bucket)
+                    .copied()
+                    .unwrap_or(2 * STAGE_BUCKET_BOUNDS_NANOS[STAGE_BUCKET_BOUNDS_NANOS.len() - 1]);
+                if count > 0 {
+                    histogram.saturating_record_n(upper_bound_nanos, count);
+                }
+            }
+            StageResult {
+                stage: sample.stage.clone(),
+                latency: EncodedHistogram::encode(&histogram),
+                mean_nanos: sample.sum_nanos / histogram.len().max(1),
+            }
+        })
+        .collect()
+}
+
+/// Prints where the leaders' writes spent their time, stage by stage.
+fn print_stages(point: &PointResult) {
+    if point.write_stages.is_empty() {
+        return;
+    }
+    println!(
+        "  stages   where a write's time goes on its leader (mean, and p99 as a bucket bound):"
+    );
+    for stage in &point.write_stages {
+        let Ok(histogram) = stage.latency.decode() else {
+            continue;
+        };
+        if histogram.is_empty() {
+            continue;
+        }
+        println!(
+            "           {:<22} {:>9} {:>9}",
+            stage.stage,
+            format_latency_nanos(stage.mean_nanos),
+            format_latency_nanos(histogram.value_at_quantile(0.99))
+        );
     }
 }
 

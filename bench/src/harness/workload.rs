@@ -203,6 +203,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// Also write one CSV row per point and operation kind to this file.
+    #[arg(long, value_name = "PATH")]
+    pub csv: Option<PathBuf>,
+
+    /// Also draw p50 and p99 latency against throughput, one mark per point, as SVG.
+    #[arg(long, value_name = "PATH")]
+    pub chart: Option<PathBuf>,
+
     /// Seed of the generators of keys and operations.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -313,6 +321,8 @@ pub struct Workload {
     pub check_time_limit_secs: Option<f64>,
     pub progress: bool,
     pub json: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
+    pub chart: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -373,6 +383,8 @@ impl RunArgs {
             check_time_limit_secs,
             progress: !self.no_progress,
             json: self.json.clone(),
+            csv: self.csv.clone(),
+            chart: self.chart.clone(),
         })
     }
 

@@ -152,6 +152,7 @@ fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, Resul
         log_entries: sum_counts_if_all(points.iter().map(|point| point.log_entries)),
         write_stages: merge_stages(&points, &location)?,
         check: merge_checks(&points),
+        late_operations: points.iter().map(|point| point.late_operations).sum(),
     })
 }
 
@@ -208,9 +209,29 @@ fn merge_stages(points: &[&PointResult], location: &str) -> Result<Vec<StageResu
                 .map(move |stage| (run, &stage.latency))
         });
         let location = format!("{location}, write stage `{name}`");
+        let latency = add_histograms(histograms, &location)?;
+        // The mean of all runs together, each run's mean weighted by its count of writes.
+        let mut writes_total = 0u128;
+        let mut nanos_total = 0u128;
+        for stage in points
+            .iter()
+            .flat_map(|point| &point.write_stages)
+            .filter(|stage| stage.stage == name)
+        {
+            let writes = u128::from(
+                stage
+                    .latency
+                    .decode()
+                    .map_or(0, |histogram| histogram.len()),
+            );
+            writes_total += writes;
+            nanos_total += writes * u128::from(stage.mean_nanos);
+        }
+        let mean_nanos = u64::try_from(nanos_total / writes_total.max(1)).unwrap_or(u64::MAX);
         stages.push(StageResult {
             stage: name.to_owned(),
-            latency: add_histograms(histograms, &location)?,
+            latency,
+            mean_nanos,
         });
     }
     Ok(stages)

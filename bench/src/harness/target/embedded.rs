@@ -133,7 +133,12 @@ impl ServerCounters for EmbeddedCluster {
         let mut fdatasyncs = 0;
         let mut log_entries = 0;
         let mut disk = false;
+        let mut stages = shardraft::metrics::WriteStageLatencies::default();
         for handle in &self.handles {
+            let metrics = handle.metrics(METRICS_TIMEOUT).with_context(|| {
+                format!("reading the metrics of node {} failed", handle.node_id().0)
+            })?;
+            stages.merge(&metrics.write_stages());
             let status = handle.status().with_context(|| {
                 format!("reading the status of node {} failed", handle.node_id().0)
             })?;
@@ -147,12 +152,34 @@ impl ServerCounters for EmbeddedCluster {
             cpu: Some(cpu_time::ProcessTime::now().as_duration()),
             fdatasyncs: disk.then_some(fdatasyncs),
             log_entries: disk.then_some(log_entries),
+            write_stages: Some(stage_bucket_counts(&stages)),
         })
     }
 
     fn cpu_scope(&self) -> &'static str {
         "process CPU time, which covers all three replicas and the load generator"
     }
+}
+
+/// How long a node may take to return its metrics between points.
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The histograms of every write stage, and of the total last.
+fn stage_bucket_counts(
+    stages: &shardraft::metrics::WriteStageLatencies,
+) -> Vec<crate::harness::load::StageSample> {
+    let sample = |name: &str, histogram: &shardraft::metrics::StageHistogram| {
+        crate::harness::load::StageSample {
+            stage: name.to_string(),
+            bucket_counts: *histogram.bucket_counts(),
+            sum_nanos: histogram.sum_nanos(),
+        }
+    };
+    stages
+        .stages()
+        .map(|(stage, histogram)| sample(stage.name(), histogram))
+        .chain(std::iter::once(sample("total", stages.total())))
+        .collect()
 }
 
 /// Builds the three nodes' configs: one loopback port per shard of each node.

@@ -173,6 +173,7 @@ impl ServerCounters for EndpointsStatus {
             cpu: None,
             fdatasyncs: None,
             log_entries: Some(log_entries),
+            write_stages: None,
         })
     }
 
