@@ -892,7 +892,10 @@ struct WrittenBatch {
 
 /// Writes one staged batch at the end of the active segment, after the previous batch's
 /// fdatasync at most is still running.
-async fn write_batch(shared: &Rc<Shared>, batch: StagedBatch) -> Result<WrittenBatch, StorageError> {
+async fn write_batch(
+    shared: &Rc<Shared>,
+    batch: StagedBatch,
+) -> Result<WrittenBatch, StorageError> {
     let batch_bytes = align_up((BATCH_HEADER_BYTES + batch.payload.len()) as u64);
     let (needs_new_segment, last_written_seq) = {
         let state = shared.state.borrow();
