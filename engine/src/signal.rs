@@ -33,15 +33,23 @@ impl Signal {
     }
 
     /// Waits until `check` returns `Some`, re-checking after every notification.
+    ///
+    /// A waiter that is dropped before it completes (the losing side of a race such as
+    /// [`Latch::or_stop`]) clears its slot. Otherwise its waker clone would stay in the list
+    /// until the next notification, and a loop racing against a signal that rarely fires
+    /// would pile up clones of its task's waker without bound.
     pub async fn wait_for<T>(&self, mut check: impl FnMut() -> Option<T>) -> T {
-        let registration: Cell<Option<(u64, usize)>> = Cell::new(None);
-        let value = poll_fn(|context| {
+        let registration = Registration {
+            signal: self,
+            slot: Cell::new(None),
+        };
+        poll_fn(|context| {
             if let Some(value) = check() {
                 return Poll::Ready(value);
             }
             let mut waiters = self.waiters.borrow_mut();
             let generation = waiters.generation;
-            match registration.get() {
+            match registration.slot.get() {
                 Some((registered, slot)) if registered == generation => {
                     let current = &mut waiters.wakers[slot];
                     if !current
@@ -53,19 +61,41 @@ impl Signal {
                 }
                 _ => {
                     waiters.wakers.push(Some(context.waker().clone()));
-                    registration.set(Some((generation, waiters.wakers.len() - 1)));
+                    registration
+                        .slot
+                        .set(Some((generation, waiters.wakers.len() - 1)));
                 }
             }
             Poll::Pending
         })
-        .await;
-        if let Some((registered, slot)) = registration.get() {
-            let mut waiters = self.waiters.borrow_mut();
-            if registered == waiters.generation {
-                waiters.wakers[slot] = None;
-            }
+        .await
+    }
+}
+
+/// The slot a waiter registered in, cleared when the waiter completes or is dropped.
+struct Registration<'a> {
+    signal: &'a Signal,
+    /// Generation and index of the slot, once the waiter registered.
+    slot: Cell<Option<(u64, usize)>>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let Some((registered, slot)) = self.slot.get() else {
+            return;
+        };
+        let mut waiters = self.signal.waiters.borrow_mut();
+        if registered != waiters.generation {
+            return;
         }
-        value
+        if let Some(waker) = waiters.wakers.get_mut(slot) {
+            *waker = None;
+        }
+        // The usual waiter to leave is the newest; dropping trailing empty slots keeps the
+        // list as long as the number of live waiters in a loop that races a quiet signal.
+        while waiters.wakers.last().is_some_and(Option::is_none) {
+            waiters.wakers.pop();
+        }
     }
 }
 
@@ -98,5 +128,54 @@ impl Latch {
             None
         };
         futures_lite::future::or(async { Some(future.await) }, stopped).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use super::*;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn dropped_waiters_leave_no_waker_behind() {
+        let signal = Signal::default();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut context = Context::from_waker(&waker);
+        for _ in 0..100_000 {
+            let mut waiter = pin!(signal.wait_for(|| None::<()>));
+            assert!(waiter.as_mut().poll(&mut context).is_pending());
+        }
+        assert!(signal.waiters.borrow().wakers.is_empty());
+        // One reference in `waker`, one in `counter`: no clone was kept.
+        assert_eq!(Arc::strong_count(&counter), 2);
+    }
+
+    #[test]
+    fn waiters_wake_on_notification_and_complete_when_their_check_holds() {
+        let signal = Signal::default();
+        let ready = Cell::new(false);
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut context = Context::from_waker(&waker);
+        let mut waiter = pin!(signal.wait_for(|| ready.get().then_some(7)));
+        assert!(waiter.as_mut().poll(&mut context).is_pending());
+        signal.notify_all();
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+        ready.set(true);
+        assert_eq!(waiter.as_mut().poll(&mut context), Poll::Ready(7));
     }
 }
