@@ -22,7 +22,8 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use serde::Serialize;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
-use shardraft_bench::harness::compare;
+use shardraft_bench::harness::result::RunResult;
+use shardraft_bench::harness::{chart, compare};
 use shardraft_bench::harness::workload::RunArgs;
 use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
 use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
@@ -70,6 +71,19 @@ enum Command {
     /// Compare two JSON results of `run`: throughput and latency ratios B/A per point, with
     /// significant changes flagged, and the settings and host facts that differ.
     Compare(CompareArgs),
+    /// Draw p50 and p99 latency against throughput of one or more JSON results of `run`
+    /// (sweeps, typically) in one SVG chart, one series per result.
+    Chart(ChartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChartArgs {
+    /// The results to draw, for example shardraft's and etcd's sweeps.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +156,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
         Some(Command::Compare(args)) => run_compare(&args),
+        Some(Command::Chart(args)) => run_chart(&args),
         Some(Command::Run(args)) => run_workload(&args),
         None => run_workload(&cli.run),
     }
@@ -173,6 +188,19 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     if args.fail_on_regression && report.has_regression() {
         return Ok(ExitCode::FAILURE);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `shardraft-bench chart`.
+fn run_chart(args: &ChartArgs) -> anyhow::Result<ExitCode> {
+    let results = args
+        .results
+        .iter()
+        .map(|path| RunResult::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&RunResult> = results.iter().collect();
+    chart::write_latency_chart(&refs, &args.output)?;
+    println!("chart written to {}", args.output.display());
     Ok(ExitCode::SUCCESS)
 }
 
