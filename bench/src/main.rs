@@ -23,8 +23,8 @@ use mimalloc::MiMalloc;
 use serde::Serialize;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
 use shardraft_bench::harness::result::RunResult;
-use shardraft_bench::harness::{chart, compare};
 use shardraft_bench::harness::workload::RunArgs;
+use shardraft_bench::harness::{chart, compare};
 use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
 use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
 use shardraft_bench::wal::goals::{self, CellReport, GoalReport};
@@ -155,7 +155,11 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
-        Some(Command::Compare(args)) => run_compare(&args),
+        // A regression exits 1; a comparison that could not run exits 2, as usage errors do.
+        Some(Command::Compare(args)) => run_compare(&args).or_else(|error| {
+            eprintln!("error: {error:#}");
+            Ok(ExitCode::from(2))
+        }),
         Some(Command::Chart(args)) => run_chart(&args),
         Some(Command::Run(args)) => run_workload(&args),
         None => run_workload(&cli.run),
@@ -196,7 +200,7 @@ fn run_chart(args: &ChartArgs) -> anyhow::Result<ExitCode> {
     let results = args
         .results
         .iter()
-        .map(|path| RunResult::read(path))
+        .map(RunResult::read)
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&RunResult> = results.iter().collect();
     chart::write_latency_chart(&refs, &args.output)?;

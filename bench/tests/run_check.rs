@@ -120,7 +120,7 @@ fn compare_refuses_a_bad_threshold_and_a_missing_file() {
         .output()
         .expect("shardraft-bench compare could not be started");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("--threshold -3"), "stderr:\n{stderr}");
 
     let missing = fixture.with_file_name("no-such-result.json");
@@ -130,6 +130,6 @@ fn compare_refuses_a_bad_threshold_and_a_missing_file() {
         .output()
         .expect("shardraft-bench compare could not be started");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("no-such-result.json"), "stderr:\n{stderr}");
 }
