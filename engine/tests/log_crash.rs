@@ -589,6 +589,48 @@ async fn build_segments(name: &str) -> (TestDir, LogConfig, Vec<PathBuf>) {
     (dir, config, segments)
 }
 
+/// A segment prepared by recycling keeps the batches of its earlier use, all older than the
+/// log's end. They prove nothing about a torn final batch before them, which is truncated.
+#[test]
+fn torn_tail_before_recycled_segment_is_truncated() {
+    run(async {
+        let (dir, config, segments) = build_segments("torn-before-recycled").await;
+        let read = |path: &PathBuf| std::fs::read(path).expect("reading a segment");
+        let active = segments.last().expect("an active segment");
+        let mut torn = read(active);
+        let last = *batches_in(&torn)
+            .last()
+            .expect("batches in the active segment");
+        torn[last.end as usize - 1] ^= 0x10;
+        std::fs::write(active, &torn).expect("writing the damage");
+
+        // The next segment, as recycling leaves it: a fresh header over the old batches of
+        // the first segment.
+        let next_seq = segments.len() as u64 + 1;
+        let mut recycled = read(&segments[0]);
+        let header = format::SegmentHeader {
+            cluster_id: IDENTITY.cluster_id,
+            node_id: IDENTITY.node_id,
+            shard: IDENTITY.shard,
+            segment_seq: next_seq,
+        };
+        recycled[..BLOCK_BYTES as usize].fill(0);
+        format::encode_segment_header(&header, &mut recycled);
+        let extension = active.extension().expect("segments have an extension");
+        let next_path = active
+            .with_file_name(format!("{next_seq:020}"))
+            .with_extension(extension);
+        std::fs::write(&next_path, &recycled).expect("writing the recycled segment");
+
+        let log = DiskLog::open(&config, IDENTITY)
+            .await
+            .unwrap_or_else(|error| panic!("the torn tail was not truncated: {error}"));
+        let state = log.group_state(A).expect("group A");
+        assert_eq!(state.last_index.0, 149, "only the torn final entry is lost");
+        log.close().await.expect("closing");
+    });
+}
+
 #[test]
 fn damage_before_a_later_segment_is_corrupt() {
     run(async {

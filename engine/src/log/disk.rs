@@ -183,7 +183,8 @@ struct StagedBatch {
 pub struct DiskLogStats {
     /// Batch writes completed, each followed by one fdatasync unless `sync_writes` is off.
     pub batches: u64,
-    /// fdatasync calls completed after batch writes.
+    /// fdatasync calls completed: one after each batch write unless `sync_writes` is off,
+    /// and one for each segment's checkpoint.
     pub syncs: u64,
     /// Entry records made durable.
     pub entries: u64,
@@ -231,6 +232,9 @@ struct State {
     /// The newest batch whose fdatasync completed and whose locations are published.
     /// Batches are published in order, so every older batch is durable too.
     synced_seq: u64,
+    /// The newest batch that an fdatasync made durable, which batch headers record. It
+    /// trails `synced_seq` when `sync_writes` is off, where only checkpoints are synced.
+    fdatasynced_seq: u64,
     /// Tasks syncing and publishing a written batch; the flusher stops after they end.
     syncs_running: u32,
     /// A batch write or fdatasync failed: batches after it will never be synced.
@@ -243,6 +247,10 @@ struct State {
     /// Segments whose entries are all compacted, oldest first, kept to become the next
     /// segments. Their files are still in the directory under their old names.
     recyclable: Vec<SegmentFile>,
+    /// Retired segments beyond those kept for recycling, waiting to be removed in order.
+    to_remove: VecDeque<SegmentFile>,
+    /// A task is removing the files in `to_remove`.
+    removing: bool,
     stats: DiskLogStats,
 }
 
@@ -285,14 +293,16 @@ impl DiskLog {
         let dir = recovery::prepare_directory(&config.data_dir, identity)?;
         let recovered = recovery::recover(&dir, identity, config).await?;
         // The last batches found may have been written but never synced before a crash.
-        // Later batches record them as synced, so make that true first.
-        if let Some(active) = recovered.segments.get(&recovered.active_seq) {
-            active
+        // Later batches record them as synced, so make that true first. They lie in the
+        // active segment, or in the one before it when the active segment was prepared
+        // ahead and is still empty.
+        for segment in recovered.segments.values().rev().take(2) {
+            segment
                 .file
                 .fdatasync()
                 .await
                 .map_err(|error| StorageError::SyncFailed {
-                    path: active.path.clone(),
+                    path: segment.path.clone(),
                     source: Arc::new(glommio_io_error(error)),
                 })?;
         }
@@ -323,12 +333,15 @@ impl DiskLog {
             write_offset: recovered.write_offset,
             next_batch_seq: recovered.next_batch_seq,
             synced_seq: recovered.next_batch_seq - 1,
+            fdatasynced_seq: recovered.next_batch_seq - 1,
             syncs_running: 0,
             writer_failed: false,
             written,
             prepared: None,
             spare_buffers: Vec::new(),
             recyclable: Vec::new(),
+            to_remove: VecDeque::new(),
+            removing: false,
             stats: DiskLogStats::default(),
         };
         let shared = Rc::new(Shared {
@@ -847,7 +860,8 @@ async fn run_flusher(shared: Rc<Shared>) {
 fn record_failure(shared: &Shared, error: StorageError) {
     tracing::error!(dir = %shared.dir.display(), %error, "write-ahead log stopped");
     let mut state = shared.state.borrow_mut();
-    if state.failure.is_none() {
+    // A failed write or sync after a halt still counts: it replaces the halt's `Closed`.
+    if matches!(state.failure, None | Some(StorageError::Closed)) {
         state.failure = Some(error);
     }
     state.writer_failed = true;
@@ -905,7 +919,7 @@ async fn write_batch(
         )
     };
     if needs_new_segment || shared.state.borrow().write_offset == BLOCK_BYTES {
-        // A checkpoint holds the hard states and compactions of every batch before it, and
+        // A checkpoint records the hard states and compactions of every batch before it, and
         // recovery only bridges damage within one segment: drain before either.
         wait_synced(shared, last_written_seq).await?;
         if needs_new_segment {
@@ -932,7 +946,7 @@ async fn write_batch(
         state.next_batch_seq += 1;
         let header = format::encode_batch_header(
             batch_seq,
-            state.synced_seq,
+            state.fdatasynced_seq,
             &batch.payload,
             batch.record_count,
         );
@@ -1011,6 +1025,9 @@ async fn try_sync_and_publish(
         }
         publish(&mut state, &batch, segment_seq, data_offset);
         state.synced_seq = batch_seq;
+        if shared.config.sync_writes {
+            state.fdatasynced_seq = batch_seq;
+        }
         state.stats.batches += 1;
         state.stats.bytes += written_bytes;
         state.stats.entries += batch.entries.len() as u64;
@@ -1133,8 +1150,10 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
     let sync_duration = sync_started.elapsed();
     let mut state = shared.state.borrow_mut();
     state.write_offset = offset + written_bytes;
-    // The checkpoint is the newest batch and every batch before it was synced first.
+    // The checkpoint is the newest batch, every batch before it was published first, and
+    // its fdatasync covers them all.
     state.synced_seq = state.next_batch_seq - 1;
+    state.fdatasynced_seq = state.synced_seq;
     state.stats.syncs += 1;
     state.stats.bytes += written_bytes;
     state.stats.sync_latency.record(sync_duration);
@@ -1166,7 +1185,8 @@ fn encode_checkpoint(state: &mut State) -> Vec<u8> {
     }
     let batch_seq = state.next_batch_seq;
     state.next_batch_seq += 1;
-    let header = format::encode_batch_header(batch_seq, state.synced_seq, &payload, record_count);
+    let header =
+        format::encode_batch_header(batch_seq, state.fdatasynced_seq, &payload, record_count);
     let mut bytes =
         Vec::with_capacity(align_up((BATCH_HEADER_BYTES + payload.len()) as u64) as usize);
     bytes.extend_from_slice(&header);
@@ -1261,7 +1281,6 @@ async fn delete_segments(
         return Ok(());
     }
     let deleted = segments.len() as u64;
-    let mut removed = Vec::new();
     {
         // Segments retire oldest first and files are removed oldest first, so the files
         // left form a contiguous run, which recovery requires.
@@ -1269,22 +1288,37 @@ async fn delete_segments(
         for segment in segments {
             state.recyclable.push(segment);
             if state.recyclable.len() > RECYCLABLE_SEGMENTS_MAX {
-                removed.push(state.recyclable.remove(0));
+                let oldest = state.recyclable.remove(0);
+                state.to_remove.push_back(oldest);
             }
         }
-    }
-    for segment in &removed {
-        if let Err(error) = segment.file.remove().await {
-            tracing::warn!(
-                path = %segment.path.display(),
-                error = %glommio_io_error(error),
-                "could not delete a compacted segment; it will be retried at the next start"
-            );
+        state.stats.segments_deleted += deleted;
+        if state.removing || state.to_remove.is_empty() {
+            return Ok(());
         }
+        state.removing = true;
     }
-    shared.state.borrow_mut().stats.segments_deleted += deleted;
-    if removed.is_empty() {
-        return Ok(());
+    // Sync tasks of several batches may retire segments while an earlier removal still
+    // runs. Only one task removes files at a time, oldest first, until none is left, so a
+    // crash never finds a newer segment removed and an older one still there.
+    loop {
+        let removed: Vec<SegmentFile> = {
+            let mut state = shared.state.borrow_mut();
+            if state.to_remove.is_empty() {
+                state.removing = false;
+                return Ok(());
+            }
+            state.to_remove.drain(..).collect()
+        };
+        for segment in &removed {
+            if let Err(error) = segment.file.remove().await {
+                tracing::warn!(
+                    path = %segment.path.display(),
+                    error = %glommio_io_error(error),
+                    "could not delete a compacted segment; it will be retried at the next start"
+                );
+            }
+        }
+        sync_directory(&shared.dir).await?;
     }
-    sync_directory(&shared.dir).await
 }

@@ -495,7 +495,8 @@ impl Scan {
                     segment_seq: seq,
                     path: path.clone(),
                     offset,
-                    search_from: offset + align_up(batch.batch_bytes),
+                    // The misplaced batch's own header may prove the missing one synced.
+                    search_from: offset,
                     detail: format!(
                         "batch {} found where batch {} belongs",
                         batch.batch_seq,
@@ -569,7 +570,11 @@ impl Scan {
     ) -> Result<(), StorageError> {
         let damage = self.damage.as_ref().expect("called only after damage");
         let mut reader = SegmentReader::new(file, path).await?;
-        if let Some(found) = find_valid_batch(&mut reader, BLOCK_BYTES, 0).await? {
+        // A recycled segment keeps batches of its earlier use, all older than the log's
+        // end. The flusher drains every sync before it rotates, so any newer batch in a
+        // later segment was written after the damaged batch was synced.
+        let seq_min = self.last_batch_seq.map_or(1, |last| last + 1);
+        if let Some(found) = find_valid_batch(&mut reader, BLOCK_BYTES, seq_min).await? {
             return Err(corrupt_before_valid(damage, path, found));
         }
         tracing::warn!(

@@ -392,17 +392,26 @@ impl EmbeddedSession {
                 leader: Some(leader),
                 ..
             } => {
-                if let Some(next) = self.handles.iter().position(|h| h.node_id() == leader) {
-                    self.leaders.borrow_mut()[group.0 as usize] = next;
+                let next = self.handles.iter().position(|h| h.node_id() == leader);
+                match next {
+                    // A redirect to another node: retry there at once.
+                    Some(next) if next != position => {
+                        self.leaders.borrow_mut()[group.0 as usize] = next;
+                        Attempt::Retry { pause: false }
+                    }
+                    // A redirect to the node just asked, or to a node this target does not
+                    // know: retrying at once would spin on the same answer.
+                    _ => Attempt::Retry { pause: true },
                 }
-                Attempt::Retry { pause: false }
             }
             NodeError::NotLeader { leader: None, .. } => {
                 // No node is known to lead: try the next one after a pause.
                 self.leaders.borrow_mut()[group.0 as usize] = (position + 1) % self.handles.len();
                 Attempt::Retry { pause: true }
             }
-            NodeError::ProposalDropped { .. } => Attempt::Retry { pause: false },
+            // Another leader's entry took the index: the group is changing leaders, so give
+            // the election a moment instead of retrying at once.
+            NodeError::ProposalDropped { .. } => Attempt::Retry { pause: true },
             NodeError::UnknownGroup { .. } | NodeError::Busy { .. } | NodeError::Config(_) => {
                 Attempt::Done(Err(RequestError::Refused(error.to_string())))
             }
