@@ -594,7 +594,7 @@ async fn build_segments(name: &str) -> (TestDir, LogConfig, Vec<PathBuf>) {
 #[test]
 fn torn_tail_before_recycled_segment_is_truncated() {
     run(async {
-        let (dir, config, segments) = build_segments("torn-before-recycled").await;
+        let (_dir, config, segments) = build_segments("torn-before-recycled").await;
         let read = |path: &PathBuf| std::fs::read(path).expect("reading a segment");
         let active = segments.last().expect("an active segment");
         let mut torn = read(active);
