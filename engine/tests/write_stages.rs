@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -254,35 +252,4 @@ fn concurrent_writes_on_two_shards_count_once_each() {
     for node in nodes {
         node.shutdown().expect("shutting down");
     }
-}
-
-/// Runs `promtool check metrics` on `text` when promtool is installed (Debian package
-/// `prometheus`), and prints why it was skipped otherwise.
-fn check_with_promtool(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) => {
-            println!("skipping the promtool check: running promtool failed: {error}");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .expect("a piped stdin")
-        .write_all(text.as_bytes())
-        .expect("writing the metrics to promtool");
-    let output = child.wait_with_output().expect("waiting for promtool");
-    assert!(
-        output.status.success(),
-        "promtool rejected the metrics:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

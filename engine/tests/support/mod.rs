@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -109,4 +110,35 @@ pub fn wait_for_leader(handles: &[&KvHandle], group: GroupId, timeout: Duration)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `promtool check metrics` on `metrics` when promtool is installed (Debian package
+/// `prometheus`), and prints why it was skipped otherwise.
+pub fn check_with_promtool(metrics: &str) {
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            println!("skipping the promtool check: running promtool failed: {error}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(metrics.as_bytes())
+        .expect("writing the metrics to promtool");
+    let output = child.wait_with_output().expect("waiting for promtool");
+    assert!(
+        output.status.success(),
+        "promtool rejected the metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
