@@ -157,10 +157,13 @@ fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
         // A regression exits 1; a comparison that could not run exits 2, as usage errors do.
         Some(Command::Compare(args)) => run_compare(&args).or_else(|error| {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {error}");
             Ok(ExitCode::from(2))
         }),
-        Some(Command::Chart(args)) => run_chart(&args),
+        Some(Command::Chart(args)) => run_chart(&args).or_else(|error| {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(2))
+        }),
         Some(Command::Run(args)) => run_workload(&args),
         None => run_workload(&cli.run),
     }

@@ -21,7 +21,8 @@ use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
 
 /// Formats a latency in nanoseconds with three significant digits in µs, ms or s.
 pub fn format_latency_nanos(nanos: u64) -> String {
-    let nanos = nanos as f64;
+    // Rounding first lets 999.6 µs print as 1.00 ms instead of "1000 µs".
+    let nanos = round_to_significant_digits(nanos as f64, 3);
     if nanos < 1e6 {
         format!("{} µs", significant(nanos / 1e3))
     } else if nanos < 1e9 {
@@ -29,6 +30,15 @@ pub fn format_latency_nanos(nanos: u64) -> String {
     } else {
         format!("{} s", significant(nanos / 1e9))
     }
+}
+
+/// Rounds `value` to `digits` significant digits.
+fn round_to_significant_digits(value: f64, digits: i32) -> f64 {
+    if value <= 0.0 || !value.is_finite() {
+        return value;
+    }
+    let scale = 10f64.powi(value.log10().floor() as i32 - (digits - 1));
+    (value / scale).round() * scale
 }
 
 /// Formats a number with three significant digits, without a trailing decimal point.
@@ -246,7 +256,7 @@ fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
              entries on all replicas)"
         ),
         (Some(entries), Some(_), None) => {
-            println!("  log      no fdatasync ({entries} entries on all replicas)")
+            println!("  log      no fdatasync per batch ({entries} entries on all replicas)")
         }
         (Some(entries), None, _) => println!(
             "  log      {entries} entries appended on the listed replicas; fdatasyncs not \
@@ -448,6 +458,9 @@ mod tests {
         assert_eq!(format_latency_nanos(1_234_567), "1.23 ms");
         assert_eq!(format_latency_nanos(45_600_000), "45.6 ms");
         assert_eq!(format_latency_nanos(2_500_000_000), "2.50 s");
+        assert_eq!(format_latency_nanos(999_600), "1.00 ms");
+        assert_eq!(format_latency_nanos(99_960), "100 µs");
+        assert_eq!(format_latency_nanos(0), "0.00 µs");
         assert_eq!(format_latency_nanos(900), "0.90 µs");
     }
 
