@@ -22,7 +22,7 @@ if ! command -v promtool >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v a
 fi
 
 # The etcd target's test runs a 3-member etcd on loopback (Debian package etcd-server);
-# without etcd that test is skipped and says so.
+# without etcd that test is skipped and prints why.
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     scripts/peer-etcd.sh install >/dev/null 2>&1 ||
         echo "test.sh: installing etcd failed; the etcd target test will be skipped" >&2

@@ -110,7 +110,7 @@ fn embedded_run_with_check_is_linearizable() {
 }
 
 #[test]
-fn compare_refuses_a_bad_threshold_and_a_missing_file() {
+fn compare_rejects_bad_input() {
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthetic_sweep.json");
     let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))

@@ -91,8 +91,8 @@ impl Drop for Registration<'_> {
         if let Some(waker) = waiters.wakers.get_mut(slot) {
             *waker = None;
         }
-        // The usual waiter to leave is the newest; dropping trailing empty slots keeps the
-        // list as long as the number of live waiters in a loop that races a quiet signal.
+        // The waiter that leaves is usually the newest. Dropping trailing empty slots keeps
+        // the list no longer than the live waiters, even in a loop that races a quiet signal.
         while waiters.wakers.last().is_some_and(Option::is_none) {
             waiters.wakers.pop();
         }
@@ -165,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn waiters_wake_on_notification_and_complete_when_their_check_holds() {
+    fn notified_waiter_completes_once_ready() {
         let signal = Signal::default();
         let ready = Cell::new(false);
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));

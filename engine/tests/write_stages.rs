@@ -1,7 +1,7 @@
-//! The per-stage latency breakdown of writes, on three-node clusters in this test process:
-//! every write the leader completes counts once in every stage, the stages add up to the
-//! total, the total fits inside the latency the proposer saw, and the Prometheus text
-//! carries the histograms. The checks are about what is counted, not about speed.
+//! The per-stage latency breakdown of writes, on three-node clusters in this test process.
+//! Every write the leader completes counts once in every stage, and the stages add up to the
+//! total. The total fits inside the latency the proposer saw, and the Prometheus text
+//! contains the histograms. The checks are about what is counted, not about speed.
 
 mod support;
 

@@ -1,6 +1,6 @@
 //! The result of a bench run, as written to JSON and read back by `compare`.
 //!
-//! A [`RunResult`] holds everything needed to interpret and re-analyse a run without the
+//! A [`RunResult`] contains everything needed to interpret and re-analyse a run without the
 //! machine that produced it: the schema version, the harness version and git commit, the
 //! full configuration, the host facts, the target facts, and per load level
 //! ([`PointResult`]) the latency histograms serialized losslessly, so that runs can be
@@ -79,7 +79,7 @@ pub struct DeviceSyncFacts {
     pub p99_micros: f64,
 }
 
-/// What one load level measured.
+/// The measurements of one load level.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PointResult {
     /// Concurrent clients (closed loop) or the client pool (open loop).
@@ -98,7 +98,7 @@ pub struct PointResult {
     pub fdatasyncs: Option<u64>,
     /// Log entries made durable by all replicas during the measured part, when known.
     pub log_entries: Option<u64>,
-    /// Where a write's time goes, stage by stage, when the target reports it.
+    /// The time a write spends in each stage, when the target reports it.
     pub write_stages: Vec<StageResult>,
     /// Verdict of the linearizability check, when `--check` was given.
     pub check: Option<CheckResult>,

@@ -319,9 +319,9 @@ pub struct Workload {
     pub seed: u64,
     /// Time limit of each point's linearizability check; `None` without `--check`.
     pub check_time_limit_secs: Option<f64>,
-    // Where the output goes and how progress shows do not change what a run measures, so
-    // the recorded config leaves them out: repeated runs then merge, and `compare` does not
-    // list their file names as differences.
+    // The output paths and the progress display do not change what a run measures, so the
+    // recorded config leaves them out. Repeated runs then merge, and `compare` does not list
+    // their file names as differences.
     #[serde(skip)]
     pub progress: bool,
     #[serde(skip)]
