@@ -1,10 +1,10 @@
 //! The result of a bench run, as written to JSON and read back by `compare`.
 //!
 //! A [`RunResult`] contains everything needed to interpret and re-analyse a run without the
-//! machine that produced it: the schema version, the harness version and git commit, the
-//! full configuration, the host facts, the target facts, and per load level
-//! ([`PointResult`]) the latency histograms serialized losslessly, so that runs can be
-//! merged and compared quantile by quantile.
+//! machine that produced it. That is the schema version, the harness version and git
+//! commit, the full configuration, the host facts and the target facts. Per load level
+//! ([`PointResult`]) it keeps the latency histograms serialized losslessly, so that runs can
+//! be merged and compared quantile by quantile.
 //!
 //! Reading checks [`RESULT_SCHEMA_VERSION`] before anything else, so a file of another
 //! layout is rejected with both versions named instead of with a confusing field error.

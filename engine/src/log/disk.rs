@@ -297,14 +297,7 @@ impl DiskLog {
         // active segment, or in the one before it when the active segment was prepared
         // ahead and is still empty.
         for segment in recovered.segments.values().rev().take(2) {
-            segment
-                .file
-                .fdatasync()
-                .await
-                .map_err(|error| StorageError::SyncFailed {
-                    path: segment.path.clone(),
-                    source: Arc::new(glommio_io_error(error)),
-                })?;
+            sync_file(&segment.file, &segment.path).await?;
         }
         let written = recovered
             .groups
@@ -870,6 +863,16 @@ fn record_failure(shared: &Shared, error: StorageError) {
     shared.staged.notify_all();
 }
 
+/// Calls fdatasync on `file`, reporting a failure as `SyncFailed` with its path.
+async fn sync_file(file: &DmaFile, path: &Path) -> Result<(), StorageError> {
+    file.fdatasync()
+        .await
+        .map_err(|error| StorageError::SyncFailed {
+            path: path.to_path_buf(),
+            source: Arc::new(glommio_io_error(error)),
+        })
+}
+
 /// Waits until every batch up to `batch_seq` is synced, or the log failed.
 async fn wait_synced(shared: &Shared, batch_seq: u64) -> Result<(), StorageError> {
     shared
@@ -1002,12 +1005,7 @@ async fn try_sync_and_publish(
     } = written;
     let sync_started = std::time::Instant::now();
     if shared.config.sync_writes {
-        file.fdatasync()
-            .await
-            .map_err(|error| StorageError::SyncFailed {
-                path: path.clone(),
-                source: Arc::new(glommio_io_error(error)),
-            })?;
+        sync_file(&file, &path).await?;
     }
     let sync_duration = sync_started.elapsed();
     // This fdatasync covers the previous batch too, whose write completed before this one
@@ -1141,12 +1139,7 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
     let written_bytes = buffer.len() as u64;
     write_all(&file, buffer, offset, &path).await?;
     let sync_started = std::time::Instant::now();
-    file.fdatasync()
-        .await
-        .map_err(|error| StorageError::SyncFailed {
-            path: path.clone(),
-            source: Arc::new(glommio_io_error(error)),
-        })?;
+    sync_file(&file, &path).await?;
     let sync_duration = sync_started.elapsed();
     let mut state = shared.state.borrow_mut();
     state.write_offset = offset + written_bytes;
