@@ -24,9 +24,9 @@ use crate::raft::{Entry, EntryKind, LogIndex, Term};
 ///   starting at `applied_index() + 1`. A runtime calls the provided
 ///   [`apply`](StateMachine::apply), which checks this. An implementation fills in
 ///   `apply_command` and `apply_noop`, and only `apply` calls them.
-/// - **No-ops.** [`EntryKind::LeaderNoop`] entries carry no command. They reach the
-///   state machine only through `apply_noop`, which advances the applied index and term
-///   and changes nothing else.
+/// - **No-ops.** [`EntryKind::LeaderNoop`] and [`EntryKind::MembershipChange`] entries
+///   carry no command. They reach the state machine only through `apply_noop`, which
+///   advances the applied index and term and changes nothing else.
 /// - **Determinism.** The same sequence of entries, starting from the same state (empty,
 ///   or restored from the same snapshot), must produce the same state and the same
 ///   outputs on every replica. An implementation must not read clocks, randomness,
@@ -97,8 +97,8 @@ pub trait StateMachine {
     /// machine is left exactly as it was. Must not panic on any input bytes.
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), Self::RestoreError>;
 
-    /// Applies one committed entry and returns the output of its command, or `None` for a
-    /// [`EntryKind::LeaderNoop`] entry.
+    /// Applies one committed entry and returns the output of its command, or `None` for an
+    /// entry without a command.
     ///
     /// Returns [`ApplyOrderError`] and changes nothing when `entry.index` is not
     /// `applied_index() + 1`, because skipping or repeating an entry would make this
@@ -117,7 +117,9 @@ pub trait StateMachine {
                 entry.term,
                 &entry.data,
             ))),
-            EntryKind::LeaderNoop => {
+            // A membership change is the core's and the runtime's business; to the state
+            // machine it is an entry without a command.
+            EntryKind::LeaderNoop | EntryKind::MembershipChange => {
                 self.apply_noop(entry.index, entry.term);
                 Ok(None)
             }

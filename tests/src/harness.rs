@@ -84,6 +84,7 @@ impl DurableState {
     pub fn to_restored(&self) -> RestoredState {
         RestoredState {
             hard_state: self.hard_state,
+            snapshot: None,
             entries: self.entries.clone(),
             applied: LogIndex(0),
         }
@@ -232,10 +233,7 @@ impl ClusterBuilder {
         let learners: Vec<NodeId> = (self.voters + 1..=self.voters + self.learners)
             .map(NodeId)
             .collect();
-        let membership = Membership {
-            voters: voters.iter().copied().collect(),
-            learners: learners.iter().copied().collect(),
-        };
+        let membership = Membership::with_voters_and_learners(voters, learners);
         let mut replicas = BTreeMap::new();
         for id in membership.members() {
             let mut config = Config::new(id, membership.clone());
@@ -509,6 +507,8 @@ impl Cluster {
             committed_entries,
             read_states,
             dropped_reads,
+            snapshot_to_install: _,
+            membership: _,
         } = ready;
         self.send_all(messages);
 

@@ -120,6 +120,7 @@ fn uncommitted_limit_counts_only_own_entries() {
             vote: None,
             commit: LogIndex(0),
         },
+        snapshot: None,
         entries: vec![old_entry],
         applied: LogIndex(0),
     };

@@ -27,6 +27,7 @@ fn follower_in_term(term: u64) -> RaftNode {
             vote: None,
             commit: LogIndex(0),
         },
+        snapshot: None,
         entries: Vec::new(),
         applied: LogIndex(0),
     };

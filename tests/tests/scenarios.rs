@@ -40,6 +40,7 @@ fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
             vote: None,
             commit: LogIndex(commit),
         },
+        snapshot: None,
         entries: log_with_terms(terms),
         applied: LogIndex(0),
     }

@@ -44,6 +44,9 @@ pub struct Config {
     pub max_pending_reads: usize,
     /// Maximum entries handed out for applying in one `Ready`.
     pub max_committed_entries_per_ready: usize,
+    /// A learner added with `promote_when_caught_up` becomes a voter once its log is at
+    /// most this many entries behind the leader's.
+    pub promote_lag_entries_max: u64,
     /// Seed of the generator that randomizes election timeouts. Give each replica its own.
     pub random_seed: u64,
 }
@@ -67,6 +70,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 65_536,
             max_committed_entries_per_ready: 4096,
+            promote_lag_entries_max: 64,
             random_seed: id.0,
         }
     }

@@ -157,6 +157,10 @@ impl RaftNode {
                 self.handle_heartbeat(from, leader_commit, read_round);
                 Ok(())
             }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.accept_leader(from, "InstallSnapshot")?;
+                self.handle_install_snapshot(from, term, snapshot)
+            }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
             MessageBody::AppendEntriesResponse { outcome } => {
                 self.handle_append_response(from, outcome)
@@ -174,7 +178,9 @@ impl RaftNode {
         match message.body {
             // Tell a deposed leader about the newer term so that it steps down. Without this,
             // a leader cut off by check-quorum or pre-vote could stay stuck.
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::Heartbeat { .. } => {
                 self.send(
                     message.from,
                     MessageBody::HeartbeatResponse { read_round: None },
@@ -213,6 +219,7 @@ impl RaftNode {
             _ => {
                 let leader = match message.body {
                     MessageBody::AppendEntries { .. }
+                    | MessageBody::InstallSnapshot { .. }
                     | MessageBody::Heartbeat { .. }
                     | MessageBody::TimeoutNow => Some(message.from),
                     _ => None,
@@ -277,8 +284,12 @@ impl RaftNode {
         } else {
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none())
         };
-        let granted = can_vote && up_to_date && self.is_voter(from);
-        tracing::debug!(node = %self.id, candidate = %from, %term, pre_vote, granted, up_to_date, "vote requested");
+        // A replica that lost its data may have voted or acknowledged entries before; it helps
+        // only a candidate whose log is empty, which exists only while the group has never
+        // appended an entry.
+        let catch_up_allows = !self.catching_up || last_log_index == LogIndex(0);
+        let granted = can_vote && up_to_date && catch_up_allows && self.is_voter(from);
+        tracing::debug!(node = %self.id, candidate = %from, %term, pre_vote, granted, up_to_date, catching_up = self.catching_up, "vote requested");
 
         if pre_vote {
             let response_term = if granted { term } else { self.term };
@@ -376,6 +387,13 @@ impl RaftNode {
         if !self.is_promotable() {
             return;
         }
+        if self.catching_up && self.log.last_index() > LogIndex(0) {
+            // Entries arrived after a start without data: the group has a history this
+            // replica has not fully stored, and its earlier votes are lost.
+            tracing::debug!(node = %self.id, term = %self.term, "not campaigning while catching up");
+            self.reset_election_timer();
+            return;
+        }
         if self.term.0 == u64::MAX {
             // No term follows; only forged messages can have raised the term this far.
             tracing::warn!(node = %self.id, term = %self.term, "not campaigning: the term cannot be raised");
@@ -458,6 +476,8 @@ impl RaftNode {
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.transfer_target = None;
+        self.catching_up = false;
+        self.catch_up_target = None;
 
         let next_index = self.log.last_index().next();
         self.progress.clear();

@@ -15,7 +15,10 @@
 //! leases on voters, a no-op entry at the start of each term, pipelined and batched
 //! replication with per-follower probe and replicate states and in-flight windows bounded
 //! in messages and bytes, fast backtracking with term hints, the commit rule of the Raft
-//! paper's Figure 8, ReadIndex reads confirmed in rounds, and leadership transfer.
+//! paper's Figure 8, ReadIndex reads confirmed in rounds, leadership transfer, snapshots
+//! and log compaction, membership changes one node at a time with learners and automatic
+//! promotion, and a replica that lost its data staying out of elections until it has caught
+//! up again.
 //!
 //! ```
 //! use shardraft_raft::{Config, Membership, NodeId, RaftNode, RestoredState};
@@ -39,6 +42,7 @@ mod config;
 mod election;
 mod invariants;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
@@ -49,12 +53,14 @@ mod types;
 pub use config::{Config, ConfigError};
 pub use message::{AppendOutcome, Message, MessageBody};
 pub use node::{
-    NewNodeError, ProposalId, ProposeError, RaftNode, ReadIndexError, Ready, Rejection,
-    RestoredState, Role, RoleState, Stats, TransferError,
+    CompactError, MembershipChangeError, NewNodeError, ProposalId, ProposeError, RaftNode,
+    ReadIndexError, Ready, Rejection, RestoredState, Role, RoleState, SnapshotInstall,
+    SnapshotTransfer, Stats, TransferError,
 };
 pub use progress::{Progress, ReplicationState};
 pub use reads::ReadState;
 pub use types::{
-    ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, LogIndex, Membership, NodeId, ReadyNumber,
-    Term,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, InvalidChange, LogIndex,
+    MEMBERSHIP_CHANGE_VERSION, Membership, MembershipChange, MembershipChangeEntry, NodeId,
+    ReadyNumber, SnapshotMeta, Term,
 };

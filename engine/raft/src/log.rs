@@ -41,16 +41,25 @@ pub(crate) struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log whose entries `durable` (contiguous from index 1) are already in storage.
-    pub(crate) fn restore(durable: Vec<Entry>, committed: LogIndex, applied: LogIndex) -> Self {
+    /// A log whose entries `durable` (contiguous from `base_index + 1`) are already in
+    /// storage, after a snapshot at (`base_index`, `base_term`), or after index 0.
+    pub(crate) fn restore(
+        base_index: LogIndex,
+        base_term: Term,
+        durable: Vec<Entry>,
+        committed: LogIndex,
+        applied: LogIndex,
+    ) -> Self {
         let entries: VecDeque<Entry> = durable.into();
-        let last_index = LogIndex(entries.len() as u64);
+        let last_index = base_index.plus(entries.len() as u64);
+        // Everything in the snapshot is committed and applied.
+        let committed = committed.max(base_index).min(last_index);
         RaftLog {
-            base_index: LogIndex(0),
-            base_term: Term(0),
+            base_index,
+            base_term,
             entries,
-            committed: committed.min(last_index),
-            applied: applied.min(committed).min(last_index),
+            committed,
+            applied: applied.max(base_index).min(committed),
             persisted: last_index,
             unstable_from: last_index.next(),
             pending_writes: VecDeque::new(),
@@ -69,6 +78,61 @@ impl RaftLog {
 
     pub(crate) fn first_index(&self) -> LogIndex {
         self.base_index.next()
+    }
+
+    /// The index of the entry just before the first one kept: the last index covered by
+    /// the snapshot the log was compacted to, or 0.
+    pub(crate) fn base_index(&self) -> LogIndex {
+        self.base_index
+    }
+
+    /// Drops the entries up to and including `through`, which must be applied.
+    pub(crate) fn compact_through(&mut self, through: LogIndex) {
+        debug_assert!(
+            through <= self.applied,
+            "compacting entries not yet applied"
+        );
+        if through <= self.base_index {
+            return;
+        }
+        let Some(term) = self.term(through) else {
+            return;
+        };
+        let drop = (through.0 - self.base_index.0) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.base_index = through;
+        self.base_term = term;
+    }
+
+    /// Makes the log start after a snapshot at (`index`, `term`) that a leader sent.
+    ///
+    /// Returns whether the entries above `index` were kept: they are when the log holds
+    /// the snapshot's last entry durably, since by the log matching property everything up
+    /// to it then equals the leader's, and entries this replica acknowledged must survive.
+    /// Otherwise every entry is dropped; none above `index` was durable, so none was
+    /// acknowledged. Either way the snapshot
+    /// is committed and counts as applied and durable (the runtime stores it before it hands
+    /// it to the core).
+    pub(crate) fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
+        debug_assert!(
+            index > self.committed,
+            "installing a snapshot below the commit index"
+        );
+        let keep_suffix = self.term(index) == Some(term) && self.persisted >= index;
+        if keep_suffix {
+            let drop = (index.0 - self.base_index.0) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+            self.persisted = index;
+            self.unstable_from = index.next();
+        }
+        self.unstable_from = self.unstable_from.max(index.next());
+        self.base_index = index;
+        self.base_term = term;
+        self.committed = index;
+        self.applied = index;
+        keep_suffix
     }
 
     pub(crate) fn committed(&self) -> LogIndex {
@@ -154,7 +218,8 @@ impl RaftLog {
         self.entries.push_back(entry);
     }
 
-    /// Drops every entry from `from` on. The caller guarantees `from > committed`.
+    /// Drops every entry from `from` on. The caller guarantees `from > committed`, which
+    /// keeps `from` above the base too.
     pub(crate) fn truncate_from(&mut self, from: LogIndex) {
         debug_assert!(from > self.committed, "truncating committed entries");
         debug_assert!(from > self.base_index);
@@ -279,12 +344,24 @@ mod tests {
             .enumerate()
             .map(|(offset, term)| entry(offset as u64 + 1, *term))
             .collect();
-        RaftLog::restore(entries, LogIndex(committed), LogIndex(0))
+        RaftLog::restore(
+            LogIndex(0),
+            Term(0),
+            entries,
+            LogIndex(committed),
+            LogIndex(0),
+        )
     }
 
     #[test]
     fn restore_clamps_commit_and_applied() {
-        let log = RaftLog::restore(vec![entry(1, 1), entry(2, 1)], LogIndex(5), LogIndex(9));
+        let log = RaftLog::restore(
+            LogIndex(0),
+            Term(0),
+            vec![entry(1, 1), entry(2, 1)],
+            LogIndex(5),
+            LogIndex(9),
+        );
         assert_eq!(log.last_index(), LogIndex(2));
         assert_eq!(log.committed(), LogIndex(2), "commit clamped to the log");
         assert_eq!(log.applied(), LogIndex(2), "applied clamped to the commit");
@@ -373,6 +450,55 @@ mod tests {
         assert_eq!(rest, vec![entry(3, 1)]);
         assert_eq!(log.applied(), LogIndex(3));
         assert!(!log.has_entries_to_apply());
+    }
+
+    #[test]
+    fn compaction_keeps_terms_at_the_base() {
+        let mut log = restored(&[1, 1, 2, 2], 4);
+        log.take_entries_to_apply(10);
+        log.compact_through(LogIndex(3));
+        assert_eq!(log.first_index(), LogIndex(4));
+        assert_eq!(log.term(LogIndex(3)), Some(Term(2)), "base term kept");
+        assert_eq!(log.term(LogIndex(2)), None, "compacted away");
+        assert_eq!(
+            log.entry(LogIndex(4)).map(|entry| entry.term),
+            Some(Term(2))
+        );
+        assert_eq!(log.last_index(), LogIndex(4));
+        log.compact_through(LogIndex(2));
+        assert_eq!(
+            log.first_index(),
+            LogIndex(4),
+            "compacting below the base does nothing"
+        );
+    }
+
+    #[test]
+    fn snapshot_keeps_a_matching_suffix_and_drops_a_conflicting_log() {
+        let mut log = restored(&[1, 1, 1, 1, 1], 1);
+        assert!(
+            log.install_snapshot(LogIndex(3), Term(1)),
+            "entry 3 matches"
+        );
+        assert_eq!(log.first_index(), LogIndex(4));
+        assert_eq!(log.last_index(), LogIndex(5));
+        assert_eq!((log.committed(), log.applied()), (LogIndex(3), LogIndex(3)));
+
+        let mut log = restored(&[1, 1, 1, 1, 1], 1);
+        assert!(
+            !log.install_snapshot(LogIndex(4), Term(2)),
+            "entry 4 has another term"
+        );
+        assert_eq!(log.last_index(), LogIndex(4), "the old-term suffix is gone");
+        assert_eq!(log.last_term(), Term(2));
+        assert_eq!(log.persisted(), LogIndex(4));
+        assert!(!log.has_unstable(), "nothing to hand to storage");
+
+        let mut log = restored(&[1], 1);
+        assert!(!log.install_snapshot(LogIndex(40), Term(3)), "past the end");
+        assert_eq!(log.last_index(), LogIndex(40));
+        log.append(entry(41, 3));
+        assert_eq!(log.take_unstable(ReadyNumber(1)), vec![entry(41, 3)]);
     }
 
     #[test]

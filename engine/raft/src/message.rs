@@ -6,7 +6,7 @@
 
 use alloc::vec::Vec;
 
-use crate::types::{Entry, LogIndex, NodeId, Term};
+use crate::types::{Entry, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// One message from `from` to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +63,13 @@ pub enum MessageBody {
     HeartbeatResponse {
         read_round: Option<u64>,
     },
+    /// Replaces the receiver's log up to `snapshot.index` with the snapshot that the
+    /// runtimes transferred beside this message; the receiver's runtime steps it into the
+    /// core only once it holds the snapshot's data durably. Answered with an
+    /// `AppendEntriesResponse`.
+    InstallSnapshot {
+        snapshot: SnapshotMeta,
+    },
     /// Tells the receiver to start an election at once; the last step of a leadership
     /// transfer, sent once the target's log matches the leader's.
     TimeoutNow,
@@ -83,6 +90,10 @@ pub enum AppendOutcome {
         hint_index: LogIndex,
         hint_term: Term,
     },
+    /// The follower's log ends at `last_index`, below a commit index the leader sent it as
+    /// matching: it lost entries it had acknowledged (its data was wiped, for instance), and
+    /// the leader must replicate to it again from the start.
+    LostEntries { last_index: LogIndex },
 }
 
 impl MessageBody {
@@ -98,6 +109,7 @@ impl MessageBody {
     pub fn may_send_before_persist(&self) -> bool {
         match self {
             MessageBody::AppendEntries { .. }
+            | MessageBody::InstallSnapshot { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::TimeoutNow
@@ -120,6 +132,7 @@ impl MessageBody {
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::TimeoutNow => "TimeoutNow",
         }
     }

@@ -12,6 +12,15 @@
 //!    only then send that batch's `messages_after_persist`.
 //!
 //! Batches must be persisted in order. The runtime may have several batches in flight.
+//!
+//! Snapshots: the runtime serializes its state machine at an applied index, stores the
+//! bytes durably together with [`RaftNode::snapshot_meta`], and then calls
+//! [`RaftNode::compact`], which lets the core drop entries and send the snapshot to a
+//! follower that needs compacted entries. Such a follower gets an
+//! [`MessageBody::InstallSnapshot`]; the runtimes move the bytes beside it, and the receiving
+//! runtime steps the message into its core once it holds them durably. The core then hands
+//! back [`Ready::snapshot_to_install`], which the runtime applies to its state machine and
+//! storage before the batch's `committed_entries`.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -21,10 +30,14 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use crate::config::{Config, ConfigError};
 use crate::log::RaftLog;
+use crate::membership::MembershipLog;
 use crate::message::{Message, MessageBody};
-use crate::progress::Progress;
+use crate::progress::{Progress, ReplicationState};
 use crate::reads::{ReadQueue, ReadState};
-use crate::types::{Entry, EntryKind, HardState, LogIndex, Membership, NodeId, ReadyNumber, Term};
+use crate::types::{
+    Entry, EntryKind, HardState, InvalidChange, LogIndex, Membership, MembershipChange,
+    MembershipChangeEntry, NodeId, ReadyNumber, SnapshotMeta, Term,
+};
 
 /// The role a replica plays in its term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,7 +69,10 @@ pub struct ProposalId {
 #[derive(Clone, Debug, Default)]
 pub struct RestoredState {
     pub hard_state: HardState,
-    /// The durable log, contiguous from index 1.
+    /// The newest snapshot stored, if any; the state machine must have been restored from
+    /// it.
+    pub snapshot: Option<SnapshotMeta>,
+    /// The durable log, contiguous from one past the snapshot's index (or from 1).
     pub entries: Vec<Entry>,
     /// The last index the state machine has already applied, if it keeps its own durable
     /// state; 0 when the state machine is rebuilt from the log.
@@ -86,13 +102,38 @@ pub struct Ready {
     /// Contexts of ReadIndex reads dropped because this replica stopped being leader; their
     /// callers should retry at the new leader.
     pub dropped_reads: Vec<u64>,
+    /// A snapshot a leader sent, which replaces this replica's log up to its index. Before
+    /// `entries` and `committed_entries`: restore the state machine from its bytes, and make
+    /// storage drop the log up to its index (every entry when `log_kept` is false).
+    pub snapshot_to_install: Option<SnapshotInstall>,
+    /// Set when the membership in force changed since the previous batch (a change entry
+    /// appended or truncated, or a snapshot installed).
+    pub membership: Option<Membership>,
+}
+
+/// A snapshot to install; see [`Ready::snapshot_to_install`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInstall {
+    pub snapshot: SnapshotMeta,
+    /// Whether the entries above the snapshot's index stay: they do when the log held the
+    /// snapshot's last entry durably. When false, storage drops every entry of the group.
+    pub log_kept: bool,
 }
 
 impl Ready {
     /// Whether this batch has anything to persist before `messages_after_persist` leave.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty()
+        self.hard_state.is_some() || !self.entries.is_empty() || self.snapshot_to_install.is_some()
     }
+}
+
+/// How the runtime's transfer of a snapshot to a follower ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotTransfer {
+    /// The follower holds the snapshot; its acknowledgement follows as a message.
+    Finished,
+    /// The transfer broke off; the leader tries again after the next heartbeat round trip.
+    Failed,
 }
 
 /// Counts of inputs the core rejected or ignored. Each is also logged at debug level.
@@ -171,6 +212,63 @@ pub enum TransferError {
     AlreadyLeader { target: NodeId },
 }
 
+/// The reason a membership change was not appended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipChangeError {
+    #[error("not the leader; {}", describe_leader(*.leader))]
+    NotLeader { leader: Option<NodeId> },
+    #[error("leadership is being transferred to {target}; retry at the new leader")]
+    TransferInProgress { target: NodeId },
+    #[error(
+        "the leader has not yet committed an entry of its term, so an earlier leader's \
+         uncommitted change may still be in force; retry shortly"
+    )]
+    LeaderNotReady,
+    #[error(
+        "the membership change at index {index} is not committed yet; one change at a time, \
+         retry once it commits"
+    )]
+    ChangePending { index: LogIndex },
+    #[error("removing the leader {leader}: leadership is moving to {target} first; retry there")]
+    LeaderTransferring { leader: NodeId, target: NodeId },
+    #[error(transparent)]
+    Invalid(#[from] InvalidChange),
+}
+
+/// The reason [`RaftNode::compact`] refused a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompactError {
+    #[error(
+        "snapshot at {snapshot_index} is past the applied index {applied}; take snapshots \
+         of applied state only"
+    )]
+    NotApplied {
+        snapshot_index: LogIndex,
+        applied: LogIndex,
+    },
+    #[error(
+        "snapshot at {snapshot_index} is not newer than the stored snapshot at \
+         {stored_index}"
+    )]
+    NotNewer {
+        snapshot_index: LogIndex,
+        stored_index: LogIndex,
+    },
+    #[error(
+        "snapshot at {snapshot_index} has term {given}, but the log's entry there has {actual}"
+    )]
+    TermMismatch {
+        snapshot_index: LogIndex,
+        given: Term,
+        actual: Term,
+    },
+    #[error("compacting through {through} would pass the snapshot's index {snapshot_index}")]
+    PastSnapshot {
+        through: LogIndex,
+        snapshot_index: LogIndex,
+    },
+}
+
 /// Why [`RaftNode::new`] could not build a replica.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NewNodeError {
@@ -185,7 +283,24 @@ pub enum NewNodeError {
 pub struct RaftNode {
     pub(crate) id: NodeId,
     pub(crate) config: Config,
+    /// The membership in force, a copy of `membership_log.effective()`.
     pub(crate) membership: Membership,
+    pub(crate) membership_log: MembershipLog,
+    /// The membership the previous `Ready` reported.
+    pub(crate) last_membership: Membership,
+    /// The newest snapshot the runtime stored, sent to followers that need compacted
+    /// entries.
+    pub(crate) latest_snapshot: Option<SnapshotMeta>,
+    /// A snapshot from the leader that the next `Ready` hands to the runtime.
+    pub(crate) snapshot_to_install: Option<SnapshotInstall>,
+    /// Set while a replica that started without any durable state has not yet stored the
+    /// leader's committed log. It may have voted or acknowledged entries before it lost
+    /// its data, so until then it neither campaigns nor votes, except in a group whose
+    /// logs are all still empty (a new group).
+    pub(crate) catching_up: bool,
+    /// The leader's commit index from the newest `AppendEntries`; catching up ends once the
+    /// durable log reaches it.
+    pub(crate) catch_up_target: Option<LogIndex>,
     /// Invariant: never decreases.
     pub(crate) term: Term,
     /// Invariant: set at most once per term.
@@ -241,12 +356,40 @@ impl RaftNode {
         check_restored_state(&restored)?;
 
         let hard_state = restored.hard_state;
-        let membership = config.membership.clone();
-        let log = RaftLog::restore(restored.entries, hard_state.commit, restored.applied);
+        let blank = hard_state == HardState::default()
+            && restored.entries.is_empty()
+            && restored.snapshot.is_none();
+        let (base_index, base_term, base_membership) = match &restored.snapshot {
+            Some(snapshot) => (snapshot.index, snapshot.term, snapshot.membership.clone()),
+            None => (LogIndex(0), Term(0), config.membership.clone()),
+        };
+        let mut membership_log = MembershipLog::new(base_membership, base_index);
+        for entry in &restored.entries {
+            if entry.kind == EntryKind::MembershipChange {
+                // `check_restored_state` decoded every change already.
+                if let Ok(decoded) = MembershipChangeEntry::decode(&entry.data) {
+                    membership_log.push(entry.index, decoded.membership);
+                }
+            }
+        }
+        let membership = membership_log.effective().clone();
+        let log = RaftLog::restore(
+            base_index,
+            base_term,
+            restored.entries,
+            hard_state.commit,
+            restored.applied,
+        );
         let mut node = RaftNode {
             id: config.id,
             rng: ChaCha8Rng::seed_from_u64(config.random_seed),
+            last_membership: membership.clone(),
             membership,
+            membership_log,
+            latest_snapshot: restored.snapshot,
+            snapshot_to_install: None,
+            catching_up: blank,
+            catch_up_target: None,
             term: hard_state.term,
             vote: hard_state.vote,
             leader: None,
@@ -279,7 +422,7 @@ impl RaftNode {
         };
         node.last_hard_state = node.hard_state();
         node.reset_election_timer();
-        tracing::info!(node = %node.id, term = %node.term, last_index = %node.log.last_index(), "raft node started");
+        tracing::info!(node = %node.id, term = %node.term, last_index = %node.log.last_index(), catching_up = node.catching_up, "raft node started");
         Ok(node)
     }
 
@@ -299,8 +442,32 @@ impl RaftNode {
         self.leader
     }
 
+    /// The membership in force: the newest change in the log, appended or committed.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The index of the newest membership change in the log, if one is above the base.
+    pub fn last_membership_change_index(&self) -> Option<LogIndex> {
+        self.membership_log.last_change_index()
+    }
+
+    /// Whether this replica started without durable state and has not yet stored the
+    /// leader's committed log; it does not vote meanwhile.
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    /// The newest snapshot the runtime stored, as last given to [`RaftNode::compact`] or
+    /// installed from a leader.
+    pub fn latest_snapshot(&self) -> Option<&SnapshotMeta> {
+        self.latest_snapshot.as_ref()
+    }
+
+    /// The first index still in the in-memory log; every entry before it is in the
+    /// snapshot.
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -430,6 +597,262 @@ impl RaftNode {
         })
     }
 
+    /// Appends a change to the group's membership if this replica leads. The change takes
+    /// effect at once (on each replica when it appends the entry), and the next change is
+    /// accepted only once this one commits.
+    ///
+    /// Removing the leader itself first hands leadership to the most caught-up voter and
+    /// returns [`MembershipChangeError::LeaderTransferring`]; the caller retries at the new
+    /// leader. `context` is stored in the entry for the runtime (a new member's addresses,
+    /// for instance); the core does not read it.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`MembershipChangeError`] when this replica does not lead, has not yet
+    /// committed an entry of its own term (an earlier leader's uncommitted change could
+    /// otherwise combine with this one into majorities that do not overlap), another change
+    /// is uncommitted, or the change does not fit the membership.
+    pub fn propose_membership_change(
+        &mut self,
+        change: MembershipChange,
+        context: bytes::Bytes,
+    ) -> Result<ProposalId, MembershipChangeError> {
+        let before = self.invariant_snapshot();
+        let result = self.append_membership_change(change, context);
+        self.check_invariants(&before);
+        result
+    }
+
+    fn append_membership_change(
+        &mut self,
+        change: MembershipChange,
+        context: bytes::Bytes,
+    ) -> Result<ProposalId, MembershipChangeError> {
+        if self.role != Role::Leader {
+            return Err(MembershipChangeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(target) = self.transfer_target {
+            return Err(MembershipChangeError::TransferInProgress { target });
+        }
+        if !self.committed_in_current_term() {
+            return Err(MembershipChangeError::LeaderNotReady);
+        }
+        if let Some(index) = self.membership_log.last_change_index() {
+            if index > self.log.committed() {
+                return Err(MembershipChangeError::ChangePending { index });
+            }
+        }
+        let next = self.membership.apply(change)?;
+        if change == (MembershipChange::Remove { node: self.id }) {
+            let target = self
+                .most_caught_up_voter()
+                .ok_or(InvalidChange::LastVoter { node: self.id })?;
+            tracing::info!(node = %self.id, term = %self.term, %target, "removal of the leader requested; transferring leadership first");
+            // The target is a voter other than this leader, so the transfer starts.
+            let _ = self.transfer_leadership(target);
+            return Err(MembershipChangeError::LeaderTransferring {
+                leader: self.id,
+                target,
+            });
+        }
+        let index = self.log.last_index().next();
+        let entry = Entry {
+            term: self.term,
+            index,
+            kind: EntryKind::MembershipChange,
+            data: MembershipChangeEntry {
+                change,
+                membership: next.clone(),
+                context,
+            }
+            .encode(),
+        };
+        tracing::info!(node = %self.id, term = %self.term, %index, %change, "membership change appended");
+        self.uncommitted_bytes += entry.size_bytes();
+        self.log.append(entry);
+        self.membership_log.push(index, next);
+        self.refresh_membership();
+        self.replication_pending = true;
+        // A change can shrink the quorum, so entries may commit at once.
+        self.maybe_commit();
+        Ok(ProposalId {
+            term: self.term,
+            index,
+        })
+    }
+
+    /// The voter other than this replica with the highest match index.
+    fn most_caught_up_voter(&self) -> Option<NodeId> {
+        self.membership
+            .voters
+            .iter()
+            .filter(|voter| **voter != self.id)
+            .max_by_key(|voter| {
+                self.progress
+                    .get(voter)
+                    .map_or(LogIndex(0), |progress| progress.match_index)
+            })
+            .copied()
+    }
+
+    /// Makes `membership` follow the membership log, and the leader's progress follow the
+    /// membership.
+    pub(crate) fn refresh_membership(&mut self) {
+        let effective = self.membership_log.effective();
+        if *effective == self.membership {
+            return;
+        }
+        self.membership = effective.clone();
+        tracing::info!(node = %self.id, term = %self.term, voters = ?self.membership.voters, learners = ?self.membership.learners, "membership in force changed");
+        if self.role != Role::Leader {
+            return;
+        }
+        let next_index = self.log.last_index().next();
+        let members: Vec<NodeId> = self
+            .membership
+            .members()
+            .filter(|member| *member != self.id)
+            .collect();
+        self.progress.retain(|peer, _| members.contains(peer));
+        for member in members {
+            self.progress
+                .entry(member)
+                .or_insert_with(|| Progress::new(next_index));
+        }
+        if let Some(target) = self.transfer_target {
+            if !self.membership.voters.contains(&target) {
+                tracing::info!(node = %self.id, %target, "leadership transfer abandoned: the target is no longer a voter");
+                self.transfer_target = None;
+            }
+        }
+    }
+
+    /// Promotes one learner that asked for it once its log is close enough to the leader's.
+    pub(crate) fn maybe_promote_learners(&mut self) {
+        if self.membership.promote_when_caught_up.is_empty() {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let ready = self
+            .membership
+            .promote_when_caught_up
+            .iter()
+            .copied()
+            .find(|learner| {
+                self.progress.get(learner).is_some_and(|progress| {
+                    progress.match_index.0 + self.config.promote_lag_entries_max >= last_index.0
+                })
+            });
+        if let Some(learner) = ready {
+            match self.append_membership_change(
+                MembershipChange::Promote { node: learner },
+                bytes::Bytes::new(),
+            ) {
+                Ok(_) => {
+                    tracing::info!(node = %self.id, %learner, "learner caught up; promoting it to voter");
+                }
+                Err(error) => {
+                    tracing::debug!(node = %self.id, %learner, %error, "learner caught up; promotion waits");
+                }
+            }
+        }
+    }
+
+    /// Describes a snapshot of the state machine taken at `index`, for the runtime to store
+    /// beside the snapshot's bytes: the term of the entry there and the membership in force.
+    /// `None` when `index` is past the applied index or already compacted away.
+    pub fn snapshot_meta(&self, index: LogIndex) -> Option<SnapshotMeta> {
+        if index > self.log.applied() {
+            return None;
+        }
+        Some(SnapshotMeta {
+            index,
+            term: self.log.term(index)?,
+            membership: self.membership_log.at(index)?,
+        })
+    }
+
+    /// Records that the runtime stored `snapshot` durably, and drops the in-memory entries
+    /// up to `through` (at most the snapshot's index; the runtime may keep a tail of entries
+    /// so that a follower slightly behind still gets entries rather than the snapshot).
+    /// Followers that need an entry that is gone get the snapshot.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`CompactError`] when the snapshot is not of applied state, not newer than
+    /// the stored one, disagrees with the log's term, or `through` passes it.
+    pub fn compact(
+        &mut self,
+        snapshot: SnapshotMeta,
+        through: LogIndex,
+    ) -> Result<(), CompactError> {
+        if snapshot.index > self.log.applied() {
+            return Err(CompactError::NotApplied {
+                snapshot_index: snapshot.index,
+                applied: self.log.applied(),
+            });
+        }
+        if let Some(stored) = &self.latest_snapshot {
+            if snapshot.index < stored.index {
+                return Err(CompactError::NotNewer {
+                    snapshot_index: snapshot.index,
+                    stored_index: stored.index,
+                });
+            }
+        }
+        if let Some(actual) = self.log.term(snapshot.index) {
+            if actual != snapshot.term {
+                return Err(CompactError::TermMismatch {
+                    snapshot_index: snapshot.index,
+                    given: snapshot.term,
+                    actual,
+                });
+            }
+        }
+        if through > snapshot.index {
+            return Err(CompactError::PastSnapshot {
+                through,
+                snapshot_index: snapshot.index,
+            });
+        }
+        let through = through.min(self.log.persisted());
+        self.log.compact_through(through);
+        self.membership_log.compact_through(self.log.base_index());
+        self.latest_snapshot = Some(snapshot);
+        Ok(())
+    }
+
+    /// Records how the runtime's transfer of a snapshot to `peer` ended. Does nothing on a
+    /// replica that does not lead or for a peer not waiting for a snapshot.
+    pub fn report_snapshot(&mut self, peer: NodeId, outcome: SnapshotTransfer) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if progress.state != ReplicationState::Snapshot {
+            return;
+        }
+        let pending = progress.pending_snapshot_index;
+        match outcome {
+            SnapshotTransfer::Finished => {
+                // Wait for the follower's acknowledgement, or probe after the snapshot at
+                // the next heartbeat round trip if it is lost.
+                progress.become_probe(pending.next());
+                progress.probe_sent = true;
+            }
+            SnapshotTransfer::Failed => {
+                tracing::info!(node = %self.id, %peer, snapshot_index = %pending, "snapshot transfer failed; retrying after the next heartbeat");
+                let next_index = progress.match_index.next();
+                progress.become_probe(next_index);
+                progress.probe_sent = true;
+            }
+        }
+    }
+
     /// Queues a linearizable read identified by `context`.
     ///
     /// Once a quorum confirms that this replica still leads, a [`ReadState`] with the same
@@ -527,12 +950,36 @@ impl RaftNode {
         if self.role == Role::Leader && self.log.persisted() > persisted_before {
             self.maybe_commit();
         }
+        self.check_caught_up();
         self.check_invariants(&before);
+    }
+
+    /// Ends catching up once the durable log holds the leader's commit index. The vote of
+    /// the current term goes to that leader, so that this replica cannot grant a second vote
+    /// in a term whose earlier vote it may have lost with its data.
+    pub(crate) fn check_caught_up(&mut self) {
+        if !self.catching_up {
+            return;
+        }
+        let Some(target) = self.catch_up_target else {
+            return;
+        };
+        if self.log.persisted() < target || self.leader.is_none() {
+            return;
+        }
+        self.catching_up = false;
+        self.catch_up_target = None;
+        if self.vote.is_none() {
+            self.vote = self.leader;
+        }
+        tracing::info!(node = %self.id, term = %self.term, leader = ?self.leader, persisted = %self.log.persisted(), "caught up with the leader's log; voting again");
     }
 
     /// Whether [`RaftNode::ready`] would return a batch.
     pub fn has_ready(&self) -> bool {
         self.replication_pending && self.role == Role::Leader
+            || self.snapshot_to_install.is_some()
+            || self.membership != self.last_membership
             || self.reads.has_open()
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
@@ -557,7 +1004,13 @@ impl RaftNode {
 
         let hard_state = self.hard_state();
         let role_state = self.role_state();
+        let membership = (self.membership != self.last_membership).then(|| {
+            self.last_membership = self.membership.clone();
+            self.membership.clone()
+        });
         let ready = Ready {
+            snapshot_to_install: self.snapshot_to_install.take(),
+            membership,
             number,
             role_state: (role_state != self.last_role_state).then_some(role_state),
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),
@@ -624,12 +1077,32 @@ fn describe_leader(leader: Option<NodeId>) -> alloc::string::String {
 /// Rejects a restored state whose log and hard state contradict each other, which only
 /// corrupt or mismatched data can produce.
 fn check_restored_state(restored: &RestoredState) -> Result<(), NewNodeError> {
-    let mut previous_term = Term(0);
+    let (base_index, base_term) = match &restored.snapshot {
+        Some(snapshot) => (snapshot.index, snapshot.term),
+        None => (LogIndex(0), Term(0)),
+    };
+    if let Some(snapshot) = &restored.snapshot {
+        if base_index.0 == 0 || snapshot.membership.check().is_err() {
+            return Err(NewNodeError::InconsistentState {
+                reason: "the snapshot has index 0 or an invalid membership",
+                index: base_index.0,
+            });
+        }
+    }
+    let mut previous_term = base_term;
     for (offset, entry) in restored.entries.iter().enumerate() {
-        let expected_index = offset as u64 + 1;
+        let expected_index = base_index.0 + offset as u64 + 1;
+        if entry.kind == EntryKind::MembershipChange
+            && MembershipChangeEntry::decode(&entry.data).is_err()
+        {
+            return Err(NewNodeError::InconsistentState {
+                reason: "a membership change entry is unreadable",
+                index: expected_index,
+            });
+        }
         if entry.index.0 != expected_index {
             return Err(NewNodeError::InconsistentState {
-                reason: "log indexes are not contiguous from 1",
+                reason: "log indexes are not contiguous from the snapshot's index",
                 index: expected_index,
             });
         }
@@ -644,7 +1117,7 @@ fn check_restored_state(restored: &RestoredState) -> Result<(), NewNodeError> {
     if previous_term > restored.hard_state.term {
         return Err(NewNodeError::InconsistentState {
             reason: "the last log term is newer than the stored term",
-            index: restored.entries.len() as u64,
+            index: base_index.0 + restored.entries.len() as u64,
         });
     }
     // A commit index past the durable log is not an error: the commit index is a hint that

@@ -14,6 +14,10 @@ pub enum ReplicationState {
     /// The follower's log matches up to `match_index`: entries stream ahead of
     /// acknowledgements, bounded by the in-flight window.
     Replicate,
+    /// The follower needs entries the leader has compacted away; the runtime is sending it
+    /// the snapshot at `pending_snapshot_index`, and nothing else goes out until the
+    /// follower acknowledges it or the runtime reports the transfer failed.
+    Snapshot,
 }
 
 /// One `AppendEntries` that has not been acknowledged yet.
@@ -46,6 +50,8 @@ pub struct Progress {
     pub read_round_acked: u64,
     /// Highest commit index sent to this follower.
     pub commit_sent: LogIndex,
+    /// In `Snapshot`: the index of the snapshot being sent.
+    pub pending_snapshot_index: LogIndex,
     inflight: VecDeque<InflightMessage>,
     inflight_bytes: u64,
 }
@@ -62,6 +68,7 @@ impl Progress {
             recent_active: false,
             read_round_acked: 0,
             commit_sent: LogIndex(0),
+            pending_snapshot_index: LogIndex(0),
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }
@@ -81,6 +88,7 @@ impl Progress {
     pub(crate) fn can_send(&self, max_inflight_messages: usize, max_inflight_bytes: u64) -> bool {
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
+            ReplicationState::Snapshot => false,
             ReplicationState::Replicate => {
                 self.inflight.len() < max_inflight_messages
                     && self.inflight_bytes < max_inflight_bytes
@@ -91,7 +99,7 @@ impl Progress {
     /// Records an `AppendEntries` whose last entry is `last_index`, `bytes` long in all.
     pub(crate) fn record_sent(&mut self, last_index: LogIndex, bytes: u64) {
         match self.state {
-            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Probe | ReplicationState::Snapshot => self.probe_sent = true,
             ReplicationState::Replicate => {
                 self.inflight
                     .push_back(InflightMessage { last_index, bytes });
@@ -130,12 +138,29 @@ impl Progress {
         self.clear_inflight();
     }
 
+    /// Waits for the follower to install the snapshot at `index`.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ReplicationState::Snapshot;
+        self.pending_snapshot_index = index;
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
     /// Switches back to one message at a time, resuming at `next_index`.
     pub(crate) fn become_probe(&mut self, next_index: LogIndex) {
         self.state = ReplicationState::Probe;
         self.next_index = next_index.max(self.match_index.next());
         self.probe_sent = false;
         self.clear_inflight();
+    }
+
+    /// Starts over from `match_index` after the follower showed it lost entries it had
+    /// acknowledged (its data directory was wiped, for instance).
+    pub(crate) fn restart_after_data_loss(&mut self, match_index: LogIndex) {
+        self.match_index = match_index;
+        self.commit_sent = self.commit_sent.min(match_index);
+        self.lost_acknowledged_entries = true;
+        self.become_probe(match_index.next());
     }
 
     /// Treats the oldest in-flight message as lost, freeing its share of the window.

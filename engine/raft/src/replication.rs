@@ -5,9 +5,9 @@
 use alloc::vec::Vec;
 
 use crate::message::{AppendOutcome, MessageBody};
-use crate::node::{RaftNode, Rejection, Role};
+use crate::node::{RaftNode, Rejection, Role, SnapshotInstall};
 use crate::progress::ReplicationState;
-use crate::types::{Entry, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryKind, LogIndex, MembershipChangeEntry, NodeId, SnapshotMeta, Term};
 
 impl RaftNode {
     /// Follower side of `AppendEntries`, after the term check made `from` the leader.
@@ -72,19 +72,107 @@ impl RaftNode {
             if conflict_index <= self.log.last_index() {
                 tracing::debug!(node = %self.id, leader = %from, %conflict_index, last_index = %self.log.last_index(), "truncating conflicting entries");
                 self.log.truncate_from(conflict_index);
+                self.membership_log.truncate_from(conflict_index);
             }
+            let mut appended_through = conflict_index.prev();
+            let mut malformed = false;
             for entry in entries.into_iter().skip(first_new) {
+                if entry.kind == EntryKind::MembershipChange {
+                    let Ok(decoded) = MembershipChangeEntry::decode(&entry.data) else {
+                        // The log stays a valid prefix of the leader's: entries stop here.
+                        malformed = true;
+                        break;
+                    };
+                    self.membership_log.push(entry.index, decoded.membership);
+                }
+                appended_through = entry.index;
                 self.log.append(entry);
+            }
+            self.refresh_membership();
+            if malformed {
+                self.log.commit_to(leader_commit.min(appended_through));
+                self.send(
+                    from,
+                    MessageBody::AppendEntriesResponse {
+                        outcome: AppendOutcome::Accepted {
+                            match_index: appended_through,
+                        },
+                    },
+                );
+                return self.reject_malformed(
+                    "AppendEntries",
+                    "a membership change entry is unreadable",
+                    from,
+                );
             }
         }
 
         self.log.commit_to(leader_commit.min(last_new_index));
+        if self.catching_up {
+            self.catch_up_target = Some(leader_commit);
+            self.check_caught_up();
+        }
         self.send(
             from,
             MessageBody::AppendEntriesResponse {
                 outcome: AppendOutcome::Accepted {
                     match_index: last_new_index,
                 },
+            },
+        );
+        Ok(())
+    }
+
+    /// Follower side of `InstallSnapshot`, after the term check made `from` the leader. The
+    /// runtime holds the snapshot's bytes durably already.
+    pub(crate) fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        snapshot: SnapshotMeta,
+    ) -> Result<(), Rejection> {
+        if snapshot.index.0 == 0 || snapshot.term.0 == 0 {
+            return self.reject_malformed("InstallSnapshot", "snapshot at index or term 0", from);
+        }
+        if snapshot.term > term {
+            return self.reject_malformed(
+                "InstallSnapshot",
+                "snapshot term newer than the message's term",
+                from,
+            );
+        }
+        if let Err(reason) = snapshot.membership.check() {
+            return self.reject_malformed("InstallSnapshot", reason, from);
+        }
+        let committed = self.log.committed();
+        if snapshot.index <= committed {
+            // Everything the snapshot holds is committed here already.
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    outcome: AppendOutcome::Accepted {
+                        match_index: committed,
+                    },
+                },
+            );
+            return Ok(());
+        }
+        let log_kept = self.log.install_snapshot(snapshot.index, snapshot.term);
+        self.membership_log
+            .reset(snapshot.membership.clone(), snapshot.index, log_kept);
+        self.refresh_membership();
+        tracing::info!(node = %self.id, leader = %from, index = %snapshot.index, term = %snapshot.term, log_kept, "installing snapshot");
+        self.latest_snapshot = Some(snapshot.clone());
+        let match_index = snapshot.index;
+        self.snapshot_to_install = Some(SnapshotInstall { snapshot, log_kept });
+        if self.catching_up {
+            self.catch_up_target = Some(match_index);
+            self.check_caught_up();
+        }
+        self.send(
+            from,
+            MessageBody::AppendEntriesResponse {
+                outcome: AppendOutcome::Accepted { match_index },
             },
         );
         Ok(())
@@ -100,7 +188,19 @@ impl RaftNode {
         // The leader never sends a commit index beyond what this follower's log is known to
         // match. Capping at the last index only keeps a faulty peer from pushing the commit
         // index past the end of the log; it cannot detect a commit index that does not match.
-        self.log.commit_to(leader_commit.min(self.log.last_index()));
+        let last_index = self.log.last_index();
+        self.log.commit_to(leader_commit.min(last_index));
+        if leader_commit > last_index {
+            // The leader sends a commit index only up to where it knows this log matches, so
+            // this log lost entries it acknowledged in this term.
+            tracing::warn!(node = %self.id, leader = %from, %leader_commit, %last_index, "the leader counts entries this replica no longer has; asking it to replicate them again");
+            self.send(
+                from,
+                MessageBody::AppendEntriesResponse {
+                    outcome: AppendOutcome::LostEntries { last_index },
+                },
+            );
+        }
         self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
 
@@ -128,8 +228,14 @@ impl RaftNode {
                     );
                 }
                 let advanced = progress.record_accepted(match_index);
-                if progress.state == ReplicationState::Probe {
-                    progress.become_replicate();
+                match progress.state {
+                    ReplicationState::Probe => progress.become_replicate(),
+                    ReplicationState::Snapshot
+                        if progress.match_index >= progress.pending_snapshot_index =>
+                    {
+                        progress.become_replicate();
+                    }
+                    ReplicationState::Snapshot | ReplicationState::Replicate => {}
                 }
                 let caught_up = progress.match_index == last_index;
                 self.replication_pending = true;
@@ -147,6 +253,20 @@ impl RaftNode {
                 hint_index,
                 hint_term,
             } => self.handle_append_rejected(from, rejected_prev_index, hint_index, hint_term),
+            AppendOutcome::LostEntries {
+                last_index: follower_last,
+            } => {
+                if follower_last >= progress.match_index {
+                    return self.ignore_stale_response("AppendEntriesResponse");
+                }
+                self.stats.rejections_of_acknowledged_entries += 1;
+                tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %follower_last, "follower lost entries it acknowledged; replicating to it again from the start");
+                // Nothing of the follower's remaining log is known to match any more.
+                progress.restart_after_data_loss(LogIndex(0));
+                progress.become_probe(follower_last.next());
+                self.replication_pending = true;
+                Ok(())
+            }
         }
     }
 
@@ -166,6 +286,8 @@ impl RaftNode {
             // Only the response to the single outstanding probe counts.
             ReplicationState::Probe => rejected_prev_index != progress.next_index.prev(),
             ReplicationState::Replicate => rejected_prev_index <= progress.match_index,
+            // The snapshot's acknowledgement is awaited; older answers no longer apply.
+            ReplicationState::Snapshot => true,
         };
         if stale || rejected_prev_index >= progress.next_index {
             return self.ignore_stale_response("AppendEntriesResponse");
@@ -188,15 +310,13 @@ impl RaftNode {
         let next_index = match_candidate.next().max(progress.match_index.next());
         if progress.state == ReplicationState::Probe && next_index >= progress.next_index {
             // The follower rejects the entry just above its acknowledged match index, so it
-            // lost entries it had reported durable. Probing again at once would bounce the
-            // same rejection back and forth; the next heartbeat response retries instead.
-            // TODO: replicate again from the follower's actual log once a replica that lost
-            // its data may rejoin; until then such a follower stays behind.
+            // lost entries it had reported durable. None of its log is known to match any
+            // more; replication starts over below its hint.
             self.stats.rejections_of_acknowledged_entries += 1;
-            if !progress.lost_acknowledged_entries {
-                progress.lost_acknowledged_entries = true;
-                tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable; it lost data and stays behind");
-            }
+            tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable; replicating to it again from the start");
+            progress.restart_after_data_loss(LogIndex(0));
+            progress.become_probe(match_candidate.next());
+            self.replication_pending = true;
             return Ok(());
         }
         progress.become_probe(next_index);
@@ -225,6 +345,8 @@ impl RaftNode {
                 // index sent makes the follower reject it if so, which restarts replication
                 // from its match index; a full window first gives up its oldest message,
                 // so that the check can go out at all.
+                // The runtime reports how the transfer ends.
+                ReplicationState::Snapshot => {}
                 ReplicationState::Replicate => {
                     if !progress.can_send(
                         self.config.max_inflight_messages,
@@ -319,6 +441,17 @@ impl RaftNode {
         if self.membership.quorum() == 1 {
             self.reads.confirm_open(&mut self.read_states);
         }
+        if !self.membership.voters.contains(&self.id)
+            && self
+                .membership_log
+                .last_change_index()
+                .is_none_or(|index| index <= self.log.committed())
+        {
+            // The change that removed this leader committed: it has replicated the change
+            // far enough, and the remaining voters elect a leader among themselves.
+            tracing::info!(node = %self.id, term = %self.term, "removed from the voters; stepping down");
+            self.become_follower(self.term, None);
+        }
     }
 
     /// Builds the messages every follower needs: entries within its window, else the
@@ -338,6 +471,10 @@ impl RaftNode {
             return;
         }
         self.replication_pending = false;
+        self.maybe_promote_learners();
+        if self.role != Role::Leader {
+            return;
+        }
 
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -384,10 +521,15 @@ impl RaftNode {
             progress.gap_check_pending = false;
             let prev_log_index = progress.next_index.prev();
             let Some(prev_log_term) = self.log.term(prev_log_index) else {
-                // TODO: send a snapshot once log compaction exists; until then the log
-                // keeps every entry and this cannot happen.
-                tracing::warn!(node = %self.id, follower = %peer, %prev_log_index, "entries needed by follower are not in the log");
-                return sent;
+                // The entries the follower needs were compacted into a snapshot.
+                let Some(snapshot) = self.latest_snapshot.clone() else {
+                    tracing::warn!(node = %self.id, follower = %peer, %prev_log_index, "entries needed by follower are not in the log and no snapshot is stored");
+                    return sent;
+                };
+                tracing::info!(node = %self.id, follower = %peer, next_index = %progress.next_index, snapshot_index = %snapshot.index, "follower needs compacted entries; sending the snapshot");
+                progress.become_snapshot(snapshot.index);
+                self.send(peer, MessageBody::InstallSnapshot { snapshot });
+                return true;
             };
             let (entries, bytes) = self.log.entries_for_message(
                 progress.next_index,

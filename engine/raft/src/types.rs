@@ -1,5 +1,6 @@
 //! Identifiers and the values the core persists: node ids, terms, log indexes, entries,
-//! hard state and the membership of a group.
+//! hard state, the membership of a group, the changes to it, and the description of a
+//! snapshot.
 
 use alloc::collections::BTreeSet;
 use bytes::Bytes;
@@ -74,8 +75,9 @@ pub enum EntryKind {
     /// The empty entry a new leader appends so that it can commit an entry of its own term
     /// (and with it every earlier entry) without waiting for a client write.
     LeaderNoop,
-    // Configuration-change entries will be a third kind; `Membership` already describes
-    // the configuration they will carry.
+    /// A change to the group's membership, encoded by [`MembershipChangeEntry::encode`].
+    /// It takes effect on every replica as soon as it is appended, not when it commits.
+    MembershipChange,
 }
 
 /// One log entry.
@@ -119,6 +121,9 @@ pub struct HardState {
 pub struct Membership {
     pub voters: BTreeSet<NodeId>,
     pub learners: BTreeSet<NodeId>,
+    /// Learners that the leader promotes to voters once they are caught up. A subset of
+    /// `learners`.
+    pub promote_when_caught_up: BTreeSet<NodeId>,
 }
 
 impl Membership {
@@ -127,7 +132,84 @@ impl Membership {
         Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
+            promote_when_caught_up: BTreeSet::new(),
         }
+    }
+
+    /// A membership of the given voters and learners.
+    pub fn with_voters_and_learners(
+        voters: impl IntoIterator<Item = NodeId>,
+        learners: impl IntoIterator<Item = NodeId>,
+    ) -> Membership {
+        let mut membership = Membership::with_voters(voters);
+        membership.learners = learners.into_iter().collect();
+        membership
+    }
+
+    /// Checks the shape every membership must have: at least one voter, no node 0, no
+    /// node in two roles, and only learners marked for promotion.
+    ///
+    /// # Errors
+    ///
+    /// Returns the rule the membership breaks.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.voters.is_empty() {
+            return Err("membership without voters");
+        }
+        if self.members().any(|node| node.0 == 0) {
+            return Err("membership names node 0");
+        }
+        if !self.voters.is_disjoint(&self.learners) {
+            return Err("membership lists a node as voter and learner");
+        }
+        if !self.promote_when_caught_up.is_subset(&self.learners) {
+            return Err("membership marks a non-learner for promotion");
+        }
+        Ok(())
+    }
+
+    /// The membership after `change`.
+    ///
+    /// # Errors
+    ///
+    /// Returns why the change does not fit this membership: adding a member, promoting a
+    /// node that is not a learner, removing a non-member or the last voter.
+    pub fn apply(&self, change: MembershipChange) -> Result<Membership, InvalidChange> {
+        let mut next = self.clone();
+        match change {
+            MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up,
+            } => {
+                if self.contains(node) {
+                    return Err(InvalidChange::AlreadyMember { node });
+                }
+                next.learners.insert(node);
+                if promote_when_caught_up {
+                    next.promote_when_caught_up.insert(node);
+                }
+            }
+            MembershipChange::Promote { node } => {
+                if !self.learners.contains(&node) {
+                    return Err(InvalidChange::NotALearner { node });
+                }
+                next.learners.remove(&node);
+                next.promote_when_caught_up.remove(&node);
+                next.voters.insert(node);
+            }
+            MembershipChange::Remove { node } => {
+                if !self.contains(node) {
+                    return Err(InvalidChange::NotAMember { node });
+                }
+                if self.voters.contains(&node) && self.voters.len() == 1 {
+                    return Err(InvalidChange::LastVoter { node });
+                }
+                next.voters.remove(&node);
+                next.learners.remove(&node);
+                next.promote_when_caught_up.remove(&node);
+            }
+        }
+        Ok(next)
     }
 
     /// Whether `node` is a voter or a learner.
@@ -144,4 +226,214 @@ impl Membership {
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.iter().chain(self.learners.iter()).copied()
     }
+}
+
+/// One change to a group's membership. Changes add or remove one node at a time, so that
+/// every majority of the old voters overlaps every majority of the new ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MembershipChange {
+    /// Adds `node` as a learner. With `promote_when_caught_up`, the leader promotes it to a
+    /// voter once its log is within `Config::promote_lag_entries_max` of the leader's.
+    AddLearner {
+        node: NodeId,
+        promote_when_caught_up: bool,
+    },
+    /// Makes the learner `node` a voter.
+    Promote { node: NodeId },
+    /// Removes the voter or learner `node`.
+    Remove { node: NodeId },
+}
+
+impl MembershipChange {
+    /// The node the change is about.
+    pub fn node(&self) -> NodeId {
+        match *self {
+            MembershipChange::AddLearner { node, .. }
+            | MembershipChange::Promote { node }
+            | MembershipChange::Remove { node } => node,
+        }
+    }
+}
+
+impl fmt::Display for MembershipChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up: true,
+            } => write!(f, "add {node} as a learner, to be promoted once caught up"),
+            MembershipChange::AddLearner { node, .. } => write!(f, "add {node} as a learner"),
+            MembershipChange::Promote { node } => write!(f, "promote {node} to voter"),
+            MembershipChange::Remove { node } => write!(f, "remove {node}"),
+        }
+    }
+}
+
+/// Why a membership change does not fit the current membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChange {
+    #[error("{node} is already a member of the group")]
+    AlreadyMember { node: NodeId },
+    #[error("{node} is not a learner of the group; add it as a learner first")]
+    NotALearner { node: NodeId },
+    #[error("{node} is not a member of the group")]
+    NotAMember { node: NodeId },
+    #[error("{node} is the group's last voter; add another voter before removing it")]
+    LastVoter { node: NodeId },
+}
+
+/// The data of a [`EntryKind::MembershipChange`] entry: the change, the membership it
+/// results in, and bytes of the runtime's own (a new member's addresses, for instance) that
+/// the core stores and replicates without reading them.
+///
+/// The entry carries the whole resulting membership, not only the change, so that a
+/// replica adopts it whatever membership it started from: a node that joins later starts
+/// from its own config, not from the group's first membership.
+///
+/// Encoding, integers little-endian:
+///
+/// ```text
+/// version         u8   MEMBERSHIP_CHANGE_VERSION
+/// kind            u8   0 add learner, 1 promote, 2 remove
+/// node            u64
+/// flags           u8   bit 0: promote when caught up (add learner only)
+/// voters          u32 count, then count u64 ids, ascending
+/// learners        u32 count, then count u64 ids, ascending
+/// to promote      u32 count, then count u64 ids, ascending, a subset of the learners
+/// context         the remaining bytes
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipChangeEntry {
+    pub change: MembershipChange,
+    /// The membership after the change.
+    pub membership: Membership,
+    pub context: Bytes,
+}
+
+/// The encoding version of [`MembershipChangeEntry`] this build writes and reads.
+pub const MEMBERSHIP_CHANGE_VERSION: u8 = 1;
+
+const MEMBERSHIP_CHANGE_HEADER_BYTES: usize = 1 + 1 + 8 + 1;
+
+impl MembershipChangeEntry {
+    /// The entry data for this change.
+    pub fn encode(&self) -> Bytes {
+        let (kind, node, flags) = match self.change {
+            MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up,
+            } => (0u8, node, u8::from(promote_when_caught_up)),
+            MembershipChange::Promote { node } => (1, node, 0),
+            MembershipChange::Remove { node } => (2, node, 0),
+        };
+        let sets = [
+            &self.membership.voters,
+            &self.membership.learners,
+            &self.membership.promote_when_caught_up,
+        ];
+        let ids: usize = sets.iter().map(|set| set.len()).sum();
+        let mut data = alloc::vec::Vec::with_capacity(
+            MEMBERSHIP_CHANGE_HEADER_BYTES + 3 * 4 + 8 * ids + self.context.len(),
+        );
+        data.push(MEMBERSHIP_CHANGE_VERSION);
+        data.push(kind);
+        data.extend_from_slice(&node.0.to_le_bytes());
+        data.push(flags);
+        for set in sets {
+            data.extend_from_slice(&(set.len() as u32).to_le_bytes());
+            for id in set {
+                data.extend_from_slice(&id.0.to_le_bytes());
+            }
+        }
+        data.extend_from_slice(&self.context);
+        Bytes::from(data)
+    }
+
+    /// Reads the data of a membership-change entry.
+    ///
+    /// # Errors
+    ///
+    /// Returns what is wrong with the bytes; never panics on any input.
+    pub fn decode(data: &Bytes) -> Result<MembershipChangeEntry, &'static str> {
+        if data.len() < MEMBERSHIP_CHANGE_HEADER_BYTES {
+            return Err("membership change shorter than its header");
+        }
+        if data[0] != MEMBERSHIP_CHANGE_VERSION {
+            return Err("membership change of an unknown encoding version");
+        }
+        let node = NodeId(read_u64(&data[2..10]));
+        if node.0 == 0 {
+            return Err("membership change names node 0");
+        }
+        let flags = data[10];
+        if flags > 1 {
+            return Err("membership change with unknown flags");
+        }
+        let change = match data[1] {
+            0 => MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up: flags == 1,
+            },
+            1 if flags == 0 => MembershipChange::Promote { node },
+            2 if flags == 0 => MembershipChange::Remove { node },
+            1 | 2 => return Err("membership change with flags its kind does not take"),
+            _ => return Err("membership change of an unknown kind"),
+        };
+        let mut offset = MEMBERSHIP_CHANGE_HEADER_BYTES;
+        let mut sets: [BTreeSet<NodeId>; 3] = Default::default();
+        for set in &mut sets {
+            let count_bytes = data
+                .get(offset..offset + 4)
+                .ok_or("membership change cut off in a member count")?;
+            let count = u32::from_le_bytes([
+                count_bytes[0],
+                count_bytes[1],
+                count_bytes[2],
+                count_bytes[3],
+            ]) as usize;
+            offset += 4;
+            let ids_end = count
+                .checked_mul(8)
+                .and_then(|bytes| bytes.checked_add(offset))
+                .filter(|end| *end <= data.len())
+                .ok_or("membership change cut off in a member list")?;
+            let mut previous = 0u64;
+            for chunk in data[offset..ids_end].chunks_exact(8) {
+                let id = read_u64(chunk);
+                if id <= previous {
+                    return Err("membership change with member ids not ascending or 0");
+                }
+                previous = id;
+                set.insert(NodeId(id));
+            }
+            offset = ids_end;
+        }
+        let [voters, learners, promote_when_caught_up] = sets;
+        let membership = Membership {
+            voters,
+            learners,
+            promote_when_caught_up,
+        };
+        membership.check()?;
+        Ok(MembershipChangeEntry {
+            change,
+            membership,
+            context: data.slice(offset..),
+        })
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut array = [0u8; 8];
+    array.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(array)
+}
+
+/// What a snapshot covers: the last entry whose effect it contains, and the membership in
+/// force at that entry. The state machine's bytes travel beside it, through the runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: LogIndex,
+    pub term: Term,
+    pub membership: Membership,
 }

@@ -61,6 +61,7 @@ const KIND_TRUNCATE: u8 = 3;
 const KIND_COMPACT: u8 = 4;
 
 const ENTRY_FLAG_LEADER_NOOP: u8 = 1;
+const ENTRY_FLAG_MEMBERSHIP_CHANGE: u8 = 2;
 
 /// Bytes of the vote payload of a hard state record: the voted-for node id, 0 for none.
 const HARD_STATE_PAYLOAD_BYTES: usize = 8;
@@ -219,6 +220,7 @@ pub fn encode_entry(group: GroupId, entry: &Entry, out: &mut Vec<u8>) {
     let flags = match entry.kind {
         EntryKind::Normal => 0,
         EntryKind::LeaderNoop => ENTRY_FLAG_LEADER_NOOP,
+        EntryKind::MembershipChange => ENTRY_FLAG_MEMBERSHIP_CHANGE,
     };
     let fixed = fixed_body(KIND_ENTRY, flags, group, entry.term, entry.index);
     push_record(out, &fixed, &entry.data);
@@ -392,6 +394,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Record, usize), FormatError> {
 fn entry_kind(flags: u8) -> EntryKind {
     if flags & ENTRY_FLAG_LEADER_NOOP != 0 {
         EntryKind::LeaderNoop
+    } else if flags & ENTRY_FLAG_MEMBERSHIP_CHANGE != 0 {
+        EntryKind::MembershipChange
     } else {
         EntryKind::Normal
     }

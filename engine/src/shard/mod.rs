@@ -709,6 +709,7 @@ async fn restored_state(log: &Log, group: GroupId) -> Result<RestoredState, Node
         .await?;
     Ok(RestoredState {
         hard_state: state.hard_state,
+        snapshot: None,
         entries,
         applied: shardraft_raft::LogIndex(0),
     })

@@ -9,11 +9,14 @@
 //! range checks into a core [`Message`]. Entry payloads become slices of the frame's
 //! buffer, so they are not copied again.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 use shardraft_raft::{
-    AppendOutcome, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, Term,
+    AppendOutcome, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId,
+    SnapshotMeta, Term,
 };
 
 use crate::log::GroupId;
@@ -81,13 +84,23 @@ pub enum WireBody {
         read_round: Option<u64>,
     },
     TimeoutNow,
+    InstallSnapshot {
+        index: u64,
+        term: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        promote_when_caught_up: Vec<u64>,
+    },
+    AppendLostEntries {
+        last_index: u64,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WireEntry {
     pub term: u64,
     pub index: u64,
-    /// 0 for a normal entry, 1 for a leader's no-op.
+    /// 0 for a normal entry, 1 for a leader's no-op, 2 for a membership change.
     pub kind: u8,
     pub data: Vec<u8>,
 }
@@ -104,6 +117,8 @@ pub enum WireError {
     ZeroNodeId { field: &'static str },
     #[error("unknown entry kind {found}")]
     UnknownEntryKind { found: u8 },
+    #[error("invalid snapshot membership: {reason}")]
+    InvalidMembership { reason: &'static str },
     #[error("failed to encode a frame: {reason}")]
     Encode { reason: String },
 }
@@ -189,6 +204,16 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
                 hint_index: hint_index.0,
                 hint_term: hint_term.0,
             },
+            AppendOutcome::LostEntries { last_index } => WireBody::AppendLostEntries {
+                last_index: last_index.0,
+            },
+        },
+        MessageBody::InstallSnapshot { snapshot } => WireBody::InstallSnapshot {
+            index: snapshot.index.0,
+            term: snapshot.term.0,
+            voters: ids_to_wire(&snapshot.membership.voters),
+            learners: ids_to_wire(&snapshot.membership.learners),
+            promote_when_caught_up: ids_to_wire(&snapshot.membership.promote_when_caught_up),
         },
         MessageBody::Heartbeat {
             leader_commit,
@@ -211,6 +236,18 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
     }
 }
 
+fn ids_to_wire(ids: &BTreeSet<NodeId>) -> Vec<u64> {
+    ids.iter().map(|id| id.0).collect()
+}
+
+fn ids_from_wire(
+    ids: &rkyv::vec::ArchivedVec<rkyv::rend::u64_le>,
+) -> Result<BTreeSet<NodeId>, WireError> {
+    ids.iter()
+        .map(|id| node_id(id.to_native(), "snapshot membership"))
+        .collect()
+}
+
 fn entry_to_wire(entry: &Entry) -> WireEntry {
     WireEntry {
         term: entry.term.0,
@@ -218,6 +255,7 @@ fn entry_to_wire(entry: &Entry) -> WireEntry {
         kind: match entry.kind {
             EntryKind::Normal => 0,
             EntryKind::LeaderNoop => 1,
+            EntryKind::MembershipChange => 2,
         },
         data: entry.data.to_vec(),
     }
@@ -311,6 +349,34 @@ fn from_wire(message: &ArchivedWireMessage, frame: &Bytes) -> Result<GroupMessag
             read_round: read_round.as_ref().map(|round| round.to_native()),
         },
         ArchivedWireBody::TimeoutNow => MessageBody::TimeoutNow,
+        ArchivedWireBody::AppendLostEntries { last_index } => MessageBody::AppendEntriesResponse {
+            outcome: AppendOutcome::LostEntries {
+                last_index: LogIndex(last_index.to_native()),
+            },
+        },
+        ArchivedWireBody::InstallSnapshot {
+            index,
+            term,
+            voters,
+            learners,
+            promote_when_caught_up,
+        } => {
+            let membership = Membership {
+                voters: ids_from_wire(voters)?,
+                learners: ids_from_wire(learners)?,
+                promote_when_caught_up: ids_from_wire(promote_when_caught_up)?,
+            };
+            membership
+                .check()
+                .map_err(|reason| WireError::InvalidMembership { reason })?;
+            MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    index: LogIndex(index.to_native()),
+                    term: Term(term.to_native()),
+                    membership,
+                },
+            }
+        }
     };
     Ok(GroupMessage {
         group: GroupId(message.group.to_native()),
@@ -327,6 +393,7 @@ fn entry_from_wire(entry: &ArchivedWireEntry, frame: &Bytes) -> Result<Entry, Wi
     let kind = match entry.kind {
         0 => EntryKind::Normal,
         1 => EntryKind::LeaderNoop,
+        2 => EntryKind::MembershipChange,
         found => return Err(WireError::UnknownEntryKind { found }),
     };
     Ok(Entry {
@@ -397,6 +464,31 @@ mod tests {
             },
             MessageBody::HeartbeatResponse { read_round: None },
             MessageBody::TimeoutNow,
+            MessageBody::AppendEntriesResponse {
+                outcome: AppendOutcome::LostEntries {
+                    last_index: LogIndex(2),
+                },
+            },
+            MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    index: LogIndex(40),
+                    term: Term(2),
+                    membership: Membership {
+                        voters: [NodeId(1), NodeId(2)].into(),
+                        learners: [NodeId(3), NodeId(4)].into(),
+                        promote_when_caught_up: [NodeId(4)].into(),
+                    },
+                },
+            },
+            MessageBody::AppendEntries {
+                prev_log_index: LogIndex(5),
+                prev_log_term: Term(2),
+                entries: vec![Entry {
+                    kind: EntryKind::MembershipChange,
+                    ..entry(6, b"change")
+                }],
+                leader_commit: LogIndex(5),
+            },
         ];
         bodies
             .into_iter()

@@ -884,7 +884,7 @@ impl Simulation {
                         }));
                     }
                 },
-                EntryKind::LeaderNoop => None,
+                EntryKind::LeaderNoop | EntryKind::MembershipChange => None,
             };
             let waiters = self.nodes[node]
                 .write_waiters
