@@ -30,8 +30,9 @@ use std::fmt;
 
 use bytes::Bytes;
 use shardraft_raft::{
-    Config, Entry, HardState, LogIndex, Membership, Message, NodeId, ProposalId, RaftNode,
-    ReadState, Ready, ReadyNumber, Rejection, RestoredState, Role, Term,
+    Config, Entry, HardState, LogIndex, Membership, Message, MessageBody, NodeId, ProposalId,
+    RaftNode, ReadState, Ready, ReadyNumber, Rejection, RestoredState, Role, SnapshotInstall,
+    SnapshotMeta, SnapshotTransfer, Term,
 };
 
 /// Upper bound on ready-and-deliver rounds in one [`Cluster::stabilize`]. Without ticks a
@@ -42,13 +43,39 @@ const MAX_STABILIZE_ROUNDS: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableState {
     pub hard_state: HardState,
-    /// The stored log, contiguous from index 1.
+    /// The newest snapshot stored; the state machine's bytes are kept by whoever drives
+    /// the replica.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Index of the entry just before `entries[0]`: the last index compacted away, or 0.
+    pub base_index: LogIndex,
+    /// Term of the entry at `base_index`.
+    pub base_term: Term,
+    /// The stored log, contiguous from `base_index + 1`.
     pub entries: Vec<Entry>,
 }
 
 impl DurableState {
-    /// Writes one batch: the hard state if set, then the entries after dropping every
-    /// stored entry at or after `entries[0].index`.
+    /// Index of the last stored entry, or the base when none is stored.
+    pub fn last_index(&self) -> LogIndex {
+        self.base_index.plus(self.entries.len() as u64)
+    }
+
+    /// The stored entry at `index`, if it is stored.
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let offset = index.0.checked_sub(self.base_index.0 + 1)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    /// The term of the entry at `index`, the base included.
+    pub fn term(&self, index: LogIndex) -> Option<Term> {
+        if index == self.base_index {
+            return Some(self.base_term);
+        }
+        self.entry(index).map(|entry| entry.term)
+    }
+
+    /// Writes one batch: the hard state if set, a snapshot install if set, then the
+    /// entries after dropping every stored entry at or after `entries[0].index`.
     ///
     /// # Panics
     ///
@@ -61,36 +88,105 @@ impl DurableState {
         let Some(first) = entries.first() else {
             return;
         };
-        let keep = first.index.0 - 1;
+        assert!(
+            first.index > self.base_index,
+            "batch starts at {} inside the compacted prefix ending at {}",
+            first.index,
+            self.base_index
+        );
+        let keep = first.index.0 - 1 - self.base_index.0;
         assert!(
             keep <= self.entries.len() as u64,
             "batch starts at {} but the stored log ends at index {}",
             first.index,
-            self.entries.len()
+            self.last_index()
         );
         self.entries.truncate(keep as usize);
         for entry in entries {
             assert_eq!(
-                entry.index.0,
-                self.entries.len() as u64 + 1,
+                entry.index,
+                self.last_index().next(),
                 "batch entries are not contiguous"
             );
             self.entries.push(entry.clone());
         }
     }
 
-    /// Returns the state to restart from, with `applied` at 0 so that the state machine
-    /// is rebuilt from the log.
-    pub fn to_restored(&self) -> RestoredState {
-        RestoredState {
-            hard_state: self.hard_state,
-            snapshot: None,
-            entries: self.entries.clone(),
-            applied: LogIndex(0),
+    /// Drops the stored entries up to and including `through`, which a stored snapshot
+    /// covers.
+    pub fn compact(&mut self, through: LogIndex) {
+        if through <= self.base_index {
+            return;
+        }
+        let Some(term) = self.term(through) else {
+            return;
+        };
+        let drop = (through.0 - self.base_index.0) as usize;
+        self.entries.drain(..drop);
+        self.base_index = through;
+        self.base_term = term;
+    }
+
+    /// Makes the log start after the snapshot `install` names, as a runtime does for
+    /// [`Ready::snapshot_to_install`]: compacted through its index when the core kept the
+    /// entries above it, emptied otherwise.
+    pub fn install(&mut self, install: &SnapshotInstall) {
+        let snapshot = &install.snapshot;
+        if install.log_kept {
+            self.compact(snapshot.index);
+        } else {
+            self.entries.clear();
+            self.base_index = snapshot.index;
+            self.base_term = snapshot.term;
         }
     }
 
-    /// Returns the terms of the stored log, index 1 first.
+    /// Records a snapshot the runtime stored durably, unless an equal or newer one is
+    /// stored already.
+    pub fn store_snapshot(&mut self, snapshot: SnapshotMeta) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_none_or(|stored| snapshot.index > stored.index)
+        {
+            self.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Returns the state to restart from, with `applied` at the snapshot's index (0
+    /// without one) so that the state machine is rebuilt from the snapshot and the log.
+    ///
+    /// A snapshot may be newer than the log when a crash struck between storing the
+    /// snapshot and writing the log change that follows it. The log then counts only from
+    /// the snapshot on: its entries above the snapshot stay when it holds the snapshot's
+    /// last entry with the same term, and are dropped otherwise.
+    ///
+    /// The storage is brought in line first, as a runtime writes the log change at start.
+    pub fn restore(&mut self) -> RestoredState {
+        if let Some(snapshot) = self.snapshot.clone()
+            && snapshot.index > self.base_index
+        {
+            let matches = self.term(snapshot.index) == Some(snapshot.term);
+            self.install(&SnapshotInstall {
+                snapshot,
+                log_kept: matches,
+            });
+        }
+        let mut hard_state = self.hard_state;
+        let applied = self
+            .snapshot
+            .as_ref()
+            .map_or(LogIndex(0), |snapshot| snapshot.index);
+        hard_state.commit = hard_state.commit.max(applied);
+        RestoredState {
+            hard_state,
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.clone(),
+            applied,
+        }
+    }
+
+    /// Returns the terms of the stored log, from the first stored entry on.
     pub fn terms(&self) -> Vec<u64> {
         self.entries.iter().map(|entry| entry.term.0).collect()
     }
@@ -101,6 +197,8 @@ impl DurableState {
 pub struct PendingWrite {
     pub number: ReadyNumber,
     pub hard_state: Option<HardState>,
+    /// A snapshot install to write before `entries`.
+    pub snapshot: Option<SnapshotInstall>,
     pub entries: Vec<Entry>,
     pub messages_after_persist: Vec<Message>,
 }
@@ -121,6 +219,8 @@ pub struct Replica {
     read_states: Vec<ReadState>,
     dropped_reads: Vec<u64>,
     crash_count: usize,
+    /// The index of the snapshot the state machine was last restored from.
+    snapshot_applied_through: LogIndex,
 }
 
 impl Replica {
@@ -246,8 +346,17 @@ impl ClusterBuilder {
                 }
             }
             let restored = self.restored.get(&id).cloned().unwrap_or_default();
+            let (base_index, base_term) = restored
+                .snapshot
+                .as_ref()
+                .map_or((LogIndex(0), Term(0)), |snapshot| {
+                    (snapshot.index, snapshot.term)
+                });
             let durable = DurableState {
                 hard_state: restored.hard_state,
+                snapshot: restored.snapshot.clone(),
+                base_index,
+                base_term,
                 entries: restored.entries.clone(),
             };
             let node = RaftNode::new(config.clone(), restored)
@@ -265,6 +374,7 @@ impl ClusterBuilder {
                     read_states: Vec::new(),
                     dropped_reads: Vec::new(),
                     crash_count: 0,
+                    snapshot_applied_through: base_index,
                 },
             );
         }
@@ -507,14 +617,19 @@ impl Cluster {
             committed_entries,
             read_states,
             dropped_reads,
-            snapshot_to_install: _,
+            snapshot_to_install,
             membership: _,
         } = ready;
         self.send_all(messages);
+        if let Some(install) = &snapshot_to_install {
+            // The state machine would be restored from the snapshot's bytes here.
+            self.replica_mut(id).snapshot_applied_through = install.snapshot.index;
+        }
 
         let pending = PendingWrite {
             number,
             hard_state,
+            snapshot: snapshot_to_install,
             entries,
             messages_after_persist,
         };
@@ -549,6 +664,9 @@ impl Cluster {
         let mut messages = Vec::new();
         let replica = self.replica_mut(id);
         while let Some(write) = replica.pending_writes.pop_front() {
+            if let Some(install) = &write.snapshot {
+                replica.durable.install(install);
+            }
             replica.durable.write(write.hard_state, &write.entries);
             messages.extend(write.messages_after_persist);
             last_number = Some(write.number);
@@ -579,13 +697,17 @@ impl Cluster {
             }
         }
         let replica = self.replica_mut(id);
-        if let Some(last) = replica.applied.last() {
+        let applied_through = replica
+            .applied
+            .last()
+            .map_or(LogIndex(0), |last| last.index)
+            .max(replica.snapshot_applied_through);
+        if applied_through > LogIndex(0) || !replica.applied.is_empty() {
             assert_eq!(
                 entry.index,
-                last.index.next(),
-                "{id} applied {} after {}",
+                applied_through.next(),
+                "{id} applied {} after {applied_through}",
                 entry.index,
-                last.index
             );
         }
         replica.applied.push(entry.clone());
@@ -656,7 +778,34 @@ impl Cluster {
 
     /// Steps one message into its recipient, unless a fault drops it or the recipient is
     /// down; returns whether it was stepped.
+    ///
+    /// An `InstallSnapshot` stands for the whole transfer of the snapshot: the recipient
+    /// stores the snapshot before its core sees the message, and the sender's core learns
+    /// whether the transfer finished or failed, as runtimes report it.
     pub fn deliver(&mut self, message: Message) -> bool {
+        let snapshot = match &message.body {
+            MessageBody::InstallSnapshot { snapshot } => Some(snapshot.clone()),
+            _ => None,
+        };
+        let delivered = self.step_into_recipient(message.clone(), snapshot.as_ref());
+        if snapshot.is_some() {
+            let outcome = if delivered {
+                SnapshotTransfer::Finished
+            } else {
+                SnapshotTransfer::Failed
+            };
+            if let Some(sender) = self
+                .replicas
+                .get_mut(&message.from)
+                .and_then(|replica| replica.node.as_mut())
+            {
+                sender.report_snapshot(message.to, outcome);
+            }
+        }
+        delivered
+    }
+
+    fn step_into_recipient(&mut self, message: Message, snapshot: Option<&SnapshotMeta>) -> bool {
         if self.network.blocks(&message) {
             return false;
         }
@@ -666,6 +815,9 @@ impl Cluster {
         let Some(node) = replica.node.as_mut() else {
             return false;
         };
+        if let Some(snapshot) = snapshot {
+            replica.durable.store_snapshot(snapshot.clone());
+        }
         let result = node.step(message.clone());
         self.deliveries.push(Delivery { message, result });
         true
@@ -757,9 +909,80 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         let replica = self.replica_mut(NodeId(id));
         assert!(replica.node.is_none(), "node {id} is up; crash it first");
-        let node = RaftNode::new(replica.config.clone(), replica.durable.to_restored())
+        let restored = replica.durable.restore();
+        replica.snapshot_applied_through = restored.applied;
+        let node = RaftNode::new(replica.config.clone(), restored)
             .unwrap_or_else(|error| panic!("node {id} cannot restart: {error}"));
         replica.node = Some(node);
+    }
+
+    /// Wipes node `id`'s storage, as when its data directory is lost. The node must be
+    /// crashed; restart it afterwards to bring it back with an empty disk.
+    pub fn wipe(&mut self, id: u64) {
+        let replica = self.replica_mut(NodeId(id));
+        assert!(replica.node.is_none(), "node {id} is up; crash it first");
+        replica.durable = DurableState::default();
+        replica.snapshot_applied_through = LogIndex(0);
+    }
+
+    /// Adds node `id` to the harness with empty storage, configured as a learner beside
+    /// `voters`, as a fresh machine that is about to join the group. The group learns of it
+    /// only through a membership change.
+    pub fn add_node(&mut self, id: u64, voters: &[u64]) {
+        let membership = Membership::with_voters_and_learners(
+            voters.iter().map(|voter| NodeId(*voter)),
+            [NodeId(id)],
+        );
+        let mut config = Config::new(NodeId(id), membership);
+        if let Some(existing) = self.replicas.values().next() {
+            let template = &existing.config;
+            config.election_timeout_ticks_min = template.election_timeout_ticks_min;
+            config.election_timeout_ticks_max = template.election_timeout_ticks_max;
+            config.heartbeat_interval_ticks = template.heartbeat_interval_ticks;
+            config.pre_vote = template.pre_vote;
+            config.check_quorum = template.check_quorum;
+        }
+        let node = RaftNode::new(config.clone(), RestoredState::default())
+            .unwrap_or_else(|error| panic!("cannot create node {id}: {error}"));
+        self.replicas.insert(
+            NodeId(id),
+            Replica {
+                config,
+                node: Some(node),
+                durable: DurableState::default(),
+                persistence_paused: false,
+                pending_writes: VecDeque::new(),
+                applied: Vec::new(),
+                applied_ever: Vec::new(),
+                read_states: Vec::new(),
+                dropped_reads: Vec::new(),
+                crash_count: 0,
+                snapshot_applied_through: LogIndex(0),
+            },
+        );
+    }
+
+    /// Takes a snapshot of node `id` at its applied index, stores it, and compacts the
+    /// core's and the storage's log up to `keep_entries` entries before it; returns the
+    /// snapshot.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the node is down or the core refuses the snapshot.
+    pub fn snapshot(&mut self, id: u64, keep_entries: u64) -> SnapshotMeta {
+        let replica = self.replica_mut(NodeId(id));
+        let node = replica.node_mut();
+        let applied = node.applied_index();
+        let meta = node
+            .snapshot_meta(applied)
+            .unwrap_or_else(|| panic!("node {id} cannot describe a snapshot at {applied}"));
+        let through = LogIndex(applied.0.saturating_sub(keep_entries));
+        node.compact(meta.clone(), through)
+            .unwrap_or_else(|error| panic!("node {id} refused its snapshot: {error}"));
+        let compacted_through = node.first_index().prev();
+        replica.durable.store_snapshot(meta.clone());
+        replica.durable.compact(compacted_through);
+        meta
     }
 
     // ----- composite steps -----

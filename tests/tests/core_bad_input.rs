@@ -7,8 +7,9 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use shardraft_raft::{
-    AppendOutcome, Config, Entry, EntryKind, HardState, LogIndex, Membership, Message, MessageBody,
-    NodeId, RaftNode, Rejection, RestoredState, Role, Stats, Term,
+    AppendOutcome, Config, Entry, EntryKind, HardState, LogIndex, Membership, MembershipChange,
+    MembershipChangeEntry, Message, MessageBody, NodeId, RaftNode, Rejection, RestoredState, Role,
+    SnapshotMeta, SnapshotTransfer, Stats, Term,
 };
 use shardraft_tests::harness::Cluster;
 
@@ -57,8 +58,19 @@ fn entry(index: u64, term: u64) -> Entry {
 
 #[test]
 fn unknown_sender_rejected_and_counted() {
+    // A vote request from a node outside the membership, with a newer term, changes
+    // nothing: a removed node cannot raise the group's term.
     let mut node = follower_in_term(1);
-    let result = node.step(heartbeat(9, 1, 1));
+    let result = node.step(Message {
+        from: NodeId(9),
+        to: NodeId(1),
+        term: Term(5),
+        body: MessageBody::RequestVote {
+            last_log_index: LogIndex(100),
+            last_log_term: Term(4),
+            leadership_transfer: true,
+        },
+    });
     assert_eq!(
         result,
         Err(Rejection::UnknownSender { from: NodeId(9) }),
@@ -68,6 +80,17 @@ fn unknown_sender_rejected_and_counted() {
     assert_eq!(stats.rejected_unknown_sender, 1, "stats: {stats:?}");
     let term = node.term();
     assert_eq!(term, Term(1), "the term stays");
+}
+
+#[test]
+fn leader_outside_the_membership_is_followed() {
+    // The change that removed a node from this replica's membership may be uncommitted and
+    // about to be replaced by that node's log, so its leader traffic is accepted.
+    let mut node = follower_in_term(1);
+    let result = node.step(heartbeat(9, 1, 2));
+    assert_eq!(result, Ok(()), "result of a heartbeat from node 9");
+    assert_eq!(node.leader(), Some(NodeId(9)));
+    assert_eq!(node.term(), Term(2));
 }
 
 #[test]
@@ -190,6 +213,9 @@ enum Action {
     Propose(usize),
     ReadIndex(usize, u64),
     Transfer(usize, u64),
+    ChangeMembership(usize, u64, u8),
+    Compact(usize),
+    ReportSnapshot(usize, u64, bool),
 }
 
 fn node_id() -> impl Strategy<Value = u64> {
@@ -280,7 +306,74 @@ fn body() -> impl Strategy<Value = MessageBody> {
         }),
         read_round.prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
         Just(MessageBody::TimeoutNow),
+        index().prop_map(|i| MessageBody::AppendEntriesResponse {
+            outcome: AppendOutcome::LostEntries {
+                last_index: LogIndex(i),
+            },
+        }),
+        install_snapshot(),
+        membership_entries(),
     ]
+}
+
+fn membership() -> impl Strategy<Value = Membership> {
+    let ids = || prop::collection::btree_set(node_id().prop_map(NodeId), 0..4);
+    (ids(), ids(), ids()).prop_map(|(voters, learners, promote_when_caught_up)| Membership {
+        voters,
+        learners,
+        promote_when_caught_up,
+    })
+}
+
+/// Snapshots of any shape: index and term anywhere, memberships valid or not.
+fn install_snapshot() -> impl Strategy<Value = MessageBody> {
+    (index(), term(), membership()).prop_map(|(index, term, membership)| {
+        MessageBody::InstallSnapshot {
+            snapshot: SnapshotMeta {
+                index: LogIndex(index),
+                term: Term(term),
+                membership,
+            },
+        }
+    })
+}
+
+/// An `AppendEntries` whose entries are membership changes, well-formed or arbitrary bytes.
+fn membership_entries() -> impl Strategy<Value = MessageBody> {
+    let well_formed = (1..=6u64, membership(), 0..3u8).prop_map(|(node, membership, kind)| {
+        let node = NodeId(node);
+        let change = match kind {
+            0 => MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up: true,
+            },
+            1 => MembershipChange::Promote { node },
+            _ => MembershipChange::Remove { node },
+        };
+        MembershipChangeEntry {
+            change,
+            membership,
+            context: Bytes::new(),
+        }
+        .encode()
+    });
+    let data = prop_oneof![
+        well_formed,
+        prop::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
+    ];
+    (index(), term(), index(), data).prop_map(|(prev_log_index, term, leader_commit, data)| {
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(prev_log_index),
+            prev_log_term: Term(term),
+            entries: vec![Entry {
+                term: Term(term),
+                index: LogIndex(prev_log_index.saturating_add(1)),
+                kind: EntryKind::MembershipChange,
+                data,
+            }],
+            leader_commit: LogIndex(leader_commit),
+        }
+    })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -303,7 +396,12 @@ fn action() -> impl Strategy<Value = Action> {
         1 => node.clone().prop_map(Action::Propose),
         1 => (node.clone(), any::<u64>())
             .prop_map(|(node, context)| Action::ReadIndex(node, context)),
-        1 => (node, node_id()).prop_map(|(node, target)| Action::Transfer(node, target)),
+        1 => (node.clone(), node_id()).prop_map(|(node, target)| Action::Transfer(node, target)),
+        1 => (node.clone(), node_id(), 0..3u8)
+            .prop_map(|(node, target, kind)| Action::ChangeMembership(node, target, kind)),
+        1 => node.clone().prop_map(Action::Compact),
+        1 => (node, node_id(), any::<bool>())
+            .prop_map(|(node, peer, finished)| Action::ReportSnapshot(node, peer, finished)),
     ]
 }
 
@@ -374,6 +472,33 @@ impl Group {
             Action::Transfer(node, target) => {
                 let _ = self.nodes[node].transfer_leadership(NodeId(target));
             }
+            Action::ChangeMembership(node, target, kind) => {
+                let target = NodeId(target);
+                let change = match kind {
+                    0 => MembershipChange::AddLearner {
+                        node: target,
+                        promote_when_caught_up: true,
+                    },
+                    1 => MembershipChange::Promote { node: target },
+                    _ => MembershipChange::Remove { node: target },
+                };
+                let _ = self.nodes[node].propose_membership_change(change, Bytes::new());
+            }
+            Action::Compact(node) => {
+                let replica = &mut self.nodes[node];
+                if let Some(meta) = replica.snapshot_meta(replica.applied_index()) {
+                    let through = meta.index;
+                    let _ = replica.compact(meta, through);
+                }
+            }
+            Action::ReportSnapshot(node, peer, finished) => {
+                let outcome = if finished {
+                    SnapshotTransfer::Finished
+                } else {
+                    SnapshotTransfer::Failed
+                };
+                self.nodes[node].report_snapshot(NodeId(peer), outcome);
+            }
         }
         Ok(())
     }
@@ -396,9 +521,15 @@ fn check_counted(
         Err(Rejection::Malformed { .. }) => expected.rejected_malformed += 1,
         Err(Rejection::StaleResponse { .. }) => expected.ignored_stale_response += 1,
     }
-    // A vote request ignored during a leader's lease is accepted input, counted on its own.
+    // A vote request ignored during a leader's lease is accepted input, counted on its own,
+    // and so is a follower's report that it lost entries it had acknowledged.
     if result.is_ok() && after.ignored_vote_in_lease == before.ignored_vote_in_lease + 1 {
         expected.ignored_vote_in_lease += 1;
+    }
+    if result.is_ok()
+        && after.rejections_of_acknowledged_entries == before.rejections_of_acknowledged_entries + 1
+    {
+        expected.rejections_of_acknowledged_entries += 1;
     }
     prop_assert_eq!(after, expected, "result {:?} of {}", result, message);
     Ok(())

@@ -58,6 +58,27 @@ fn simulated_clusters_stay_safe_and_live() {
         operations_ok > count,
         "clients completed only {operations_ok} operations in {count} runs"
     );
+    if count >= 100 {
+        // The faults that only a long enough range of seeds draws must all have happened,
+        // or the runs above did not exercise them.
+        let total = |field: fn(&shardraft_tests::sim::cluster::RunCounts) -> u64| -> u64 {
+            reports.iter().map(|report| field(&report.counts)).sum()
+        };
+        for (what, value) in [
+            ("snapshots taken", total(|counts| counts.snapshots_taken)),
+            (
+                "snapshots installed",
+                total(|counts| counts.snapshots_installed),
+            ),
+            (
+                "membership changes",
+                total(|counts| counts.membership_changes),
+            ),
+            ("wiped disks", total(|counts| counts.wipes)),
+        ] {
+            assert!(value > 0, "no run had {what} in {count} seeds");
+        }
+    }
 }
 
 #[test]

@@ -90,7 +90,17 @@ impl RaftNode {
             tracing::debug!(node = %self.id, to = %message.to, kind = message.body.kind_name(), "rejected message for another node");
             return Err(Rejection::WrongRecipient { to: message.to });
         }
-        if message.from == self.id || !self.membership.contains(message.from) {
+        // Leader traffic passes from any node: the change that removed the sender from this
+        // replica's membership may be uncommitted and about to be replaced by the sender's
+        // own log. Votes and responses from non-members are refused, so that a removed node
+        // cannot raise this replica's term or count in its tallies.
+        let leader_traffic = matches!(
+            message.body,
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        if message.from == self.id || !(leader_traffic || self.membership.contains(message.from)) {
             self.stats.rejected_unknown_sender += 1;
             tracing::debug!(node = %self.id, from = %message.from, kind = message.body.kind_name(), "rejected message from unknown sender");
             return Err(Rejection::UnknownSender { from: message.from });

@@ -126,6 +126,15 @@ impl RaftLog {
             self.entries.clear();
             self.persisted = index;
             self.unstable_from = index.next();
+            // Storage drops every entry when it installs the snapshot, after the batches
+            // in flight: those can vouch only for what the snapshot covers, even if a later
+            // batch writes an entry with the same index and term again.
+            for write in &mut self.pending_writes {
+                if write.last_index > index {
+                    write.last_index = index;
+                    write.last_term = term;
+                }
+            }
         }
         self.unstable_from = self.unstable_from.max(index.next());
         self.base_index = index;

@@ -639,10 +639,10 @@ impl RaftNode {
         if !self.committed_in_current_term() {
             return Err(MembershipChangeError::LeaderNotReady);
         }
-        if let Some(index) = self.membership_log.last_change_index() {
-            if index > self.log.committed() {
-                return Err(MembershipChangeError::ChangePending { index });
-            }
+        if let Some(index) = self.membership_log.last_change_index()
+            && index > self.log.committed()
+        {
+            return Err(MembershipChangeError::ChangePending { index });
         }
         let next = self.membership.apply(change)?;
         if change == (MembershipChange::Remove { node: self.id }) {
@@ -721,11 +721,11 @@ impl RaftNode {
                 .entry(member)
                 .or_insert_with(|| Progress::new(next_index));
         }
-        if let Some(target) = self.transfer_target {
-            if !self.membership.voters.contains(&target) {
-                tracing::info!(node = %self.id, %target, "leadership transfer abandoned: the target is no longer a voter");
-                self.transfer_target = None;
-            }
+        if let Some(target) = self.transfer_target
+            && !self.membership.voters.contains(&target)
+        {
+            tracing::info!(node = %self.id, %target, "leadership transfer abandoned: the target is no longer a voter");
+            self.transfer_target = None;
         }
     }
 
@@ -794,22 +794,22 @@ impl RaftNode {
                 applied: self.log.applied(),
             });
         }
-        if let Some(stored) = &self.latest_snapshot {
-            if snapshot.index < stored.index {
-                return Err(CompactError::NotNewer {
-                    snapshot_index: snapshot.index,
-                    stored_index: stored.index,
-                });
-            }
+        if let Some(stored) = &self.latest_snapshot
+            && snapshot.index < stored.index
+        {
+            return Err(CompactError::NotNewer {
+                snapshot_index: snapshot.index,
+                stored_index: stored.index,
+            });
         }
-        if let Some(actual) = self.log.term(snapshot.index) {
-            if actual != snapshot.term {
-                return Err(CompactError::TermMismatch {
-                    snapshot_index: snapshot.index,
-                    given: snapshot.term,
-                    actual,
-                });
-            }
+        if let Some(actual) = self.log.term(snapshot.index)
+            && actual != snapshot.term
+        {
+            return Err(CompactError::TermMismatch {
+                snapshot_index: snapshot.index,
+                given: snapshot.term,
+                actual,
+            });
         }
         if through > snapshot.index {
             return Err(CompactError::PastSnapshot {
@@ -1081,13 +1081,13 @@ fn check_restored_state(restored: &RestoredState) -> Result<(), NewNodeError> {
         Some(snapshot) => (snapshot.index, snapshot.term),
         None => (LogIndex(0), Term(0)),
     };
-    if let Some(snapshot) = &restored.snapshot {
-        if base_index.0 == 0 || snapshot.membership.check().is_err() {
-            return Err(NewNodeError::InconsistentState {
-                reason: "the snapshot has index 0 or an invalid membership",
-                index: base_index.0,
-            });
-        }
+    if let Some(snapshot) = &restored.snapshot
+        && (base_index.0 == 0 || snapshot.membership.check().is_err())
+    {
+        return Err(NewNodeError::InconsistentState {
+            reason: "the snapshot has index 0 or an invalid membership",
+            index: base_index.0,
+        });
     }
     let mut previous_term = base_term;
     for (offset, entry) in restored.entries.iter().enumerate() {

@@ -134,6 +134,13 @@ impl RaftNode {
         if snapshot.index.0 == 0 || snapshot.term.0 == 0 {
             return self.reject_malformed("InstallSnapshot", "snapshot at index or term 0", from);
         }
+        if snapshot.index.0 == u64::MAX {
+            return self.reject_malformed(
+                "InstallSnapshot",
+                "snapshot at the last possible index, which no entry can follow",
+                from,
+            );
+        }
         if snapshot.term > term {
             return self.reject_malformed(
                 "InstallSnapshot",
@@ -303,19 +310,34 @@ impl RaftNode {
         // Every leader entry above the returned index has a term above the follower's entry
         // at `hint_index`, so the logs can match at most up to there.
         let match_candidate = self.log.last_index_with_term_at_most(hint_index, hint_term);
-        tracing::debug!(node = %self.id, follower = %from, %rejected_prev_index, %hint_index, %hint_term, next = %match_candidate.next(), "follower log mismatch; probing back");
+        let base_index = self.log.base_index();
+        // Below the compacted prefix the leader cannot compare terms: once the follower
+        // rejects the entry at the base itself, only the snapshot can bring it up to date,
+        // and probing just below the base sends it.
+        let candidate_next = if match_candidate == base_index
+            && rejected_prev_index == base_index
+            && base_index.0 > 0
+        {
+            base_index
+        } else {
+            match_candidate.next()
+        };
+        tracing::debug!(node = %self.id, follower = %from, %rejected_prev_index, %hint_index, %hint_term, next = %candidate_next, "follower log mismatch; probing back");
         let Some(progress) = self.progress.get_mut(&from) else {
             return self.ignore_stale_response("AppendEntriesResponse");
         };
-        let next_index = match_candidate.next().max(progress.match_index.next());
-        if progress.state == ReplicationState::Probe && next_index >= progress.next_index {
+        let next_index = candidate_next.max(progress.match_index.next());
+        if progress.state == ReplicationState::Probe
+            && next_index >= progress.next_index
+            && progress.match_index.0 > 0
+        {
             // The follower rejects the entry just above its acknowledged match index, so it
             // lost entries it had reported durable. None of its log is known to match any
             // more; replication starts over below its hint.
             self.stats.rejections_of_acknowledged_entries += 1;
             tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable; replicating to it again from the start");
             progress.restart_after_data_loss(LogIndex(0));
-            progress.become_probe(match_candidate.next());
+            progress.become_probe(candidate_next);
             self.replication_pending = true;
             return Ok(());
         }

@@ -437,3 +437,111 @@ pub struct SnapshotMeta {
     pub term: Term,
     pub membership: Membership,
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    fn entry(change: MembershipChange, membership: Membership) -> MembershipChangeEntry {
+        MembershipChangeEntry {
+            change,
+            membership,
+            context: Bytes::from_static(b"addresses"),
+        }
+    }
+
+    #[test]
+    fn membership_change_entries_round_trip() {
+        let mut membership = Membership::with_voters_and_learners(
+            [NodeId(1), NodeId(2), NodeId(3)],
+            [NodeId(7), NodeId(9)],
+        );
+        membership.promote_when_caught_up.insert(NodeId(9));
+        for change in [
+            MembershipChange::AddLearner {
+                node: NodeId(9),
+                promote_when_caught_up: true,
+            },
+            MembershipChange::Promote { node: NodeId(4) },
+            MembershipChange::Remove { node: NodeId(5) },
+        ] {
+            let original = entry(change, membership.clone());
+            let decoded = MembershipChangeEntry::decode(&original.encode());
+            assert_eq!(decoded, Ok(original), "{change}");
+        }
+    }
+
+    #[test]
+    fn damaged_membership_change_entries_are_refused() {
+        let good = entry(
+            MembershipChange::Remove { node: NodeId(2) },
+            Membership::with_voters([NodeId(1), NodeId(3)]),
+        )
+        .encode();
+        // Every prefix cut inside the member lists is refused; the context may be any length.
+        let header_and_lists = good.len() - b"addresses".len();
+        for length in 0..header_and_lists {
+            assert!(
+                MembershipChangeEntry::decode(&good.slice(..length)).is_err(),
+                "prefix of {length} bytes"
+            );
+        }
+        let mut wrong_version = good.to_vec();
+        wrong_version[0] = 9;
+        let mut zero_voters = Vec::from(&good[..11]);
+        zero_voters.extend_from_slice(&[0; 12]);
+        let mut descending = Vec::from(&good[..11]);
+        descending.extend_from_slice(&2u32.to_le_bytes());
+        descending.extend_from_slice(&3u64.to_le_bytes());
+        descending.extend_from_slice(&1u64.to_le_bytes());
+        descending.extend_from_slice(&[0; 8]);
+        let mut huge_count = Vec::from(&good[..11]);
+        huge_count.extend_from_slice(&u32::MAX.to_le_bytes());
+        for (what, bytes) in [
+            ("wrong version", wrong_version),
+            ("no voters", zero_voters),
+            ("ids not ascending", descending),
+            ("count past the end", huge_count),
+        ] {
+            assert!(
+                MembershipChangeEntry::decode(&Bytes::from(bytes)).is_err(),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn membership_changes_check_the_current_membership() {
+        let three = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        let add = MembershipChange::AddLearner {
+            node: NodeId(4),
+            promote_when_caught_up: true,
+        };
+        let with_learner = three.apply(add).unwrap();
+        assert!(with_learner.promote_when_caught_up.contains(&NodeId(4)));
+        assert_eq!(
+            with_learner.apply(add),
+            Err(InvalidChange::AlreadyMember { node: NodeId(4) })
+        );
+        let promoted = with_learner
+            .apply(MembershipChange::Promote { node: NodeId(4) })
+            .unwrap();
+        assert_eq!(promoted.voters.len(), 4);
+        assert!(promoted.learners.is_empty() && promoted.promote_when_caught_up.is_empty());
+        assert_eq!(
+            three.apply(MembershipChange::Promote { node: NodeId(2) }),
+            Err(InvalidChange::NotALearner { node: NodeId(2) })
+        );
+        assert_eq!(
+            three.apply(MembershipChange::Remove { node: NodeId(8) }),
+            Err(InvalidChange::NotAMember { node: NodeId(8) })
+        );
+        let one = Membership::with_voters([NodeId(1)]);
+        assert_eq!(
+            one.apply(MembershipChange::Remove { node: NodeId(1) }),
+            Err(InvalidChange::LastVoter { node: NodeId(1) })
+        );
+    }
+}

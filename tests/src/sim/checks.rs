@@ -22,25 +22,43 @@ pub struct Violation {
     pub detail: String,
 }
 
-/// One replica's log as the checker sees it.
+/// One replica's log as the checker sees it: the snapshot it starts after, if any, then
+/// its entries.
 #[derive(Clone, Debug, Default)]
 struct MirroredLog {
-    /// `(term, chain)` of the entry at index `k + 1`.
+    /// The index of the snapshot the log starts after, or 0.
+    base_index: LogIndex,
+    /// The chain value of the prefix the snapshot covers.
+    base_chain: u64,
+    /// `(term, chain)` of the entry at index `base_index + k + 1`.
     entries: Vec<(Term, u64)>,
 }
 
 impl MirroredLog {
+    /// The chain value at `index`, for indexes from the base on.
     fn chain_at(&self, index: LogIndex) -> Option<u64> {
-        if index.0 == 0 {
-            return Some(0);
+        if index == self.base_index {
+            return Some(self.base_chain);
         }
-        self.entries
-            .get(index.0 as usize - 1)
-            .map(|(_, chain)| *chain)
+        let offset = index.0.checked_sub(self.base_index.0 + 1)?;
+        self.entries.get(offset as usize).map(|(_, chain)| *chain)
     }
 
     fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        LogIndex(self.base_index.0 + self.entries.len() as u64)
+    }
+
+    /// Makes the log start after index `index`, whose chain value is `chain`, keeping the
+    /// entries above it when `keep_suffix` is set.
+    fn rebase(&mut self, index: LogIndex, chain: u64, keep_suffix: bool) {
+        if keep_suffix && index >= self.base_index {
+            let drop = ((index.0 - self.base_index.0) as usize).min(self.entries.len());
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.base_index = index;
+        self.base_chain = chain;
     }
 }
 
@@ -48,7 +66,12 @@ fn chain_hash(previous: u64, entry: &Entry) -> u64 {
     let mut hasher = DefaultHasher::new();
     previous.hash(&mut hasher);
     entry.term.0.hash(&mut hasher);
-    matches!(entry.kind, EntryKind::LeaderNoop).hash(&mut hasher);
+    match entry.kind {
+        EntryKind::Normal => 0u8,
+        EntryKind::LeaderNoop => 1,
+        EntryKind::MembershipChange => 2,
+    }
+    .hash(&mut hasher);
     entry.data.hash(&mut hasher);
     hasher.finish()
 }
@@ -69,11 +92,70 @@ pub struct SafetyChecker {
 }
 
 impl SafetyChecker {
-    /// Starts mirroring `node` from its durable log, after a start or a restart.
-    pub fn restore(&mut self, node: NodeId, durable: &[Entry]) -> Result<(), Violation> {
-        self.logs.insert(node, MirroredLog::default());
-        self.next_apply.insert(node, LogIndex(1));
+    /// Starts mirroring `node` from its durable state after a start or a restart: the
+    /// snapshot at `base` (index and term), if any, and the log after it.
+    pub fn restore(
+        &mut self,
+        node: NodeId,
+        base: Option<(LogIndex, Term)>,
+        durable: &[Entry],
+    ) -> Result<(), Violation> {
+        let mut log = MirroredLog::default();
+        if let Some((index, term)) = base {
+            let chain = self.snapshot_chain(node, index, term)?;
+            log.rebase(index, chain, false);
+        }
+        self.next_apply.insert(node, log.base_index.next());
+        self.logs.insert(node, log);
         self.append(node, durable)
+    }
+
+    /// Records that `node` installed a snapshot at (`index`, `term`) from a leader: its log
+    /// now starts after it, with its entries above it kept when `log_kept` is set, and it
+    /// next applies the entry after it.
+    pub fn snapshot_installed(
+        &mut self,
+        node: NodeId,
+        index: LogIndex,
+        term: Term,
+        log_kept: bool,
+    ) -> Result<(), Violation> {
+        let chain = self.snapshot_chain(node, index, term)?;
+        let log = self.logs.entry(node).or_default();
+        if log_kept && log.chain_at(index) != Some(chain) {
+            return Err(Violation {
+                property: "snapshot install",
+                detail: format!(
+                    "{node} kept its log above a snapshot at {index} of {term} that its log does not match"
+                ),
+            });
+        }
+        log.rebase(index, chain, log_kept);
+        self.next_apply.insert(node, index.next());
+        Ok(())
+    }
+
+    /// The chain value of the committed prefix a snapshot at (`index`, `term`) covers. A
+    /// snapshot holds applied state only, so the prefix must be the one applied
+    /// everywhere.
+    fn snapshot_chain(&self, node: NodeId, index: LogIndex, term: Term) -> Result<u64, Violation> {
+        let Some(chain) = self.chain_by_position.get(&(index, term)).copied() else {
+            return Err(Violation {
+                property: "snapshot contents",
+                detail: format!(
+                    "{node} has a snapshot at {index} of {term}, an entry no log ever held"
+                ),
+            });
+        };
+        match self.applied.get(index.0 as usize - 1) {
+            Some((applied, _)) if *applied == chain => Ok(chain),
+            _ => Err(Violation {
+                property: "snapshot contents",
+                detail: format!(
+                    "{node} has a snapshot at {index} of {term} that differs from the entries applied up to there"
+                ),
+            }),
+        }
     }
 
     /// Records entries a replica handed to storage: its log is truncated at the first
@@ -83,7 +165,16 @@ impl SafetyChecker {
             return Ok(());
         };
         let log = self.logs.entry(node).or_default();
-        let keep = (first.index.0 as usize).saturating_sub(1);
+        if first.index <= log.base_index {
+            return Err(Violation {
+                property: "log continuity",
+                detail: format!(
+                    "{node} appended at {} inside its snapshot ending at {}",
+                    first.index, log.base_index
+                ),
+            });
+        }
+        let keep = (first.index.0 - log.base_index.0 - 1) as usize;
         if keep > log.entries.len() {
             return Err(Violation {
                 property: "log continuity",
@@ -172,7 +263,7 @@ impl SafetyChecker {
         index: LogIndex,
         chain: u64,
     ) -> Result<(), Violation> {
-        let actual = self.logs.get(&node).and_then(|log| log.chain_at(index));
+        let actual = self.chain_at(node, index);
         if actual != Some(chain) {
             return Err(Violation {
                 property: "leader completeness",
@@ -184,12 +275,28 @@ impl SafetyChecker {
         Ok(())
     }
 
+    /// The chain value of `node`'s log at `index`. Below the log's snapshot it is the chain
+    /// of the entries applied everywhere, which `snapshot_chain` checked the snapshot holds.
+    fn chain_at(&self, node: NodeId, index: LogIndex) -> Option<u64> {
+        let log = self.logs.get(&node)?;
+        if index < log.base_index {
+            if index.0 == 0 {
+                return Some(0);
+            }
+            return self
+                .applied
+                .get(index.0 as usize - 1)
+                .map(|(chain, _)| *chain);
+        }
+        log.chain_at(index)
+    }
+
     /// Records that `node` reports `commit` as its commit index.
     pub fn committed(&mut self, node: NodeId, commit: LogIndex) -> Result<(), Violation> {
         if commit.0 == 0 {
             return Ok(());
         }
-        let Some(chain) = self.logs.get(&node).and_then(|log| log.chain_at(commit)) else {
+        let Some(chain) = self.chain_at(node, commit) else {
             return Err(Violation {
                 property: "commit within the log",
                 detail: format!("{node} reports commit index {commit} past its log"),
@@ -231,11 +338,7 @@ impl SafetyChecker {
             });
         }
         self.next_apply.insert(node, entry.index.next());
-        let Some(chain) = self
-            .logs
-            .get(&node)
-            .and_then(|log| log.chain_at(entry.index))
-        else {
+        let Some(chain) = self.chain_at(node, entry.index) else {
             return Err(Violation {
                 property: "apply order",
                 detail: format!("{node} applied {} which is not in its log", entry.index),

@@ -4,11 +4,12 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
-    Config, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId, ProposeError,
-    RaftNode, ReadIndexError, Ready, ReadyNumber, Role, Term,
+    Config, Entry, EntryKind, LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId,
+    ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role, SnapshotTransfer, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -45,6 +46,10 @@ pub struct RunCounts {
     pub operations_failed: u64,
     pub operations_unknown: u64,
     pub crashes: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub membership_changes: u64,
+    pub wipes: u64,
 }
 
 #[derive(Debug)]
@@ -55,6 +60,21 @@ enum Event {
     },
     Deliver {
         message: Message,
+        /// The sender's incarnation when it sent the message.
+        sender_incarnation: u64,
+    },
+    /// A snapshot's bytes with the `InstallSnapshot` that stands for the whole transfer.
+    DeliverSnapshot {
+        message: Message,
+        sender_incarnation: u64,
+        state: KvStore,
+    },
+    /// The sender's runtime learns how a snapshot transfer ended.
+    SnapshotReport {
+        node: usize,
+        incarnation: u64,
+        peer: NodeId,
+        outcome: SnapshotTransfer,
     },
     PersistDone {
         node: usize,
@@ -135,6 +155,13 @@ struct SimNode {
     read_waiters: BTreeMap<u64, ReadWaiter>,
     /// Confirmed reads waiting for the state machine to reach their index.
     confirmed_reads: Vec<(LogIndex, u64)>,
+    /// The state machine's state at `durable.snapshot`, stored with it.
+    snapshot_state: Option<KvStore>,
+    /// Messages sent by incarnations before this one are lost: its storage was wiped, and
+    /// the connections of the earlier incarnations are gone with it.
+    first_live_incarnation: u64,
+    /// Started as a learner of its own config, as a machine that joins the group.
+    joins_as_learner: bool,
 }
 
 impl SimNode {
@@ -261,6 +288,9 @@ impl Simulation {
                 write_waiters: BTreeMap::new(),
                 read_waiters: BTreeMap::new(),
                 confirmed_reads: Vec::new(),
+                snapshot_state: None,
+                first_live_incarnation: 0,
+                joins_as_learner: false,
             })
             .collect();
         let clients = (0..params.clients)
@@ -400,7 +430,8 @@ impl Simulation {
         // With the network healthy and no new writes for the last stretch of the run, every
         // replica must have caught up with what was committed when the clients stopped.
         let caught_up_to = self.commit_at_clients_stop.unwrap_or_default();
-        for node in &self.nodes {
+        let members = self.newest_membership().unwrap_or_default();
+        for node in self.nodes.iter().filter(|node| members.contains(node.id)) {
             let applied = node.applied_index();
             if applied < caught_up_to {
                 return Err(RunError::Liveness(format!(
@@ -443,7 +474,30 @@ impl Simulation {
                 self.schedule_event(next_us, Event::Tick { node, incarnation });
                 self.drive(node)
             }
-            Event::Deliver { message } => self.deliver(message),
+            Event::Deliver {
+                message,
+                sender_incarnation,
+            } => self.deliver(message, sender_incarnation, None),
+            Event::DeliverSnapshot {
+                message,
+                sender_incarnation,
+                state,
+            } => self.deliver(message, sender_incarnation, Some(state)),
+            Event::SnapshotReport {
+                node,
+                incarnation,
+                peer,
+                outcome,
+            } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return Ok(());
+                }
+                let Some(raft) = self.nodes[node].raft.as_mut() else {
+                    return Ok(());
+                };
+                raft.report_snapshot(peer, outcome);
+                self.drive(node)
+            }
             Event::PersistDone {
                 node,
                 incarnation,
@@ -509,7 +563,7 @@ impl Simulation {
             self.nodes
                 .iter()
                 .map(|node| {
-                    let durable = LogIndex(node.durable.entries.len() as u64);
+                    let durable = node.durable.last_index();
                     node.raft
                         .as_ref()
                         .map_or(durable, |raft| raft.last_index().max(durable))
@@ -542,8 +596,18 @@ impl Simulation {
     }
 
     fn node_config(&self, node: usize) -> Config {
-        let voters = self.nodes.iter().map(|node| node.id);
-        let mut config = Config::new(self.nodes[node].id, Membership::with_voters(voters));
+        let id = self.nodes[node].id;
+        let membership = if self.nodes[node].joins_as_learner {
+            let voters = self
+                .nodes
+                .iter()
+                .map(|node| node.id)
+                .filter(|voter| *voter != id);
+            Membership::with_voters_and_learners(voters, [id])
+        } else {
+            Membership::with_voters(self.nodes.iter().map(|node| node.id))
+        };
+        let mut config = Config::new(id, membership);
         config.pre_vote = self.params.pre_vote;
         config.check_quorum = self.params.check_quorum;
         config.max_entries_per_message = self.params.max_entries_per_message;
@@ -558,8 +622,10 @@ impl Simulation {
     fn start_node(&mut self, node: usize) -> Result<(), RunError> {
         let config = self.node_config(node);
         let sim_node = &mut self.nodes[node];
-        // The state machine keeps nothing durable, so it is rebuilt by applying the log.
-        let raft = match RaftNode::new(config, sim_node.durable.to_restored()) {
+        // The state machine starts from the stored snapshot, or empty, and is rebuilt by
+        // applying the log after it.
+        let restored = sim_node.durable.restore();
+        let raft = match RaftNode::new(config, restored.clone()) {
             Ok(raft) => raft,
             Err(error) => {
                 return Err(RunError::Safety(Violation {
@@ -572,14 +638,20 @@ impl Simulation {
             }
         };
         sim_node.raft = Some(raft);
-        sim_node.kv = KvStore::default();
-        sim_node.last_reported_commit = sim_node.durable.hard_state.commit;
+        sim_node.kv = match &restored.snapshot {
+            Some(_) => sim_node.snapshot_state.clone().unwrap_or_default(),
+            None => KvStore::default(),
+        };
+        sim_node.last_reported_commit = restored.hard_state.commit;
         sim_node.last_write_done_us = self.now_us;
         let id = sim_node.id;
         let incarnation = sim_node.incarnation;
         let first_tick_us = self.now_us + self.rng.next_u64() % sim_node.tick_period_us;
-        self.checker
-            .restore(id, &self.nodes[node].durable.entries)?;
+        let base = restored
+            .snapshot
+            .as_ref()
+            .map(|snapshot| (snapshot.index, snapshot.term));
+        self.checker.restore(id, base, &restored.entries)?;
         self.schedule_event(first_tick_us, Event::Tick { node, incarnation });
         Ok(())
     }
@@ -598,6 +670,9 @@ impl Simulation {
         let surviving = (self.rng.next_u64() % (sim_node.pending_writes.len() as u64 + 1)) as usize;
         let writes: Vec<PendingWrite> = sim_node.pending_writes.drain(..).collect();
         for write in writes.into_iter().take(surviving) {
+            if let Some(install) = &write.snapshot {
+                sim_node.durable.install(install);
+            }
             sim_node.durable.write(write.hard_state, &write.entries);
         }
         sim_node.unreported_writes = 0;
@@ -643,6 +718,30 @@ impl Simulation {
 
     fn handle_ready(&mut self, node: usize, ready: Ready) -> Result<(), RunError> {
         let id = self.nodes[node].id;
+        // A snapshot replaces the log and the state machine before anything else in the
+        // batch, as the runtime's contract says.
+        if let Some(install) = &ready.snapshot_to_install {
+            let stored = self.nodes[node].durable.snapshot.clone();
+            if stored.as_ref() != Some(&install.snapshot) {
+                return Err(RunError::Safety(Violation {
+                    property: "snapshot install",
+                    detail: format!(
+                        "{id} installs the snapshot at {} but stored {:?}",
+                        install.snapshot.index,
+                        stored.map(|snapshot| snapshot.index)
+                    ),
+                }));
+            }
+            self.checker.snapshot_installed(
+                id,
+                install.snapshot.index,
+                install.snapshot.term,
+                install.log_kept,
+            )?;
+            let sim_node = &mut self.nodes[node];
+            sim_node.kv = sim_node.snapshot_state.clone().unwrap_or_default();
+            self.counts.snapshots_installed += 1;
+        }
         self.checker.append(id, &ready.entries)?;
         if let Some(hard_state) = ready.hard_state {
             // Recorded before a crash can strike, so that a commit known only to a leader
@@ -697,6 +796,7 @@ impl Simulation {
             self.send(message);
         }
         self.apply_entries(node, &ready.committed_entries)?;
+        self.maybe_snapshot(node)?;
         for read in ready.read_states {
             self.nodes[node]
                 .confirmed_reads
@@ -733,6 +833,7 @@ impl Simulation {
                 sim_node.pending_writes.push_back(PendingWrite {
                     number: ready.number,
                     hard_state: ready.hard_state,
+                    snapshot: ready.snapshot_to_install,
                     entries: ready.entries,
                     messages_after_persist,
                 });
@@ -743,6 +844,7 @@ impl Simulation {
                 sim_node.pending_writes.push_back(PendingWrite {
                     number: ready.number,
                     hard_state: ready.hard_state,
+                    snapshot: ready.snapshot_to_install,
                     entries: ready.entries,
                     messages_after_persist,
                 });
@@ -790,6 +892,9 @@ impl Simulation {
             write.number, number,
             "storage writes completed out of order"
         );
+        if let Some(install) = &write.snapshot {
+            sim_node.durable.install(install);
+        }
         sim_node.durable.write(write.hard_state, &write.entries);
         sim_node.unreported_writes += 1;
         sim_node
@@ -816,34 +921,120 @@ impl Simulation {
         self.drive(node)
     }
 
+    /// Sends a message; an `InstallSnapshot` travels with the sender's stored snapshot, and
+    /// its sender hears how the transfer ended, as runtimes report it.
     fn send(&mut self, message: Message) {
         self.counts.messages_sent += 1;
         let from = message.from.0 as usize - 1;
         let to = message.to.0 as usize - 1;
-        if !self.partition.allows(from, to) {
-            self.counts.messages_lost += 1;
-            return;
-        }
-        let delays = self.links.delivery_delays_us(&mut self.rng);
+        let sender_incarnation = self.nodes[from].incarnation;
+        let snapshot_state = match &message.body {
+            MessageBody::InstallSnapshot { snapshot } => {
+                let sender = &self.nodes[from];
+                let stored = sender.durable.snapshot.as_ref() == Some(snapshot);
+                Some(sender.snapshot_state.clone().filter(|_| stored))
+            }
+            _ => None,
+        };
+        let delays = if self.partition.allows(from, to) {
+            self.links.delivery_delays_us(&mut self.rng)
+        } else {
+            Vec::new()
+        };
         if delays.is_empty() {
             self.counts.messages_lost += 1;
+        }
+        if let Some(state) = snapshot_state {
+            let Some(state) = state else {
+                // The sender's core names a snapshot its runtime does not hold: a bug.
+                self.counts.messages_lost += 1;
+                return;
+            };
+            match delays.first() {
+                Some(delay_us) => self.schedule_event(
+                    self.now_us + delay_us,
+                    Event::DeliverSnapshot {
+                        message,
+                        sender_incarnation,
+                        state,
+                    },
+                ),
+                None => {
+                    // The transfer times out on the sender's side.
+                    let report_us = self.now_us + uniform(&mut self.rng, 50_000, 300_000);
+                    self.schedule_event(
+                        report_us,
+                        Event::SnapshotReport {
+                            node: from,
+                            incarnation: sender_incarnation,
+                            peer: message.to,
+                            outcome: SnapshotTransfer::Failed,
+                        },
+                    );
+                }
+            }
             return;
         }
         for delay_us in delays {
             let message = message.clone();
-            self.schedule_event(self.now_us + delay_us, Event::Deliver { message });
+            self.schedule_event(
+                self.now_us + delay_us,
+                Event::Deliver {
+                    message,
+                    sender_incarnation,
+                },
+            );
         }
     }
 
-    fn deliver(&mut self, message: Message) -> Result<(), RunError> {
+    fn deliver(
+        &mut self,
+        message: Message,
+        sender_incarnation: u64,
+        snapshot_state: Option<KvStore>,
+    ) -> Result<(), RunError> {
         let from = message.from.0 as usize - 1;
         let to = message.to.0 as usize - 1;
-        if !self.partition.allows(from, to) {
+        let reaches = self.partition.allows(from, to)
+            && sender_incarnation >= self.nodes[from].first_live_incarnation
+            && self.nodes[to].raft.is_some();
+        if let Some(state) = snapshot_state {
+            let outcome = if reaches {
+                SnapshotTransfer::Finished
+            } else {
+                SnapshotTransfer::Failed
+            };
+            let report_us = self.now_us + uniform(&mut self.rng, 50, 2_000);
+            self.schedule_event(
+                report_us,
+                Event::SnapshotReport {
+                    node: from,
+                    incarnation: sender_incarnation,
+                    peer: message.to,
+                    outcome,
+                },
+            );
+            if reaches {
+                // The receiving runtime stores the snapshot before its core sees it.
+                if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                    let receiver = &mut self.nodes[to];
+                    let newer = receiver
+                        .durable
+                        .snapshot
+                        .as_ref()
+                        .is_none_or(|stored| snapshot.index > stored.index);
+                    if newer {
+                        receiver.durable.store_snapshot(snapshot.clone());
+                        receiver.snapshot_state = Some(state);
+                    }
+                }
+            }
+        }
+        if !reaches {
             self.counts.messages_lost += 1;
             return Ok(());
         }
         let Some(raft) = self.nodes[to].raft.as_mut() else {
-            self.counts.messages_lost += 1;
             return Ok(());
         };
         // Rejections are the protocol's response to stale or duplicated input, and the core
@@ -852,16 +1043,54 @@ impl Simulation {
         self.drive(to)
     }
 
+    /// Takes a snapshot once enough entries were applied since the last one, and compacts
+    /// the log behind it, keeping a few entries for followers slightly behind.
+    fn maybe_snapshot(&mut self, node: usize) -> Result<(), RunError> {
+        let Some(every) = self.params.snapshot_every_entries else {
+            return Ok(());
+        };
+        let keep = self.params.snapshot_keep_entries;
+        let sim_node = &mut self.nodes[node];
+        let Some(raft) = sim_node.raft.as_mut() else {
+            return Ok(());
+        };
+        let applied = raft.applied_index();
+        let last_snapshot = sim_node
+            .durable
+            .snapshot
+            .as_ref()
+            .map_or(LogIndex(0), |snapshot| snapshot.index);
+        if applied.0 < last_snapshot.0 + every {
+            return Ok(());
+        }
+        let Some(meta) = raft.snapshot_meta(applied) else {
+            return Ok(());
+        };
+        if let Err(error) = raft.compact(meta.clone(), LogIndex(applied.0.saturating_sub(keep))) {
+            return Err(RunError::Safety(Violation {
+                property: "snapshot",
+                detail: format!(
+                    "{} refused its own snapshot at {applied}: {error}",
+                    sim_node.id
+                ),
+            }));
+        }
+        let compacted_through = raft.first_index().prev();
+        // The snapshot is durable before the log drops what it covers.
+        sim_node.durable.store_snapshot(meta);
+        sim_node.snapshot_state = Some(sim_node.kv.clone());
+        sim_node.durable.compact(compacted_through);
+        self.counts.snapshots_taken += 1;
+        Ok(())
+    }
+
     fn apply_entries(&mut self, node: usize, entries: &[Entry]) -> Result<(), RunError> {
         let id = self.nodes[node].id;
         for entry in entries {
             self.checker.applied(id, entry)?;
             // The core hands out only durable entries, so that a state machine never runs
             // ahead of the log it is rebuilt from after a crash.
-            let durable = self.nodes[node]
-                .durable
-                .entries
-                .get(entry.index.0 as usize - 1);
+            let durable = self.nodes[node].durable.entry(entry.index);
             if durable != Some(entry) {
                 return Err(RunError::Safety(Violation {
                     property: "apply only durable entries",
@@ -982,6 +1211,33 @@ impl Simulation {
                 }
             }
             Fault::Links { quality } => self.links = quality,
+            Fault::RemoveNode { node } => {
+                let target = self.nodes[node].id;
+                if let Some(leader) = self.current_leader() {
+                    if let Some(raft) = self.nodes[leader].raft.as_mut() {
+                        // Refusals (a change pending, the last voter, the leader itself,
+                        // which transfers first) are part of what the run exercises.
+                        if raft
+                            .propose_membership_change(
+                                MembershipChange::Remove { node: target },
+                                Bytes::new(),
+                            )
+                            .is_ok()
+                        {
+                            self.counts.membership_changes += 1;
+                        }
+                    }
+                    self.drive(leader)?;
+                }
+            }
+            Fault::AddNode { node } => self.add_node(node)?,
+            Fault::WipeNode { node } => {
+                if self.wipe_keeps_quorum_of_data(node) {
+                    self.crash_node(node);
+                    self.wipe_storage(node);
+                    self.start_node(node)?;
+                }
+            }
             Fault::TransferLeadership { node } => {
                 let target = self.nodes[node].id;
                 let leader = self.current_leader();
@@ -1027,6 +1283,83 @@ impl Simulation {
             self.schedule_event(self.now_us + 2_000, Event::ClockJump { node: rival });
         }
         Ok(())
+    }
+
+    /// Wipes a stopped node's storage, as when its disk is replaced; the messages its
+    /// earlier incarnations sent are lost with their connections.
+    fn wipe_storage(&mut self, node: usize) {
+        let sim_node = &mut self.nodes[node];
+        debug_assert!(sim_node.raft.is_none());
+        sim_node.durable = DurableState::default();
+        sim_node.snapshot_state = None;
+        sim_node.first_live_incarnation = sim_node.incarnation;
+        self.counts.wipes += 1;
+    }
+
+    /// Whether the voters other than `node` that hold their data still form a quorum, so
+    /// that the group can elect a leader without `node` while it catches up.
+    ///
+    /// Replicas without data (never written, or wiped and not yet caught up) cannot tell a
+    /// new group from one whose data they lost, so they vote only for candidates with empty
+    /// logs and do not campaign once they hold entries. Wiping more would mean losing the
+    /// disks that a quorum needs, which no consensus protocol survives; the simulator does
+    /// not do that.
+    fn wipe_keeps_quorum_of_data(&self, node: usize) -> bool {
+        let Some(membership) = self.newest_membership() else {
+            return false;
+        };
+        let voters_with_data = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, sim_node)| {
+                *index != node
+                    && membership.voters.contains(&sim_node.id)
+                    && sim_node.durable != DurableState::default()
+                    && !sim_node.raft.as_ref().is_some_and(RaftNode::is_catching_up)
+            })
+            .count();
+        voters_with_data >= membership.quorum()
+    }
+
+    /// The membership in force at the live replica with the longest log.
+    fn newest_membership(&self) -> Option<Membership> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.raft.as_ref())
+            .max_by_key(|raft| (raft.last_term(), raft.last_index()))
+            .map(|raft| raft.membership().clone())
+    }
+
+    /// Brings `node` back as a new machine with the same id when the group does not count
+    /// it as a member: empty storage, a learner of its own config, added by the leader to
+    /// be promoted once caught up.
+    fn add_node(&mut self, node: usize) -> Result<(), RunError> {
+        let Some(leader) = self.current_leader() else {
+            return Ok(());
+        };
+        let id = self.nodes[node].id;
+        let is_member = self.nodes[leader]
+            .raft
+            .as_ref()
+            .is_some_and(|raft| raft.membership().contains(id));
+        if is_member || leader == node {
+            return Ok(());
+        }
+        self.crash_node(node);
+        self.wipe_storage(node);
+        self.nodes[node].joins_as_learner = true;
+        self.start_node(node)?;
+        if let Some(raft) = self.nodes[leader].raft.as_mut() {
+            let change = MembershipChange::AddLearner {
+                node: id,
+                promote_when_caught_up: true,
+            };
+            if raft.propose_membership_change(change, Bytes::new()).is_ok() {
+                self.counts.membership_changes += 1;
+            }
+        }
+        self.drive(leader)
     }
 
     /// The node that leads in the highest term, if any node leads.

@@ -1,5 +1,6 @@
-//! The fault schedule of one run: partitions, crashes, restarts, changes of link quality
-//! and leadership transfers, drawn from the run's seed before the run starts.
+//! The fault schedule of one run: partitions, crashes, restarts, changes of link quality,
+//! leadership transfers, membership changes and wiped disks, drawn from the run's seed
+//! before the run starts.
 
 use std::fmt;
 
@@ -50,6 +51,20 @@ pub enum Fault {
     TransferLeadership {
         node: usize,
     },
+    /// Ask the current leader, if any, to remove `node` from the group.
+    RemoveNode {
+        node: usize,
+    },
+    /// If `node` is not a member, wipe its storage, start it as a fresh learner and ask the
+    /// current leader to add it, to be promoted once caught up.
+    AddNode {
+        node: usize,
+    },
+    /// Stop `node`, wipe its storage, and start it again with the same id and an empty
+    /// disk.
+    WipeNode {
+        node: usize,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -76,6 +91,9 @@ impl fmt::Display for Fault {
                 quality.spike_probability * 100.0
             ),
             Fault::TransferLeadership { node } => write!(f, "transfer leadership to n{}", node + 1),
+            Fault::RemoveNode { node } => write!(f, "remove n{} from the group", node + 1),
+            Fault::AddNode { node } => write!(f, "add n{} back on an empty disk", node + 1),
+            Fault::WipeNode { node } => write!(f, "wipe n{} and restart it", node + 1),
         }
     }
 }
@@ -128,7 +146,7 @@ pub fn draw_schedule(
 }
 
 fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<Fault> {
-    let pick = rng.next_u64() % 100;
+    let pick = rng.next_u64() % 116;
     let random_node = |rng: &mut ChaCha8Rng| (rng.next_u64() % nodes as u64) as usize;
     match pick {
         0..=19 if nodes > 1 => Some(draw_partition(rng, nodes)),
@@ -170,6 +188,17 @@ fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<F
         93..=94 => Some(Fault::CrashLeaderOnCommit),
         95..=96 if nodes > 2 => Some(Fault::SplitVote),
         97..=99 if nodes > 2 => Some(Fault::CrashMajority),
+        100..=105 if nodes > 2 => Some(Fault::RemoveNode {
+            node: random_node(rng),
+        }),
+        106..=112 if nodes > 2 => Some(Fault::AddNode {
+            node: random_node(rng),
+        }),
+        113..=115 if nodes > 2 => {
+            let node = random_node(rng);
+            down[node] = false;
+            Some(Fault::WipeNode { node })
+        }
         _ => None,
     }
 }

@@ -3,8 +3,11 @@
 //! One run is one seed. The seed draws the cluster size (1, 3, 5 or 7 replicas unless
 //! fixed), the core's settings, disk latencies, the clients, and a schedule of faults:
 //! partitions (symmetric, one-way, an isolated node, or a bridge node that sees both
-//! sides), crashes that lose a random suffix of the writes in flight, restarts, and link
-//! quality that drops, duplicates, delays and reorders messages. Everything runs on one
+//! sides), crashes that lose a random suffix of the writes in flight, restarts, link
+//! quality that drops, duplicates, delays and reorders messages, nodes removed from the
+//! group and added back on an empty disk, and disks wiped under a running node. Replicas
+//! take snapshots at short intervals and compact their logs, so that lagging followers
+//! catch up by snapshot transfer. Everything runs on one
 //! virtual clock with one seeded generator and ordered maps only, so the same seed replays
 //! the same run event for event.
 //!
@@ -78,7 +81,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let counts = &self.counts;
         let mut text = format!(
-            "seed {} nodes {}: {} events, {} messages ({} lost), {} elections, term {}, applied {}, ops ok {} failed {} unknown {}, crashes {}",
+            "seed {} nodes {}: {} events, {} messages ({} lost), {} elections, term {}, applied {}, ops ok {} failed {} unknown {}, crashes {}, snapshots taken {} installed {}, membership changes {}, wipes {}",
             self.seed,
             self.params.nodes,
             counts.events,
@@ -90,7 +93,11 @@ impl RunReport {
             counts.operations_ok,
             counts.operations_failed,
             counts.operations_unknown,
-            counts.crashes
+            counts.crashes,
+            counts.snapshots_taken,
+            counts.snapshots_installed,
+            counts.membership_changes,
+            counts.wipes
         );
         if let Verdict::Failed { reason } = &self.verdict {
             let _ = write!(text, "\n  FAILED: {reason}\n  faults:");

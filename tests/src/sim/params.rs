@@ -1,5 +1,5 @@
 //! The shape of one run, drawn from its seed: cluster size, core settings, disk latency,
-//! client count and the phases of the run.
+//! client count, snapshot intervals and the phases of the run.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
@@ -44,6 +44,11 @@ pub struct RunParams {
     /// A client gives up on an operation after this long and records its outcome as
     /// unknown.
     pub client_timeout_us: u64,
+    /// Each replica takes a snapshot once it applied this many entries since its last one;
+    /// `None` never compacts.
+    pub snapshot_every_entries: Option<u64>,
+    /// Entries kept in the log before a snapshot's index when compacting.
+    pub snapshot_keep_entries: u64,
 }
 
 impl RunParams {
@@ -79,6 +84,9 @@ impl RunParams {
             clients_stop_us,
             end_us: clients_stop_us + 1_000_000,
             client_timeout_us: 1_000_000,
+            // Short intervals make followers that were down or cut off catch up by snapshot.
+            snapshot_every_entries: (!chance(rng, 0.2)).then(|| uniform(rng, 5, 60)),
+            snapshot_keep_entries: uniform(rng, 0, 8),
         }
     }
 

@@ -1,0 +1,548 @@
+//! Scenario tests of snapshots, membership changes and replicas that lost their data,
+//! driven step by step through the scripted harness.
+//!
+//! Each test states the failure a real Raft system suffered and checks the correct
+//! behaviour: a snapshot installed beside a stale log, a follower that lost its log but kept
+//! its identity, a removed node coming back, and membership changes of successive leaders.
+
+use bytes::Bytes;
+use shardraft_raft::{
+    Entry, EntryKind, HardState, LogIndex, MembershipChange, MembershipChangeError, MessageBody,
+    NodeId, RestoredState, Role, Term,
+};
+use shardraft_tests::harness::Cluster;
+
+/// Generous bound on the ticks any election below needs (the default election timeout is
+/// 10 to 20 ticks).
+const ELECTION_TICKS: u32 = 200;
+
+fn log_with_terms(terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(offset, term)| {
+            let index = offset as u64 + 1;
+            Entry {
+                term: Term(*term),
+                index: LogIndex(index),
+                kind: EntryKind::Normal,
+                data: Bytes::from(format!("{index}@{term}")),
+            }
+        })
+        .collect()
+}
+
+fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
+    RestoredState {
+        hard_state: HardState {
+            term: Term(term),
+            vote: None,
+            commit: LogIndex(commit),
+        },
+        snapshot: None,
+        entries: log_with_terms(terms),
+        applied: LogIndex(0),
+    }
+}
+
+fn propose_many(cluster: &mut Cluster, count: usize) {
+    for value in 0..count {
+        cluster.propose_and_commit(format!("v{value}"));
+    }
+}
+
+fn install_snapshots_sent_to(cluster: &Cluster, to: u64) -> usize {
+    cluster
+        .sent()
+        .iter()
+        .filter(|message| {
+            message.to == NodeId(to) && matches!(message.body, MessageBody::InstallSnapshot { .. })
+        })
+        .count()
+}
+
+fn voters(cluster: &Cluster, id: u64) -> Vec<u64> {
+    cluster
+        .node(id)
+        .membership()
+        .voters
+        .iter()
+        .map(|voter| voter.0)
+        .collect()
+}
+
+/// Proposes `change` at the leader, retrying across the leader's first ticks (a new leader
+/// accepts changes only once its own no-op commits), and stabilizes.
+fn change_membership(cluster: &mut Cluster, change: MembershipChange) {
+    for _ in 0..ELECTION_TICKS {
+        let leader = cluster.run_until_leader(ELECTION_TICKS);
+        match cluster
+            .node_mut(leader)
+            .propose_membership_change(change, Bytes::new())
+        {
+            Ok(_) => {
+                cluster.stabilize();
+                return;
+            }
+            Err(
+                MembershipChangeError::LeaderNotReady | MembershipChangeError::ChangePending { .. },
+            ) => cluster.run_ticks(1),
+            Err(error) => panic!("leader {leader} refused {change}: {error}"),
+        }
+    }
+    panic!("{change} was not accepted within {ELECTION_TICKS} ticks");
+}
+
+// ----- a snapshot installed beside a stale log -----
+
+#[test]
+fn snapshot_replaces_a_stale_old_term_suffix_once() {
+    // Node 3 holds entries 4 to 8 of term 1 that never committed. Nodes 1 and 2 move on in
+    // term 2 without it and compact their logs, so node 3 can catch up only by snapshot.
+    // After installing it, no term-1 entry past the snapshot's index may remain, node 3 must
+    // converge to the leader's log, and the leader must send the snapshot a bounded number
+    // of times rather than in a loop.
+    let mut cluster = Cluster::builder(3)
+        .restore(1, restored(&[1, 1, 1], 1, 3))
+        .restore(2, restored(&[1, 1, 1], 1, 3))
+        .restore(3, restored(&[1, 1, 1, 1, 1, 1, 1, 1], 1, 3))
+        .build();
+    cluster.isolate(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 20);
+    let snapshot = cluster.snapshot(1, 0);
+    assert!(
+        snapshot.index.0 > 8,
+        "the snapshot covers node 3's stale entries"
+    );
+    assert_eq!(cluster.node(1).first_index(), snapshot.index.next());
+
+    cluster.clear_records();
+    cluster.heal();
+    cluster.run_ticks(40);
+
+    let stale_left: Vec<LogIndex> = (snapshot.index.0 + 1..=cluster.node(3).last_index().0)
+        .map(LogIndex)
+        .filter(|index| {
+            cluster
+                .node(3)
+                .entry(*index)
+                .is_some_and(|entry| entry.term == Term(1))
+        })
+        .collect();
+    assert!(
+        stale_left.is_empty(),
+        "term-1 entries past the snapshot on node 3: {stale_left:?}"
+    );
+    assert_eq!(
+        cluster.node(3).last_index(),
+        cluster.node(1).last_index(),
+        "node 3 converged"
+    );
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        cluster.node(1).commit_index()
+    );
+    assert_eq!(
+        cluster.durable(3).base_index,
+        snapshot.index,
+        "storage starts after the snapshot"
+    );
+    let sent = install_snapshots_sent_to(&cluster, 3);
+    assert!(
+        (1..=2).contains(&sent),
+        "the leader sent node 3 the snapshot {sent} times"
+    );
+
+    // A new write replicates to node 3 as ordinary entries.
+    let proposal = cluster.propose_and_commit("after the snapshot");
+    assert!(
+        cluster.has_applied(3, proposal),
+        "node 3 applied the write after the snapshot"
+    );
+}
+
+#[test]
+fn snapshot_below_the_commit_index_changes_nothing() {
+    // A late or duplicated snapshot older than what a follower has committed leaves its log
+    // alone, entries it acknowledged included.
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.run_until_leader(ELECTION_TICKS);
+    propose_many(&mut cluster, 10);
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let last_before = cluster.node(follower).last_index();
+
+    let snapshot = cluster.snapshot(leader, 0);
+    let message = shardraft_raft::Message {
+        from: NodeId(leader),
+        to: NodeId(follower),
+        term: cluster.node(leader).term(),
+        body: MessageBody::InstallSnapshot {
+            snapshot: shardraft_raft::SnapshotMeta {
+                index: LogIndex(snapshot.index.0 - 4),
+                ..snapshot.clone()
+            },
+        },
+    };
+    cluster.deliver(message);
+    cluster.stabilize();
+    assert_eq!(cluster.node(follower).last_index(), last_before);
+    assert!(
+        cluster
+            .node(follower)
+            .entry(LogIndex(snapshot.index.0 - 5))
+            .is_some()
+    );
+}
+
+// ----- a follower that lost its log but kept its identity -----
+
+#[test]
+fn wiped_follower_does_not_vote_until_caught_up() {
+    // Node 3's data directory is wiped and it restarts with the same id while the leader
+    // believes it holds every committed entry. It must not crash-loop, must not vote while
+    // it lacks the committed log, and must catch up again; no committed entry may be lost.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 5);
+    let committed = cluster.node(1).commit_index();
+
+    cluster.crash(3);
+    cluster.wipe(3);
+    cluster.restart(3);
+    assert!(
+        cluster.node(3).is_catching_up(),
+        "a node without data starts catching up"
+    );
+
+    // The leader dies before node 3 hears from it. Node 2 holds every committed entry, but
+    // node 3 cannot know that, so no leader may emerge from node 3's vote.
+    cluster.crash(1);
+    cluster.run_ticks(10 * ELECTION_TICKS / 4);
+    assert_ne!(
+        cluster.node(2).role(),
+        Role::Leader,
+        "node 2 won with the vote of a node without data"
+    );
+    assert_ne!(cluster.node(3).role(), Role::Leader, "the wiped node led");
+    assert!(cluster.node(3).is_catching_up());
+
+    // With node 1 back, a leader with the committed log replicates to node 3 again, which
+    // then votes as before.
+    cluster.restart(1);
+    let leader = cluster.run_until_leader(ELECTION_TICKS);
+    assert_ne!(leader, 3);
+    cluster.run_ticks(10);
+    assert!(!cluster.node(3).is_catching_up(), "node 3 caught up");
+    assert!(cluster.node(3).last_index() >= committed);
+    for index in 1..=committed.0 {
+        assert_eq!(
+            cluster.node(3).entry(LogIndex(index)),
+            cluster.node(leader).entry(LogIndex(index)),
+            "entry {index} on node 3"
+        );
+    }
+    let proposal = cluster.propose_and_commit("after the wipe");
+    assert!(cluster.has_applied(3, proposal));
+}
+
+#[test]
+fn wiped_follower_of_a_compacted_leader_catches_up_by_snapshot() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 12);
+    let snapshot = cluster.snapshot(1, 2);
+
+    cluster.crash(2);
+    cluster.wipe(2);
+    cluster.restart(2);
+    cluster.clear_records();
+    cluster.run_ticks(20);
+
+    assert!(!cluster.node(2).is_catching_up(), "node 2 caught up");
+    assert_eq!(
+        install_snapshots_sent_to(&cluster, 2),
+        1,
+        "one snapshot transfer"
+    );
+    assert_eq!(
+        cluster
+            .durable(2)
+            .snapshot
+            .as_ref()
+            .map(|stored| stored.index),
+        Some(snapshot.index)
+    );
+    assert_eq!(cluster.node(2).last_index(), cluster.node(1).last_index());
+    let stats = cluster.node(1).stats();
+    assert!(
+        stats.rejections_of_acknowledged_entries > 0,
+        "the leader noticed that node 2 lost acknowledged entries"
+    );
+}
+
+// ----- a removed node comes back -----
+
+#[test]
+fn node_removed_while_partitioned_cannot_disrupt() {
+    // Node 3 is cut off, removed by the others, and then reconnects after campaigning for
+    // many election timeouts. The group's term stays, and it keeps serving writes.
+    for pre_vote in [true, false] {
+        let mut cluster = Cluster::builder(3)
+            .configure(move |config| config.pre_vote = pre_vote)
+            .build();
+        cluster.elect(1, ELECTION_TICKS);
+        cluster.isolate(3);
+        change_membership(&mut cluster, MembershipChange::Remove { node: NodeId(3) });
+        cluster.propose_and_commit("removal committed");
+        assert_eq!(voters(&cluster, 1), vec![1, 2]);
+        let term_before = cluster.node(1).term();
+
+        cluster.run_ticks(10 * ELECTION_TICKS / 4);
+        cluster.heal();
+        cluster.run_ticks(10 * ELECTION_TICKS / 4);
+
+        let leader = cluster.leader().expect("a leader");
+        assert!(
+            leader == 1 || leader == 2,
+            "pre_vote={pre_vote}: node {leader} leads"
+        );
+        let term_after = cluster.node(leader).term();
+        assert!(
+            term_after.0 <= term_before.0 + 1,
+            "pre_vote={pre_vote}: the group's term rose from {term_before} to {term_after}"
+        );
+        let proposal = cluster.propose_and_commit("still serving");
+        assert!(cluster.has_applied(2, proposal));
+    }
+}
+
+#[test]
+fn removing_the_leader_transfers_leadership_first() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.propose_and_commit("before");
+    let term_before = cluster.node(1).term();
+
+    let refused = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(1) }, Bytes::new());
+    let Err(MembershipChangeError::LeaderTransferring { leader, target }) = refused else {
+        panic!("removing the leader gave {refused:?}");
+    };
+    assert_eq!(leader, NodeId(1));
+    cluster.run_ticks(5);
+    let new_leader = cluster.leader().expect("a leader after the transfer");
+    assert_eq!(
+        new_leader, target.0,
+        "leadership moved to the transfer target"
+    );
+
+    change_membership(&mut cluster, MembershipChange::Remove { node: NodeId(1) });
+    cluster.propose_and_commit("removal committed");
+    cluster.run_ticks(10 * ELECTION_TICKS / 4);
+    let leader = cluster.leader().expect("a leader");
+    assert_ne!(leader, 1, "the removed node leads");
+    assert!(
+        cluster.node(leader).term().0 <= term_before.0 + 2,
+        "the term rose by more than the transfer's election"
+    );
+    assert!(!cluster.node(leader).membership().contains(NodeId(1)));
+    let proposal = cluster.propose_and_commit("after");
+    assert!(cluster.has_applied(leader, proposal));
+}
+
+// ----- membership changes of successive leaders -----
+
+#[test]
+fn new_leader_changes_membership_only_after_its_own_commit() {
+    // A new leader may still hold an uncommitted change of an earlier leader; combining
+    // another change with it could produce majorities that do not overlap. So it accepts a
+    // change only once an entry of its own term has committed, and one change at a time.
+    let mut cluster = Cluster::new(5);
+    cluster.win_election(1, ELECTION_TICKS);
+    let early = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(5) }, Bytes::new());
+    assert_eq!(early, Err(MembershipChangeError::LeaderNotReady));
+    cluster.stabilize();
+
+    let first = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(5) }, Bytes::new())
+        .expect("the leader accepts a change once its no-op committed");
+    let second = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(4) }, Bytes::new());
+    assert_eq!(
+        second,
+        Err(MembershipChangeError::ChangePending { index: first.index })
+    );
+}
+
+#[test]
+fn uncommitted_change_of_a_failed_leader_is_replaced_safely() {
+    // Leader 1 appends "remove 5" and reaches only node 2 before it is cut off. Node 3 wins
+    // the next term without that change, must commit an entry of its own term before its own
+    // change, and every node ends with one membership. Two leaders never share a term (the
+    // harness checks election safety on every batch).
+    let mut cluster = Cluster::new(5);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.propose_and_commit("before");
+    for id in [3, 4, 5] {
+        cluster.cut(1, id);
+    }
+    cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(5) }, Bytes::new())
+        .expect("the change is accepted");
+    cluster.stabilize();
+    assert_eq!(
+        voters(&cluster, 2),
+        vec![1, 2, 3, 4],
+        "node 2 holds the uncommitted change"
+    );
+    cluster.isolate(1);
+    cluster.isolate(2);
+
+    let mut new_leader = None;
+    for _ in 0..ELECTION_TICKS {
+        for id in [3, 4, 5] {
+            cluster.tick(id);
+            if cluster.node(id).role() == Role::Leader {
+                new_leader = Some(id);
+            }
+        }
+        if new_leader.is_some() {
+            break;
+        }
+        let mut progressed = true;
+        while progressed {
+            progressed = cluster.process_all_readies() > 0;
+            for id in [3, 4, 5] {
+                if cluster.node(id).role() == Role::Leader {
+                    new_leader = Some(id);
+                }
+            }
+            if new_leader.is_some() {
+                break;
+            }
+            progressed |= cluster.deliver_queued() > 0;
+        }
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("a leader among nodes 3, 4 and 5");
+    // Its no-op has not committed yet: it has not even handed out its first batch.
+    let refused = cluster
+        .node_mut(new_leader)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(4) }, Bytes::new());
+    assert_eq!(
+        refused,
+        Err(MembershipChangeError::LeaderNotReady),
+        "a change before the new leader's own commit"
+    );
+    cluster.heal();
+    change_membership(&mut cluster, MembershipChange::Remove { node: NodeId(4) });
+    cluster.propose_and_commit("after");
+    cluster.run_ticks(10);
+
+    let leader = cluster.leader().expect("a leader");
+    let expected = voters(&cluster, leader);
+    for id in [1, 2, 3, 5] {
+        assert_eq!(voters(&cluster, id), expected, "membership on node {id}");
+    }
+    assert!(!expected.contains(&4), "node 4 was removed: {expected:?}");
+}
+
+// ----- learners -----
+
+#[test]
+fn new_node_joins_as_learner_and_is_promoted_once_caught_up() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 30);
+    cluster.snapshot(1, 5);
+    cluster.add_node(4, &[1, 2, 3]);
+    assert!(cluster.node(4).is_catching_up());
+
+    change_membership(
+        &mut cluster,
+        MembershipChange::AddLearner {
+            node: NodeId(4),
+            promote_when_caught_up: true,
+        },
+    );
+    cluster.run_ticks(20);
+
+    assert_eq!(voters(&cluster, 1), vec![1, 2, 3, 4], "node 4 was promoted");
+    assert_eq!(
+        voters(&cluster, 4),
+        vec![1, 2, 3, 4],
+        "node 4 knows it votes"
+    );
+    assert!(!cluster.node(4).is_catching_up());
+    assert_eq!(cluster.node(4).last_index(), cluster.node(1).last_index());
+    let proposal = cluster.propose_and_commit("four voters");
+    assert!(cluster.has_applied(4, proposal));
+}
+
+#[test]
+fn learner_without_promotion_stays_a_learner() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.add_node(4, &[1, 2, 3]);
+    change_membership(
+        &mut cluster,
+        MembershipChange::AddLearner {
+            node: NodeId(4),
+            promote_when_caught_up: false,
+        },
+    );
+    propose_many(&mut cluster, 5);
+    cluster.run_ticks(20);
+    assert_eq!(voters(&cluster, 1), vec![1, 2, 3]);
+    assert!(cluster.node(1).membership().learners.contains(&NodeId(4)));
+    change_membership(&mut cluster, MembershipChange::Promote { node: NodeId(4) });
+    assert_eq!(voters(&cluster, 1), vec![1, 2, 3, 4], "promoted by hand");
+}
+
+#[test]
+fn restart_after_compaction_restores_membership_and_log() {
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.add_node(4, &[1, 2, 3]);
+    change_membership(
+        &mut cluster,
+        MembershipChange::AddLearner {
+            node: NodeId(4),
+            promote_when_caught_up: true,
+        },
+    );
+    propose_many(&mut cluster, 10);
+    cluster.run_ticks(10);
+    for id in 1..=4 {
+        cluster.snapshot(id, 0);
+    }
+    propose_many(&mut cluster, 3);
+    for id in 1..=4 {
+        cluster.crash(id);
+    }
+    for id in 1..=4 {
+        cluster.restart(id);
+    }
+    assert_eq!(
+        voters(&cluster, 2),
+        vec![1, 2, 3, 4],
+        "membership from the snapshot"
+    );
+    let leader = cluster.run_until_leader(ELECTION_TICKS);
+    let proposal = cluster.propose_and_commit("after the restart");
+    for id in 1..=4 {
+        assert!(
+            cluster.has_applied(id, proposal),
+            "node {id} (leader {leader})"
+        );
+    }
+}
