@@ -2,8 +2,9 @@
 //! snapshot, or from the config when no snapshot exists) and every membership-change entry
 //! after it.
 //!
-//! A change takes effect when it is appended, not when it commits (section 4.1 of Ongaro's
-//! dissertation): each replica uses the newest change in its log. A follower that truncates
+//! A change takes effect when it is appended, not when it commits, as the chapter on
+//! membership changes of Ongaro's dissertation prescribes: each replica uses the newest
+//! change in its log. A follower that truncates
 //! a conflicting suffix therefore falls back to the membership before the removed change.
 
 use alloc::vec::Vec;
