@@ -12,7 +12,6 @@
 //! with closed-loop appenders for each entry size and appender count. Last it checks the
 //! log's performance goals against the two. See `bench/BENCHMARKS.md` for recorded runs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -469,7 +468,6 @@ async fn measure_all(
         "write", "ops/s", "MiB/s", "p50 us", "p99 us"
     );
     let mut device = Vec::new();
-    let mut device_by_blocks: HashMap<u64, DeviceSample> = HashMap::new();
     for write_bytes in DEVICE_WRITE_BYTES {
         let sample = probe.measure(write_bytes, duration).await?;
         println!(
@@ -480,7 +478,6 @@ async fn measure_all(
             sample.latency.p50_micros,
             sample.latency.p99_micros
         );
-        device_by_blocks.insert(sample.write_bytes, sample);
         device.push(sample);
     }
 
@@ -510,14 +507,9 @@ async fn measure_all(
         let outcome = run_cell(&cell_dir, config, *spec, warmup, duration).await?;
         let write_bytes = (outcome.write_bytes_mean().ceil() as u64)
             .next_multiple_of(shardraft_bench::wal::device::BLOCK_BYTES);
-        let device_sample = match device_by_blocks.get(&write_bytes) {
-            Some(sample) => *sample,
-            None => {
-                let sample = probe.measure(write_bytes, duration / 2).await?;
-                device_by_blocks.insert(write_bytes, sample);
-                sample
-            }
-        };
+        // The device's latency drifts by several times within minutes on shared disks, so
+        // each cell's reference is measured right after it, at its own write size.
+        let device_sample = probe.measure(write_bytes, duration / 2).await?;
         let cell = CellReport {
             spec: *spec,
             entries_per_sec: outcome.entries_per_sec(),

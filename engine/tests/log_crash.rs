@@ -15,10 +15,12 @@ use shardraft::log::{
     BatchNumber, DiskLog, GroupId, LogConfig, LogIdentity, LogStore, MemoryLog, StorageError,
     WriteBatch,
 };
+use shardraft::raft::{LogIndex, Term};
 
 const A: GroupId = GroupId(1);
 const B: GroupId = GroupId(2);
 const C: GroupId = GroupId(3);
+const D: GroupId = GroupId(4);
 
 type Snapshot = Vec<(GroupId, GroupSnapshot)>;
 
@@ -118,6 +120,13 @@ fn prefix_batches() -> Vec<WriteBatch> {
             if round % 2 == 0 {
                 batch.append(B, entries(B, round / 2 + 1, round / 2 + 1, 1));
             }
+            // Group D receives a snapshot far past its log, and appends after it.
+            match round {
+                1 => batch.append(D, entries(D, 1, 2, 1)),
+                3 => batch.install_snapshot(D, LogIndex(40), Term(2)),
+                4 => batch.append(D, entries(D, 41, 42, 2)),
+                _ => &mut batch,
+            };
             batch
         })
         .collect()
@@ -129,6 +138,9 @@ fn final_batch() -> WriteBatch {
     batch.append(A, data.collect());
     batch.set_hard_state(A, hard_state(2, Some(2), 18));
     batch.set_hard_state(B, hard_state(2, None, 1));
+    // A snapshot inside B's log, whose term conflicts with B's entry 2: lost with the rest
+    // of the batch when the batch is torn.
+    batch.install_snapshot(B, LogIndex(2), Term(2));
     batch.append(C, vec![entry(1, 2, payload(C, 1, 2, 100))]);
     batch
 }
@@ -609,6 +621,7 @@ fn torn_tail_before_recycled_segment_is_truncated() {
         let next_seq = segments.len() as u64 + 1;
         let mut recycled = read(&segments[0]);
         let header = format::SegmentHeader {
+            format_version: format::FORMAT_VERSION,
             cluster_id: IDENTITY.cluster_id,
             node_id: IDENTITY.node_id,
             shard: IDENTITY.shard,
@@ -795,4 +808,87 @@ fn file_bytes(paths: &[std::path::PathBuf]) -> Vec<Vec<u8>> {
         .iter()
         .map(|path| std::fs::read(path).expect("reading a segment"))
         .collect()
+}
+
+/// Rewrites the header of the segment at `path` as format version `format_version` would
+/// have written it.
+fn set_segment_version(path: &Path, format_version: u32) {
+    let mut bytes = std::fs::read(path).expect("reading a segment");
+    let header = format::decode_segment_header(&bytes).expect("a valid segment header");
+    let header = format::SegmentHeader {
+        format_version,
+        ..header
+    };
+    format::encode_segment_header(&header, &mut bytes);
+    std::fs::write(path, &bytes).expect("rewriting the segment header");
+}
+
+/// A log written in format version 2, the version before the install-snapshot record,
+/// opens unchanged. The first batch after that goes to a new segment of the current
+/// version, so that a reader of version 2 never meets a record it does not know.
+#[test]
+fn version_2_segments_are_read_and_never_extended() {
+    run(async {
+        let dir = TestDir::new("version-2-segments");
+        let config = small_config(&dir.path);
+        let log = DiskLog::open(&config, IDENTITY).await.expect("opening");
+        let mut batches = prefix_batches();
+        for batch in &batches {
+            submit_durably(&log, batch.clone()).await;
+        }
+        let old_segments = log.segment_paths();
+        log.close().await.expect("closing");
+        drop(log);
+        // The segment prepared ahead of use is part of the log too.
+        let mut old_segments: Vec<PathBuf> = std::fs::read_dir(dir.shard_dir())
+            .expect("listing the shard directory")
+            .map(|item| item.expect("listing the shard directory").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+            .chain(old_segments)
+            .collect();
+        old_segments.sort();
+        old_segments.dedup();
+        for path in &old_segments {
+            set_segment_version(path, 2);
+        }
+        let old_bytes = file_bytes(&old_segments);
+
+        let log = DiskLog::open(&config, IDENTITY)
+            .await
+            .unwrap_or_else(|error| panic!("a version 2 log did not open: {error}"));
+        assert!(
+            snapshot(&log).await == model(&batches).await,
+            "contents of the version 2 log"
+        );
+        let mut batch = WriteBatch::new();
+        batch.install_snapshot(A, LogIndex(100), Term(3));
+        batch.append(A, entries(A, 101, 102, 3));
+        submit_durably(&log, batch.clone()).await;
+        batches.push(batch);
+        let new_segment = log.segment_paths().last().cloned().expect("a segment");
+        log.close().await.expect("closing");
+
+        assert_eq!(
+            file_bytes(&old_segments),
+            old_bytes,
+            "a version 2 segment was written to"
+        );
+        assert!(
+            !old_segments.contains(&new_segment),
+            "the batch went to a version 2 segment"
+        );
+        let new_bytes = std::fs::read(&new_segment).expect("reading the new segment");
+        let header = format::decode_segment_header(&new_bytes).expect("a valid header");
+        assert_eq!(
+            header.format_version,
+            format::FORMAT_VERSION,
+            "version of the new segment"
+        );
+        let log = DiskLog::open(&config, IDENTITY).await.expect("reopening");
+        assert!(
+            snapshot(&log).await == model(&batches).await,
+            "contents after the snapshot install"
+        );
+        log.close().await.expect("closing");
+    });
 }

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use shardraft::log::{
     BatchNumber, DiskLog, GroupId, LogConfig, LogStore, MemoryLog, StorageError, WriteBatch,
 };
-use shardraft::raft::{Entry, LogIndex};
+use shardraft::raft::{Entry, LogIndex, Term};
 
 const GROUPS: u32 = 3;
 
@@ -38,6 +38,13 @@ enum Op {
         group: u32,
         back: u64,
     },
+    /// Installs a snapshot `shift` entries past the last index (before it when negative),
+    /// so below, inside or beyond the stored entries.
+    InstallSnapshot {
+        group: u32,
+        shift: i64,
+        new_term: bool,
+    },
     Wait,
     Crash,
 }
@@ -57,6 +64,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(group, vote)| Op::HardState { group, vote }),
         1 => (0..GROUPS, 0..3u64).prop_map(|(group, back)| Op::Truncate { group, back }),
         1 => (0..GROUPS, 0..6u64).prop_map(|(group, back)| Op::Compact { group, back }),
+        1 => (0..GROUPS, -8..12i64, any::<bool>()).prop_map(|(group, shift, new_term)| {
+            Op::InstallSnapshot { group, shift, new_term }
+        }),
         1 => Just(Op::Wait),
         1 => Just(Op::Crash),
     ]
@@ -104,6 +114,16 @@ fn batch_for(current: &MemoryLog, op: &Op) -> Option<WriteBatch> {
             let now = state(group);
             let through = now.last_index.0.saturating_sub(back);
             batch.compact(GroupId(group), LogIndex(through));
+        }
+        Op::InstallSnapshot {
+            group,
+            shift,
+            new_term,
+        } => {
+            let now = state(group);
+            let index = now.last_index.0.saturating_add_signed(shift).max(1);
+            let term = now.last_term.0 + u64::from(new_term);
+            batch.install_snapshot(GroupId(group), LogIndex(index), Term(term));
         }
         Op::Wait | Op::Crash => return None,
     }

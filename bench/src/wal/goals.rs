@@ -179,6 +179,12 @@ pub fn check_small_entries(cells: &[CellReport]) -> GoalReport {
 }
 
 /// Goal 3: every cell's p99 within the allowed ratio of the device's p99.
+///
+/// Each cell's reference is the device doing what the log did in the cell: writes of the
+/// cell's mean write size (rounded up to a block), each followed by fdatasync. They run one
+/// at a time, because the closed-loop log rarely has a second batch to write while one
+/// syncs. `shardraft-bench log` measures it right after each cell, because a virtual disk's
+/// fdatasync p99 can swing between 0.3 and 4 ms within minutes.
 pub fn check_latency(cells: &[CellReport]) -> GoalReport {
     let goal = "p99 append-to-durable latency";
     let worst = cells

@@ -11,11 +11,6 @@ use super::{GroupId, GroupState, StorageError};
 /// What a log keeps per stored entry.
 pub(crate) trait Slot {
     fn term(&self) -> Term;
-
-    /// Bytes this slot counts against an entry cache; 0 where there is no cache.
-    fn cached_bytes(&self) -> u64 {
-        0
-    }
 }
 
 impl Slot for Entry {
@@ -93,35 +88,34 @@ impl<S: Slot> GroupLog<S> {
         Ok(self.slots[position].term())
     }
 
-    /// Removes the slots at and after `from`, returning the cache bytes they counted.
-    pub fn truncate_from(&mut self, from: LogIndex) -> u64 {
+    /// Removes the slots at and after `from`.
+    pub fn truncate_from(&mut self, from: LogIndex) {
         let from = from.max(LogIndex(self.compacted_index.0 + 1));
         if from > self.last_index() {
-            return 0;
+            return;
         }
         let keep = (from.0 - self.compacted_index.0 - 1) as usize;
-        self.slots
-            .drain(keep..)
-            .map(|slot| slot.cached_bytes())
-            .sum()
+        self.slots.truncate(keep);
     }
 
-    /// Drops slots through `through`, recording `term` as the compacted term, and returns
-    /// the cache bytes they counted. Callers check the compaction first with
-    /// [`check_batch`].
-    pub fn compact(&mut self, through: LogIndex, term: Term) -> u64 {
+    /// Drops slots through `through`, recording `term` as the compacted term. Callers
+    /// check the compaction first with [`check_batch`].
+    pub fn compact(&mut self, through: LogIndex, term: Term) {
         if through <= self.compacted_index {
-            return 0;
+            return;
         }
         let drop = ((through.0 - self.compacted_index.0) as usize).min(self.slots.len());
-        let released = self
-            .slots
-            .drain(..drop)
-            .map(|slot| slot.cached_bytes())
-            .sum();
+        self.slots.drain(..drop);
         self.compacted_index = through;
         self.compacted_term = term;
-        released
+    }
+
+    /// Drops every slot and restarts the log after a snapshot through `index` of `term`.
+    /// Callers check the install first with [`check_batch`].
+    pub fn install_snapshot(&mut self, index: LogIndex, term: Term) {
+        self.slots.clear();
+        self.compacted_index = index;
+        self.compacted_term = term;
     }
 }
 
@@ -268,6 +262,35 @@ impl<'a, S: Slot> PendingBounds<'a, S> {
         self.compacted_term = term;
         Ok(Some(term))
     }
+
+    /// Checks and records a snapshot install through `index` of `term`: afterwards no
+    /// stored or appended entry counts, and the log ends at `index`.
+    pub fn install_snapshot(
+        &mut self,
+        group: GroupId,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<(), StorageError> {
+        if index == LogIndex(0) {
+            // Index 0 is the empty log's boundary, whose term is always 0; a checkpoint
+            // records no compaction point there, so a term set at 0 would not survive.
+            return Err(StorageError::InvalidWrite {
+                group,
+                detail: format!(
+                    "cannot install a snapshot at index 0 (term {}); a snapshot covers at \
+                     least index 1",
+                    term.0
+                ),
+            });
+        }
+        self.stored = None;
+        self.compacted_index = index;
+        self.compacted_term = term;
+        self.stored_last = index;
+        self.appended_from = LogIndex(index.0 + 1);
+        self.terms.clear();
+        Ok(())
+    }
 }
 
 /// Checks every op of `batch` in order against the logs in `stored`, so that a batch
@@ -292,6 +315,9 @@ pub(crate) fn check_batch<S: Slot>(
             WriteOp::HardState { .. } => None,
             WriteOp::Truncate { from, .. } => view.truncate(group, *from).map(|()| None)?,
             WriteOp::Compact { through, .. } => view.compact(group, *through)?,
+            WriteOp::InstallSnapshot { index, term, .. } => {
+                view.install_snapshot(group, *index, *term).map(|()| None)?
+            }
         };
         compaction_terms.push(term);
     }

@@ -76,6 +76,9 @@ impl MemoryVolume {
                         log.compact(through, term);
                     }
                 }
+                WriteOp::InstallSnapshot { index, term, .. } => {
+                    log.install_snapshot(index, term);
+                }
             }
         }
     }

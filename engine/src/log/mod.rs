@@ -20,6 +20,11 @@
 //! waiter gets the error, because a retried sync can succeed for data the kernel has already
 //! dropped.
 //!
+//! A batch contains, per group and in order, appends (which replace a conflicting suffix),
+//! hard states, truncations of a suffix, compactions of a prefix and snapshot installs.
+//! A snapshot install ([`WriteBatch::install_snapshot`]) drops every entry of the group and
+//! restarts its log after the snapshot's last index.
+//!
 //! This module must never decide anything about Raft itself: it stores what the core hands
 //! it and checks only that each group's log stays contiguous.
 
@@ -32,6 +37,7 @@ mod identity;
 mod memory;
 mod recovery;
 mod segment;
+mod staging;
 
 use std::future::Future;
 use std::ops::Range;
@@ -72,6 +78,13 @@ pub(crate) enum WriteOp {
     Truncate { group: GroupId, from: LogIndex },
     /// Drop every entry up to and including `through`.
     Compact { group: GroupId, through: LogIndex },
+    /// Drop every entry and restart the log after a snapshot that ends at `index`, whose
+    /// last entry had `term`.
+    InstallSnapshot {
+        group: GroupId,
+        index: LogIndex,
+        term: Term,
+    },
 }
 
 impl WriteOp {
@@ -80,7 +93,8 @@ impl WriteOp {
             WriteOp::Append { group, .. }
             | WriteOp::HardState { group, .. }
             | WriteOp::Truncate { group, .. }
-            | WriteOp::Compact { group, .. } => *group,
+            | WriteOp::Compact { group, .. }
+            | WriteOp::InstallSnapshot { group, .. } => *group,
         }
     }
 }
@@ -122,6 +136,22 @@ impl WriteBatch {
     /// its last index. Compacting below an earlier compaction does nothing.
     pub fn compact(&mut self, group: GroupId, through: LogIndex) -> &mut Self {
         self.ops.push(WriteOp::Compact { group, through });
+        self
+    }
+
+    /// Replaces the whole log of `group` with a snapshot that covers every entry through
+    /// `index`, the last of which had `term`. Every stored entry of the group is dropped,
+    /// whatever its index, and the group's compacted index and term become `index` and
+    /// `term`, so that its last index is `index` and the next append starts at `index + 1`.
+    /// The hard state is kept.
+    ///
+    /// Valid wherever `index` lies: below the compacted index, inside the stored entries
+    /// (their term may differ) or beyond the last one, as when a follower receives a
+    /// snapshot far past its log. The log stores what it is given, so deciding whether a
+    /// snapshot is stale is the Raft core's job. `index` must be at least 1.
+    pub fn install_snapshot(&mut self, group: GroupId, index: LogIndex, term: Term) -> &mut Self {
+        self.ops
+            .push(WriteOp::InstallSnapshot { group, index, term });
         self
     }
 

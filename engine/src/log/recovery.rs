@@ -20,10 +20,11 @@ use std::sync::Arc;
 use glommio::io::{DmaFile, OpenOptions, ReadResult};
 use shardraft_raft::LogIndex;
 
-use super::disk::{DiskSlot, EntryCache, Location, Recovered, SegmentFile};
+use super::disk::{DiskSlot, EntryCache, Location, Placement, Recovered, SegmentFile};
 use super::error::glommio_io_error;
 use super::format::{
-    self, BATCH_HEADER_BYTES, BLOCK_BYTES, DecodedRecord, FormatError, Record, align_up,
+    self, BATCH_HEADER_BYTES, BLOCK_BYTES, DecodedRecord, FORMAT_VERSION, FormatError, Record,
+    align_up,
 };
 use super::group::GroupLog;
 use super::segment::{list_segments, prepare_segment, segment_path, write_all};
@@ -169,8 +170,11 @@ pub(crate) async fn recover(
     let mut remaining = listed.into_iter().peekable();
     while let Some((seq, path)) = remaining.next() {
         let is_last = remaining.peek().is_none();
-        let file = match open_segment(&path, identity, seq, is_last).await? {
-            OpenedSegment::Ready(file) => file,
+        let (file, format_version) = match open_segment(&path, identity, seq, is_last).await? {
+            OpenedSegment::Ready {
+                file,
+                format_version,
+            } => (file, format_version),
             OpenedSegment::Unfinished(file) => {
                 tracing::warn!(
                     path = %path.display(),
@@ -184,7 +188,7 @@ pub(crate) async fn recover(
             scan.check_after_damage(&path, &file).await?;
             continue;
         }
-        scan.scan_segment(seq, path, file).await?;
+        scan.scan_segment(seq, path, file, format_version).await?;
     }
 
     if let Some((group, gap_end)) = scan.unconfirmed_gaps.first_key_value() {
@@ -214,8 +218,10 @@ pub(crate) async fn recover(
                 config.zero_fill_segments,
             )
             .await?;
-            scan.segments
-                .insert(1, empty_segment(1, segment_path(dir, 1), file));
+            scan.segments.insert(
+                1,
+                empty_segment(1, segment_path(dir, 1), file, FORMAT_VERSION),
+            );
             (1, BLOCK_BYTES)
         }
     };
@@ -229,11 +235,12 @@ pub(crate) async fn recover(
     })
 }
 
-fn empty_segment(seq: u64, path: PathBuf, file: Rc<DmaFile>) -> SegmentFile {
+fn empty_segment(seq: u64, path: PathBuf, file: Rc<DmaFile>, format_version: u32) -> SegmentFile {
     SegmentFile {
         seq,
         path,
         file,
+        format_version,
         max_index: HashMap::new(),
         checkpoint_base: HashMap::new(),
     }
@@ -241,8 +248,11 @@ fn empty_segment(seq: u64, path: PathBuf, file: Rc<DmaFile>) -> SegmentFile {
 
 /// A segment file opened by recovery.
 enum OpenedSegment {
-    /// A segment with a valid header of this log.
-    Ready(Rc<DmaFile>),
+    /// A segment with a valid header of this log, written in `format_version`.
+    Ready {
+        file: Rc<DmaFile>,
+        format_version: u32,
+    },
     /// A last segment whose header was never written, which a crash during preparation
     /// leaves behind. It is removed once the scan succeeded.
     Unfinished(Rc<DmaFile>),
@@ -300,7 +310,10 @@ async fn open_segment(
             ),
         });
     }
-    Ok(OpenedSegment::Ready(Rc::new(file)))
+    Ok(OpenedSegment::Ready {
+        file: Rc::new(file),
+        format_version: header.format_version,
+    })
 }
 
 /// A damaged batch found while scanning: the end of the log, unless valid data follows.
@@ -422,8 +435,9 @@ impl Scan {
         seq: u64,
         path: PathBuf,
         file: Rc<DmaFile>,
+        format_version: u32,
     ) -> Result<(), StorageError> {
-        let mut segment = empty_segment(seq, path.clone(), Rc::clone(&file));
+        let mut segment = empty_segment(seq, path.clone(), Rc::clone(&file), format_version);
         let mut reader = SegmentReader::new(&file, &path).await?;
         let mut offset = BLOCK_BYTES;
         let mut first_batch = true;
@@ -517,7 +531,7 @@ impl Scan {
             }
             self.last_batch_seq = Some(batch.batch_seq);
             offset += align_up(batch.batch_bytes);
-            self.cache.evict(&mut self.groups);
+            self.cache.evict(None);
         }
 
         if let Some(damage) = self.damage.take() {
@@ -647,21 +661,19 @@ impl Scan {
                         offset: payload_offset + u64::from(decoded.payload_offset),
                         len: decoded.record_bytes,
                     };
-                    self.cache.insert(group, entry.index, entry.data.len());
+                    let cached = self.cache.insert(entry.data.clone(), None);
                     log.slots.push_back(DiskSlot {
                         term: entry.term,
                         kind: entry.kind,
-                        location: Some(location),
-                        data: Some(entry.data.clone()),
-                        submission: super::BatchNumber(0),
+                        placement: Placement::OnDisk(location),
+                        cached,
                     });
                     let highest = segment.max_index.entry(group).or_default();
                     *highest = (*highest).max(entry.index);
                 }
                 Record::HardState { hard_state, .. } => log.hard_state = Some(*hard_state),
                 Record::Truncate { from, .. } => {
-                    let dropped = log.truncate_from(*from);
-                    self.cache.forget(dropped);
+                    log.truncate_from(*from);
                 }
                 Record::Compact { through, term, .. } => {
                     if self
@@ -676,8 +688,14 @@ impl Scan {
                             log.compacted_term = *term;
                         }
                     }
-                    let dropped = log.compact(*through, *term);
-                    self.cache.forget(dropped);
+                    log.compact(*through, *term);
+                }
+                Record::InstallSnapshot { index, term, .. } => {
+                    // The snapshot replaces everything before it, so entries missing from
+                    // before it (in segments deleted once a checkpoint recorded it) are not
+                    // a gap any more.
+                    self.unconfirmed_gaps.remove(&group);
+                    log.install_snapshot(*index, *term);
                 }
             }
         }

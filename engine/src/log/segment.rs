@@ -113,6 +113,7 @@ async fn write_header_and_sync(
     path: &Path,
 ) -> Result<(), StorageError> {
     let header = SegmentHeader {
+        format_version: format::FORMAT_VERSION,
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
         shard: identity.shard,
