@@ -52,6 +52,9 @@ pub struct DurableState {
     pub base_term: Term,
     /// The stored log, contiguous from `base_index + 1`.
     pub entries: Vec<Entry>,
+    /// Recorded when the replica started without any state, and forgotten once a batch
+    /// with `Ready::catch_up_ended` is durable.
+    pub catching_up: bool,
 }
 
 impl DurableState {
@@ -163,6 +166,10 @@ impl DurableState {
     ///
     /// The storage is brought in line first, as a runtime writes the log change at start.
     pub fn restore(&mut self) -> RestoredState {
+        // Recorded before the replica can write anything, as a runtime must.
+        if *self == DurableState::default() {
+            self.catching_up = true;
+        }
         if let Some(snapshot) = self.snapshot.clone()
             && snapshot.index > self.base_index
         {
@@ -183,6 +190,7 @@ impl DurableState {
             snapshot: self.snapshot.clone(),
             entries: self.entries.clone(),
             applied,
+            catching_up: self.catching_up,
         }
     }
 
@@ -199,6 +207,8 @@ pub struct PendingWrite {
     pub hard_state: Option<HardState>,
     /// A snapshot install to write before `entries`.
     pub snapshot: Option<SnapshotInstall>,
+    /// The batch reports that catching up ended; storage forgets it once durable.
+    pub catch_up_ended: bool,
     pub entries: Vec<Entry>,
     pub messages_after_persist: Vec<Message>,
 }
@@ -358,6 +368,7 @@ impl ClusterBuilder {
                 base_index,
                 base_term,
                 entries: restored.entries.clone(),
+                catching_up: restored.catching_up,
             };
             let node = RaftNode::new(config.clone(), restored)
                 .unwrap_or_else(|error| panic!("cannot create node {id}: {error}"));
@@ -619,6 +630,7 @@ impl Cluster {
             dropped_reads,
             snapshot_to_install,
             membership: _,
+            catch_up_ended,
         } = ready;
         self.send_all(messages);
         if let Some(install) = &snapshot_to_install {
@@ -630,6 +642,7 @@ impl Cluster {
             number,
             hard_state,
             snapshot: snapshot_to_install,
+            catch_up_ended,
             entries,
             messages_after_persist,
         };
@@ -668,6 +681,9 @@ impl Cluster {
                 replica.durable.install(install);
             }
             replica.durable.write(write.hard_state, &write.entries);
+            if write.catch_up_ended {
+                replica.durable.catching_up = false;
+            }
             messages.extend(write.messages_after_persist);
             last_number = Some(write.number);
         }

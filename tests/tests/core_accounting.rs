@@ -123,6 +123,7 @@ fn uncommitted_limit_counts_only_own_entries() {
         snapshot: None,
         entries: vec![old_entry],
         applied: LogIndex(0),
+        catching_up: false,
     };
     let mut cluster = Cluster::builder(3)
         .configure(|config| config.max_uncommitted_bytes = 1000)

@@ -31,6 +31,7 @@ fn follower_in_term(term: u64) -> RaftNode {
         snapshot: None,
         entries: Vec::new(),
         applied: LogIndex(0),
+        catching_up: false,
     };
     RaftNode::new(config, restored).expect("valid config and state")
 }
@@ -42,6 +43,7 @@ fn heartbeat(from: u64, to: u64, term: u64) -> Message {
         term: Term(term),
         body: MessageBody::Heartbeat {
             leader_commit: LogIndex(0),
+            committed_at_leader: LogIndex(0),
             read_round: None,
         },
     }
@@ -300,9 +302,12 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 },
             }
         }),
-        (index(), read_round.clone()).prop_map(|(i, read_round)| MessageBody::Heartbeat {
-            leader_commit: LogIndex(i),
-            read_round,
+        (index(), index(), read_round.clone()).prop_map(|(i, at_leader, read_round)| {
+            MessageBody::Heartbeat {
+                leader_commit: LogIndex(i),
+                committed_at_leader: LogIndex(at_leader),
+                read_round,
+            }
         }),
         read_round.prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
         Just(MessageBody::TimeoutNow),

@@ -43,6 +43,7 @@ fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
         snapshot: None,
         entries: log_with_terms(terms),
         applied: LogIndex(0),
+        catching_up: false,
     }
 }
 

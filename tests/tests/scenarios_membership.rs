@@ -42,6 +42,7 @@ fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
         snapshot: None,
         entries: log_with_terms(terms),
         applied: LogIndex(0),
+        catching_up: false,
     }
 }
 
@@ -545,4 +546,226 @@ fn restart_after_compaction_restores_membership_and_log() {
             "node {id} (leader {leader})"
         );
     }
+}
+
+// ----- single replicas driven message by message -----
+
+fn entries_of_term(first: u64, last: u64, term: u64) -> Vec<Entry> {
+    (first..=last)
+        .map(|index| Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: Bytes::from(format!("{index}@{term}")),
+        })
+        .collect()
+}
+
+fn message_from_leader(term: u64, body: MessageBody) -> shardraft_raft::Message {
+    shardraft_raft::Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(term),
+        body,
+    }
+}
+
+/// Node 2 of a three-voter group, restored from `restored`.
+fn follower(restored: RestoredState) -> shardraft_raft::RaftNode {
+    let membership = shardraft_raft::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    let config = shardraft_raft::Config::new(NodeId(2), membership);
+    shardraft_raft::RaftNode::new(config, restored).expect("valid node")
+}
+
+/// Takes every `Ready`, persists it at once and returns the messages it sent.
+fn drain(node: &mut shardraft_raft::RaftNode) -> Vec<shardraft_raft::Message> {
+    let mut sent = Vec::new();
+    while let Some(ready) = node.ready() {
+        sent.extend(ready.messages);
+        node.on_persisted(ready.number);
+        sent.extend(ready.messages_after_persist);
+    }
+    sent
+}
+
+fn snapshot_meta(index: u64, term: u64) -> shardraft_raft::SnapshotMeta {
+    shardraft_raft::SnapshotMeta {
+        index: LogIndex(index),
+        term: Term(term),
+        membership: shardraft_raft::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]),
+    }
+}
+
+#[test]
+fn snapshot_keeps_entries_acknowledged_in_the_same_batch() {
+    // The follower accepts entries 4 to 10 and, before they are durable, installs a
+    // snapshot at 6 from the same leader. Its acknowledgement of 10 leaves once the entries
+    // are durable, so they must survive the install.
+    let mut node = follower(restored(&[1, 1, 1], 1, 3));
+    node.step(message_from_leader(
+        2,
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(3),
+            prev_log_term: Term(1),
+            entries: entries_of_term(4, 10, 2),
+            leader_commit: LogIndex(3),
+        },
+    ))
+    .expect("entries accepted");
+    node.step(message_from_leader(
+        2,
+        MessageBody::InstallSnapshot {
+            snapshot: snapshot_meta(6, 2),
+        },
+    ))
+    .expect("snapshot accepted");
+    let sent = drain(&mut node);
+    assert_eq!(
+        node.last_index(),
+        LogIndex(10),
+        "entries above the snapshot stay"
+    );
+    assert_eq!(node.persisted_index(), LogIndex(10));
+    let acknowledged = sent
+        .iter()
+        .filter_map(|message| match message.body {
+            MessageBody::AppendEntriesResponse {
+                outcome: shardraft_raft::AppendOutcome::Accepted { match_index },
+            } => Some(match_index),
+            _ => None,
+        })
+        .max();
+    assert_eq!(acknowledged, Some(LogIndex(10)));
+}
+
+#[test]
+fn catching_up_ends_only_at_a_commit_of_the_leaders_term() {
+    // A replica without data installs a snapshot at 3 and receives entries whose commit
+    // index is of an earlier term: neither shows that its log holds everything committed.
+    let mut node = follower(RestoredState::default());
+    assert!(node.is_catching_up());
+    node.step(message_from_leader(
+        3,
+        MessageBody::InstallSnapshot {
+            snapshot: snapshot_meta(3, 2),
+        },
+    ))
+    .expect("snapshot accepted");
+    drain(&mut node);
+    assert!(
+        node.is_catching_up(),
+        "a snapshot index is not the leader's commit index"
+    );
+
+    node.step(message_from_leader(
+        3,
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(3),
+            prev_log_term: Term(2),
+            entries: entries_of_term(4, 5, 2),
+            leader_commit: LogIndex(5),
+        },
+    ))
+    .expect("entries accepted");
+    drain(&mut node);
+    assert!(
+        node.is_catching_up(),
+        "commit index 5 is of term 2, and term 3 may have committed more"
+    );
+
+    node.step(message_from_leader(
+        3,
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(5),
+            prev_log_term: Term(2),
+            entries: entries_of_term(6, 6, 3),
+            leader_commit: LogIndex(6),
+        },
+    ))
+    .expect("entries accepted");
+    let ready = node.ready().expect("a batch");
+    node.on_persisted(ready.number);
+    assert!(
+        !node.is_catching_up(),
+        "the leader committed an entry of its term"
+    );
+    let ready = node.ready().expect("the batch that reports it");
+    assert!(
+        ready.catch_up_ended,
+        "storage learns that catching up ended"
+    );
+    assert_eq!(
+        ready.hard_state.and_then(|hard_state| hard_state.vote),
+        Some(NodeId(1)),
+        "the vote of the term goes to its leader"
+    );
+}
+
+#[test]
+fn restart_while_catching_up_catches_up_again() {
+    // The wiped node stores its first entries and restarts before it caught up. It is no
+    // longer blank, but storage kept the mark, so it still does not vote.
+    let mut cluster = Cluster::builder(3)
+        .configure(|config| config.max_entries_per_message = 2)
+        .build();
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 5);
+    cluster.crash(3);
+    cluster.wipe(3);
+    cluster.restart(3);
+    // Only the first two entries reach node 3.
+    let rule = cluster.add_drop_rule(|message| {
+        message.to == NodeId(3)
+            && matches!(&message.body, MessageBody::AppendEntries { entries, .. }
+                if entries.iter().any(|entry| entry.index > LogIndex(2)))
+    });
+    cluster.run_ticks(10);
+    assert_eq!(
+        cluster.durable(3).last_index(),
+        LogIndex(2),
+        "node 3 stored entries 1 and 2"
+    );
+    assert!(
+        cluster.durable(3).catching_up,
+        "storage records that node 3 catches up"
+    );
+
+    cluster.crash(3);
+    cluster.restart(3);
+    assert!(
+        cluster.node(3).is_catching_up(),
+        "the restart kept catching up"
+    );
+
+    cluster.remove_drop_rule(rule);
+    cluster.run_ticks(10);
+    assert!(!cluster.node(3).is_catching_up());
+    assert!(
+        !cluster.durable(3).catching_up,
+        "storage forgot the mark once caught up"
+    );
+}
+
+#[test]
+fn silent_learner_is_not_promoted() {
+    // A learner that never answers stays a learner however short the log is: promoting it
+    // would make the group wait for a node that may never come.
+    let mut cluster = Cluster::new(1);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.add_node(2, &[1]);
+    cluster.isolate(2);
+    change_membership(
+        &mut cluster,
+        MembershipChange::AddLearner {
+            node: NodeId(2),
+            promote_when_caught_up: true,
+        },
+    );
+    cluster.run_ticks(50);
+    assert_eq!(
+        voters(&cluster, 1),
+        vec![1],
+        "node 2 was promoted without answering"
+    );
+    assert_eq!(cluster.leader(), Some(1), "the single voter still leads");
 }

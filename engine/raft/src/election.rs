@@ -161,10 +161,11 @@ impl RaftNode {
             }
             MessageBody::Heartbeat {
                 leader_commit,
+                committed_at_leader,
                 read_round,
             } => {
                 self.accept_leader(from, "Heartbeat")?;
-                self.handle_heartbeat(from, leader_commit, read_round);
+                self.handle_heartbeat(from, leader_commit, committed_at_leader, read_round);
                 Ok(())
             }
             MessageBody::InstallSnapshot { snapshot } => {
@@ -486,8 +487,11 @@ impl RaftNode {
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.transfer_target = None;
-        self.catching_up = false;
-        self.catch_up_target = None;
+        if self.catching_up {
+            self.catching_up = false;
+            self.catch_up_target = None;
+            self.catch_up_ended_unreported = true;
+        }
 
         let next_index = self.log.last_index().next();
         self.progress.clear();

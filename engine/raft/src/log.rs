@@ -106,26 +106,30 @@ impl RaftLog {
 
     /// Makes the log start after a snapshot at (`index`, `term`) that a leader sent.
     ///
-    /// Returns whether the entries above `index` were kept: they are when the log holds
-    /// the snapshot's last entry durably, since by the log matching property everything up
-    /// to it then equals the leader's, and entries this replica acknowledged must survive.
-    /// Otherwise every entry is dropped; none above `index` was durable, so none was
-    /// acknowledged. Either way the snapshot
-    /// is committed and counts as applied and durable (the runtime stores it before it hands
-    /// it to the core).
+    /// When the log holds the snapshot's last entry, the entries above it stay, because by
+    /// the log matching property everything up to it equals the leader's, and this replica
+    /// may already have acknowledged them. Otherwise every entry is dropped: none above
+    /// `index` can have been committed, since a committed entry there would make the
+    /// leader's entry at `index` equal this log's. Either way the snapshot is committed and
+    /// counts as applied and durable (the runtime stores it before it hands it to the core).
+    ///
+    /// Returns whether storage keeps its entries above `index` (and only drops those up to
+    /// it). It does when every entry up to `index` was handed to it; otherwise it drops
+    /// everything and the kept entries go out again in the next `Ready`.
     pub(crate) fn install_snapshot(&mut self, index: LogIndex, term: Term) -> bool {
         debug_assert!(
             index > self.committed,
             "installing a snapshot below the commit index"
         );
-        let keep_suffix = self.term(index) == Some(term) && self.persisted >= index;
-        if keep_suffix {
+        let storage_keeps = if self.term(index) == Some(term) {
+            let handed_to_storage = self.unstable_from > index;
             let drop = (index.0 - self.base_index.0) as usize;
             self.entries.drain(..drop.min(self.entries.len()));
+            self.persisted = self.persisted.max(index);
+            handed_to_storage
         } else {
             self.entries.clear();
             self.persisted = index;
-            self.unstable_from = index.next();
             // Storage drops every entry when it installs the snapshot, after the batches
             // in flight: those can vouch only for what the snapshot covers, even if a later
             // batch writes an entry with the same index and term again.
@@ -135,13 +139,14 @@ impl RaftLog {
                     write.last_term = term;
                 }
             }
-        }
+            false
+        };
         self.unstable_from = self.unstable_from.max(index.next());
         self.base_index = index;
         self.base_term = term;
         self.committed = index;
         self.applied = index;
-        keep_suffix
+        storage_keeps
     }
 
     pub(crate) fn committed(&self) -> LogIndex {

@@ -58,6 +58,9 @@ pub enum MessageBody {
         /// Never above the follower's known match index, so that a follower never commits
         /// entries that may differ from the leader's.
         leader_commit: LogIndex,
+        /// The leader's own commit index, uncapped. A follower never commits up to it; a
+        /// replica that is catching up waits until its durable log reaches it.
+        committed_at_leader: LogIndex,
         read_round: Option<u64>,
     },
     HeartbeatResponse {

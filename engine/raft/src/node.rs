@@ -18,7 +18,7 @@
 //! [`RaftNode::compact`], which lets the core drop entries and send the snapshot to a
 //! follower that needs compacted entries. Such a follower gets an
 //! [`MessageBody::InstallSnapshot`]; the runtimes move the bytes beside it, and the receiving
-//! runtime steps the message into its core once it holds them durably. The core then hands
+//! runtime steps the message into its core once it has stored them durably. The core then hands
 //! back [`Ready::snapshot_to_install`], which the runtime applies to its state machine and
 //! storage before the batch's `committed_entries`.
 
@@ -77,6 +77,10 @@ pub struct RestoredState {
     /// The last index the state machine has already applied, if it keeps its own durable
     /// state; 0 when the state machine is rebuilt from the log.
     pub applied: LogIndex,
+    /// Set when storage records that this replica was catching up (see
+    /// [`RaftNode::is_catching_up`]) and no `Ready` with `catch_up_ended` became durable
+    /// since. A replica without any durable state catches up whatever this says.
+    pub catching_up: bool,
 }
 
 /// A batch of work for the runtime. See the module documentation for the order in which
@@ -109,6 +113,11 @@ pub struct Ready {
     /// Set when the membership in force changed since the previous batch (a change entry
     /// appended or truncated, or a snapshot installed).
     pub membership: Option<Membership>,
+    /// Set once, in the batch after this replica stopped catching up. Storage records that
+    /// it was catching up before it writes anything for a replica that started without
+    /// durable state, and forgets it only once this batch is durable; a restart in between
+    /// catches up again, since the vote and log that end it are not yet stored.
+    pub catch_up_ended: bool,
 }
 
 /// A snapshot to install; see [`Ready::snapshot_to_install`].
@@ -123,14 +132,17 @@ pub struct SnapshotInstall {
 impl Ready {
     /// Whether this batch has anything to persist before `messages_after_persist` leave.
     pub fn must_persist(&self) -> bool {
-        self.hard_state.is_some() || !self.entries.is_empty() || self.snapshot_to_install.is_some()
+        self.hard_state.is_some()
+            || !self.entries.is_empty()
+            || self.snapshot_to_install.is_some()
+            || self.catch_up_ended
     }
 }
 
-/// How the runtime's transfer of a snapshot to a follower ended.
+/// The outcome of the runtime's transfer of a snapshot to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotTransfer {
-    /// The follower holds the snapshot; its acknowledgement follows as a message.
+    /// The follower stored the snapshot; its acknowledgement follows as a message.
     Finished,
     /// The transfer broke off; the leader tries again after the next heartbeat round trip.
     Failed,
@@ -298,9 +310,11 @@ pub struct RaftNode {
     /// its data, so until then it neither campaigns nor votes, except in a group whose
     /// logs are all still empty (a new group).
     pub(crate) catching_up: bool,
-    /// The leader's commit index from the newest `AppendEntries`; catching up ends once the
-    /// durable log reaches it.
+    /// The leader's commit index from the newest `AppendEntries` or heartbeat; catching up
+    /// ends once the durable log reaches it.
     pub(crate) catch_up_target: Option<LogIndex>,
+    /// Catching up ended and no `Ready` reported it yet.
+    pub(crate) catch_up_ended_unreported: bool,
     /// Invariant: never decreases.
     pub(crate) term: Term,
     /// Invariant: set at most once per term.
@@ -388,8 +402,9 @@ impl RaftNode {
             membership_log,
             latest_snapshot: restored.snapshot,
             snapshot_to_install: None,
-            catching_up: blank,
+            catching_up: blank || restored.catching_up,
             catch_up_target: None,
+            catch_up_ended_unreported: false,
             term: hard_state.term,
             vote: hard_state.vote,
             leader: None,
@@ -447,24 +462,25 @@ impl RaftNode {
         &self.membership
     }
 
-    /// The index of the newest membership change in the log, if one is above the base.
+    /// Returns the index of the newest membership change in the log, if one is above the
+    /// base.
     pub fn last_membership_change_index(&self) -> Option<LogIndex> {
         self.membership_log.last_change_index()
     }
 
-    /// Whether this replica started without durable state and has not yet stored the
-    /// leader's committed log; it does not vote meanwhile.
+    /// Returns whether this replica started without durable state and has not yet stored
+    /// the leader's committed log. It does not vote meanwhile.
     pub fn is_catching_up(&self) -> bool {
         self.catching_up
     }
 
-    /// The newest snapshot the runtime stored, as last given to [`RaftNode::compact`] or
-    /// installed from a leader.
+    /// Returns the newest snapshot the runtime stored, as last given to
+    /// [`RaftNode::compact`] or installed from a leader.
     pub fn latest_snapshot(&self) -> Option<&SnapshotMeta> {
         self.latest_snapshot.as_ref()
     }
 
-    /// The first index still in the in-memory log; every entry before it is in the
+    /// Returns the first index still in the in-memory log. Every entry before it is in the
     /// snapshot.
     pub fn first_index(&self) -> LogIndex {
         self.log.first_index()
@@ -683,7 +699,9 @@ impl RaftNode {
         })
     }
 
-    /// The voter other than this replica with the highest match index.
+    /// Finds the voter other than this replica with the highest match index, preferring
+    /// voters heard from since the last check-quorum round, so that a crashed voter with a
+    /// long log is not picked again and again.
     fn most_caught_up_voter(&self) -> Option<NodeId> {
         self.membership
             .voters
@@ -692,7 +710,9 @@ impl RaftNode {
             .max_by_key(|voter| {
                 self.progress
                     .get(voter)
-                    .map_or(LogIndex(0), |progress| progress.match_index)
+                    .map_or((false, LogIndex(0)), |progress| {
+                        (progress.recent_active, progress.match_index)
+                    })
             })
             .copied()
     }
@@ -735,6 +755,9 @@ impl RaftNode {
             return;
         }
         let last_index = self.log.last_index();
+        // Only a learner that has acknowledged entries in this term and is streaming them
+        // counts as caught up: promoting one that never answered would make the group wait
+        // for it.
         let ready = self
             .membership
             .promote_when_caught_up
@@ -742,7 +765,13 @@ impl RaftNode {
             .copied()
             .find(|learner| {
                 self.progress.get(learner).is_some_and(|progress| {
-                    progress.match_index.0 + self.config.promote_lag_entries_max >= last_index.0
+                    progress.state == ReplicationState::Replicate
+                        && progress.match_index.0 > 0
+                        && progress
+                            .match_index
+                            .0
+                            .saturating_add(self.config.promote_lag_entries_max)
+                            >= last_index.0
                 })
             });
         if let Some(learner) = ready {
@@ -954,7 +983,7 @@ impl RaftNode {
         self.check_invariants(&before);
     }
 
-    /// Ends catching up once the durable log holds the leader's commit index. The vote of
+    /// Ends catching up once the durable log reaches the leader's commit index. The vote of
     /// the current term goes to that leader, so that this replica cannot grant a second vote
     /// in a term whose earlier vote it may have lost with its data.
     pub(crate) fn check_caught_up(&mut self) {
@@ -964,11 +993,17 @@ impl RaftNode {
         let Some(target) = self.catch_up_target else {
             return;
         };
-        if self.log.persisted() < target || self.leader.is_none() {
+        // A new leader's commit index may still be below entries an earlier term
+        // committed, until an entry of its own term commits, which covers them all.
+        if self.log.persisted() < target
+            || self.leader.is_none()
+            || self.log.term(target) != Some(self.term)
+        {
             return;
         }
         self.catching_up = false;
         self.catch_up_target = None;
+        self.catch_up_ended_unreported = true;
         if self.vote.is_none() {
             self.vote = self.leader;
         }
@@ -979,6 +1014,7 @@ impl RaftNode {
     pub fn has_ready(&self) -> bool {
         self.replication_pending && self.role == Role::Leader
             || self.snapshot_to_install.is_some()
+            || self.catch_up_ended_unreported
             || self.membership != self.last_membership
             || self.reads.has_open()
             || !self.messages.is_empty()
@@ -1011,6 +1047,7 @@ impl RaftNode {
         let ready = Ready {
             snapshot_to_install: self.snapshot_to_install.take(),
             membership,
+            catch_up_ended: core::mem::take(&mut self.catch_up_ended_unreported),
             number,
             role_state: (role_state != self.last_role_state).then_some(role_state),
             hard_state: (hard_state != self.last_hard_state).then_some(hard_state),

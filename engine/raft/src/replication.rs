@@ -171,11 +171,9 @@ impl RaftNode {
         tracing::info!(node = %self.id, leader = %from, index = %snapshot.index, term = %snapshot.term, log_kept, "installing snapshot");
         self.latest_snapshot = Some(snapshot.clone());
         let match_index = snapshot.index;
+        // A snapshot lies at or below the leader's applied index, which may be far below
+        // its commit index, so catching up goes on until an `AppendEntries` says how far.
         self.snapshot_to_install = Some(SnapshotInstall { snapshot, log_kept });
-        if self.catching_up {
-            self.catch_up_target = Some(match_index);
-            self.check_caught_up();
-        }
         self.send(
             from,
             MessageBody::AppendEntriesResponse {
@@ -190,8 +188,13 @@ impl RaftNode {
         &mut self,
         from: NodeId,
         leader_commit: LogIndex,
+        committed_at_leader: LogIndex,
         read_round: Option<u64>,
     ) {
+        if self.catching_up {
+            self.catch_up_target = Some(committed_at_leader.max(leader_commit));
+            self.check_caught_up();
+        }
         // The leader never sends a commit index beyond what this follower's log is known to
         // match. Capping at the last index only keeps a faulty peer from pushing the commit
         // index past the end of the log; it cannot detect a commit index that does not match.
@@ -469,8 +472,9 @@ impl RaftNode {
                 .last_change_index()
                 .is_none_or(|index| index <= self.log.committed())
         {
-            // The change that removed this leader committed: it has replicated the change
-            // far enough, and the remaining voters elect a leader among themselves.
+            // A safeguard: a leader refuses to remove itself and transfers leadership
+            // instead, but should a committed change leave it outside the voters, the
+            // remaining voters elect a leader among themselves.
             tracing::info!(node = %self.id, term = %self.term, "removed from the voters; stepping down");
             self.become_follower(self.term, None);
         }
@@ -510,10 +514,12 @@ impl RaftNode {
             let needs_read_round = read_round.is_some() && is_voter;
             if needs_commit || needs_read_round {
                 progress.commit_sent = progress.commit_sent.max(commit_for_peer);
+                let committed_at_leader = self.log.committed();
                 self.send(
                     peer,
                     MessageBody::Heartbeat {
                         leader_commit: commit_for_peer,
+                        committed_at_leader,
                         read_round: if is_voter { read_round } else { None },
                     },
                 );
@@ -530,6 +536,14 @@ impl RaftNode {
             let Some(progress) = self.progress.get_mut(&peer) else {
                 return sent;
             };
+            if progress.state == ReplicationState::Probe
+                && progress.next_index > last_index
+                && progress.match_index < last_index
+            {
+                // A probe needs an entry to carry: a member added or answered optimistically
+                // at the end of an idle log would otherwise never be probed.
+                progress.next_index = last_index;
+            }
             let has_entries = progress.next_index <= last_index;
             let gap_check = !sent && !has_entries && progress.gap_check_pending;
             if !(has_entries || gap_check)
@@ -599,6 +613,7 @@ impl RaftNode {
                 peer,
                 MessageBody::Heartbeat {
                     leader_commit: committed.min(match_index),
+                    committed_at_leader: committed,
                     read_round: if is_voter { read_round } else { None },
                 },
             );

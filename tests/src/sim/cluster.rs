@@ -674,6 +674,9 @@ impl Simulation {
                 sim_node.durable.install(install);
             }
             sim_node.durable.write(write.hard_state, &write.entries);
+            if write.catch_up_ended {
+                sim_node.durable.catching_up = false;
+            }
         }
         sim_node.unreported_writes = 0;
         sim_node.unreported_messages.clear();
@@ -834,6 +837,7 @@ impl Simulation {
                     number: ready.number,
                     hard_state: ready.hard_state,
                     snapshot: ready.snapshot_to_install,
+                    catch_up_ended: ready.catch_up_ended,
                     entries: ready.entries,
                     messages_after_persist,
                 });
@@ -845,6 +849,7 @@ impl Simulation {
                     number: ready.number,
                     hard_state: ready.hard_state,
                     snapshot: ready.snapshot_to_install,
+                    catch_up_ended: ready.catch_up_ended,
                     entries: ready.entries,
                     messages_after_persist,
                 });
@@ -896,6 +901,9 @@ impl Simulation {
             sim_node.durable.install(install);
         }
         sim_node.durable.write(write.hard_state, &write.entries);
+        if write.catch_up_ended {
+            sim_node.durable.catching_up = false;
+        }
         sim_node.unreported_writes += 1;
         sim_node
             .unreported_messages
@@ -1316,6 +1324,7 @@ impl Simulation {
                 *index != node
                     && membership.voters.contains(&sim_node.id)
                     && sim_node.durable != DurableState::default()
+                    && !sim_node.durable.catching_up
                     && !sim_node.raft.as_ref().is_some_and(RaftNode::is_catching_up)
             })
             .count();
