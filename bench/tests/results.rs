@@ -10,8 +10,8 @@ use shardraft_bench::harness::chart::{write_latency_chart, write_operation_laten
 use shardraft_bench::harness::compare::{Change, CompareOptions, compare, compare_files};
 use shardraft_bench::harness::csv::{CSV_HEADER, to_csv, write_csv};
 use shardraft_bench::harness::result::{
-    CheckResult, EncodedHistogram, HostFacts, LatencyQuantiles, OperationResult, PointResult,
-    RESULT_SCHEMA_VERSION, ResultError, RunResult, StageResult, merge,
+    CheckResult, DiskUsageSample, EncodedHistogram, HostFacts, LatencyQuantiles, OperationResult,
+    PointResult, RESULT_SCHEMA_VERSION, ResultError, RunResult, StageResult, merge,
 };
 use shardraft_bench::harness::target::TargetFacts;
 
@@ -96,6 +96,16 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
             detail: None,
         }),
         late_operations: 0,
+        disk_usage: vec![
+            DiskUsageSample {
+                elapsed_secs: -1.0,
+                bytes: 8 << 20,
+            },
+            DiskUsageSample {
+                elapsed_secs: 4.5,
+                bytes: 12 << 20,
+            },
+        ],
     }
 }
 

@@ -80,6 +80,17 @@ fn embedded_run_with_check_is_linearizable() {
         point.fdatasyncs.is_some_and(|syncs| syncs > 0),
         "no fdatasync counted"
     );
+    // The 2 s run samples the disk at its start, about once a second, and at its end.
+    assert!(
+        point.disk_usage.len() >= 2,
+        "disk samples: {:?}",
+        point.disk_usage
+    );
+    assert!(
+        point.disk_usage.iter().all(|sample| sample.bytes > 0),
+        "a disk sample of the logs found no bytes: {:?}",
+        point.disk_usage
+    );
     let total = point
         .write_stages
         .iter()

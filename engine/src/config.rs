@@ -91,6 +91,82 @@ impl Default for TransportConfig {
     }
 }
 
+/// When each group takes a snapshot, how much log it keeps behind one, and how snapshots
+/// travel to followers that need them. The keys of the `[snapshot]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Entries applied since a group's last snapshot after which it takes the next one;
+    /// 0 leaves this trigger off.
+    pub trigger_entries: u64,
+    /// Payload bytes of entries applied since a group's last snapshot after which it takes
+    /// the next one; 0 leaves this trigger off. With both triggers off nothing is ever
+    /// snapshotted or compacted.
+    pub trigger_log_bytes: u64,
+    /// Entries kept in the log below a snapshot's index, so that a follower slightly
+    /// behind still gets entries rather than the whole snapshot.
+    pub log_tail_entries: u64,
+    /// Bytes per second one snapshot transfer sends at most; 0 sends as fast as the
+    /// connection takes them.
+    pub transfer_bytes_per_second: u64,
+    /// A transfer through which no byte moved for this long is abandoned; the receiver keeps
+    /// what it got and the next attempt resumes there.
+    pub transfer_progress_timeout_ms: u64,
+    /// Bytes of snapshot per chunk frame.
+    pub transfer_chunk_bytes: u32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        // At 100,000 writes/s over 16 groups, a group applies about 6,000 entries per
+        // second and so snapshots about every 16 s. Its log then stays below about 105,000
+        // entries (trigger plus tail) in memory, whatever the length of the run.
+        SnapshotConfig {
+            trigger_entries: 100_000,
+            trigger_log_bytes: 64 << 20,
+            log_tail_entries: 5_000,
+            transfer_bytes_per_second: 128 << 20,
+            transfer_progress_timeout_ms: 10_000,
+            transfer_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Moving leadership away from a leader whose own disk became slow: each shard that leads
+/// a group compares, per window, the p99 of its own fdatasync with each follower's disk
+/// latency, estimated as the follower's append round trip minus its heartbeat round trip
+/// (a follower answers an append only once the entries are durable). When the leader's
+/// p99 exceeds `ratio_percent` / 100 times the best follower's, the shard hands every
+/// group it leads to that follower, before the slow disk makes followers time it out.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskTransferConfig {
+    /// Off by default: a transfer costs an election's worth of unavailability per group.
+    pub enabled: bool,
+    /// How much slower, in percent of the best follower's latency, the leader's own
+    /// fdatasync p99 must be; 150 and above.
+    pub ratio_percent: u32,
+    /// Length of one comparison window, in milliseconds.
+    pub window_ms: u64,
+    /// Samples a window needs of the leader's fdatasync and of a follower's append and
+    /// heartbeat round trips before that follower is compared.
+    pub samples_min: u64,
+}
+
+/// Smallest allowed [`DiskTransferConfig::ratio_percent`].
+pub const DISK_TRANSFER_RATIO_PERCENT_MIN: u32 = 150;
+
+impl Default for DiskTransferConfig {
+    fn default() -> Self {
+        DiskTransferConfig {
+            enabled: false,
+            ratio_percent: 400,
+            window_ms: 10_000,
+            samples_min: 100,
+        }
+    }
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,8 +174,14 @@ pub struct NodeConfig {
     /// Identifies the cluster; nodes and data directories of other clusters are rejected.
     pub cluster_id: u64,
     pub node_id: u64,
-    /// Every member, this node included. Each member is a voter of every group.
+    /// Every member, this node included. Each member is a voter of every group, except
+    /// this node when `join` is set.
     pub members: Vec<MemberConfig>,
+    /// Start as a learner of every group, with the other members as voters, and wait
+    /// for the cluster to add this node (`shardraft member add`). From then on the
+    /// membership follows the log. Only a node with an empty data directory starts this
+    /// way; once its log holds the group, the log decides.
+    pub join: bool,
     /// Executors (one per shard). Unset: one per CPU in the process's affinity mask, which
     /// respects container CPU limits set through cpusets.
     pub shards: Option<usize>,
@@ -115,6 +197,8 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     pub log: LogConfig,
     pub transport: TransportConfig,
+    pub snapshot: SnapshotConfig,
+    pub disk_transfer: DiskTransferConfig,
 }
 
 impl Default for NodeConfig {
@@ -123,6 +207,7 @@ impl Default for NodeConfig {
             cluster_id: 1,
             node_id: 1,
             members: Vec::new(),
+            join: false,
             shards: None,
             pin_shards: false,
             groups: 16,
@@ -132,6 +217,8 @@ impl Default for NodeConfig {
             raft: RaftConfig::default(),
             log: LogConfig::default(),
             transport: TransportConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            disk_transfer: DiskTransferConfig::default(),
         }
     }
 }
@@ -150,6 +237,13 @@ fn invalid(key: &'static str, detail: impl Into<String>) -> ConfigError {
         detail: detail.into(),
     }
 }
+
+/// Most entries a group keeps below its snapshot.
+pub const LOG_TAIL_ENTRIES_MAX: u64 = 10_000_000;
+
+/// Lowest snapshot transfer rate other than 0 (no limit): slower, a transfer of a large
+/// state would take days.
+pub const TRANSFER_BYTES_PER_SECOND_MIN: u64 = 4096;
 
 /// Most shards a node runs; far more than any machine's cores, so only a typo reaches it.
 pub const SHARDS_MAX: usize = 1024;
@@ -181,6 +275,8 @@ impl NodeConfig {
         self.validate_members(shard_count)?;
         self.validate_raft()?;
         self.validate_transport()?;
+        self.validate_snapshot()?;
+        self.validate_disk_transfer()?;
         self.log
             .validate()
             .map_err(|error| invalid("log", error.to_string()))
@@ -199,6 +295,13 @@ impl NodeConfig {
             return Err(invalid(
                 "members",
                 format!("node_id {} is not among the members", self.node_id),
+            ));
+        }
+        if self.join && self.members.len() < 2 {
+            return Err(invalid(
+                "join",
+                "set, but the members list only this node; list the running members too, \
+                 so that this node can reach them while it waits to be added",
             ));
         }
         for member in &self.members {
@@ -265,6 +368,36 @@ impl NodeConfig {
         Ok(())
     }
 
+    fn validate_disk_transfer(&self) -> Result<(), ConfigError> {
+        let transfer = &self.disk_transfer;
+        if transfer.ratio_percent < DISK_TRANSFER_RATIO_PERCENT_MIN {
+            return Err(invalid(
+                "disk_transfer.ratio_percent",
+                format!(
+                    "{}; allowed {DISK_TRANSFER_RATIO_PERCENT_MIN} and above, so that two \
+                     nodes with similar disks do not hand leadership back and forth",
+                    transfer.ratio_percent
+                ),
+            ));
+        }
+        if transfer.window_ms < self.tick_interval_ms.max(100) {
+            return Err(invalid(
+                "disk_transfer.window_ms",
+                format!(
+                    "{}; allowed 100 and above, and at least tick_interval_ms",
+                    transfer.window_ms
+                ),
+            ));
+        }
+        if transfer.samples_min == 0 {
+            return Err(invalid(
+                "disk_transfer.samples_min",
+                "0; allowed 1 and above",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_transport(&self) -> Result<(), ConfigError> {
         let transport = &self.transport;
         if transport.reconnect_backoff_ms_min == 0
@@ -279,6 +412,49 @@ impl NodeConfig {
             return Err(invalid(
                 "transport.send_queue_bytes_max",
                 "must be at least raft.max_bytes_per_message",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_snapshot(&self) -> Result<(), ConfigError> {
+        let snapshot = &self.snapshot;
+        if snapshot.log_tail_entries > LOG_TAIL_ENTRIES_MAX {
+            return Err(invalid(
+                "snapshot.log_tail_entries",
+                format!(
+                    "{}; allowed 0 to {LOG_TAIL_ENTRIES_MAX}",
+                    snapshot.log_tail_entries
+                ),
+            ));
+        }
+        if snapshot.transfer_bytes_per_second != 0
+            && snapshot.transfer_bytes_per_second < TRANSFER_BYTES_PER_SECOND_MIN
+        {
+            return Err(invalid(
+                "snapshot.transfer_bytes_per_second",
+                format!(
+                    "{}; allowed 0 (no limit) or {TRANSFER_BYTES_PER_SECOND_MIN} and above",
+                    snapshot.transfer_bytes_per_second
+                ),
+            ));
+        }
+        let timeout_ms = snapshot.transfer_progress_timeout_ms;
+        if !(100..=600_000).contains(&timeout_ms) {
+            return Err(invalid(
+                "snapshot.transfer_progress_timeout_ms",
+                format!("{timeout_ms}; allowed 100 to 600000"),
+            ));
+        }
+        let chunk_max = self.transport.frame_bytes_max / 2;
+        let chunk = snapshot.transfer_chunk_bytes;
+        if chunk < 4096 || chunk > chunk_max {
+            return Err(invalid(
+                "snapshot.transfer_chunk_bytes",
+                format!(
+                    "{chunk}; allowed 4096 to half of transport.frame_bytes_max ({chunk_max}), \
+                     so that a chunk with its framing fits a frame"
+                ),
             ));
         }
         Ok(())
@@ -327,6 +503,29 @@ mod tests {
         let error = config.validate(2).unwrap_err();
 
         assert_eq!(error.key, "raft.heartbeat_interval_ticks");
+    }
+
+    #[test]
+    fn oversized_snapshot_chunk_is_rejected() {
+        let mut config = three_members();
+        config.snapshot.transfer_chunk_bytes = config.transport.frame_bytes_max / 2 + 1;
+
+        let error = config.validate(2).unwrap_err();
+
+        assert_eq!(error.key, "snapshot.transfer_chunk_bytes");
+        assert!(error.detail.contains("allowed 4096"), "{}", error.detail);
+    }
+
+    #[test]
+    fn snapshot_rate_below_minimum_is_rejected() {
+        let mut config = three_members();
+        config.snapshot.transfer_bytes_per_second = 100;
+
+        let error = config.validate(2).unwrap_err();
+
+        assert_eq!(error.key, "snapshot.transfer_bytes_per_second");
+        config.snapshot.transfer_bytes_per_second = 0;
+        assert_eq!(config.validate(2), Ok(()));
     }
 
     #[test]

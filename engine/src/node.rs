@@ -12,6 +12,8 @@
 //! flume channel. Every call has a blocking form and an `_async` form that works under any
 //! async runtime.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,9 @@ use shardraft_raft::{LogIndex, NodeId, Role, Term};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::log::{DiskLogStats, GroupId, StorageError};
+use crate::membership::{
+    AddressBook, GroupMembership, MemberAddresses, MemberChange, MembershipScope,
+};
 use crate::metrics::{NodeMetrics, ShardMetrics, SnapshotError};
 use crate::shard::{self, ShardParams};
 use crate::state_machine::StateMachine;
@@ -71,6 +76,43 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error("shard {shard} failed to start: {detail}")]
     Startup { shard: u32, detail: String },
+    #[error(
+        "the membership change at index {index} of group {group} is not committed yet; one \
+         change at a time, retry once it commits"
+    )]
+    ChangePending { group: GroupId, index: LogIndex },
+    #[error(
+        "the leader of group {group} did not commit an entry of its term within {timeout_ms} \
+         ms, so it cannot change the membership yet; check that a majority of the group runs"
+    )]
+    LeaderNotReady { group: GroupId, timeout_ms: u64 },
+    #[error(
+        "node {} leads group {group} and is being removed: leadership moves to node {} \
+         first; retry there", .leader.0, .target.0
+    )]
+    LeaderTransferring {
+        group: GroupId,
+        leader: NodeId,
+        target: NodeId,
+    },
+    #[error(
+        "leadership of group {group} is being transferred to node {}; retry at the new \
+         leader", .target.0
+    )]
+    TransferInProgress { group: GroupId, target: NodeId },
+    #[error("the membership change of group {group} does not fit: {reason}")]
+    InvalidChange { group: GroupId, reason: String },
+    #[error("leadership of group {group} cannot move to node {}: {reason}", .target.0)]
+    InvalidTransfer {
+        group: GroupId,
+        target: NodeId,
+        reason: String,
+    },
+    #[error(
+        "the leadership transfer of group {group} to node {} was abandoned before the target \
+         took over; check that it is up to date and reachable, then retry", .target.0
+    )]
+    TransferAbandoned { group: GroupId, target: NodeId },
 }
 
 fn describe_leader(leader: Option<NodeId>) -> String {
@@ -150,6 +192,26 @@ pub(crate) enum ShardRequest<S: StateMachine> {
     Metrics {
         reply: flume::Sender<ShardMetrics>,
     },
+    /// Change the membership of `group`; answered once the change entry commits. With
+    /// `only_if_leader`, a node that does not lead answers `NotLeader` at once without
+    /// waiting for a leader to become ready.
+    ChangeMembership {
+        group: GroupId,
+        change: MemberChange,
+        only_if_leader: bool,
+        reply: flume::Sender<Result<LogIndex, NodeError>>,
+    },
+    /// Report the membership of `group` and, on the leader, each member's progress.
+    Membership {
+        group: GroupId,
+        reply: flume::Sender<Result<GroupMembership, NodeError>>,
+    },
+    /// Hand leadership of `group` to `target`; answered once the target leads.
+    TransferLeadership {
+        group: GroupId,
+        target: NodeId,
+        reply: flume::Sender<Result<(), NodeError>>,
+    },
     /// Stop the shard. With `crash`, stop at once as a killed process would: nothing
     /// pending is written and the log is not closed.
     Stop {
@@ -157,11 +219,20 @@ pub(crate) enum ShardRequest<S: StateMachine> {
     },
 }
 
+/// The outcome of a membership change in one group.
+#[derive(Clone, Debug)]
+pub struct GroupChangeResult {
+    pub group: GroupId,
+    /// The index of the committed change entry, or why the group did not change.
+    pub result: Result<LogIndex, NodeError>,
+}
+
 struct HandleInner<S: StateMachine> {
     node_id: NodeId,
     groups: u32,
     shards: Vec<flume::Sender<ShardRequest<S>>>,
     request_timeout_ms: u64,
+    addresses: Arc<AddressBook>,
 }
 
 /// The application's handle on a running node. See the module documentation.
@@ -410,6 +481,204 @@ where
     pub fn request_timeout_ms(&self) -> u64 {
         self.inner.request_timeout_ms
     }
+
+    /// The groups `scope` names, each with whether a node that does not lead it answers
+    /// `NotLeader` at once.
+    fn scope_groups(&self, scope: MembershipScope) -> Result<Vec<(GroupId, bool)>, NodeError> {
+        match scope {
+            MembershipScope::Group(group) => {
+                self.shard_for(group)?;
+                Ok(vec![(group, false)])
+            }
+            MembershipScope::Led => Ok((0..self.inner.groups)
+                .map(|group| (GroupId(group), true))
+                .collect()),
+            MembershipScope::All => Ok((0..self.inner.groups)
+                .map(|group| (GroupId(group), false))
+                .collect()),
+        }
+    }
+
+    fn change_request(
+        group: GroupId,
+        change: &MemberChange,
+        only_if_leader: bool,
+    ) -> (
+        ShardRequest<S>,
+        flume::Receiver<Result<LogIndex, NodeError>>,
+    ) {
+        let (reply, receiver) = flume::bounded(1);
+        let request = ShardRequest::ChangeMembership {
+            group,
+            change: change.clone(),
+            only_if_leader,
+            reply,
+        };
+        (request, receiver)
+    }
+
+    /// Keeps the results a scope asks for: with [`MembershipScope::Led`], the groups this
+    /// node does not lead are left out.
+    fn scope_results(
+        scope: MembershipScope,
+        results: Vec<GroupChangeResult>,
+    ) -> Vec<GroupChangeResult> {
+        if scope != MembershipScope::Led {
+            return results;
+        }
+        results
+            .into_iter()
+            .filter(|result| !matches!(result.result, Err(NodeError::NotLeader { .. })))
+            .collect()
+    }
+
+    /// Applies `change` to the membership of the groups `scope` names and waits until
+    /// each group's change entry commits or fails. The groups change concurrently, one
+    /// change at a time each. A leader that has not yet committed an entry of its term is
+    /// retried within the request timeout.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownGroup`] and [`NodeError::Stopped`] for the whole call; each
+    /// group's own result holds [`NodeError::NotLeader`] with the leader,
+    /// [`NodeError::ChangePending`], [`NodeError::LeaderNotReady`],
+    /// [`NodeError::LeaderTransferring`] (removing the leader: retry at the target),
+    /// [`NodeError::TransferInProgress`], [`NodeError::InvalidChange`],
+    /// [`NodeError::ProposalDropped`] and [`NodeError::Timeout`].
+    pub fn change_membership(
+        &self,
+        scope: MembershipScope,
+        change: &MemberChange,
+    ) -> Result<Vec<GroupChangeResult>, NodeError> {
+        let mut waiting = Vec::new();
+        for (group, only_if_leader) in self.scope_groups(scope)? {
+            let (request, receiver) = Self::change_request(group, change, only_if_leader);
+            self.shard_for(group)?
+                .send(request)
+                .map_err(|_| NodeError::Stopped)?;
+            waiting.push((group, receiver));
+        }
+        let results = waiting
+            .into_iter()
+            .map(|(group, receiver)| GroupChangeResult {
+                group,
+                result: receiver.recv().unwrap_or(Err(NodeError::Stopped)),
+            })
+            .collect();
+        Ok(Self::scope_results(scope, results))
+    }
+
+    /// The async form of [`change_membership`](Self::change_membership).
+    pub async fn change_membership_async(
+        &self,
+        scope: MembershipScope,
+        change: &MemberChange,
+    ) -> Result<Vec<GroupChangeResult>, NodeError> {
+        let mut waiting = Vec::new();
+        for (group, only_if_leader) in self.scope_groups(scope)? {
+            let (request, receiver) = Self::change_request(group, change, only_if_leader);
+            self.shard_for(group)?
+                .send_async(request)
+                .await
+                .map_err(|_| NodeError::Stopped)?;
+            waiting.push((group, receiver));
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for (group, receiver) in waiting {
+            results.push(GroupChangeResult {
+                group,
+                result: receiver
+                    .recv_async()
+                    .await
+                    .unwrap_or(Err(NodeError::Stopped)),
+            });
+        }
+        Ok(Self::scope_results(scope, results))
+    }
+
+    /// The membership of `group` as this node sees it: voters, learners and who leads.
+    /// On the leader, each member's match index and lag are filled in.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownGroup`] and [`NodeError::Stopped`].
+    pub fn membership(&self, group: GroupId) -> Result<GroupMembership, NodeError> {
+        let (reply, receiver) = flume::bounded(1);
+        self.shard_for(group)?
+            .send(ShardRequest::Membership { group, reply })
+            .map_err(|_| NodeError::Stopped)?;
+        receiver.recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The async form of [`membership`](Self::membership).
+    pub async fn membership_async(&self, group: GroupId) -> Result<GroupMembership, NodeError> {
+        let (reply, receiver) = flume::bounded(1);
+        self.shard_for(group)?
+            .send_async(ShardRequest::Membership { group, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Hands leadership of `group` to the voter `target` and waits until it leads.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`] with the leader, [`NodeError::InvalidTransfer`] when
+    /// `target` is not a voter or already leads, [`NodeError::TransferAbandoned`] when the
+    /// target did not take over in an election timeout, [`NodeError::Timeout`] and
+    /// [`NodeError::Stopped`].
+    pub fn transfer_leadership(&self, group: GroupId, target: NodeId) -> Result<(), NodeError> {
+        let (reply, receiver) = flume::bounded(1);
+        self.shard_for(group)?
+            .send(ShardRequest::TransferLeadership {
+                group,
+                target,
+                reply,
+            })
+            .map_err(|_| NodeError::Stopped)?;
+        receiver.recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The async form of [`transfer_leadership`](Self::transfer_leadership).
+    pub async fn transfer_leadership_async(
+        &self,
+        group: GroupId,
+        target: NodeId,
+    ) -> Result<(), NodeError> {
+        let (reply, receiver) = flume::bounded(1);
+        self.shard_for(group)?
+            .send_async(ShardRequest::TransferLeadership {
+                group,
+                target,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The addresses of every member this node knows of: the configured ones and those
+    /// that membership changes added.
+    pub fn member_addresses(&self) -> BTreeMap<NodeId, MemberAddresses> {
+        self.inner.addresses.all()
+    }
+
+    /// Records the client and HTTP addresses of a configured member, which the node's
+    /// config does not hold; the server calls it with its own member list.
+    pub fn learn_service_addresses(
+        &self,
+        node: NodeId,
+        client: Option<SocketAddr>,
+        http: Option<SocketAddr>,
+    ) {
+        self.inner
+            .addresses
+            .learn_service_addresses(node, client, http);
+    }
 }
 
 /// A running node. Dropping it without [`shutdown`](Node::shutdown) stops its shards
@@ -457,6 +726,7 @@ where
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let factory: Arc<dyn Fn(GroupId) -> S + Send + Sync> = Arc::new(new_state_machine);
         let config = Arc::new(config);
+        let addresses = Arc::new(AddressBook::from_config(&config.members));
         let (ready_sender, ready_receiver) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut executors = Vec::with_capacity(shard_count);
@@ -474,6 +744,7 @@ where
                 new_state_machine: Arc::clone(&factory),
                 requests: receiver,
                 ready: ready_sender.clone(),
+                addresses: Arc::clone(&addresses),
             };
             let name = format!("shard-{}-{shard}", config.node_id);
             let executor = LocalExecutorBuilder::new(placement)
@@ -493,6 +764,7 @@ where
                 groups: config.groups,
                 shards: senders,
                 request_timeout_ms: config.request_timeout_ms,
+                addresses,
             }),
         };
         let node = Node { handle, executors };

@@ -59,7 +59,7 @@ pub trait StateMachine {
     type Output;
 
     /// A point-in-time view of the state, serialized independently of the state machine.
-    type View: SnapshotView;
+    type View: SnapshotView + 'static;
 
     /// The error [`restore`](StateMachine::restore) returns for a snapshot it rejects.
     type RestoreError: std::error::Error + 'static;
@@ -147,6 +147,21 @@ pub trait SnapshotView {
     /// Serializes the view into a snapshot that [`StateMachine::restore`] accepts. The
     /// same view always serializes to the same bytes.
     fn serialize(&self) -> Snapshot;
+
+    /// Appends the next part of the serialized data to `out`, about `budget_bytes` of it
+    /// (a step may pass the budget by one item), and returns `true` once the data is
+    /// complete. Calling it until it returns `true` appends exactly the bytes of
+    /// [`serialize`](SnapshotView::serialize)`().data`.
+    ///
+    /// The runtime serializes in steps and yields to its executor between them, so that a
+    /// large state does not stall the shard's loop. The provided implementation serializes
+    /// everything in the first step; a state machine with a large state should override
+    /// it.
+    fn serialize_step(&mut self, out: &mut Vec<u8>, budget_bytes: usize) -> bool {
+        let _ = budget_bytes;
+        out.extend_from_slice(&self.serialize().data);
+        true
+    }
 }
 
 /// A serialized state machine state and the log position it covers.

@@ -137,6 +137,8 @@ struct Cluster {
     members: String,
     ports: Vec<Ports>,
     nodes: Vec<NodeProcess>,
+    /// Flags added to every node's command line.
+    extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -175,6 +177,7 @@ impl Cluster {
             members,
             ports,
             nodes,
+            extra_args: Vec::new(),
         }
     }
 
@@ -208,6 +211,7 @@ impl Cluster {
             .args(["--groups", &GROUPS.to_string()])
             .args(["--members", &self.members])
             .args(["--log-level", "info"])
+            .args(&self.extra_args)
             // Plain log lines in the file, without terminal colours.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -986,4 +990,156 @@ fn torn_log_tail_is_truncated_and_synced_damage_stops_the_node() {
     // The two other nodes still form a majority and serve.
     cli_expect(&endpoints, &["put", "after-damage", "served"], 0);
     assert_get(&endpoints, "after-damage", &[], "served");
+}
+
+/// Flags that make every group snapshot every 200 entries, keeping 20 below a snapshot.
+fn frequent_snapshot_args(extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--snapshot-trigger-entries",
+        "200",
+        "--snapshot-log-tail-entries",
+        "20",
+        "--snapshot-transfer-progress-timeout-ms",
+        "2000",
+    ];
+    args.extend_from_slice(extra);
+    args.into_iter().map(String::from).collect()
+}
+
+/// The sum over shards of a counter in node `index`'s `/metrics`, 0 when absent.
+fn metric_total(cluster: &Cluster, index: usize, name: &str) -> f64 {
+    let Some(reply) = cluster.http(index, "/metrics") else {
+        return 0.0;
+    };
+    reply
+        .body
+        .lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes `count` keys through `client`, returning the acknowledged ones.
+fn write_acknowledged(client: &Client, prefix: &str, count: usize) -> Vec<(String, String)> {
+    let mut acknowledged = Vec::new();
+    for n in 0..count {
+        let (key, value) = (format!("{prefix}{n}"), format!("value-{n}"));
+        if client.put(key.as_bytes(), value.as_bytes()).is_ok() {
+            acknowledged.push((key, value));
+        }
+    }
+    acknowledged
+}
+
+/// Waits until node `index` serves every acknowledged key as a stale read.
+fn wait_for_acknowledged(cluster: &mut Cluster, index: usize, acknowledged: &[(String, String)]) {
+    let mut config = ClientConfig::new([cluster.endpoint(index)]);
+    config.request_timeout = Duration::from_secs(2);
+    let client = Client::connect(config).expect("connecting to the restarted node");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (key, value) in acknowledged {
+        loop {
+            cluster.assert_running(index);
+            let found = client.get_stale(key.as_bytes()).ok();
+            if found.is_some_and(|found| found.value.as_ref() == value.as_bytes()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} lacks acknowledged {key} after 60 s",
+                index + 1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn stopped_follower_catches_up_by_snapshot() {
+    let mut cluster = Cluster::new("stopped_follower_catches_up_by_snapshot");
+    cluster.extra_args = frequent_snapshot_args(&[]);
+    cluster.start_all();
+    cluster.wait_ready_all();
+    let group = 0;
+    let leader = cluster.agreed_leader(group);
+    let follower = usize::try_from(leader % NODES as u64).expect("a node index");
+    let survivors: Vec<String> = (0..NODES)
+        .filter(|&index| index != follower)
+        .map(|index| cluster.endpoint(index))
+        .collect();
+    let mut config = ClientConfig::new(survivors.iter().cloned());
+    config.request_timeout = Duration::from_secs(5);
+    let client = Arc::new(Client::connect(config).expect("connecting to the cluster"));
+    let mut acknowledged = write_acknowledged(&client, "early-", 100);
+    cluster.kill(follower);
+
+    // Four groups of 200-entry snapshots: 3,000 writes compact every group past the
+    // stopped follower's log several times.
+    acknowledged.extend(write_acknowledged(&client, "while-down-", 3_000));
+    let writer = {
+        let client = Arc::clone(&client);
+        std::thread::spawn(move || write_acknowledged(&client, "during-", 1_000))
+    };
+    cluster.start(follower);
+    acknowledged.extend(writer.join().expect("joining the writer thread"));
+
+    wait_for_acknowledged(&mut cluster, follower, &acknowledged);
+    let installed = metric_total(&cluster, follower, "shardraft_snapshots_installed_total");
+    assert!(
+        installed >= 1.0,
+        "the follower installed {installed} snapshots"
+    );
+}
+
+#[test]
+fn killed_receiver_resumes_snapshot_transfer() {
+    let mut cluster = Cluster::new("killed_receiver_resumes_snapshot_transfer");
+    // 64 KiB/s makes a transfer of the ~300 KB snapshot below last about 5 s.
+    cluster.extra_args = frequent_snapshot_args(&[
+        "--snapshot-transfer-bytes-per-second",
+        "65536",
+        "--snapshot-transfer-chunk-bytes",
+        "4096",
+    ]);
+    cluster.start_all();
+    cluster.wait_ready_all();
+    let group = 0;
+    let leader = cluster.agreed_leader(group);
+    let leader_index = usize::try_from(leader - 1).expect("a node index");
+    let follower = usize::try_from(leader % NODES as u64).expect("a node index");
+    cluster.kill(follower);
+    let survivors: Vec<String> = (0..NODES)
+        .filter(|&index| index != follower)
+        .map(|index| cluster.endpoint(index))
+        .collect();
+    let client = Client::connect(ClientConfig::new(survivors.iter().cloned()))
+        .expect("connecting to the cluster");
+    let keys = keys_in_group("large-", group, 300);
+    let value = "v".repeat(1000);
+    let mut acknowledged = Vec::new();
+    for key in &keys {
+        client
+            .put(key.as_bytes(), value.as_bytes())
+            .expect("writing with two of three nodes up");
+        acknowledged.push((key.clone(), value.clone()));
+    }
+
+    cluster.start(follower);
+    let sent = "shardraft_snapshot_sent_bytes_total";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_total(&cluster, leader_index, sent) < 60_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader sent no snapshot within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill(follower);
+    let finished = "shardraft_snapshot_transfers_finished_total";
+    assert_eq!(metric_total(&cluster, leader_index, finished), 0.0);
+
+    cluster.start(follower);
+    wait_for_acknowledged(&mut cluster, follower, &acknowledged);
+    let resumed = "shardraft_snapshot_transfers_resumed_total";
+    assert!(metric_total(&cluster, leader_index, resumed) >= 1.0);
 }

@@ -50,6 +50,26 @@ pub trait ServerCounters {
 
     /// Whose CPU time [`CounterSample::cpu`] counts, in words for the summary.
     fn cpu_scope(&self) -> &'static str;
+
+    /// Bytes the target's data occupies on disk now, when the harness can see its files.
+    ///
+    /// # Errors
+    ///
+    /// When the data directory cannot be read.
+    fn disk_bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+/// How often a point samples the target's bytes on disk.
+pub const DISK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The target's bytes on disk at one moment of a point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DiskSample {
+    /// Seconds since the point's measured part began; negative during the warm-up.
+    pub elapsed_secs: f64,
+    pub bytes: u64,
 }
 
 /// Cumulative counts of one write stage's histogram buckets, with the bounds of
@@ -227,6 +247,9 @@ pub struct PointMeasurement {
     pub load_threads: usize,
     /// Sessions the point opened.
     pub sessions: usize,
+    /// The target's bytes on disk, sampled every [`DISK_SAMPLE_INTERVAL`] from the start
+    /// of the point, warm-up included, and once at its end.
+    pub disk_usage: Vec<DiskSample>,
 }
 
 /// The share of a point that one load thread runs.
@@ -490,11 +513,11 @@ where
     };
 
     let window = Window::new(origin, workload, &tickets);
-    let counters = watch_point(
+    let watched = watch_point(
         counters, workload, &window, &done, threads, &stats, progress,
     );
     let history = join_all(executors)?;
-    let counters = counters?;
+    let (counters, disk_usage) = watched?;
 
     let mut total = PointStats::default();
     for stats in &stats {
@@ -513,6 +536,7 @@ where
         history,
         load_threads: threads,
         sessions,
+        disk_usage,
     })
 }
 
@@ -566,8 +590,9 @@ fn wait_until_ready(
     }
 }
 
-/// Refreshes the progress display until every thread is done, and samples the counters at
-/// the start and end of the measured part; returns their growth.
+/// Refreshes the progress display until every thread is done, samples the counters at the
+/// start and end of the measured part, and the bytes on disk every
+/// [`DISK_SAMPLE_INTERVAL`]; returns the counters' growth and the disk samples.
 fn watch_point(
     counters: &dyn ServerCounters,
     workload: &Workload,
@@ -576,7 +601,7 @@ fn watch_point(
     threads: usize,
     stats: &[SharedStats],
     progress: &mut Progress,
-) -> anyhow::Result<CounterSample> {
+) -> anyhow::Result<(CounterSample, Vec<DiskSample>)> {
     let measure_end = match window.end {
         Ending::At(end) => Some(end),
         Ending::Tickets { .. } => None,
@@ -584,6 +609,22 @@ fn watch_point(
     let mut before = None;
     let mut after = None;
     let mut finished = 0;
+    let mut disk_usage = Vec::new();
+    let mut next_disk_sample = Instant::now();
+    let sample_disk = |disk_usage: &mut Vec<DiskSample>, now: Instant| -> anyhow::Result<()> {
+        if let Some(bytes) = counters.disk_bytes()? {
+            let elapsed_secs = if now >= window.measure_from {
+                now.duration_since(window.measure_from).as_secs_f64()
+            } else {
+                -window.measure_from.duration_since(now).as_secs_f64()
+            };
+            disk_usage.push(DiskSample {
+                elapsed_secs,
+                bytes,
+            });
+        }
+        Ok(())
+    };
     while finished < threads {
         let now = Instant::now();
         if before.is_none() && now >= window.measure_from {
@@ -592,9 +633,13 @@ fn watch_point(
         if after.is_none() && measure_end.is_some_and(|end| now >= end) {
             after = Some(counters.sample()?);
         }
+        if now >= next_disk_sample {
+            sample_disk(&mut disk_usage, now)?;
+            next_disk_sample = now + DISK_SAMPLE_INTERVAL;
+        }
         progress.update(|| snapshot(workload, window, stats, now));
 
-        let mut wake = now + progress.interval();
+        let mut wake = (now + progress.interval()).min(next_disk_sample);
         if before.is_none() {
             wake = wake.min(window.measure_from);
         }
@@ -617,7 +662,8 @@ fn watch_point(
         Some(sample) => sample,
         None => counters.sample()?,
     };
-    Ok(after.since(&before))
+    sample_disk(&mut disk_usage, Instant::now())?;
+    Ok((after.since(&before), disk_usage))
 }
 
 fn snapshot(

@@ -106,6 +106,22 @@ pub struct PointResult {
     /// and started late. Their latency still counts from the intended start.
     #[serde(default)]
     pub late_operations: u64,
+    /// Bytes the target's data occupied on disk, sampled about once a second from the
+    /// start of the point (warm-up included) and at its end; empty when the harness cannot
+    /// see the target's files (memory storage, remote targets).
+    #[serde(default)]
+    pub disk_usage: Vec<DiskUsageSample>,
+}
+
+/// The bytes a target's data occupied on disk at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUsageSample {
+    /// Seconds since the point's measured part began; negative during the warm-up.
+    pub elapsed_secs: f64,
+    /// Bytes allocated to the data directory's files (their blocks, not their lengths, so
+    /// that preallocated log segments count as the space they take).
+    pub bytes: u64,
 }
 
 /// Completions of one operation kind at one load level.

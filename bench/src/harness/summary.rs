@@ -14,7 +14,8 @@ use shardraft::metrics::STAGE_BUCKET_BOUNDS_NANOS;
 use super::load::{OperationStats, PointMeasurement, StageSample};
 use super::result::LatencyQuantiles;
 use super::result::{
-    CheckResult, EncodedHistogram, HostFacts, OperationResult, PointResult, StageResult,
+    CheckResult, DiskUsageSample, EncodedHistogram, HostFacts, OperationResult, PointResult,
+    StageResult,
 };
 use super::target::{ReadMode, TargetFacts};
 use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
@@ -81,6 +82,14 @@ pub fn point_result(
         write_stages: stage_results(measurement.counters.write_stages.as_deref()),
         check,
         late_operations: stats.late,
+        disk_usage: measurement
+            .disk_usage
+            .iter()
+            .map(|sample| DiskUsageSample {
+                elapsed_secs: sample.elapsed_secs,
+                bytes: sample.bytes,
+            })
+            .collect(),
     }
 }
 
@@ -213,6 +222,7 @@ pub fn print_point(
         );
     }
     print_counters(point, stats.ok() + stats.errors(), cpu_scope);
+    print_disk_usage(&point.disk_usage);
     print_stages(point);
     if let Some(check) = &point.check {
         print_check(check);
@@ -277,6 +287,25 @@ fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
         ),
         _ => println!("  cpu      {cpu_scope}"),
     }
+}
+
+/// Prints the largest and the last of a point's disk samples, which show whether the data
+/// stays bounded.
+fn print_disk_usage(samples: &[DiskUsageSample]) {
+    let (Some(last), Some(largest)) = (
+        samples.last(),
+        samples.iter().max_by_key(|sample| sample.bytes),
+    ) else {
+        return;
+    };
+    let mebibytes = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    println!(
+        "  disk     {:.1} MiB at the end, at most {:.1} MiB (at {:.0} s), {} samples",
+        mebibytes(last.bytes),
+        mebibytes(largest.bytes),
+        largest.elapsed_secs,
+        samples.len()
+    );
 }
 
 /// Converts the engine's stage bucket counts into HdrHistograms. Each write is recorded at

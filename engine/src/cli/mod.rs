@@ -1,8 +1,11 @@
 //! The client commands of the `shardraft` command line: `put`, `get`, `del`, `cas`,
-//! `scan` and `status`, run against a cluster through [`crate::client`].
+//! `scan`, `status`, `member add|remove|promote|list` and `leader transfer`, run against
+//! a cluster through [`crate::client`].
 //!
 //! Exit status: 0 on success, 1 on failure with a one-line message on stderr, 2 for a
-//! usage error, and 3 when `get` finds no value or the `cas` condition does not hold.
+//! usage error, and 3 when `get` finds no value or the `cas` condition does not hold. A
+//! membership command that covers several groups exits with 1 when any group failed,
+//! after printing every group's outcome.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use crate::client::{CasCondition, Client, ClientConfig, ClientError};
 use crate::kv::{ScanPage, ScanRange, VersionedValue};
-use crate::protocol::StatusReport;
+use crate::protocol::{MembershipChangeRequest, MembershipReport, StatusReport};
 
 /// The client addresses of the local example cluster, the endpoints used when
 /// `--endpoints` is not given.
@@ -107,6 +110,80 @@ pub enum ClientCommand {
     },
     /// Print each endpoint's role and progress in every group.
     Status,
+    /// Add, remove, promote or list the members of the groups.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Move the leadership of groups.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+}
+
+/// The `member` commands. Each runs at the leader of every group, or of `--group` alone.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    /// Add node ID, reachable at the given addresses: as a learner that the leader makes a
+    /// voter once it has caught up, or with --learner as a learner only. Start the new
+    /// node with `shardraft serve --join` first.
+    Add {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its peer address (shard 0's port; shard s listens on the port plus s).
+        #[arg(long)]
+        peer: String,
+        /// Its client address.
+        #[arg(long)]
+        client: String,
+        /// Its HTTP address, if it serves one.
+        #[arg(long)]
+        http: Option<String>,
+        /// Keep it a learner: it receives the log but does not vote.
+        #[arg(long)]
+        learner: bool,
+        /// Change this group only.
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Remove node ID. Removing a group's leader first hands leadership to another voter.
+    Remove {
+        /// The node to remove.
+        #[arg(long)]
+        id: u64,
+        /// Change this group only.
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Make the learner ID a voter.
+    Promote {
+        /// The learner.
+        #[arg(long)]
+        id: u64,
+        /// Change this group only.
+        #[arg(long)]
+        group: Option<u32>,
+    },
+    /// Print the voters and learners of every group, with each member's match index and
+    /// lag as the leader sees them.
+    List {
+        /// List this group only.
+        #[arg(long)]
+        group: Option<u32>,
+    },
+}
+
+/// The `leader` commands.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum LeaderCommand {
+    /// Hand the leadership of every group, or of --group, to node NODE and wait until it
+    /// leads.
+    Transfer {
+        /// The group; every group when not given.
+        #[arg(long)]
+        group: Option<u32>,
+        /// The voter that is to lead.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// The client commands with their options, for a binary that has them as its own
@@ -260,8 +337,99 @@ fn execute(command: &ClientCommand, options: &ClientOptions) -> Result<(), Failu
                 return Err(Failure::Client(error.clone()));
             }
         }
+        ClientCommand::Member(command) => member(command, config, &printer)?,
+        ClientCommand::Leader(LeaderCommand::Transfer { group, to }) => {
+            let client = Client::connect(config)?;
+            let results: Vec<(u32, Result<String, ClientError>)> = groups(&client, *group)?
+                .into_iter()
+                .map(|group| {
+                    let result = client
+                        .transfer_leader(group, *to)
+                        .map(|()| format!("node {to} leads"));
+                    (group, result)
+                })
+                .collect();
+            printer.group_outcomes(&results)?;
+        }
     }
     Ok(())
+}
+
+/// The groups a command covers: `--group`, checked, or every group.
+fn groups(client: &Client, group: Option<u32>) -> Result<Vec<u32>, Failure> {
+    match group {
+        Some(group) if group >= client.groups() => Err(Failure::Usage(format!(
+            "--group {group} does not exist; the cluster has groups 0 to {}",
+            client.groups().saturating_sub(1)
+        ))),
+        Some(group) => Ok(vec![group]),
+        None => Ok((0..client.groups()).collect()),
+    }
+}
+
+fn member(command: &MemberCommand, config: ClientConfig, printer: &Printer) -> Result<(), Failure> {
+    let (change, group, verb) = match command {
+        MemberCommand::Add {
+            id,
+            peer,
+            client,
+            http,
+            learner,
+            group,
+        } => {
+            let change = MembershipChangeRequest::AddLearner {
+                node: *id,
+                peer_address: peer.clone(),
+                client_address: client.clone(),
+                http_address: http.clone(),
+                promote_when_caught_up: !learner,
+            };
+            let verb = if *learner {
+                "added as a learner"
+            } else {
+                "added as a learner to promote once caught up"
+            };
+            (change, *group, verb)
+        }
+        MemberCommand::Remove { id, group } => (
+            MembershipChangeRequest::Remove { node: *id },
+            *group,
+            "removed",
+        ),
+        MemberCommand::Promote { id, group } => (
+            MembershipChangeRequest::Promote { node: *id },
+            *group,
+            "promoted",
+        ),
+        MemberCommand::List { group } => {
+            let client = Client::connect(config)?;
+            let reports: Vec<(u32, Result<MembershipReport, ClientError>)> =
+                groups(&client, *group)?
+                    .into_iter()
+                    .map(|group| (group, client.membership(group)))
+                    .collect();
+            printer.memberships(&reports);
+            if let Some((_, Err(error))) = reports.iter().find(|(_, report)| report.is_err()) {
+                return Err(Failure::Client(error.clone()));
+            }
+            return Ok(());
+        }
+    };
+    if change.node() == 0 {
+        return Err(Failure::Usage("--id 0; node ids start at 1".to_string()));
+    }
+    let client = Client::connect(config)?;
+    let node = change.node();
+    let results: Vec<(u32, Result<String, ClientError>)> = groups(&client, group)?
+        .into_iter()
+        .map(|group| {
+            let result = client
+                .change_membership(group, change.clone())
+                .map(|index| format!("node {node} {verb} at index {}", index.0));
+            (group, result)
+        })
+        .collect();
+    printer.group_outcomes(&results)
 }
 
 fn value_argument(
@@ -371,6 +539,112 @@ impl Printer {
                     "{}",
                     serde_json::json!({ "entries": entries, "more": page.more })
                 );
+            }
+        }
+    }
+
+    /// Prints one outcome per group and fails with the first group's error, if any.
+    fn group_outcomes(
+        &self,
+        results: &[(u32, Result<String, ClientError>)],
+    ) -> Result<(), Failure> {
+        match self.format {
+            OutputFormat::Text => {
+                for (group, result) in results {
+                    match result {
+                        Ok(outcome) => println!("group {group}: {outcome}"),
+                        Err(error) => println!("group {group}: error: {error}"),
+                    }
+                }
+            }
+            OutputFormat::Json => {
+                let groups: Vec<serde_json::Value> = results
+                    .iter()
+                    .map(|(group, result)| match result {
+                        Ok(outcome) => serde_json::json!({ "group": group, "outcome": outcome }),
+                        Err(error) => {
+                            serde_json::json!({ "group": group, "error": error.to_string() })
+                        }
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "groups": groups }));
+            }
+        }
+        match results.iter().find_map(|(_, result)| result.as_ref().err()) {
+            Some(error) => Err(Failure::Client(error.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn memberships(&self, reports: &[(u32, Result<MembershipReport, ClientError>)]) {
+        let role = |voter: bool, promote: bool| match (voter, promote) {
+            (true, _) => "voter",
+            (false, true) => "learner (promoted once caught up)",
+            (false, false) => "learner",
+        };
+        match self.format {
+            OutputFormat::Text => {
+                for (group, report) in reports {
+                    let report = match report {
+                        Ok(report) => report,
+                        Err(error) => {
+                            println!("group {group}: error: {error}");
+                            continue;
+                        }
+                    };
+                    let leader = report
+                        .leader
+                        .map_or_else(|| "none".to_string(), |leader| leader.to_string());
+                    let pending = report
+                        .pending_change
+                        .map(|index| format!(" change pending at {index}"))
+                        .unwrap_or_default();
+                    println!(
+                        "group {group}: leader {leader} term {} commit {} last {}{pending}",
+                        report.term, report.commit_index, report.last_index
+                    );
+                    for member in &report.members {
+                        let known = |value: Option<u64>| {
+                            value.map_or_else(|| "?".to_string(), |value| value.to_string())
+                        };
+                        println!(
+                            "  node {} {} match {} lag {} client {}",
+                            member.node_id,
+                            role(member.voter, member.promote_when_caught_up),
+                            known(member.match_index),
+                            known(member.lag_entries),
+                            member.client_address.as_deref().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            OutputFormat::Json => {
+                let groups: Vec<serde_json::Value> = reports
+                    .iter()
+                    .map(|(group, report)| match report {
+                        Ok(report) => serde_json::json!({
+                            "group": group,
+                            "leader": report.leader,
+                            "term": report.term,
+                            "commit_index": report.commit_index,
+                            "last_index": report.last_index,
+                            "pending_change": report.pending_change,
+                            "members": report.members.iter().map(|member| serde_json::json!({
+                                "node_id": member.node_id,
+                                "role": if member.voter { "voter" } else { "learner" },
+                                "promote_when_caught_up": member.promote_when_caught_up,
+                                "match_index": member.match_index,
+                                "lag_entries": member.lag_entries,
+                                "client_address": member.client_address,
+                            })).collect::<Vec<_>>(),
+                        }),
+                        Err(error) => serde_json::json!({
+                            "group": group,
+                            "error": error.to_string(),
+                        }),
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "groups": groups }));
             }
         }
     }
@@ -508,6 +782,36 @@ mod tests {
             value_file: None,
         };
         assert_eq!(cli.command, expected);
+    }
+
+    #[test]
+    fn member_add_defaults_to_every_group_and_promotion() {
+        let cli = ClientCli::parse_from([
+            "shardraft",
+            "member",
+            "add",
+            "--id",
+            "4",
+            "--peer",
+            "127.0.0.1:7040",
+            "--client",
+            "127.0.0.1:7104",
+        ]);
+        let expected = ClientCommand::Member(MemberCommand::Add {
+            id: 4,
+            peer: "127.0.0.1:7040".into(),
+            client: "127.0.0.1:7104".into(),
+            http: None,
+            learner: false,
+            group: None,
+        });
+        assert_eq!(cli.command, expected);
+    }
+
+    #[test]
+    fn leader_transfer_needs_a_target() {
+        let parsed = ClientCli::try_parse_from(["shardraft", "leader", "transfer", "--group", "1"]);
+        assert!(parsed.is_err());
     }
 
     #[test]

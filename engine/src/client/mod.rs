@@ -37,7 +37,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::kv::{Condition, KeyValue, ScanPage, ScanRange, VersionedValue};
 use crate::node::group_for_key;
-use crate::protocol::{CurrentValue, Operation, Reply, StatusReport};
+use crate::protocol::{
+    CurrentValue, MembershipChangeRequest, MembershipReport, Operation, Reply, StatusReport,
+};
 use crate::raft::LogIndex;
 use runtime::{Job, Message, Route};
 
@@ -152,6 +154,19 @@ pub enum ClientError {
     Protocol {
         /// The problem found.
         reason: String,
+    },
+    /// Another membership change of the group stayed uncommitted for the whole request
+    /// timeout, for instance a learner that is still catching up before its promotion.
+    #[error(
+        "the membership change at index {index} of group {group} did not commit within the \
+         request timeout; one change at a time, so wait for it (see `shardraft member list`) \
+         and retry"
+    )]
+    ChangePending {
+        /// The group.
+        group: u32,
+        /// The index of the uncommitted change.
+        index: u64,
     },
     /// The client's executor thread is gone.
     #[error("the client is closed")]
@@ -578,6 +593,111 @@ impl Client {
         let route = Route::Endpoint(endpoint.to_string());
         status_report(self.call_async(Operation::Status, route).await?)
     }
+
+    fn change_request(group: u32, change: MembershipChangeRequest) -> (Operation, Route) {
+        (
+            Operation::ChangeMembership { group, change },
+            Route::Leader(group),
+        )
+    }
+
+    /// Changes the membership of `group` at its leader and returns the index of the
+    /// committed change entry. A change that waits for an earlier one to commit is
+    /// retried until the request timeout; removing the leader continues at the node that
+    /// takes over. To change every group, call it for each of `0..groups()`.
+    ///
+    /// # Errors
+    /// [`ClientError::ChangePending`] when an earlier change stayed uncommitted,
+    /// [`ClientError::Invalid`] for a change that does not fit the membership (adding a
+    /// member twice, promoting a voter, removing the last voter) or bad addresses, and the
+    /// errors of every request.
+    ///
+    /// ```no_run
+    /// use shardraft::protocol::MembershipChangeRequest;
+    /// # let client = shardraft::client::Client::connect(
+    /// #     shardraft::client::ClientConfig::new(["127.0.0.1:7101"]))?;
+    /// for group in 0..client.groups() {
+    ///     let change = MembershipChangeRequest::AddLearner {
+    ///         node: 4,
+    ///         peer_address: "127.0.0.1:7040".into(),
+    ///         client_address: "127.0.0.1:7104".into(),
+    ///         http_address: None,
+    ///         promote_when_caught_up: true,
+    ///     };
+    ///     client.change_membership(group, change)?;
+    /// }
+    /// # Ok::<(), shardraft::client::ClientError>(())
+    /// ```
+    pub fn change_membership(
+        &self,
+        group: u32,
+        change: MembershipChangeRequest,
+    ) -> Result<LogIndex, ClientError> {
+        let (operation, route) = Self::change_request(group, change);
+        changed_index(self.call(operation, route)?)
+    }
+
+    /// The async form of [`change_membership`](Self::change_membership).
+    pub async fn change_membership_async(
+        &self,
+        group: u32,
+        change: MembershipChangeRequest,
+    ) -> Result<LogIndex, ClientError> {
+        let (operation, route) = Self::change_request(group, change);
+        changed_index(self.call_async(operation, route).await?)
+    }
+
+    /// Returns the membership of `group` as its leader sees it: voters, learners, each
+    /// member's match index and lag.
+    ///
+    /// # Errors
+    /// The errors of every request.
+    pub fn membership(&self, group: u32) -> Result<MembershipReport, ClientError> {
+        membership_report(self.call(Operation::Membership { group }, Route::Leader(group))?)
+    }
+
+    /// The async form of [`membership`](Self::membership).
+    pub async fn membership_async(&self, group: u32) -> Result<MembershipReport, ClientError> {
+        let operation = Operation::Membership { group };
+        membership_report(self.call_async(operation, Route::Leader(group)).await?)
+    }
+
+    /// Hands leadership of `group` to the voter `to` and returns once it leads.
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] when `to` is not a voter of the group, and the errors of
+    /// every request.
+    pub fn transfer_leader(&self, group: u32, to: u64) -> Result<(), ClientError> {
+        let operation = Operation::TransferLeader { group, to };
+        transferred(self.call(operation, Route::Leader(group))?)
+    }
+
+    /// The async form of [`transfer_leader`](Self::transfer_leader).
+    pub async fn transfer_leader_async(&self, group: u32, to: u64) -> Result<(), ClientError> {
+        let operation = Operation::TransferLeader { group, to };
+        transferred(self.call_async(operation, Route::Leader(group)).await?)
+    }
+}
+
+fn changed_index(reply: Reply) -> Result<LogIndex, ClientError> {
+    match reply {
+        Reply::MembershipChanged { index } => Ok(LogIndex(index)),
+        other => Err(common_error(other)),
+    }
+}
+
+fn membership_report(reply: Reply) -> Result<MembershipReport, ClientError> {
+    match reply {
+        Reply::Membership(report) => Ok(report),
+        other => Err(common_error(other)),
+    }
+}
+
+fn transferred(reply: Reply) -> Result<(), ClientError> {
+    match reply {
+        Reply::LeaderTransferred => Ok(()),
+        other => Err(common_error(other)),
+    }
 }
 
 /// Converts the replies that are errors in every call.
@@ -609,6 +729,9 @@ fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Value { .. } => "Value",
         Reply::Page { .. } => "Page",
         Reply::Status(_) => "Status",
+        Reply::MembershipChanged { .. } => "MembershipChanged",
+        Reply::Membership(_) => "Membership",
+        Reply::LeaderTransferred => "LeaderTransferred",
         Reply::NotLeader { .. } => "NotLeader",
         Reply::Timeout => "Timeout",
         _ => "error",

@@ -135,6 +135,8 @@ enum Failure {
     Unavailable(String),
     /// The server's own request timeout passed, or no attempt finished yet.
     Timeout,
+    /// Another membership change of the group had not committed yet.
+    ChangePending(u64),
 }
 
 async fn run_job(core: &Rc<Core>, job: &Job) -> Result<Reply, ClientError> {
@@ -165,6 +167,10 @@ fn deadline_error(core: &Core, job: &Job, failure: Failure) -> ClientError {
         (Failure::Connection(reason) | Failure::Unavailable(reason), _) => {
             ClientError::Unavailable { reason }
         }
+        (Failure::ChangePending(index), Route::Leader(group)) => ClientError::ChangePending {
+            group: *group,
+            index,
+        },
         _ => ClientError::Timeout { timeout_ms },
     }
 }
@@ -231,6 +237,12 @@ async fn attempt_until_final(
                         backoff(&mut backoff_ms).await;
                     }
                 }
+            }
+            Reply::ChangePending { index } => {
+                // The change before this one commits within a round trip or two, or its
+                // learner is still catching up; either way waiting is all there is to do.
+                *last_failure.borrow_mut() = Failure::ChangePending(index);
+                backoff(&mut backoff_ms).await;
             }
             Reply::Unavailable(_) | Reply::Timeout => {
                 // The node may be stopping or cut off from its group, so the next attempt

@@ -61,10 +61,10 @@ impl KvStateMachine {
         }
     }
 
-    /// Scans between bounds that the caller has checked to be in order, because
-    /// `BTreeMap::range` panics when the start is after the end.
+    /// Scans between bounds that the caller has checked to be in order, so that a reversed
+    /// range is empty whatever the map's `range` does with one (`BTreeMap::range` panics).
     fn scan_bounds(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> ScanPage {
-        let mut range = self.keys.range::<[u8], _>((start, end));
+        let mut range = self.keys.range::<_, [u8]>((start, end));
         let entries = range
             .by_ref()
             .take(limit)

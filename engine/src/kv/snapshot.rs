@@ -19,7 +19,7 @@
 //! left, key order, that each `mod_index` lies in `1..=index`, that no byte follows the
 //! last key, and that the embedded index and term match the snapshot's metadata.
 
-use std::rc::Rc;
+use std::ops::Bound;
 
 use bytes::Bytes;
 
@@ -41,13 +41,50 @@ const CHECKSUM_BYTES: usize = 4;
 /// A point-in-time view of a [`KvStateMachine`](super::KvStateMachine), returned by
 /// [`StateMachine::snapshot_view`](crate::state_machine::StateMachine::snapshot_view).
 ///
-/// It shares the store's map through an `Rc` (so it is not `Send`), and later writes to
-/// the store copy the map instead of changing the view.
+/// It shares the store's persistent map (so it is not `Send`); later writes to the store
+/// copy the tree nodes they change instead of changing the view. It serializes either at
+/// once ([`SnapshotView::serialize`]) or in steps of a bounded size
+/// ([`SnapshotView::serialize_step`]), which resume after the last key written, so that a
+/// runtime can yield between steps.
 #[derive(Clone, Debug)]
 pub struct KvSnapshotView {
-    pub(super) index: LogIndex,
-    pub(super) term: Term,
-    pub(super) keys: Rc<KeyMap>,
+    index: LogIndex,
+    term: Term,
+    keys: KeyMap,
+    progress: SerializeProgress,
+}
+
+/// How far a stepwise serialization got.
+#[derive(Clone, Debug, Default)]
+struct SerializeProgress {
+    /// Whether the header was written.
+    started: bool,
+    /// The last key written; the next step starts after it.
+    last_key: Option<Bytes>,
+    /// CRC-32 of every byte written so far.
+    hasher: crc32fast::Hasher,
+    finished: bool,
+}
+
+impl KvSnapshotView {
+    pub(super) fn new(index: LogIndex, term: Term, keys: KeyMap) -> KvSnapshotView {
+        KvSnapshotView {
+            index,
+            term,
+            keys,
+            progress: SerializeProgress::default(),
+        }
+    }
+
+    /// Returns the number of keys in the view.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Returns whether the view contains no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 impl SnapshotView for KvSnapshotView {
@@ -60,11 +97,72 @@ impl SnapshotView for KvSnapshotView {
     }
 
     fn serialize(&self) -> Snapshot {
+        let mut fresh = KvSnapshotView::new(self.index, self.term, self.keys.clone());
+        let mut data = Vec::with_capacity(fresh.encoded_bytes());
+        while !fresh.serialize_step(&mut data, usize::MAX) {}
         Snapshot {
             index: self.index,
             term: self.term,
-            data: encode(self.index, self.term, &self.keys),
+            data: Bytes::from(data),
         }
+    }
+
+    fn serialize_step(&mut self, out: &mut Vec<u8>, budget_bytes: usize) -> bool {
+        if self.progress.finished {
+            return true;
+        }
+        let begin = out.len();
+        if !self.progress.started {
+            out.extend_from_slice(&SNAPSHOT_MAGIC);
+            out.push(SNAPSHOT_FORMAT_VERSION);
+            out.extend_from_slice(&self.index.0.to_le_bytes());
+            out.extend_from_slice(&self.term.0.to_le_bytes());
+            out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+            self.progress.started = true;
+        }
+        let after = match &self.progress.last_key {
+            Some(last) => Bound::Excluded(&last[..]),
+            None => Bound::Unbounded,
+        };
+        let mut range = self.keys.range::<_, [u8]>((after, Bound::Unbounded));
+        let mut last_written = None;
+        let mut exhausted = true;
+        for (key, versioned) in range.by_ref() {
+            out.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&(versioned.value.len() as u64).to_le_bytes());
+            out.extend_from_slice(&versioned.value);
+            out.extend_from_slice(&versioned.mod_index.0.to_le_bytes());
+            last_written = Some(key.clone());
+            if out.len() - begin >= budget_bytes {
+                exhausted = false;
+                break;
+            }
+        }
+        // A step that filled its budget on the last key finds the range empty next time.
+        self.progress.hasher.update(&out[begin..]);
+        if let Some(key) = last_written {
+            self.progress.last_key = Some(key);
+        }
+        if !exhausted {
+            return false;
+        }
+        let checksum = self.progress.hasher.clone().finalize();
+        out.extend_from_slice(&checksum.to_le_bytes());
+        self.progress.finished = true;
+        true
+    }
+}
+
+impl KvSnapshotView {
+    /// Computes the length of the serialized snapshot, in bytes.
+    fn encoded_bytes(&self) -> usize {
+        let entries_bytes: usize = self
+            .keys
+            .iter()
+            .map(|(key, versioned)| 8 + key.len() + 8 + versioned.value.len() + 8)
+            .sum();
+        HEADER_BYTES + entries_bytes + CHECKSUM_BYTES
     }
 }
 
@@ -178,32 +276,6 @@ pub enum RestoreError {
     },
 }
 
-/// Serializes `keys` as the state after applying the entry at `index` of `term`.
-pub(super) fn encode(index: LogIndex, term: Term, keys: &KeyMap) -> Bytes {
-    let entries_bytes: usize = keys
-        .iter()
-        .map(|(key, versioned)| 8 + key.len() + 8 + versioned.value.len() + 8)
-        .sum();
-    let mut data = Vec::with_capacity(HEADER_BYTES + entries_bytes + CHECKSUM_BYTES);
-
-    data.extend_from_slice(&SNAPSHOT_MAGIC);
-    data.push(SNAPSHOT_FORMAT_VERSION);
-    data.extend_from_slice(&index.0.to_le_bytes());
-    data.extend_from_slice(&term.0.to_le_bytes());
-    data.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-    for (key, versioned) in keys {
-        data.extend_from_slice(&(key.len() as u64).to_le_bytes());
-        data.extend_from_slice(key);
-        data.extend_from_slice(&(versioned.value.len() as u64).to_le_bytes());
-        data.extend_from_slice(&versioned.value);
-        data.extend_from_slice(&versioned.mod_index.0.to_le_bytes());
-    }
-
-    let checksum = crc32fast::hash(&data);
-    data.extend_from_slice(&checksum.to_le_bytes());
-    Bytes::from(data)
-}
-
 /// Validates `snapshot` completely and returns the keys it contains.
 ///
 /// Keys and values are copied out of the snapshot, so the map does not keep the whole
@@ -253,6 +325,7 @@ pub(super) fn decode(snapshot: &Snapshot) -> Result<KeyMap, RestoreError> {
 
     let key_count = reader.read_u64("key count")?;
     let mut keys = KeyMap::new();
+    let mut previous_key: Option<&[u8]> = None;
     for position in 0..key_count {
         let key = reader.read_bytes("key length", "key")?;
         let value = reader.read_bytes("value length", "value")?;
@@ -264,12 +337,10 @@ pub(super) fn decode(snapshot: &Snapshot) -> Result<KeyMap, RestoreError> {
                 snapshot_index: data_index,
             });
         }
-        let in_order = keys
-            .last_key_value()
-            .is_none_or(|(previous, _)| previous[..] < *key);
-        if !in_order {
+        if previous_key.is_some_and(|previous| previous >= key) {
             return Err(RestoreError::KeysOutOfOrder { position });
         }
+        previous_key = Some(key);
         let versioned = VersionedValue {
             value: Bytes::copy_from_slice(value),
             mod_index: LogIndex(mod_index),
@@ -327,5 +398,89 @@ impl<'a> Reader<'a> {
     ) -> Result<&'a [u8], RestoreError> {
         let length = self.read_u64(length_field)?;
         self.take(field, length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{Command, KvLimits, KvStateMachine};
+    use crate::raft::{Entry, EntryKind};
+    use crate::state_machine::StateMachine;
+
+    fn store_with_keys(count: u64) -> KvStateMachine {
+        let limits = KvLimits {
+            key_bytes_max: 1024,
+            value_bytes_max: 1024,
+        };
+        let mut store = KvStateMachine::new(limits);
+        for index in 1..=count {
+            put(&mut store, index, &format!("key-{index:05}"), "value");
+        }
+        store
+    }
+
+    fn put(store: &mut KvStateMachine, index: u64, key: &str, value: &str) {
+        let command = Command::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        };
+        let entry = Entry {
+            term: Term(1),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: command.encode().unwrap(),
+        };
+        store.apply(&entry).unwrap().unwrap().unwrap();
+    }
+
+    #[test]
+    fn stepwise_serialization_matches_serialize() {
+        let store = store_with_keys(500);
+        let whole = store.snapshot();
+        for budget_bytes in [1, 37, 4096, usize::MAX] {
+            let mut view = store.snapshot_view();
+            let mut data = Vec::new();
+            let mut steps = 1;
+            while !view.serialize_step(&mut data, budget_bytes) {
+                steps += 1;
+            }
+            assert_eq!(data, whole.data, "budget {budget_bytes}");
+            if budget_bytes < 4096 {
+                assert!(steps > 1, "budget {budget_bytes} took one step");
+            }
+        }
+    }
+
+    #[test]
+    fn writes_after_a_view_leave_it_unchanged() {
+        let mut store = store_with_keys(100);
+        let before = store.snapshot();
+        let view = store.snapshot_view();
+
+        put(&mut store, 101, "key-00001", "changed");
+        put(&mut store, 102, "new-key", "added");
+
+        assert_eq!(view.serialize(), before);
+        assert_eq!(store.get(b"key-00001").unwrap().value, &b"changed"[..]);
+    }
+
+    #[test]
+    fn restore_reads_a_stepwise_snapshot() {
+        let store = store_with_keys(50);
+        let mut view = store.snapshot_view();
+        let mut data = Vec::new();
+        while !view.serialize_step(&mut data, 64) {}
+        let snapshot = Snapshot {
+            index: LogIndex(50),
+            term: Term(1),
+            data: Bytes::from(data),
+        };
+        let mut restored = store_with_keys(0);
+
+        restored.restore(&snapshot).unwrap();
+
+        assert_eq!(restored.len(), 50);
+        assert_eq!(restored.applied_index(), LogIndex(50));
     }
 }

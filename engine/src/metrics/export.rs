@@ -22,7 +22,8 @@ use super::snapshot::{NodeMetrics, ProposalCounts, ShardMetrics};
 use super::stage_histogram::StageHistogram;
 use super::write_stages::WriteStageLatencies;
 use crate::log::DiskLogStats;
-use crate::transport::TransportStats;
+use crate::snapshot::SnapshotStats;
+use crate::transport::{SnapshotTransferStats, TransportStats};
 
 /// The `Content-Type` of [`encode_text`]'s output: the Prometheus text format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -77,6 +78,7 @@ impl Collector for NodeCollector {
         encode_transport(&mut encoder, shards)?;
         encode_peers(&mut encoder, shards)?;
         encode_log(&mut encoder, shards)?;
+        encode_snapshots(&mut encoder, shards)?;
         Ok(())
     }
 }
@@ -386,6 +388,13 @@ fn encode_shard_loop(
         "Raft messages the cores of the shard rejected (wrong recipient, unknown sender, \
          stale term, malformed).",
         per_shard(shards, |shard| shard.status.rejected_messages),
+    )?;
+    counters(
+        encoder,
+        "shardraft_leader_disk_transfers",
+        "Groups the shard handed to a follower because its own fdatasync p99 was far above \
+         the follower's estimated disk latency (disk_transfer).",
+        per_shard(shards, |shard| shard.leader_disk_transfers),
     )
 }
 
@@ -452,6 +461,124 @@ fn encode_transport(
         "shardraft_transport_rejected_connections",
         "Inbound peer connections closed after invalid input, by reason.",
         samples,
+    )
+}
+
+fn encode_snapshots(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let taken: [CounterFamily<SnapshotStats>; 4] = [
+        (
+            "shardraft_snapshots_taken",
+            "Snapshots the shard's groups took and stored durably.",
+            |stats| stats.taken,
+        ),
+        (
+            "shardraft_snapshots_failed",
+            "Snapshots whose serialization or storing failed.",
+            |stats| stats.failed,
+        ),
+        (
+            "shardraft_snapshots_installed",
+            "Snapshots received from a leader and installed into a state machine.",
+            |stats| stats.installed,
+        ),
+        (
+            "shardraft_snapshot_installed_bytes",
+            "Bytes of state machine data installed from received snapshots.",
+            |stats| stats.installed_bytes,
+        ),
+    ];
+    for (name, help, value) in taken {
+        counters(
+            encoder,
+            name,
+            help,
+            per_shard(shards, |shard| value(&shard.snapshots)),
+        )?;
+    }
+    let transfers: [CounterFamily<SnapshotTransferStats>; 9] = [
+        (
+            "shardraft_snapshot_transfers_started",
+            "Snapshot sending attempts started, resumed ones included.",
+            |stats| stats.started,
+        ),
+        (
+            "shardraft_snapshot_transfers_finished",
+            "Snapshot sending attempts the receiver confirmed stored.",
+            |stats| stats.finished,
+        ),
+        (
+            "shardraft_snapshot_transfers_failed",
+            "Snapshot sending attempts that broke off; the leader retries.",
+            |stats| stats.failed,
+        ),
+        (
+            "shardraft_snapshot_transfers_resumed",
+            "Snapshot sending attempts that resumed where the receiver's partial file ended.",
+            |stats| stats.resumed,
+        ),
+        (
+            "shardraft_snapshot_sent_bytes",
+            "Snapshot bytes sent in chunks.",
+            |stats| stats.bytes_sent,
+        ),
+        (
+            "shardraft_snapshot_received_bytes",
+            "Snapshot bytes received in chunks.",
+            |stats| stats.bytes_received,
+        ),
+        (
+            "shardraft_snapshot_receptions_stored",
+            "Snapshots received, verified and stored durably.",
+            |stats| stats.received,
+        ),
+        (
+            "shardraft_snapshot_receptions_rejected",
+            "Snapshot receptions closed after invalid input or a storage failure.",
+            |stats| stats.rejected,
+        ),
+        (
+            "shardraft_snapshot_receptions_interrupted",
+            "Snapshot receptions that broke off; the partial file is kept for resuming.",
+            |stats| stats.interrupted,
+        ),
+    ];
+    for (name, help, value) in transfers {
+        let samples = per_shard(shards, |shard| value(&shard.snapshot_transfers));
+        counters(encoder, name, help, samples)?;
+    }
+    let mut merged = SnapshotStats::default();
+    for shard in shards {
+        merged.merge(&shard.snapshots);
+    }
+    histograms(
+        encoder,
+        "shardraft_snapshot_creation_seconds",
+        "Time from taking a snapshot's view to storing it durably.",
+        vec![(Vec::new(), merged.creation)],
+    )?;
+    histograms(
+        encoder,
+        "shardraft_snapshot_receive_seconds",
+        "Time from a snapshot transfer's first frame to the durable store, at the receiver.",
+        vec![(Vec::new(), merged.receive)],
+    )?;
+    gauges(
+        encoder,
+        "shardraft_snapshot_install_bytes_per_second",
+        "Installed snapshot bytes per second of receiving and restoring, over all installs.",
+        vec![(
+            Vec::new(),
+            merged.install_bytes_per_second().unwrap_or(0.0) as u64,
+        )],
+    )?;
+    gauges(
+        encoder,
+        "shardraft_snapshot_last_file_bytes",
+        "Size of the largest last snapshot file of any shard.",
+        vec![(Vec::new(), merged.last_file_bytes)],
     )
 }
 

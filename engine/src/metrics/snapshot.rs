@@ -8,7 +8,8 @@ use super::histogram::LatencyHistogram;
 use super::write_stages::WriteStageLatencies;
 use crate::log::GroupId;
 use crate::node::{NodeStatus, ShardStatus};
-use crate::transport::PeerTransportStats;
+use crate::snapshot::SnapshotStats;
+use crate::transport::{PeerTransportStats, SnapshotTransferStats};
 
 /// Proposals that reached a group on this node, by how they ended. Proposals still waiting
 /// are not counted, nor those failed because the shard stopped.
@@ -81,6 +82,13 @@ pub struct ShardMetrics {
     pub busy_time: Duration,
     /// Traffic with every peer, in node id order.
     pub peers: Vec<PeerTransportStats>,
+    /// Snapshots the shard's groups took and installed.
+    pub snapshots: SnapshotStats,
+    /// Snapshot transfers of the shard, both directions.
+    pub snapshot_transfers: SnapshotTransferStats,
+    /// Groups the shard handed to a follower because its own fdatasync was far slower
+    /// (`disk_transfer`).
+    pub leader_disk_transfers: u64,
 }
 
 /// Everything the shards of one node report for metrics, in shard order.

@@ -121,6 +121,67 @@ pub enum Operation {
     },
     /// Reports the server's role and progress in every group.
     Status,
+    /// Changes the membership of `group` at its leader; answered once the change entry
+    /// commits.
+    ChangeMembership {
+        /// The group to change.
+        group: u32,
+        /// The change.
+        change: MembershipChangeRequest,
+    },
+    /// Reports the membership of `group` as its leader sees it, with each member's
+    /// progress.
+    Membership {
+        /// The group to report.
+        group: u32,
+    },
+    /// Hands leadership of `group` to node `to`; answered once `to` leads.
+    TransferLeader {
+        /// The group.
+        group: u32,
+        /// The voter that is to lead, at least 1.
+        to: u64,
+    },
+}
+
+/// One change of a group's membership.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChangeRequest {
+    /// Adds `node` as a learner; with `promote_when_caught_up`, the leader makes it a
+    /// voter once its log has caught up.
+    AddLearner {
+        /// The new member, at least 1.
+        node: u64,
+        /// Its peer address of shard 0, `ip:port`; shard `s` listens on the port plus `s`.
+        peer_address: String,
+        /// Its client address, `ip:port`.
+        client_address: String,
+        /// Its HTTP address, `ip:port`, if it serves one.
+        http_address: Option<String>,
+        /// Promote it to voter once it has caught up.
+        promote_when_caught_up: bool,
+    },
+    /// Makes the learner `node` a voter.
+    Promote {
+        /// The learner, at least 1.
+        node: u64,
+    },
+    /// Removes `node`; removing the leader first hands leadership to another voter.
+    Remove {
+        /// The member, at least 1.
+        node: u64,
+    },
+}
+
+impl MembershipChangeRequest {
+    /// The node the change is about.
+    pub fn node(&self) -> u64 {
+        match self {
+            MembershipChangeRequest::AddLearner { node, .. }
+            | MembershipChangeRequest::Promote { node }
+            | MembershipChangeRequest::Remove { node } => *node,
+        }
+    }
 }
 
 /// The responses of one `Messages` frame from a server.
@@ -212,6 +273,58 @@ pub enum Reply {
     Unavailable(String),
     /// The request is invalid and retrying it cannot succeed.
     Invalid(String),
+    /// A membership change committed at log index `index`.
+    MembershipChanged {
+        /// The index of the change entry.
+        index: u64,
+    },
+    /// Another membership change of the group is not committed yet; retry once it is.
+    ChangePending {
+        /// The index of the uncommitted change.
+        index: u64,
+    },
+    /// The membership of a group.
+    Membership(MembershipReport),
+    /// Leadership moved to the requested node.
+    LeaderTransferred,
+}
+
+/// The membership of one group as one node sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MembershipReport {
+    /// The group.
+    pub group: u32,
+    /// The node that sent the report.
+    pub reporter: u64,
+    /// The leader as that node last learned it.
+    pub leader: Option<u64>,
+    /// That node's term.
+    pub term: u64,
+    /// The highest log index known to be committed.
+    pub commit_index: u64,
+    /// The index of the last entry in that node's log.
+    pub last_index: u64,
+    /// The index of the newest membership change when it is not committed yet.
+    pub pending_change: Option<u64>,
+    /// Voters first, then learners, each in node id order.
+    pub members: Vec<MemberReport>,
+}
+
+/// One member of a group.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MemberReport {
+    /// The member's node id.
+    pub node_id: u64,
+    /// Whether it votes.
+    pub voter: bool,
+    /// For a learner: whether the leader promotes it once it has caught up.
+    pub promote_when_caught_up: bool,
+    /// The highest index known to match the leader's log; only a leader knows it.
+    pub match_index: Option<u64>,
+    /// Entries the member is behind the leader's last entry; only a leader knows it.
+    pub lag_entries: Option<u64>,
+    /// The member's client address, when the reporting node knows it.
+    pub client_address: Option<String>,
 }
 
 /// A key's current value and the index of the entry that last wrote it.

@@ -29,15 +29,18 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
 pub use messages::{
-    ClientHello, CurrentValue, GroupReport, GroupRole, HelloReply, MemberAddress, Operation, Reply,
-    Request, RequestBatch, Response, ResponseBatch, ScanEntry, ServerHello, StatusReport,
+    ClientHello, CurrentValue, GroupReport, GroupRole, HelloReply, MemberAddress, MemberReport,
+    MembershipChangeRequest, MembershipReport, Operation, Reply, Request, RequestBatch, Response,
+    ResponseBatch, ScanEntry, ServerHello, StatusReport,
 };
 pub use stream::{FrameReader, ReadError};
 
 use crate::transport::frame::{Frame, FrameError, FrameFormat, FrameKind, encode_frame_with};
 
-/// The client protocol version that this build speaks, exchanged in the hellos.
-pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
+/// The client protocol version that this build speaks, exchanged in the hellos. Version 2
+/// added the membership and leadership operations. Their archived enums are larger, so a
+/// version 1 peer could not read them, and the hello rejects it with `UnsupportedVersion`.
+pub const CLIENT_PROTOCOL_VERSION: u16 = 2;
 
 /// The frame header of the client protocol: its own magic, so that a client that reaches
 /// a peer port (or a peer that reaches a client port) is rejected after 16 bytes.
@@ -205,12 +208,30 @@ pub fn encode_requests(batch: &RequestBatch, out: &mut Vec<u8>) -> Result<(), Pr
     encode_into(FrameKind::Messages, "request batch", batch, out)
 }
 
-/// Reads a batch of requests from a frame.
+/// Reads and checks a batch of requests from a frame.
 ///
 /// # Errors
-/// A frame of another kind or an invalid archive.
+/// A frame of another kind, an invalid archive, or a node id of 0 in a membership or
+/// leadership request.
 pub fn decode_requests(frame: &Frame) -> Result<RequestBatch, ProtocolError> {
-    decode_from(frame, FrameKind::Messages, "request batch")
+    let batch: RequestBatch = decode_from(frame, FrameKind::Messages, "request batch")?;
+    for request in &batch.requests {
+        check_operation(&request.operation)
+            .map_err(|detail| invalid("request", format!("request {}: {detail}", request.id)))?;
+    }
+    Ok(batch)
+}
+
+fn check_operation(operation: &Operation) -> Result<(), &'static str> {
+    match operation {
+        Operation::ChangeMembership { change, .. } if change.node() == 0 => {
+            Err("membership change of node id 0; node ids start at 1")
+        }
+        Operation::TransferLeader { to: 0, .. } => {
+            Err("leadership transfer to node id 0; node ids start at 1")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Appends a frame with a batch of responses to `out`.
@@ -242,6 +263,13 @@ fn check_reply(reply: &Reply) -> Result<(), &'static str> {
         Reply::Status(report) if report.node_id == 0 => Err("node id 0; node ids start at 1"),
         Reply::Status(report) if report.groups.iter().any(|group| group.leader == Some(0)) => {
             Err("leader node id 0; node ids start at 1")
+        }
+        Reply::Membership(report)
+            if report.reporter == 0
+                || report.leader == Some(0)
+                || report.members.iter().any(|member| member.node_id == 0) =>
+        {
+            Err("membership report with node id 0; node ids start at 1")
         }
         _ => Ok(()),
     }

@@ -10,7 +10,11 @@
 //!
 //! Requests are checked before they reach a group: empty keys, keys and values over the
 //! store's limits and invalid scan limits get an error reply. A `NotLeader` reply carries
-//! the leader's client address, so the client can go there next. Invalid frames,
+//! the leader's client address, so the client can go there next. Membership changes and
+//! leadership transfers run at the group's leader; one that must continue at another node
+//! (removing the leader, a transfer under way) is answered with a `NotLeader` naming the
+//! node to retry at. Client addresses of members added at runtime come from the node's
+//! address book, so hellos and redirects name them too. Invalid frames,
 //! archives and hellos close only that connection, count in
 //! [`ClientServiceStats::rejected_connections`] and log a warning with the peer address.
 
@@ -27,11 +31,16 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::kv::{Command, CommandError, KvLimits, KvStateMachine, ScanPage, WriteOutcome};
+use crate::log::GroupId;
+use crate::membership::{
+    GroupMembership, MemberAddresses, MemberChange, MemberRole, MembershipScope,
+};
 use crate::node::{NodeError, NodeHandle, NodeStatus, ReadMode};
 use crate::protocol::{
     self, CLIENT_FRAME_BYTES_MAX, CLIENT_PROTOCOL_VERSION, ClientHello, CurrentValue, FrameReader,
-    GroupReport, GroupRole, HelloReply, MemberAddress, Operation, ProtocolError, ReadError, Reply,
-    Request, Response, ResponseBatch, ScanEntry, ServerHello, StatusReport,
+    GroupReport, GroupRole, HelloReply, MemberAddress, MemberReport, MembershipChangeRequest,
+    MembershipReport, Operation, ProtocolError, ReadError, Reply, Request, Response, ResponseBatch,
+    ScanEntry, ServerHello, StatusReport,
 };
 use crate::raft::{NodeId, Role};
 use crate::signal::{Latch, Signal};
@@ -398,7 +407,9 @@ async fn accept_hello(
         Ok(Some(Ok(Some(frame)))) => frame,
     };
     let hello = protocol::decode_client_hello(&frame)?;
-    let (reply, rejection) = hello_reply(&service.info, service.handle.groups(), &hello);
+    let addresses = client_addresses(service);
+    let (reply, rejection) =
+        hello_reply(&service.info, &addresses, service.handle.groups(), &hello);
     let mut out = Vec::new();
     protocol::encode_hello_reply(&reply, &mut out)?;
     if write_half.write_all(&out).await.is_err() {
@@ -413,6 +424,7 @@ async fn accept_hello(
 /// The reply to `hello`, and the reason to close the connection after sending it.
 fn hello_reply(
     info: &ClusterInfo,
+    client_addresses: &BTreeMap<NodeId, String>,
     groups: u32,
     hello: &ClientHello,
 ) -> (HelloReply, Option<String>) {
@@ -438,8 +450,7 @@ fn hello_reply(
         );
         return (reply, Some(reason));
     }
-    let members = info
-        .client_addresses
+    let members = client_addresses
         .iter()
         .map(|(node, address)| MemberAddress {
             node_id: node.0,
@@ -578,6 +589,13 @@ async fn execute(service: &Service, operation: Operation) -> Reply {
             stale,
         } => return scan(service, group, range, limit, stale).await,
         Operation::Status => return status(service).await,
+        Operation::ChangeMembership { group, change } => {
+            return change_membership(service, group, change).await;
+        }
+        Operation::Membership { group } => return membership(service, group).await,
+        Operation::TransferLeader { group, to } => {
+            return transfer_leader(service, group, to).await;
+        }
     };
     match result {
         Ok(command) => propose(service, command).await,
@@ -790,16 +808,172 @@ fn status_report(status: &NodeStatus) -> StatusReport {
     }
 }
 
+/// The client address of every member: the configured ones, and those the node's
+/// address book learned from membership changes.
+fn client_addresses(service: &Service) -> BTreeMap<NodeId, String> {
+    let mut addresses = service.info.client_addresses.clone();
+    for (node, member) in service.handle.member_addresses() {
+        if let Some(client) = member.client {
+            addresses.entry(node).or_insert_with(|| client.to_string());
+        }
+    }
+    addresses
+}
+
+fn client_address(service: &Service, node: NodeId) -> Option<String> {
+    service
+        .info
+        .client_addresses
+        .get(&node)
+        .cloned()
+        .or_else(|| {
+            let member = service.handle.member_addresses().remove(&node)?;
+            member.client.map(|client| client.to_string())
+        })
+}
+
+fn redirect(service: &Service, leader: Option<NodeId>) -> Reply {
+    Reply::NotLeader {
+        leader: leader.map(|leader| leader.0),
+        leader_address: leader.and_then(|leader| client_address(service, leader)),
+    }
+}
+
 fn node_error_reply(service: &Service, error: NodeError) -> Reply {
     match error {
-        NodeError::NotLeader { leader, .. } => Reply::NotLeader {
-            leader: leader.map(|leader| leader.0),
-            leader_address: leader
-                .and_then(|leader| service.info.client_addresses.get(&leader))
-                .cloned(),
-        },
+        NodeError::NotLeader { leader, .. } => redirect(service, leader),
+        // Both continue at the node that is taking over.
+        NodeError::LeaderTransferring { target, .. }
+        | NodeError::TransferInProgress { target, .. } => redirect(service, Some(target)),
+        NodeError::ChangePending { index, .. } => Reply::ChangePending { index: index.0 },
         NodeError::Timeout { .. } => Reply::Timeout,
-        error @ NodeError::UnknownGroup { .. } => Reply::Invalid(error.to_string()),
+        error @ (NodeError::UnknownGroup { .. }
+        | NodeError::InvalidChange { .. }
+        | NodeError::InvalidTransfer { .. }) => Reply::Invalid(error.to_string()),
         error => Reply::Unavailable(error.to_string()),
+    }
+}
+
+fn check_group(service: &Service, group: u32) -> Result<GroupId, Reply> {
+    let groups = service.handle.groups();
+    if group >= groups {
+        return Err(Reply::Invalid(format!(
+            "group {group} does not exist; the cluster has groups 0 to {}",
+            groups.saturating_sub(1)
+        )));
+    }
+    Ok(GroupId(group))
+}
+
+fn parse_address(what: &str, text: &str) -> Result<std::net::SocketAddr, Reply> {
+    text.parse().map_err(|error| {
+        Reply::Invalid(format!(
+            "the {what} {text:?} is not an ip:port address ({error}); give one such as \
+             127.0.0.1:7104"
+        ))
+    })
+}
+
+fn member_change(change: MembershipChangeRequest) -> Result<MemberChange, Reply> {
+    Ok(match change {
+        MembershipChangeRequest::AddLearner {
+            node,
+            peer_address,
+            client_address,
+            http_address,
+            promote_when_caught_up,
+        } => MemberChange::AddLearner {
+            node: NodeId(node),
+            addresses: MemberAddresses {
+                peer: parse_address("peer address", &peer_address)?,
+                client: Some(parse_address("client address", &client_address)?),
+                http: http_address
+                    .map(|address| parse_address("http address", &address))
+                    .transpose()?,
+            },
+            promote_when_caught_up,
+        },
+        MembershipChangeRequest::Promote { node } => MemberChange::Promote { node: NodeId(node) },
+        MembershipChangeRequest::Remove { node } => MemberChange::Remove { node: NodeId(node) },
+    })
+}
+
+async fn change_membership(
+    service: &Service,
+    group: u32,
+    change: MembershipChangeRequest,
+) -> Reply {
+    let (group, change) = match (check_group(service, group), member_change(change)) {
+        (Ok(group), Ok(change)) => (group, change),
+        (Err(reply), _) | (_, Err(reply)) => return reply,
+    };
+    let results = service
+        .handle
+        .change_membership_async(MembershipScope::Group(group), &change)
+        .await;
+    match results.map(|mut results| results.pop()) {
+        Ok(Some(result)) => match result.result {
+            Ok(index) => Reply::MembershipChanged { index: index.0 },
+            Err(error) => node_error_reply(service, error),
+        },
+        Ok(None) => Reply::Unavailable(format!("group {group} gave no result")),
+        Err(error) => node_error_reply(service, error),
+    }
+}
+
+async fn membership(service: &Service, group: u32) -> Reply {
+    let group = match check_group(service, group) {
+        Ok(group) => group,
+        Err(reply) => return reply,
+    };
+    match service.handle.membership_async(group).await {
+        // Only the leader knows each member's progress.
+        Ok(report) if report.leader != Some(report.reporter) => redirect(service, report.leader),
+        Ok(report) => Reply::Membership(membership_report(service, &report)),
+        Err(error) => node_error_reply(service, error),
+    }
+}
+
+fn membership_report(service: &Service, report: &GroupMembership) -> MembershipReport {
+    MembershipReport {
+        group: report.group.0,
+        reporter: report.reporter.0,
+        leader: report.leader.map(|leader| leader.0),
+        term: report.term.0,
+        commit_index: report.commit_index.0,
+        last_index: report.last_index.0,
+        pending_change: report.pending_change.map(|index| index.0),
+        members: report
+            .members
+            .iter()
+            .map(|member| MemberReport {
+                node_id: member.node.0,
+                voter: member.role == MemberRole::Voter,
+                promote_when_caught_up: matches!(
+                    member.role,
+                    MemberRole::Learner {
+                        promote_when_caught_up: true
+                    }
+                ),
+                match_index: member.match_index.map(|index| index.0),
+                lag_entries: member.lag_entries,
+                client_address: client_address(service, member.node),
+            })
+            .collect(),
+    }
+}
+
+async fn transfer_leader(service: &Service, group: u32, to: u64) -> Reply {
+    let group = match check_group(service, group) {
+        Ok(group) => group,
+        Err(reply) => return reply,
+    };
+    match service
+        .handle
+        .transfer_leadership_async(group, NodeId(to))
+        .await
+    {
+        Ok(()) => Reply::LeaderTransferred,
+        Err(error) => node_error_reply(service, error),
     }
 }

@@ -15,6 +15,10 @@
 //! 4. when the log reports a batch durable, each group learns it through `on_persisted`, and
 //!    only then do the messages held for that batch (votes, append responses) leave.
 //!
+//! After the ready work, groups that applied enough since their last snapshot start one in
+//! the background; `snapshots.rs` describes taking, sending, installing and restoring
+//! snapshots.
+//!
 //! A shard stops on a storage error: a failed fdatasync is never retried.
 //!
 //! The loop also times the stages of each write it completes as a leader (see
@@ -22,8 +26,12 @@
 //! report and per `Ready` with committed entries, never per write. The points are kept in the
 //! pending proposals and, per index range, in each group's `WriteMarks` (`write_marks.rs`).
 
+mod catch_up;
+mod disk_health;
+mod membership;
 pub(crate) mod queue;
 mod replica;
+mod snapshots;
 mod write_marks;
 
 use std::cell::Cell;
@@ -32,21 +40,26 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber, RestoredState};
+use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber};
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
-use crate::log::{BatchNumber, GroupId, Log, LogIdentity, LogStore, StorageError, WriteBatch};
+use crate::log::{
+    BatchNumber, GroupId, Log, LogIdentity, LogStore, StorageError, StorageKind, WriteBatch,
+};
+use crate::membership::AddressBook;
 use crate::metrics::{
     GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics, WriteStageLatencies,
 };
 use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
 use crate::signal::Signal;
+use crate::snapshot::SnapshotStore;
 use crate::state_machine::StateMachine;
 use crate::transport::wire::GroupMessage;
 use crate::transport::{Transport, TransportEvent, TransportSettings};
 use queue::EventQueue;
 use replica::{ProposalStart, Replica};
+use snapshots::{ShardSnapshots, SnapshotEvent};
 use write_marks::Submission;
 
 /// Events queued for the shard's loop.
@@ -61,6 +74,8 @@ pub(crate) enum ShardEvent<S: StateMachine> {
     },
     /// Ready work remained after a pass; collect it in the next turn.
     Continue,
+    /// A background snapshot task finished.
+    Snapshot(SnapshotEvent),
 }
 
 impl<S: StateMachine> From<TransportEvent> for ShardEvent<S> {
@@ -77,6 +92,8 @@ pub(crate) struct ShardParams<S: StateMachine> {
     pub new_state_machine: Arc<dyn Fn(GroupId) -> S + Send + Sync>,
     pub requests: flume::Receiver<ShardRequest<S>>,
     pub ready: flume::Sender<Result<(), NodeError>>,
+    /// The node's book of member addresses, shared by its shards.
+    pub addresses: Arc<AddressBook>,
 }
 
 /// Capacity of the loop's event queue; producers wait while it is full.
@@ -143,6 +160,15 @@ struct Shard<S: StateMachine> {
     marked_groups: Vec<GroupId>,
     /// Stages of the writes this shard completed as a leader.
     write_stages: WriteStageLatencies,
+    /// Membership changes and leadership transfers waiting for their outcome.
+    membership_waits: membership::MembershipWaits,
+    addresses: Arc<AddressBook>,
+    /// The latency histograms at the start of the current disk comparison window.
+    disk_health: disk_health::DiskHealth,
+    /// Snapshots being taken, sent and installed; see `snapshots.rs`.
+    snapshots: ShardSnapshots,
+    /// Groups whose replica catches up; see [`catch_up`].
+    catch_up_marks: catch_up::CatchUpMarks,
 }
 
 /// The outcome of one turn of the loop.
@@ -165,10 +191,30 @@ where
             shard: params.shard,
         };
         let log = Log::open(&config.log, identity).await?;
-        let replicas = restore_groups(&params, &log).await?;
+        let store = match config.log.storage {
+            StorageKind::Disk => SnapshotStore::on_disk(&config.log.data_dir),
+            StorageKind::Memory => Ok(SnapshotStore::in_memory()),
+        };
+        let store = Rc::new(store.map_err(|error| NodeError::Startup {
+            shard: params.shard,
+            detail: error.to_string(),
+        })?);
+        let catch_up_marks = match config.log.storage {
+            StorageKind::Disk => catch_up::CatchUpMarks::on_disk(&config.log.data_dir),
+            StorageKind::Memory => Ok(catch_up::CatchUpMarks::in_memory()),
+        }
+        .map_err(|error| NodeError::Startup {
+            shard: params.shard,
+            detail: format!(
+                "creating the catching-up marks in {} failed: {error}; check that the data \
+                 directory is writable",
+                config.log.data_dir.display()
+            ),
+        })?;
+        let replicas = restore_groups(&params, &log, &store, &catch_up_marks).await?;
         let events = EventQueue::new(EVENT_QUEUE_CAPACITY);
-        let transport = start_transport(&params, events.clone())?;
-        let shard = Shard {
+        let transport = start_transport(&params, events.clone(), Rc::clone(&store))?;
+        let mut shard = Shard {
             shard: params.shard,
             config,
             replicas,
@@ -185,7 +231,13 @@ where
             turn_started_at: Instant::now(),
             marked_groups: Vec::new(),
             write_stages: WriteStageLatencies::default(),
+            snapshots: ShardSnapshots::new(store),
+            catch_up_marks,
+            membership_waits: membership::MembershipWaits::default(),
+            addresses: Arc::clone(&params.addresses),
+            disk_health: disk_health::DiskHealth::default(),
         };
+        shard.connect_logged_members();
         shard.spawn_request_bridge(params.requests);
         shard.spawn_ticker();
         tracing::info!(groups = shard.replicas.len(), "shard started");
@@ -270,6 +322,15 @@ where
                     }
                 }
             }
+            ShardEvent::Transport(TransportEvent::SnapshotReceived(received)) => {
+                self.on_snapshot_received(received);
+            }
+            ShardEvent::Transport(TransportEvent::SnapshotSent {
+                group,
+                peer,
+                outcome,
+            }) => self.on_snapshot_sent(group, peer, outcome),
+            ShardEvent::Snapshot(event) => self.on_snapshot_event(event),
             ShardEvent::Transport(TransportEvent::PeerUnreachable { peer }) => {
                 for replica in self.replicas.values_mut() {
                     let _entered = replica.span.enter();
@@ -294,6 +355,8 @@ where
             let _entered = replica.span.enter();
             replica.core.tick();
         }
+        self.retry_membership_changes();
+        self.check_disk_health();
         if self.tick.is_multiple_of(EXPIRY_SCAN_INTERVAL_TICKS) {
             let timeout_ms = self.config.request_timeout_ms;
             for replica in self.replicas.values_mut() {
@@ -350,6 +413,20 @@ where
             ShardRequest::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            ShardRequest::ChangeMembership {
+                group,
+                change,
+                only_if_leader,
+                reply,
+            } => self.on_change_membership(group, change, only_if_leader, reply),
+            ShardRequest::Membership { group, reply } => {
+                let _ = reply.send(self.group_membership(group));
+            }
+            ShardRequest::TransferLeadership {
+                group,
+                target,
+                reply,
+            } => self.on_transfer_leadership(group, target, reply),
             ShardRequest::Stop { crash } => return Flow::Stop { crash },
         }
         Flow::Continue
@@ -364,9 +441,13 @@ where
             let done = self.persisting.pop_front().expect("front exists");
             for (group, number) in done.readies {
                 if let Some(replica) = self.replicas.get_mut(&group) {
-                    let _entered = replica.span.enter();
+                    let span = replica.span.clone();
+                    let _entered = span.enter();
                     replica.core.on_persisted(number);
                     replica.write_marks.note_durable(done.batch, reported_at);
+                    if replica.take_catch_up_ended(number) {
+                        self.catch_up_marks.clear(group);
+                    }
                 }
             }
             self.transport.send(done.messages);
@@ -403,6 +484,7 @@ where
         let mut held_messages = Vec::new();
         let mut messages = Vec::new();
         let mut more_work = false;
+        let mut membership_changed = false;
         for (group, replica) in self.replicas.iter_mut() {
             let span = replica.span.clone();
             let _entered = span.enter();
@@ -415,6 +497,25 @@ where
                     replica.set_role_state(role_state);
                 }
                 let mut must_persist = !ready.entries.is_empty();
+                // Before the entries: they continue the log after the snapshot.
+                if let Some(install) = ready.snapshot_to_install.take() {
+                    snapshots::install_snapshot(
+                        self.shard,
+                        *group,
+                        replica,
+                        install,
+                        &mut batch,
+                        &mut self.snapshots,
+                    )?;
+                    must_persist = true;
+                }
+                snapshots::route_install_snapshots(
+                    *group,
+                    replica,
+                    &mut ready.messages,
+                    &mut self.snapshots,
+                    &self.transport,
+                );
                 if let Some(hard_state) = ready.hard_state {
                     let submitted = replica.submitted_hard_state;
                     if hard_state.term == submitted.term && hard_state.vote == submitted.vote {
@@ -426,12 +527,23 @@ where
                         must_persist = true;
                     }
                 }
+                if ready.catch_up_ended {
+                    // The mark goes once this batch, with the vote that ends catching up, is
+                    // durable.
+                    replica.catch_up_ended_at = Some(ready.number);
+                    must_persist = true;
+                }
                 if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last())
                     && replica.has_pending_proposals()
                     && replica.write_marks.note_appended(first.index, last.index)
                 {
                     self.marked_groups.push(*group);
                 }
+                // Before this turn's messages reach the transport, so that a new member's
+                // link exists when the first message to it is queued.
+                membership_changed |= ready.membership.is_some();
+                membership_changed |=
+                    membership::learn_addresses(*group, &ready.entries, &self.addresses);
                 batch.append(*group, std::mem::take(&mut ready.entries));
                 let to_group = |message| GroupMessage {
                     group: *group,
@@ -451,6 +563,10 @@ where
             }
             more_work |= replica.core.has_ready();
         }
+        self.snapshots.add_compactions(&mut batch);
+        if membership_changed {
+            self.reconcile_peers();
+        }
         self.transport.send(messages);
         if !batch.is_empty() {
             self.add_deferred_hard_states(&mut batch);
@@ -463,6 +579,8 @@ where
         if self.accepting_proposals.replace(accepting) != accepting {
             self.accepting_changed.notify_all();
         }
+        self.settle_membership_waits();
+        self.start_due_snapshots();
         Ok(())
     }
 
@@ -513,6 +631,9 @@ where
         for (group, number) in readies {
             if let Some(replica) = self.replicas.get_mut(&group) {
                 replica.core.on_persisted(number);
+                if replica.take_catch_up_ended(number) {
+                    self.catch_up_marks.clear(group);
+                }
             }
         }
         self.transport.send(messages);
@@ -604,6 +725,9 @@ where
             write_stages: self.write_stages.clone(),
             busy_time: self.busy_time,
             peers: self.transport.peer_stats(),
+            snapshots: self.snapshots.stats,
+            snapshot_transfers: self.transport.snapshot_stats(),
+            leader_disk_transfers: self.disk_health.transfers,
         }
     }
 
@@ -661,17 +785,51 @@ fn log_role_change(
 async fn restore_groups<S: StateMachine>(
     params: &ShardParams<S>,
     log: &Log,
+    store: &SnapshotStore,
+    catch_up_marks: &catch_up::CatchUpMarks,
 ) -> Result<BTreeMap<GroupId, Replica<S>>, NodeError> {
     let config = &params.config;
+    let own = NodeId(config.node_id);
     let voters = config.members.iter().map(|member| NodeId(member.id));
-    let membership = Membership::with_voters(voters);
+    // A joining node waits as a learner until the cluster's log adds it; the log's
+    // change entries then decide its role.
+    let membership = if config.join {
+        Membership::with_voters_and_learners(voters.filter(|voter| *voter != own), [own])
+    } else {
+        Membership::with_voters(voters)
+    };
     let seed_base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64);
     let mut replicas = BTreeMap::new();
+    let mut repairs = WriteBatch::new();
     for group in (params.shard..config.groups).step_by(params.shard_count as usize) {
         let group = GroupId(group);
-        let restored = restored_state(log, group).await?;
+        let mut state_machine = (params.new_state_machine)(group);
+        let mut restored = snapshots::restored_state(
+            params.shard,
+            log,
+            store,
+            group,
+            &mut state_machine,
+            &mut repairs,
+        )
+        .await?;
+        let blank = restored.hard_state == shardraft_raft::HardState::default()
+            && restored.entries.is_empty()
+            && restored.snapshot.is_none();
+        if blank {
+            catch_up_marks
+                .mark(group)
+                .map_err(|error| NodeError::Startup {
+                    shard: params.shard,
+                    detail: format!(
+                        "writing the catching-up mark of group {group} failed: {error}; check \
+                         that the data directory is writable"
+                    ),
+                })?;
+        }
+        restored.catching_up = blank || catch_up_marks.is_marked(group);
         let mut core_config = Config::new(NodeId(config.node_id), membership.clone());
         apply_raft_settings(&mut core_config, config);
         core_config.random_seed = seed_base ^ (config.node_id << 40) ^ u64::from(group.0);
@@ -679,40 +837,10 @@ async fn restore_groups<S: StateMachine>(
             shard: params.shard,
             detail: format!("group {group}: {error}"),
         })?;
-        let state_machine = (params.new_state_machine)(group);
         replicas.insert(group, Replica::new(group, core, state_machine));
     }
+    snapshots::write_repairs(log, repairs).await?;
     Ok(replicas)
-}
-
-async fn restored_state(log: &Log, group: GroupId) -> Result<RestoredState, NodeError> {
-    let Some(state) = log.group_state(group) else {
-        return Ok(RestoredState::default());
-    };
-    if state.compacted_index.0 > 0 {
-        // TODO: restore from a snapshot once snapshots exist; until then nothing compacts.
-        return Err(NodeError::Startup {
-            shard: 0,
-            detail: format!(
-                "group {group} has a compacted log (through index {}), which needs a \
-                 snapshot to restore",
-                state.compacted_index.0
-            ),
-        });
-    }
-    let entries = log
-        .read(
-            group,
-            state.first_index()..state.last_index.next(),
-            u64::MAX,
-        )
-        .await?;
-    Ok(RestoredState {
-        hard_state: state.hard_state,
-        snapshot: None,
-        entries,
-        applied: shardraft_raft::LogIndex(0),
-    })
 }
 
 fn apply_raft_settings(core: &mut Config, config: &NodeConfig) {
@@ -731,6 +859,7 @@ fn apply_raft_settings(core: &mut Config, config: &NodeConfig) {
 fn start_transport<S: StateMachine + 'static>(
     params: &ShardParams<S>,
     events: EventQueue<ShardEvent<S>>,
+    snapshots: Rc<SnapshotStore>,
 ) -> Result<Transport<ShardEvent<S>>, NodeError> {
     let config = &params.config;
     let shard = params.shard as usize;
@@ -764,7 +893,8 @@ fn start_transport<S: StateMachine + 'static>(
         listen_address,
         peers,
         config: config.transport.clone(),
+        snapshot: config.snapshot.clone(),
         random_seed: config.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ params.shard as u64,
     };
-    Transport::start(settings, events).map_err(|error| startup(error.to_string()))
+    Transport::start(settings, events, snapshots).map_err(|error| startup(error.to_string()))
 }

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use shardraft_raft::{
-    Entry, HardState, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, RoleState, Term,
+    Entry, HardState, LogIndex, ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber,
+    RoleState, Term,
 };
 
 use super::write_marks::WriteMarks;
@@ -47,6 +48,14 @@ struct QueuedReply<S: StateMachine> {
 struct CompletedWrite {
     index: LogIndex,
     start: ProposalStart,
+}
+
+/// What a group applied since its last snapshot, which decides when it takes the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AppliedSinceSnapshot {
+    pub entries: u64,
+    /// Payload bytes of those entries.
+    pub bytes: u64,
 }
 
 /// A linearizable read waiting for its ReadIndex round, then for the state machine to
@@ -87,6 +96,10 @@ pub(crate) struct Replica<S: StateMachine> {
     completed_writes: Vec<CompletedWrite>,
     /// See [`GroupMetrics::leader_changes`](crate::metrics::GroupMetrics::leader_changes).
     pub leader_changes: u64,
+    /// The `Ready` that reported the end of catching up, until it is durable.
+    pub catch_up_ended_at: Option<ReadyNumber>,
+    /// Counted from the view of the last snapshot taken or installed.
+    pub applied_since_snapshot: AppliedSinceSnapshot,
 }
 
 impl<S> Replica<S>
@@ -113,7 +126,21 @@ where
             replies: Vec::new(),
             completed_writes: Vec::new(),
             leader_changes: 0,
+            applied_since_snapshot: AppliedSinceSnapshot::default(),
+            catch_up_ended_at: None,
         }
+    }
+
+    /// Returns whether the batch that ended catching up is durable with `number`, and
+    /// forgets it if so.
+    pub fn take_catch_up_ended(&mut self, number: ReadyNumber) -> bool {
+        let durable = self
+            .catch_up_ended_at
+            .is_some_and(|ended_at| ended_at <= number);
+        if durable {
+            self.catch_up_ended_at = None;
+        }
+        durable
     }
 
     /// Records the role state the core reported, counting a leader change when it names a
@@ -238,6 +265,8 @@ where
             .state_machine
             .apply(entry)
             .map_err(|error| format!("group {}: {error}", self.group))?;
+        self.applied_since_snapshot.entries += 1;
+        self.applied_since_snapshot.bytes += entry.data.len() as u64;
         let Some(pending) = self.proposals.remove(&entry.index) else {
             return Ok(());
         };

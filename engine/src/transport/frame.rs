@@ -25,7 +25,10 @@ use bytes::{Bytes, BytesMut};
 pub const FRAME_MAGIC: [u8; 4] = *b"SRFT";
 
 /// Version of the peer protocol: this header and the archived types of `wire.rs`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added snapshot transfer, membership-change entries, `LostEntries` and the
+/// leader's uncapped commit index in heartbeats; a version-1 node cannot read them, so the
+/// two refuse each other's connections with an error naming both versions.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 
@@ -52,6 +55,15 @@ pub enum FrameKind {
     Hello,
     /// Raft messages of any number of groups.
     Messages,
+    /// Opens a snapshot transfer: the snapshot's identity and the `InstallSnapshot`
+    /// message that the receiver steps once it holds the snapshot durably.
+    SnapshotBegin,
+    /// Bytes of a snapshot file at an offset.
+    SnapshotChunk,
+    /// From the receiver of a snapshot: the offset it holds, where the sender resumes.
+    SnapshotAccept,
+    /// From the receiver of a snapshot: it verified the snapshot and stored it durably.
+    SnapshotStored,
 }
 
 impl FrameKind {
@@ -59,6 +71,10 @@ impl FrameKind {
         match self {
             FrameKind::Hello => 1,
             FrameKind::Messages => 2,
+            FrameKind::SnapshotBegin => 3,
+            FrameKind::SnapshotChunk => 4,
+            FrameKind::SnapshotAccept => 5,
+            FrameKind::SnapshotStored => 6,
         }
     }
 
@@ -66,6 +82,10 @@ impl FrameKind {
         match code {
             1 => Some(FrameKind::Hello),
             2 => Some(FrameKind::Messages),
+            3 => Some(FrameKind::SnapshotBegin),
+            4 => Some(FrameKind::SnapshotChunk),
+            5 => Some(FrameKind::SnapshotAccept),
+            6 => Some(FrameKind::SnapshotStored),
             _ => None,
         }
     }

@@ -1,5 +1,11 @@
 //! Connections of one shard: the listener with one reader task per accepted connection,
 //! and one writer task per peer.
+//!
+//! The peer list starts from the settings and changes with the membership:
+//! [`Transport::add_peer`] starts a writer for a new member, and
+//! [`Transport::remove_peer`] stops it and makes readers close that member's connections
+//! at their next frame. Hellos are checked against the current list, so a new member's
+//! connections are accepted once its addition reached this node.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -12,12 +18,14 @@ use glommio::net::{TcpListener, TcpStream};
 use shardraft_raft::{MessageBody, NodeId};
 
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
+use super::snapshot_stream::{self, ReceivedSnapshot, SnapshotSent, SnapshotTransferStats};
 use super::wire::{self, GroupMessage, WireError, WireHello};
-use crate::config::TransportConfig;
+use crate::config::{SnapshotConfig, TransportConfig};
 use crate::log::GroupId;
 use crate::metrics::LatencyHistogram;
 use crate::shard::queue::EventQueue;
 use crate::signal::{Latch, Signal};
+use crate::snapshot::{SnapshotStore, StoredSnapshot};
 
 /// An event the transport reports to its shard.
 #[derive(Debug)]
@@ -29,6 +37,16 @@ pub enum TransportEvent {
     },
     /// The connection to `peer` failed; messages in flight to it are lost.
     PeerUnreachable { peer: NodeId },
+    /// A snapshot arrived, was verified and is stored durably; its `InstallSnapshot`
+    /// message may now be stepped.
+    SnapshotReceived(Box<ReceivedSnapshot>),
+    /// A snapshot transfer this shard started ended: the receiver stored it, or the
+    /// attempt failed for the reason given.
+    SnapshotSent {
+        group: GroupId,
+        peer: NodeId,
+        outcome: Result<SnapshotSent, String>,
+    },
 }
 
 /// Counters of one shard's transport.
@@ -98,6 +116,11 @@ pub struct PeerTransportStats {
     /// Time from writing a frame with a heartbeat to the peer until a frame with a
     /// heartbeat response from the peer arrives. See [`Transport::peer_stats`].
     pub round_trip: LatencyHistogram,
+    /// Time from writing a frame with entries to the peer until a frame with an append
+    /// response from the peer arrives. A follower answers an append only once the entries
+    /// are durable, so this minus `round_trip` estimates the peer's own write and
+    /// fdatasync.
+    pub append_round_trip: LatencyHistogram,
 }
 
 /// The identity of this shard and the addresses of its peers.
@@ -112,6 +135,8 @@ pub struct TransportSettings {
     /// Address of this shard's counterpart on every other member.
     pub peers: BTreeMap<NodeId, SocketAddr>,
     pub config: TransportConfig,
+    /// Chunk size, rate and progress timeout of snapshot transfers.
+    pub snapshot: SnapshotConfig,
     /// Seeds the jitter of reconnection delays.
     pub random_seed: u64,
 }
@@ -127,9 +152,9 @@ const MESSAGE_OVERHEAD_BYTES: u64 = 64;
 const ROUND_TRIP_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
-struct PeerLink {
+pub(super) struct PeerLink {
     node: NodeId,
-    address: SocketAddr,
+    pub(super) address: SocketAddr,
     queue: RefCell<Vec<GroupMessage>>,
     queued_bytes: Cell<u64>,
     wake: Signal,
@@ -139,15 +164,48 @@ struct PeerLink {
     /// When the heartbeat that the open round-trip probe waits on was written.
     probe_sent_at: Cell<Option<Instant>>,
     round_trip: RefCell<LatencyHistogram>,
+    /// When the entries that the open append probe waits on were written.
+    append_probe_sent_at: Cell<Option<Instant>>,
+    append_round_trip: RefCell<LatencyHistogram>,
+    /// Set when the peer left the list; its writer stops.
+    removed: Cell<bool>,
+}
+
+impl PeerLink {
+    fn new(node: NodeId, address: SocketAddr) -> PeerLink {
+        PeerLink {
+            node,
+            address,
+            queue: RefCell::new(Vec::new()),
+            queued_bytes: Cell::new(0),
+            wake: Signal::default(),
+            connected: Cell::new(false),
+            bytes_sent: Cell::new(0),
+            bytes_received: Cell::new(0),
+            probe_sent_at: Cell::new(None),
+            round_trip: RefCell::new(LatencyHistogram::default()),
+            append_probe_sent_at: Cell::new(None),
+            append_round_trip: RefCell::new(LatencyHistogram::default()),
+            removed: Cell::new(false),
+        }
+    }
+
+    fn is_stopped<E>(&self, shared: &Shared<E>) -> bool {
+        shared.closed.is_set() || self.removed.get()
+    }
 }
 
 #[derive(Debug)]
-struct Shared<E> {
-    settings: TransportSettings,
-    peers: BTreeMap<NodeId, Rc<PeerLink>>,
-    events: EventQueue<E>,
+pub(super) struct Shared<E> {
+    pub(super) settings: TransportSettings,
+    /// The current peers; `settings.peers` holds the list the transport started with.
+    pub(super) peers: RefCell<BTreeMap<NodeId, Rc<PeerLink>>>,
+    pub(super) events: EventQueue<E>,
     stats: RefCell<TransportStats>,
-    closed: Latch,
+    pub(super) snapshot_stats: RefCell<SnapshotTransferStats>,
+    /// The shard's snapshots: the source of transfers and where received ones go.
+    snapshots: Rc<SnapshotStore>,
+    pub(super) closed: Latch,
     random_state: Cell<u64>,
     /// Connection tasks still running, so that closing can wait until their sockets are
     /// closed.
@@ -178,6 +236,7 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
     pub(crate) fn start(
         settings: TransportSettings,
         events: EventQueue<E>,
+        snapshots: Rc<SnapshotStore>,
     ) -> std::io::Result<Transport<E>> {
         let listener = TcpListener::bind(settings.listen_address).map_err(|error| {
             std::io::Error::other(format!(
@@ -188,29 +247,17 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
         let peers = settings
             .peers
             .iter()
-            .map(|(node, address)| {
-                let link = PeerLink {
-                    node: *node,
-                    address: *address,
-                    queue: RefCell::new(Vec::new()),
-                    queued_bytes: Cell::new(0),
-                    wake: Signal::default(),
-                    connected: Cell::new(false),
-                    bytes_sent: Cell::new(0),
-                    bytes_received: Cell::new(0),
-                    probe_sent_at: Cell::new(None),
-                    round_trip: RefCell::new(LatencyHistogram::default()),
-                };
-                (*node, Rc::new(link))
-            })
+            .map(|(node, address)| (*node, Rc::new(PeerLink::new(*node, *address))))
             .collect();
         let random_state = Cell::new(settings.random_seed | 1);
         let transport = Transport {
             shared: Rc::new(Shared {
                 settings,
-                peers,
+                peers: RefCell::new(peers),
                 events,
                 stats: RefCell::new(TransportStats::default()),
+                snapshot_stats: RefCell::new(SnapshotTransferStats::default()),
+                snapshots,
                 closed: Latch::default(),
                 random_state,
                 live_tasks: Cell::new(0),
@@ -219,14 +266,72 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
         };
         let shared = &transport.shared;
         spawn_tracked(shared, run_listener(Rc::clone(shared), listener));
-        for link in shared.peers.values() {
+        for link in shared.peers.borrow().values() {
             spawn_tracked(shared, run_writer(Rc::clone(shared), Rc::clone(link)));
         }
         Ok(transport)
     }
+
+    /// Streams `snapshot` to `message.to` on a connection of its own, `message` being the
+    /// core's `InstallSnapshot` for it. The outcome arrives as
+    /// [`TransportEvent::SnapshotSent`].
+    pub(crate) fn send_snapshot(
+        &self,
+        group: GroupId,
+        message: shardraft_raft::Message,
+        snapshot: StoredSnapshot,
+    ) {
+        let store = Rc::clone(&self.shared.snapshots);
+        snapshot_stream::spawn_send(&self.shared, store, group, message, snapshot);
+    }
+
+    /// Adds `node` at `address` to the peers and starts connecting to it. A peer already
+    /// known at the same address is left as it is; one at another address is reconnected
+    /// there.
+    pub fn add_peer(&self, node: NodeId, address: SocketAddr) {
+        if node == self.shared.settings.node_id || self.shared.closed.is_set() {
+            return;
+        }
+        let known = self
+            .shared
+            .peers
+            .borrow()
+            .get(&node)
+            .map(|link| link.address);
+        match known {
+            Some(known) if known == address => return,
+            Some(_) => self.remove_peer(node),
+            None => {}
+        }
+        tracing::info!(peer = %node, %address, "peer added");
+        let link = Rc::new(PeerLink::new(node, address));
+        self.shared
+            .peers
+            .borrow_mut()
+            .insert(node, Rc::clone(&link));
+        spawn_tracked(&self.shared, run_writer(Rc::clone(&self.shared), link));
+    }
 }
 
 impl<E> Transport<E> {
+    /// Removes `node` from the peers: its writer stops and closes its connection, and
+    /// connections from it are closed at their next frame.
+    pub fn remove_peer(&self, node: NodeId) {
+        let Some(link) = self.shared.peers.borrow_mut().remove(&node) else {
+            return;
+        };
+        tracing::info!(peer = %node, address = %link.address, "peer removed");
+        link.removed.set(true);
+        link.queue.borrow_mut().clear();
+        link.queued_bytes.set(0);
+        link.wake.notify_all();
+    }
+
+    /// The nodes currently in the peer list.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.shared.peers.borrow().keys().copied().collect()
+    }
+
     /// Queues messages for their recipients; they leave with the next write to each peer.
     pub fn send(&self, messages: Vec<GroupMessage>) {
         let limit = self
@@ -236,8 +341,9 @@ impl<E> Transport<E> {
             .send_queue_bytes_max
             .saturating_mul(2);
         let mut dropped = 0;
+        let peers = self.shared.peers.borrow();
         for message in messages {
-            let Some(link) = self.shared.peers.get(&message.message.to) else {
+            let Some(link) = peers.get(&message.message.to) else {
                 dropped += 1;
                 continue;
             };
@@ -249,7 +355,7 @@ impl<E> Transport<E> {
             link.queued_bytes.set(link.queued_bytes.get() + bytes);
             link.queue.borrow_mut().push(message);
         }
-        for link in self.shared.peers.values() {
+        for link in peers.values() {
             if !link.queue.borrow().is_empty() {
                 link.wake.notify_all();
             }
@@ -262,6 +368,7 @@ impl<E> Transport<E> {
         let limit = self.shared.settings.config.send_queue_bytes_max;
         self.shared
             .peers
+            .borrow()
             .values()
             .any(|link| link.queued_bytes.get() > limit)
     }
@@ -270,12 +377,18 @@ impl<E> Transport<E> {
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.shared
             .peers
+            .borrow()
             .get(&peer)
             .is_some_and(|link| link.connected.get())
     }
 
     pub fn stats(&self) -> TransportStats {
         *self.shared.stats.borrow()
+    }
+
+    /// Counters of the snapshot transfers, both directions.
+    pub fn snapshot_stats(&self) -> SnapshotTransferStats {
+        *self.shared.snapshot_stats.borrow()
     }
 
     /// Returns the traffic with every peer, in node id order.
@@ -290,6 +403,7 @@ impl<E> Transport<E> {
     pub fn peer_stats(&self) -> Vec<PeerTransportStats> {
         self.shared
             .peers
+            .borrow()
             .values()
             .map(|link| PeerTransportStats {
                 peer: link.node,
@@ -297,6 +411,7 @@ impl<E> Transport<E> {
                 bytes_sent: link.bytes_sent.get(),
                 bytes_received: link.bytes_received.get(),
                 round_trip: *link.round_trip.borrow(),
+                append_round_trip: *link.append_round_trip.borrow(),
             })
             .collect()
     }
@@ -305,7 +420,7 @@ impl<E> Transport<E> {
     /// closed, so that a node restarted in the same process finds its ports free.
     pub async fn close(&self) {
         self.shared.closed.set();
-        for link in self.shared.peers.values() {
+        for link in self.shared.peers.borrow().values() {
             link.wake.notify_all();
         }
         let shared = &self.shared;
@@ -317,7 +432,7 @@ impl<E> Transport<E> {
 }
 
 /// Spawns a connection task counted in `live_tasks` until it ends.
-fn spawn_tracked<E: 'static>(
+pub(super) fn spawn_tracked<E: 'static>(
     shared: &Rc<Shared<E>>,
     task: impl std::future::Future<Output = ()> + 'static,
 ) {
@@ -354,7 +469,7 @@ impl<E> Shared<E> {
         Duration::from_millis(half + x % (base_ms - half + 1))
     }
 
-    fn hello(&self) -> WireHello {
+    pub(super) fn hello(&self) -> WireHello {
         let settings = &self.settings;
         WireHello {
             cluster_id: settings.cluster_id,
@@ -369,7 +484,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
     let config = shared.settings.config.clone();
     let mut backoff_ms = config.reconnect_backoff_ms_min;
     let mut failures = 0u64;
-    while !shared.closed.is_set() {
+    while !link.is_stopped(&shared) {
         let Some(connected) = shared
             .closed
             .or_stop(TcpStream::connect(link.address))
@@ -402,6 +517,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
                 link.queue.borrow_mut().clear();
                 link.queued_bytes.set(0);
                 link.probe_sent_at.set(None);
+                link.append_probe_sent_at.set(None);
                 shared.stats.borrow_mut().disconnects += 1;
                 tracing::info!(
                     peer = %link.node, address = %link.address, %error,
@@ -439,7 +555,7 @@ async fn stream_messages<E>(
         let messages = link
             .wake
             .wait_for(|| {
-                if shared.closed.is_set() {
+                if link.is_stopped(shared) {
                     return Some(None);
                 }
                 let mut queue = link.queue.borrow_mut();
@@ -471,32 +587,66 @@ async fn stream_messages<E>(
     }
 }
 
-/// Opens a round-trip probe when none is open and `messages` carry a heartbeat.
+/// Whether a probe sent at `sent_at` still waits for its response.
+fn probe_open(sent_at: Option<Instant>) -> bool {
+    sent_at.is_some_and(|sent_at| sent_at.elapsed() < ROUND_TRIP_PROBE_TIMEOUT)
+}
+
+/// Opens a heartbeat probe when none is open and `messages` carry a heartbeat, and an
+/// append probe when none is open and `messages` carry entries.
 fn open_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
-    if let Some(sent_at) = link.probe_sent_at.get()
-        && sent_at.elapsed() < ROUND_TRIP_PROBE_TIMEOUT
-    {
+    let heartbeat_open = probe_open(link.probe_sent_at.get());
+    let append_open = probe_open(link.append_probe_sent_at.get());
+    if heartbeat_open && append_open {
         return;
     }
-    let carries_heartbeat = messages
-        .iter()
-        .any(|message| matches!(message.message.body, MessageBody::Heartbeat { .. }));
+    let carries_heartbeat = !heartbeat_open
+        && messages
+            .iter()
+            .any(|message| matches!(message.message.body, MessageBody::Heartbeat { .. }));
+    let carries_entries = !append_open
+        && messages.iter().any(|message| {
+            matches!(&message.message.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
+        });
+    if !carries_heartbeat && !carries_entries {
+        return;
+    }
+    let now = Instant::now();
     if carries_heartbeat {
-        link.probe_sent_at.set(Some(Instant::now()));
+        link.probe_sent_at.set(Some(now));
+    }
+    if carries_entries {
+        link.append_probe_sent_at.set(Some(now));
     }
 }
 
-/// Closes the open round-trip probe of `link` when `messages` carry a heartbeat response.
+/// Closes the open probes of `link` that `messages` answer: the heartbeat probe with a
+/// heartbeat response, the append probe with an append response. With pipelined appends
+/// the response may answer an earlier append, so an append sample can be short.
 fn close_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
-    let Some(sent_at) = link.probe_sent_at.get() else {
+    let heartbeat_sent_at = link.probe_sent_at.get();
+    let append_sent_at = link.append_probe_sent_at.get();
+    if heartbeat_sent_at.is_none() && append_sent_at.is_none() {
         return;
+    }
+    let answers = |is_response: fn(&MessageBody) -> bool| {
+        messages
+            .iter()
+            .any(|message| is_response(&message.message.body))
     };
-    let carries_response = messages
-        .iter()
-        .any(|message| matches!(message.message.body, MessageBody::HeartbeatResponse { .. }));
-    if carries_response {
+    if let Some(sent_at) = heartbeat_sent_at
+        && answers(|body| matches!(body, MessageBody::HeartbeatResponse { .. }))
+    {
         link.round_trip.borrow_mut().record(sent_at.elapsed());
         link.probe_sent_at.set(None);
+    }
+    if let Some(sent_at) = append_sent_at
+        && answers(|body| matches!(body, MessageBody::AppendEntriesResponse { .. }))
+    {
+        link.append_round_trip
+            .borrow_mut()
+            .record(sent_at.elapsed());
+        link.append_probe_sent_at.set(None);
     }
 }
 
@@ -521,7 +671,7 @@ async fn run_listener<E: From<TransportEvent> + 'static>(
 
 /// The reason a connection from a peer was closed.
 #[derive(Debug, thiserror::Error)]
-enum RejectReason {
+pub(super) enum RejectReason {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error(transparent)]
@@ -530,18 +680,22 @@ enum RejectReason {
     Hello(String),
     #[error("a {0:?} frame arrived where it does not belong")]
     UnexpectedFrame(FrameKind),
+    /// Invalid input in a snapshot transfer, or a failure to store it.
+    #[error("snapshot transfer: {0}")]
+    Snapshot(String),
+    /// A snapshot transfer whose connection broke; the partial snapshot stays.
+    #[error("snapshot transfer interrupted: {0}")]
+    Interrupted(String),
+    #[error("no byte arrived for {timeout_ms} ms")]
+    Stalled { timeout_ms: u64 },
 }
 
 async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: TcpStream) {
     let peer_address = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |address| address.to_string());
-    let mut reader = ConnectionReader {
-        decoder: FrameDecoder::new(shared.settings.config.frame_bytes_max),
-        buffer: vec![0u8; READ_CHUNK_BYTES],
-        filled: 0,
-        consumed: 0,
-    };
+    let mut reader =
+        ConnectionReader::new(FrameDecoder::new(shared.settings.config.frame_bytes_max));
     let hello_timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
     let hello = glommio::timer::timeout(hello_timeout, async {
         Ok(reader.next_frame(&mut stream, &shared.closed).await)
@@ -557,7 +711,7 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(frame))) => match check_hello(&shared.settings, &frame) {
+        Ok(Ok(Some(frame))) => match check_hello(&shared, &frame) {
             Ok(from) => {
                 count_received_bytes(&shared, from, &frame);
                 from
@@ -568,18 +722,29 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
     };
     tracing::debug!(peer = %from, address = %peer_address, "peer connection accepted");
 
+    let mut first_frame = true;
     loop {
         let frame = match reader.next_frame(&mut stream, &shared.closed).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(reason) => return reject(&shared, &peer_address, &reason),
         };
+        if std::mem::take(&mut first_frame) && frame.kind == FrameKind::SnapshotBegin {
+            // A connection of its own carries one snapshot transfer.
+            count_received_bytes(&shared, from, &frame);
+            receive_snapshot(&shared, stream, reader, from, frame, &peer_address).await;
+            return;
+        }
+        if !shared.peers.borrow().contains_key(&from) {
+            tracing::info!(peer = %from, address = %peer_address, "closing the connection of a removed peer");
+            return;
+        }
         count_received_bytes(&shared, from, &frame);
         let messages = match accept_messages(&shared, from, &frame) {
             Ok(messages) => messages,
             Err(reason) => return reject(&shared, &peer_address, &reason),
         };
-        if let Some(link) = shared.peers.get(&from) {
+        if let Some(link) = shared.peers.borrow().get(&from) {
             close_round_trip_probe(link, &messages);
         }
         if messages.is_empty() {
@@ -592,8 +757,35 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
     }
 }
 
+/// Receives the snapshot that `begin` opens, and counts and logs how it ended.
+async fn receive_snapshot<E: From<TransportEvent>>(
+    shared: &Shared<E>,
+    stream: TcpStream,
+    reader: ConnectionReader,
+    from: NodeId,
+    begin: Frame,
+    peer_address: &str,
+) {
+    let store = Rc::clone(&shared.snapshots);
+    let outcome = snapshot_stream::receive(shared, &store, stream, reader, from, begin).await;
+    match outcome {
+        Ok(()) => {}
+        Err(reason @ (RejectReason::Interrupted(_) | RejectReason::Stalled { .. })) => {
+            shared.snapshot_stats.borrow_mut().interrupted += 1;
+            tracing::info!(
+                peer = %from, address = %peer_address, error = %reason,
+                "snapshot transfer broke off; the partial snapshot is kept"
+            );
+        }
+        Err(reason) => {
+            shared.snapshot_stats.borrow_mut().rejected += 1;
+            reject(shared, peer_address, &reason);
+        }
+    }
+}
+
 fn count_received_bytes<E>(shared: &Shared<E>, from: NodeId, frame: &Frame) {
-    if let Some(link) = shared.peers.get(&from) {
+    if let Some(link) = shared.peers.borrow().get(&from) {
         let bytes = (FRAME_HEADER_BYTES + frame.payload.len()) as u64;
         link.bytes_received.set(link.bytes_received.get() + bytes);
     }
@@ -607,7 +799,11 @@ impl RejectReason {
             RejectReason::Frame(FrameError::BadMagic { .. }) => &mut counts.magic,
             RejectReason::Frame(FrameError::UnsupportedVersion { .. }) => &mut counts.version,
             RejectReason::Frame(FrameError::TooLarge { .. }) => &mut counts.too_large,
-            RejectReason::Frame(_) | RejectReason::UnexpectedFrame(_) => &mut counts.other,
+            RejectReason::Frame(_)
+            | RejectReason::UnexpectedFrame(_)
+            | RejectReason::Snapshot(_)
+            | RejectReason::Interrupted(_)
+            | RejectReason::Stalled { .. } => &mut counts.other,
             RejectReason::Wire(_) => &mut counts.archive,
             RejectReason::Hello(_) => &mut counts.hello,
         }
@@ -626,7 +822,8 @@ fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
     );
 }
 
-fn check_hello(settings: &TransportSettings, frame: &Frame) -> Result<NodeId, RejectReason> {
+fn check_hello<E>(shared: &Shared<E>, frame: &Frame) -> Result<NodeId, RejectReason> {
+    let settings = &shared.settings;
     if frame.kind != FrameKind::Hello {
         return Err(RejectReason::UnexpectedFrame(frame.kind));
     }
@@ -645,9 +842,10 @@ fn check_hello(settings: &TransportSettings, frame: &Frame) -> Result<NodeId, Re
         )));
     }
     let from = NodeId(hello.node_id);
-    if !settings.peers.contains_key(&from) {
+    if !shared.peers.borrow().contains_key(&from) {
         return Err(RejectReason::Hello(format!(
-            "node {} is not a member of this cluster",
+            "node {} is not a member of this cluster as this node knows it; a new member \
+             is accepted once its addition reaches this node",
             hello.node_id
         )));
     }
@@ -685,16 +883,32 @@ fn accept_messages<E>(
 }
 
 /// Reads frames from a connection through a fixed buffer.
-struct ConnectionReader {
+pub(super) struct ConnectionReader {
     decoder: FrameDecoder,
     buffer: Vec<u8>,
     filled: usize,
     consumed: usize,
+    /// Longest wait for bytes on one read; `None` waits as long as the connection lasts.
+    read_timeout: Option<Duration>,
 }
 
 impl ConnectionReader {
+    pub(super) fn new(decoder: FrameDecoder) -> ConnectionReader {
+        ConnectionReader {
+            decoder,
+            buffer: vec![0u8; READ_CHUNK_BYTES],
+            filled: 0,
+            consumed: 0,
+            read_timeout: None,
+        }
+    }
+
+    pub(super) fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
     /// The next frame, `None` when the peer closed the connection or `closed` was set.
-    async fn next_frame(
+    pub(super) async fn next_frame(
         &mut self,
         stream: &mut TcpStream,
         closed: &Latch,
@@ -711,7 +925,21 @@ impl ConnectionReader {
                 continue;
             }
             self.consumed = 0;
-            self.filled = match closed.or_stop(stream.read(&mut self.buffer)).await {
+            let read = closed.or_stop(stream.read(&mut self.buffer));
+            let read = match self.read_timeout {
+                None => read.await,
+                Some(timeout) => {
+                    match glommio::timer::timeout(timeout, async { Ok(read.await) }).await {
+                        Ok(read) => read,
+                        Err(_) => {
+                            return Err(RejectReason::Stalled {
+                                timeout_ms: timeout.as_millis() as u64,
+                            });
+                        }
+                    }
+                }
+            };
+            self.filled = match read {
                 None | Some(Ok(0)) | Some(Err(_)) => return Ok(None),
                 Some(Ok(read)) => read,
             };

@@ -17,10 +17,15 @@
 //! node and this shard. Every later frame is checked (magic, version, length, CRC, rkyv
 //! validation, sender and group) before its messages reach the shard. Any failure closes
 //! that connection alone, counts it and logs it at warn with the peer's address.
+//!
+//! Snapshots travel on connections of their own, one per transfer, in checksummed chunks
+//! that a broken transfer resumes; see `snapshot_stream.rs`.
 
 pub mod frame;
 mod link;
+mod snapshot_stream;
 pub mod wire;
 
 pub use link::{PeerTransportStats, RejectionCounts};
 pub use link::{Transport, TransportEvent, TransportSettings, TransportStats};
+pub use snapshot_stream::{ReceivedSnapshot, SnapshotSent, SnapshotTransferStats};

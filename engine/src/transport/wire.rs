@@ -78,6 +78,7 @@ pub enum WireBody {
     },
     Heartbeat {
         leader_commit: u64,
+        committed_at_leader: u64,
         read_round: Option<u64>,
     },
     HeartbeatResponse {
@@ -217,9 +218,11 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
         },
         MessageBody::Heartbeat {
             leader_commit,
+            committed_at_leader,
             read_round,
         } => WireBody::Heartbeat {
             leader_commit: leader_commit.0,
+            committed_at_leader: committed_at_leader.0,
             read_round: *read_round,
         },
         MessageBody::HeartbeatResponse { read_round } => WireBody::HeartbeatResponse {
@@ -340,9 +343,11 @@ fn from_wire(message: &ArchivedWireMessage, frame: &Bytes) -> Result<GroupMessag
         },
         ArchivedWireBody::Heartbeat {
             leader_commit,
+            committed_at_leader,
             read_round,
         } => MessageBody::Heartbeat {
             leader_commit: LogIndex(leader_commit.to_native()),
+            committed_at_leader: LogIndex(committed_at_leader.to_native()),
             read_round: read_round.as_ref().map(|round| round.to_native()),
         },
         ArchivedWireBody::HeartbeatResponse { read_round } => MessageBody::HeartbeatResponse {
@@ -460,6 +465,7 @@ mod tests {
             },
             MessageBody::Heartbeat {
                 leader_commit: LogIndex(5),
+                committed_at_leader: LogIndex(9),
                 read_round: Some(7),
             },
             MessageBody::HeartbeatResponse { read_round: None },

@@ -153,6 +153,13 @@ fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, Resul
         write_stages: merge_stages(&points, &location)?,
         check: merge_checks(&points),
         late_operations: points.iter().map(|point| point.late_operations).sum(),
+        // Every part measured the same target, so the longest series describes its disk.
+        disk_usage: points
+            .iter()
+            .map(|point| &point.disk_usage)
+            .max_by_key(|samples| samples.len())
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 

@@ -165,6 +165,43 @@ impl ServerCounters for EmbeddedCluster {
     fn cpu_scope(&self) -> &'static str {
         "process CPU time, which covers all three replicas and the load generator"
     }
+
+    fn disk_bytes(&self) -> anyhow::Result<Option<u64>> {
+        match self.data_dir() {
+            Some(dir) => allocated_bytes(dir).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Bytes allocated to the files under `dir`, counted in blocks so that preallocated log
+/// segments count as the space they take. Files removed while the walk runs are skipped.
+fn allocated_bytes(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("listing {} failed", dir.display()));
+            }
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                // `blocks` counts 512-byte units whatever the filesystem's block size.
+                total += metadata.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// How long a node may take to return its metrics between points.
@@ -419,6 +456,17 @@ impl EmbeddedSession {
             // the election a moment instead of retrying at once.
             NodeError::ProposalDropped { .. } => Attempt::Retry { pause: true },
             NodeError::UnknownGroup { .. } | NodeError::Busy { .. } | NodeError::Config(_) => {
+                Attempt::Done(Err(RequestError::Refused(error.to_string())))
+            }
+            // Errors of membership changes and leadership transfers, which a workload of
+            // reads and writes does not make.
+            NodeError::ChangePending { .. }
+            | NodeError::LeaderNotReady { .. }
+            | NodeError::LeaderTransferring { .. }
+            | NodeError::TransferInProgress { .. }
+            | NodeError::InvalidChange { .. }
+            | NodeError::InvalidTransfer { .. }
+            | NodeError::TransferAbandoned { .. } => {
                 Attempt::Done(Err(RequestError::Refused(error.to_string())))
             }
             NodeError::Timeout { .. }

@@ -134,7 +134,8 @@ fn classify_write_error(error: ClientError) -> RequestError {
         | ClientError::KeyTooLarge { .. }
         | ClientError::ValueTooLarge { .. }
         | ClientError::Invalid { .. }
-        | ClientError::ClusterIdMismatch { .. } => RequestError::Refused(error.to_string()),
+        | ClientError::ClusterIdMismatch { .. }
+        | ClientError::ChangePending { .. } => RequestError::Refused(error.to_string()),
         ClientError::Timeout { .. }
         | ClientError::NoLeader { .. }
         | ClientError::Unavailable { .. }

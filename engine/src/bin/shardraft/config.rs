@@ -48,6 +48,17 @@ pub struct FileConfig {
     pub value_bytes_max: Option<usize>,
     pub segment_bytes: Option<u64>,
     pub sync_writes: Option<bool>,
+    pub join: Option<bool>,
+    pub disk_transfer: Option<bool>,
+    pub disk_transfer_ratio_percent: Option<u32>,
+    pub disk_transfer_window_ms: Option<u64>,
+    pub disk_transfer_samples_min: Option<u64>,
+    pub snapshot_trigger_entries: Option<u64>,
+    pub snapshot_trigger_log_bytes: Option<u64>,
+    pub snapshot_log_tail_entries: Option<u64>,
+    pub snapshot_transfer_bytes_per_second: Option<u64>,
+    pub snapshot_transfer_progress_timeout_ms: Option<u64>,
+    pub snapshot_transfer_chunk_bytes: Option<u32>,
     pub members: Option<Vec<MemberEntry>>,
 }
 
@@ -143,6 +154,62 @@ pub struct ConfigOverrides {
     /// [default: true]
     #[arg(long, env = "SHARDRAFT_SYNC_WRITES")]
     pub sync_writes: Option<bool>,
+
+    /// Start as a learner of every group and wait for the cluster to add this node
+    /// (`shardraft member add`); list the running members and this node in `members`. Once
+    /// added, the membership follows the log. [default: false]
+    #[arg(long, env = "SHARDRAFT_JOIN", num_args = 0..=1, default_missing_value = "true")]
+    pub join: Option<bool>,
+
+    /// Hand every group a shard leads to a follower when the shard's own fdatasync p99
+    /// over a window exceeds disk_transfer_ratio_percent of the best follower's disk
+    /// latency (its append round trip minus its heartbeat round trip). [default: false]
+    #[arg(long, env = "SHARDRAFT_DISK_TRANSFER", num_args = 0..=1, default_missing_value = "true")]
+    pub disk_transfer: Option<bool>,
+
+    /// How much slower the leader's fdatasync p99 must be, in percent of the best
+    /// follower's disk latency; 150 and above. [default: 400]
+    #[arg(long, env = "SHARDRAFT_DISK_TRANSFER_RATIO_PERCENT")]
+    pub disk_transfer_ratio_percent: Option<u32>,
+
+    /// Length of one comparison window, in milliseconds; 100 and above. [default: 10000]
+    #[arg(long, env = "SHARDRAFT_DISK_TRANSFER_WINDOW_MS")]
+    pub disk_transfer_window_ms: Option<u64>,
+
+    /// Samples of the leader's fdatasync and of a follower's round trips one window needs
+    /// before it is compared; 1 and above. [default: 100]
+    #[arg(long, env = "SHARDRAFT_DISK_TRANSFER_SAMPLES_MIN")]
+    pub disk_transfer_samples_min: Option<u64>,
+
+    /// Entries applied since a group's last snapshot after which it takes the next one; 0
+    /// turns this trigger off. [default: 100000]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_TRIGGER_ENTRIES")]
+    pub snapshot_trigger_entries: Option<u64>,
+
+    /// Payload bytes applied since a group's last snapshot after which it takes the next
+    /// one; 0 turns this trigger off (both off: no snapshots, the log grows without
+    /// bound). [default: 67108864]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_TRIGGER_LOG_BYTES")]
+    pub snapshot_trigger_log_bytes: Option<u64>,
+
+    /// Entries kept in the log below a snapshot, 0 to 10000000. [default: 5000]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_LOG_TAIL_ENTRIES")]
+    pub snapshot_log_tail_entries: Option<u64>,
+
+    /// Bytes per second one snapshot transfer to a follower sends at most; 0 for no limit,
+    /// else 4096 and above. [default: 134217728]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_TRANSFER_BYTES_PER_SECOND")]
+    pub snapshot_transfer_bytes_per_second: Option<u64>,
+
+    /// A snapshot transfer through which no byte moved for this long, in milliseconds, is
+    /// abandoned and resumed later; 100 to 600000. [default: 10000]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_TRANSFER_PROGRESS_TIMEOUT_MS")]
+    pub snapshot_transfer_progress_timeout_ms: Option<u64>,
+
+    /// Bytes per snapshot chunk frame, 4096 to half the peer frame limit.
+    /// [default: 1048576]
+    #[arg(long, env = "SHARDRAFT_SNAPSHOT_TRANSFER_CHUNK_BYTES")]
+    pub snapshot_transfer_chunk_bytes: Option<u32>,
 
     /// Every member, this node included, as `ID=PEER_ADDRESS/CLIENT_ADDRESS[/HTTP_ADDRESS]`
     /// separated by commas, for example `1=127.0.0.1:7001/127.0.0.1:7101/127.0.0.1:7201`.
@@ -340,6 +407,64 @@ pub fn merge(
     node.log.data_dir = pick!(overrides, file, data_dir, node.log.data_dir.clone());
     node.log.segment_bytes = pick!(overrides, file, segment_bytes, node.log.segment_bytes);
     node.log.sync_writes = pick!(overrides, file, sync_writes, node.log.sync_writes);
+    node.join = pick!(overrides, file, join, node.join);
+    let disk_transfer = &mut node.disk_transfer;
+    disk_transfer.enabled = pick!(overrides, file, disk_transfer, disk_transfer.enabled);
+    disk_transfer.ratio_percent = pick!(
+        overrides,
+        file,
+        disk_transfer_ratio_percent,
+        disk_transfer.ratio_percent
+    );
+    disk_transfer.window_ms = pick!(
+        overrides,
+        file,
+        disk_transfer_window_ms,
+        disk_transfer.window_ms
+    );
+    disk_transfer.samples_min = pick!(
+        overrides,
+        file,
+        disk_transfer_samples_min,
+        disk_transfer.samples_min
+    );
+    let snapshot = &mut node.snapshot;
+    snapshot.trigger_entries = pick!(
+        overrides,
+        file,
+        snapshot_trigger_entries,
+        snapshot.trigger_entries
+    );
+    snapshot.trigger_log_bytes = pick!(
+        overrides,
+        file,
+        snapshot_trigger_log_bytes,
+        snapshot.trigger_log_bytes
+    );
+    snapshot.log_tail_entries = pick!(
+        overrides,
+        file,
+        snapshot_log_tail_entries,
+        snapshot.log_tail_entries
+    );
+    snapshot.transfer_bytes_per_second = pick!(
+        overrides,
+        file,
+        snapshot_transfer_bytes_per_second,
+        snapshot.transfer_bytes_per_second
+    );
+    snapshot.transfer_progress_timeout_ms = pick!(
+        overrides,
+        file,
+        snapshot_transfer_progress_timeout_ms,
+        snapshot.transfer_progress_timeout_ms
+    );
+    snapshot.transfer_chunk_bytes = pick!(
+        overrides,
+        file,
+        snapshot_transfer_chunk_bytes,
+        snapshot.transfer_chunk_bytes
+    );
 
     let kv_limits = KvLimits {
         key_bytes_max: pick!(overrides, file, key_bytes_max, 1024),
@@ -351,7 +476,12 @@ pub fn merge(
     node.validate(shard_count).map_err(|error| {
         // The server's keys are flat: `heartbeat_interval_ticks`, not
         // `raft.heartbeat_interval_ticks` as in the embedding config.
-        let flat = |text: &str| text.replace("raft.", "").replace("transport.", "");
+        let flat = |text: &str| {
+            text.replace("raft.", "")
+                .replace("transport.", "")
+                .replace("snapshot.", "snapshot_")
+                .replace("disk_transfer.", "disk_transfer_")
+        };
         invalid(&flat(error.key), flat(&error.detail))
     })?;
     validate_limits(&kv_limits, &node)?;

@@ -129,6 +129,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let own = config.own_member().clone();
+    for member in &config.members {
+        node.handle().learn_service_addresses(
+            NodeId(member.id),
+            Some(member.client_address),
+            member.http_address,
+        );
+    }
     let client_info = ClusterInfo {
         cluster_id: config.node.cluster_id,
         node_id: NodeId(config.node.node_id),
