@@ -200,6 +200,41 @@ impl DurableState {
     }
 }
 
+/// Builds a log whose entry `k` (from 1) has term `terms[k - 1]`. The payload names index and
+/// term, so entries at the same position with the same term are equal, as log matching
+/// requires.
+pub fn log_with_terms(terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(offset, term)| {
+            let index = offset as u64 + 1;
+            Entry {
+                term: Term(*term),
+                index: LogIndex(index),
+                kind: shardraft_raft::EntryKind::Normal,
+                data: Bytes::from(format!("{index}@{term}")),
+            }
+        })
+        .collect()
+}
+
+/// The durable state of a replica at `term` with no vote, the log [`log_with_terms`]
+/// builds from `terms`, and commit index `commit`.
+pub fn restored_log(terms: &[u64], term: u64, commit: u64) -> RestoredState {
+    RestoredState {
+        hard_state: HardState {
+            term: Term(term),
+            vote: None,
+            commit: LogIndex(commit),
+        },
+        snapshot: None,
+        entries: log_with_terms(terms),
+        applied: LogIndex(0),
+        catching_up: false,
+    }
+}
+
 /// A batch taken from the core whose writes have not been made durable yet.
 #[derive(Debug)]
 pub struct PendingWrite {

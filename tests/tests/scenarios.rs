@@ -2,10 +2,10 @@
 
 use bytes::Bytes;
 use shardraft_raft::{
-    AppendOutcome, Entry, EntryKind, HardState, LogIndex, Message, MessageBody, NodeId,
-    ProposeError, RestoredState, Role, Term,
+    AppendOutcome, Entry, EntryKind, LogIndex, Message, MessageBody, NodeId, ProposeError, Role,
+    Term,
 };
-use shardraft_tests::harness::Cluster;
+use shardraft_tests::harness::{Cluster, restored_log as restored};
 use shardraft_tests::history::{Call, HistoryRecorder, OpHandle, Outcome, Output};
 use shardraft_tests::lincheck::{self, CheckOutcome};
 use std::time::Duration;
@@ -13,39 +13,6 @@ use std::time::Duration;
 /// Generous bound on the ticks any election below needs (the default election timeout is
 /// 10 to 20 ticks).
 const ELECTION_TICKS: u32 = 200;
-
-/// Builds a log whose entry `k` (from 1) has term `terms[k - 1]`. The payload names index and
-/// term, so entries at the same position with the same term are equal, as log matching
-/// requires.
-fn log_with_terms(terms: &[u64]) -> Vec<Entry> {
-    terms
-        .iter()
-        .enumerate()
-        .map(|(offset, term)| {
-            let index = offset as u64 + 1;
-            Entry {
-                term: Term(*term),
-                index: LogIndex(index),
-                kind: EntryKind::Normal,
-                data: Bytes::from(format!("{index}@{term}")),
-            }
-        })
-        .collect()
-}
-
-fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
-    RestoredState {
-        hard_state: HardState {
-            term: Term(term),
-            vote: None,
-            commit: LogIndex(commit),
-        },
-        snapshot: None,
-        entries: log_with_terms(terms),
-        applied: LogIndex(0),
-        catching_up: false,
-    }
-}
 
 /// Returns the entries of an `AppendEntries`, or `None` for any other message.
 fn appended_entries(message: &Message) -> Option<&[Entry]> {

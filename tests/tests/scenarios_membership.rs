@@ -7,44 +7,14 @@
 
 use bytes::Bytes;
 use shardraft_raft::{
-    Entry, EntryKind, HardState, LogIndex, MembershipChange, MembershipChangeError, MessageBody,
-    NodeId, RestoredState, Role, Term,
+    Entry, EntryKind, LogIndex, MembershipChange, MembershipChangeError, MessageBody, NodeId,
+    RestoredState, Role, Term,
 };
-use shardraft_tests::harness::Cluster;
+use shardraft_tests::harness::{Cluster, restored_log as restored};
 
 /// Generous bound on the ticks any election below needs (the default election timeout is
 /// 10 to 20 ticks).
 const ELECTION_TICKS: u32 = 200;
-
-fn log_with_terms(terms: &[u64]) -> Vec<Entry> {
-    terms
-        .iter()
-        .enumerate()
-        .map(|(offset, term)| {
-            let index = offset as u64 + 1;
-            Entry {
-                term: Term(*term),
-                index: LogIndex(index),
-                kind: EntryKind::Normal,
-                data: Bytes::from(format!("{index}@{term}")),
-            }
-        })
-        .collect()
-}
-
-fn restored(terms: &[u64], term: u64, commit: u64) -> RestoredState {
-    RestoredState {
-        hard_state: HardState {
-            term: Term(term),
-            vote: None,
-            commit: LogIndex(commit),
-        },
-        snapshot: None,
-        entries: log_with_terms(terms),
-        applied: LogIndex(0),
-        catching_up: false,
-    }
-}
 
 fn propose_many(cluster: &mut Cluster, count: usize) {
     for value in 0..count {
