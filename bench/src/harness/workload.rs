@@ -95,6 +95,13 @@ pub enum SyncArg {
     Off,
 }
 
+/// Whether the embedded cluster's groups take snapshots and compact their logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotsArg {
+    On,
+    Off,
+}
+
 /// The options of `shardraft-bench run`, which is also the command without a subcommand.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -178,6 +185,12 @@ pub struct RunArgs {
     /// machine. Default: on.
     #[arg(long, value_enum)]
     pub sync: Option<SyncArg>,
+
+    /// Whether the embedded cluster's groups take snapshots at the engine's default
+    /// triggers and compact their logs behind them. Off: logs grow for the whole run, for
+    /// comparing latency without snapshots. Default: on.
+    #[arg(long, value_enum)]
+    pub snapshots: Option<SnapshotsArg>,
 
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
@@ -293,6 +306,8 @@ pub struct ClusterSpec {
     pub groups: u32,
     pub shards: usize,
     pub durability: Durability,
+    /// Whether groups take snapshots and compact their logs.
+    pub snapshots: bool,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -403,6 +418,7 @@ impl RunArgs {
                 ("--shards", self.shards.is_some()),
                 ("--storage", self.storage.is_some()),
                 ("--sync", self.sync.is_some()),
+                ("--snapshots", self.snapshots.is_some()),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -442,6 +458,7 @@ impl RunArgs {
             groups,
             shards,
             durability,
+            snapshots: self.snapshots != Some(SnapshotsArg::Off),
             dir,
         }))
     }
@@ -1071,6 +1088,25 @@ mod tests {
         assert_eq!(
             durability(&["--storage", "disk", "--sync", "on"]),
             Durability::DiskSynced
+        );
+    }
+
+    #[test]
+    fn snapshots_can_be_turned_off_for_the_embedded_cluster() {
+        let snapshots = |args: &[&str]| validate(args).unwrap().cluster.unwrap().snapshots;
+        assert!(snapshots(&[]), "on by default");
+        assert!(!snapshots(&["--snapshots", "off"]));
+        let message = error_of(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            "127.0.0.1:2379",
+            "--snapshots",
+            "off",
+        ]);
+        assert!(
+            message.contains("--snapshots applies to --target embedded only"),
+            "{message}"
         );
     }
 

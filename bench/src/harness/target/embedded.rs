@@ -246,6 +246,10 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
             groups: spec.groups,
             ..NodeConfig::default()
         };
+        if !spec.snapshots {
+            config.snapshot.trigger_entries = 0;
+            config.snapshot.trigger_log_bytes = 0;
+        }
         match data_dir {
             Some(dir) => {
                 let node_dir = dir.join(format!("node-{}", member.id));
