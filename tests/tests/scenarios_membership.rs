@@ -68,7 +68,7 @@ fn change_membership(cluster: &mut Cluster, change: MembershipChange) {
 
 #[test]
 fn snapshot_replaces_a_stale_old_term_suffix_once() {
-    // Node 3 holds entries 4 to 8 of term 1 that never committed. Nodes 1 and 2 move on in
+    // Node 3 contains entries 4 to 8 of term 1 that never committed. Nodes 1 and 2 move on in
     // term 2 without it and compact their logs, so node 3 can catch up only by snapshot.
     // After installing it, no term-1 entry past the snapshot's index may remain, node 3 must
     // converge to the leader's log, and the leader must send the snapshot a bounded number
@@ -171,7 +171,7 @@ fn snapshot_below_the_commit_index_changes_nothing() {
 #[test]
 fn wiped_follower_does_not_vote_until_caught_up() {
     // Node 3's data directory is wiped and it restarts with the same id while the leader
-    // believes it holds every committed entry. It must not crash-loop, must not vote while
+    // believes it has every committed entry. It must not crash-loop, must not vote while
     // it lacks the committed log, and must catch up again; no committed entry may be lost.
     let mut cluster = Cluster::new(3);
     cluster.elect(1, ELECTION_TICKS);
@@ -186,7 +186,7 @@ fn wiped_follower_does_not_vote_until_caught_up() {
         "a node without data starts catching up"
     );
 
-    // The leader dies before node 3 hears from it. Node 2 holds every committed entry, but
+    // The leader dies before node 3 hears from it. Node 2 has every committed entry, but
     // node 3 cannot know that, so no leader may emerge from node 3's vote.
     cluster.crash(1);
     cluster.run_ticks(10 * ELECTION_TICKS / 4);
@@ -718,7 +718,7 @@ fn restart_while_catching_up_catches_up_again() {
 
 #[test]
 fn silent_learner_is_not_promoted() {
-    // A learner that never answers stays a learner however short the log is: promoting it
+    // A learner that never responds stays a learner however short the log is: promoting it
     // would make the group wait for a node that may never come.
     let mut cluster = Cluster::new(1);
     cluster.elect(1, ELECTION_TICKS);

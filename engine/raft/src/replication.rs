@@ -124,7 +124,7 @@ impl RaftNode {
     }
 
     /// Follower side of `InstallSnapshot`, after the term check made `from` the leader. The
-    /// runtime holds the snapshot's bytes durably already.
+    /// runtime has stored the snapshot's bytes durably already.
     pub(crate) fn handle_install_snapshot(
         &mut self,
         from: NodeId,
@@ -153,7 +153,7 @@ impl RaftNode {
         }
         let committed = self.log.committed();
         if snapshot.index <= committed {
-            // Everything the snapshot holds is committed here already.
+            // Everything the snapshot contains is committed here already.
             self.send(
                 from,
                 MessageBody::AppendEntriesResponse {

@@ -136,7 +136,7 @@ impl Membership {
         }
     }
 
-    /// A membership of the given voters and learners.
+    /// Builds a membership of the given voters and learners.
     pub fn with_voters_and_learners(
         voters: impl IntoIterator<Item = NodeId>,
         learners: impl IntoIterator<Item = NodeId>,
@@ -168,7 +168,7 @@ impl Membership {
         Ok(())
     }
 
-    /// The membership after `change`.
+    /// Returns the membership after `change`.
     ///
     /// # Errors
     ///
@@ -245,7 +245,7 @@ pub enum MembershipChange {
 }
 
 impl MembershipChange {
-    /// The node the change is about.
+    /// Returns the node the change adds, promotes or removes.
     pub fn node(&self) -> NodeId {
         match *self {
             MembershipChange::AddLearner { node, .. }
@@ -269,7 +269,7 @@ impl fmt::Display for MembershipChange {
     }
 }
 
-/// Why a membership change does not fit the current membership.
+/// The reason a membership change does not fit the current membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidChange {
     #[error("{node} is already a member of the group")]
@@ -316,7 +316,7 @@ pub const MEMBERSHIP_CHANGE_VERSION: u8 = 1;
 const MEMBERSHIP_CHANGE_HEADER_BYTES: usize = 1 + 1 + 8 + 1;
 
 impl MembershipChangeEntry {
-    /// The entry data for this change.
+    /// Encodes this change as entry data.
     pub fn encode(&self) -> Bytes {
         let (kind, node, flags) = match self.change {
             MembershipChange::AddLearner {
@@ -429,7 +429,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(array)
 }
 
-/// What a snapshot covers: the last entry whose effect it contains, and the membership in
+/// The extent of a snapshot: the last entry whose effect it contains, and the membership in
 /// force at that entry. The state machine's bytes travel beside it, through the runtime.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
@@ -529,7 +529,8 @@ mod tests {
             .apply(MembershipChange::Promote { node: NodeId(4) })
             .unwrap();
         assert_eq!(promoted.voters.len(), 4);
-        assert!(promoted.learners.is_empty() && promoted.promote_when_caught_up.is_empty());
+        assert!(promoted.learners.is_empty());
+        assert!(promoted.promote_when_caught_up.is_empty());
         assert_eq!(
             three.apply(MembershipChange::Promote { node: NodeId(2) }),
             Err(InvalidChange::NotALearner { node: NodeId(2) })
