@@ -344,7 +344,14 @@ async fn serve_connection(service: Rc<Service>, stream: TcpStream) {
     let (mut read_half, mut write_half) = futures_lite::io::split(stream);
     let mut reader = FrameReader::new(service.config.frame_bytes_max);
 
-    match accept_hello(&service, &mut reader, &mut read_half, &mut write_half).await {
+    let hello = accept_hello(
+        &service,
+        &peer_address,
+        &mut reader,
+        &mut read_half,
+        &mut write_half,
+    );
+    match hello.await {
         Ok(true) => {}
         Ok(false) => return,
         Err(reason) => return reject(&service, &peer_address, &reason),
@@ -382,10 +389,11 @@ async fn serve_connection(service: Rc<Service>, stream: TcpStream) {
     tracing::debug!(address = %peer_address, "client connection closed");
 }
 
-/// Reads the hello and sends the reply. `Ok(false)` when the connection closed or the service
-/// stopped first.
+/// Reads the hello and sends the reply. `Ok(false)` when the connection closed, the service
+/// stopped first, or the hello was refused (already counted and logged).
 async fn accept_hello(
     service: &Service,
+    peer_address: &str,
     reader: &mut FrameReader,
     read_half: &mut futures_lite::io::ReadHalf<TcpStream>,
     write_half: &mut futures_lite::io::WriteHalf<TcpStream>,
@@ -412,13 +420,19 @@ async fn accept_hello(
         hello_reply(&service.info, &addresses, service.handle.groups(), &hello);
     let mut out = Vec::new();
     protocol::encode_hello_reply(&reply, &mut out)?;
+    // A refusal is counted before the reply goes out, so a client that reads the refusal and
+    // then looks at the counters sees it.
+    let accepted = match rejection {
+        Some(reason) => {
+            reject(service, peer_address, &RejectReason::Hello(reason));
+            false
+        }
+        None => true,
+    };
     if write_half.write_all(&out).await.is_err() {
         return Ok(false);
     }
-    match rejection {
-        Some(reason) => Err(RejectReason::Hello(reason)),
-        None => Ok(true),
-    }
+    Ok(accepted)
 }
 
 /// The reply to `hello`, and the reason to close the connection after sending it.
