@@ -152,6 +152,15 @@ struct LogArgs {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // The embedded nodes log what goes wrong during a run (a failed snapshot, a transfer
+    // restarted) at warn and above; RUST_LOG=info shows their progress as well.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Some(Command::Log(args)) => run_log(&args).map(|()| ExitCode::SUCCESS),
         // A regression exits 1; a comparison that could not run exits 2, as usage errors do.

@@ -11,7 +11,7 @@ use shardraft_bench::harness::compare::{Change, CompareOptions, compare, compare
 use shardraft_bench::harness::csv::{CSV_HEADER, to_csv, write_csv};
 use shardraft_bench::harness::result::{
     CheckResult, DiskUsageSample, EncodedHistogram, HostFacts, LatencyQuantiles, OperationResult,
-    PointResult, RESULT_SCHEMA_VERSION, ResultError, RunResult, StageResult, merge,
+    PointResult, RESULT_SCHEMA_VERSION, ResultError, RunResult, SnapshotResult, StageResult, merge,
 };
 use shardraft_bench::harness::target::TargetFacts;
 
@@ -106,6 +106,16 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
                 bytes: 12 << 20,
             },
         ],
+        snapshots: Some(SnapshotResult {
+            taken: 4,
+            failed: 0,
+            creation_nanos_sum: 200_000_000,
+            creation_max_bound_secs: Some(0.1),
+            installed: 1,
+            installed_bytes: 64 << 20,
+            install_nanos: 500_000_000,
+            writes_during: Some(operation(writes, elapsed_secs)),
+        }),
     }
 }
 
@@ -141,6 +151,7 @@ fn run(points: Vec<PointResult>) -> RunResult {
         host: host(),
         target: target("shardraft 0.1.0"),
         points,
+        snapshot_install: None,
     }
 }
 
@@ -394,6 +405,26 @@ fn merge_adds_counts_and_histograms() {
     let check = point.check.as_ref().unwrap();
     assert_eq!(check.verdict, "linearizable");
     assert_eq!(check.operations_checked, 24_000);
+}
+
+#[test]
+fn merge_adds_snapshot_counts() {
+    let first = single_point_run(1, 1_000, 1.0);
+    let second = single_point_run(2, 1_000, 1.0);
+
+    let merged = merge(&[first.clone(), second.clone()]).unwrap();
+
+    let snapshots = merged.points[0].snapshots.as_ref().unwrap();
+    assert_eq!(snapshots.taken, 8);
+    assert_eq!(snapshots.installed_bytes, 128 << 20);
+    assert_eq!(snapshots.creation_mean_secs(), Some(0.05));
+    assert_eq!(
+        snapshots.install_bytes_per_sec(),
+        Some(f64::from(64 << 20) * 2.0)
+    );
+    let during = snapshots.writes_during.as_ref().unwrap();
+    assert_eq!(during.ok, 2_000);
+    assert_eq!(during.latency.decode().unwrap().len(), 2_000);
 }
 
 #[test]

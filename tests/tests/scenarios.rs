@@ -611,6 +611,43 @@ fn proposals_between_readies_share_messages() {
     assert_eq!(commit, LogIndex(101), "every proposal commits");
 }
 
+#[test]
+fn replication_limits_change_at_runtime() {
+    // A leader whose limits change while it runs batches the next proposals by the new
+    // limits; a limit of 0 is rejected and leaves the old ones in force.
+    let mut cluster = cluster_led_by_node_1(|config| config.max_entries_per_message = 16);
+    let mut limits = cluster.node(1).replication_limits();
+    limits.max_entries_per_message = 0;
+    assert!(cluster.node_mut(1).set_replication_limits(limits).is_err());
+    assert_eq!(
+        cluster.node(1).replication_limits().max_entries_per_message,
+        16
+    );
+
+    limits.max_entries_per_message = 5;
+    cluster
+        .node_mut(1)
+        .set_replication_limits(limits)
+        .expect("positive limits are accepted");
+    for value in 0..12 {
+        cluster
+            .node_mut(1)
+            .propose(Bytes::from(format!("v{value}")))
+            .expect("leader accepts the proposal");
+    }
+    let ready = cluster.take_ready(1).expect("the leader has a ready");
+    let sizes: Vec<usize> = ready
+        .messages
+        .iter()
+        .filter(|message| is_append(message, 1, 2))
+        .filter_map(|message| appended_entries(message).map(<[Entry]>::len))
+        .collect();
+    assert_eq!(sizes, [5, 5, 2], "entries per AppendEntries to node 2");
+    cluster.handle_ready(1, ready);
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).commit_index(), LogIndex(13));
+}
+
 // ----- ReadIndex -----
 
 fn heartbeat_read_rounds(messages: &[Message]) -> Vec<(NodeId, u64)> {

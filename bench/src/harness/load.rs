@@ -37,6 +37,7 @@ use super::workload::{
     KeyChooser, LoadLevel, OperationGenerator, PlannedOperation, RunLength, Workload,
 };
 use crate::wal::new_latency_histogram;
+use shardraft::snapshot::SnapshotActivityMark;
 
 /// Counters of the system under test, sampled at the start and end of a point's measured
 /// part.
@@ -58,6 +59,69 @@ pub trait ServerCounters {
     /// When the data directory cannot be read.
     fn disk_bytes(&self) -> anyhow::Result<Option<u64>> {
         Ok(None)
+    }
+
+    /// Reads the target's snapshot activity, when it can be read at every request; the
+    /// harness then splits write latencies by whether a snapshot was being taken.
+    fn snapshot_probe(&self) -> Option<SnapshotProbe> {
+        None
+    }
+}
+
+/// Reads the snapshot counts of the whole target at the moment of the call.
+#[derive(Clone)]
+pub struct SnapshotProbe(Arc<dyn Fn() -> SnapshotActivityMark + Send + Sync>);
+
+impl SnapshotProbe {
+    pub fn new(read: impl Fn() -> SnapshotActivityMark + Send + Sync + 'static) -> Self {
+        SnapshotProbe(Arc::new(read))
+    }
+
+    pub fn read(&self) -> SnapshotActivityMark {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SnapshotProbe {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SnapshotProbe")
+    }
+}
+
+/// Snapshot counters of all replicas, cumulative like the rest of a [`CounterSample`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotCounters {
+    /// Snapshots taken and stored durably.
+    pub taken: u64,
+    pub failed: u64,
+    /// Creation times of the taken snapshots, summed.
+    pub creation_nanos: u64,
+    /// Taken snapshots per creation-time bucket, with the upper bounds of
+    /// [`shardraft::metrics::LATENCY_BUCKET_BOUNDS_SECONDS`] and an overflow bucket last.
+    pub creation_buckets: [u64; shardraft::metrics::LATENCY_BUCKETS + 1],
+    /// Snapshots received from a leader and installed.
+    pub installed: u64,
+    pub installed_bytes: u64,
+    /// Time spent receiving and restoring the installed snapshots.
+    pub install_nanos: u64,
+}
+
+impl SnapshotCounters {
+    /// Returns the growth from `earlier` to `self`.
+    pub fn since(&self, earlier: &SnapshotCounters) -> SnapshotCounters {
+        let mut creation_buckets = self.creation_buckets;
+        for (bucket, earlier) in creation_buckets.iter_mut().zip(earlier.creation_buckets) {
+            *bucket = bucket.saturating_sub(earlier);
+        }
+        SnapshotCounters {
+            taken: self.taken.saturating_sub(earlier.taken),
+            failed: self.failed.saturating_sub(earlier.failed),
+            creation_nanos: self.creation_nanos.saturating_sub(earlier.creation_nanos),
+            creation_buckets,
+            installed: self.installed.saturating_sub(earlier.installed),
+            installed_bytes: self.installed_bytes.saturating_sub(earlier.installed_bytes),
+            install_nanos: self.install_nanos.saturating_sub(earlier.install_nanos),
+        }
     }
 }
 
@@ -96,6 +160,8 @@ pub struct CounterSample {
     /// Per write stage (by name, `total` last), the bucket counts of the leaders' stage
     /// histograms summed over every node.
     pub write_stages: Option<Vec<StageSample>>,
+    /// Snapshots taken and installed on all replicas.
+    pub snapshots: Option<SnapshotCounters>,
 }
 
 impl CounterSample {
@@ -119,6 +185,10 @@ impl CounterSample {
                 .as_ref()
                 .zip(earlier.write_stages.as_ref())
                 .map(|(now, then)| stage_growth(now, then)),
+            snapshots: self
+                .snapshots
+                .zip(earlier.snapshots)
+                .map(|(now, then)| now.since(&then)),
         }
     }
 }
@@ -181,6 +251,20 @@ impl OperationStats {
         self.refused + self.indeterminate
     }
 
+    /// Counts one completion: its latency when it succeeded.
+    fn count(&mut self, outcome: &RecordedOutcome, timing: Timing) {
+        match outcome {
+            RecordedOutcome::Written | RecordedOutcome::Read(_) => {
+                self.ok += 1;
+                let nanos = timing.ended.saturating_duration_since(timing.intended);
+                let nanos = u64::try_from(nanos.as_nanos()).unwrap_or(u64::MAX);
+                self.latency_nanos.saturating_record(nanos.max(1));
+            }
+            RecordedOutcome::Refused => self.refused += 1,
+            RecordedOutcome::Indeterminate => self.indeterminate += 1,
+        }
+    }
+
     fn add(&mut self, other: &OperationStats) {
         self.ok += other.ok;
         self.refused += other.refused;
@@ -196,6 +280,10 @@ impl OperationStats {
 pub struct PointStats {
     pub write: OperationStats,
     pub read: OperationStats,
+    /// The writes that ran while the target was taking a snapshot (one was in progress
+    /// when the write started, or one began before it ended); a subset of `write`. Empty
+    /// when the target's snapshot activity cannot be read.
+    pub write_during_snapshot: OperationStats,
     /// Open loop: measured operations that found every slot busy when they were due.
     pub late: u64,
     /// When the last measured operation completed.
@@ -207,6 +295,7 @@ impl PointStats {
     pub fn add(&mut self, other: &PointStats) {
         self.write.add(&other.write);
         self.read.add(&other.read);
+        self.write_during_snapshot.add(&other.write_during_snapshot);
         self.late += other.late;
         self.last_completion = self.last_completion.max(other.last_completion);
     }
@@ -250,6 +339,9 @@ pub struct PointMeasurement {
     /// The target's bytes on disk, sampled every [`DISK_SAMPLE_INTERVAL`] from the start
     /// of the point, warm-up included, and once at its end.
     pub disk_usage: Vec<DiskSample>,
+    /// Whether the writes were split by the target's snapshot activity, so that
+    /// [`PointStats::write_during_snapshot`] is meaningful.
+    pub snapshot_split: bool,
 }
 
 /// The share of a point that one load thread runs.
@@ -351,6 +443,7 @@ struct Recorder {
     /// long `--check` run at a high rate needs memory in proportion.
     history: Option<RefCell<Vec<RecordedOperation>>>,
     value_bytes: usize,
+    snapshot_probe: Option<SnapshotProbe>,
 }
 
 /// The timing of one completed operation.
@@ -359,9 +452,15 @@ struct Timing {
     intended: Instant,
     started: Instant,
     ended: Instant,
+    /// The target's snapshot activity when the operation started, when it can be read.
+    snapshots_at_start: Option<SnapshotActivityMark>,
 }
 
 impl Recorder {
+    fn snapshot_mark(&self) -> Option<SnapshotActivityMark> {
+        self.snapshot_probe.as_ref().map(SnapshotProbe::read)
+    }
+
     fn record(
         &self,
         operation: &PlannedOperation,
@@ -372,20 +471,19 @@ impl Recorder {
     ) {
         let outcome = outcome_of(operation, result, self.value_bytes);
         if measured {
+            let during_snapshot = matches!(operation.request, Request::Put { .. })
+                && timing
+                    .snapshots_at_start
+                    .zip(self.snapshot_mark())
+                    .is_some_and(|(start, end)| start.overlaps(end));
             let mut stats = lock(&self.stats);
             let kind = match operation.request {
                 Request::Put { .. } => &mut stats.write,
                 Request::Get { .. } => &mut stats.read,
             };
-            match outcome {
-                RecordedOutcome::Written | RecordedOutcome::Read(_) => {
-                    kind.ok += 1;
-                    let nanos = timing.ended.saturating_duration_since(timing.intended);
-                    let nanos = u64::try_from(nanos.as_nanos()).unwrap_or(u64::MAX);
-                    kind.latency_nanos.saturating_record(nanos.max(1));
-                }
-                RecordedOutcome::Refused => kind.refused += 1,
-                RecordedOutcome::Indeterminate => kind.indeterminate += 1,
+            kind.count(&outcome, timing);
+            if during_snapshot {
+                stats.write_during_snapshot.count(&outcome, timing);
             }
             stats.last_completion = stats.last_completion.max(Some(timing.ended));
         }
@@ -472,6 +570,7 @@ where
     let threads = plans.len();
     let stats: Vec<SharedStats> = plans.iter().map(|_| SharedStats::default()).collect();
     let tickets = Arc::new(AtomicU64::new(0));
+    let snapshot_probe = counters.snapshot_probe();
     let (ready_sender, ready) = flume::unbounded();
     let (done_sender, done) = flume::unbounded();
     let mut go_senders = Vec::with_capacity(threads);
@@ -484,6 +583,7 @@ where
             workload: Arc::clone(workload),
             plan,
             stats: Arc::clone(stats),
+            snapshot_probe: snapshot_probe.clone(),
             tickets: Arc::clone(&tickets),
             ready: ready_sender.clone(),
             go,
@@ -537,6 +637,7 @@ where
         load_threads: threads,
         sessions,
         disk_usage,
+        snapshot_split: snapshot_probe.is_some(),
     })
 }
 
@@ -727,6 +828,7 @@ struct ThreadContext<T> {
     workload: Arc<Workload>,
     plan: ThreadPlan,
     stats: SharedStats,
+    snapshot_probe: Option<SnapshotProbe>,
     tickets: Arc<AtomicU64>,
     ready: flume::Sender<anyhow::Result<usize>>,
     go: flume::Receiver<Option<Instant>>,
@@ -743,6 +845,7 @@ where
         workload,
         plan,
         stats,
+        snapshot_probe,
         tickets,
         ready,
         go,
@@ -766,6 +869,7 @@ where
         stats,
         history: workload.checks().then(|| RefCell::new(Vec::new())),
         value_bytes: workload.value_bytes,
+        snapshot_probe,
     });
     let window = Window::new(origin, &workload, &tickets);
     let keys = KeyChooser::new(&workload)?;
@@ -865,11 +969,13 @@ async fn closed_loop_client<S: Session>(
         let Some(measured) = window.admit(started) else {
             return;
         };
+        let snapshots_at_start = recorder.snapshot_mark();
         let result = session.execute(&operation.request).await;
         let timing = Timing {
             intended: started,
             started,
             ended: Instant::now(),
+            snapshots_at_start,
         };
         recorder.record(&operation, process, timing, measured, &result);
     }
@@ -917,11 +1023,13 @@ async fn run_open_loop<S: Session + 'static>(
         let idle = Rc::clone(&idle);
         glommio::spawn_local(async move {
             let started = Instant::now();
+            let snapshots_at_start = recorder.snapshot_mark();
             let result = session.execute(&operation.request).await;
             let timing = Timing {
                 intended,
                 started,
                 ended: Instant::now(),
+                snapshots_at_start,
             };
             recorder.record(&operation, process, timing, measured, &result);
             idle.borrow_mut().push(slot);
@@ -1207,12 +1315,24 @@ mod tests {
             fdatasyncs: Some(10),
             log_entries: None,
             write_stages: Some(vec![stage_sample(&[(0, 2), (3, 1)], 10_000)]),
+            snapshots: Some(SnapshotCounters {
+                taken: 2,
+                creation_nanos: 5_000,
+                installed_bytes: 100,
+                ..SnapshotCounters::default()
+            }),
         };
         let after = CounterSample {
             cpu: Some(Duration::from_secs(3)),
             fdatasyncs: Some(25),
             log_entries: Some(7),
             write_stages: Some(vec![stage_sample(&[(0, 5), (3, 1)], 13_000)]),
+            snapshots: Some(SnapshotCounters {
+                taken: 5,
+                creation_nanos: 9_000,
+                installed_bytes: 100,
+                ..SnapshotCounters::default()
+            }),
         };
 
         let growth = after.since(&before);
@@ -1224,6 +1344,65 @@ mod tests {
             growth.write_stages,
             Some(vec![stage_sample(&[(0, 3)], 3_000)])
         );
+        let snapshots = growth.snapshots.unwrap();
+        assert_eq!(snapshots.taken, 3);
+        assert_eq!(snapshots.creation_nanos, 4_000);
+        assert_eq!(snapshots.installed_bytes, 0);
+    }
+
+    /// Counters whose snapshot probe shows a snapshot in progress until `until`.
+    struct SnapshotUntil {
+        until: Instant,
+    }
+
+    impl ServerCounters for SnapshotUntil {
+        fn sample(&self) -> anyhow::Result<CounterSample> {
+            Ok(CounterSample::default())
+        }
+
+        fn cpu_scope(&self) -> &'static str {
+            "none"
+        }
+
+        fn snapshot_probe(&self) -> Option<SnapshotProbe> {
+            let until = self.until;
+            Some(SnapshotProbe::new(move || SnapshotActivityMark {
+                begun: 1,
+                ended: u64::from(Instant::now() >= until),
+            }))
+        }
+    }
+
+    #[test]
+    fn writes_during_a_snapshot_are_split_out() {
+        let workload = workload(&["--clients", "2", "--operations", "40", "--warmup", "0"]);
+        // Each client's first write stalls 60 ms; the snapshot ends 30 ms after the start, so
+        // only those two writes started while it was in progress.
+        let target = Arc::new(StallingTarget::new(
+            2,
+            Duration::from_millis(60),
+            Duration::ZERO,
+        ));
+        let counters = SnapshotUntil {
+            until: Instant::now() + Duration::from_millis(30),
+        };
+        let mut progress = Progress::new(ProgressStyle::Off, String::new());
+        let level = workload.points[0];
+
+        let measurement =
+            run_point(&target, &counters, &workload, 0, level, &mut progress).unwrap();
+
+        let stats = &measurement.stats;
+        assert!(measurement.snapshot_split);
+        assert_eq!(stats.write.ok, 40);
+        assert_eq!(stats.write_during_snapshot.ok, 2);
+        assert!(stats.write_during_snapshot.latency_nanos.min() >= 60_000_000);
+        let mut outside = stats.write.latency_nanos.clone();
+        outside
+            .subtract(&stats.write_during_snapshot.latency_nanos)
+            .unwrap();
+        assert_eq!(outside.len(), 38);
+        assert!(outside.max() < 60_000_000, "max {}", outside.max());
     }
 
     fn stage_sample(counts: &[(usize, u64)], sum_nanos: u64) -> StageSample {

@@ -93,14 +93,28 @@ fn run_embedded(workload: &Arc<Workload>) -> anyhow::Result<RunOutcome> {
         host.device_sync_4k = Some(host::measure_device_sync_4k(&spec.dir)?);
     }
 
-    let cluster = EmbeddedCluster::start(spec)?;
+    let mut cluster = EmbeddedCluster::start(spec)?;
     let data_dir = cluster.data_dir().map(|dir| match &mount {
         Some(mount) => format!("{} ({mount}), removed after the run", dir.display()),
         None => dir.display().to_string(),
     });
     let target = Arc::new(cluster.target());
-    let outcome = run_points(&target, &cluster, workload, host, data_dir);
+    let mut outcome = run_points(&target, &cluster, workload, host, data_dir);
     drop(target);
+    if let (true, Ok(outcome)) = (spec.measure_install, &mut outcome) {
+        let measured = cluster.measure_snapshot_install();
+        match measured {
+            Ok(install) => {
+                let install = summary::install_result(&install);
+                summary::print_install(&install);
+                outcome.result.snapshot_install = Some(install);
+            }
+            Err(error) => {
+                let _ = cluster.shutdown();
+                return Err(error.context("measuring the snapshot installs failed"));
+            }
+        }
+    }
     let stopped = cluster.shutdown();
     let outcome = outcome?;
     stopped?;
@@ -200,6 +214,7 @@ where
         host,
         target: facts,
         points,
+        snapshot_install: None,
     };
     Ok(RunOutcome { result, failures })
 }

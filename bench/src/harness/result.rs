@@ -53,6 +53,29 @@ pub struct RunResult {
     pub target: TargetFacts,
     /// One entry per load level, in the order they ran; a run without a sweep has one.
     pub points: Vec<PointResult>,
+    /// With `--measure-install`: a node restarted on an empty disk after the last point,
+    /// and the snapshot installs that brought it back.
+    #[serde(default)]
+    pub snapshot_install: Option<SnapshotInstallResult>,
+}
+
+/// A node brought back from an empty disk after the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotInstallResult {
+    pub node_id: u64,
+    /// Groups the node caught up with.
+    pub groups: u32,
+    /// Snapshots it installed; the other groups replayed their log.
+    pub snapshots_installed: u64,
+    /// Bytes of state machine data installed.
+    pub installed_bytes: u64,
+    /// Time spent receiving and restoring the snapshots, summed over the groups.
+    pub install_secs: f64,
+    /// Installed bytes per second of `install_secs`; `None` without installs.
+    pub install_bytes_per_sec: Option<f64>,
+    /// From the restart until every group had applied what the cluster had committed when
+    /// the node stopped.
+    pub catch_up_secs: f64,
 }
 
 /// The machine the harness ran on.
@@ -111,6 +134,51 @@ pub struct PointResult {
     /// see the target's files (memory storage, remote targets).
     #[serde(default)]
     pub disk_usage: Vec<DiskUsageSample>,
+    /// Snapshots taken and installed on all replicas during the measured part, and the
+    /// writes that ran while one was being taken; `None` when the target does not report
+    /// snapshots.
+    #[serde(default)]
+    pub snapshots: Option<SnapshotResult>,
+}
+
+/// The snapshots of one point's measured part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotResult {
+    /// Snapshots taken and stored durably, on all replicas.
+    pub taken: u64,
+    /// Snapshots whose creation or storing failed.
+    pub failed: u64,
+    /// Creation time (from taking the state machine's view to the durable store), summed
+    /// over the taken snapshots.
+    pub creation_nanos_sum: u64,
+    /// Upper bound of the engine's histogram bucket that contains the longest creation. The
+    /// buckets are 1, 2.5 and 5 per decade, so this is an upper bound, not the exact time.
+    /// `None` when no snapshot was taken or the longest took over the last bound (10 s).
+    pub creation_max_bound_secs: Option<f64>,
+    /// Snapshots received from a leader and installed.
+    pub installed: u64,
+    /// Bytes of state machine data installed.
+    pub installed_bytes: u64,
+    /// Time spent receiving and restoring the installed snapshots.
+    pub install_nanos: u64,
+    /// The writes that ran while a snapshot was being taken somewhere in the cluster: one
+    /// was in progress when the write started, or one began before it ended. A subset of
+    /// the point's writes; `None` when the target's activity cannot be read per request.
+    pub writes_during: Option<OperationResult>,
+}
+
+impl SnapshotResult {
+    /// Mean creation time in seconds, `None` when no snapshot was taken.
+    pub fn creation_mean_secs(&self) -> Option<f64> {
+        (self.taken > 0).then(|| self.creation_nanos_sum as f64 / 1e9 / self.taken as f64)
+    }
+
+    /// Installed bytes per second of receiving and restoring, `None` without installs.
+    pub fn install_bytes_per_sec(&self) -> Option<f64> {
+        (self.installed > 0 && self.install_nanos > 0)
+            .then(|| self.installed_bytes as f64 / (self.install_nanos as f64 / 1e9))
+    }
 }
 
 /// The bytes a target's data occupied on disk at one moment.

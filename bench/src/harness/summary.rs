@@ -11,12 +11,13 @@ use hdrhistogram::Histogram;
 
 use shardraft::metrics::STAGE_BUCKET_BOUNDS_NANOS;
 
-use super::load::{OperationStats, PointMeasurement, StageSample};
+use super::load::{OperationStats, PointMeasurement, PointStats, StageSample};
 use super::result::LatencyQuantiles;
 use super::result::{
     CheckResult, DiskUsageSample, EncodedHistogram, HostFacts, OperationResult, PointResult,
-    StageResult,
+    SnapshotInstallResult, SnapshotResult, StageResult,
 };
+use super::target::embedded::InstallMeasurement;
 use super::target::{ReadMode, TargetFacts};
 use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
 
@@ -90,7 +91,34 @@ pub fn point_result(
                 bytes: sample.bytes,
             })
             .collect(),
+        snapshots: snapshot_result(measurement, elapsed_secs),
     }
+}
+
+fn snapshot_result(measurement: &PointMeasurement, elapsed_secs: f64) -> Option<SnapshotResult> {
+    let counters = measurement.counters.snapshots?;
+    let creation_max_bound_secs = counters
+        .creation_buckets
+        .iter()
+        .rposition(|count| *count > 0)
+        .and_then(|bucket| {
+            shardraft::metrics::LATENCY_BUCKET_BOUNDS_SECONDS
+                .get(bucket)
+                .copied()
+        });
+    let writes_during = &measurement.stats.write_during_snapshot;
+    Some(SnapshotResult {
+        taken: counters.taken,
+        failed: counters.failed,
+        creation_nanos_sum: counters.creation_nanos,
+        creation_max_bound_secs,
+        installed: counters.installed,
+        installed_bytes: counters.installed_bytes,
+        install_nanos: counters.install_nanos,
+        writes_during: measurement
+            .snapshot_split
+            .then(|| operation_result(writes_during, elapsed_secs)),
+    })
 }
 
 fn operation_result(stats: &OperationStats, elapsed_secs: f64) -> OperationResult {
@@ -223,6 +251,9 @@ pub fn print_point(
     }
     print_counters(point, stats.ok() + stats.errors(), cpu_scope);
     print_disk_usage(&point.disk_usage);
+    if let Some(snapshots) = &point.snapshots {
+        print_snapshots(snapshots, stats);
+    }
     print_stages(point);
     if let Some(check) = &point.check {
         print_check(check);
@@ -252,6 +283,106 @@ fn print_operation(name: &str, stats: &OperationStats, elapsed_secs: f64) {
             format_micros(quantiles.p999_micros),
             format_micros(quantiles.max_micros)
         );
+    }
+}
+
+/// Prints the snapshots of a point and the write latency with and without one being taken.
+fn print_snapshots(snapshots: &SnapshotResult, stats: &PointStats) {
+    let creation = match (
+        snapshots.creation_mean_secs(),
+        snapshots.creation_max_bound_secs,
+    ) {
+        (Some(mean), Some(bound)) => format!(
+            " (creation mean {}, longest at most {})",
+            format_micros(mean * 1e6),
+            format_micros(bound * 1e6)
+        ),
+        (Some(mean), None) => format!(
+            " (creation mean {}, longest over 10 s)",
+            format_micros(mean * 1e6)
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "  snapshot {} taken{creation}, {} failed, {} installed",
+        snapshots.taken, snapshots.failed, snapshots.installed
+    );
+    if let Some(rate) = snapshots.install_bytes_per_sec() {
+        println!(
+            "           installs: {:.1} MiB at {:.1} MiB/s of receiving and restoring",
+            snapshots.installed_bytes as f64 / MIB,
+            rate / MIB
+        );
+    }
+    if snapshots.writes_during.is_none() {
+        return;
+    }
+    let during = &stats.write_during_snapshot.latency_nanos;
+    let mut outside = stats.write.latency_nanos.clone();
+    // `during` contains a subset of the writes, recorded with the same range.
+    let _ = outside.subtract(during);
+    let share = if stats.write.ok > 0 {
+        100.0 * stats.write_during_snapshot.ok as f64 / stats.write.ok as f64
+    } else {
+        0.0
+    };
+    for (label, histogram) in [("while one was taken", during), ("otherwise", &outside)] {
+        let Some(quantiles) = LatencyQuantiles::from_histogram_nanos(histogram) else {
+            println!("           writes {label}: none");
+            continue;
+        };
+        let count = if label == "otherwise" {
+            String::new()
+        } else {
+            format!(" ({} writes, {share:.1}%)", quantiles.samples)
+        };
+        println!(
+            "           writes {label}{count}: p50 {}, p99 {}, p99.9 {}",
+            format_micros(quantiles.p50_micros),
+            format_micros(quantiles.p99_micros),
+            format_micros(quantiles.p999_micros)
+        );
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Builds the result of a node's restart on an empty disk.
+pub fn install_result(install: &InstallMeasurement) -> SnapshotInstallResult {
+    let install_secs = install.install_time.as_secs_f64();
+    SnapshotInstallResult {
+        node_id: install.node_id,
+        groups: install.groups,
+        snapshots_installed: install.snapshots_installed,
+        installed_bytes: install.installed_bytes,
+        install_secs,
+        install_bytes_per_sec: (install.snapshots_installed > 0 && install_secs > 0.0)
+            .then(|| install.installed_bytes as f64 / install_secs),
+        catch_up_secs: install.catch_up_time.as_secs_f64(),
+    }
+}
+
+/// Prints what bringing a node back from an empty disk took.
+pub fn print_install(install: &SnapshotInstallResult) {
+    println!();
+    println!(
+        "snapshot install: node {} restarted on an empty disk and caught up with {} group(s) \
+         in {:.2} s",
+        install.node_id, install.groups, install.catch_up_secs
+    );
+    match install.install_bytes_per_sec {
+        Some(rate) => println!(
+            "  installed {} snapshot(s), {:.1} MiB in {:.2} s of receiving and restoring: \
+             {:.1} MiB/s",
+            install.snapshots_installed,
+            install.installed_bytes as f64 / MIB,
+            install.install_secs,
+            rate / MIB
+        ),
+        None => println!(
+            "  installed no snapshot: every group still had its whole log, so the node \
+             replayed it (run longer, or with more keys, for logs to be compacted)"
+        ),
     }
 }
 

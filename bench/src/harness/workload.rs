@@ -192,6 +192,12 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub snapshots: Option<SnapshotsArg>,
 
+    /// After the last point, replace one node's data directory of the embedded cluster with
+    /// an empty one, restart the node, and measure the snapshot installs that bring it back:
+    /// MiB/s and the time until it caught up. Needs disk storage with snapshots on.
+    #[arg(long)]
+    pub measure_install: bool,
+
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
     #[arg(long, value_name = "OPS")]
@@ -308,6 +314,9 @@ pub struct ClusterSpec {
     pub durability: Durability,
     /// Whether groups take snapshots and compact their logs.
     pub snapshots: bool,
+    /// Whether a node is restarted on an empty disk after the last point, to measure the
+    /// snapshot installs that bring it back.
+    pub measure_install: bool,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -419,6 +428,7 @@ impl RunArgs {
                 ("--storage", self.storage.is_some()),
                 ("--sync", self.sync.is_some()),
                 ("--snapshots", self.snapshots.is_some()),
+                ("--measure-install", self.measure_install),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -454,11 +464,20 @@ impl RunArgs {
             .dir
             .clone()
             .unwrap_or_else(crate::wal::environment::default_data_dir);
+        let snapshots = self.snapshots != Some(SnapshotsArg::Off);
+        if self.measure_install {
+            ensure!(
+                snapshots && durability != Durability::Memory,
+                "--measure-install needs --storage disk and snapshots on: a node restarted on \
+                 an empty disk catches up through snapshots only when the leaders take them"
+            );
+        }
         Ok(Some(ClusterSpec {
             groups,
             shards,
             durability,
-            snapshots: self.snapshots != Some(SnapshotsArg::Off),
+            snapshots,
+            measure_install: self.measure_install,
             dir,
         }))
     }
@@ -1108,6 +1127,22 @@ mod tests {
             message.contains("--snapshots applies to --target embedded only"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn measure_install_needs_disk_and_snapshots() {
+        let spec = validate(&["--measure-install"]).unwrap().cluster.unwrap();
+        assert!(spec.measure_install);
+        for args in [
+            &["--measure-install", "--storage", "memory"][..],
+            &["--measure-install", "--snapshots", "off"][..],
+        ] {
+            let message = error_of(args);
+            assert!(
+                message.contains("--measure-install needs --storage disk and snapshots on"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -145,6 +145,57 @@ impl Config {
     }
 }
 
+/// The settings of [`Config`] that bound how a leader batches and pipelines entries to its
+/// followers. They change nothing about safety, so a leader may change them while it runs
+/// ([`RaftNode::set_replication_limits`](crate::RaftNode::set_replication_limits)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicationLimits {
+    pub max_entries_per_message: usize,
+    pub max_bytes_per_message: u64,
+    pub max_inflight_messages: usize,
+    pub max_inflight_bytes: u64,
+}
+
+impl ReplicationLimits {
+    /// Checks that every limit is at least 1.
+    ///
+    /// # Errors
+    /// The first limit that is 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = [
+            (
+                "max_entries_per_message",
+                self.max_entries_per_message as u64,
+            ),
+            ("max_bytes_per_message", self.max_bytes_per_message),
+            ("max_inflight_messages", self.max_inflight_messages as u64),
+            ("max_inflight_bytes", self.max_inflight_bytes),
+        ];
+        for (name, value) in limits {
+            if value == 0 {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    allowed: "at least 1",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Returns the replication limits of this config.
+    pub fn replication_limits(&self) -> ReplicationLimits {
+        ReplicationLimits {
+            max_entries_per_message: self.max_entries_per_message,
+            max_bytes_per_message: self.max_bytes_per_message,
+            max_inflight_messages: self.max_inflight_messages,
+            max_inflight_bytes: self.max_inflight_bytes,
+        }
+    }
+}
+
 /// A setting of [`Config`] out of its range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {

@@ -50,7 +50,7 @@ mod reads;
 mod replication;
 mod types;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ReplicationLimits};
 pub use message::{AppendOutcome, Message, MessageBody};
 pub use node::{
     CompactError, MembershipChangeError, NewNodeError, ProposalId, ProposeError, RaftNode,

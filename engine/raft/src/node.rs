@@ -28,7 +28,7 @@ use alloc::vec::Vec;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReplicationLimits};
 use crate::log::RaftLog;
 use crate::membership::MembershipLog;
 use crate::message::{Message, MessageBody};
@@ -542,6 +542,26 @@ impl RaftNode {
     /// The target of the leadership transfer in progress, if any.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer_target
+    }
+
+    /// Returns the replication limits in force.
+    pub fn replication_limits(&self) -> ReplicationLimits {
+        self.config.replication_limits()
+    }
+
+    /// Replaces the limits on entries and bytes per `AppendEntries` and in flight per
+    /// follower. Messages already in flight stay as they are; the next ones follow the new
+    /// limits.
+    ///
+    /// # Errors
+    /// A limit of 0; the old limits stay in force.
+    pub fn set_replication_limits(&mut self, limits: ReplicationLimits) -> Result<(), ConfigError> {
+        limits.validate()?;
+        self.config.max_entries_per_message = limits.max_entries_per_message;
+        self.config.max_bytes_per_message = limits.max_bytes_per_message;
+        self.config.max_inflight_messages = limits.max_inflight_messages;
+        self.config.max_inflight_bytes = limits.max_inflight_bytes;
+        Ok(())
     }
 
     /// Advances logical time by one tick: election timeouts at followers, heartbeats and

@@ -66,6 +66,16 @@ impl LatencyHistogram {
         self.bucket_counts.iter().sum()
     }
 
+    /// Sum of all observations in nanoseconds.
+    pub fn sum_nanos(&self) -> u64 {
+        self.sum_nanos
+    }
+
+    /// Observations per bucket, not cumulative, with the overflow bucket last.
+    pub fn bucket_counts(&self) -> [u64; LATENCY_BUCKETS + 1] {
+        self.bucket_counts
+    }
+
     /// Sum of all observations in seconds.
     pub fn sum_seconds(&self) -> f64 {
         self.sum_nanos as f64 / 1e9

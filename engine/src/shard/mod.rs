@@ -53,7 +53,7 @@ use crate::metrics::{
 };
 use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
 use crate::signal::Signal;
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SnapshotActivity, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::transport::wire::GroupMessage;
 use crate::transport::{Transport, TransportEvent, TransportSettings};
@@ -94,6 +94,8 @@ pub(crate) struct ShardParams<S: StateMachine> {
     pub ready: flume::Sender<Result<(), NodeError>>,
     /// The node's book of member addresses, shared by its shards.
     pub addresses: Arc<AddressBook>,
+    /// Counts of snapshots begun and ended, shared by the node's shards.
+    pub snapshot_activity: Arc<SnapshotActivity>,
 }
 
 /// Capacity of the loop's event queue; producers wait while it is full.
@@ -231,7 +233,7 @@ where
             turn_started_at: Instant::now(),
             marked_groups: Vec::new(),
             write_stages: WriteStageLatencies::default(),
-            snapshots: ShardSnapshots::new(store),
+            snapshots: ShardSnapshots::new(store, Arc::clone(&params.snapshot_activity)),
             catch_up_marks,
             membership_waits: membership::MembershipWaits::default(),
             addresses: Arc::clone(&params.addresses),

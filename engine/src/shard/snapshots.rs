@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardraft_raft::{
@@ -35,7 +36,8 @@ use crate::config::SnapshotConfig;
 use crate::log::{GroupId, Log, LogStore, WriteBatch};
 use crate::node::NodeError;
 use crate::snapshot::{
-    self, SnapshotError, SnapshotFile, SnapshotStats, SnapshotStore, StoredSnapshot,
+    self, SnapshotActivity, SnapshotError, SnapshotFile, SnapshotStats, SnapshotStore,
+    StoredSnapshot,
 };
 use crate::state_machine::{Snapshot, SnapshotView, StateMachine};
 use crate::transport::{ReceivedSnapshot, SnapshotSent, Transport};
@@ -67,10 +69,20 @@ pub(super) struct ShardSnapshots {
     /// When a transfer of each group's snapshot last failed; the leader retries it soon and
     /// resumes only if the snapshot is still the same.
     failed_at: BTreeMap<GroupId, Instant>,
+    /// The node-wide counts of snapshots begun and ended.
+    activity: Arc<SnapshotActivity>,
+    /// The task queue that snapshots are built and stored in. It has fewer shares than the
+    /// shard's loop, so a large state is serialized mostly while the loop is idle.
+    background: glommio::TaskQueueHandle,
 }
 
+/// Shares of the snapshot task queue against the default queue's 1000: under full load the
+/// snapshot gets about a sixth of the executor, so that it still completes while writes go
+/// on.
+const BACKGROUND_SHARES: usize = 200;
+
 impl ShardSnapshots {
-    pub fn new(store: Rc<SnapshotStore>) -> ShardSnapshots {
+    pub fn new(store: Rc<SnapshotStore>, activity: Arc<SnapshotActivity>) -> ShardSnapshots {
         ShardSnapshots {
             store,
             stats: SnapshotStats::default(),
@@ -79,6 +91,12 @@ impl ShardSnapshots {
             sending: BTreeSet::new(),
             building: BTreeSet::new(),
             failed_at: BTreeMap::new(),
+            activity,
+            background: glommio::executor().create_task_queue(
+                glommio::Shares::Static(BACKGROUND_SHARES),
+                glommio::Latency::NotImportant,
+                "snapshots",
+            ),
         }
     }
 
@@ -104,6 +122,16 @@ impl ShardSnapshots {
             .range((group, NodeId(0))..)
             .next()
             .is_some_and(|(sending, _)| *sending == group)
+    }
+}
+
+impl Drop for ShardSnapshots {
+    /// Ends the snapshots still being built, whose tasks stop with the shard, so that the
+    /// node's activity counts do not show them in progress forever.
+    fn drop(&mut self) {
+        for _ in &self.building {
+            self.activity.end();
+        }
     }
 }
 
@@ -260,6 +288,7 @@ where
             }
             replica.applied_since_snapshot = Default::default();
             self.snapshots.building.insert(*group);
+            self.snapshots.activity.begin();
             let group = *group;
             let store = Rc::clone(&self.snapshots.store);
             let events = self.events.clone();
@@ -275,7 +304,19 @@ where
                     result,
                 }));
             };
-            glommio::spawn_local(task).detach();
+            match glommio::spawn_local_into(task, self.snapshots.background) {
+                Ok(task) => {
+                    task.detach();
+                }
+                Err(error) => {
+                    // The queue belongs to this executor, so this is not expected. The
+                    // group's next trigger tries again.
+                    self.snapshots.building.remove(&group);
+                    self.snapshots.activity.end();
+                    self.snapshots.stats.failed += 1;
+                    tracing::error!(%error, "starting a snapshot task failed");
+                }
+            }
         }
     }
 
@@ -290,7 +331,9 @@ where
         group: GroupId,
         result: Result<(StoredSnapshot, Duration), SnapshotError>,
     ) {
-        self.snapshots.building.remove(&group);
+        if self.snapshots.building.remove(&group) {
+            self.snapshots.activity.end();
+        }
         let Some(replica) = self.replicas.get_mut(&group) else {
             return;
         };

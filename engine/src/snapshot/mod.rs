@@ -16,6 +16,7 @@
 pub mod file;
 mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,12 +31,15 @@ use crate::log::GroupId;
 use crate::metrics::LatencyHistogram;
 use crate::state_machine::SnapshotView;
 
-/// Bytes serialized or checksummed per step before the task yields.
-pub const SERIALIZE_STEP_BYTES: usize = 256 * 1024;
+/// Bytes serialized or checksummed per step, between which the task yields when the
+/// executor's preemption timer has fired.
+pub const SERIALIZE_STEP_BYTES: usize = 64 * 1024;
 
-/// Serializes `view` as the snapshot of `group` at `meta` into a whole snapshot file,
-/// yielding to the executor after every [`SERIALIZE_STEP_BYTES`], so that the shard's loop
-/// keeps running between steps.
+/// Serializes `view` as the snapshot of `group` at `meta` into a whole snapshot file, in
+/// steps of [`SERIALIZE_STEP_BYTES`]. Between steps it yields whenever the executor wants
+/// to preempt it, so that the executor polls for I/O and runs the shard's other task
+/// queues; an unconditional yield would keep the executor in this task queue, without
+/// polling, until its preemption timer fired.
 pub async fn build_file<V: SnapshotView>(
     group: GroupId,
     meta: &SnapshotMeta,
@@ -45,18 +49,70 @@ pub async fn build_file<V: SnapshotView>(
     file::encode_header(group, meta, 0, &mut out);
     let data_start = out.len();
     while !view.serialize_step(&mut out, SERIALIZE_STEP_BYTES) {
-        futures_lite::future::yield_now().await;
+        glommio::yield_if_needed().await;
     }
     let data_length = (out.len() - data_start) as u64;
     let length_at = file::data_length_offset(meta);
     out[length_at..length_at + 8].copy_from_slice(&data_length.to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
-    for chunk in out.chunks(SERIALIZE_STEP_BYTES * 16) {
+    for chunk in out.chunks(SERIALIZE_STEP_BYTES * 4) {
         hasher.update(chunk);
-        futures_lite::future::yield_now().await;
+        glommio::yield_if_needed().await;
     }
     file::finish(&mut out, hasher.finalize());
     Bytes::from(out)
+}
+
+/// Counts of the snapshots a node's shards began and ended taking, shared with the
+/// application through [`NodeHandle::snapshot_activity`](crate::node::NodeHandle::snapshot_activity).
+/// A load generator reads a [`SnapshotActivityMark`] before and after each request to tell
+/// whether a snapshot was being taken while the request ran.
+#[derive(Debug, Default)]
+pub struct SnapshotActivity {
+    begun: AtomicU64,
+    ended: AtomicU64,
+}
+
+/// The counts of a [`SnapshotActivity`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotActivityMark {
+    /// Snapshots whose view was taken.
+    pub begun: u64,
+    /// Snapshots stored durably or failed.
+    pub ended: u64,
+}
+
+impl SnapshotActivity {
+    /// Records that a shard took a snapshot's view and starts serializing it.
+    pub fn begin(&self) {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that a snapshot begun with [`SnapshotActivity::begin`] was stored or failed.
+    pub fn end(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads both counts. `ended` is read first, so a mark never shows more ended than begun.
+    pub fn mark(&self) -> SnapshotActivityMark {
+        let ended = self.ended.load(Ordering::Acquire);
+        let begun = self.begun.load(Ordering::Acquire);
+        SnapshotActivityMark { begun, ended }
+    }
+}
+
+impl SnapshotActivityMark {
+    /// Adds the counts of `other` (another node's), for a cluster-wide mark.
+    pub fn add(&mut self, other: SnapshotActivityMark) {
+        self.begun += other.begun;
+        self.ended += other.ended;
+    }
+
+    /// Whether a snapshot was being taken at some moment between this mark and `later`: one
+    /// was in progress at this mark, or one began after it.
+    pub fn overlaps(self, later: SnapshotActivityMark) -> bool {
+        self.begun > self.ended || later.begun > self.begun
+    }
 }
 
 /// Counters of the snapshots one shard took and installed.

@@ -37,6 +37,9 @@ use crate::log::GroupId;
 /// Bytes written per call when storing a snapshot file.
 const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
+/// Bytes of a snapshot file written between two fdatasyncs while it is stored.
+const SYNC_INTERVAL_BYTES: usize = 4 << 20;
+
 /// A snapshot stored durably.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSnapshot {
@@ -744,6 +747,7 @@ async fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         .await
         .map_err(|error| io_error("creating", path, error))?;
     let mut offset = 0;
+    let mut unsynced_bytes = 0;
     while offset < bytes.len() {
         let end = (offset + WRITE_CHUNK_BYTES).min(bytes.len());
         let written = file
@@ -754,6 +758,16 @@ async fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
             return Err(io_error("writing", path, "the write made no progress"));
         }
         offset += written;
+        unsynced_bytes += written;
+        // Syncing as the file grows keeps the device's queue short. One sync of the whole
+        // file at the end would put all of it in front of the write-ahead log's next
+        // fdatasync, which then waits for the whole file to reach the disk.
+        if unsynced_bytes >= SYNC_INTERVAL_BYTES {
+            file.fdatasync()
+                .await
+                .map_err(|error| io_error("syncing", path, error))?;
+            unsynced_bytes = 0;
+        }
     }
     file.fdatasync()
         .await

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use super::histogram::TOTAL_COUNT_MAX;
 use super::{
     CheckResult, EncodedHistogram, OperationResult, PointResult, RESULT_SCHEMA_VERSION,
-    ResultError, RunResult, StageResult, check_schema_version,
+    ResultError, RunResult, SnapshotResult, StageResult, check_schema_version,
 };
 use crate::harness::compare::{ValueDifference, json_differences};
 
@@ -60,6 +60,8 @@ pub fn merge(results: &[RunResult]) -> Result<RunResult, ResultError> {
         host: first.host.clone(),
         target: first.target.clone(),
         points,
+        // Each run measured its own restart, so the merged run reports the first one.
+        snapshot_install: first.snapshot_install.clone(),
     })
 }
 
@@ -160,7 +162,74 @@ fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, Resul
             .max_by_key(|samples| samples.len())
             .cloned()
             .unwrap_or_default(),
+        snapshots: merge_snapshots(&points, elapsed_secs, &location)?,
     })
+}
+
+/// Sums the snapshot counts of the parts, when every part has them.
+fn merge_snapshots(
+    points: &[&PointResult],
+    elapsed_secs: f64,
+    location: &str,
+) -> Result<Option<SnapshotResult>, ResultError> {
+    let Some(parts) = points
+        .iter()
+        .map(|point| point.snapshots.as_ref())
+        .collect::<Option<Vec<&SnapshotResult>>>()
+    else {
+        return Ok(None);
+    };
+    let sum = |count: fn(&SnapshotResult) -> u64| {
+        parts
+            .iter()
+            .fold(0_u64, |sum, part| sum.saturating_add(count(part)))
+    };
+    let creation_max_bound_secs = parts
+        .iter()
+        .map(|part| part.creation_max_bound_secs)
+        .try_fold(None::<f64>, |longest, bound| {
+            let bound = bound?;
+            Some(Some(longest.map_or(bound, |longest| longest.max(bound))))
+        })
+        .flatten();
+    let writes_during = match parts
+        .iter()
+        .map(|part| part.writes_during.as_ref())
+        .collect::<Option<Vec<&OperationResult>>>()
+    {
+        Some(writes) => {
+            let ok: u64 = writes.iter().map(|operation| operation.ok).sum();
+            let histograms = writes
+                .iter()
+                .enumerate()
+                .map(|(run, operation)| (run, &operation.latency));
+            Some(OperationResult {
+                ok,
+                refused: writes.iter().map(|operation| operation.refused).sum(),
+                indeterminate: writes.iter().map(|operation| operation.indeterminate).sum(),
+                ok_per_sec: if elapsed_secs > 0.0 {
+                    ok as f64 / elapsed_secs
+                } else {
+                    0.0
+                },
+                latency: add_histograms(
+                    histograms,
+                    &format!("{location}, writes during snapshots"),
+                )?,
+            })
+        }
+        None => None,
+    };
+    Ok(Some(SnapshotResult {
+        taken: sum(|part| part.taken),
+        failed: sum(|part| part.failed),
+        creation_nanos_sum: sum(|part| part.creation_nanos_sum),
+        creation_max_bound_secs,
+        installed: sum(|part| part.installed),
+        installed_bytes: sum(|part| part.installed_bytes),
+        install_nanos: sum(|part| part.install_nanos),
+        writes_during,
+    }))
 }
 
 fn merge_operation(

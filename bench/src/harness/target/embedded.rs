@@ -23,8 +23,9 @@ use shardraft::node::{self, Node, NodeError, NodeHandle};
 use shardraft::raft::NodeId;
 
 use super::{Request, RequestError, Response, Session, Target, TargetFacts};
-use crate::harness::load::{CounterSample, ServerCounters};
+use crate::harness::load::{CounterSample, ServerCounters, SnapshotCounters, SnapshotProbe};
 use crate::harness::workload::{ClusterSpec, Durability, VALUE_BYTES_MAX};
+use shardraft::snapshot::SnapshotActivityMark;
 
 /// Members of the embedded cluster.
 pub const NODE_COUNT: usize = 3;
@@ -51,8 +52,30 @@ pub struct EmbeddedCluster {
     /// Leader of each group when the cluster had settled, as a position in `handles`.
     leaders: Vec<usize>,
     spec: ClusterSpec,
+    /// The config each node started with, in the order of `nodes`.
+    configs: Vec<NodeConfig>,
     /// The run's data directory, removed on drop; `None` for memory storage.
     run_dir: Option<ScratchDir>,
+}
+
+/// How long a node restarted on an empty disk may take to catch up with every group.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(300);
+
+/// What bringing a node back from an empty disk took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InstallMeasurement {
+    pub node_id: u64,
+    /// Groups the node had applied before it was stopped, and caught up with after.
+    pub groups: u32,
+    /// Snapshots the restarted node installed.
+    pub snapshots_installed: u64,
+    /// Bytes of state machine data installed.
+    pub installed_bytes: u64,
+    /// Time the node spent receiving and restoring snapshots, summed over its groups.
+    pub install_time: Duration,
+    /// From the restart until every group had applied what the cluster had committed when
+    /// the node stopped.
+    pub catch_up_time: Duration,
 }
 
 impl EmbeddedCluster {
@@ -70,16 +93,9 @@ impl EmbeddedCluster {
             }
         };
         let configs = node_configs(spec, run_dir.as_ref().map(ScratchDir::path))?;
-        let limits = KvLimits {
-            key_bytes_max: KEY_BYTES_MAX,
-            value_bytes_max: VALUE_BYTES_MAX,
-        };
         let mut nodes = Vec::with_capacity(configs.len());
-        for config in configs {
-            let node_id = config.node_id;
-            let node = Node::start(config, move |_| KvStateMachine::new(limits))
-                .with_context(|| format!("starting embedded node {node_id} failed"))?;
-            nodes.push(node);
+        for config in &configs {
+            nodes.push(start_node(config)?);
         }
         let handles: Vec<KvHandle> = nodes.iter().map(Node::handle).collect();
         let leaders = wait_for_leaders(&handles, spec.groups)?;
@@ -88,8 +104,80 @@ impl EmbeddedCluster {
             handles,
             leaders,
             spec: spec.clone(),
+            configs,
             run_dir,
         })
+    }
+
+    /// Stops the node that leads the fewest groups, empties its data directory, starts it
+    /// again with the same id and waits until every group has applied what the cluster had
+    /// committed when it stopped. Groups whose leader compacted its log past that node's
+    /// needs send it a snapshot; the others replay their log.
+    ///
+    /// # Errors
+    ///
+    /// When the cluster uses memory storage, the node cannot be stopped, emptied or
+    /// started, or it does not catch up within 300 s.
+    pub fn measure_snapshot_install(&mut self) -> anyhow::Result<InstallMeasurement> {
+        anyhow::ensure!(
+            self.run_dir.is_some(),
+            "measuring snapshot installs needs disk storage"
+        );
+        let position = self.position_leading_fewest()?;
+        let config = self.configs[position].clone();
+        let node_id = config.node_id;
+        let node = self.nodes.remove(position);
+        self.handles.remove(position);
+        node.shutdown()
+            .with_context(|| format!("stopping embedded node {node_id} failed"))?;
+        let committed = committed_indexes(&self.handles, self.spec.groups)?;
+        std::fs::remove_dir_all(&config.log.data_dir)
+            .and_then(|()| std::fs::create_dir_all(&config.log.data_dir))
+            .with_context(|| format!("emptying {} failed", config.log.data_dir.display()))?;
+
+        let restarted = Instant::now();
+        let node = start_node(&config)?;
+        let handle = node.handle();
+        self.nodes.insert(position, node);
+        self.handles.insert(position, handle.clone());
+        wait_for_catch_up(&handle, &committed)?;
+        let catch_up_time = restarted.elapsed();
+
+        let metrics = handle
+            .metrics(METRICS_TIMEOUT)
+            .with_context(|| format!("reading the metrics of node {node_id} failed"))?;
+        let mut stats = shardraft::snapshot::SnapshotStats::default();
+        for shard in &metrics.shards {
+            stats.merge(&shard.snapshots);
+        }
+        let counters = snapshot_counters(&stats);
+        Ok(InstallMeasurement {
+            node_id,
+            groups: self.spec.groups,
+            snapshots_installed: counters.installed,
+            installed_bytes: counters.installed_bytes,
+            install_time: Duration::from_nanos(counters.install_nanos),
+            catch_up_time,
+        })
+    }
+
+    /// Position in `nodes` of the node that leads the fewest groups now.
+    fn position_leading_fewest(&self) -> anyhow::Result<usize> {
+        let mut led = vec![0_u32; self.handles.len()];
+        for (position, handle) in self.handles.iter().enumerate() {
+            let status = handle
+                .status()
+                .context("reading an embedded node's status failed")?;
+            led[position] = status
+                .shards
+                .iter()
+                .flat_map(|shard| &shard.groups)
+                .filter(|group| group.leader == Some(handle.node_id()))
+                .count() as u32;
+        }
+        Ok((0..led.len())
+            .min_by_key(|&position| led[position])
+            .unwrap_or(0))
     }
 
     /// Returns the target through which clients reach this cluster.
@@ -134,11 +222,15 @@ impl ServerCounters for EmbeddedCluster {
         let mut log_entries = 0;
         let mut disk = false;
         let mut stages = shardraft::metrics::WriteStageLatencies::default();
+        let mut snapshots = shardraft::snapshot::SnapshotStats::default();
         for handle in &self.handles {
             let metrics = handle.metrics(METRICS_TIMEOUT).with_context(|| {
                 format!("reading the metrics of node {} failed", handle.node_id().0)
             })?;
             stages.merge(&metrics.write_stages());
+            for shard in &metrics.shards {
+                snapshots.merge(&shard.snapshots);
+            }
             let status = handle.status().with_context(|| {
                 format!("reading the status of node {} failed", handle.node_id().0)
             })?;
@@ -159,6 +251,7 @@ impl ServerCounters for EmbeddedCluster {
             }),
             log_entries: disk.then_some(log_entries),
             write_stages: Some(stage_bucket_counts(&stages)),
+            snapshots: Some(snapshot_counters(&snapshots)),
         })
     }
 
@@ -171,6 +264,35 @@ impl ServerCounters for EmbeddedCluster {
             Some(dir) => allocated_bytes(dir).map(Some),
             None => Ok(None),
         }
+    }
+
+    fn snapshot_probe(&self) -> Option<SnapshotProbe> {
+        let activities: Vec<_> = self
+            .handles
+            .iter()
+            .map(KvHandle::snapshot_activity)
+            .collect();
+        Some(SnapshotProbe::new(move || {
+            let mut mark = SnapshotActivityMark::default();
+            for activity in &activities {
+                mark.add(activity.mark());
+            }
+            mark
+        }))
+    }
+}
+
+fn snapshot_counters(stats: &shardraft::snapshot::SnapshotStats) -> SnapshotCounters {
+    let receive_nanos = stats.receive.sum_nanos();
+    let restore_nanos = u64::try_from(stats.install_time.as_nanos()).unwrap_or(u64::MAX);
+    SnapshotCounters {
+        taken: stats.taken,
+        failed: stats.failed,
+        creation_nanos: stats.creation.sum_nanos(),
+        creation_buckets: stats.creation.bucket_counts(),
+        installed: stats.installed,
+        installed_bytes: stats.installed_bytes,
+        install_nanos: receive_nanos.saturating_add(restore_nanos),
     }
 }
 
@@ -223,6 +345,62 @@ fn stage_bucket_counts(
         .map(|(stage, histogram)| sample(stage.name(), histogram))
         .chain(std::iter::once(sample("total", stages.total())))
         .collect()
+}
+
+fn start_node(config: &NodeConfig) -> anyhow::Result<Node<KvStateMachine>> {
+    let limits = KvLimits {
+        key_bytes_max: KEY_BYTES_MAX,
+        value_bytes_max: VALUE_BYTES_MAX,
+    };
+    Node::start(config.clone(), move |_| KvStateMachine::new(limits))
+        .with_context(|| format!("starting embedded node {} failed", config.node_id))
+}
+
+/// The highest commit index of each group that any of `handles` reports.
+fn committed_indexes(handles: &[KvHandle], groups: u32) -> anyhow::Result<Vec<u64>> {
+    let mut committed = vec![0; groups as usize];
+    for handle in handles {
+        let status = handle
+            .status()
+            .context("reading an embedded node's status failed")?;
+        for group in status.shards.iter().flat_map(|shard| &shard.groups) {
+            if let Some(slot) = committed.get_mut(group.group.0 as usize) {
+                *slot = (*slot).max(group.commit_index.0);
+            }
+        }
+    }
+    Ok(committed)
+}
+
+/// Waits until `handle`'s node has applied at least `committed[g]` in every group `g`.
+fn wait_for_catch_up(handle: &KvHandle, committed: &[u64]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    loop {
+        let status = handle
+            .status()
+            .context("reading the restarted node's status failed")?;
+        let behind = committed
+            .iter()
+            .enumerate()
+            .filter(|(group, committed)| {
+                status
+                    .group(GroupId(*group as u32))
+                    .is_none_or(|group| group.applied_index.0 < **committed)
+            })
+            .count();
+        if behind == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {} had not caught up with {behind} of {} group(s) within {} s of its \
+             restart on an empty disk; check the log output above",
+            handle.node_id().0,
+            committed.len(),
+            CATCH_UP_WAIT.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Builds the three nodes' configs: one loopback port per shard of each node.

@@ -175,6 +175,7 @@ impl ServerCounters for EndpointsStatus {
             fdatasyncs: None,
             log_entries: Some(log_entries),
             write_stages: None,
+            snapshots: None,
         })
     }
 
