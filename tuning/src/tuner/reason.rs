@@ -1,0 +1,142 @@
+//! Human-readable reasons for knob changes, for logs and the metrics endpoint.
+
+use super::Measurement;
+use crate::knobs::Knob;
+use crate::model::Prediction;
+use crate::safety::KnobChange;
+
+/// Formats a duration in microseconds with a unit that keeps 1–3 leading digits.
+pub fn format_micros(micros: f64) -> String {
+    let micros = if micros.is_finite() {
+        micros.max(0.0)
+    } else {
+        0.0
+    };
+    if micros < 1_000.0 {
+        format!("{micros:.0} µs")
+    } else if micros < 1_000_000.0 {
+        format!("{:.1} ms", micros / 1_000.0)
+    } else {
+        format!("{:.1} s", micros / 1_000_000.0)
+    }
+}
+
+/// Formats a rate per second with a k or M suffix.
+pub fn format_rate(per_second: f64) -> String {
+    let rate = if per_second.is_finite() {
+        per_second.max(0.0)
+    } else {
+        0.0
+    };
+    if rate < 1_000.0 {
+        format!("{rate:.0}/s")
+    } else if rate < 1_000_000.0 {
+        format!("{:.0}k/s", rate / 1_000.0)
+    } else {
+        format!("{:.1}M/s", rate / 1_000_000.0)
+    }
+}
+
+fn format_value(knob: Knob, value: u64) -> String {
+    match knob {
+        Knob::LingerMicros
+        | Knob::HeartbeatIntervalMicros
+        | Knob::ElectionTimeoutMinMicros
+        | Knob::ElectionTimeoutMaxMicros => format_micros(value as f64),
+        Knob::BatchBytesMax => {
+            if value >= 1 << 20 && value & ((1 << 20) - 1) == 0 {
+                format!("{} MiB", value >> 20)
+            } else if value >= 1 << 10 && value & ((1 << 10) - 1) == 0 {
+                format!("{} KiB", value >> 10)
+            } else {
+                format!("{value} B")
+            }
+        }
+        Knob::BatchEntriesMax | Knob::InflightAppendsMax | Knob::ReadBatchMax => value.to_string(),
+    }
+}
+
+/// Describes why `change` happened.
+pub fn describe(
+    change: &KnobChange,
+    measured: &Measurement,
+    before: Option<&Prediction>,
+    after: &Prediction,
+    exploring: bool,
+    floor_micros: u64,
+) -> String {
+    let head = format!(
+        "{} {} → {}",
+        change.knob,
+        format_value(change.knob, change.from),
+        format_value(change.knob, change.to)
+    );
+    if change.knob.is_timing() {
+        let floor = format_micros(floor_micros as f64);
+        return if change.forced {
+            format!(
+                "{head}: election timeout floor {floor} (safety factor × (p99.9 RTT + p99.9 fdatasync)) forced a raise"
+            )
+        } else if change.to < change.from {
+            format!("{head}: recent floors peak at {floor}, so a shorter timeout stays safe")
+        } else {
+            format!("{head}: follows the election timeout min")
+        };
+    }
+    let rate = format_rate(measured.arrival_rate_per_second);
+    let suffix = if exploring { " (exploring)" } else { "" };
+    match before {
+        Some(before) => format!(
+            "{head}: arrival rate {rate}, predicted p99 {} → {}{suffix}",
+            format_micros(before.p99_micros),
+            format_micros(after.p99_micros)
+        ),
+        None => format!("{head}: arrival rate {rate}{suffix}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batching_reason_names_rate_and_prediction() {
+        let change = KnobChange {
+            knob: Knob::LingerMicros,
+            from: 0,
+            to: 40,
+            forced: false,
+        };
+        let measured = Measurement {
+            arrival_rate_per_second: 180_000.0,
+            ..Measurement::default()
+        };
+        let prediction = |p99| Prediction {
+            p50_micros: 100.0,
+            p99_micros: p99,
+            throughput_per_second: 0.0,
+            capacity_per_second: 0.0,
+        };
+        let text = describe(
+            &change,
+            &measured,
+            Some(&prediction(600.0)),
+            &prediction(400.0),
+            false,
+            0,
+        );
+        assert_eq!(
+            text,
+            "linger_micros 0 µs → 40 µs: arrival rate 180k/s, predicted p99 600 µs → 400 µs"
+        );
+    }
+
+    #[test]
+    fn units_scale() {
+        assert_eq!(format_micros(1_500.0), "1.5 ms");
+        assert_eq!(format_micros(2_500_000.0), "2.5 s");
+        assert_eq!(format_micros(f64::NAN), "0 µs");
+        assert_eq!(format_rate(2_500_000.0), "2.5M/s");
+        assert_eq!(format_value(Knob::BatchBytesMax, 4 << 20), "4 MiB");
+    }
+}

@@ -1,0 +1,116 @@
+use super::*;
+use crate::synthetic::{SyntheticLoad, SyntheticParams, SyntheticSystem};
+
+fn enabled() -> TuningConfig {
+    TuningConfig {
+        enabled: true,
+        ..TuningConfig::default()
+    }
+}
+
+fn tuner(config: TuningConfig) -> Tuner {
+    match Tuner::new(config, Knobs::default(), 2) {
+        Ok(tuner) => tuner,
+        Err(error) => panic!("tuner rejected: {error}"),
+    }
+}
+
+#[test]
+fn cold_start_keeps_static_batching() {
+    let mut tuner = tuner(enabled());
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 1);
+    for _ in 0..3 {
+        let samples = system.interval(tuner.current(), SyntheticLoad::poisson(200_000.0));
+        let decision = tuner.observe(&samples);
+        assert!(decision.batching.is_none());
+    }
+    assert!(tuner.is_warm());
+}
+
+#[test]
+fn few_commits_never_warm_up() {
+    let mut tuner = tuner(enabled());
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 1);
+    for _ in 0..20 {
+        // 50 proposals per second gives fewer commits than cold_start_commits_min.
+        let samples = system.interval(tuner.current(), SyntheticLoad::poisson(50.0));
+        let decision = tuner.observe(&samples);
+        assert!(decision.batching.is_none());
+    }
+    assert!(!tuner.is_warm());
+    assert_eq!(tuner.current().batching(), Knobs::default().batching());
+}
+
+#[test]
+fn quorum_rtt_uses_needed_follower() {
+    let mut samples = IntervalSamples::default();
+    for (peer_id, rtt) in [(1u64, 300u64), (2, 100), (3, 200), (4, 900)] {
+        samples.peer_rtts.push(crate::samples::PeerRtt {
+            peer_id,
+            rtt: crate::samples::LatencySummary {
+                count: 1,
+                p50_micros: rtt,
+                ..Default::default()
+            },
+        });
+    }
+    // Four followers: a quorum of five needs two acknowledgements besides the leader.
+    assert_eq!(quorum_rtt_micros(&samples, 4), Some(200.0));
+    assert_eq!(quorum_rtt_micros(&samples, 2), Some(100.0));
+    assert_eq!(quorum_rtt_micros(&IntervalSamples::default(), 2), None);
+}
+
+#[test]
+fn hysteresis_needs_consecutive_wins() {
+    let mut pending = None;
+    assert_eq!(advance_streak(&mut pending, Some(1u8)), 1);
+    assert_eq!(advance_streak(&mut pending, Some(1u8)), 2);
+    assert_eq!(advance_streak(&mut pending, Some(2u8)), 1);
+    assert_eq!(advance_streak(&mut pending, None), 0);
+    assert_eq!(advance_streak(&mut pending, Some(2u8)), 1);
+}
+
+#[test]
+fn reasons_accompany_every_change() {
+    let mut tuner = tuner(enabled());
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 5);
+    let mut changed = 0;
+    for _ in 0..60 {
+        let samples = system.interval(tuner.current(), SyntheticLoad::poisson(200_000.0));
+        let decision = tuner.observe(&samples);
+        assert_eq!(decision.reasons.len(), decision.changes.len());
+        for reason in &decision.reasons {
+            assert!(reason.contains('→'), "{reason}");
+        }
+        changed += decision.changes.len();
+    }
+    assert!(
+        changed > 0,
+        "no change at a load the static knobs serve badly"
+    );
+}
+
+#[test]
+fn timing_lowers_toward_floor() {
+    // Round trips near 100 µs and fdatasync near 300 µs give a floor of about 10 ms, far
+    // below the static 500 ms, so the election timeout should come down over time.
+    let config = TuningConfig {
+        timing_change_interval_min: 5,
+        ..enabled()
+    };
+    let mut tuner = tuner(config);
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    let mut timing_decisions = 0;
+    for _ in 0..100 {
+        let samples = system.interval(tuner.current(), SyntheticLoad::poisson(5_000.0));
+        if tuner.observe(&samples).timing.is_some() {
+            timing_decisions += 1;
+        }
+    }
+    let knobs = tuner.current();
+    assert!(knobs.election_timeout_min_micros < 100_000, "{knobs:?}");
+    assert!(
+        timing_decisions <= 20,
+        "{timing_decisions} timing decisions"
+    );
+}
