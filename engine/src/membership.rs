@@ -19,16 +19,28 @@
 //! An empty context means "no addresses": automatic promotions and removals carry none.
 //! Decoding checks every byte and rejects trailing bytes, so a corrupt or foreign
 //! context is reported instead of misread.
+//!
+//! A snapshot compacts change entries away, so a node on disk storage also keeps its
+//! address book in the member address file, `<data_dir>/member-addresses`, and reads it
+//! back when it starts.
+
+mod address_file;
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
 use shardraft_raft::{LogIndex, NodeId, Term};
 
 use crate::config::MemberConfig;
 use crate::log::GroupId;
+
+pub use address_file::{
+    ADDRESS_FILE_NAME, ADDRESS_FILE_VERSION, AddressFileError, AddressFileFormatError,
+};
 
 /// The context encoding version this build writes and reads.
 pub const MEMBER_CONTEXT_VERSION: u8 = 1;
@@ -284,45 +296,153 @@ pub struct GroupMembership {
 
 /// The addresses of every member any shard of this node has learned of: the configured
 /// members and those added at runtime. Shards write it, the client service reads it for
-/// its hello and redirects.
+/// its hello and redirects. On disk storage it also writes itself to the member address
+/// file whenever it learns new addresses.
 #[derive(Debug, Default)]
 pub(crate) struct AddressBook {
-    members: RwLock<BTreeMap<NodeId, MemberAddresses>>,
+    members: RwLock<Members>,
+    file: Option<BookFile>,
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    addresses: BTreeMap<NodeId, MemberAddresses>,
+    /// Incremented by every change to `addresses` that the file should hold.
+    version: u64,
+}
+
+/// The book's file and the version of the book last written to it.
+#[derive(Debug)]
+struct BookFile {
+    path: PathBuf,
+    /// Held while the file is written, so that shards write one at a time and the file
+    /// never goes back to an older version.
+    stored_version: Mutex<u64>,
+}
+
+fn configured_addresses(members: &[MemberConfig]) -> BTreeMap<NodeId, MemberAddresses> {
+    members
+        .iter()
+        .filter_map(|member| {
+            let peer = *member.addresses.first()?;
+            let addresses = MemberAddresses {
+                peer,
+                client: None,
+                http: None,
+            };
+            Some((NodeId(member.id), addresses))
+        })
+        .collect()
 }
 
 impl AddressBook {
-    /// A book of the configured members; their client and HTTP addresses are unknown to
-    /// the node's config, so they stay `None` until the server or a change entry names
-    /// them.
+    /// Creates a book of the configured members that keeps no file. Their client and HTTP
+    /// addresses are not in the node's config, so they stay `None` until the server or a
+    /// change entry names them.
     pub fn from_config(members: &[MemberConfig]) -> AddressBook {
-        let book = members
-            .iter()
-            .filter_map(|member| {
-                let peer = *member.addresses.first()?;
-                let addresses = MemberAddresses {
-                    peer,
-                    client: None,
-                    http: None,
-                };
-                Some((NodeId(member.id), addresses))
-            })
-            .collect();
         AddressBook {
-            members: RwLock::new(book),
+            members: RwLock::new(Members {
+                addresses: configured_addresses(members),
+                version: 0,
+            }),
+            file: None,
         }
     }
 
-    /// Records `addresses` of `node`, replacing what was known.
-    pub fn learn(&self, node: NodeId, addresses: MemberAddresses) {
-        let mut members = self
-            .members
-            .write()
+    /// Creates a book of the configured members plus the members of the address file in
+    /// `data_dir`, and stores later changes in that file. The config decides the
+    /// addresses of every member it lists, and the file adds only the members it does not
+    /// list (those added at runtime). A missing file adds nothing.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, naming it and what the operator can do.
+    pub fn on_disk(
+        members: &[MemberConfig],
+        data_dir: &Path,
+    ) -> Result<AddressBook, AddressFileError> {
+        let path = data_dir.join(ADDRESS_FILE_NAME);
+        let mut addresses = configured_addresses(members);
+        match address_file::load(&path)? {
+            Some(stored) => {
+                let mut restored = 0;
+                for (node, stored) in stored {
+                    if let Entry::Vacant(entry) = addresses.entry(node) {
+                        entry.insert(stored);
+                        restored += 1;
+                    }
+                }
+                tracing::info!(path = %path.display(), restored, "read the member address file");
+            }
+            None => tracing::info!(
+                path = %path.display(),
+                "no member address file yet; it is written at the first membership change"
+            ),
+        }
+        Ok(AddressBook {
+            members: RwLock::new(Members {
+                addresses,
+                version: 0,
+            }),
+            file: Some(BookFile {
+                path,
+                stored_version: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// Records `addresses` of `node`, replacing what was known, and stores the book when
+    /// that changed it or when an earlier store failed.
+    ///
+    /// # Errors
+    /// A failed store. The book in memory contains the addresses anyway, and the next call
+    /// tries the store again.
+    pub fn learn(&self, node: NodeId, addresses: MemberAddresses) -> Result<(), AddressFileError> {
+        {
+            let mut members = self
+                .members
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if members.addresses.get(&node) != Some(&addresses) {
+                members.addresses.insert(node, addresses);
+                members.version += 1;
+            }
+        }
+        self.store()
+    }
+
+    /// Writes the book to its file unless the file already contains this version.
+    fn store(&self) -> Result<(), AddressFileError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut stored_version = file
+            .stored_version
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        members.insert(node, addresses);
+        // Copied under the read lock and written after it, so that readers never wait for
+        // the syncs. The file mutex keeps a slower writer from storing an older copy last.
+        let (version, addresses) = {
+            let members = self
+                .members
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if members.version == *stored_version {
+                return Ok(());
+            }
+            (members.version, members.addresses.clone())
+        };
+        address_file::store(&file.path, &addresses)?;
+        *stored_version = version;
+        tracing::info!(
+            path = %file.path.display(), members = addresses.len(),
+            "stored the member address file"
+        );
+        Ok(())
     }
 
     /// Records the client and HTTP addresses of a configured member, keeping its peer
-    /// address.
+    /// address. The file is not written for these, because the server passes them again
+    /// at every start and the config decides the addresses of configured members.
     pub fn learn_service_addresses(
         &self,
         node: NodeId,
@@ -333,7 +453,7 @@ impl AddressBook {
             .members
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(known) = members.get_mut(&node) {
+        if let Some(known) = members.addresses.get_mut(&node) {
             known.client = known.client.or(client);
             known.http = known.http.or(http);
         }
@@ -344,7 +464,7 @@ impl AddressBook {
             .members
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        members.get(&node).cloned()
+        members.addresses.get(&node).cloned()
     }
 
     pub fn all(&self) -> BTreeMap<NodeId, MemberAddresses> {
@@ -352,7 +472,7 @@ impl AddressBook {
             .members
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        members.clone()
+        members.addresses.clone()
     }
 }
 
@@ -432,5 +552,106 @@ mod tests {
     #[test]
     fn shard_addresses_follow_the_base_port() {
         assert_eq!(addresses().shard_address(2).unwrap().port(), 7042);
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("shardraft-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn configured(id: u64, address: &str) -> MemberConfig {
+        MemberConfig {
+            id,
+            addresses: vec![address.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn book_restores_runtime_members() {
+        let dir = test_dir("book-restores");
+        let members = [
+            configured(1, "127.0.0.1:7010"),
+            configured(2, "127.0.0.1:7020"),
+        ];
+        let book = AddressBook::on_disk(&members, &dir).unwrap();
+        assert!(
+            !dir.join(ADDRESS_FILE_NAME).exists(),
+            "nothing learned, nothing written"
+        );
+        book.learn(NodeId(4), addresses()).unwrap();
+        let moved = MemberAddresses {
+            peer: "127.0.0.1:7999".parse().unwrap(),
+            client: None,
+            http: None,
+        };
+        book.learn(NodeId(2), moved).unwrap();
+        drop(book);
+
+        let reopened = AddressBook::on_disk(&members, &dir).unwrap();
+        assert_eq!(reopened.get(NodeId(4)), Some(addresses()));
+        assert_eq!(
+            reopened.get(NodeId(2)).map(|known| known.peer),
+            Some("127.0.0.1:7020".parse().unwrap()),
+            "the config decides a configured member's peer address"
+        );
+        assert_eq!(reopened.all().len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn book_stores_only_changes() {
+        let dir = test_dir("book-stores-changes");
+        let book = AddressBook::on_disk(&[], &dir).unwrap();
+        let path = dir.join(ADDRESS_FILE_NAME);
+        book.learn(NodeId(4), addresses()).unwrap();
+        assert!(path.exists());
+        // A second store of the same addresses would recreate the removed file.
+        std::fs::remove_file(&path).unwrap();
+        book.learn(NodeId(4), addresses()).unwrap();
+        assert!(!path.exists(), "unchanged addresses are not stored again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn book_retries_failed_store() {
+        let dir = test_dir("book-retries");
+        let book = AddressBook::on_disk(&[], &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let failed = book.learn(NodeId(4), addresses());
+        assert!(
+            matches!(failed, Err(AddressFileError::Io { .. })),
+            "{failed:?}"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        book.learn(NodeId(4), addresses()).unwrap();
+        assert_eq!(
+            address_file::load(&dir.join(ADDRESS_FILE_NAME)).unwrap(),
+            Some(BTreeMap::from([(NodeId(4), addresses())]))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn book_rejects_corrupt_file() {
+        let dir = test_dir("book-corrupt");
+        let path = dir.join(ADDRESS_FILE_NAME);
+        std::fs::write(&path, b"SRMA\x01garbage").unwrap();
+        let error = AddressBook::on_disk(&[], &dir).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, AddressFileError::Invalid { .. }),
+            "{error:?}"
+        );
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_book_keeps_no_file() {
+        let book = AddressBook::from_config(&[configured(1, "127.0.0.1:7010")]);
+        book.learn(NodeId(4), addresses()).unwrap();
+        assert_eq!(book.get(NodeId(4)), Some(addresses()));
     }
 }

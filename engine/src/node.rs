@@ -75,6 +75,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    AddressFile(#[from] crate::membership::AddressFileError),
     #[error("shard {shard} failed to start: {detail}")]
     Startup { shard: u32, detail: String },
     #[error(
@@ -726,7 +728,8 @@ where
     /// state machine of a group on the shard that hosts it; the log is then replayed into it.
     ///
     /// # Errors
-    /// An invalid config, and any shard's failure to start (its log, its listen address).
+    /// An invalid config, an unreadable or invalid member address file, and any shard's
+    /// failure to start (its log, its listen address).
     pub fn start<F>(config: NodeConfig, new_state_machine: F) -> Result<Node<S>, NodeError>
     where
         F: Fn(GroupId) -> S + Send + Sync + 'static,
@@ -740,7 +743,14 @@ where
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let factory: Arc<dyn Fn(GroupId) -> S + Send + Sync> = Arc::new(new_state_machine);
         let config = Arc::new(config);
-        let addresses = Arc::new(AddressBook::from_config(&config.members));
+        let addresses = match config.log.storage {
+            crate::log::StorageKind::Disk => {
+                AddressBook::on_disk(&config.members, &config.log.data_dir)?
+            }
+            // A memory node keeps nothing across restarts, its address book included.
+            crate::log::StorageKind::Memory => AddressBook::from_config(&config.members),
+        };
+        let addresses = Arc::new(addresses);
         let snapshot_activity = Arc::new(SnapshotActivity::default());
         let (ready_sender, ready_receiver) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);

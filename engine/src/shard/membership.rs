@@ -8,10 +8,12 @@
 //!
 //! The peer list follows the log: every change entry in a `Ready` (appended by a leader
 //! or received by a follower) and every entry replayed at startup may carry a new
-//! member's addresses ([`MemberAddresses`]), which go to the node's address book. After
-//! any change the shard connects to every member of its groups and drops the links to
-//! nodes no group of the shard includes any more. This runs before the turn's messages
-//! are handed to the transport, so the first messages to a new member find its link.
+//! member's addresses ([`MemberAddresses`]), which go to the node's address book. On disk
+//! storage the book also writes them to the member address file, which restores them
+//! after a restart once their entries are compacted. After any change the shard connects
+//! to every member of its groups and drops the links to nodes no group of the shard
+//! includes any more. This runs before the turn's messages are handed to the transport,
+//! so the first messages to a new member find its link.
 
 use std::collections::BTreeSet;
 
@@ -409,13 +411,17 @@ where
             match configured.or_else(learned) {
                 Some(address) => self.transport.add_peer(*member, address),
                 None => {
-                    // TODO: a member whose change entry was compacted into a snapshot has
-                    // no addresses here after a restart; keep the address book in the
-                    // snapshot's metadata once snapshots are stored.
+                    // A member added at runtime is known from its change entry and, after
+                    // a restart on disk storage, from the member address file. A node on
+                    // memory storage that restarted after the entry was compacted has
+                    // neither.
+                    // NOTE: a node that learns of a member only through a snapshot it
+                    // received (a new or wiped node) has no address for it either.
                     tracing::warn!(
                         peer = %member,
                         "no address is known for this member; it stays unreachable from \
-                         this node until a membership change names its addresses"
+                         this node until a membership change names its addresses, or until \
+                         this node restarts with it listed in `members`"
                     );
                 }
             }
@@ -451,7 +457,14 @@ pub(super) fn learn_addresses(group: GroupId, entries: &[Entry], book: &AddressB
                     %group, index = entry.index.0, node = node.0, peer = %addresses.peer,
                     client = ?addresses.client, "learned a member's addresses"
                 );
-                book.learn(node, addresses);
+                if let Err(error) = book.learn(node, addresses) {
+                    tracing::error!(
+                        %group, index = entry.index.0, node = node.0, %error,
+                        "storing the member address file failed; this node uses the \
+                         addresses now, but a restart before the next successful store loses \
+                         them"
+                    );
+                }
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(

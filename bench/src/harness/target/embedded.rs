@@ -654,6 +654,7 @@ impl EmbeddedSession {
             NodeError::Timeout { .. }
             | NodeError::Stopped
             | NodeError::Storage(_)
+            | NodeError::AddressFile(_)
             | NodeError::Startup { .. } => {
                 Attempt::Done(Err(RequestError::Indeterminate(error.to_string())))
             }
