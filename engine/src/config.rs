@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+use shardraft_tuning::TuningConfig;
 
 use crate::log::LogConfig;
 
@@ -168,7 +169,7 @@ impl Default for DiskTransferConfig {
 }
 
 /// Everything a node needs to start.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Identifies the cluster; nodes and data directories of other clusters are rejected.
@@ -199,7 +200,17 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     pub snapshot: SnapshotConfig,
     pub disk_transfer: DiskTransferConfig,
+    /// Time a leader's shard holds new proposals before it hands them to the Raft cores,
+    /// so that more of them share one AppendEntries and one log write; 0 hands them over
+    /// at once. The tuner changes it when `tuning.enabled` is set.
+    pub proposal_linger_us: u64,
+    /// The adaptive tuner: off by default, and then every setting keeps its static value.
+    pub tuning: TuningConfig,
 }
+
+/// Longest allowed [`NodeConfig::proposal_linger_us`]: beyond it the linger costs more
+/// latency than any batch it forms can save.
+pub const PROPOSAL_LINGER_US_MAX: u64 = 100_000;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -219,6 +230,8 @@ impl Default for NodeConfig {
             transport: TransportConfig::default(),
             snapshot: SnapshotConfig::default(),
             disk_transfer: DiskTransferConfig::default(),
+            proposal_linger_us: 0,
+            tuning: TuningConfig::default(),
         }
     }
 }
@@ -277,9 +290,32 @@ impl NodeConfig {
         self.validate_transport()?;
         self.validate_snapshot()?;
         self.validate_disk_transfer()?;
+        self.validate_tuning()?;
         self.log
             .validate()
             .map_err(|error| invalid("log", error.to_string()))
+    }
+
+    fn validate_tuning(&self) -> Result<(), ConfigError> {
+        if self.proposal_linger_us > PROPOSAL_LINGER_US_MAX {
+            return Err(invalid(
+                "proposal_linger_us",
+                format!(
+                    "{}; allowed 0 to {PROPOSAL_LINGER_US_MAX}",
+                    self.proposal_linger_us
+                ),
+            ));
+        }
+        let followers = self.members.len().saturating_sub(1);
+        // The tuner checks its table and, when enabled, that the static settings lie within
+        // its bounds and memory budget, so a node never starts with a tuner it cannot run.
+        shardraft_tuning::Tuner::new(
+            self.tuning.clone(),
+            crate::tuning::static_knobs(self),
+            followers,
+        )
+        .map(|_| ())
+        .map_err(|error| invalid("tuning", error.to_string()))
     }
 
     fn validate_members(&self, shard_count: usize) -> Result<(), ConfigError> {

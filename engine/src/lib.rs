@@ -22,3 +22,4 @@ pub(crate) mod signal;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
+pub mod tuning;

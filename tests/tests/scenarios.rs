@@ -648,6 +648,40 @@ fn replication_limits_change_at_runtime() {
     assert_eq!(cluster.node(1).commit_index(), LogIndex(13));
 }
 
+#[test]
+fn shortened_election_timeout_keeps_the_minimum() {
+    // A follower whose failure detector suspects the leader campaigns once the minimum
+    // election timeout has passed in silence, never before it.
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 10;
+        config.election_timeout_ticks_max = 40;
+    });
+    let follower = cluster.node_mut(2);
+    assert_eq!(follower.role(), Role::Follower);
+    let start = follower.election_elapsed_ticks();
+    follower.shorten_election_timeout(1);
+
+    for _ in start..9 {
+        follower.tick();
+        assert_eq!(follower.role(), Role::Follower, "campaigned before the minimum");
+    }
+    follower.tick();
+    assert_ne!(follower.role(), Role::Follower, "no campaign at the minimum");
+}
+
+#[test]
+fn leader_ignores_a_shortened_election_timeout() {
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 10;
+        config.election_timeout_ticks_max = 40;
+    });
+    cluster.node_mut(1).shorten_election_timeout(1);
+    for _ in 0..9 {
+        cluster.node_mut(1).tick();
+    }
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+}
+
 // ----- ReadIndex -----
 
 fn heartbeat_read_rounds(messages: &[Message]) -> Vec<(NodeId, u64)> {

@@ -34,7 +34,7 @@ pub const MAX_TRACKED_PEERS: usize = 16;
 /// Quantiles and moments of one latency distribution, in microseconds.
 ///
 /// A summary with `count == 0` carries no data and all other fields are 0.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50_micros: u64,
@@ -59,7 +59,7 @@ impl LatencySummary {
 }
 
 /// The round-trip summary of one peer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PeerRtt {
     pub peer_id: u64,
     pub rtt: LatencySummary,
@@ -70,7 +70,7 @@ pub struct PeerRtt {
 /// Rates are per second of the interval and are 0 when the interval is empty
 /// (`interval_micros == 0`). The tuner accepts any values here, including inconsistent
 /// ones, and treats non-finite or negative floats as 0.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct IntervalSamples {
     /// The length of the interval.
     pub interval_micros: u64,
@@ -231,18 +231,36 @@ impl SampleCollector {
         self.fsync_latency.record(latency_micros);
     }
 
+    /// Records `count` fdatasyncs of `latency_micros` each that made `entries` entries of
+    /// `bytes` bytes durable together, for a caller that reads its fdatasyncs from a
+    /// histogram rather than one by one.
+    pub fn record_fsyncs(&mut self, count: u64, entries: u64, bytes: u64, latency_micros: u64) {
+        self.fsyncs = self.fsyncs.saturating_add(count);
+        self.fsync_entries = self.fsync_entries.saturating_add(entries);
+        self.fsync_bytes = self.fsync_bytes.saturating_add(bytes);
+        self.fsync_latency.record_n(latency_micros, count);
+    }
+
     /// Records one round trip to `peer_id` that took `rtt_micros`.
     pub fn record_rtt(&mut self, peer_id: u64, rtt_micros: u64) {
+        self.record_rtts(peer_id, rtt_micros, 1);
+    }
+
+    /// Records `count` round trips to `peer_id` of `rtt_micros` each.
+    pub fn record_rtts(&mut self, peer_id: u64, rtt_micros: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
         if let Some((_, histogram)) = self.peers.iter_mut().find(|(id, _)| *id == peer_id) {
-            histogram.record(rtt_micros);
+            histogram.record_n(rtt_micros, count);
             return;
         }
         if self.peers.len() >= MAX_TRACKED_PEERS {
-            self.rtt_samples_untracked = self.rtt_samples_untracked.saturating_add(1);
+            self.rtt_samples_untracked = self.rtt_samples_untracked.saturating_add(count);
             return;
         }
         let mut histogram = LatencyHistogram::new();
-        histogram.record(rtt_micros);
+        histogram.record_n(rtt_micros, count);
         self.peers.push((peer_id, histogram));
     }
 
@@ -260,8 +278,13 @@ impl SampleCollector {
 
     /// Records one commit that took `latency_micros` from proposal to commit.
     pub fn record_commit(&mut self, latency_micros: u64) {
-        self.commits = self.commits.saturating_add(1);
-        self.commit_latency.record(latency_micros);
+        self.record_commits(latency_micros, 1);
+    }
+
+    /// Records `count` commits of `latency_micros` each.
+    pub fn record_commits(&mut self, latency_micros: u64, count: u64) {
+        self.commits = self.commits.saturating_add(count);
+        self.commit_latency.record_n(latency_micros, count);
     }
 
     /// Returns the summary of the interval that ends at `now_micros` and starts the next

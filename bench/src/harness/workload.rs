@@ -198,6 +198,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub measure_install: bool,
 
+    /// Run the engine's adaptive tuner in the embedded cluster's nodes, with its default
+    /// `[tuning]` settings; its decisions are logged at info (RUST_LOG=shardraft=info).
+    #[arg(long)]
+    pub tuning: bool,
+
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
     #[arg(long, value_name = "OPS")]
@@ -317,6 +322,8 @@ pub struct ClusterSpec {
     /// Whether a node is restarted on an empty disk after the last point, to measure the
     /// snapshot installs that bring it back.
     pub measure_install: bool,
+    /// Whether the nodes run the adaptive tuner.
+    pub tuning: bool,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -429,6 +436,7 @@ impl RunArgs {
                 ("--sync", self.sync.is_some()),
                 ("--snapshots", self.snapshots.is_some()),
                 ("--measure-install", self.measure_install),
+                ("--tuning", self.tuning),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -478,6 +486,7 @@ impl RunArgs {
             durability,
             snapshots,
             measure_install: self.measure_install,
+            tuning: self.tuning,
             dir,
         }))
     }

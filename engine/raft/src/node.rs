@@ -564,6 +564,25 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Brings this follower's election forward to `ticks` after it last heard from its
+    /// leader, when that is sooner than its randomized timeout; never below
+    /// `election_timeout_ticks_min`. A failure detector that suspects the leader calls it,
+    /// so the follower campaigns sooner than a fixed timeout while the minimum, which
+    /// leases and check-quorum rely on, still holds. Leaders and candidates ignore it.
+    pub fn shorten_election_timeout(&mut self, ticks: u32) {
+        if self.role != Role::Follower || self.leader.is_none() {
+            return;
+        }
+        let shortened = ticks.max(self.config.election_timeout_ticks_min);
+        self.randomized_election_timeout_ticks =
+            self.randomized_election_timeout_ticks.min(shortened);
+    }
+
+    /// Ticks since this replica last heard from a leader or reset its election timer.
+    pub fn election_elapsed_ticks(&self) -> u32 {
+        self.election_elapsed_ticks
+    }
+
     /// Advances logical time by one tick: election timeouts at followers, heartbeats and
     /// check-quorum at the leader.
     pub fn tick(&mut self) {

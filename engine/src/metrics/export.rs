@@ -10,7 +10,9 @@
 use std::fmt;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -24,6 +26,8 @@ use super::write_stages::WriteStageLatencies;
 use crate::log::DiskLogStats;
 use crate::snapshot::SnapshotStats;
 use crate::transport::{SnapshotTransferStats, TransportStats};
+use crate::tuning::TuningReport;
+use shardraft_tuning::Knob;
 
 /// The `Content-Type` of [`encode_text`]'s output: the Prometheus text format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -79,6 +83,7 @@ impl Collector for NodeCollector {
         encode_peers(&mut encoder, shards)?;
         encode_log(&mut encoder, shards)?;
         encode_snapshots(&mut encoder, shards)?;
+        encode_tuning(&mut encoder, shards)?;
         Ok(())
     }
 }
@@ -126,11 +131,11 @@ fn counters<V: EncodeCounterValue>(
 }
 
 /// Writes one gauge family, or nothing when `samples` is empty.
-fn gauges(
+fn gauges<V: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: Vec<(Labels, u64)>,
+    samples: Vec<(Labels, V)>,
 ) -> Result<(), fmt::Error> {
     if samples.is_empty() {
         return Ok(());
@@ -700,5 +705,148 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
         "shardraft_log_sync_duration_seconds",
         "Duration of each fdatasync of the write-ahead log.",
         vec![(Labels::new(), sync_latency)],
+    )
+}
+
+/// Writes the tuner's state of every shard that runs one: knobs, prediction and measurement.
+fn encode_tuning(
+    encoder: &mut DescriptorEncoder,
+    shards: &[ShardMetrics],
+) -> Result<(), fmt::Error> {
+    let tuned: Vec<(Labels, &TuningReport)> = shards
+        .iter()
+        .filter_map(|shard| Some((shard_label(shard), shard.tuning.as_ref()?)))
+        .collect();
+    if tuned.is_empty() {
+        return Ok(());
+    }
+    let each = |value: &dyn Fn(&TuningReport) -> u64| -> Vec<(Labels, u64)> {
+        tuned
+            .iter()
+            .map(|(labels, report)| (labels.clone(), value(report)))
+            .collect()
+    };
+    counters(
+        encoder,
+        "shardraft_tuning_intervals",
+        "Tuning intervals the shard's tuner completed.",
+        each(&|report| report.intervals),
+    )?;
+    counters(
+        encoder,
+        "shardraft_tuning_batching_changes",
+        "Batching decisions of the tuner that the shard applied.",
+        each(&|report| report.batching_changes),
+    )?;
+    counters(
+        encoder,
+        "shardraft_tuning_timing_recommendations",
+        "Heartbeat and election timeout changes the tuner recommended; they are not applied \
+         yet, because every replica of a group must apply them at the same log index.",
+        each(&|report| report.timing_recommendations),
+    )?;
+    let mut knobs = Vec::new();
+    for (labels, report) in &tuned {
+        for knob in Knob::ALL {
+            let mut labels = labels.clone();
+            labels.push(("knob", knob.name().to_string()));
+            knobs.push((labels, report.knobs.get(knob)));
+        }
+    }
+    gauges(
+        encoder,
+        "shardraft_tuning_knob",
+        "Each knob's value in force in the shard (the timing knobs as recommended); the \
+         `knob` label names it with its unit.",
+        knobs,
+    )?;
+    let mut predicted = Vec::new();
+    let mut measured = Vec::new();
+    for (labels, report) in &tuned {
+        // `quantile` is reserved for summaries, so the percentile goes in its own label.
+        let percentile = |percentile: &str| {
+            let mut labels = labels.clone();
+            labels.push(("percentile", percentile.to_string()));
+            labels
+        };
+        if let Some(prediction) = report.prediction {
+            predicted.push((percentile("p50"), prediction.p50_micros / 1e6));
+            predicted.push((percentile("p99"), prediction.p99_micros / 1e6));
+        }
+        measured.push((percentile("p50"), report.measured_p50_micros as f64 / 1e6));
+        measured.push((percentile("p99"), report.measured_p99_micros as f64 / 1e6));
+    }
+    gauges(
+        encoder,
+        "shardraft_tuning_predicted_commit_seconds",
+        "Commit latency the tuner's model predicts for the knobs in force.",
+        predicted,
+    )?;
+    gauges(
+        encoder,
+        "shardraft_tuning_measured_commit_seconds",
+        "Commit latency measured in the last tuning interval (bucket upper bounds).",
+        measured,
+    )?;
+    let throughput: Vec<(Labels, f64)> = tuned
+        .iter()
+        .filter_map(|(labels, report)| {
+            Some((labels.clone(), report.prediction?.throughput_per_second))
+        })
+        .collect();
+    gauges(
+        encoder,
+        "shardraft_tuning_predicted_commits_per_second",
+        "Commits per second the tuner's model predicts for the knobs in force.",
+        throughput,
+    )?;
+    gauges(
+        encoder,
+        "shardraft_tuning_measured_commits_per_second",
+        "Commits per second measured in the last tuning interval.",
+        tuned
+            .iter()
+            .map(|(labels, report)| (labels.clone(), report.measured_commits_per_second))
+            .collect(),
+    )?;
+    let mut phi = Vec::new();
+    let mut delays = Vec::new();
+    for (labels, report) in &tuned {
+        for suspicion in &report.peers {
+            let mut labels = labels.clone();
+            labels.push(("peer", suspicion.peer.0.to_string()));
+            phi.push((labels.clone(), suspicion.phi));
+            if let Some(delay) = suspicion.suspicion_delay_micros {
+                delays.push((labels, delay as f64 / 1e6));
+            }
+        }
+    }
+    gauges(
+        encoder,
+        "shardraft_peer_phi",
+        "Suspicion level of the peer's accrual failure detector over its heartbeats: \
+         -log10 of the probability that a heartbeat this late still comes.",
+        phi,
+    )?;
+    gauges(
+        encoder,
+        "shardraft_peer_suspicion_delay_seconds",
+        "Silence after the peer's last heartbeat at which its failure detector reaches \
+         tuning.phi_threshold.",
+        delays,
+    )?;
+    gauges(
+        encoder,
+        "shardraft_tuning_election_timeout_floor_seconds",
+        "The lowest election timeout the observed round trips and fdatasyncs allow.",
+        tuned
+            .iter()
+            .map(|(labels, report)| {
+                (
+                    labels.clone(),
+                    report.election_timeout_floor_micros as f64 / 1e6,
+                )
+            })
+            .collect(),
     )
 }

@@ -10,6 +10,7 @@ use crate::log::GroupId;
 use crate::node::{NodeStatus, ShardStatus};
 use crate::snapshot::SnapshotStats;
 use crate::transport::{PeerTransportStats, SnapshotTransferStats};
+use crate::tuning::TuningReport;
 
 /// Proposals that reached a group on this node, by how they ended. Proposals still waiting
 /// are not counted, nor those failed because the shard stopped.
@@ -64,7 +65,7 @@ pub struct GroupMetrics {
 }
 
 /// Everything one shard reports for metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ShardMetrics {
     /// The same snapshot [`NodeHandle::status`](crate::node::NodeHandle::status) returns.
     pub status: ShardStatus,
@@ -89,10 +90,12 @@ pub struct ShardMetrics {
     /// Groups the shard handed to a follower because its own fdatasync was far slower
     /// (`disk_transfer`).
     pub leader_disk_transfers: u64,
+    /// The adaptive tuner's state; `None` when tuning is off.
+    pub tuning: Option<TuningReport>,
 }
 
 /// Everything the shards of one node report for metrics, in shard order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeMetrics {
     pub node_id: NodeId,
     pub shards: Vec<ShardMetrics>,

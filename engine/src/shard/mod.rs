@@ -32,6 +32,7 @@ mod membership;
 pub(crate) mod queue;
 mod replica;
 mod snapshots;
+mod tuning;
 mod write_marks;
 
 use std::cell::Cell;
@@ -76,6 +77,8 @@ pub(crate) enum ShardEvent<S: StateMachine> {
     Continue,
     /// A background snapshot task finished.
     Snapshot(SnapshotEvent),
+    /// The linger of the held-back proposals is over.
+    LingerEnded,
 }
 
 impl<S: StateMachine> From<TransportEvent> for ShardEvent<S> {
@@ -171,6 +174,21 @@ struct Shard<S: StateMachine> {
     snapshots: ShardSnapshots,
     /// Groups whose replica catches up; see [`catch_up`].
     catch_up_marks: catch_up::CatchUpMarks,
+    /// The adaptive tuner, when `tuning.enabled` is set.
+    tuning: Option<tuning::ShardTuning>,
+    /// Proposals held back while the proposal linger runs.
+    lingering: tuning::Lingering<LingeringProposal<S>>,
+    /// The linger of new proposals: the tuner's when it runs, else the configured one.
+    linger: Duration,
+}
+
+/// A proposal held back by the linger, with what proposing it needs.
+struct LingeringProposal<S: StateMachine> {
+    group: GroupId,
+    command: bytes::Bytes,
+    reply: crate::node::ProposalReply<S>,
+    deadline: u64,
+    start: ProposalStart,
 }
 
 /// The outcome of one turn of the loop.
@@ -235,6 +253,9 @@ where
             write_stages: WriteStageLatencies::default(),
             snapshots: ShardSnapshots::new(store, Arc::clone(&params.snapshot_activity)),
             catch_up_marks,
+            tuning: tuning::ShardTuning::new(&params.config, Instant::now()),
+            lingering: tuning::Lingering::default(),
+            linger: Duration::from_micros(params.config.proposal_linger_us),
             membership_waits: membership::MembershipWaits::default(),
             addresses: Arc::clone(&params.addresses),
             disk_health: disk_health::DiskHealth::default(),
@@ -290,6 +311,7 @@ where
             let turn_started = Instant::now();
             self.turn_started_at = turn_started;
             let mut flow = Flow::Continue;
+            let handled = events.len();
             for event in events.drain(..) {
                 flow = self.handle(event);
                 if !matches!(flow, Flow::Continue) {
@@ -301,7 +323,11 @@ where
             {
                 flow = Flow::Fail(error);
             }
-            self.busy_time += turn_started.elapsed();
+            let busy = turn_started.elapsed();
+            self.busy_time += busy;
+            if let Some(tuning) = &mut self.tuning {
+                tuning.record_turn(busy, handled);
+            }
             if !matches!(flow, Flow::Continue) {
                 break flow;
             }
@@ -313,7 +339,10 @@ where
         match event {
             ShardEvent::Tick => self.on_tick(),
             ShardEvent::Continue => {}
-            ShardEvent::Transport(TransportEvent::Received { messages, .. }) => {
+            ShardEvent::Transport(TransportEvent::Received { from, messages }) => {
+                if let Some(tuning) = &mut self.tuning {
+                    tuning.record_received(from, &messages, self.turn_started_at);
+                }
                 for GroupMessage { group, message } in messages {
                     let Some(replica) = self.replicas.get_mut(&group) else {
                         continue;
@@ -333,6 +362,10 @@ where
                 outcome,
             }) => self.on_snapshot_sent(group, peer, outcome),
             ShardEvent::Snapshot(event) => self.on_snapshot_event(event),
+            ShardEvent::LingerEnded => {
+                self.lingering.timer_armed = false;
+                self.release_lingering();
+            }
             ShardEvent::Transport(TransportEvent::PeerUnreachable { peer }) => {
                 for replica in self.replicas.values_mut() {
                     let _entered = replica.span.enter();
@@ -355,10 +388,17 @@ where
         self.tick += 1;
         for replica in self.replicas.values_mut() {
             let _entered = replica.span.enter();
+            if let Some(tuning) = &self.tuning
+                && let Some(leader) = replica.core.leader()
+                && let Some(ticks) = tuning.suspicion_ticks(leader)
+            {
+                replica.core.shorten_election_timeout(ticks);
+            }
             replica.core.tick();
         }
         self.retry_membership_changes();
         self.check_disk_health();
+        self.run_tuner();
         if self.tick.is_multiple_of(EXPIRY_SCAN_INTERVAL_TICKS) {
             let timeout_ms = self.config.request_timeout_ms;
             for replica in self.replicas.values_mut() {
@@ -366,6 +406,97 @@ where
                     replica.expire(self.tick, timeout_ms);
                 }
             }
+        }
+    }
+
+    fn propose(&mut self, proposal: LingeringProposal<S>) {
+        let LingeringProposal {
+            group,
+            command,
+            reply,
+            deadline,
+            start,
+        } = proposal;
+        match self.replicas.get_mut(&group) {
+            Some(replica) => {
+                let span = replica.span.clone();
+                let _entered = span.enter();
+                replica.propose(command, reply, deadline, start);
+            }
+            None => {
+                let groups = self.config.groups;
+                let _ = reply.send(Err(NodeError::UnknownGroup { group, groups }));
+            }
+        }
+    }
+
+    /// Holds `proposal` back until the linger ends or a full batch is waiting.
+    fn hold_back(&mut self, proposal: LingeringProposal<S>) {
+        self.lingering.proposals.push(proposal);
+        let batch_max = self
+            .tuning
+            .as_ref()
+            .map_or(self.config.raft.max_entries_per_message, |tuning| {
+                tuning.linger_batch_max()
+            });
+        if self.lingering.proposals.len() >= batch_max.max(1) {
+            self.release_lingering();
+            return;
+        }
+        if self.lingering.timer_armed {
+            return;
+        }
+        self.lingering.timer_armed = true;
+        let events = self.events.clone();
+        let linger = self.linger;
+        let timer = async move {
+            if events
+                .or_closed(glommio::timer::sleep(linger))
+                .await
+                .is_some()
+            {
+                events.push_now(ShardEvent::LingerEnded);
+            }
+        };
+        glommio::spawn_local(timer).detach();
+    }
+
+    /// Hands every held-back proposal to its group's core.
+    fn release_lingering(&mut self) {
+        for proposal in std::mem::take(&mut self.lingering.proposals) {
+            self.propose(proposal);
+        }
+    }
+
+    /// Ends the tuning interval when it is due and applies the tuner's decision.
+    fn run_tuner(&mut self) {
+        let now = Instant::now();
+        let Some(tuning) = self.tuning.as_mut() else {
+            return;
+        };
+        if !tuning.interval_due(now) {
+            return;
+        }
+        let log_stats = match &self.log {
+            Log::Disk(log) => Some(log.stats()),
+            Log::Memory(_) => None,
+        };
+        let peers = self.transport.peer_stats();
+        let decision =
+            tuning.finish_interval(now, log_stats.as_ref(), &peers, self.write_stages.total());
+        let Some(batching) = decision.batching else {
+            return;
+        };
+        let limits = tuning.limits(&batching);
+        self.linger = Duration::from_micros(batching.linger_micros);
+        for replica in self.replicas.values_mut() {
+            if let Err(error) = replica.core.set_replication_limits(limits) {
+                // The tuner's bounds start at 1, so the core accepts every decision.
+                tracing::error!(%error, "the core rejected the tuner's replication limits");
+            }
+        }
+        if self.linger.is_zero() {
+            self.release_lingering();
         }
     }
 
@@ -382,21 +513,26 @@ where
                 command,
                 reply,
                 sent_at,
-            } => match self.replicas.get_mut(&group) {
-                Some(replica) => {
-                    let span = replica.span.clone();
-                    let _entered = span.enter();
-                    let start = ProposalStart {
+            } => {
+                if let Some(tuning) = &mut self.tuning {
+                    tuning.record_arrival(self.turn_started_at);
+                }
+                let proposal = LingeringProposal {
+                    group,
+                    command,
+                    reply,
+                    deadline,
+                    start: ProposalStart {
                         sent_at,
                         taken_at: self.turn_started_at,
-                    };
-                    replica.propose(command, reply, deadline, start);
+                    },
+                };
+                if self.linger.is_zero() {
+                    self.propose(proposal);
+                } else {
+                    self.hold_back(proposal);
                 }
-                None => {
-                    let groups = self.config.groups;
-                    let _ = reply.send(Err(NodeError::UnknownGroup { group, groups }));
-                }
-            },
+            }
             ShardRequest::Read { group, mode, read } => match self.replicas.get_mut(&group) {
                 Some(replica) if mode == ReadMode::Stale => read(Ok(&replica.state_machine)),
                 Some(replica) => {
@@ -569,6 +705,9 @@ where
         if membership_changed {
             self.reconcile_peers();
         }
+        if let Some(tuning) = &mut self.tuning {
+            tuning.record_messages(&messages);
+        }
         self.transport.send(messages);
         if !batch.is_empty() {
             self.add_deferred_hard_states(&mut batch);
@@ -730,6 +869,7 @@ where
             snapshots: self.snapshots.stats,
             snapshot_transfers: self.transport.snapshot_stats(),
             leader_disk_transfers: self.disk_health.transfers,
+            tuning: self.tuning.as_ref().map(tuning::ShardTuning::report),
         }
     }
 

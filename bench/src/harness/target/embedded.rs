@@ -428,6 +428,7 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
             config.snapshot.trigger_entries = 0;
             config.snapshot.trigger_log_bytes = 0;
         }
+        config.tuning.enabled = spec.tuning;
         match data_dir {
             Some(dir) => {
                 let node_dir = dir.join(format!("node-{}", member.id));

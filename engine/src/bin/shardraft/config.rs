@@ -10,6 +10,7 @@ use serde::Deserialize;
 use shardraft::config::{MemberConfig, NodeConfig};
 use shardraft::kv::KvLimits;
 use shardraft::log::StorageKind;
+use shardraft_tuning::TuningConfig;
 
 /// One member of the cluster as the config file lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub struct FileConfig {
     pub snapshot_transfer_bytes_per_second: Option<u64>,
     pub snapshot_transfer_progress_timeout_ms: Option<u64>,
     pub snapshot_transfer_chunk_bytes: Option<u32>,
+    pub proposal_linger_us: Option<u64>,
+    /// The `[tuning]` table, passed to the tuner as it is.
+    pub tuning: Option<TuningConfig>,
     pub members: Option<Vec<MemberEntry>>,
 }
 
@@ -166,6 +170,17 @@ pub struct ConfigOverrides {
     /// latency (its append round trip minus its heartbeat round trip). [default: false]
     #[arg(long, env = "SHARDRAFT_DISK_TRANSFER", num_args = 0..=1, default_missing_value = "true")]
     pub disk_transfer: Option<bool>,
+
+    /// Time a leader's shard holds new proposals before handing them to the Raft cores,
+    /// in microseconds, so that more of them share one AppendEntries and one log write; 0
+    /// hands them over at once. [default: 0]
+    #[arg(long, env = "SHARDRAFT_PROPOSAL_LINGER_US")]
+    pub proposal_linger_us: Option<u64>,
+
+    /// Run the adaptive tuner, which sets batching within the bounds of the `[tuning]`
+    /// table of the config file; overrides `tuning.enabled`. [default: false]
+    #[arg(long, env = "SHARDRAFT_TUNING", num_args = 0..=1, default_missing_value = "true")]
+    pub tuning: Option<bool>,
 
     /// How much slower the leader's fdatasync p99 must be, in percent of the best
     /// follower's disk latency; 150 and above. [default: 400]
@@ -465,6 +480,12 @@ pub fn merge(
         snapshot_transfer_chunk_bytes,
         snapshot.transfer_chunk_bytes
     );
+
+    node.proposal_linger_us = pick!(overrides, file, proposal_linger_us, node.proposal_linger_us);
+    node.tuning = file.tuning.clone().unwrap_or_default();
+    if let Some(enabled) = overrides.tuning {
+        node.tuning.enabled = enabled;
+    }
 
     let kv_limits = KvLimits {
         key_bytes_max: pick!(overrides, file, key_bytes_max, 1024),

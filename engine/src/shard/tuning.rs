@@ -1,0 +1,356 @@
+//! The adaptive tuner of one shard: it samples the shard's work, calls the tuner every
+//! `tuning.interval_ms`, and applies the batching knobs it returns.
+//!
+//! Proposal arrivals, AppendEntries sent, loop busy time and queue depth are recorded as
+//! they happen. fdatasyncs, round trips and commit latencies come from histograms the
+//! shard keeps anyway (the log's fdatasync latency, the transport's per-peer round trips,
+//! the write stages' total), read as differences at the end of each interval. Each
+//! bucket's count is recorded at the bucket's upper bound, so those latencies are never
+//! below the truth, which errs towards longer election timeouts.
+//!
+//! A batching decision sets the replication limits of every group's core on this shard
+//! (followers keep them for when they lead) and the proposal linger of the loop. A timing
+//! decision is logged and reported, not applied: see [`crate::tuning`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shardraft_raft::{MessageBody, NodeId, ReplicationLimits};
+use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollector, Tuner};
+
+use crate::config::NodeConfig;
+use crate::log::DiskLogStats;
+use crate::metrics::{
+    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS,
+    StageHistogram,
+};
+use crate::transport::PeerTransportStats;
+use crate::transport::wire::GroupMessage;
+use crate::tuning::{PeerSuspicion, TuningReport, static_knobs};
+
+type LatencyBuckets = [u64; LATENCY_BUCKETS + 1];
+
+/// The log's counters at the start of an interval.
+#[derive(Clone, Copy, Debug, Default)]
+struct LogMark {
+    syncs: u64,
+    entries: u64,
+    bytes: u64,
+    sync_latency: LatencyBuckets,
+}
+
+/// The tuner of one shard with the samples of its current interval.
+#[derive(Debug)]
+pub(super) struct ShardTuning {
+    tuner: Tuner,
+    collector: SampleCollector,
+    /// The instant that the collector's microsecond 0 stands for.
+    origin: Instant,
+    interval: Duration,
+    next_interval_at: Instant,
+    log_mark: LogMark,
+    peer_marks: BTreeMap<NodeId, LatencyBuckets>,
+    commit_mark: [u64; STAGE_BUCKETS + 1],
+    /// Limits on bytes in flight stay static: the tuner bounds memory through entries and
+    /// bytes per message times messages in flight.
+    inflight_bytes_max: u64,
+    report: TuningReport,
+    /// Heartbeat arrivals per peer, for an accrual failure detector of each leader.
+    detectors: BTreeMap<NodeId, PhiAccrualDetector>,
+    phi_window: usize,
+    phi_min_gaps: usize,
+    phi_threshold: f64,
+    tick_micros: u64,
+}
+
+impl ShardTuning {
+    /// Returns the shard's tuner, or `None` when tuning is off.
+    pub fn new(config: &NodeConfig, now: Instant) -> Option<ShardTuning> {
+        if !config.tuning.enabled {
+            return None;
+        }
+        let knobs = static_knobs(config);
+        let followers = config.members.len().saturating_sub(1);
+        let tuner = match Tuner::new(config.tuning.clone(), knobs, followers) {
+            Ok(tuner) => tuner,
+            Err(error) => {
+                // `NodeConfig::validate` builds the same tuner, so a node that started
+                // cannot get here; keep the static settings if it does.
+                tracing::error!(%error, "the tuner could not start; static settings apply");
+                return None;
+            }
+        };
+        let interval = Duration::from_millis(config.tuning.interval_ms.max(1));
+        Some(ShardTuning {
+            tuner,
+            collector: SampleCollector::new(0),
+            origin: now,
+            interval,
+            next_interval_at: now + interval,
+            log_mark: LogMark::default(),
+            peer_marks: BTreeMap::new(),
+            commit_mark: [0; STAGE_BUCKETS + 1],
+            inflight_bytes_max: config.raft.max_inflight_bytes,
+            detectors: BTreeMap::new(),
+            phi_window: config.tuning.phi_window,
+            phi_min_gaps: config.tuning.phi_min_gaps,
+            phi_threshold: config.tuning.phi_threshold,
+            tick_micros: config.tick_interval_ms.saturating_mul(1_000).max(1),
+            report: TuningReport {
+                intervals: 0,
+                knobs,
+                prediction: None,
+                measured_p50_micros: 0,
+                measured_p99_micros: 0,
+                measured_commits_per_second: 0.0,
+                batching_changes: 0,
+                timing_recommendations: 0,
+                election_timeout_floor_micros: 0,
+                peers: Vec::new(),
+            },
+        })
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Returns the largest number of proposals the loop keeps back during a linger. A full
+    /// batch goes out at once.
+    pub fn linger_batch_max(&self) -> usize {
+        usize::try_from(self.tuner.current().batch_entries_max).unwrap_or(usize::MAX)
+    }
+
+    pub fn record_arrival(&mut self, at: Instant) {
+        let micros = self.micros(at);
+        self.collector.record_arrivals(1, micros);
+    }
+
+    /// Records one turn of the loop: how long it was busy and how many events it handled.
+    pub fn record_turn(&mut self, busy: Duration, events: usize) {
+        let busy_micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
+        self.collector.record_busy(busy_micros);
+        self.collector.record_queue_depth(events as u64);
+    }
+
+    /// Records the AppendEntries among `messages`.
+    pub fn record_messages(&mut self, messages: &[GroupMessage]) {
+        for GroupMessage { message, .. } in messages {
+            if let MessageBody::AppendEntries { entries, .. } = &message.body
+                && !entries.is_empty()
+            {
+                let bytes = entries.iter().map(|entry| entry.data.len() as u64).sum();
+                self.collector.record_append(entries.len() as u64, bytes);
+            }
+        }
+    }
+
+    /// Records the heartbeats among `messages` from `from` in its failure detector.
+    pub fn record_received(&mut self, from: NodeId, messages: &[GroupMessage], at: Instant) {
+        let heartbeat = messages
+            .iter()
+            .any(|message| matches!(message.message.body, MessageBody::Heartbeat { .. }));
+        if !heartbeat {
+            return;
+        }
+        let micros = self.micros(at);
+        let (window, min_gaps) = (self.phi_window, self.phi_min_gaps);
+        self.detectors
+            .entry(from)
+            .or_insert_with(|| PhiAccrualDetector::new(window, min_gaps))
+            .heartbeat(micros);
+    }
+
+    /// Returns the ticks of silence after which the detector suspects `leader`, once it has
+    /// seen enough of its heartbeats.
+    pub fn suspicion_ticks(&self, leader: NodeId) -> Option<u32> {
+        let delay_micros = self
+            .detectors
+            .get(&leader)?
+            .suspicion_delay_micros(self.phi_threshold)?;
+        u32::try_from(delay_micros.div_ceil(self.tick_micros)).ok()
+    }
+
+    pub fn interval_due(&self, now: Instant) -> bool {
+        now >= self.next_interval_at
+    }
+
+    /// Ends the current interval: reads the histograms' growth, passes the samples to the
+    /// tuner, and returns its decision.
+    pub fn finish_interval(
+        &mut self,
+        now: Instant,
+        log: Option<&DiskLogStats>,
+        peers: &[PeerTransportStats],
+        commits: &StageHistogram,
+    ) -> Decision {
+        self.next_interval_at = now + self.interval;
+        if let Some(log) = log {
+            self.record_log_growth(log);
+        }
+        for peer in peers {
+            // Heartbeat round trips, because an append's round trip also contains the
+            // follower's fdatasync, which the fdatasync samples already count.
+            let now_counts = peer.round_trip.bucket_counts();
+            let before = self
+                .peer_marks
+                .insert(peer.peer, now_counts)
+                .unwrap_or([0; _]);
+            for (bound_micros, count) in latency_bucket_growth(&now_counts, &before) {
+                self.collector.record_rtts(peer.peer.0, bound_micros, count);
+            }
+        }
+        let commit_counts = *commits.bucket_counts();
+        for (bucket, (now_count, before)) in commit_counts.iter().zip(self.commit_mark).enumerate()
+        {
+            let count = now_count.saturating_sub(before);
+            if count > 0 {
+                let bound_nanos = STAGE_BUCKET_BOUNDS_NANOS
+                    .get(bucket)
+                    .copied()
+                    .unwrap_or(STAGE_BUCKET_BOUNDS_NANOS[STAGE_BUCKETS - 1].saturating_mul(2));
+                self.collector.record_commits(bound_nanos / 1_000, count);
+            }
+        }
+        self.commit_mark = commit_counts;
+
+        let now_micros = self.micros(now);
+        self.report.peers = self
+            .detectors
+            .iter()
+            .map(|(peer, detector)| PeerSuspicion {
+                peer: *peer,
+                phi: detector.phi(now_micros),
+                suspicion_delay_micros: detector.suspicion_delay_micros(self.phi_threshold),
+            })
+            .collect();
+        let samples = self.collector.finish_interval(now_micros);
+        // One JSON line per interval, so that a trace of a real run can be replayed into
+        // the tuner offline.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let json = serde_json::to_string(&samples).unwrap_or_default();
+            tracing::debug!(samples = %json, "tuning interval");
+        }
+        let decision = self.tuner.observe(&samples);
+        self.note_decision(&decision, &samples);
+        decision
+    }
+
+    fn record_log_growth(&mut self, log: &DiskLogStats) {
+        let before = self.log_mark;
+        let now = LogMark {
+            syncs: log.syncs,
+            entries: log.entries,
+            bytes: log.bytes,
+            sync_latency: log.sync_latency.bucket_counts(),
+        };
+        self.log_mark = now;
+        let syncs = now.syncs.saturating_sub(before.syncs);
+        if syncs == 0 {
+            return;
+        }
+        let entries = now.entries.saturating_sub(before.entries);
+        let bytes = now.bytes.saturating_sub(before.bytes);
+        // The entries and bytes are spread over the buckets in proportion to their counts.
+        for (bound_micros, count) in latency_bucket_growth(&now.sync_latency, &before.sync_latency)
+        {
+            let share = |total: u64| {
+                u64::try_from(u128::from(total) * u128::from(count) / u128::from(syncs))
+                    .unwrap_or(u64::MAX)
+            };
+            self.collector
+                .record_fsyncs(count, share(entries), share(bytes), bound_micros);
+        }
+    }
+
+    fn note_decision(&mut self, decision: &Decision, samples: &shardraft_tuning::IntervalSamples) {
+        let report = &mut self.report;
+        report.intervals += 1;
+        report.knobs = *self.tuner.current();
+        report.prediction = decision.prediction;
+        report.measured_p50_micros = samples.commit_latency.p50_micros;
+        report.measured_p99_micros = samples.commit_latency.p99_micros;
+        report.measured_commits_per_second = samples.commit_rate_per_second;
+        report.election_timeout_floor_micros = decision.election_timeout_floor_micros;
+        if decision.batching.is_some() {
+            report.batching_changes += 1;
+        }
+        if decision.timing.is_some() {
+            report.timing_recommendations += 1;
+        }
+
+        for reason in &decision.reasons {
+            tracing::info!(reason = %reason, "tuner changed a setting");
+        }
+        if let Some(timing) = &decision.timing {
+            tracing::info!(
+                heartbeat_us = timing.knobs.heartbeat_interval_micros,
+                election_timeout_min_us = timing.knobs.election_timeout_min_micros,
+                election_timeout_max_us = timing.knobs.election_timeout_max_micros,
+                forced = timing.forced,
+                "tuner recommends new group timing; it is not applied, because every replica \
+                 must change it at the same log index"
+            );
+        }
+        if decision.floor_unsatisfiable {
+            tracing::warn!(
+                floor_us = decision.election_timeout_floor_micros,
+                "the observed round trips and fdatasyncs need an election timeout above the \
+                 tuner's bound; raise tuning.bounds.election_timeout_min_micros.max"
+            );
+        }
+    }
+
+    /// Returns the replication limits that `knobs` set.
+    pub fn limits(&self, knobs: &BatchingKnobs) -> ReplicationLimits {
+        ReplicationLimits {
+            max_entries_per_message: usize::try_from(knobs.batch_entries_max).unwrap_or(usize::MAX),
+            max_bytes_per_message: knobs.batch_bytes_max,
+            max_inflight_messages: usize::try_from(knobs.inflight_appends_max)
+                .unwrap_or(usize::MAX),
+            max_inflight_bytes: self.inflight_bytes_max,
+        }
+    }
+
+    pub fn report(&self) -> TuningReport {
+        self.report.clone()
+    }
+}
+
+/// Returns the growth of each bucket of a [`crate::metrics::LatencyHistogram`] from
+/// `before` to `now`, as `(upper bound in microseconds, count)`, the overflow bucket at
+/// twice the last bound.
+fn latency_bucket_growth(
+    now: &LatencyBuckets,
+    before: &LatencyBuckets,
+) -> impl Iterator<Item = (u64, u64)> {
+    let last_bound = LATENCY_BUCKET_BOUNDS_SECONDS[LATENCY_BUCKETS - 1] * 2.0;
+    now.iter()
+        .zip(before)
+        .enumerate()
+        .filter_map(move |(bucket, (now, before))| {
+            let count = now.saturating_sub(*before);
+            let bound_seconds = LATENCY_BUCKET_BOUNDS_SECONDS
+                .get(bucket)
+                .copied()
+                .unwrap_or(last_bound);
+            (count > 0).then(|| ((bound_seconds * 1e6).round() as u64, count))
+        })
+}
+
+/// Proposals the loop holds back while a linger runs.
+#[derive(Debug)]
+pub(super) struct Lingering<P> {
+    pub proposals: Vec<P>,
+    /// Whether a timer task is due to end the current linger.
+    pub timer_armed: bool,
+}
+
+impl<P> Default for Lingering<P> {
+    fn default() -> Self {
+        Lingering {
+            proposals: Vec::new(),
+            timer_armed: false,
+        }
+    }
+}

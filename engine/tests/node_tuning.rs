@@ -1,0 +1,257 @@
+//! The adaptive tuner and the proposal linger in real nodes of this process: off, nothing
+//! changes and nothing is exported; on, the shards run tuning intervals, keep every knob
+//! inside its bounds and export their state; a linger holds proposals back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardraft::config::NodeConfig;
+use shardraft::kv::Command;
+use shardraft::log::GroupId;
+use shardraft::metrics::{NodeLabels, NodeMetrics, encode_text};
+use shardraft::node::NodeError;
+use shardraft::tuning::TuningReport;
+use shardraft_tuning::Knob;
+use support::*;
+
+const GROUP: GroupId = GroupId(0);
+
+fn put(key: &str) -> Bytes {
+    Command::Put {
+        key: key.as_bytes().to_vec(),
+        value: b"value".to_vec(),
+    }
+    .encode()
+    .expect("encoding a put")
+}
+
+fn metrics(handle: &KvHandle) -> NodeMetrics {
+    handle
+        .metrics(Duration::from_secs(5))
+        .expect("reading metrics")
+}
+
+fn tuning_reports(handle: &KvHandle) -> Vec<Option<TuningReport>> {
+    metrics(handle)
+        .shards
+        .into_iter()
+        .map(|shard| shard.tuning)
+        .collect()
+}
+
+/// Writes `count` keys through the leader of the group from `writers` threads.
+fn write_through(leader: &KvHandle, writers: usize, count: usize, prefix: &str) {
+    std::thread::scope(|scope| {
+        for writer in 0..writers {
+            scope.spawn(move || {
+                for i in (writer..count).step_by(writers) {
+                    leader
+                        .propose(GROUP, put(&format!("{prefix}-{i}")))
+                        .expect("the leader commits the write");
+                }
+            });
+        }
+    });
+}
+
+struct Cluster {
+    nodes: Vec<KvNode>,
+    handles: Vec<KvHandle>,
+}
+
+impl Cluster {
+    fn start(configs: &[NodeConfig]) -> Cluster {
+        let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
+        let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+        Cluster { nodes, handles }
+    }
+
+    fn leader(&self) -> &KvHandle {
+        let handles: Vec<&KvHandle> = self.handles.iter().collect();
+        let leader = wait_for_leader(&handles, GROUP, Duration::from_secs(10));
+        self.handles
+            .iter()
+            .find(|handle| handle.node_id() == leader)
+            .expect("the leader is a member")
+    }
+
+    fn shutdown(self) {
+        drop(self.handles);
+        for node in self.nodes {
+            node.shutdown().expect("clean shutdown");
+        }
+    }
+}
+
+#[test]
+fn tuner_off_reports_nothing() {
+    let configs = cluster_configs(&test_dir("tuner_off_reports_nothing"), 3, 1, 1);
+    let cluster = Cluster::start(&configs);
+    let leader = cluster.leader();
+
+    write_through(leader, 4, 200, "off");
+
+    for report in tuning_reports(leader) {
+        assert_eq!(report, None, "a shard reports a tuner while tuning is off");
+    }
+    let labels = NodeLabels {
+        cluster_id: 1,
+        version: "test".to_string(),
+    };
+    let text = encode_text(metrics(leader), labels).expect("encoding the metrics");
+    assert!(
+        !text.contains("shardraft_tuning_"),
+        "tuning series exported while tuning is off"
+    );
+    cluster.shutdown();
+}
+
+#[test]
+fn tuner_runs_within_its_bounds() {
+    let mut configs = cluster_configs(&test_dir("tuner_runs_within_its_bounds"), 3, 1, 1);
+    for config in &mut configs {
+        config.tuning.enabled = true;
+        config.tuning.interval_ms = 100;
+        config.tuning.cold_start_intervals = 1;
+        config.tuning.cold_start_commits_min = 1;
+        config.tuning.change_interval_min = 1;
+    }
+    let bounds = configs[0].tuning.bounds;
+    let cluster = Cluster::start(&configs);
+    let leader = cluster.leader();
+
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        write_through(leader, 8, 400, &format!("round-{round}"));
+        round += 1;
+    }
+
+    let reports = tuning_reports(leader);
+    let report = reports[0].clone().expect("the leader's shard runs a tuner");
+    assert!(
+        report.intervals >= 5,
+        "only {} tuning intervals in 2 s of 100 ms intervals",
+        report.intervals
+    );
+    assert!(
+        report.election_timeout_floor_micros > 0,
+        "the tuner saw no round trips or fdatasyncs"
+    );
+    for knob in Knob::ALL {
+        let value = report.knobs.get(knob);
+        let range = bounds.get(knob);
+        assert!(
+            range.contains(value),
+            "{} = {value} is outside {}..={}",
+            knob.name(),
+            range.min,
+            range.max
+        );
+    }
+    let labels = NodeLabels {
+        cluster_id: 1,
+        version: "test".to_string(),
+    };
+    let text = encode_text(metrics(leader), labels).expect("encoding the metrics");
+    for series in [
+        "shardraft_tuning_intervals_total",
+        "shardraft_tuning_knob{",
+        "shardraft_tuning_measured_commit_seconds{",
+        "shardraft_tuning_election_timeout_floor_seconds{",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    check_with_promtool(&text);
+    cluster.shutdown();
+}
+
+#[test]
+fn detector_suspects_a_stopped_leader() {
+    let mut configs = cluster_configs(&test_dir("detector_suspects_a_stopped_leader"), 3, 1, 1);
+    for config in &mut configs {
+        config.tuning.enabled = true;
+        config.tuning.interval_ms = 100;
+    }
+    let mut cluster = Cluster::start(&configs);
+    let old_leader = cluster.leader().node_id();
+    // Enough heartbeats for every follower's detector to leave its cold start.
+    let heartbeat = Duration::from_millis(
+        configs[0].tick_interval_ms * u64::from(configs[0].raft.heartbeat_interval_ticks),
+    );
+    let gaps = configs[0].tuning.phi_min_gaps as u32 + 5;
+    std::thread::sleep(heartbeat * gaps);
+    let position = cluster
+        .handles
+        .iter()
+        .position(|handle| handle.node_id() == old_leader)
+        .expect("the leader is a member");
+    cluster.handles.remove(position);
+    cluster.nodes.remove(position).kill();
+
+    let new_leader = cluster.leader().node_id();
+    assert_ne!(new_leader, old_leader);
+    std::thread::sleep(Duration::from_millis(250));
+    for handle in &cluster.handles {
+        let report = tuning_reports(handle)[0]
+            .clone()
+            .expect("every shard runs a tuner");
+        let suspicion = report
+            .peers
+            .iter()
+            .find(|suspicion| suspicion.peer == old_leader)
+            .expect("the detector saw the old leader's heartbeats");
+        assert!(
+            suspicion.phi >= configs[0].tuning.phi_threshold,
+            "node {} rates the stopped leader at phi {}",
+            handle.node_id().0,
+            suspicion.phi
+        );
+        assert!(suspicion.suspicion_delay_micros.is_some());
+    }
+    cluster.shutdown();
+}
+
+#[test]
+fn linger_holds_a_lone_proposal() {
+    let linger = Duration::from_millis(50);
+    let mut configs = cluster_configs(&test_dir("linger_holds_a_lone_proposal"), 3, 1, 1);
+    for config in &mut configs {
+        config.proposal_linger_us = linger.as_micros() as u64;
+    }
+    let cluster = Cluster::start(&configs);
+    let leader = cluster.leader();
+    write_through(leader, 1, 1, "warm");
+
+    let started = Instant::now();
+    leader
+        .propose(GROUP, put("lone"))
+        .expect("the leader commits a lingering write");
+    let elapsed = started.elapsed();
+
+    // A proposal that does not fill a batch waits out the whole linger before the core
+    // sees it, so its commit cannot come sooner.
+    assert!(elapsed >= linger, "committed after {elapsed:?}");
+    write_through(leader, 16, 160, "many");
+    cluster.shutdown();
+}
+
+#[test]
+fn linger_above_its_maximum_is_rejected() {
+    let mut configs = cluster_configs(&test_dir("linger_above_its_maximum"), 3, 1, 1);
+    configs[0].proposal_linger_us = shardraft::config::PROPOSAL_LINGER_US_MAX + 1;
+
+    let error = shardraft::node::Node::start(configs[0].clone(), |_| {
+        shardraft::kv::KvStateMachine::new(kv_limits())
+    })
+    .expect_err("a linger above the maximum is rejected");
+
+    let message = error.to_string();
+    assert!(
+        matches!(error, NodeError::Config(_)),
+        "unexpected error: {message}"
+    );
+    assert!(message.contains("proposal_linger_us"), "{message}");
+}
