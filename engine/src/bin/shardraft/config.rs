@@ -560,3 +560,65 @@ fn validate_addresses(members: &[MemberEntry], shard_count: usize) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMBERS: &str = r#"
+node_id = 1
+[[members]]
+id = 1
+peer_address = "127.0.0.1:7010"
+client_address = "127.0.0.1:7101"
+"#;
+
+    #[test]
+    fn tuning_table_reaches_the_node_config() {
+        let text = format!(
+            "{MEMBERS}
+[tuning]
+enabled = true
+objective = \"latency\"
+p99_target_micros = 2000
+interval_ms = 1000
+
+[tuning.bounds]
+linger_micros = {{ min = 0, max = 500 }}
+inflight_appends_max = {{ min = 4, max = 64 }}
+"
+        );
+        let file: FileConfig = toml::from_str(&text).expect("the example parses");
+
+        let config = merge(file, &ConfigOverrides::default()).expect("the example is valid");
+
+        let tuning = &config.node.tuning;
+        assert!(tuning.enabled);
+        assert_eq!(tuning.p99_target_micros, 2000);
+        assert_eq!(tuning.bounds.linger_micros.max, 500);
+        assert_eq!(tuning.bounds.inflight_appends_max.min, 4);
+    }
+
+    #[test]
+    fn tuning_flag_overrides_the_table() {
+        let text = format!("{MEMBERS}\n[tuning]\nenabled = true\n");
+        let file: FileConfig = toml::from_str(&text).expect("the config parses");
+        let overrides = ConfigOverrides {
+            tuning: Some(false),
+            ..ConfigOverrides::default()
+        };
+
+        let config = merge(file, &overrides).expect("the config is valid");
+
+        assert!(!config.node.tuning.enabled);
+    }
+
+    #[test]
+    fn unknown_tuning_key_is_rejected() {
+        let text = format!("{MEMBERS}\n[tuning]\nlinger = 5\n");
+
+        let error = toml::from_str::<FileConfig>(&text).expect_err("an unknown key is rejected");
+
+        assert!(error.to_string().contains("linger"), "{error}");
+    }
+}
