@@ -203,6 +203,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub tuning: bool,
 
+    /// Static proposal linger of the embedded nodes, in microseconds (the engine's
+    /// `proposal_linger_us`). Default: the engine's, 0.
+    #[arg(long, value_name = "MICROS")]
+    pub linger_us: Option<u64>,
+
+    /// AppendEntries in flight per follower in the embedded nodes (the engine's
+    /// `raft.max_inflight_messages`). Default: the engine's, 64.
+    #[arg(long, value_name = "COUNT")]
+    pub max_inflight_messages: Option<usize>,
+
+    /// Entries per AppendEntries in the embedded nodes (the engine's
+    /// `raft.max_entries_per_message`). Default: the engine's, 512.
+    #[arg(long, value_name = "COUNT")]
+    pub max_entries_per_message: Option<usize>,
+
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
     #[arg(long, value_name = "OPS")]
@@ -324,6 +339,10 @@ pub struct ClusterSpec {
     pub measure_install: bool,
     /// Whether the nodes run the adaptive tuner.
     pub tuning: bool,
+    /// Static batching settings that replace the engine's defaults.
+    pub linger_us: Option<u64>,
+    pub max_inflight_messages: Option<usize>,
+    pub max_entries_per_message: Option<usize>,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -437,6 +456,15 @@ impl RunArgs {
                 ("--snapshots", self.snapshots.is_some()),
                 ("--measure-install", self.measure_install),
                 ("--tuning", self.tuning),
+                ("--linger-us", self.linger_us.is_some()),
+                (
+                    "--max-inflight-messages",
+                    self.max_inflight_messages.is_some(),
+                ),
+                (
+                    "--max-entries-per-message",
+                    self.max_entries_per_message.is_some(),
+                ),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -487,6 +515,9 @@ impl RunArgs {
             snapshots,
             measure_install: self.measure_install,
             tuning: self.tuning,
+            linger_us: self.linger_us,
+            max_inflight_messages: self.max_inflight_messages,
+            max_entries_per_message: self.max_entries_per_message,
             dir,
         }))
     }
@@ -1134,6 +1165,38 @@ mod tests {
         ]);
         assert!(
             message.contains("--snapshots applies to --target embedded only"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn static_batching_options_reach_the_cluster() {
+        let spec = validate(&[
+            "--linger-us",
+            "200",
+            "--max-inflight-messages",
+            "8",
+            "--max-entries-per-message",
+            "64",
+            "--tuning",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(spec.linger_us, Some(200));
+        assert_eq!(spec.max_inflight_messages, Some(8));
+        assert_eq!(spec.max_entries_per_message, Some(64));
+        assert!(spec.tuning);
+        let message = error_of(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            "127.0.0.1:2379",
+            "--linger-us",
+            "5",
+        ]);
+        assert!(
+            message.contains("--linger-us applies to --target embedded only"),
             "{message}"
         );
     }

@@ -429,6 +429,15 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
             config.snapshot.trigger_log_bytes = 0;
         }
         config.tuning.enabled = spec.tuning;
+        if let Some(linger_us) = spec.linger_us {
+            config.proposal_linger_us = linger_us;
+        }
+        if let Some(inflight) = spec.max_inflight_messages {
+            config.raft.max_inflight_messages = inflight;
+        }
+        if let Some(entries) = spec.max_entries_per_message {
+            config.raft.max_entries_per_message = entries;
+        }
         match data_dir {
             Some(dir) => {
                 let node_dir = dir.join(format!("node-{}", member.id));
