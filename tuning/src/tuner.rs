@@ -5,21 +5,43 @@
 //! 1. cleans the samples (non-finite or negative floats count as 0, rates are capped);
 //! 2. feeds the arrival rate to the Page–Hinkley detector and, on a shift, makes the model
 //!    forget the old regime and drops any pending change;
-//! 3. folds the fdatasync and round-trip measurements into the model's system estimate and,
-//!    when the interval had at least `cold_start_commits_min` commits, records the measured
-//!    latency of the arm in force;
-//! 4. proposes new batching knobs once `cold_start_intervals` such intervals were seen. The
-//!    next arm is, in order of preference: the grid neighbour with the best predicted
-//!    improvement; else one step toward the best predicted arm within [`TARGET_RADIUS`]
-//!    grid steps, through a neighbour not predicted worse than the margin; else the
-//!    neighbour with the best optimistic (exploration) prediction. The move happens only if
-//!    the improvement beats `hysteresis_percent` for the same arm in `hysteresis_intervals`
-//!    consecutive intervals and the rate limit allows it;
-//! 5. proposes lower group timing when the election timeout exceeds the floor (the largest
-//!    floor of the last `timing_change_interval_min` intervals) by more than the margin for
-//!    `hysteresis_intervals` intervals;
-//! 6. passes the proposal through [`KnobGuard::apply`], which also raises the election
-//!    timeout at once when the latest floor requires it.
+//! 3. folds the fdatasync, round-trip and entries-per-fdatasync measurements into the
+//!    model's system estimate and, when the interval had at least `cold_start_commits_min`
+//!    commits, records the measured latency of the arm in force;
+//! 4. judges the last batching move while its trial is open (see the `trial` module):
+//!    once the new arm has been measured for `hysteresis_intervals` intervals (at least 2),
+//!    it is kept,
+//!    or, when it measured worse than the previous arm by the margin beyond noise, the
+//!    tuner moves back and rejects it at that rate for [`REJECTION_INTERVALS`] intervals.
+//!    No other batching move happens while a trial is open;
+//! 5. proposes new batching knobs once `cold_start_intervals` such intervals were seen. The
+//!    first choice is the grid neighbour with the best predicted improvement. Else the
+//!    tuner takes one step toward the best predicted arm within [`TARGET_RADIUS`] grid
+//!    steps, through a neighbour predicted worse by at most the margin. Else it explores:
+//!    the neighbour with the best optimistic prediction among those predicted no worse
+//!    than the arm in force. Exploration waits [`EXPLORATION_SPACING_INTERVALS`]
+//!    intervals after the last exploratory move, and never starts while the measured p99
+//!    meets the latency objective's target. Rejected arms are never candidates. The move
+//!    happens only if the same arm wins in `hysteresis_intervals` consecutive intervals
+//!    and the rate limit allows it;
+//! 6. proposes lower group timing when the election timeout exceeds the floor envelope by
+//!    more than the margin for `hysteresis_intervals` intervals. The envelope is the
+//!    [`FLOOR_ENVELOPE_QUANTILE`] of the floors of the last `timing_change_interval_min`
+//!    intervals, and never below the latest floor, so one noisy interval does not hold the
+//!    timeout up for the whole window;
+//! 7. passes the proposal through [`KnobGuard::apply`], which also raises the election
+//!    timeout at once when the latest interval's floor requires it.
+//!
+//! Predictions for an arm never measured take the residual of the arm measured in this
+//! interval, so they are relative to a measurement. [`Decision::prediction`] and each
+//! batching reason report exactly the predictions the move compared: the arm in force and
+//! the candidate (and the farther goal for a step toward one), or, for a move back, the two
+//! measured p99 values.
+//!
+//! The floor that forces a raise is per interval: `safety_factor × (p99.9 RTT + p99.9
+//! fdatasync)` of the latest interval that measured them. A windowed statistic could be
+//! lower than one interval's p99.9 and would then let the timeout sit below that interval's
+//! floor, so it is used only for lowering.
 //!
 //! When `enabled = false` the tuner returns the static knobs unchanged and never proposes
 //! anything. Until the cold start ends, the batching knobs stay at their static values,
@@ -27,20 +49,28 @@
 //! elections from the first measurement on.
 
 use crate::change_point::PageHinkley;
-use crate::config::{ConfigError, Objective, TuningConfig};
-use crate::knobs::{Knob, Knobs};
+use crate::config::{ConfigError, TuningConfig};
+use crate::knobs::Knobs;
 use crate::model::grid::{Arm, ArmGrid};
-use crate::model::objective::improvement;
-use crate::model::{Context, Load, Model, Prediction};
+use crate::model::{Context, Model, Prediction};
 use crate::rng::SplitMix64;
-use crate::safety::{FORCED_RAISE_HEADROOM, KnobGuard, SafetyRules, saturating_u64};
+use crate::safety::{KnobGuard, SafetyRules};
 use crate::samples::IntervalSamples;
 use std::collections::VecDeque;
 
+mod batching;
 mod decision;
 mod reason;
+mod timing;
+mod trial;
 
+pub use batching::{EXPLORATION_SPACING_INTERVALS, TARGET_RADIUS};
 pub use decision::{Decision, Measurement, TimingDecision};
+pub use timing::FLOOR_ENVELOPE_QUANTILE;
+pub use trial::REJECTION_INTERVALS;
+
+use timing::floor_envelope;
+use trial::{ArmRecord, Rejections, Trial};
 
 /// A commit rate below this fraction of the arrival rate shows the arm's capacity.
 const SATURATED_COMMIT_FRACTION: f64 = 0.9;
@@ -80,6 +110,12 @@ struct Active {
     warm_intervals: u64,
     pending_arm: Option<Pending<Arm>>,
     pending_timing: Option<Pending<u64>>,
+    /// The measurements of the arm in force since it came into force.
+    record: ArmRecord,
+    /// The last move, while its measurements are still being compared.
+    trial: Option<Trial>,
+    rejections: Rejections,
+    last_exploration: Option<u64>,
     /// Election timeout floors of recent intervals, newest last.
     floors: VecDeque<u64>,
     last_floor_micros: u64,
@@ -119,9 +155,11 @@ impl Tuner {
         let active = if config.enabled {
             let rules = SafetyRules::from_config(&config, peers);
             let guard = KnobGuard::new(rules, static_knobs)?;
+            let grid = ArmGrid::new(&config.bounds, config.step_ratio_max, &static_knobs);
+            let static_arm = grid.nearest(&static_knobs);
             Some(Active {
                 guard,
-                grid: ArmGrid::new(&config.bounds, config.step_ratio_max, &static_knobs),
+                grid,
                 model: Model::new(),
                 detector: PageHinkley::new(
                     config.change_point_threshold,
@@ -131,6 +169,10 @@ impl Tuner {
                 warm_intervals: 0,
                 pending_arm: None,
                 pending_timing: None,
+                record: ArmRecord::new(static_arm),
+                trial: None,
+                rejections: Rejections::default(),
+                last_exploration: None,
                 floors: VecDeque::new(),
                 last_floor_micros: 0,
                 last_prediction: None,
@@ -225,17 +267,6 @@ impl Tuner {
     }
 }
 
-/// The search radius, in grid steps per dimension, for a better arm to head for.
-pub const TARGET_RADIUS: u16 = 8;
-
-/// Returns whether `next` is no farther from `goal` than `from` in any dimension.
-fn approaches(from: Arm, next: Arm, goal: Arm) -> bool {
-    let closer = |a: u16, b: u16, g: u16| a.abs_diff(g) >= b.abs_diff(g);
-    closer(from.linger, next.linger, goal.linger)
-        && closer(from.batch, next.batch, goal.batch)
-        && closer(from.inflight, next.inflight, goal.inflight)
-}
-
 /// Returns the median round trip of the follower that completes a quorum: with `peers`
 /// followers, the leader needs `(peers + 1) / 2` acknowledgements besides its own.
 fn quorum_rtt_micros(samples: &IntervalSamples, peers: u64) -> Option<f64> {
@@ -276,9 +307,13 @@ impl Active {
             (fsync.count > 0).then_some(fsync.p99_micros as f64),
             quorum_rtt_micros(samples, peers),
         );
+        let current_arm = self.grid.nearest(self.guard.current());
+        if samples.fsyncs > 0 && samples.arrivals > 0 {
+            self.model
+                .update_fsync_batch(&self.grid, current_arm, load, samples.entries_per_fsync);
+        }
 
         let context = Context::of(load);
-        let current_arm = self.grid.nearest(self.guard.current());
         let enough_commits =
             measured.commits >= config.cold_start_commits_min && measured.commits > 0;
         if enough_commits {
@@ -292,24 +327,33 @@ impl Active {
                 < SATURATED_COMMIT_FRACTION * measured.arrival_rate_per_second;
             self.model
                 .record(&self.grid, context, current_arm, load, &observed, saturated);
+            self.observe_arm(current_arm, load, &measured, saturated);
             self.warm_intervals = self.warm_intervals.saturating_add(1);
         }
 
         let floor = self.update_floor(measured);
         let mut proposal = *self.guard.current();
-        let mut explanation = None;
+        let mut basis = None;
         if self.warm_intervals >= config.cold_start_intervals {
-            explanation =
-                self.propose_batching(config, context, current_arm, load, interval, &mut proposal);
+            basis = self.propose_batching(
+                config,
+                context,
+                current_arm,
+                &measured,
+                interval,
+                &mut proposal,
+            );
         }
         self.propose_timing(config, interval, &mut proposal);
 
         let before = *self.guard.current();
         let outcome = self.guard.apply(&proposal, floor, interval);
         let now_arm = self.grid.nearest(self.guard.current());
+        // The arm measured in this interval lends its residual to the arm now in force, so
+        // after a move this is the candidate prediction that the move was based on.
         let prediction = self
             .model
-            .estimate(&self.grid, context, now_arm, now_arm, load)
+            .estimate(&self.grid, context, now_arm, current_arm, load)
             .mean;
         self.last_prediction = Some(prediction);
         if outcome
@@ -318,12 +362,12 @@ impl Active {
             .any(|change| !change.knob.is_timing())
         {
             self.pending_arm = None;
+            self.after_move(config, basis.as_ref(), now_arm, &measured, interval);
         }
         if outcome.changes.iter().any(|change| change.knob.is_timing()) {
             self.pending_timing = None;
         }
 
-        let before_prediction = explanation.map(|(before, _)| before);
         let reasons = outcome
             .changes
             .iter()
@@ -331,10 +375,9 @@ impl Active {
                 reason::describe(
                     change,
                     &measured,
-                    before_prediction.as_ref(),
-                    &prediction,
-                    explanation.is_some_and(|(_, exploring)| exploring),
+                    basis.as_ref(),
                     outcome.election_timeout_floor_micros,
+                    floor_envelope(&self.floors, self.last_floor_micros),
                 )
             })
             .collect();
@@ -358,214 +401,6 @@ impl Active {
             election_timeout_floor_micros: outcome.election_timeout_floor_micros,
             floor_unsatisfiable: outcome.floor_unsatisfiable,
         }
-    }
-
-    /// Returns the election timeout floor to enforce now: from this interval's latencies
-    /// when it measured both, else the previous floor, because an interval without
-    /// measurements carries no information about the network.
-    fn update_floor(&mut self, measured: Measurement) -> u64 {
-        if let (Some(rtt), Some(fsync)) = (measured.rtt_p999_micros, measured.fsync_p999_micros) {
-            self.last_floor_micros = self.guard.rules().election_timeout_floor_micros(rtt, fsync);
-        } else if let Some(one) = measured.rtt_p999_micros.or(measured.fsync_p999_micros) {
-            // One side alone is still a lower bound on the sum.
-            let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
-            self.last_floor_micros = self.last_floor_micros.max(floor);
-        }
-        self.floors.push_back(self.last_floor_micros);
-        let window = self
-            .guard
-            .rules()
-            .timing_change_interval_min
-            .clamp(1, 10_000) as usize;
-        while self.floors.len() > window {
-            self.floors.pop_front();
-        }
-        self.last_floor_micros
-    }
-
-    /// Sets the batching knobs of `proposal` to the next arm once it has won for
-    /// `hysteresis_intervals` intervals. Returns the current arm's prediction and whether
-    /// the move explores.
-    fn propose_batching(
-        &mut self,
-        config: &TuningConfig,
-        context: Context,
-        current_arm: Arm,
-        load: Load,
-        interval: u64,
-        proposal: &mut Knobs,
-    ) -> Option<(Prediction, bool)> {
-        let objective: Objective = config.objective();
-        let headroom = config.throughput_headroom_percent / 100.0;
-        let margin = config.hysteresis_percent / 100.0;
-        let rate = load.arrival_rate_per_second;
-        let current = self
-            .model
-            .estimate(&self.grid, context, current_arm, current_arm, load);
-        let gain = |estimate: &Prediction| {
-            improvement(objective, &current.mean, estimate, rate, headroom, margin)
-        };
-
-        // Exploit, first greedily: the neighbour with the best predicted improvement.
-        let mut greedy: Option<(Arm, f64)> = None;
-        for arm in self.grid.neighbours(current_arm) {
-            if !self.fits_memory(arm, proposal) {
-                continue;
-            }
-            let estimate = self
-                .model
-                .estimate(&self.grid, context, arm, current_arm, load);
-            let value = gain(&estimate.mean);
-            if greedy.is_none_or(|(_, best)| value > best) {
-                greedy = Some((arm, value));
-            }
-        }
-        let mut step: Option<(Arm, bool)> = greedy
-            .filter(|(_, value)| *value > margin)
-            .map(|(arm, _)| (arm, false));
-
-        // Then toward the best predicted arm farther away, one step at a time through
-        // neighbours that the model does not predict to be worse than the margin.
-        let mut target: Option<(Arm, f64)> = None;
-        for arm in self.grid.window(current_arm, TARGET_RADIUS) {
-            if arm == current_arm || !self.fits_memory(arm, proposal) {
-                continue;
-            }
-            let estimate = self
-                .model
-                .estimate(&self.grid, context, arm, current_arm, load);
-            let value = gain(&estimate.mean);
-            if target.is_none_or(|(_, best)| value > best) {
-                target = Some((arm, value));
-            }
-        }
-        let goal = target.filter(|(_, value)| *value > margin && step.is_none());
-        if let Some((goal, _)) = goal {
-            let mut best_step: Option<(Arm, f64)> = None;
-            for arm in self.grid.neighbours(current_arm) {
-                if !approaches(current_arm, arm, goal) || !self.fits_memory(arm, proposal) {
-                    continue;
-                }
-                let estimate = self
-                    .model
-                    .estimate(&self.grid, context, arm, current_arm, load);
-                let value = gain(&estimate.mean);
-                if value >= -margin && best_step.is_none_or(|(_, best)| value > best) {
-                    best_step = Some((arm, value));
-                }
-            }
-            step = best_step.map(|(arm, _)| (arm, false));
-        }
-
-        // Explore: the neighbour with the best optimistic prediction, if it beats the margin.
-        if step.is_none() {
-            let mut best: Option<(Arm, f64, f64)> = None;
-            let mut ties = 0u64;
-            for arm in self.grid.neighbours(current_arm) {
-                if !self.fits_memory(arm, proposal) {
-                    continue;
-                }
-                let estimate = self
-                    .model
-                    .estimate(&self.grid, context, arm, current_arm, load);
-                let optimistic = gain(&estimate.optimistic);
-                let expected = gain(&estimate.mean);
-                match best {
-                    Some((_, score, _)) if optimistic < score => {}
-                    Some((_, score, _)) if optimistic == score => {
-                        // Break exact ties uniformly with the seeded generator.
-                        ties += 1;
-                        if self.rng.below(ties + 1) == 0 {
-                            best = Some((arm, optimistic, expected));
-                        }
-                    }
-                    _ => {
-                        ties = 0;
-                        best = Some((arm, optimistic, expected));
-                    }
-                }
-            }
-            step = best
-                .filter(|(_, optimistic, _)| *optimistic > margin)
-                .map(|(arm, _, expected)| (arm, expected <= margin));
-        }
-
-        let streak = advance_streak(&mut self.pending_arm, step.map(|(arm, _)| arm));
-        let (arm, exploring) = step?;
-        let allowed = [
-            Knob::LingerMicros,
-            Knob::BatchEntriesMax,
-            Knob::InflightAppendsMax,
-        ]
-        .iter()
-        .all(|&knob| self.guard.may_change(knob, interval));
-        if streak < config.hysteresis_intervals || !allowed {
-            return None;
-        }
-        *proposal = self.knobs_for(arm, proposal);
-        Some((current.mean, exploring))
-    }
-
-    fn fits_memory(&self, arm: Arm, base: &Knobs) -> bool {
-        self.guard.rules().memory_fits(&self.knobs_for(arm, base))
-    }
-
-    fn knobs_for(&self, arm: Arm, base: &Knobs) -> Knobs {
-        let setting = self.grid.setting(arm);
-        Knobs {
-            linger_micros: setting.linger_micros,
-            batch_entries_max: setting.batch_entries_max,
-            batch_bytes_max: self.guard.rules().bounds.batch_bytes_max.clamp(
-                setting
-                    .batch_entries_max
-                    .saturating_mul(self.bytes_per_entry),
-            ),
-            inflight_appends_max: setting.inflight_appends_max,
-            // TODO: no read-path samples exist yet, so read_batch_max keeps its static value.
-            ..*base
-        }
-    }
-
-    // NOTE: the tuner only lowers timing here. After a forced raise the heartbeat keeps its
-    // old value, which is safe but sends more heartbeats than the static ratio would.
-    /// Lowers the group timing toward the floor envelope once the current election timeout
-    /// has exceeded it by the margin for long enough.
-    fn propose_timing(&mut self, config: &TuningConfig, interval: u64, proposal: &mut Knobs) {
-        let rules = self.guard.rules();
-        let bounds = rules.bounds;
-        let envelope = self.floors.iter().copied().max().unwrap_or(0);
-        let desired = bounds
-            .election_timeout_min_micros
-            .clamp(saturating_u64(envelope as f64 * FORCED_RAISE_HEADROOM));
-        let current = *self.guard.current();
-        let margin = 1.0 + config.hysteresis_percent / 100.0;
-        let lower = (current.election_timeout_min_micros as f64) > desired as f64 * margin;
-        let streak = advance_streak(&mut self.pending_timing, lower.then_some(desired));
-        let allowed = [
-            Knob::HeartbeatIntervalMicros,
-            Knob::ElectionTimeoutMinMicros,
-            Knob::ElectionTimeoutMaxMicros,
-        ]
-        .iter()
-        .all(|&knob| self.guard.may_change(knob, interval));
-        if !lower || streak < config.hysteresis_intervals || !allowed {
-            return;
-        }
-        // Step the min first, then derive the others from it, so the shape holds after the
-        // guard's per-knob step limit.
-        let ratio = rules.step_ratio_max.max(2);
-        let min = desired.max(current.election_timeout_min_micros / ratio);
-        let heartbeat = bounds
-            .heartbeat_interval_micros
-            .clamp(min / self.heartbeat_divisor)
-            .min(current.heartbeat_interval_micros);
-        let max_floor = rules.election_timeout_max_floor_micros(min);
-        let max = bounds
-            .election_timeout_max_micros
-            .clamp(saturating_u64(min as f64 * self.election_max_ratio).max(max_floor));
-        proposal.election_timeout_min_micros = min;
-        proposal.heartbeat_interval_micros = heartbeat;
-        proposal.election_timeout_max_micros = max;
     }
 }
 

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
-use shardraft_tuning::TuningConfig;
 use shardraft_tuning::config::ObjectiveKind;
+use shardraft_tuning::knobs::KnobBounds;
 use shardraft_tuning::synthetic::{SyntheticLoad, SyntheticParams, SyntheticSystem};
+use shardraft_tuning::{Tuner, TuningConfig};
 
 /// Intervals after which the tuner must be close to the best arm.
 const SETTLE_INTERVALS: usize = 60;
@@ -96,4 +97,68 @@ fn throughput_objective_finds_capacity() {
         reached >= 0.85 * best,
         "capacity {reached:.0} of best {best:.0}, start {start:.0}"
     );
+}
+
+/// Intervals after which the group-commit case must be within [`GROUP_COMMIT_P99_MARGIN`].
+const GROUP_COMMIT_SETTLE_INTERVALS: usize = 20;
+const GROUP_COMMIT_P99_MARGIN: f64 = 1.1;
+
+/// Runs the tuner from the engine's static knobs on the engine-like group-commit shard.
+/// Returns the largest linger it set and, after settling, the worst ratio of the true p99
+/// to the best arm's p99.
+fn group_commit_run(config: &TuningConfig, seed: u64) -> (u64, f64) {
+    let base = engine_knobs();
+    let mut tuner = match Tuner::new(config.clone(), base, PEERS) {
+        Ok(tuner) => tuner,
+        Err(error) => panic!("tuner rejected the engine's knobs: {error}"),
+    };
+    let mut system = SyntheticSystem::new(SyntheticParams::engine_like(), seed);
+    // Closed-loop clients arrive in bursts, as in the embedded trace.
+    let load = SyntheticLoad {
+        arrival_rate_per_second: 60_000.0,
+        dispersion: 15.0,
+    };
+    let best = best_p99_micros_for(&system, config, &base, load);
+    let mut linger_max = 0;
+    let mut worst: f64 = 0.0;
+    for interval in 0..SETTLE_INTERVALS + HOLD_INTERVALS {
+        let samples = system.interval(tuner.current(), load);
+        let _ = tuner.observe(&samples);
+        linger_max = linger_max.max(tuner.current().linger_micros);
+        if interval >= GROUP_COMMIT_SETTLE_INTERVALS {
+            let truth = system.expected(tuner.current(), load).p99_micros;
+            worst = worst.max(truth / best);
+        }
+    }
+    (linger_max, worst)
+}
+
+#[test]
+fn group_commit_keeps_linger_at_zero() {
+    // A 1 µs target is never met, so exploration is never switched off by the target.
+    let strict = TuningConfig {
+        bounds: KnobBounds::default(),
+        ..latency_config(1)
+    };
+    let engine = TuningConfig {
+        enabled: true,
+        ..TuningConfig::default()
+    };
+    for (name, config) in [("strict", strict), ("engine", engine)] {
+        for seed in [1, 2, 3] {
+            let config = TuningConfig {
+                seed,
+                ..config.clone()
+            };
+            let (linger_max, worst) = group_commit_run(&config, seed);
+            assert_eq!(
+                linger_max, 0,
+                "{name} seed {seed}: linger reached {linger_max} µs"
+            );
+            assert!(
+                worst <= GROUP_COMMIT_P99_MARGIN,
+                "{name} seed {seed}: p99 {worst:.2} × best"
+            );
+        }
+    }
 }

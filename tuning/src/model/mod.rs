@@ -27,7 +27,10 @@
 //!   compares the current arm with its grid neighbours, so exploration moves one step at a
 //!   time and never leaves the bounds.
 //! - **Regime change.** [`Model::forget`] caps every count at 1 when the change-point
-//!   detector fires, so the next few intervals outweigh the old regime.
+//!   detector fires, so the next few intervals outweigh the old regime. When the measured
+//!   entries per fdatasync switch the prior to or from its group-commit form
+//!   ([`prior`]), the model drops every residual, because they were learned against the
+//!   other form.
 
 pub mod grid;
 pub mod objective;
@@ -229,6 +232,30 @@ impl Model {
         }
     }
 
+    /// Folds the measured entries per fdatasync of `arm` at `load` into the group-commit
+    /// detection of the system estimate ([`SystemEstimate::fsync_batch_ratio`]).
+    ///
+    /// When the detection flips, the prior changes form and the residuals learned against
+    /// the old form no longer apply, so every statistic is dropped.
+    pub fn update_fsync_batch(
+        &mut self,
+        grid: &ArmGrid,
+        arm: Arm,
+        load: Load,
+        entries_per_fsync: f64,
+    ) {
+        if !entries_per_fsync.is_finite() || entries_per_fsync <= 0.0 {
+            return;
+        }
+        let expected = prior::batch_entries(grid.setting(arm), load, &self.system);
+        let ratio = (entries_per_fsync / expected.max(1.0)).clamp(0.0, 1e6);
+        let before = self.system.group_commit();
+        self.system.fsync_batch_ratio = smooth(self.system.fsync_batch_ratio, ratio);
+        if self.system.group_commit() != before {
+            self.stats.clear();
+        }
+    }
+
     /// Records the measured behaviour of `arm` in `context`.
     ///
     /// `capacity_observed` is true when the interval showed the arm's capacity: the commit
@@ -270,6 +297,11 @@ impl Model {
         if capacity_observed || (stats.capacity.count > 0.0 && capacity_residual > estimated) {
             stats.capacity.update(capacity_residual);
         }
+    }
+
+    /// Returns the uncorrected prior prediction for `arm` at `load`.
+    pub fn prior(&self, grid: &ArmGrid, arm: Arm, load: Load) -> Prediction {
+        prior::predict(grid.setting(arm), load, &self.system)
     }
 
     /// Returns the prediction for `arm` at `load` in `context`, with `current` as the arm

@@ -22,6 +22,24 @@
 //!   delay's tail as exponential.
 //! - **Capacity** `min(KB/S, B/f)` entries per microsecond.
 //!
+//! # Group commit
+//!
+//! Some logs batch by themselves: entries appended while one fdatasync runs join the next
+//! one, whatever the AppendEntries batches were. Such a device never queues more than one
+//! fdatasync, so the Kingman term above does not apply, and linger cannot lower the
+//! device's load, only add its own wait. [`SystemEstimate::fsync_batch_ratio`] detects this
+//! from the measured entries per fdatasync: when they exceed the batch size `n` above by
+//! [`GROUP_COMMIT_RATIO`] or more, the prior switches to the group-commit form:
+//!
+//! - **Utilisation** `ρ = λS/(KB)`, the pipeline only.
+//! - **Waiting**: the fill and slot waits as above, and Kingman's approximation on the
+//!   pipeline with service time `S/K`. An entry also waits for the rest of the fdatasync
+//!   in flight, which is busy with probability `β = min(1, λf)`: half of `f` on average,
+//!   and up to the fdatasync tail.
+//! - **Latency**: p50 = half the fill and slot waits + `S` + `βf/2` + 0.7 W, and p99 = the
+//!   full waits + (`S` + `βf`) × the fdatasync p99/p50 ratio + ln(100) W.
+//! - **Capacity** `KB/S`.
+//!
 //! At `ρ ≥` [`SATURATION_UTILISATION`] the queue grows without bound within an interval,
 //! so latency is set to [`SATURATION_PENALTY`] × (S + L) × ρ, which ranks every saturated
 //! arm behind every stable one. The prior is deliberately simple: per-byte fdatasync cost,
@@ -42,6 +60,10 @@ pub const VALUE_MAX: f64 = 1e15;
 /// The squared coefficient of variation assumed for fdatasync service times.
 const SERVICE_SCV: f64 = 0.5;
 
+/// The measured entries per fdatasync over the prior's batch size from which the log
+/// counts as batching by group commit.
+pub const GROUP_COMMIT_RATIO: f64 = 2.0;
+
 /// The system costs measured so far, smoothed across intervals.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SystemEstimate {
@@ -51,6 +73,16 @@ pub struct SystemEstimate {
     pub fsync_tail_ratio: f64,
     /// Median round trip to the follower that completes a quorum.
     pub quorum_rtt_micros: f64,
+    /// Measured entries per fdatasync divided by the prior's batch size for the arm in
+    /// force; at least [`GROUP_COMMIT_RATIO`] means the log batches by group commit.
+    pub fsync_batch_ratio: f64,
+}
+
+impl SystemEstimate {
+    /// Returns whether the measurements show group commit.
+    pub fn group_commit(&self) -> bool {
+        self.fsync_batch_ratio >= GROUP_COMMIT_RATIO
+    }
 }
 
 impl Default for SystemEstimate {
@@ -60,6 +92,7 @@ impl Default for SystemEstimate {
             fsync_micros: 200.0,
             fsync_tail_ratio: 2.0,
             quorum_rtt_micros: 100.0,
+            fsync_batch_ratio: 1.0,
         }
     }
 }
@@ -72,31 +105,96 @@ fn finite_in(value: f64, low: f64, high: f64) -> f64 {
     }
 }
 
+/// The inputs of one prediction, in entries and microseconds, made finite.
+struct Inputs {
+    /// Arrivals per microsecond.
+    lambda: f64,
+    dispersion: f64,
+    linger: f64,
+    batch_max: f64,
+    inflight: f64,
+    fsync: f64,
+    round: f64,
+    tail: f64,
+}
+
+impl Inputs {
+    fn new(setting: ArmSetting, load: Load, system: &SystemEstimate) -> Self {
+        let fsync = finite_in(system.fsync_micros, 1.0, VALUE_MAX);
+        Self {
+            lambda: finite_in(load.arrival_rate_per_second / 1e6, 0.0, VALUE_MAX),
+            dispersion: finite_in(load.dispersion, 0.0, 1e6),
+            linger: setting.linger_micros as f64,
+            batch_max: (setting.batch_entries_max as f64).max(1.0),
+            inflight: (setting.inflight_appends_max as f64).max(1.0),
+            fsync,
+            round: fsync + finite_in(system.quorum_rtt_micros, 0.0, VALUE_MAX),
+            tail: finite_in(system.fsync_tail_ratio, 1.0, 20.0),
+        }
+    }
+
+    fn batch(&self) -> f64 {
+        (1.0 + self.lambda * self.linger)
+            .max(self.lambda * self.round / self.inflight)
+            .clamp(1.0, self.batch_max)
+    }
+
+    fn fill_wait(&self) -> f64 {
+        if self.lambda > 0.0 {
+            self.linger.min((self.batch_max - 1.0) / self.lambda)
+        } else {
+            self.linger
+        }
+    }
+
+    fn slot_wait(&self) -> f64 {
+        (self.lambda * self.round / self.inflight).min(1.0) * self.round / self.inflight
+    }
+
+    fn pipeline_utilisation(&self) -> f64 {
+        self.lambda * self.round / (self.inflight * self.batch_max)
+    }
+
+    /// Returns Kingman's mean waiting time at `utilisation` for `service_micros`.
+    fn queue_wait(&self, utilisation: f64, service_micros: f64) -> f64 {
+        utilisation / (1.0 - utilisation) * (self.dispersion + SERVICE_SCV) / 2.0 * service_micros
+    }
+}
+
+/// Returns the entries per AppendEntries batch that the prior expects for `setting` at
+/// `load`, before any group commit.
+pub fn batch_entries(setting: ArmSetting, load: Load, system: &SystemEstimate) -> f64 {
+    Inputs::new(setting, load, system).batch()
+}
+
 /// Returns the prior prediction for `setting` at `load`.
 pub fn predict(setting: ArmSetting, load: Load, system: &SystemEstimate) -> Prediction {
-    let lambda = finite_in(load.arrival_rate_per_second / 1e6, 0.0, VALUE_MAX);
-    let dispersion = finite_in(load.dispersion, 0.0, 1e6);
-    let linger = setting.linger_micros as f64;
-    let batch_max = (setting.batch_entries_max as f64).max(1.0);
-    let inflight = (setting.inflight_appends_max as f64).max(1.0);
-    let fsync = finite_in(system.fsync_micros, 1.0, VALUE_MAX);
-    let round = fsync + finite_in(system.quorum_rtt_micros, 0.0, VALUE_MAX);
-    let tail = finite_in(system.fsync_tail_ratio, 1.0, 20.0);
+    let inputs = Inputs::new(setting, load, system);
+    let lambda = inputs.lambda;
+    let batch_max = inputs.batch_max;
+    let round = inputs.round;
+    let fsync = inputs.fsync;
+    let group_commit = system.group_commit();
 
-    let batch = (1.0 + lambda * linger)
-        .max(lambda * round / inflight)
-        .clamp(1.0, batch_max);
-    let device_utilisation = lambda * fsync / batch;
-    let pipeline_utilisation = lambda * round / (inflight * batch_max);
-    let utilisation = device_utilisation.max(pipeline_utilisation);
-    let capacity = (inflight * batch_max / round).min(batch_max / fsync);
+    let pipeline_utilisation = inputs.pipeline_utilisation();
+    let utilisation = if group_commit {
+        pipeline_utilisation
+    } else {
+        (lambda * fsync / inputs.batch()).max(pipeline_utilisation)
+    };
+    let pipeline_capacity = inputs.inflight * batch_max / round;
+    let capacity = if group_commit {
+        pipeline_capacity
+    } else {
+        pipeline_capacity.min(batch_max / fsync)
+    };
     let capacity_per_second = finite_in(capacity * 1e6, 0.0, VALUE_MAX);
     let throughput_per_second =
         finite_in(load.arrival_rate_per_second, 0.0, VALUE_MAX).min(capacity_per_second);
 
     if utilisation >= SATURATION_UTILISATION {
         let latency = finite_in(
-            SATURATION_PENALTY * (round + linger) * utilisation,
+            SATURATION_PENALTY * (round + inputs.linger) * utilisation,
             1.0,
             VALUE_MAX,
         );
@@ -108,15 +206,21 @@ pub fn predict(setting: ArmSetting, load: Load, system: &SystemEstimate) -> Pred
         };
     }
 
-    let fill_wait = if lambda > 0.0 {
-        linger.min((batch_max - 1.0) / lambda)
+    let fill_wait = inputs.fill_wait();
+    let slot_wait = inputs.slot_wait();
+    let (p50, p99) = if group_commit {
+        let queue_wait = inputs.queue_wait(utilisation, round / inputs.inflight);
+        let sync_wait = (lambda * fsync).min(1.0) * fsync;
+        let p50 = 0.5 * fill_wait + 0.5 * slot_wait + round + 0.5 * sync_wait + 0.7 * queue_wait;
+        let p99 =
+            fill_wait + slot_wait + (round + sync_wait) * inputs.tail + 100f64.ln() * queue_wait;
+        (p50, p99)
     } else {
-        linger
+        let queue_wait = inputs.queue_wait(utilisation, fsync);
+        let p50 = 0.5 * fill_wait + 0.5 * slot_wait + round + 0.7 * queue_wait;
+        let p99 = fill_wait + slot_wait + round * inputs.tail + 100f64.ln() * queue_wait;
+        (p50, p99)
     };
-    let slot_wait = (lambda * round / inflight).min(1.0) * round / inflight;
-    let queue_wait = utilisation / (1.0 - utilisation) * (dispersion + SERVICE_SCV) / 2.0 * fsync;
-    let p50 = 0.5 * fill_wait + 0.5 * slot_wait + round + 0.7 * queue_wait;
-    let p99 = fill_wait + slot_wait + round * tail + 100f64.ln() * queue_wait;
     Prediction {
         p50_micros: finite_in(p50, 1.0, VALUE_MAX),
         p99_micros: finite_in(p99, 1.0, VALUE_MAX),
@@ -166,6 +270,7 @@ mod tests {
             fsync_micros: f64::NAN,
             fsync_tail_ratio: f64::INFINITY,
             quorum_rtt_micros: -1.0,
+            fsync_batch_ratio: f64::NAN,
         };
         let extreme = Load {
             arrival_rate_per_second: f64::INFINITY,
@@ -176,5 +281,48 @@ mod tests {
         assert!(prediction.capacity_per_second.is_finite());
         let idle = predict(setting(0, 1, 1), load(0.0), &system);
         assert!(idle.p99_micros >= 1.0);
+    }
+
+    /// Returns the system of the embedded 64-client trace: fdatasync and round trip from
+    /// the coarse histogram buckets, about 30 entries per fdatasync.
+    fn group_commit_system() -> SystemEstimate {
+        SystemEstimate {
+            fsync_micros: 255.0,
+            fsync_tail_ratio: 4.0,
+            quorum_rtt_micros: 511.0,
+            fsync_batch_ratio: 30.0,
+        }
+    }
+
+    #[test]
+    fn group_commit_keeps_eager_arm_stable() {
+        let system = group_commit_system();
+        let eager = predict(setting(0, 512, 64), load(60_000.0), &system);
+        assert!(eager.p99_micros < 10_000.0, "{eager:?}");
+        assert!(eager.capacity_per_second > 120_000.0, "{eager:?}");
+    }
+
+    #[test]
+    fn group_commit_linger_only_adds_latency() {
+        let system = group_commit_system();
+        let eager = predict(setting(0, 512, 64), load(60_000.0), &system);
+        for linger in [25, 50, 100, 400] {
+            let lingering = predict(setting(linger, 512, 64), load(60_000.0), &system);
+            assert!(lingering.p99_micros > eager.p99_micros, "linger {linger}");
+            assert!(lingering.p50_micros > eager.p50_micros, "linger {linger}");
+        }
+    }
+
+    #[test]
+    fn without_group_commit_eager_arm_saturates() {
+        let system = SystemEstimate {
+            fsync_batch_ratio: 1.0,
+            ..group_commit_system()
+        };
+        let eager = predict(setting(0, 512, 64), load(60_000.0), &system);
+        let lingering = predict(setting(25, 512, 64), load(60_000.0), &system);
+        assert!(!system.group_commit());
+        assert!(eager.p99_micros > 100_000.0, "{eager:?}");
+        assert!(lingering.p99_micros < eager.p99_micros);
     }
 }

@@ -56,14 +56,34 @@ fn format_value(knob: Knob, value: u64) -> String {
     }
 }
 
-/// Describes why `change` happened.
-pub fn describe(
+/// The comparison behind a batching move, as the tuner made it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Basis {
+    /// The model predicted the candidate no worse than the arm in force, or, with `goal`,
+    /// predicted a farther arm better by the margin and the candidate, one step toward it,
+    /// worse by at most the margin.
+    Predicted {
+        current: Prediction,
+        candidate: Prediction,
+        goal: Option<Prediction>,
+        exploring: bool,
+    },
+    /// The arm in force measured worse than the previous arm, so the tuner moves back.
+    Measured {
+        trial_p99_micros: f64,
+        previous_p99_micros: f64,
+    },
+}
+
+/// Describes why `change` happened: `basis` is the comparison behind a batching move,
+/// `floor_micros` the election timeout floor in force and `envelope_micros` the recent
+/// floors' quantile that a lower timeout heads for.
+pub(super) fn describe(
     change: &KnobChange,
     measured: &Measurement,
-    before: Option<&Prediction>,
-    after: &Prediction,
-    exploring: bool,
+    basis: Option<&Basis>,
     floor_micros: u64,
+    envelope_micros: u64,
 ) -> String {
     let head = format!(
         "{} {} → {}",
@@ -78,20 +98,42 @@ pub fn describe(
                 "{head}: election timeout floor {floor} (safety factor × (p99.9 RTT + p99.9 fdatasync)) forced a raise"
             )
         } else if change.to < change.from {
-            format!("{head}: recent floors peak at {floor}, so a shorter timeout stays safe")
+            let envelope = format_micros(envelope_micros as f64);
+            let quantile = super::FLOOR_ENVELOPE_QUANTILE * 100.0;
+            format!(
+                "{head}: recent floors have a p{quantile:.0} of {envelope} and the latest is {floor}, so a shorter timeout stays safe"
+            )
         } else {
             format!("{head}: follows the election timeout min")
         };
     }
     let rate = format_rate(measured.arrival_rate_per_second);
-    let suffix = if exploring { " (exploring)" } else { "" };
-    match before {
-        Some(before) => format!(
-            "{head}: arrival rate {rate}, predicted p99 {} → {}{suffix}",
-            format_micros(before.p99_micros),
-            format_micros(after.p99_micros)
+    match basis {
+        Some(Basis::Predicted {
+            current,
+            candidate,
+            goal,
+            exploring,
+        }) => {
+            let toward = goal.map_or(String::new(), |goal| {
+                format!(", toward {}", format_micros(goal.p99_micros))
+            });
+            let suffix = if *exploring { " (exploring)" } else { "" };
+            format!(
+                "{head}: arrival rate {rate}, predicted p99 {} → {}{toward}{suffix}",
+                format_micros(current.p99_micros),
+                format_micros(candidate.p99_micros)
+            )
+        }
+        Some(Basis::Measured {
+            trial_p99_micros,
+            previous_p99_micros,
+        }) => format!(
+            "{head}: arrival rate {rate}, measured p99 {} → {} (moving back)",
+            format_micros(*trial_p99_micros),
+            format_micros(*previous_p99_micros)
         ),
-        None => format!("{head}: arrival rate {rate}{suffix}"),
+        None => format!("{head}: arrival rate {rate}"),
     }
 }
 
@@ -117,17 +159,64 @@ mod tests {
             throughput_per_second: 0.0,
             capacity_per_second: 0.0,
         };
-        let text = describe(
-            &change,
-            &measured,
-            Some(&prediction(600.0)),
-            &prediction(400.0),
-            false,
-            0,
-        );
+        let basis = Basis::Predicted {
+            current: prediction(600.0),
+            candidate: prediction(400.0),
+            goal: None,
+            exploring: false,
+        };
+        let text = describe(&change, &measured, Some(&basis), 0, 0);
         assert_eq!(
             text,
             "linger_micros 0 µs → 40 µs: arrival rate 180k/s, predicted p99 600 µs → 400 µs"
+        );
+    }
+
+    #[test]
+    fn step_reason_names_goal() {
+        let change = KnobChange {
+            knob: Knob::LingerMicros,
+            from: 0,
+            to: 25,
+            forced: false,
+        };
+        let prediction = |p99| Prediction {
+            p50_micros: 100.0,
+            p99_micros: p99,
+            throughput_per_second: 0.0,
+            capacity_per_second: 0.0,
+        };
+        let basis = Basis::Predicted {
+            current: prediction(3_400.0),
+            candidate: prediction(3_450.0),
+            goal: Some(prediction(2_100.0)),
+            exploring: false,
+        };
+        assert_eq!(
+            describe(&change, &Measurement::default(), Some(&basis), 0, 0),
+            "linger_micros 0 µs → 25 µs: arrival rate 0/s, predicted p99 3.4 ms → 3.5 ms, toward 2.1 ms"
+        );
+    }
+
+    #[test]
+    fn move_back_reason_names_measurements() {
+        let change = KnobChange {
+            knob: Knob::LingerMicros,
+            from: 25,
+            to: 0,
+            forced: false,
+        };
+        let measured = Measurement {
+            arrival_rate_per_second: 60_000.0,
+            ..Measurement::default()
+        };
+        let basis = Basis::Measured {
+            trial_p99_micros: 4_095.0,
+            previous_p99_micros: 2_047.0,
+        };
+        assert_eq!(
+            describe(&change, &measured, Some(&basis), 0, 0),
+            "linger_micros 25 µs → 0 µs: arrival rate 60k/s, measured p99 4.1 ms → 2.0 ms (moving back)"
         );
     }
 

@@ -114,3 +114,60 @@ fn timing_lowers_toward_floor() {
         "{timing_decisions} timing decisions"
     );
 }
+
+#[test]
+fn floor_envelope_ignores_one_spike() {
+    // Twenty quiet intervals and one spike: the spike is above the 90th percentile.
+    let mut floors: VecDeque<u64> = std::iter::repeat_n(100_000, 20).collect();
+    floors.push_back(1_100_000);
+    assert_eq!(floor_envelope(&floors, 100_000), 100_000);
+    assert_eq!(floor_envelope(&floors, 1_100_000), 1_100_000);
+    assert_eq!(floor_envelope(&VecDeque::new(), 5), 5);
+}
+
+#[test]
+fn worse_move_is_undone_and_not_retried() {
+    let mut tuner = tuner(enabled());
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 5);
+    let load = SyntheticLoad::poisson(200_000.0);
+    let mut before_move = None;
+    for _ in 0..30 {
+        let knobs = *tuner.current();
+        let samples = system.interval(&knobs, load);
+        if tuner.observe(&samples).batching.is_some() {
+            before_move = Some((knobs, samples));
+            break;
+        }
+    }
+    let Some((previous, samples)) = before_move else {
+        panic!("no batching move at a load the static knobs serve badly");
+    };
+    let moved_to = tuner.current().batching();
+
+    // The new arm measures four times the previous arm's p99 at the same load.
+    let mut worse = samples.clone();
+    worse.commit_latency.p99_micros = worse.commit_latency.p99_micros.saturating_mul(4);
+    let mut reasons = Vec::new();
+    for _ in 0..6 {
+        let decision = tuner.observe(&worse);
+        reasons.extend(decision.reasons);
+        if decision.batching.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        tuner.current().batching(),
+        previous.batching(),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|reason| reason.contains("moving back")),
+        "{reasons:?}"
+    );
+
+    // The previous arm measures as before; the rejected arm is not tried again.
+    for _ in 0..40 {
+        let _ = tuner.observe(&samples);
+        assert_ne!(tuner.current().batching(), moved_to);
+    }
+}

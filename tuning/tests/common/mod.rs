@@ -21,6 +21,21 @@ pub fn static_knobs() -> Knobs {
     }
 }
 
+/// Returns the engine's static knobs: 512 entries and 1 MiB per AppendEntries, no linger
+/// and 64 AppendEntries in flight.
+pub fn engine_knobs() -> Knobs {
+    Knobs {
+        batch_entries_max: 512,
+        batch_bytes_max: 1 << 20,
+        linger_micros: 0,
+        inflight_appends_max: 64,
+        read_batch_max: 4_096,
+        heartbeat_interval_micros: 30_000,
+        election_timeout_min_micros: 150_000,
+        election_timeout_max_micros: 300_000,
+    }
+}
+
 pub fn bounds() -> KnobBounds {
     KnobBounds {
         batch_entries_max: KnobRange::new(1, 1_024),
@@ -51,24 +66,34 @@ pub fn new_tuner(config: TuningConfig) -> Tuner {
 
 /// Returns the knobs the tuner would set for `arm`.
 pub fn knobs_for(grid: &ArmGrid, arm: Arm) -> Knobs {
+    knobs_for_base(grid, arm, &bounds(), &static_knobs())
+}
+
+/// Returns the knobs the tuner would set for `arm` when it started from `base`.
+pub fn knobs_for_base(grid: &ArmGrid, arm: Arm, bounds: &KnobBounds, base: &Knobs) -> Knobs {
     let setting = grid.setting(arm);
-    let base = static_knobs();
     let bytes_per_entry = base.batch_bytes_max / base.batch_entries_max;
     Knobs {
         linger_micros: setting.linger_micros,
         batch_entries_max: setting.batch_entries_max,
-        batch_bytes_max: bounds()
+        batch_bytes_max: bounds
             .batch_bytes_max
             .clamp(setting.batch_entries_max * bytes_per_entry),
         inflight_appends_max: setting.inflight_appends_max,
-        ..base
+        ..*base
     }
 }
 
 /// Returns every arm of the tuner's grid that fits the memory budget.
 pub fn feasible_arms(config: &TuningConfig) -> (ArmGrid, Vec<Arm>) {
-    let grid = ArmGrid::new(&config.bounds, config.step_ratio_max, &static_knobs());
+    feasible_arms_for(config, &static_knobs())
+}
+
+/// Returns every arm of the grid of a tuner started from `base` that fits the memory budget.
+pub fn feasible_arms_for(config: &TuningConfig, base: &Knobs) -> (ArmGrid, Vec<Arm>) {
+    let grid = ArmGrid::new(&config.bounds, config.step_ratio_max, base);
     let rules = SafetyRules::from_config(config, PEERS as u64);
+    let knobs_for = |grid: &ArmGrid, arm: Arm| knobs_for_base(grid, arm, &config.bounds, base);
     let mut arms = Vec::new();
     // Walk the grid by index until the setting stops changing in each dimension.
     for linger in 0..64u16 {
@@ -97,9 +122,23 @@ pub fn best_p99_micros(
     config: &TuningConfig,
     load: SyntheticLoad,
 ) -> f64 {
-    let (grid, arms) = feasible_arms(config);
+    best_p99_micros_for(system, config, &static_knobs(), load)
+}
+
+/// Returns the lowest true p99 at `load` over the feasible arms of a tuner started from
+/// `base`.
+pub fn best_p99_micros_for(
+    system: &SyntheticSystem,
+    config: &TuningConfig,
+    base: &Knobs,
+    load: SyntheticLoad,
+) -> f64 {
+    let (grid, arms) = feasible_arms_for(config, base);
     arms.iter()
-        .map(|&arm| system.expected(&knobs_for(&grid, arm), load).p99_micros)
+        .map(|&arm| {
+            let knobs = knobs_for_base(&grid, arm, &config.bounds, base);
+            system.expected(&knobs, load).p99_micros
+        })
         .fold(f64::INFINITY, f64::min)
 }
 

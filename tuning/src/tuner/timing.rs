@@ -1,0 +1,96 @@
+//! The group timing of an enabled tuner: the election timeout floor and the proposals
+//! that lower the timing toward it.
+
+use super::Active;
+use super::advance_streak;
+use crate::config::TuningConfig;
+use crate::knobs::{Knob, Knobs};
+use crate::safety::{FORCED_RAISE_HEADROOM, saturating_u64};
+use crate::tuner::Measurement;
+use std::collections::VecDeque;
+
+/// The quantile of the recent per-interval floors that the tuner lowers the election timeout
+/// toward, so that one noisy interval does not hold the timeout up for a whole window.
+pub const FLOOR_ENVELOPE_QUANTILE: f64 = 0.9;
+
+/// Returns the floor that timing may be lowered toward: the [`FLOOR_ENVELOPE_QUANTILE`]
+/// (nearest rank) of `floors`, but never below `latest`, the floor the guard enforces now.
+pub(super) fn floor_envelope(floors: &VecDeque<u64>, latest: u64) -> u64 {
+    let mut sorted: Vec<u64> = floors.iter().copied().collect();
+    sorted.sort_unstable();
+    let rank = (FLOOR_ENVELOPE_QUANTILE * sorted.len() as f64).ceil() as usize;
+    let quantile = sorted.get(rank.saturating_sub(1)).copied().unwrap_or(0);
+    quantile.max(latest)
+}
+
+impl Active {
+    /// Returns the election timeout floor to enforce now: from this interval's latencies
+    /// when it measured both, else the previous floor, because an interval without
+    /// measurements carries no information about the network.
+    pub(super) fn update_floor(&mut self, measured: Measurement) -> u64 {
+        if let (Some(rtt), Some(fsync)) = (measured.rtt_p999_micros, measured.fsync_p999_micros) {
+            self.last_floor_micros = self.guard.rules().election_timeout_floor_micros(rtt, fsync);
+        } else if let Some(one) = measured.rtt_p999_micros.or(measured.fsync_p999_micros) {
+            // One side alone is still a lower bound on the sum.
+            let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
+            self.last_floor_micros = self.last_floor_micros.max(floor);
+        }
+        self.floors.push_back(self.last_floor_micros);
+        let window = self
+            .guard
+            .rules()
+            .timing_change_interval_min
+            .clamp(1, 10_000) as usize;
+        while self.floors.len() > window {
+            self.floors.pop_front();
+        }
+        self.last_floor_micros
+    }
+
+    // NOTE: the tuner only lowers timing here. After a forced raise the heartbeat keeps its
+    // old value, which is safe but sends more heartbeats than the static ratio would.
+    /// Lowers the group timing toward the floor envelope once the current election timeout
+    /// has exceeded it by the margin for long enough.
+    pub(super) fn propose_timing(
+        &mut self,
+        config: &TuningConfig,
+        interval: u64,
+        proposal: &mut Knobs,
+    ) {
+        let rules = self.guard.rules();
+        let bounds = rules.bounds;
+        let envelope = floor_envelope(&self.floors, self.last_floor_micros);
+        let desired = bounds
+            .election_timeout_min_micros
+            .clamp(saturating_u64(envelope as f64 * FORCED_RAISE_HEADROOM));
+        let current = *self.guard.current();
+        let margin = 1.0 + config.hysteresis_percent / 100.0;
+        let lower = (current.election_timeout_min_micros as f64) > desired as f64 * margin;
+        let streak = advance_streak(&mut self.pending_timing, lower.then_some(desired));
+        let allowed = [
+            Knob::HeartbeatIntervalMicros,
+            Knob::ElectionTimeoutMinMicros,
+            Knob::ElectionTimeoutMaxMicros,
+        ]
+        .iter()
+        .all(|&knob| self.guard.may_change(knob, interval));
+        if !lower || streak < config.hysteresis_intervals || !allowed {
+            return;
+        }
+        // Step the min first, then derive the others from it, so the shape holds after the
+        // guard's per-knob step limit.
+        let ratio = rules.step_ratio_max.max(2);
+        let min = desired.max(current.election_timeout_min_micros / ratio);
+        let heartbeat = bounds
+            .heartbeat_interval_micros
+            .clamp(min / self.heartbeat_divisor)
+            .min(current.heartbeat_interval_micros);
+        let max_floor = rules.election_timeout_max_floor_micros(min);
+        let max = bounds
+            .election_timeout_max_micros
+            .clamp(saturating_u64(min as f64 * self.election_max_ratio).max(max_floor));
+        proposal.election_timeout_min_micros = min;
+        proposal.heartbeat_interval_micros = heartbeat;
+        proposal.election_timeout_max_micros = max;
+    }
+}
