@@ -306,6 +306,13 @@ impl NodeConfig {
                 ),
             ));
         }
+        let linger_max = self.tuning.bounds.linger_micros.max;
+        if linger_max > PROPOSAL_LINGER_US_MAX {
+            return Err(invalid(
+                "tuning.bounds.linger_micros",
+                format!("max {linger_max}; allowed up to {PROPOSAL_LINGER_US_MAX}"),
+            ));
+        }
         let followers = self.members.len().saturating_sub(1);
         // The tuner checks its table and, when enabled, that the static settings lie within
         // its bounds and memory budget, so a node never starts with a tuner it cannot run.
@@ -520,6 +527,29 @@ mod tests {
     #[test]
     fn default_three_member_config_is_valid() {
         assert_eq!(three_members().validate(2), Ok(()));
+    }
+
+    #[test]
+    fn tuner_linger_bound_above_maximum_is_rejected() {
+        let mut config = three_members();
+        config.tuning.enabled = true;
+        config.tuning.bounds.linger_micros.max = PROPOSAL_LINGER_US_MAX + 1;
+
+        let error = config.validate(1).unwrap_err();
+
+        assert_eq!(error.key, "tuning.bounds.linger_micros");
+    }
+
+    #[test]
+    fn tuning_with_static_settings_out_of_bounds_is_rejected() {
+        let mut config = three_members();
+        config.tuning.enabled = true;
+        config.raft.max_inflight_messages = 1_000;
+
+        let error = config.validate(1).unwrap_err();
+
+        assert_eq!(error.key, "tuning");
+        assert!(error.detail.contains("inflight"), "{}", error.detail);
     }
 
     #[test]

@@ -397,12 +397,37 @@ impl AddressBook {
     /// A failed store. The book in memory contains the addresses anyway, and the next call
     /// tries the store again.
     pub fn learn(&self, node: NodeId, addresses: MemberAddresses) -> Result<(), AddressFileError> {
+        self.record(node, addresses, true)
+    }
+
+    /// Records `addresses` of `node` only when the book knows none for it. Replaying a log
+    /// at start uses it: the book read from the file is newer than any entry still in a
+    /// log, whose later changes of the same member may have been compacted away.
+    pub fn learn_missing(
+        &self,
+        node: NodeId,
+        addresses: MemberAddresses,
+    ) -> Result<(), AddressFileError> {
+        self.record(node, addresses, false)
+    }
+
+    fn record(
+        &self,
+        node: NodeId,
+        addresses: MemberAddresses,
+        replace: bool,
+    ) -> Result<(), AddressFileError> {
         {
             let mut members = self
                 .members
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if members.addresses.get(&node) != Some(&addresses) {
+            let known = members.addresses.get(&node);
+            let changes = match known {
+                None => true,
+                Some(known) => replace && *known != addresses,
+            };
+            if changes {
                 members.addresses.insert(node, addresses);
                 members.version += 1;
             }
@@ -486,6 +511,24 @@ mod tests {
             client: Some("127.0.0.1:7104".parse().unwrap()),
             http: None,
         }
+    }
+
+    #[test]
+    fn replayed_addresses_do_not_replace_known_ones() {
+        let book = AddressBook::default();
+        let newer = addresses();
+        let mut older = addresses();
+        older.peer = "127.0.0.1:7050".parse().unwrap();
+        book.learn(NodeId(4), newer.clone()).unwrap();
+
+        book.learn_missing(NodeId(4), older.clone()).unwrap();
+        assert_eq!(book.get(NodeId(4)), Some(newer));
+
+        book.learn_missing(NodeId(5), older.clone()).unwrap();
+        assert_eq!(book.get(NodeId(5)), Some(older.clone()));
+        let replaced = addresses();
+        book.learn(NodeId(5), replaced.clone()).unwrap();
+        assert_eq!(book.get(NodeId(5)), Some(replaced));
     }
 
     #[test]

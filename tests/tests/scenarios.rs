@@ -650,23 +650,32 @@ fn replication_limits_change_at_runtime() {
 
 #[test]
 fn shortened_election_timeout_keeps_the_minimum() {
-    // A follower whose failure detector suspects the leader campaigns once the minimum
-    // election timeout has passed in silence, never before it.
+    // A follower whose failure detector suspects the leader campaigns after the minimum
+    // election timeout has passed in silence, never before it, and within the first half
+    // of the rest of its random timeout (below 40 ticks), so by tick 25.
     let mut cluster = cluster_led_by_node_1(|config| {
         config.election_timeout_ticks_min = 10;
         config.election_timeout_ticks_max = 40;
     });
     let follower = cluster.node_mut(2);
     assert_eq!(follower.role(), Role::Follower);
-    let start = follower.election_elapsed_ticks();
+    let mut elapsed = follower.election_elapsed_ticks();
     follower.shorten_election_timeout(1);
 
-    for _ in start..9 {
+    while follower.role() == Role::Follower && elapsed < 40 {
         follower.tick();
-        assert_eq!(follower.role(), Role::Follower, "campaigned before the minimum");
+        elapsed += 1;
     }
-    follower.tick();
-    assert_ne!(follower.role(), Role::Follower, "no campaign at the minimum");
+    assert_ne!(
+        follower.role(),
+        Role::Follower,
+        "no campaign within 40 ticks"
+    );
+    assert!(
+        elapsed >= 10,
+        "campaigned after {elapsed} ticks, before the minimum"
+    );
+    assert!(elapsed <= 25, "campaigned after {elapsed} ticks");
 }
 
 #[test]

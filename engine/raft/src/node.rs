@@ -329,6 +329,8 @@ pub struct RaftNode {
     pub(crate) heartbeat_elapsed_ticks: u32,
     /// Drawn from `[election_timeout_ticks_min, election_timeout_ticks_max)` at every reset.
     pub(crate) randomized_election_timeout_ticks: u32,
+    /// Whether `shorten_election_timeout` already moved the current timeout forward.
+    pub(crate) election_timeout_shortened: bool,
 
     /// Responses in the current pre-vote round or election, granted or rejected, by voter;
     /// this replica's own vote included. Empty outside a campaign.
@@ -413,6 +415,7 @@ impl RaftNode {
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
             randomized_election_timeout_ticks: config.election_timeout_ticks_min,
+            election_timeout_shortened: false,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             uncommitted_bytes: 0,
@@ -570,12 +573,21 @@ impl RaftNode {
     /// so the follower campaigns sooner than a fixed timeout while the minimum, which
     /// leases and check-quorum rely on, still holds. Leaders and candidates ignore it.
     pub fn shorten_election_timeout(&mut self, ticks: u32) {
-        if self.role != Role::Follower || self.leader.is_none() {
+        if self.role != Role::Follower || self.leader.is_none() || self.election_timeout_shortened {
             return;
         }
         let shortened = ticks.max(self.config.election_timeout_ticks_min);
-        self.randomized_election_timeout_ticks =
-            self.randomized_election_timeout_ticks.min(shortened);
+        let current = self.randomized_election_timeout_ticks;
+        if shortened >= current {
+            return;
+        }
+        // A point in the first half of what is left of this follower's own random
+        // timeout, so that followers that suspect the leader at once still campaign on
+        // different ticks.
+        let room = (current - shortened) / 2;
+        let offset = (self.rng.next_u64() % (u64::from(room) + 1)) as u32;
+        self.randomized_election_timeout_ticks = shortened + offset;
+        self.election_timeout_shortened = true;
     }
 
     /// Ticks since this replica last heard from a leader or reset its election timer.
@@ -1130,6 +1142,7 @@ impl RaftNode {
 
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed_ticks = 0;
+        self.election_timeout_shortened = false;
         let min = self.config.election_timeout_ticks_min;
         let spread = self.config.election_timeout_ticks_max - min;
         let offset = (self.rng.next_u64() % u64::from(spread)) as u32;

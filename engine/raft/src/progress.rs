@@ -163,10 +163,15 @@ impl Progress {
         self.become_probe(match_index.next());
     }
 
-    /// Treats the oldest in-flight message as lost, freeing its share of the window.
-    pub(crate) fn forget_oldest_inflight(&mut self) {
-        if let Some(oldest) = self.inflight.pop_front() {
-            self.inflight_bytes -= oldest.bytes;
+    /// Treats the oldest in-flight message as lost, freeing its share of the window;
+    /// returns whether there was one.
+    pub(crate) fn forget_oldest_inflight(&mut self) -> bool {
+        match self.inflight.pop_front() {
+            Some(oldest) => {
+                self.inflight_bytes -= oldest.bytes;
+                true
+            }
+            None => false,
         }
     }
 

@@ -373,12 +373,13 @@ impl RaftNode {
                 // The runtime reports how the transfer ends.
                 ReplicationState::Snapshot => {}
                 ReplicationState::Replicate => {
-                    if !progress.can_send(
+                    // A loop, because the window may have shrunk below the messages in
+                    // flight when the replication limits changed at runtime.
+                    while !progress.can_send(
                         self.config.max_inflight_messages,
                         self.config.max_inflight_bytes,
-                    ) {
-                        progress.forget_oldest_inflight();
-                    }
+                    ) && progress.forget_oldest_inflight()
+                    {}
                     progress.gap_check_pending = true;
                 }
             }

@@ -376,7 +376,8 @@ where
             let mut index = core.first_index();
             while index <= core.last_index() {
                 if let Some(entry) = core.entry(index) {
-                    learn_addresses(*group, std::slice::from_ref(entry), &self.addresses);
+                    let entries = std::slice::from_ref(entry);
+                    learn_addresses(*group, entries, &self.addresses, Learning::Replay);
                 }
                 index = index.next();
             }
@@ -436,7 +437,20 @@ where
 
 /// Records the addresses carried by the change entries among `entries`. Returns whether
 /// any entry was a membership change.
-pub(super) fn learn_addresses(group: GroupId, entries: &[Entry], book: &AddressBook) -> bool {
+/// Whether entries are new appends, whose addresses replace what the book knows, or a
+/// replay of the log at start, which only fills gaps of the book read from its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Learning {
+    Append,
+    Replay,
+}
+
+pub(super) fn learn_addresses(
+    group: GroupId,
+    entries: &[Entry],
+    book: &AddressBook,
+    learning: Learning,
+) -> bool {
     let mut changed = false;
     for entry in entries {
         if entry.kind != EntryKind::MembershipChange {
@@ -457,7 +471,11 @@ pub(super) fn learn_addresses(group: GroupId, entries: &[Entry], book: &AddressB
                     %group, index = entry.index.0, node = node.0, peer = %addresses.peer,
                     client = ?addresses.client, "learned a member's addresses"
                 );
-                if let Err(error) = book.learn(node, addresses) {
+                let stored = match learning {
+                    Learning::Append => book.learn(node, addresses),
+                    Learning::Replay => book.learn_missing(node, addresses),
+                };
+                if let Err(error) = stored {
                     tracing::error!(
                         %group, index = entry.index.0, node = node.0, %error,
                         "storing the member address file failed; this node uses the \

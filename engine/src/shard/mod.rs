@@ -41,7 +41,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber};
+use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber, Role};
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
@@ -527,7 +527,12 @@ where
                         taken_at: self.turn_started_at,
                     },
                 };
-                if self.linger.is_zero() {
+                // Only a leader batches; a follower answers `NotLeader` at once.
+                let leads = self
+                    .replicas
+                    .get(&group)
+                    .is_some_and(|replica| replica.core.role() == Role::Leader);
+                if self.linger.is_zero() || !leads {
                     self.propose(proposal);
                 } else {
                     self.hold_back(proposal);
@@ -680,8 +685,12 @@ where
                 // Before this turn's messages reach the transport, so that a new member's
                 // link exists when the first message to it is queued.
                 membership_changed |= ready.membership.is_some();
-                membership_changed |=
-                    membership::learn_addresses(*group, &ready.entries, &self.addresses);
+                membership_changed |= membership::learn_addresses(
+                    *group,
+                    &ready.entries,
+                    &self.addresses,
+                    membership::Learning::Append,
+                );
                 batch.append(*group, std::mem::take(&mut ready.entries));
                 let to_group = |message| GroupMessage {
                     group: *group,
@@ -897,6 +906,9 @@ where
         };
         self.transport.close().await;
         self.events.close();
+        for proposal in std::mem::take(&mut self.lingering.proposals) {
+            let _ = proposal.reply.send(Err(error.clone()));
+        }
         for replica in self.replicas.values_mut() {
             replica.fail_all(&error);
         }

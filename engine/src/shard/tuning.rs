@@ -57,6 +57,10 @@ pub(super) struct ShardTuning {
     report: TuningReport,
     /// Heartbeat arrivals per peer, for an accrual failure detector of each leader.
     detectors: BTreeMap<NodeId, PhiAccrualDetector>,
+    /// Each peer's suspicion delay in ticks, recomputed when its heartbeats arrive rather
+    /// than for every group on every tick: the search behind it costs tens of
+    /// microseconds.
+    suspicion_ticks: BTreeMap<NodeId, Option<u32>>,
     phi_window: usize,
     phi_min_gaps: usize,
     phi_threshold: f64,
@@ -92,6 +96,7 @@ impl ShardTuning {
             commit_mark: [0; STAGE_BUCKETS + 1],
             inflight_bytes_max: config.raft.max_inflight_bytes,
             detectors: BTreeMap::new(),
+            suspicion_ticks: BTreeMap::new(),
             phi_window: config.tuning.phi_window,
             phi_min_gaps: config.tuning.phi_min_gaps,
             phi_threshold: config.tuning.phi_threshold,
@@ -155,20 +160,21 @@ impl ShardTuning {
         }
         let micros = self.micros(at);
         let (window, min_gaps) = (self.phi_window, self.phi_min_gaps);
-        self.detectors
+        let detector = self
+            .detectors
             .entry(from)
-            .or_insert_with(|| PhiAccrualDetector::new(window, min_gaps))
-            .heartbeat(micros);
+            .or_insert_with(|| PhiAccrualDetector::new(window, min_gaps));
+        detector.heartbeat(micros);
+        let ticks = detector
+            .suspicion_delay_micros(self.phi_threshold)
+            .and_then(|delay_micros| u32::try_from(delay_micros.div_ceil(self.tick_micros)).ok());
+        self.suspicion_ticks.insert(from, ticks);
     }
 
     /// Returns the ticks of silence after which the detector suspects `leader`, once it has
     /// seen enough of its heartbeats.
     pub fn suspicion_ticks(&self, leader: NodeId) -> Option<u32> {
-        let delay_micros = self
-            .detectors
-            .get(&leader)?
-            .suspicion_delay_micros(self.phi_threshold)?;
-        u32::try_from(delay_micros.div_ceil(self.tick_micros)).ok()
+        self.suspicion_ticks.get(&leader).copied().flatten()
     }
 
     pub fn interval_due(&self, now: Instant) -> bool {

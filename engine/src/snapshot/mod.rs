@@ -85,12 +85,12 @@ pub struct SnapshotActivityMark {
 impl SnapshotActivity {
     /// Records that a shard took a snapshot's view and starts serializing it.
     pub fn begin(&self) {
-        self.begun.fetch_add(1, Ordering::Relaxed);
+        self.begun.fetch_add(1, Ordering::Release);
     }
 
     /// Records that a snapshot begun with [`SnapshotActivity::begin`] was stored or failed.
     pub fn end(&self) {
-        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.ended.fetch_add(1, Ordering::Release);
     }
 
     /// Reads both counts. `ended` is read first, so a mark never shows more ended than begun.

@@ -184,8 +184,10 @@ fn merge_snapshots(
             .iter()
             .fold(0_u64, |sum, part| sum.saturating_add(count(part)))
     };
+    // A part that took no snapshot has no bound; it must not read as one over 10 s.
     let creation_max_bound_secs = parts
         .iter()
+        .filter(|part| part.taken > 0)
         .map(|part| part.creation_max_bound_secs)
         .try_fold(None::<f64>, |longest, bound| {
             let bound = bound?;
