@@ -75,6 +75,10 @@ fn simulated_clusters_stay_safe_and_live() {
                 total(|counts| counts.membership_changes),
             ),
             ("wiped disks", total(|counts| counts.wipes)),
+            (
+                "elections brought forward by a failure detector",
+                total(|counts| counts.elections_brought_forward),
+            ),
         ] {
             assert!(value > 0, "no run had {what} in {count} seeds");
         }

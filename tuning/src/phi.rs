@@ -28,6 +28,7 @@
 //! [`PhiAccrualDetector::suspicion_delay_micros`] returns `None`, so the engine's fixed
 //! election timeout applies.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 /// The largest value [`PhiAccrualDetector::phi`] returns.
@@ -111,6 +112,10 @@ pub struct PhiAccrualDetector {
     /// The mean and floored standard deviation of the window, refreshed per heartbeat.
     mean_micros: f64,
     std_dev_micros: f64,
+    /// The last threshold asked for (its bits) and the standard score at which phi
+    /// reaches it. The score depends on the threshold alone, and finding it takes a few
+    /// hundred evaluations of the normal tail, so it is found once, not per call.
+    threshold_score: Cell<Option<(u64, f64)>>,
 }
 
 impl PhiAccrualDetector {
@@ -125,6 +130,7 @@ impl PhiAccrualDetector {
             last_heartbeat_micros: None,
             mean_micros: 0.0,
             std_dev_micros: 0.0,
+            threshold_score: Cell::new(None),
         }
     }
 
@@ -205,23 +211,37 @@ impl PhiAccrualDetector {
         if phi_of_z(z_at_zero) >= threshold {
             return Some(0);
         }
-        // phi is monotonic in z, so bisect for the smallest z that reaches the threshold.
-        let mut low = z_at_zero;
-        let mut high = 1.0f64.max(low);
-        while phi_of_z(high) < threshold && high < 1e150 {
-            high *= 2.0;
-        }
-        for _ in 0..200 {
-            let middle = 0.5 * (low + high);
-            if phi_of_z(middle) >= threshold {
-                high = middle;
-            } else {
-                low = middle;
+        let score = match self.threshold_score.get() {
+            Some((bits, score)) if bits == threshold.to_bits() => score,
+            _ => {
+                let score = threshold_score(threshold);
+                self.threshold_score.set(Some((threshold.to_bits(), score)));
+                score
             }
-        }
-        let delay = self.mean_micros + high * self.std_dev_micros;
+        };
+        let delay = self.mean_micros + score.max(z_at_zero) * self.std_dev_micros;
         Some(crate::safety::saturating_u64(delay.ceil()))
     }
+}
+
+/// Returns the smallest standard score at which phi reaches `threshold`, for a threshold
+/// of at most [`PHI_MAX`]. phi is monotonic in the score, so a bisection finds it.
+fn threshold_score(threshold: f64) -> f64 {
+    // phi is below any positive threshold far left of the mean, where the tail is ~1.
+    let mut low = -40.0f64;
+    let mut high = 1.0f64;
+    while phi_of_z(high) < threshold && high < 1e150 {
+        high *= 2.0;
+    }
+    for _ in 0..200 {
+        let middle = 0.5 * (low + high);
+        if phi_of_z(middle) >= threshold {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    high
 }
 
 #[cfg(test)]

@@ -572,14 +572,15 @@ impl RaftNode {
     /// `election_timeout_ticks_min`. A failure detector that suspects the leader calls it,
     /// so the follower campaigns sooner than a fixed timeout while the minimum, which
     /// leases and check-quorum rely on, still holds. Leaders and candidates ignore it.
-    pub fn shorten_election_timeout(&mut self, ticks: u32) {
+    /// Returns whether the timeout moved.
+    pub fn shorten_election_timeout(&mut self, ticks: u32) -> bool {
         if self.role != Role::Follower || self.leader.is_none() || self.election_timeout_shortened {
-            return;
+            return false;
         }
         let shortened = ticks.max(self.config.election_timeout_ticks_min);
         let current = self.randomized_election_timeout_ticks;
         if shortened >= current {
-            return;
+            return false;
         }
         // A point in the first half of what is left of this follower's own random
         // timeout, so that followers that suspect the leader at once still campaign on
@@ -588,6 +589,7 @@ impl RaftNode {
         let offset = (self.rng.next_u64() % (u64::from(room) + 1)) as u32;
         self.randomized_election_timeout_ticks = shortened + offset;
         self.election_timeout_shortened = true;
+        true
     }
 
     /// Ticks since this replica last heard from a leader or reset its election timer.

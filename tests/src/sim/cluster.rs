@@ -16,9 +16,10 @@ use super::checks::{SafetyChecker, Violation};
 use super::faults::{Fault, ScheduledFault, draw_schedule};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
-use super::params::{RunParams, tick_period_us};
+use super::params::{PHI_THRESHOLD, RunParams, TICK_US, tick_period_us};
 use crate::harness::{DurableState, PendingWrite};
 use crate::history::{Call, History, HistoryRecorder, Output};
+use shardraft_tuning::PhiAccrualDetector;
 
 /// What ends a run early.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct RunCounts {
     pub snapshots_installed: u64,
     pub membership_changes: u64,
     pub wipes: u64,
+    /// Times a failure detector brought a follower's election forward.
+    pub elections_brought_forward: u64,
 }
 
 #[derive(Debug)]
@@ -162,6 +165,12 @@ struct SimNode {
     first_live_incarnation: u64,
     /// Started as a learner of its own config, as a machine that joins the group.
     joins_as_learner: bool,
+    /// Heartbeat arrivals per peer, when the run uses failure detectors; lost on a crash
+    /// like the rest of the runtime's memory.
+    detectors: BTreeMap<NodeId, PhiAccrualDetector>,
+    /// Each peer's suspicion delay in ticks, computed when its heartbeat arrives, as the
+    /// engine does.
+    suspicion_ticks: BTreeMap<NodeId, u32>,
 }
 
 impl SimNode {
@@ -238,6 +247,11 @@ pub struct Simulation {
     counts: RunCounts,
     seed: u64,
     liveness_met: bool,
+    /// When a leader first committed an entry of its term after the faults stopped.
+    healthy_since_us: Option<u64>,
+    /// An election won once the cluster had been healthy for a while, with pre-vote and
+    /// check-quorum on: `(time, node, term)`.
+    election_while_healthy: Option<(u64, NodeId, Term)>,
     ok_after_faults: bool,
     /// Storage that reports writes durable before they are, which loses acknowledged
     /// data in a crash. Only for checking that the simulator detects such bugs.
@@ -291,6 +305,8 @@ impl Simulation {
                 snapshot_state: None,
                 first_live_incarnation: 0,
                 joins_as_learner: false,
+                detectors: BTreeMap::new(),
+                suspicion_ticks: BTreeMap::new(),
             })
             .collect();
         let clients = (0..params.clients)
@@ -323,6 +339,8 @@ impl Simulation {
             counts: RunCounts::default(),
             seed,
             liveness_met: false,
+            healthy_since_us: None,
+            election_while_healthy: None,
             ok_after_faults: false,
             acknowledge_before_durable: false,
             crash_leader_on_commit: false,
@@ -422,6 +440,15 @@ impl Simulation {
                 tracing::debug!(node = %node.id, role = ?raft.role(), term = %raft.term(), commit = %raft.commit_index(), applied = %raft.applied_index(), persisted = %raft.persisted_index(), last = %raft.last_index(), pending_writes = node.pending_writes.len(), "final state");
             }
         }
+        if let Some((at_us, node, term)) = self.election_while_healthy {
+            return Err(RunError::Liveness(format!(
+                "{node} won an election for {term} at {} ms, after the cluster had been \
+                 healthy since {} ms: with pre-vote and check-quorum, a healthy cluster \
+                 keeps its leader",
+                at_us / 1000,
+                self.healthy_since_us.unwrap_or_default() / 1000
+            )));
+        }
         if !self.ok_after_faults && self.params.clients > 0 {
             return Err(RunError::Liveness(
                 "no client operation invoked after faults stopped succeeded".into(),
@@ -466,9 +493,17 @@ impl Simulation {
                 if self.nodes[node].incarnation != incarnation {
                     return Ok(());
                 }
-                let Some(raft) = self.nodes[node].raft.as_mut() else {
+                let sim_node = &mut self.nodes[node];
+                let Some(raft) = sim_node.raft.as_mut() else {
                     return Ok(());
                 };
+                if let Some(ticks) = raft
+                    .leader()
+                    .and_then(|leader| sim_node.suspicion_ticks.get(&leader))
+                    && raft.shorten_election_timeout(*ticks)
+                {
+                    self.counts.elections_brought_forward += 1;
+                }
                 raft.tick();
                 let next_us = self.now_us + self.nodes[node].tick_period_us;
                 self.schedule_event(next_us, Event::Tick { node, incarnation });
@@ -584,6 +619,7 @@ impl Simulation {
                 });
         if leader_committed {
             self.liveness_met = true;
+            self.healthy_since_us = Some(self.now_us);
             return Ok(());
         }
         if self.now_us > self.params.faults_end_us + self.params.liveness_bound_us {
@@ -593,6 +629,23 @@ impl Simulation {
             )));
         }
         Ok(())
+    }
+
+    /// Records an election won after the cluster had been healthy for twice the longest
+    /// election timeout, when pre-vote and check-quorum are on. Without faults, no
+    /// follower stops hearing from the leader for that long, so such an election means a
+    /// failure detector or timer fired on a healthy leader.
+    fn note_election_while_healthy(&mut self, node: NodeId, term: Term) {
+        if !(self.params.pre_vote && self.params.check_quorum) {
+            return;
+        }
+        let settle_us = 2 * u64::from(self.node_config(0).election_timeout_ticks_max) * TICK_US;
+        let healthy = self
+            .healthy_since_us
+            .is_some_and(|since| self.now_us >= since + settle_us);
+        if healthy && self.election_while_healthy.is_none() {
+            self.election_while_healthy = Some((self.now_us, node, term));
+        }
     }
 
     fn node_config(&self, node: usize) -> Config {
@@ -622,6 +675,8 @@ impl Simulation {
     fn start_node(&mut self, node: usize) -> Result<(), RunError> {
         let config = self.node_config(node);
         let sim_node = &mut self.nodes[node];
+        sim_node.detectors.clear();
+        sim_node.suspicion_ticks.clear();
         // The state machine starts from the stored snapshot, or empty, and is rebuilt by
         // applying the log after it.
         let restored = sim_node.durable.restore();
@@ -792,6 +847,7 @@ impl Simulation {
             if role_state.role == Role::Leader {
                 self.counts.elections_won += 1;
                 self.checker.leader_elected(id, role_state.term)?;
+                self.note_election_while_healthy(id, role_state.term);
             }
         }
 
@@ -1041,6 +1097,25 @@ impl Simulation {
         if !reaches {
             self.counts.messages_lost += 1;
             return Ok(());
+        }
+        if self.params.failure_detector && matches!(message.body, MessageBody::Heartbeat { .. }) {
+            // The engine's defaults: a window of 100 gaps, estimates from 10 on.
+            let now_us = self.now_us;
+            let receiver = &mut self.nodes[to];
+            let detector = receiver
+                .detectors
+                .entry(message.from)
+                .or_insert_with(|| PhiAccrualDetector::new(100, 10));
+            detector.heartbeat(now_us);
+            match detector.suspicion_delay_micros(PHI_THRESHOLD) {
+                Some(delay_us) => {
+                    let ticks = u32::try_from(delay_us.div_ceil(TICK_US)).unwrap_or(u32::MAX);
+                    receiver.suspicion_ticks.insert(message.from, ticks);
+                }
+                None => {
+                    receiver.suspicion_ticks.remove(&message.from);
+                }
+            }
         }
         let Some(raft) = self.nodes[to].raft.as_mut() else {
             return Ok(());

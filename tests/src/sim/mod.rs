@@ -7,14 +7,20 @@
 //! quality that drops, duplicates, delays and reorders messages, nodes removed from the
 //! group and added back on an empty disk, and disks wiped under a running node. Replicas
 //! take snapshots at short intervals and compact their logs, so that lagging followers
-//! catch up by snapshot transfer. Everything runs on one
+//! catch up by snapshot transfer. In half of the seeds every replica also runs the
+//! engine's accrual failure detector over its leader's heartbeats and brings its election
+//! forward when the detector suspects the leader, as a shard with tuning enabled does.
+//! Everything runs on one
 //! virtual clock with one seeded generator and ordered maps only, so the same seed replays
 //! the same run event for event.
 //!
 //! After every event the run checks election safety, log matching, leader completeness and
 //! state machine safety (see [`checks`]), and that a replica applies only entries already in
 //! its durable log. Once the faults stop, a leader must commit an entry of its term within a
-//! bound, and a client operation must succeed. At the end, the clients' history of reads,
+//! bound, and a client operation must succeed. With pre-vote and check-quorum on, no
+//! election may be won once the healed cluster has had a leader for twice the longest
+//! election timeout: neither a timer nor a failure detector may replace a healthy
+//! leader. At the end, the clients' history of reads,
 //! writes and compare-and-swaps must be linearizable.
 
 pub mod checks;

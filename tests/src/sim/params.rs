@@ -49,7 +49,14 @@ pub struct RunParams {
     pub snapshot_every_entries: Option<u64>,
     /// Entries kept in the log before a snapshot's index when compacting.
     pub snapshot_keep_entries: u64,
+    /// Whether each replica runs the engine's accrual failure detector over its leader's
+    /// heartbeats and brings its election forward when the detector suspects the leader.
+    pub failure_detector: bool,
 }
+
+/// The phi at which a replica's failure detector suspects its leader, the engine's
+/// default `tuning.phi_threshold`.
+pub const PHI_THRESHOLD: f64 = 8.0;
 
 impl RunParams {
     /// Draws the parameters of a run. `nodes` fixes the cluster size; otherwise the seed
@@ -87,6 +94,9 @@ impl RunParams {
             // Short intervals make followers that were down or cut off catch up by snapshot.
             snapshot_every_entries: (!chance(rng, 0.2)).then(|| uniform(rng, 5, 60)),
             snapshot_keep_entries: uniform(rng, 0, 8),
+            // Taken from the seed rather than the generator, so that adding it left every
+            // other parameter and fault of a seed as it was.
+            failure_detector: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1,
         }
     }
 
