@@ -45,6 +45,9 @@ pub struct RaftConfig {
     pub max_inflight_bytes: u64,
     pub max_uncommitted_bytes: u64,
     pub max_pending_reads: usize,
+    /// A learner added to be promoted once caught up becomes a voter when its log is at
+    /// most this many entries behind the leader's; 0 waits until it holds every entry.
+    pub promote_lag_entries_max: u64,
 }
 
 impl Default for RaftConfig {
@@ -59,6 +62,7 @@ impl Default for RaftConfig {
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 65_536,
+            promote_lag_entries_max: 64,
         }
     }
 }

@@ -198,7 +198,8 @@ impl Reader<'_> {
 pub enum MemberChange {
     /// Adds `node` as a learner, reachable at `addresses`. With `promote_when_caught_up`,
     /// the leader promotes it to voter once its log is within
-    /// `raft.promote_lag_entries_max` entries of the leader's.
+    /// `raft.promote_lag_entries_max` entries of the leader's (the server's
+    /// `promote_lag_entries_max` key).
     AddLearner {
         node: NodeId,
         addresses: MemberAddresses,

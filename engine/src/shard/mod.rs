@@ -1008,6 +1008,7 @@ fn apply_raft_settings(core: &mut Config, config: &NodeConfig) {
     core.max_inflight_bytes = raft.max_inflight_bytes;
     core.max_uncommitted_bytes = raft.max_uncommitted_bytes;
     core.max_pending_reads = raft.max_pending_reads;
+    core.promote_lag_entries_max = raft.promote_lag_entries_max;
 }
 
 fn start_transport<S: StateMachine + 'static>(

@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub max_inflight_messages: Option<usize>,
     pub max_inflight_bytes: Option<u64>,
     pub max_uncommitted_bytes: Option<u64>,
+    pub promote_lag_entries_max: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub key_bytes_max: Option<usize>,
     pub value_bytes_max: Option<usize>,
@@ -134,6 +135,11 @@ pub struct ConfigOverrides {
     /// [default: 67108864]
     #[arg(long, env = "SHARDRAFT_MAX_UNCOMMITTED_BYTES")]
     pub max_uncommitted_bytes: Option<u64>,
+
+    /// Entries a learner added by `member add` may lag behind the leader's log when the
+    /// leader promotes it to voter; 0 waits until it holds every entry. [default: 64]
+    #[arg(long, env = "SHARDRAFT_PROMOTE_LAG_ENTRIES_MAX")]
+    pub promote_lag_entries_max: Option<u64>,
 
     /// Time after which a request that has not completed fails, in milliseconds.
     /// [default: 10000]
@@ -417,6 +423,12 @@ pub fn merge(
         file,
         max_uncommitted_bytes,
         raft.max_uncommitted_bytes
+    );
+    raft.promote_lag_entries_max = pick!(
+        overrides,
+        file,
+        promote_lag_entries_max,
+        raft.promote_lag_entries_max
     );
     node.log.storage = pick!(overrides, file, storage, node.log.storage);
     node.log.data_dir = pick!(overrides, file, data_dir, node.log.data_dir.clone());
