@@ -726,6 +726,8 @@ where
     /// Starts a node: opens each shard's log, restores its groups, binds its peer
     /// addresses and connects to the other members. `new_state_machine` creates the empty
     /// state machine of a group on the shard that hosts it; the log is then replayed into it.
+    /// A snapshot received from a leader is restored into a new state machine from
+    /// `new_state_machine`, which then replaces the group's.
     ///
     /// # Errors
     /// An invalid config, an unreadable or invalid member address file, and any shard's

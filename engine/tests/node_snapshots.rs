@@ -13,8 +13,10 @@ use shardraft::config::NodeConfig;
 use shardraft::kv::{Command, KvStateMachine};
 use shardraft::log::GroupId;
 use shardraft::metrics::NodeMetrics;
-use shardraft::node::{NodeError, ReadMode};
+use shardraft::node::{Node, NodeError, NodeHandle, ReadMode};
+use shardraft::raft::{LogIndex, Term};
 use shardraft::snapshot::SnapshotStats;
+use shardraft::state_machine::{Snapshot, StateMachine};
 use shardraft::transport::SnapshotTransferStats;
 use support::*;
 
@@ -42,13 +44,21 @@ fn snapshot_configs(name: &str, trigger_entries: u64) -> Vec<NodeConfig> {
     configs
 }
 
-fn metrics(handle: &KvHandle) -> NodeMetrics {
+fn metrics<S>(handle: &NodeHandle<S>) -> NodeMetrics
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
     handle
         .metrics(Duration::from_secs(5))
         .expect("reading metrics")
 }
 
-fn snapshot_stats(handle: &KvHandle) -> SnapshotStats {
+fn snapshot_stats<S>(handle: &NodeHandle<S>) -> SnapshotStats
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
     let mut stats = SnapshotStats::default();
     for shard in metrics(handle).shards {
         stats.merge(&shard.snapshots);
@@ -57,7 +67,11 @@ fn snapshot_stats(handle: &KvHandle) -> SnapshotStats {
 }
 
 /// The transfer counters of every shard of the node, added up.
-fn transfer_stats(handle: &KvHandle) -> SnapshotTransferStats {
+fn transfer_stats<S>(handle: &NodeHandle<S>) -> SnapshotTransferStats
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
     let mut sum = SnapshotTransferStats::default();
     for shard in metrics(handle).shards {
         let stats = shard.snapshot_transfers;
@@ -72,7 +86,11 @@ fn transfer_stats(handle: &KvHandle) -> SnapshotTransferStats {
 }
 
 /// Proposes at whichever node leads, following `NotLeader`, until applied.
-fn propose_anywhere(handles: &[KvHandle], command: Bytes) {
+fn propose_anywhere<S>(handles: &[NodeHandle<S>], command: Bytes)
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut target = 0;
     loop {
@@ -668,7 +686,11 @@ fn bad_transfer_bytes_are_rejected_and_counted() {
     node.shutdown().expect("shutting down");
 }
 
-fn transfer_rejections(handle: &KvHandle) -> u64 {
+fn transfer_rejections<S>(handle: &NodeHandle<S>) -> u64
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
     metrics(handle)
         .shards
         .iter()
@@ -734,6 +756,131 @@ fn slow_transfer_finishes_under_writes() {
         "the transfer was not restarted by newer snapshots: {transfers:?}"
     );
     assert!(transfers.finished >= 1, "{transfers:?}");
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().expect("shutting down");
+    }
+}
+
+/// The key-value store, except that `restore` rejects every snapshot while `reject` is
+/// set, as it would reject a snapshot whose data it cannot decode.
+struct RejectingKv {
+    kv: KvStateMachine,
+    reject: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Rejected;
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("the test rejects every snapshot")
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+impl StateMachine for RejectingKv {
+    type Output = <KvStateMachine as StateMachine>::Output;
+    type View = <KvStateMachine as StateMachine>::View;
+    type RestoreError = Rejected;
+
+    fn apply_command(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Self::Output {
+        self.kv.apply_command(index, term, command)
+    }
+
+    fn apply_noop(&mut self, index: LogIndex, term: Term) {
+        self.kv.apply_noop(index, term);
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.kv.applied_index()
+    }
+
+    fn applied_term(&self) -> Term {
+        self.kv.applied_term()
+    }
+
+    fn snapshot_view(&self) -> Self::View {
+        self.kv.snapshot_view()
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), Rejected> {
+        if self.reject.load(Ordering::Relaxed) {
+            return Err(Rejected);
+        }
+        self.kv.restore(snapshot).map_err(|_| Rejected)
+    }
+}
+
+fn start_rejecting(config: &NodeConfig, reject: &Arc<AtomicBool>) -> Node<RejectingKv> {
+    let reject = Arc::clone(reject);
+    Node::start(config.clone(), move |_| RejectingKv {
+        kv: KvStateMachine::new(kv_limits()),
+        reject: Arc::clone(&reject),
+    })
+    .expect("starting a node")
+}
+
+#[test]
+fn rejected_snapshot_keeps_follower_running() {
+    let configs = snapshot_configs("snapshot_rejected_by_state_machine", 100);
+    let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let mut nodes: Vec<Option<Node<RejectingKv>>> = configs
+        .iter()
+        .zip(&flags)
+        .map(|(config, reject)| Some(start_rejecting(config, reject)))
+        .collect();
+    let all: Vec<NodeHandle<RejectingKv>> =
+        nodes.iter().flatten().map(|node| node.handle()).collect();
+    for i in 0..50 {
+        propose_anywhere(&all, put(&format!("early-{i}"), &i.to_string()));
+    }
+    let follower = 2;
+    nodes[follower].take().expect("the follower runs").kill();
+    let survivors: Vec<NodeHandle<RejectingKv>> =
+        nodes.iter().flatten().map(|node| node.handle()).collect();
+    for i in 0..400 {
+        propose_anywhere(&survivors, put(&format!("while-down-{i}"), &i.to_string()));
+    }
+    assert!(
+        survivors
+            .iter()
+            .any(|handle| snapshot_stats(handle).taken >= 3),
+        "the survivors compacted while the follower was down"
+    );
+
+    // The restarted follower needs the snapshot, and its state machine rejects it.
+    flags[follower].store(true, Ordering::Relaxed);
+    nodes[follower] = Some(start_rejecting(&configs[follower], &flags[follower]));
+    let restarted = nodes[follower].as_ref().unwrap().handle();
+    wait_until(
+        "the follower rejected a received snapshot",
+        Duration::from_secs(20),
+        || transfer_rejections(&restarted) >= 1,
+    );
+    assert_eq!(snapshot_stats(&restarted).installed, 0);
+    assert!(restarted.status().is_ok(), "the follower still serves");
+
+    // Once the state machine accepts snapshots again, the next transfer installs.
+    flags[follower].store(false, Ordering::Relaxed);
+    wait_until(
+        "the follower installed a snapshot",
+        Duration::from_secs(20),
+        || snapshot_stats(&restarted).installed >= 1,
+    );
+    let key = b"while-down-399".to_vec();
+    wait_until(
+        "the follower applied the last write",
+        Duration::from_secs(20),
+        || {
+            let key = key.clone();
+            restarted
+                .read(GROUP, ReadMode::Stale, move |state: &RejectingKv| {
+                    state.kv.get(&key).is_some()
+                })
+                .unwrap_or(false)
+        },
+    );
     for node in nodes.into_iter().flatten() {
         node.shutdown().expect("shutting down");
     }

@@ -1016,6 +1016,7 @@ fn start_transport<S: StateMachine + 'static>(
     events: EventQueue<ShardEvent<S>>,
     snapshots: Rc<SnapshotStore>,
 ) -> Result<Transport<ShardEvent<S>>, NodeError> {
+    let snapshot_check = snapshots::restoring_check(Arc::clone(&params.new_state_machine));
     let config = &params.config;
     let shard = params.shard as usize;
     let startup = |detail: String| NodeError::Startup {
@@ -1051,5 +1052,6 @@ fn start_transport<S: StateMachine + 'static>(
         snapshot: config.snapshot.clone(),
         random_seed: config.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ params.shard as u64,
     };
-    Transport::start(settings, events, snapshots).map_err(|error| startup(error.to_string()))
+    Transport::start(settings, events, snapshots, snapshot_check)
+        .map_err(|error| startup(error.to_string()))
 }

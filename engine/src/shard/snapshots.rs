@@ -17,10 +17,12 @@
 //! Installing: an `InstallSnapshot` for a follower leaves `Ready.messages` here and goes
 //! to the transport as a snapshot transfer. The receiving shard steps the message into its
 //! core only after the transport verified and stored the snapshot; the core then returns
-//! `Ready.snapshot_to_install`, and the loop restores the state machine from the received
-//! bytes and adds `compact` (log kept) or `install_snapshot` (log dropped) to the batch,
-//! before the Ready's entries.
+//! `Ready.snapshot_to_install`, and the loop replaces the group's state machine with the
+//! one the transport restored from the received bytes (see [`restoring_check`]) and adds
+//! `compact` (log kept) or `install_snapshot` (log dropped) to the batch, before the
+//! Ready's entries.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,7 +42,35 @@ use crate::snapshot::{
     StoredSnapshot,
 };
 use crate::state_machine::{Snapshot, SnapshotView, StateMachine};
-use crate::transport::{ReceivedSnapshot, SnapshotSent, Transport};
+use crate::transport::{ReceivedSnapshot, SnapshotCheck, SnapshotSent, Transport};
+
+/// A received snapshot waiting for the core to install it: the file, and the state
+/// machine restored from it before it was stored.
+#[derive(Debug)]
+struct ReceivedInstall {
+    file: SnapshotFile,
+    restored: Box<dyn Any>,
+}
+
+/// Returns the transport's test of received snapshots: it restores each into a new state
+/// machine from `new_state_machine`, so that data the state machine rejects is discarded
+/// with the transfer instead of stopping the shard at the install.
+pub(super) fn restoring_check<S: StateMachine + 'static>(
+    new_state_machine: Arc<dyn Fn(GroupId) -> S + Send + Sync>,
+) -> SnapshotCheck {
+    SnapshotCheck(Rc::new(move |group, file: &SnapshotFile| {
+        let mut state_machine = new_state_machine(group);
+        let snapshot = Snapshot {
+            index: file.meta.index,
+            term: file.meta.term,
+            data: file.data.clone(),
+        };
+        state_machine
+            .restore(&snapshot)
+            .map_err(|error| error.to_string())?;
+        Ok(Box::new(state_machine) as Box<dyn Any>)
+    }))
+}
 
 /// A snapshot task's report to the loop.
 #[derive(Debug)]
@@ -59,9 +89,9 @@ pub(super) struct ShardSnapshots {
     pub stats: SnapshotStats,
     /// Log compactions for the next batch.
     compactions: Vec<(GroupId, LogIndex)>,
-    /// Received snapshots whose `InstallSnapshot` was stepped, until the core asks to
-    /// install them.
-    received: BTreeMap<GroupId, SnapshotFile>,
+    /// Received snapshots whose `InstallSnapshot` the core accepted, until its `Ready`
+    /// installs them.
+    received: BTreeMap<GroupId, ReceivedInstall>,
     /// Transfers in flight, by group and follower.
     sending: BTreeSet<(GroupId, NodeId)>,
     /// Groups whose snapshot is being serialized or stored.
@@ -207,7 +237,7 @@ pub(super) fn route_install_snapshots<S: StateMachine, E>(
 
 /// Restores `replica`'s state machine from the snapshot the core installs, and adds the
 /// log's part to `batch`. Runs before the Ready's entries are added.
-pub(super) fn install_snapshot<S: StateMachine>(
+pub(super) fn install_snapshot<S: StateMachine + 'static>(
     shard: u32,
     group: GroupId,
     replica: &mut Replica<S>,
@@ -223,25 +253,19 @@ pub(super) fn install_snapshot<S: StateMachine>(
             meta.index
         ),
     };
-    let file = snapshots
+    let ReceivedInstall { file, restored } = snapshots
         .received
         .remove(&group)
-        .filter(|file| file.meta == *meta)
+        .filter(|received| received.file.meta == *meta)
         .ok_or_else(|| {
             failure("the core installs a snapshot this shard did not receive".to_string())
         })?;
     let started = Instant::now();
-    let snapshot = Snapshot {
-        index: meta.index,
-        term: meta.term,
-        data: file.data.clone(),
-    };
-    // TODO: restoring runs on the shard's loop, so decoding a large state stalls the
-    // shard's other groups meanwhile; `StateMachine::restore` has no stepwise form yet.
-    replica
-        .state_machine
-        .restore(&snapshot)
-        .map_err(|error| failure(format!("the state machine rejected it: {error}")))?;
+    let restored = restored.downcast::<S>().map_err(|_| {
+        failure("the transport restored it into a state machine of another type".to_string())
+    })?;
+    // The restored state machine covers exactly `meta`, so it replaces the group's whole.
+    replica.state_machine = *restored;
     if install.log_kept {
         batch.compact(group, meta.index);
     } else {
@@ -373,12 +397,14 @@ where
         self.events.push_now(ShardEvent::Continue);
     }
 
-    /// Steps the `InstallSnapshot` of a snapshot the transport stored.
+    /// Steps the `InstallSnapshot` of a snapshot the transport stored, and keeps the
+    /// snapshot for the install if the core accepted it.
     pub(super) fn on_snapshot_received(&mut self, received: Box<ReceivedSnapshot>) {
         let ReceivedSnapshot {
             group,
             message,
             file,
+            restored,
             duration,
             bytes_received,
             ..
@@ -393,15 +419,19 @@ where
             bytes_received,
             "snapshot received"
         );
-        let meta = file.meta.clone();
-        self.snapshots.received.insert(group, file);
+        let latest_before = replica.core.latest_snapshot().cloned();
         if let Err(rejection) = replica.core.step(message) {
             tracing::debug!(?rejection, "InstallSnapshot rejected by the core");
         }
         // The core installs a snapshot by making it its latest; one that covers only
         // committed entries is answered without installing, so its bytes are not needed.
-        if replica.core.latest_snapshot() != Some(&meta) {
-            self.snapshots.received.remove(&group);
+        // A snapshot received earlier and not installed yet stays unless this one
+        // replaced it in the core.
+        let latest = replica.core.latest_snapshot();
+        if latest == Some(&file.meta) && latest != latest_before.as_ref() {
+            self.snapshots
+                .received
+                .insert(group, ReceivedInstall { file, restored });
         }
     }
 

@@ -145,6 +145,15 @@ pub enum SnapshotError {
         expected: String,
     },
     #[error(
+        "the state machine of group {group} rejected the received snapshot at index {index}: \
+         {detail}; the snapshot was discarded, and the leader's next transfer starts over"
+    )]
+    RejectedByStateMachine {
+        group: GroupId,
+        index: u64,
+        detail: String,
+    },
+    #[error(
         "a chunk of group {group}'s snapshot starts at byte {offset}, but {received} bytes were \
          received; the sender must resume at the offset the receiver reports"
     )]
@@ -549,6 +558,10 @@ impl SnapshotStore {
 
     /// Appends a received chunk that starts at `offset`.
     ///
+    /// The chunk goes to the partial file first and to memory only once written, so that
+    /// the bytes in memory, which a resumed transfer verifies, never run ahead of the file
+    /// that completing the transfer publishes.
+    ///
     /// # Errors
     /// The chunk does not continue the received bytes, passes the announced length, or
     /// cannot be written.
@@ -558,27 +571,7 @@ impl SnapshotStore {
         offset: u64,
         chunk: &[u8],
     ) -> Result<(), SnapshotError> {
-        {
-            let mut partials = self.partials.borrow_mut();
-            let partial = partials
-                .get_mut(&group)
-                .ok_or(SnapshotError::NoTransfer { group })?;
-            let received = partial.received.len() as u64;
-            if offset != received {
-                return Err(SnapshotError::ChunkOutOfOrder {
-                    group,
-                    offset,
-                    received,
-                });
-            }
-            if received + chunk.len() as u64 > partial.identity.file_bytes {
-                return Err(SnapshotError::ChunkPastEnd {
-                    group,
-                    file_bytes: partial.identity.file_bytes,
-                });
-            }
-            partial.received.extend_from_slice(chunk);
-        }
+        self.check_continues(group, offset, chunk.len())?;
         if let Some(dir) = &self.dir {
             let path = Self::partial_path(dir, group);
             let file = OpenOptions::new()
@@ -589,6 +582,43 @@ impl SnapshotStore {
             let written = file.write_at(chunk.to_vec(), offset).await;
             let _ = file.close().await;
             written.map_err(|error| io_error("writing", &path, error))?;
+        }
+        // Only the connection marked active appends to a group's partial snapshot, so no
+        // other chunk landed while the write above was in flight.
+        self.check_continues(group, offset, chunk.len())?;
+        let mut partials = self.partials.borrow_mut();
+        let partial = partials
+            .get_mut(&group)
+            .ok_or(SnapshotError::NoTransfer { group })?;
+        partial.received.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Checks that a chunk of `chunk_bytes` at `offset` continues the received bytes of
+    /// `group` and stays within the announced length.
+    fn check_continues(
+        &self,
+        group: GroupId,
+        offset: u64,
+        chunk_bytes: usize,
+    ) -> Result<(), SnapshotError> {
+        let partials = self.partials.borrow();
+        let partial = partials
+            .get(&group)
+            .ok_or(SnapshotError::NoTransfer { group })?;
+        let received = partial.received.len() as u64;
+        if offset != received {
+            return Err(SnapshotError::ChunkOutOfOrder {
+                group,
+                offset,
+                received,
+            });
+        }
+        if received + chunk_bytes as u64 > partial.identity.file_bytes {
+            return Err(SnapshotError::ChunkPastEnd {
+                group,
+                file_bytes: partial.identity.file_bytes,
+            });
         }
         Ok(())
     }
@@ -619,16 +649,22 @@ impl SnapshotStore {
     }
 
     /// Verifies the completely received snapshot of `group`, checks that it is the one
-    /// announced with `meta`, and stores it durably as the group's newest snapshot unless a
-    /// newer one is stored already. Returns the verified file.
+    /// announced with `meta`, passes it to `check`, and stores it durably as the group's
+    /// newest snapshot unless a newer one is stored already. Returns the verified file and
+    /// what `check` returned.
+    ///
+    /// `check` runs before anything is stored, so a snapshot whose state-machine data is
+    /// invalid never replaces the group's newest snapshot, which a restart would need.
     ///
     /// # Errors
-    /// Verification failed (the partial snapshot is discarded), or storing failed.
-    pub async fn complete_receive(
+    /// Verification failed or `check` rejected the snapshot (the partial snapshot is
+    /// discarded in both cases), or storing failed.
+    pub async fn complete_receive<T>(
         &self,
         group: GroupId,
         meta: &SnapshotMeta,
-    ) -> Result<SnapshotFile, SnapshotError> {
+        check: impl FnOnce(&SnapshotFile) -> Result<T, String>,
+    ) -> Result<(SnapshotFile, T), SnapshotError> {
         let partial = self
             .partials
             .borrow_mut()
@@ -651,8 +687,16 @@ impl SnapshotStore {
                     })
                 }
             });
-        let decoded = match verified {
-            Ok(decoded) => decoded,
+        let checked = verified.and_then(|decoded| match check(&decoded) {
+            Ok(output) => Ok((decoded, output)),
+            Err(detail) => Err(SnapshotError::RejectedByStateMachine {
+                group,
+                index: meta.index.0,
+                detail,
+            }),
+        });
+        let (decoded, output) = match checked {
+            Ok(checked) => checked,
             Err(error) => {
                 self.discard_receive(group);
                 return Err(error);
@@ -663,7 +707,7 @@ impl SnapshotStore {
             .is_some_and(|stored| stored.meta.index >= meta.index);
         if newer_stored {
             self.discard_receive(group);
-            return Ok(decoded);
+            return Ok((decoded, output));
         }
         let location = match &self.dir {
             None => Location::Memory(bytes.clone()),
@@ -684,7 +728,7 @@ impl SnapshotStore {
             location,
         };
         self.replace_newest(stored).await;
-        Ok(decoded)
+        Ok((decoded, output))
     }
 }
 

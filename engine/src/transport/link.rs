@@ -18,7 +18,9 @@ use glommio::net::{TcpListener, TcpStream};
 use shardraft_raft::{MessageBody, NodeId};
 
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
-use super::snapshot_stream::{self, ReceivedSnapshot, SnapshotSent, SnapshotTransferStats};
+use super::snapshot_stream::{
+    self, ReceivedSnapshot, SnapshotCheck, SnapshotSent, SnapshotTransferStats,
+};
 use super::wire::{self, GroupMessage, WireError, WireHello};
 use crate::config::{SnapshotConfig, TransportConfig};
 use crate::log::GroupId;
@@ -205,6 +207,8 @@ pub(super) struct Shared<E> {
     pub(super) snapshot_stats: RefCell<SnapshotTransferStats>,
     /// The shard's snapshots: the source of transfers and where received ones go.
     snapshots: Rc<SnapshotStore>,
+    /// Restores each received snapshot before it is stored.
+    pub(super) snapshot_check: SnapshotCheck,
     pub(super) closed: Latch,
     random_state: Cell<u64>,
     /// Connection tasks still running, so that closing can wait until their sockets are
@@ -237,6 +241,7 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
         settings: TransportSettings,
         events: EventQueue<E>,
         snapshots: Rc<SnapshotStore>,
+        snapshot_check: SnapshotCheck,
     ) -> std::io::Result<Transport<E>> {
         let listener = TcpListener::bind(settings.listen_address).map_err(|error| {
             std::io::Error::other(format!(
@@ -258,6 +263,7 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
                 stats: RefCell::new(TransportStats::default()),
                 snapshot_stats: RefCell::new(SnapshotTransferStats::default()),
                 snapshots,
+                snapshot_check,
                 closed: Latch::default(),
                 random_state,
                 live_tasks: Cell::new(0),

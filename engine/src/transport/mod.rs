@@ -28,4 +28,4 @@ pub mod wire;
 
 pub use link::{PeerTransportStats, RejectionCounts};
 pub use link::{Transport, TransportEvent, TransportSettings, TransportStats};
-pub use snapshot_stream::{ReceivedSnapshot, SnapshotSent, SnapshotTransferStats};
+pub use snapshot_stream::{ReceivedSnapshot, SnapshotCheck, SnapshotSent, SnapshotTransferStats};
