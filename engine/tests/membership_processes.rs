@@ -40,11 +40,23 @@ fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shardraft")
 }
 
+/// Returns a loopback port that is free now and was not returned before in this test
+/// process. The kernel may hand out a port again once its listener is closed, and two
+/// listeners of one cluster on the same port would fail its start.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding a loopback port")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("binding a loopback port")
+            .port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One node: its ports, data directory, log file and, while it runs, its process.
@@ -601,4 +613,103 @@ fn foreign_cluster_and_foreign_data_directory_are_rejected() {
         log.contains("belongs to cluster 0x29, node 1"),
         "node 2 did not name the data directory's owner"
     );
+}
+
+/// Runs `shardraft --output json member list --group G` and returns each member's role
+/// (`voter` or `learner`) by node id, with the leader the command reports.
+fn listed_members(endpoints: &str, group: u32) -> (Option<u64>, Vec<(u64, String)>) {
+    let group_text = group.to_string();
+    let stdout = cli_expect(
+        endpoints,
+        &["--output", "json", "member", "list", "--group", &group_text],
+        0,
+    );
+    let listing: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|error| panic!("member list printed invalid JSON ({error}): {stdout}"));
+    let report = &listing["groups"][0];
+    assert_eq!(report["group"], group, "{stdout}");
+    let members = report["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no members in {stdout}"))
+        .iter()
+        .map(|member| {
+            (
+                member["node_id"].as_u64().expect("a node id"),
+                member["role"].as_str().expect("a role").to_string(),
+            )
+        })
+        .collect();
+    (report["leader"].as_u64(), members)
+}
+
+#[test]
+fn cli_transfers_leader_and_promotes_learner() {
+    let mut cluster = Cluster::start_ready("transfer_and_promote", 3);
+    let running = cluster.endpoints(&[1, 2, 3]);
+    let writer = Writer::start(&running);
+
+    // `leader transfer` returns once the target leads, and `member list` reports it.
+    let (leader, members) = listed_members(&running, 0);
+    let leader = leader.expect("group 0 has a leader");
+    assert_eq!(members.len(), 3, "{members:?}");
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let target_text = target.to_string();
+    cli_expect(
+        &running,
+        &["leader", "transfer", "--group", "0", "--to", &target_text],
+        0,
+    );
+    let (leader_after, _) = listed_members(&running, 0);
+    assert_eq!(
+        leader_after,
+        Some(target),
+        "leader of group 0 after the transfer"
+    );
+
+    // A learner added with --learner stays a learner until `member promote`.
+    cluster.add_slot();
+    cluster.start(4, &[1, 2, 3, 4], true, CLUSTER_ID);
+    let node = cluster.node(4);
+    let (peer, client, http) = (
+        format!("127.0.0.1:{}", node.peer),
+        node.endpoint(),
+        format!("127.0.0.1:{}", node.http),
+    );
+    cli_expect(
+        &running,
+        &[
+            "member",
+            "add",
+            "--id",
+            "4",
+            "--peer",
+            &peer,
+            "--client",
+            &client,
+            "--http",
+            &http,
+            "--learner",
+        ],
+        0,
+    );
+    cluster.wait_caught_up(4);
+    for group in 0..GROUPS {
+        let (_, members) = listed_members(&running, group);
+        assert!(
+            members.contains(&(4, "learner".to_string())),
+            "group {group} after adding node 4 as a learner: {members:?}"
+        );
+    }
+    cli_expect(&running, &["member", "promote", "--id", "4"], 0);
+    cluster.wait_voters(&[1, 2, 3], |voters| voters.contains(&4));
+    for group in 0..GROUPS {
+        let (_, members) = listed_members(&running, group);
+        assert!(
+            members.contains(&(4, "voter".to_string())),
+            "group {group} after promoting node 4: {members:?}"
+        );
+    }
+
+    let acknowledged = writer.finish();
+    assert_all_present(&cluster.endpoints(&[1, 2, 3, 4]), &acknowledged);
 }

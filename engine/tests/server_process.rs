@@ -1,8 +1,10 @@
 //! The `shardraft` binary as an operator runs it: real processes on loopback.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 fn binary() -> &'static str {
@@ -16,11 +18,23 @@ fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Returns a loopback port that is free now and was not returned before in this test
+/// process. The kernel may hand out a port again once its listener is closed, and two
+/// listeners of one cluster on the same port would fail its start.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("binding a loopback port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("binding a loopback port")
+            .port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `--members` for a one-node cluster on free ports.

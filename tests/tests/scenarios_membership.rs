@@ -308,16 +308,28 @@ fn removing_the_leader_transfers_leadership_first() {
         new_leader, target.0,
         "leadership moved to the transfer target"
     );
+    assert_eq!(
+        cluster.node(new_leader).term().0,
+        term_before.0 + 1,
+        "the transfer took one election"
+    );
 
     change_membership(&mut cluster, MembershipChange::Remove { node: NodeId(1) });
     cluster.propose_and_commit("removal committed");
     cluster.run_ticks(10 * ELECTION_TICKS / 4);
     let leader = cluster.leader().expect("a leader");
     assert_ne!(leader, 1, "the removed node leads");
-    assert!(
-        cluster.node(leader).term().0 <= term_before.0 + 2,
-        "the term rose by more than the transfer's election"
+    assert_eq!(
+        leader, new_leader,
+        "the transfer target kept the leadership"
     );
+    for node in 2..=3 {
+        assert_eq!(
+            cluster.node(node).term().0,
+            term_before.0 + 1,
+            "node {node}'s term rose after the transfer's election"
+        );
+    }
     assert!(!cluster.node(leader).membership().contains(NodeId(1)));
     let proposal = cluster.propose_and_commit("after");
     assert!(cluster.has_applied(leader, proposal));
