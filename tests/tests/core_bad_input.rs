@@ -7,9 +7,9 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use shardraft_raft::{
-    AppendOutcome, Config, Entry, EntryKind, HardState, LogIndex, Membership, MembershipChange,
-    MembershipChangeEntry, Message, MessageBody, NodeId, RaftNode, Rejection, RestoredState, Role,
-    SnapshotMeta, SnapshotTransfer, Stats, Term,
+    AppendOutcome, Config, Entry, EntryKind, GroupTiming, HardState, LogIndex, Membership,
+    MembershipChange, MembershipChangeEntry, Message, MessageBody, NodeId, RaftNode, Rejection,
+    RestoredState, Role, SnapshotMeta, SnapshotTransfer, Stats, Term,
 };
 use shardraft_tests::harness::Cluster;
 
@@ -321,13 +321,27 @@ fn body() -> impl Strategy<Value = MessageBody> {
     ]
 }
 
+/// Timings of any shape, valid or not, or none.
+fn timing() -> impl Strategy<Value = Option<GroupTiming>> {
+    prop::option::of(
+        (0..8u32, 0..40u32, 0..40u32).prop_map(|(heartbeat, min, max)| GroupTiming {
+            heartbeat_interval_ticks: heartbeat,
+            election_timeout_ticks_min: min,
+            election_timeout_ticks_max: max,
+        }),
+    )
+}
+
 fn membership() -> impl Strategy<Value = Membership> {
     let ids = || prop::collection::btree_set(node_id().prop_map(NodeId), 0..4);
-    (ids(), ids(), ids()).prop_map(|(voters, learners, promote_when_caught_up)| Membership {
-        voters,
-        learners,
-        promote_when_caught_up,
-    })
+    (ids(), ids(), ids(), timing()).prop_map(
+        |(voters, learners, promote_when_caught_up, timing)| Membership {
+            voters,
+            learners,
+            promote_when_caught_up,
+            timing,
+        },
+    )
 }
 
 /// Snapshots of any shape: index and term anywhere, memberships valid or not.
@@ -345,14 +359,15 @@ fn install_snapshot() -> impl Strategy<Value = MessageBody> {
 
 /// An `AppendEntries` whose entries are membership changes, well-formed or arbitrary bytes.
 fn membership_entries() -> impl Strategy<Value = MessageBody> {
-    let well_formed = (1..=6u64, membership(), 0..3u8).prop_map(|(node, membership, kind)| {
+    let well_formed = (1..=6u64, membership(), 0..4u8).prop_map(|(node, membership, kind)| {
         let node = NodeId(node);
-        let change = match kind {
-            0 => MembershipChange::AddLearner {
+        let change = match (kind, membership.timing) {
+            (0, _) => MembershipChange::AddLearner {
                 node,
                 promote_when_caught_up: true,
             },
-            1 => MembershipChange::Promote { node },
+            (1, _) => MembershipChange::Promote { node },
+            (3, Some(timing)) => MembershipChange::SetTiming { timing },
             _ => MembershipChange::Remove { node },
         };
         MembershipChangeEntry {

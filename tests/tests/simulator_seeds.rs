@@ -79,6 +79,7 @@ fn simulated_clusters_stay_safe_and_live() {
                 "elections brought forward by a failure detector",
                 total(|counts| counts.elections_brought_forward),
             ),
+            ("timing changes", total(|counts| counts.timing_changes)),
         ] {
             assert!(value > 0, "no run had {what} in {count} seeds");
         }

@@ -1,7 +1,7 @@
 //! Settings of one Raft node, with the relations between them checked by
 //! [`Config::validate`].
 
-use crate::types::{Membership, NodeId};
+use crate::types::{GroupTiming, Membership, NodeId};
 
 /// Settings of one replica. Time is counted in ticks: the runtime calls
 /// `RaftNode::tick` at a fixed interval of its choosing.
@@ -72,6 +72,16 @@ impl Config {
             max_committed_entries_per_ready: 4096,
             promote_lag_entries_max: 64,
             random_seed: id.0,
+        }
+    }
+
+    /// The configured heartbeat interval and election timeout range, which apply until the
+    /// group agrees on a timing of its own.
+    pub fn configured_timing(&self) -> GroupTiming {
+        GroupTiming {
+            heartbeat_interval_ticks: self.heartbeat_interval_ticks,
+            election_timeout_ticks_min: self.election_timeout_ticks_min,
+            election_timeout_ticks_max: self.election_timeout_ticks_max,
         }
     }
 

@@ -41,13 +41,13 @@ impl RaftNode {
 
         if self.transfer_target.is_some() {
             self.transfer_elapsed_ticks = self.transfer_elapsed_ticks.saturating_add(1);
-            if self.transfer_elapsed_ticks >= self.config.election_timeout_ticks_min {
+            if self.transfer_elapsed_ticks >= self.timing().election_timeout_ticks_min {
                 tracing::info!(node = %self.id, term = %self.term, target = ?self.transfer_target, "leadership transfer abandoned");
                 self.transfer_target = None;
             }
         }
 
-        if self.election_elapsed_ticks >= self.config.election_timeout_ticks_min {
+        if self.election_elapsed_ticks >= self.timing().election_timeout_ticks_min {
             self.election_elapsed_ticks = 0;
             if self.config.check_quorum && !self.quorum_recently_active() {
                 tracing::info!(node = %self.id, term = %self.term, "leader lost contact with a quorum; stepping down");
@@ -56,7 +56,7 @@ impl RaftNode {
             }
         }
 
-        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
+        if self.heartbeat_elapsed_ticks >= self.leader_heartbeat_interval_ticks() {
             self.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat(self.reads.newest_unconfirmed_round());
         }
@@ -236,7 +236,15 @@ impl RaftNode {
                     _ => None,
                 };
                 tracing::info!(node = %self.id, from = %message.from, term = %message.term, previous = %self.term, kind = message.body.kind_name(), "newer term seen");
+                let elapsed_ticks = self.election_elapsed_ticks;
                 self.become_follower(message.term, leader);
+                if matches!(message.body, MessageBody::RequestVote { .. }) {
+                    // Only a granted vote or a leader's message postpones this replica's own
+                    // election, as Raft's rules require. Otherwise a candidate whose log cannot
+                    // win, and whose election timeout is shorter (an uncommitted timing
+                    // change), would keep every other voter from ever campaigning.
+                    self.election_elapsed_ticks = elapsed_ticks;
+                }
                 true
             }
         }
@@ -246,7 +254,7 @@ impl RaftNode {
     pub(crate) fn in_leader_lease(&self) -> bool {
         self.config.check_quorum
             && self.leader.is_some()
-            && self.election_elapsed_ticks < self.config.election_timeout_ticks_min
+            && self.election_elapsed_ticks < self.timing().election_timeout_ticks_min
     }
 
     /// Makes `from`, which sent leader traffic in the current term, this replica's leader.

@@ -60,7 +60,7 @@ pub use node::{
 pub use progress::{Progress, ReplicationState};
 pub use reads::ReadState;
 pub use types::{
-    ENTRY_OVERHEAD_BYTES, Entry, EntryKind, HardState, InvalidChange, LogIndex,
+    ENTRY_OVERHEAD_BYTES, Entry, EntryKind, GroupTiming, HardState, InvalidChange, LogIndex,
     MEMBERSHIP_CHANGE_VERSION, Membership, MembershipChange, MembershipChangeEntry, NodeId,
     ReadyNumber, SnapshotMeta, Term,
 };

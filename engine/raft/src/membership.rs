@@ -55,6 +55,32 @@ impl MembershipLog {
         Some(found.clone())
     }
 
+    /// Returns the smallest heartbeat interval in force at any index from `from` on: the
+    /// membership's at `from` (the base's, below it) and every later change's, with
+    /// `configured` for those without an agreed timing.
+    pub(crate) fn heartbeat_interval_ticks_min_since(
+        &self,
+        from: LogIndex,
+        configured: u32,
+    ) -> u32 {
+        let interval = |membership: &Membership| {
+            membership
+                .timing
+                .map_or(configured, |timing| timing.heartbeat_interval_ticks)
+        };
+        let at_from = self
+            .changes
+            .iter()
+            .rev()
+            .find(|(index, _)| *index <= from)
+            .map_or(&self.base, |(_, membership)| membership);
+        self.changes
+            .iter()
+            .filter(|(index, _)| *index > from)
+            .map(|(_, membership)| interval(membership))
+            .fold(interval(at_from), u32::min)
+    }
+
     /// Records the membership after the change entry at `index`, the log's new last entry.
     pub(crate) fn push(&mut self, index: LogIndex, membership: Membership) {
         debug_assert!(self.last_change_index().is_none_or(|last| last < index));

@@ -35,8 +35,8 @@ use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ReplicationState};
 use crate::reads::{ReadQueue, ReadState};
 use crate::types::{
-    Entry, EntryKind, HardState, InvalidChange, LogIndex, Membership, MembershipChange,
-    MembershipChangeEntry, NodeId, ReadyNumber, SnapshotMeta, Term,
+    Entry, EntryKind, GroupTiming, HardState, InvalidChange, LogIndex, Membership,
+    MembershipChange, MembershipChangeEntry, NodeId, ReadyNumber, SnapshotMeta, Term,
 };
 
 /// The role a replica plays in its term.
@@ -414,7 +414,8 @@ impl RaftNode {
             log,
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
-            randomized_election_timeout_ticks: config.election_timeout_ticks_min,
+            // Drawn by `reset_election_timer` below, from the timing in force.
+            randomized_election_timeout_ticks: 0,
             election_timeout_shortened: false,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -577,7 +578,7 @@ impl RaftNode {
         if self.role != Role::Follower || self.leader.is_none() || self.election_timeout_shortened {
             return false;
         }
-        let shortened = ticks.max(self.config.election_timeout_ticks_min);
+        let shortened = ticks.max(self.timing().election_timeout_ticks_min);
         let current = self.randomized_election_timeout_ticks;
         if shortened >= current {
             return false;
@@ -777,8 +778,15 @@ impl RaftNode {
         if *effective == self.membership {
             return;
         }
+        let timing_before = self.timing();
         self.membership = effective.clone();
         tracing::info!(node = %self.id, term = %self.term, voters = ?self.membership.voters, learners = ?self.membership.learners, "membership in force changed");
+        let timing = self.timing();
+        if timing != timing_before {
+            tracing::info!(node = %self.id, term = %self.term, %timing, "group timing in force changed");
+            // The current wait ends within the new range; elapsed ticks still count.
+            self.draw_election_timeout();
+        }
         if self.role != Role::Leader {
             return;
         }
@@ -1145,10 +1153,45 @@ impl RaftNode {
     pub(crate) fn reset_election_timer(&mut self) {
         self.election_elapsed_ticks = 0;
         self.election_timeout_shortened = false;
-        let min = self.config.election_timeout_ticks_min;
-        let spread = self.config.election_timeout_ticks_max - min;
+        self.draw_election_timeout();
+    }
+
+    /// Draws the randomized election timeout from the range of the timing in force.
+    fn draw_election_timeout(&mut self) {
+        let timing = self.timing();
+        let min = timing.election_timeout_ticks_min;
+        let spread = timing.election_timeout_ticks_max - min;
         let offset = (self.rng.next_u64() % u64::from(spread)) as u32;
         self.randomized_election_timeout_ticks = min + offset;
+    }
+
+    /// Returns the heartbeat interval and election timeout range in force: the group's
+    /// agreed timing once a timing change is in its log, the configured timing before.
+    pub fn timing(&self) -> GroupTiming {
+        self.membership
+            .timing
+            .unwrap_or_else(|| self.config.configured_timing())
+    }
+
+    /// Returns the heartbeat interval a leader uses: the smallest in force anywhere from the
+    /// lowest match index of its voters to its last entry. A voter that has not appended a timing
+    /// change yet still runs the election timeout from before it, so a leader that
+    /// lengthened its heartbeat at once would make that voter time out.
+    pub(crate) fn leader_heartbeat_interval_ticks(&self) -> u32 {
+        let lowest_match = self
+            .membership
+            .voters
+            .iter()
+            .filter_map(|voter| self.progress.get(voter))
+            .map(|progress| progress.match_index)
+            .min();
+        let configured = self.config.heartbeat_interval_ticks;
+        match lowest_match {
+            Some(lowest) => self
+                .membership_log
+                .heartbeat_interval_ticks_min_since(lowest, configured),
+            None => self.timing().heartbeat_interval_ticks,
+        }
     }
 
     /// Whether this replica may campaign: only voters lead.

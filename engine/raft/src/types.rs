@@ -1,6 +1,6 @@
 //! Identifiers and the values the core persists: node ids, terms, log indexes, entries,
-//! hard state, the membership of a group, the changes to it, and the description of a
-//! snapshot.
+//! hard state, the membership of a group and its agreed timing, the changes to them, and
+//! the description of a snapshot.
 
 use alloc::collections::BTreeSet;
 use bytes::Bytes;
@@ -115,8 +115,56 @@ pub struct HardState {
     pub commit: LogIndex,
 }
 
+/// The heartbeat interval and election timeout range of a group, in ticks, when they were
+/// changed at runtime. They travel in the log with the membership, so that every replica
+/// switches at the same log index rather than each on its own schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GroupTiming {
+    pub heartbeat_interval_ticks: u32,
+    pub election_timeout_ticks_min: u32,
+    /// Exclusive upper bound of the randomized election timeout.
+    pub election_timeout_ticks_max: u32,
+}
+
+impl GroupTiming {
+    /// Checks the relations that keep a group live. The heartbeat is at least one tick and
+    /// at most a third of the minimum election timeout, so that one lost heartbeat does not
+    /// start an election. The maximum is above the minimum, so that timeouts are randomized.
+    ///
+    /// # Errors
+    ///
+    /// Returns the rule the timing breaks.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.heartbeat_interval_ticks == 0 {
+            return Err("timing with a heartbeat interval of 0 ticks");
+        }
+        if self.heartbeat_interval_ticks > self.election_timeout_ticks_min / 3 {
+            return Err(
+                "timing with a heartbeat interval above a third of the minimum election timeout",
+            );
+        }
+        if self.election_timeout_ticks_max <= self.election_timeout_ticks_min {
+            return Err("timing whose election timeout maximum is not above its minimum");
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for GroupTiming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "heartbeat every {} ticks, election timeout {}..{} ticks",
+            self.heartbeat_interval_ticks,
+            self.election_timeout_ticks_min,
+            self.election_timeout_ticks_max
+        )
+    }
+}
+
 /// The members of a group: voters elect leaders and form quorums; learners receive the log
-/// but neither vote nor count toward a quorum.
+/// but neither vote nor count toward a quorum. The group's agreed timing rides along, since
+/// it changes through the same log entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     pub voters: BTreeSet<NodeId>,
@@ -124,6 +172,9 @@ pub struct Membership {
     /// Learners that the leader promotes to voters once they are caught up. A subset of
     /// `learners`.
     pub promote_when_caught_up: BTreeSet<NodeId>,
+    /// The timing set by the newest [`MembershipChange::SetTiming`] in the log. While it is
+    /// `None`, every replica uses its configured timing.
+    pub timing: Option<GroupTiming>,
 }
 
 impl Membership {
@@ -133,6 +184,7 @@ impl Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
             promote_when_caught_up: BTreeSet::new(),
+            timing: None,
         }
     }
 
@@ -147,7 +199,7 @@ impl Membership {
     }
 
     /// Checks the shape every membership must have: at least one voter, no node 0, no
-    /// node in two roles, and only learners marked for promotion.
+    /// node in two roles, only learners marked for promotion, and a valid timing.
     ///
     /// # Errors
     ///
@@ -165,6 +217,9 @@ impl Membership {
         if !self.promote_when_caught_up.is_subset(&self.learners) {
             return Err("membership marks a non-learner for promotion");
         }
+        if let Some(timing) = &self.timing {
+            timing.check()?;
+        }
         Ok(())
     }
 
@@ -173,7 +228,8 @@ impl Membership {
     /// # Errors
     ///
     /// Returns why the change does not fit this membership: adding a member, promoting a
-    /// node that is not a learner, removing a non-member or the last voter.
+    /// node that is not a learner, removing a non-member or the last voter, or a timing
+    /// that breaks [`GroupTiming::check`].
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, InvalidChange> {
         let mut next = self.clone();
         match change {
@@ -207,6 +263,12 @@ impl Membership {
                 next.voters.remove(&node);
                 next.learners.remove(&node);
                 next.promote_when_caught_up.remove(&node);
+            }
+            MembershipChange::SetTiming { timing } => {
+                timing
+                    .check()
+                    .map_err(|reason| InvalidChange::InvalidTiming { reason })?;
+                next.timing = Some(timing);
             }
         }
         Ok(next)
@@ -242,15 +304,18 @@ pub enum MembershipChange {
     Promote { node: NodeId },
     /// Removes the voter or learner `node`.
     Remove { node: NodeId },
+    /// Sets the group's heartbeat interval and election timeout range; the members stay.
+    SetTiming { timing: GroupTiming },
 }
 
 impl MembershipChange {
-    /// Returns the node the change adds, promotes or removes.
-    pub fn node(&self) -> NodeId {
+    /// Returns the node the change adds, promotes or removes; `None` for a timing change.
+    pub fn node(&self) -> Option<NodeId> {
         match *self {
             MembershipChange::AddLearner { node, .. }
             | MembershipChange::Promote { node }
-            | MembershipChange::Remove { node } => node,
+            | MembershipChange::Remove { node } => Some(node),
+            MembershipChange::SetTiming { .. } => None,
         }
     }
 }
@@ -265,6 +330,7 @@ impl fmt::Display for MembershipChange {
             MembershipChange::AddLearner { node, .. } => write!(f, "add {node} as a learner"),
             MembershipChange::Promote { node } => write!(f, "promote {node} to voter"),
             MembershipChange::Remove { node } => write!(f, "remove {node}"),
+            MembershipChange::SetTiming { timing } => write!(f, "set the timing: {timing}"),
         }
     }
 }
@@ -280,6 +346,8 @@ pub enum InvalidChange {
     NotAMember { node: NodeId },
     #[error("{node} is the group's last voter; add another voter before removing it")]
     LastVoter { node: NodeId },
+    #[error("invalid {reason}")]
+    InvalidTiming { reason: &'static str },
 }
 
 /// The data of a [`EntryKind::MembershipChange`] entry: the change, the membership it
@@ -294,14 +362,19 @@ pub enum InvalidChange {
 ///
 /// ```text
 /// version         u8   MEMBERSHIP_CHANGE_VERSION
-/// kind            u8   0 add learner, 1 promote, 2 remove
-/// node            u64
+/// kind            u8   0 add learner, 1 promote, 2 remove, 3 set timing
+/// node            u64  0 for set timing
 /// flags           u8   bit 0: promote when caught up (add learner only)
 /// voters          u32 count, then count u64 ids, ascending
 /// learners        u32 count, then count u64 ids, ascending
 /// to promote      u32 count, then count u64 ids, ascending, a subset of the learners
+/// timing          u8 0 for none, or 1 followed by the heartbeat interval, the election
+///                 timeout minimum and maximum, each u32 ticks
 /// context         the remaining bytes
 /// ```
+///
+/// Version 1, written before timing changes existed, has no timing field and no kind 3;
+/// it decodes with `timing: None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MembershipChangeEntry {
     pub change: MembershipChange,
@@ -310,8 +383,12 @@ pub struct MembershipChangeEntry {
     pub context: Bytes,
 }
 
-/// The encoding version of [`MembershipChangeEntry`] this build writes and reads.
-pub const MEMBERSHIP_CHANGE_VERSION: u8 = 1;
+/// The encoding version of [`MembershipChangeEntry`] this build writes. It also reads
+/// version 1.
+pub const MEMBERSHIP_CHANGE_VERSION: u8 = 2;
+
+/// Bytes of a present timing field: the marker and three tick counts.
+const TIMING_FIELD_BYTES: usize = 1 + 3 * 4;
 
 const MEMBERSHIP_CHANGE_HEADER_BYTES: usize = 1 + 1 + 8 + 1;
 
@@ -325,6 +402,7 @@ impl MembershipChangeEntry {
             } => (0u8, node, u8::from(promote_when_caught_up)),
             MembershipChange::Promote { node } => (1, node, 0),
             MembershipChange::Remove { node } => (2, node, 0),
+            MembershipChange::SetTiming { .. } => (3, NodeId(0), 0),
         };
         let sets = [
             &self.membership.voters,
@@ -333,7 +411,11 @@ impl MembershipChangeEntry {
         ];
         let ids: usize = sets.iter().map(|set| set.len()).sum();
         let mut data = alloc::vec::Vec::with_capacity(
-            MEMBERSHIP_CHANGE_HEADER_BYTES + 3 * 4 + 8 * ids + self.context.len(),
+            MEMBERSHIP_CHANGE_HEADER_BYTES
+                + 3 * 4
+                + 8 * ids
+                + TIMING_FIELD_BYTES
+                + self.context.len(),
         );
         data.push(MEMBERSHIP_CHANGE_VERSION);
         data.push(kind);
@@ -343,6 +425,19 @@ impl MembershipChangeEntry {
             data.extend_from_slice(&(set.len() as u32).to_le_bytes());
             for id in set {
                 data.extend_from_slice(&id.0.to_le_bytes());
+            }
+        }
+        match &self.membership.timing {
+            None => data.push(0),
+            Some(timing) => {
+                data.push(1);
+                for ticks in [
+                    timing.heartbeat_interval_ticks,
+                    timing.election_timeout_ticks_min,
+                    timing.election_timeout_ticks_max,
+                ] {
+                    data.extend_from_slice(&ticks.to_le_bytes());
+                }
             }
         }
         data.extend_from_slice(&self.context);
@@ -358,27 +453,29 @@ impl MembershipChangeEntry {
         if data.len() < MEMBERSHIP_CHANGE_HEADER_BYTES {
             return Err("membership change shorter than its header");
         }
-        if data[0] != MEMBERSHIP_CHANGE_VERSION {
+        let version = data[0];
+        if version != 1 && version != MEMBERSHIP_CHANGE_VERSION {
             return Err("membership change of an unknown encoding version");
         }
+        let kind = data[1];
+        let kinds_max = if version >= 2 { 3 } else { 2 };
+        if kind > kinds_max {
+            return Err("membership change of an unknown kind");
+        }
         let node = NodeId(read_u64(&data[2..10]));
-        if node.0 == 0 {
+        if node.0 == 0 && kind != 3 {
             return Err("membership change names node 0");
+        }
+        if node.0 != 0 && kind == 3 {
+            return Err("timing change names a node");
         }
         let flags = data[10];
         if flags > 1 {
             return Err("membership change with unknown flags");
         }
-        let change = match data[1] {
-            0 => MembershipChange::AddLearner {
-                node,
-                promote_when_caught_up: flags == 1,
-            },
-            1 if flags == 0 => MembershipChange::Promote { node },
-            2 if flags == 0 => MembershipChange::Remove { node },
-            1 | 2 => return Err("membership change with flags its kind does not take"),
-            _ => return Err("membership change of an unknown kind"),
-        };
+        if flags != 0 && kind != 0 {
+            return Err("membership change with flags its kind does not take");
+        }
         let mut offset = MEMBERSHIP_CHANGE_HEADER_BYTES;
         let mut sets: [BTreeSet<NodeId>; 3] = Default::default();
         for set in &mut sets {
@@ -408,11 +505,30 @@ impl MembershipChangeEntry {
             }
             offset = ids_end;
         }
+        let timing = if version >= 2 {
+            let (timing, timing_bytes) = decode_timing(&data[offset..])?;
+            offset += timing_bytes;
+            timing
+        } else {
+            None
+        };
+        let change = match kind {
+            0 => MembershipChange::AddLearner {
+                node,
+                promote_when_caught_up: flags == 1,
+            },
+            1 => MembershipChange::Promote { node },
+            2 => MembershipChange::Remove { node },
+            _ => MembershipChange::SetTiming {
+                timing: timing.ok_or("timing change without a timing")?,
+            },
+        };
         let [voters, learners, promote_when_caught_up] = sets;
         let membership = Membership {
             voters,
             learners,
             promote_when_caught_up,
+            timing,
         };
         membership.check()?;
         Ok(MembershipChangeEntry {
@@ -420,6 +536,30 @@ impl MembershipChangeEntry {
             membership,
             context: data.slice(offset..),
         })
+    }
+}
+
+/// Reads the timing field at the start of `data`: the timing, if present, and the bytes
+/// the field takes.
+fn decode_timing(data: &[u8]) -> Result<(Option<GroupTiming>, usize), &'static str> {
+    match data.first() {
+        None => Err("membership change cut off before its timing"),
+        Some(0) => Ok((None, 1)),
+        Some(1) => {
+            let field = data
+                .get(1..TIMING_FIELD_BYTES)
+                .ok_or("membership change cut off in its timing")?;
+            let ticks = |at: usize| {
+                u32::from_le_bytes([field[at], field[at + 1], field[at + 2], field[at + 3]])
+            };
+            let timing = GroupTiming {
+                heartbeat_interval_ticks: ticks(0),
+                election_timeout_ticks_min: ticks(4),
+                election_timeout_ticks_max: ticks(8),
+            };
+            Ok((Some(timing), TIMING_FIELD_BYTES))
+        }
+        Some(_) => Err("membership change with an unknown timing marker"),
     }
 }
 
@@ -471,6 +611,92 @@ mod tests {
             let decoded = MembershipChangeEntry::decode(&original.encode());
             assert_eq!(decoded, Ok(original), "{change}");
         }
+    }
+
+    const TIMING: GroupTiming = GroupTiming {
+        heartbeat_interval_ticks: 2,
+        election_timeout_ticks_min: 8,
+        election_timeout_ticks_max: 16,
+    };
+
+    #[test]
+    fn timing_change_entries_round_trip() {
+        let mut membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+        membership.timing = Some(TIMING);
+        let change = MembershipChange::SetTiming { timing: TIMING };
+        let original = entry(change, membership.clone());
+
+        let decoded = MembershipChangeEntry::decode(&original.encode());
+
+        assert_eq!(decoded, Ok(original));
+        assert_eq!(change.node(), None);
+        let removal = entry(MembershipChange::Remove { node: NodeId(4) }, membership);
+        assert_eq!(
+            MembershipChangeEntry::decode(&removal.encode()),
+            Ok(removal),
+            "other changes keep the timing in force"
+        );
+    }
+
+    #[test]
+    fn version_one_entries_decode_without_timing() {
+        let membership = Membership::with_voters([NodeId(1), NodeId(2)]);
+        let original = entry(MembershipChange::Remove { node: NodeId(3) }, membership);
+        let encoded = original.encode();
+        // Version 1 has no timing field: drop the marker byte before the context.
+        let marker_at = encoded.len() - b"addresses".len() - 1;
+        assert_eq!(encoded[marker_at], 0, "no timing is encoded as marker 0");
+        let mut version_one = encoded.to_vec();
+        version_one.remove(marker_at);
+        version_one[0] = 1;
+
+        let decoded = MembershipChangeEntry::decode(&Bytes::from(version_one.clone()));
+
+        assert_eq!(decoded, Ok(original));
+        version_one[1] = 3;
+        assert!(
+            MembershipChangeEntry::decode(&Bytes::from(version_one)).is_err(),
+            "version 1 has no timing changes"
+        );
+    }
+
+    #[test]
+    fn invalid_timing_changes_are_refused() {
+        let mut membership = Membership::with_voters([NodeId(1)]);
+        membership.timing = Some(TIMING);
+        let good = entry(MembershipChange::SetTiming { timing: TIMING }, membership).encode();
+        let mut names_a_node = good.to_vec();
+        names_a_node[2] = 5;
+        let mut no_timing = good.to_vec();
+        let marker_at = 11 + 4 + 8 + 4 + 4;
+        no_timing[marker_at] = 0;
+        no_timing.drain(marker_at + 1..marker_at + 13);
+        let mut slow_heartbeat = good.to_vec();
+        slow_heartbeat[marker_at + 1] = 3;
+        let mut unknown_marker = good.to_vec();
+        unknown_marker[marker_at] = 2;
+        for (what, bytes) in [
+            ("names a node", names_a_node),
+            ("no timing", no_timing),
+            ("heartbeat above a third of the minimum", slow_heartbeat),
+            ("unknown timing marker", unknown_marker),
+        ] {
+            assert!(
+                MembershipChangeEntry::decode(&Bytes::from(bytes)).is_err(),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            Membership::with_voters([NodeId(1)]).apply(MembershipChange::SetTiming {
+                timing: GroupTiming {
+                    election_timeout_ticks_max: 8,
+                    ..TIMING
+                }
+            }),
+            Err(InvalidChange::InvalidTiming {
+                reason: "timing whose election timeout maximum is not above its minimum"
+            })
+        );
     }
 
     #[test]

@@ -466,7 +466,11 @@ pub(super) fn learn_addresses(
         };
         match MemberAddresses::decode(&decoded.context) {
             Ok(Some(addresses)) => {
-                let node = decoded.change.node();
+                // Only a change that adds a node carries addresses.
+                let Some(node) = decoded.change.node() else {
+                    tracing::warn!(%group, index = entry.index.0, "a timing change carries member addresses; ignoring them");
+                    continue;
+                };
                 tracing::info!(
                     %group, index = entry.index.0, node = node.0, peer = %addresses.peer,
                     client = ?addresses.client, "learned a member's addresses"

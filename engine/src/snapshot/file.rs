@@ -13,11 +13,16 @@
 //! voter_count      u32, then voter_count node ids (u64)
 //! learner_count    u32, then learner_count node ids (u64)
 //! promote_count    u32, then promote_count node ids (u64): learners promoted once caught up
+//! timing           u8 0 for none, or 1 followed by the group's agreed heartbeat interval,
+//!                  election timeout minimum and maximum, each u32 ticks
 //! data_length      u64
 //! data             data_length bytes, the state machine's snapshot (its own format and
 //!                  checksum)
 //! crc32            u32       CRC-32 (IEEE) of every byte before it
 //! ```
+//!
+//! Version 1 files, written before groups agreed on a timing, have no timing field; they
+//! decode with no agreed timing.
 //!
 //! The same bytes are the file on disk, the value kept in memory by the memory storage,
 //! and the stream a leader sends to a follower, so a receiver verifies exactly what the
@@ -26,15 +31,15 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use shardraft_raft::{LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use shardraft_raft::{GroupTiming, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 
 use crate::log::GroupId;
 
 /// The bytes every snapshot file starts with.
 pub const SNAPSHOT_FILE_MAGIC: [u8; 4] = *b"SRSN";
 
-/// The file format version this build writes and the only one it reads.
-pub const SNAPSHOT_FILE_VERSION: u8 = 1;
+/// The file format version this build writes. It also reads version 1.
+pub const SNAPSHOT_FILE_VERSION: u8 = 2;
 
 /// Magic, version, reserved bytes, group, index and term.
 const FIXED_HEADER_BYTES: usize = 4 + 1 + 3 + 4 + 8 + 8;
@@ -118,6 +123,19 @@ pub fn encode_header(group: GroupId, meta: &SnapshotMeta, data_length: u64, out:
             out.extend_from_slice(&node.0.to_le_bytes());
         }
     }
+    match &membership.timing {
+        None => out.push(0),
+        Some(timing) => {
+            out.push(1);
+            for ticks in [
+                timing.heartbeat_interval_ticks,
+                timing.election_timeout_ticks_min,
+                timing.election_timeout_ticks_max,
+            ] {
+                out.extend_from_slice(&ticks.to_le_bytes());
+            }
+        }
+    }
     out.extend_from_slice(&data_length.to_le_bytes());
 }
 
@@ -127,7 +145,8 @@ pub fn data_length_offset(meta: &SnapshotMeta) -> usize {
     let members = membership.voters.len()
         + membership.learners.len()
         + membership.promote_when_caught_up.len();
-    FIXED_HEADER_BYTES + 3 * 4 + members * 8
+    let timing_bytes = if membership.timing.is_some() { 13 } else { 1 };
+    FIXED_HEADER_BYTES + 3 * 4 + members * 8 + timing_bytes
 }
 
 /// Appends the checksum of `file` (header and data) to it.
@@ -168,8 +187,9 @@ pub fn decode(file: &Bytes) -> Result<SnapshotFile, SnapshotFileError> {
     if magic != SNAPSHOT_FILE_MAGIC {
         return Err(SnapshotFileError::BadMagic { found: magic });
     }
-    if file[4] != SNAPSHOT_FILE_VERSION {
-        return Err(SnapshotFileError::UnknownVersion { found: file[4] });
+    let version = file[4];
+    if version != 1 && version != SNAPSHOT_FILE_VERSION {
+        return Err(SnapshotFileError::UnknownVersion { found: version });
     }
     let body_length = file.len() - CHECKSUM_BYTES;
     let stored = stored_checksum(file).expect("length checked");
@@ -190,10 +210,12 @@ pub fn decode(file: &Bytes) -> Result<SnapshotFile, SnapshotFileError> {
     let voters = reader.members("voters")?;
     let learners = reader.members("learners")?;
     let promote_when_caught_up = reader.members("learners to promote")?;
+    let timing = if version >= 2 { reader.timing()? } else { None };
     let membership = Membership {
         voters,
         learners,
         promote_when_caught_up,
+        timing,
     };
     membership
         .check()
@@ -255,6 +277,20 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(bytes.try_into().expect("eight bytes")))
     }
 
+    fn timing(&mut self) -> Result<Option<GroupTiming>, SnapshotFileError> {
+        match self.take("timing", 1)?[0] {
+            0 => Ok(None),
+            1 => Ok(Some(GroupTiming {
+                heartbeat_interval_ticks: self.u32("timing")?,
+                election_timeout_ticks_min: self.u32("timing")?,
+                election_timeout_ticks_max: self.u32("timing")?,
+            })),
+            _ => Err(SnapshotFileError::InvalidMembership {
+                reason: "unknown timing marker",
+            }),
+        }
+    }
+
     fn members(&mut self, kind: &'static str) -> Result<BTreeSet<NodeId>, SnapshotFileError> {
         let count = self.u32(kind)?;
         if count > MEMBERS_MAX {
@@ -290,6 +326,42 @@ mod tests {
 
         assert_eq!(decoded.group, GroupId(7));
         assert_eq!(decoded.meta, meta());
+        assert_eq!(&decoded.data[..], b"state machine bytes");
+    }
+
+    #[test]
+    fn timing_round_trips() {
+        let mut meta = meta();
+        meta.membership.timing = Some(GroupTiming {
+            heartbeat_interval_ticks: 1,
+            election_timeout_ticks_min: 5,
+            election_timeout_ticks_max: 9,
+        });
+        let bytes = Bytes::from(encode(GroupId(7), &meta, b"data"));
+
+        let decoded = decode(&bytes).unwrap();
+
+        assert_eq!(decoded.meta, meta);
+        let offset = data_length_offset(&meta);
+        let length = u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap());
+        assert_eq!(length, 4);
+    }
+
+    #[test]
+    fn version_one_file_decodes_without_timing() {
+        let meta = meta();
+        let current = file();
+        // Version 1 has no timing field: drop the marker byte before the data length.
+        let marker_at = data_length_offset(&meta) - 1;
+        let mut version_one = current[..current.len() - CHECKSUM_BYTES].to_vec();
+        version_one.remove(marker_at);
+        version_one[4] = 1;
+        let checksum = crc32fast::hash(&version_one);
+        finish(&mut version_one, checksum);
+
+        let decoded = decode(&Bytes::from(version_one)).unwrap();
+
+        assert_eq!(decoded.meta, meta);
         assert_eq!(&decoded.data[..], b"state machine bytes");
     }
 

@@ -27,8 +27,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRFT";
 /// Version of the peer protocol: this header and the archived types of `wire.rs`.
 /// Version 2 added snapshot transfer, membership-change entries, `LostEntries` and the
 /// leader's uncapped commit index in heartbeats; a version-1 node cannot read them, so the
-/// two refuse each other's connections with an error naming both versions.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// two refuse each other's connections with an error naming both versions. Version 3 added
+/// the group's agreed timing to `InstallSnapshot`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 

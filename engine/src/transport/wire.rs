@@ -15,8 +15,8 @@ use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 use shardraft_raft::{
-    AppendOutcome, Entry, EntryKind, LogIndex, Membership, Message, MessageBody, NodeId,
-    SnapshotMeta, Term,
+    AppendOutcome, Entry, EntryKind, GroupTiming, LogIndex, Membership, Message, MessageBody,
+    NodeId, SnapshotMeta, Term,
 };
 
 use crate::log::GroupId;
@@ -91,6 +91,9 @@ pub enum WireBody {
         voters: Vec<u64>,
         learners: Vec<u64>,
         promote_when_caught_up: Vec<u64>,
+        /// The group's agreed heartbeat interval, election timeout minimum and maximum,
+        /// in ticks.
+        timing: Option<[u32; 3]>,
     },
     AppendLostEntries {
         last_index: u64,
@@ -215,6 +218,13 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
             voters: ids_to_wire(&snapshot.membership.voters),
             learners: ids_to_wire(&snapshot.membership.learners),
             promote_when_caught_up: ids_to_wire(&snapshot.membership.promote_when_caught_up),
+            timing: snapshot.membership.timing.map(|timing| {
+                [
+                    timing.heartbeat_interval_ticks,
+                    timing.election_timeout_ticks_min,
+                    timing.election_timeout_ticks_max,
+                ]
+            }),
         },
         MessageBody::Heartbeat {
             leader_commit,
@@ -365,11 +375,17 @@ fn from_wire(message: &ArchivedWireMessage, frame: &Bytes) -> Result<GroupMessag
             voters,
             learners,
             promote_when_caught_up,
+            timing,
         } => {
             let membership = Membership {
                 voters: ids_from_wire(voters)?,
                 learners: ids_from_wire(learners)?,
                 promote_when_caught_up: ids_from_wire(promote_when_caught_up)?,
+                timing: timing.as_ref().map(|ticks| GroupTiming {
+                    heartbeat_interval_ticks: ticks[0].to_native(),
+                    election_timeout_ticks_min: ticks[1].to_native(),
+                    election_timeout_ticks_max: ticks[2].to_native(),
+                }),
             };
             membership
                 .check()
@@ -483,6 +499,11 @@ mod tests {
                         voters: [NodeId(1), NodeId(2)].into(),
                         learners: [NodeId(3), NodeId(4)].into(),
                         promote_when_caught_up: [NodeId(4)].into(),
+                        timing: Some(GroupTiming {
+                            heartbeat_interval_ticks: 2,
+                            election_timeout_ticks_min: 8,
+                            election_timeout_ticks_max: 14,
+                        }),
                     },
                 },
             },

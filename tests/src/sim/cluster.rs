@@ -13,13 +13,16 @@ use shardraft_raft::{
 };
 
 use super::checks::{SafetyChecker, Violation};
-use super::faults::{Fault, ScheduledFault, draw_schedule};
+use super::faults::{Fault, ScheduledFault, draw_schedule, draw_timing_changes};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
 use super::params::{PHI_THRESHOLD, RunParams, TICK_US, tick_period_us};
 use crate::harness::{DurableState, PendingWrite};
 use crate::history::{Call, History, HistoryRecorder, Output};
 use shardraft_tuning::PhiAccrualDetector;
+
+/// Mixed into a run's seed for the generator of its timing changes.
+const TIMING_CHANGES_SEED_SALT: u64 = 0x7469_6d69_6e67;
 
 /// What ends a run early.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct RunCounts {
     pub wipes: u64,
     /// Times a failure detector brought a follower's election forward.
     pub elections_brought_forward: u64,
+    /// Timing changes a leader accepted.
+    pub timing_changes: u64,
 }
 
 #[derive(Debug)]
@@ -280,12 +285,20 @@ impl Simulation {
     pub fn new(seed: u64, nodes: Option<usize>) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let params = RunParams::draw(seed, &mut rng, nodes);
-        let schedule = draw_schedule(
+        let mut schedule = draw_schedule(
             &mut rng,
             params.nodes,
             params.faults_start_us,
             params.faults_end_us,
         );
+        let mut timing_rng = ChaCha8Rng::seed_from_u64(seed ^ TIMING_CHANGES_SEED_SALT);
+        schedule.extend(draw_timing_changes(
+            &mut timing_rng,
+            params.faults_start_us,
+            params.faults_end_us,
+        ));
+        // Stable, so faults at the same time keep their drawn order.
+        schedule.sort_by_key(|scheduled| scheduled.at_us);
         let nodes = (0..params.nodes)
             .map(|index| SimNode {
                 id: NodeId(index as u64 + 1),
@@ -639,7 +652,14 @@ impl Simulation {
         if !(self.params.pre_vote && self.params.check_quorum) {
             return;
         }
-        let settle_us = 2 * u64::from(self.node_config(0).election_timeout_ticks_max) * TICK_US;
+        // The longest election timeout any replica runs with, agreed or configured.
+        let timeout_ticks_max = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.raft.as_ref())
+            .map(|raft| raft.timing().election_timeout_ticks_max)
+            .fold(self.node_config(0).election_timeout_ticks_max, u32::max);
+        let settle_us = 2 * u64::from(timeout_ticks_max) * TICK_US;
         let healthy = self
             .healthy_since_us
             .is_some_and(|since| self.now_us >= since + settle_us);
@@ -1314,6 +1334,21 @@ impl Simulation {
                 }
             }
             Fault::AddNode { node } => self.add_node(node)?,
+            Fault::ChangeTiming { timing } => {
+                if let Some(leader) = self.current_leader() {
+                    if let Some(raft) = self.nodes[leader].raft.as_mut()
+                        && raft
+                            .propose_membership_change(
+                                MembershipChange::SetTiming { timing },
+                                Bytes::new(),
+                            )
+                            .is_ok()
+                    {
+                        self.counts.timing_changes += 1;
+                    }
+                    self.drive(leader)?;
+                }
+            }
             Fault::WipeNode { node } => {
                 if self.wipe_keeps_quorum_of_data(node) {
                     self.crash_node(node);

@@ -1,11 +1,12 @@
 //! The fault schedule of one run: partitions, crashes, restarts, changes of link quality,
-//! leadership transfers, membership changes and wiped disks, drawn from the run's seed
-//! before the run starts.
+//! leadership transfers, membership and timing changes and wiped disks, drawn from the
+//! run's seed before the run starts.
 
 use std::fmt;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
+use shardraft_raft::GroupTiming;
 
 use super::network::{LinkQuality, Partition, chance, uniform};
 
@@ -65,6 +66,11 @@ pub enum Fault {
     WipeNode {
         node: usize,
     },
+    /// Ask the current leader, if any, to set the group's heartbeat interval and election
+    /// timeout range.
+    ChangeTiming {
+        timing: GroupTiming,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -94,6 +100,7 @@ impl fmt::Display for Fault {
             Fault::RemoveNode { node } => write!(f, "remove n{} from the group", node + 1),
             Fault::AddNode { node } => write!(f, "add n{} back on an empty disk", node + 1),
             Fault::WipeNode { node } => write!(f, "wipe n{} and restart it", node + 1),
+            Fault::ChangeTiming { timing } => write!(f, "set the timing: {timing}"),
         }
     }
 }
@@ -143,6 +150,39 @@ pub fn draw_schedule(
         },
     });
     schedule
+}
+
+/// Draws the timing changes of one run between `start_us` and `end_us`: none in half of the
+/// runs, else one to three. Each is a valid timing, from a heartbeat every tick and an
+/// election timeout of 4 to 6 ticks to a heartbeat every 3 ticks and one of 24 to 39.
+///
+/// They come from a generator of their own, so that the other faults of a seed stay what
+/// they were before timing changes existed.
+pub fn draw_timing_changes(
+    rng: &mut ChaCha8Rng,
+    start_us: u64,
+    end_us: u64,
+) -> Vec<ScheduledFault> {
+    if chance(rng, 0.5) {
+        return Vec::new();
+    }
+    (0..uniform(rng, 1, 3))
+        .map(|_| {
+            let heartbeat = uniform(rng, 1, 3) as u32;
+            let min = 3 * heartbeat + uniform(rng, 1, 15) as u32;
+            let max = min + uniform(rng, 2, 15) as u32;
+            ScheduledFault {
+                at_us: uniform(rng, start_us, end_us - 1),
+                fault: Fault::ChangeTiming {
+                    timing: GroupTiming {
+                        heartbeat_interval_ticks: heartbeat,
+                        election_timeout_ticks_min: min,
+                        election_timeout_ticks_max: max,
+                    },
+                },
+            }
+        })
+        .collect()
 }
 
 fn draw_fault(rng: &mut ChaCha8Rng, nodes: usize, down: &mut [bool]) -> Option<Fault> {

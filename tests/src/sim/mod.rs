@@ -5,7 +5,8 @@
 //! partitions (symmetric, one-way, an isolated node, or a bridge node that sees both
 //! sides), crashes that lose a random suffix of the writes in flight, restarts, link
 //! quality that drops, duplicates, delays and reorders messages, nodes removed from the
-//! group and added back on an empty disk, and disks wiped under a running node. Replicas
+//! group and added back on an empty disk, disks wiped under a running node, and changes of
+//! the group's agreed heartbeat interval and election timeout range. Replicas
 //! take snapshots at short intervals and compact their logs, so that lagging followers
 //! catch up by snapshot transfer. In half of the seeds every replica also runs the
 //! engine's accrual failure detector over its leader's heartbeats and brings its election
