@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
-use shardraft_raft::{LogIndex, NodeId, Role, Term};
+use shardraft_raft::{GroupTiming, LogIndex, NodeId, Role, Term};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::log::{DiskLogStats, GroupId, StorageError};
@@ -135,6 +135,11 @@ pub struct GroupStatus {
     pub commit_index: LogIndex,
     pub applied_index: LogIndex,
     pub last_index: LogIndex,
+    /// The heartbeat interval and election timeout range in force in this replica.
+    pub timing: GroupTiming,
+    /// Whether the shard's failure detector suspects the leader; always `false` with
+    /// tuning off, since the detector runs with the tuner.
+    pub leader_suspected: bool,
 }
 
 /// State of one shard.

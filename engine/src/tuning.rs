@@ -17,11 +17,17 @@
 //! wider spread of heartbeat gaps keeps the randomized timeout.
 //!
 //! Timing decisions (heartbeat interval, election timeout range) must be the same on every
-//! replica of a group, so they cannot be applied by one shard alone.
-//! TODO: carry timing decisions through the Raft log so that every replica applies them at
-//! the same index; until then a shard only reports them in its metrics and logs.
+//! replica of a group, so one shard cannot apply them alone. A shard converts the tuner's
+//! timing to ticks ([`timing_in_ticks`]) and, in every group it leads, proposes it through
+//! the log as a `MembershipChange::SetTiming`. Each replica of the group switches when it
+//! appends that entry, and followers' shards never propose their own tuner's timing.
+//!
+//! A shard whose detector suspects a group's leader reports the group not ready on
+//! `/health/ready`, so that a load balancer moves away from a node that lost its leader
+//! before the election has even started.
 
-use shardraft_tuning::{Knobs, Prediction};
+use shardraft_raft::GroupTiming;
+use shardraft_tuning::{Knobs, Prediction, TimingKnobs};
 
 use crate::config::NodeConfig;
 
@@ -45,12 +51,33 @@ pub fn static_knobs(config: &NodeConfig) -> Knobs {
     }
 }
 
+/// Converts the tuner's timing, in microseconds, to the group timing in ticks of
+/// `tick_interval_ms`. The election timeout rounds up and the heartbeat down, so neither
+/// moves toward an election sooner than the tuner chose. The result always passes
+/// `GroupTiming::check`: a minimum of at least 3 ticks, a heartbeat of 1 tick up to a third
+/// of the minimum, and a maximum above the minimum.
+pub fn timing_in_ticks(knobs: &TimingKnobs, tick_interval_ms: u64) -> GroupTiming {
+    let tick_micros = tick_interval_ms.saturating_mul(1_000).max(1);
+    let ticks_up = |micros: u64| u32::try_from(micros.div_ceil(tick_micros)).unwrap_or(u32::MAX);
+    let min = ticks_up(knobs.election_timeout_min_micros).clamp(3, u32::MAX - 1);
+    let heartbeat = u32::try_from(knobs.heartbeat_interval_micros / tick_micros)
+        .unwrap_or(u32::MAX)
+        .clamp(1, min / 3);
+    let max = ticks_up(knobs.election_timeout_max_micros).max(min + 1);
+    GroupTiming {
+        heartbeat_interval_ticks: heartbeat,
+        election_timeout_ticks_min: min,
+        election_timeout_ticks_max: max,
+    }
+}
+
 /// The last decision and measurement of one shard's tuner, for the metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TuningReport {
     /// Tuning intervals completed.
     pub intervals: u64,
-    /// Knobs in force in this shard; timing knobs as recommended, not applied.
+    /// Knobs in force in this shard. The timing knobs are the tuner's; each group this
+    /// shard leads switches to them once its leader appended the change.
     pub knobs: Knobs,
     /// The model's prediction for the knobs in force, once it has one.
     pub prediction: Option<Prediction>,
@@ -60,8 +87,10 @@ pub struct TuningReport {
     pub measured_commits_per_second: f64,
     /// Batching knob changes applied since the shard started.
     pub batching_changes: u64,
-    /// Timing changes the tuner recommended since the shard started.
-    pub timing_recommendations: u64,
+    /// Timing changes the tuner decided since the shard started.
+    pub timing_decisions: u64,
+    /// Timing changes this shard appended as the leader of a group, since it started.
+    pub timing_proposals: u64,
     /// The lowest election timeout that the observed round trips and fdatasyncs allow.
     pub election_timeout_floor_micros: u64,
     /// The failure detector's view of each peer whose heartbeats this shard received, at
@@ -84,6 +113,34 @@ pub struct PeerSuspicion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timing_converts_to_valid_ticks() {
+        let cases = [
+            // (heartbeat, min, max in microseconds) -> (heartbeat, min, max in ticks)
+            ((30_000, 150_000, 300_000), (3, 15, 30)),
+            ((20_000, 55_000, 81_000), (2, 6, 9)),
+            ((1_000, 10_000, 15_000), (1, 3, 4)),
+            ((90_000, 100_000, 100_000), (3, 10, 11)),
+        ];
+        for ((heartbeat, min, max), expected) in cases {
+            let knobs = TimingKnobs {
+                heartbeat_interval_micros: heartbeat,
+                election_timeout_min_micros: min,
+                election_timeout_max_micros: max,
+            };
+
+            let timing = timing_in_ticks(&knobs, 10);
+
+            let found = (
+                timing.heartbeat_interval_ticks,
+                timing.election_timeout_ticks_min,
+                timing.election_timeout_ticks_max,
+            );
+            assert_eq!(found, expected, "{knobs:?}");
+            assert_eq!(timing.check(), Ok(()), "{knobs:?}");
+        }
+    }
 
     #[test]
     fn static_knobs_follow_the_config() {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardraft::config::NodeConfig;
 use shardraft::kv::Command;
-use shardraft::log::GroupId;
+use shardraft::log::{GroupId, StorageKind};
 use shardraft::metrics::{NodeLabels, NodeMetrics, encode_text};
-use shardraft::node::NodeError;
+use shardraft::node::{GroupStatus, NodeError};
+use shardraft::raft::GroupTiming;
 use shardraft::tuning::TuningReport;
 use shardraft_tuning::Knob;
 use support::*;
@@ -212,6 +213,66 @@ fn detector_suspects_a_stopped_leader() {
         assert!(suspicion.suspicion_delay_micros.is_some());
     }
     cluster.shutdown();
+}
+
+#[test]
+fn tuned_timing_reaches_every_replica() {
+    let mut configs = cluster_configs(&test_dir("tuned_timing_reaches_every_replica"), 3, 1, 1);
+    for config in &mut configs {
+        // Without fdatasyncs the election timeout floor comes from loopback round trips
+        // alone, far below the configured timeout, so the tuner lowers the timing.
+        config.log.storage = StorageKind::Memory;
+        config.tuning.enabled = true;
+        config.tuning.interval_ms = 100;
+        config.tuning.cold_start_intervals = 1;
+        config.tuning.cold_start_commits_min = 1;
+        config.tuning.change_interval_min = 1;
+        config.tuning.timing_change_interval_min = 1;
+        config.tuning.hysteresis_intervals = 1;
+    }
+    let configured_min = configs[0].raft.election_timeout_ticks_min;
+    let cluster = Cluster::start(&configs);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut round = 0;
+    let agreed = loop {
+        write_through(cluster.leader(), 4, 100, &format!("round-{round}"));
+        round += 1;
+        let timings: Vec<GroupTiming> = cluster
+            .handles
+            .iter()
+            .map(|handle| group_status(handle).timing)
+            .collect();
+        let lowered = timings[0].election_timeout_ticks_min < configured_min;
+        if lowered && timings.iter().all(|timing| *timing == timings[0]) {
+            break timings[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not agree on a lowered timing: {timings:?}"
+        );
+    };
+
+    assert_eq!(agreed.check(), Ok(()));
+    let leader = cluster.leader();
+    let report = tuning_reports(leader)[0]
+        .clone()
+        .expect("the leader's shard runs a tuner");
+    assert!(report.timing_decisions >= 1, "{report:?}");
+    assert!(report.timing_proposals >= 1, "{report:?}");
+    cluster.shutdown();
+}
+
+/// Returns the status of group 0 on `handle`'s node.
+fn group_status(handle: &KvHandle) -> GroupStatus {
+    handle
+        .status()
+        .expect("reading the status")
+        .shards
+        .into_iter()
+        .flat_map(|shard| shard.groups)
+        .find(|group| group.group == GROUP)
+        .expect("every node hosts group 0")
 }
 
 #[test]

@@ -740,10 +740,16 @@ fn encode_tuning(
     )?;
     counters(
         encoder,
-        "shardraft_tuning_timing_recommendations",
-        "Heartbeat and election timeout changes the tuner recommended; they are not applied \
-         yet, because every replica of a group must apply them at the same log index.",
-        each(&|report| report.timing_recommendations),
+        "shardraft_tuning_timing_decisions",
+        "Heartbeat and election timeout changes the tuner decided.",
+        each(&|report| report.timing_decisions),
+    )?;
+    counters(
+        encoder,
+        "shardraft_tuning_timing_proposals",
+        "Timing changes the shard appended to the log of a group it leads, so that every \
+         replica of the group switches at the same log index.",
+        each(&|report| report.timing_proposals),
     )?;
     let mut knobs = Vec::new();
     for (labels, report) in &tuned {
@@ -756,8 +762,8 @@ fn encode_tuning(
     gauges(
         encoder,
         "shardraft_tuning_knob",
-        "Each knob's value in force in the shard (the timing knobs as recommended); the \
-         `knob` label names it with its unit.",
+        "Each knob's value in the shard's tuner; a group runs with the timing knobs once its \
+         leader appended them. The `knob` label names the knob with its unit.",
         knobs,
     )?;
     let mut predicted = Vec::new();

@@ -383,6 +383,13 @@ pub fn groups_not_ready(status: &NodeStatus, apply_lag_entries_max: u64) -> Vec<
             let lag = group.commit_index.0.saturating_sub(group.applied_index.0);
             let reason = if group.leader.is_none() {
                 format!("no leader is known in term {}", group.term.0)
+            } else if group.leader_suspected {
+                format!(
+                    "the failure detector suspects leader {} of term {}: its heartbeats \
+                     stopped for longer than their history allows",
+                    group.leader.map_or(0, |leader| leader.0),
+                    group.term.0
+                )
             } else if lag > apply_lag_entries_max {
                 format!(
                     "{lag} committed entries are not applied yet, more than the limit of \
@@ -430,6 +437,11 @@ struct GroupBody {
     last_index: u64,
     voters: Vec<u64>,
     learners: Vec<u64>,
+    /// The heartbeat interval and election timeout range in force, in ticks.
+    heartbeat_interval_ticks: u32,
+    election_timeout_ticks_min: u32,
+    election_timeout_ticks_max: u32,
+    leader_suspected: bool,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -469,6 +481,10 @@ impl StatusBody {
                     last_index: status.last_index.0,
                     voters: node_ids(&metrics.voters),
                     learners: node_ids(&metrics.learners),
+                    heartbeat_interval_ticks: status.timing.heartbeat_interval_ticks,
+                    election_timeout_ticks_min: status.timing.election_timeout_ticks_min,
+                    election_timeout_ticks_max: status.timing.election_timeout_ticks_max,
+                    leader_suspected: status.leader_suspected,
                 });
             }
         }
@@ -480,5 +496,73 @@ impl StatusBody {
             members,
             groups,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardraft_raft::{GroupTiming, LogIndex, NodeId, Role, Term};
+
+    use super::*;
+    use crate::log::GroupId;
+    use crate::node::{GroupStatus, ShardStatus};
+
+    fn group(id: u32, leader: Option<u64>, commit: u64, suspected: bool) -> GroupStatus {
+        GroupStatus {
+            group: GroupId(id),
+            role: Role::Follower,
+            term: Term(4),
+            leader: leader.map(NodeId),
+            commit_index: LogIndex(commit),
+            applied_index: LogIndex(10),
+            last_index: LogIndex(commit),
+            timing: GroupTiming {
+                heartbeat_interval_ticks: 3,
+                election_timeout_ticks_min: 15,
+                election_timeout_ticks_max: 30,
+            },
+            leader_suspected: suspected,
+        }
+    }
+
+    #[test]
+    fn readiness_names_each_unready_group() {
+        let status = NodeStatus {
+            node_id: NodeId(2),
+            shards: vec![ShardStatus {
+                shard: 0,
+                groups: vec![
+                    group(0, Some(1), 10, false),
+                    group(1, None, 10, false),
+                    group(2, Some(1), 10, true),
+                    group(3, Some(1), 500, false),
+                ],
+                transport: Default::default(),
+                log: None,
+                rejected_messages: 0,
+            }],
+        };
+
+        let not_ready = groups_not_ready(&status, 100);
+
+        let groups: Vec<u32> = not_ready.iter().map(|group| group.group).collect();
+        assert_eq!(groups, [1, 2, 3]);
+        assert!(
+            not_ready[0].reason.contains("no leader"),
+            "{}",
+            not_ready[0].reason
+        );
+        assert!(
+            not_ready[1]
+                .reason
+                .contains("failure detector suspects leader 1"),
+            "{}",
+            not_ready[1].reason
+        );
+        assert!(
+            not_ready[2].reason.contains("490 committed entries"),
+            "{}",
+            not_ready[2].reason
+        );
     }
 }

@@ -41,7 +41,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardraft_raft::{Config, Membership, NodeId, RaftNode, ReadyNumber, Role};
+use shardraft_raft::{Config, Membership, MembershipChange, NodeId, RaftNode, ReadyNumber, Role};
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
@@ -484,7 +484,11 @@ where
         let peers = self.transport.peer_stats();
         let decision =
             tuning.finish_interval(now, log_stats.as_ref(), &peers, self.write_stages.total());
+        self.propose_group_timing();
         let Some(batching) = decision.batching else {
+            return;
+        };
+        let Some(tuning) = self.tuning.as_ref() else {
             return;
         };
         let limits = tuning.limits(&batching);
@@ -497,6 +501,45 @@ where
         }
         if self.linger.is_zero() {
             self.release_lingering();
+        }
+    }
+
+    /// Proposes the tuner's group timing in every group this shard leads that runs with
+    /// another timing. A leader refuses while a change is uncommitted or before it committed
+    /// an entry of its own term; the next interval tries again.
+    fn propose_group_timing(&mut self) {
+        let Some(timing) = self
+            .tuning
+            .as_ref()
+            .and_then(tuning::ShardTuning::group_timing)
+        else {
+            return;
+        };
+        let mut proposed = 0;
+        for replica in self.replicas.values_mut() {
+            if replica.core.role() != Role::Leader || replica.core.timing() == timing {
+                continue;
+            }
+            let _entered = replica.span.enter();
+            let change = MembershipChange::SetTiming { timing };
+            match replica
+                .core
+                .propose_membership_change(change, bytes::Bytes::new())
+            {
+                Ok(proposal) => {
+                    tracing::info!(index = proposal.index.0, %timing, "proposed the tuner's group timing");
+                    proposed += 1;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, %timing, "the tuner's group timing waits");
+                }
+            }
+        }
+        if proposed > 0 {
+            if let Some(tuning) = self.tuning.as_mut() {
+                tuning.count_timing_proposals(proposed);
+            }
+            self.events.push_now(ShardEvent::Continue);
         }
     }
 
@@ -813,11 +856,18 @@ where
     }
 
     fn status(&self) -> ShardStatus {
+        let now = Instant::now();
         let groups = self
             .replicas
             .iter()
             .map(|(group, replica)| {
                 let core = &replica.core;
+                let leader_suspected = match (&self.tuning, core.leader()) {
+                    (Some(tuning), Some(leader)) if leader != core.id() => {
+                        tuning.suspects(leader, now)
+                    }
+                    _ => false,
+                };
                 GroupStatus {
                     group: *group,
                     role: core.role(),
@@ -826,6 +876,8 @@ where
                     commit_index: core.commit_index(),
                     applied_index: replica.state_machine.applied_index(),
                     last_index: core.last_index(),
+                    timing: core.timing(),
+                    leader_suspected,
                 }
             })
             .collect();

@@ -10,12 +10,13 @@
 //!
 //! A batching decision sets the replication limits of every group's core on this shard
 //! (followers keep them for when they lead) and the proposal linger of the loop. A timing
-//! decision is logged and reported, not applied: see [`crate::tuning`].
+//! decision becomes the group timing that the shard proposes in the groups it leads: see
+//! [`crate::tuning`].
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shardraft_raft::{MessageBody, NodeId, ReplicationLimits};
+use shardraft_raft::{GroupTiming, MessageBody, NodeId, ReplicationLimits};
 use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollector, Tuner};
 
 use crate::config::NodeConfig;
@@ -26,7 +27,7 @@ use crate::metrics::{
 };
 use crate::transport::PeerTransportStats;
 use crate::transport::wire::GroupMessage;
-use crate::tuning::{PeerSuspicion, TuningReport, static_knobs};
+use crate::tuning::{PeerSuspicion, TuningReport, static_knobs, timing_in_ticks};
 
 type LatencyBuckets = [u64; LATENCY_BUCKETS + 1];
 
@@ -65,6 +66,10 @@ pub(super) struct ShardTuning {
     phi_min_gaps: usize,
     phi_threshold: f64,
     tick_micros: u64,
+    tick_interval_ms: u64,
+    /// The timing the tuner chose for the groups this shard leads; `None` until it chose
+    /// one, and the configured timing applies.
+    group_timing: Option<GroupTiming>,
 }
 
 impl ShardTuning {
@@ -101,6 +106,8 @@ impl ShardTuning {
             phi_min_gaps: config.tuning.phi_min_gaps,
             phi_threshold: config.tuning.phi_threshold,
             tick_micros: config.tick_interval_ms.saturating_mul(1_000).max(1),
+            tick_interval_ms: config.tick_interval_ms,
+            group_timing: None,
             report: TuningReport {
                 intervals: 0,
                 knobs,
@@ -109,7 +116,8 @@ impl ShardTuning {
                 measured_p99_micros: 0,
                 measured_commits_per_second: 0.0,
                 batching_changes: 0,
-                timing_recommendations: 0,
+                timing_decisions: 0,
+                timing_proposals: 0,
                 election_timeout_floor_micros: 0,
                 peers: Vec::new(),
             },
@@ -175,6 +183,25 @@ impl ShardTuning {
     /// seen enough of its heartbeats.
     pub fn suspicion_ticks(&self, leader: NodeId) -> Option<u32> {
         self.suspicion_ticks.get(&leader).copied().flatten()
+    }
+
+    /// Returns whether the failure detector suspects `peer` at `now`: its phi reached
+    /// `tuning.phi_threshold`. `false` before the detector has seen enough heartbeats.
+    pub fn suspects(&self, peer: NodeId, now: Instant) -> bool {
+        let now_micros = self.micros(now);
+        self.detectors
+            .get(&peer)
+            .is_some_and(|detector| detector.is_suspected(now_micros, self.phi_threshold))
+    }
+
+    /// Returns the timing the tuner chose for the groups this shard leads, once it chose one.
+    pub fn group_timing(&self) -> Option<GroupTiming> {
+        self.group_timing
+    }
+
+    /// Counts timing changes this shard appended as the leader of groups.
+    pub fn count_timing_proposals(&mut self, count: u64) {
+        self.report.timing_proposals += count;
     }
 
     pub fn interval_due(&self, now: Instant) -> bool {
@@ -282,21 +309,23 @@ impl ShardTuning {
             report.batching_changes += 1;
         }
         if decision.timing.is_some() {
-            report.timing_recommendations += 1;
+            report.timing_decisions += 1;
         }
 
         for reason in &decision.reasons {
             tracing::info!(reason = %reason, "tuner changed a setting");
         }
         if let Some(timing) = &decision.timing {
+            let ticks = timing_in_ticks(&timing.knobs, self.tick_interval_ms);
             tracing::info!(
                 heartbeat_us = timing.knobs.heartbeat_interval_micros,
                 election_timeout_min_us = timing.knobs.election_timeout_min_micros,
                 election_timeout_max_us = timing.knobs.election_timeout_max_micros,
                 forced = timing.forced,
-                "tuner recommends new group timing; it is not applied, because every replica \
-                 must change it at the same log index"
+                %ticks,
+                "tuner chose a new group timing; the groups this shard leads propose it"
             );
+            self.group_timing = Some(ticks);
         }
         if decision.floor_unsatisfiable {
             tracing::warn!(
