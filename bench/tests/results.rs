@@ -79,6 +79,7 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
     PointResult {
         clients,
         target_rate_per_sec: None,
+        burst: None,
         elapsed_secs,
         operations,
         cpu_seconds: Some(4.0),
@@ -116,6 +117,7 @@ fn point(clients: usize, writes: &Histogram<u64>, reads: &Histogram<u64>) -> Poi
             install_nanos: 500_000_000,
             writes_during: Some(operation(writes, elapsed_secs)),
         }),
+        elections: Some(1),
     }
 }
 
@@ -397,6 +399,7 @@ fn merge_adds_counts_and_histograms() {
     assert_eq!(write.latency.decode().unwrap().len(), 12_000);
     assert_eq!(point.cpu_seconds, Some(8.0));
     assert_eq!(point.fdatasyncs, Some(2_000));
+    assert_eq!(point.elections, Some(2));
     assert_eq!(point.log_entries, Some(16_000));
     assert_eq!(
         point.write_stages[0].latency.decode().unwrap().len(),

@@ -152,6 +152,10 @@ pub struct ShardStatus {
     pub log: Option<DiskLogStats>,
     /// Inputs the Raft cores rejected, summed over the shard's groups.
     pub rejected_messages: u64,
+    /// Elections the shard's replicas started and won since the shard started, summed
+    /// over its groups; pre-vote rounds are not elections.
+    pub elections_started: u64,
+    pub elections_won: u64,
 }
 
 /// State of the whole node.

@@ -34,7 +34,7 @@ use super::check::{RecordedCall, RecordedOperation, RecordedOutcome};
 use super::progress::{Progress, ProgressSnapshot};
 use super::target::{ReadMode, Request, RequestError, Response, Session, Target};
 use super::workload::{
-    KeyChooser, LoadLevel, OperationGenerator, PlannedOperation, RunLength, Workload,
+    Burst, KeyChooser, LoadLevel, OperationGenerator, PlannedOperation, RunLength, Workload,
 };
 use crate::wal::new_latency_histogram;
 use shardraft::snapshot::SnapshotActivityMark;
@@ -162,6 +162,8 @@ pub struct CounterSample {
     pub write_stages: Option<Vec<StageSample>>,
     /// Snapshots taken and installed on all replicas.
     pub snapshots: Option<SnapshotCounters>,
+    /// Leader elections won in every group on all replicas.
+    pub elections: Option<u64>,
 }
 
 impl CounterSample {
@@ -189,6 +191,10 @@ impl CounterSample {
                 .snapshots
                 .zip(earlier.snapshots)
                 .map(|(now, then)| now.since(&then)),
+            elections: self
+                .elections
+                .zip(earlier.elections)
+                .map(|(now, then)| now.saturating_sub(then)),
         }
     }
 }
@@ -385,6 +391,14 @@ impl Window {
             },
         };
         Window { measure_from, end }
+    }
+
+    /// Returns the instant the point ends, when a duration bounds it.
+    fn end_at(&self) -> Option<Instant> {
+        match &self.end {
+            Ending::At(end) => Some(*end),
+            Ending::Tickets { .. } => None,
+        }
     }
 
     /// Decides whether an operation that starts at `start` runs: `None` when the point is over,
@@ -874,7 +888,16 @@ where
     let window = Window::new(origin, &workload, &tickets);
     let keys = KeyChooser::new(&workload)?;
     match plan.level.rate_per_sec {
-        None => run_closed_loop(&workload, &plan, &sessions, &keys, &window, &recorder).await?,
+        None => {
+            let clients = ClosedLoop {
+                workload: &workload,
+                plan: &plan,
+                sessions: &sessions,
+                keys: &keys,
+                origin,
+            };
+            run_closed_loop(clients, &window, &recorder).await?;
+        }
         Some(rate) => {
             let schedule = Schedule::new(origin, rate, plan.thread, plan.threads);
             let generator =
@@ -932,22 +955,40 @@ fn session_for<S>(sessions: &[Rc<S>], local: usize) -> Rc<S> {
     Rc::clone(&sessions[local % sessions.len()])
 }
 
+/// What the closed-loop clients of one thread share.
+struct ClosedLoop<'a, S> {
+    workload: &'a Workload,
+    plan: &'a ThreadPlan,
+    sessions: &'a [Rc<S>],
+    keys: &'a KeyChooser,
+    /// The point's start, from which bursts count their periods.
+    origin: Instant,
+}
+
 async fn run_closed_loop<S: Session + 'static>(
-    workload: &Workload,
-    plan: &ThreadPlan,
-    sessions: &[Rc<S>],
-    keys: &KeyChooser,
+    clients: ClosedLoop<'_, S>,
     window: &Window,
     recorder: &Rc<Recorder>,
 ) -> anyhow::Result<()> {
+    let ClosedLoop {
+        workload,
+        plan,
+        sessions,
+        keys,
+        origin,
+    } = clients;
     let mut tasks = Vec::with_capacity(plan.clients.len());
     for (local, &client) in plan.clients.iter().enumerate() {
         let session = session_for(sessions, local);
         let generator = OperationGenerator::new(workload, keys.clone(), plan.point, client);
         let window = window.clone();
         let recorder = Rc::clone(recorder);
+        let pacing = Pacing {
+            origin,
+            burst: plan.level.burst,
+        };
         tasks.push(glommio::spawn_local(closed_loop_client(
-            session, generator, client, window, recorder,
+            session, generator, client, window, recorder, pacing,
         )));
     }
     for task in tasks {
@@ -956,14 +997,32 @@ async fn run_closed_loop<S: Session + 'static>(
     Ok(())
 }
 
+/// When a closed-loop client may run: always, or only in the busy halves of a burst.
+#[derive(Clone, Copy)]
+struct Pacing {
+    origin: Instant,
+    burst: Option<Burst>,
+}
+
 async fn closed_loop_client<S: Session>(
     session: Rc<S>,
     mut generator: OperationGenerator,
     process: u64,
     window: Window,
     recorder: Rc<Recorder>,
+    pacing: Pacing,
 ) {
     loop {
+        if let Some(burst) = pacing.burst {
+            let elapsed = pacing.origin.elapsed();
+            if let Some(resume) = burst.pause_until(process, elapsed) {
+                // A pause never outlasts the point.
+                let wake = window.end_at().map_or(pacing.origin + resume, |end| {
+                    end.min(pacing.origin + resume)
+                });
+                glommio::timer::sleep(wake.saturating_duration_since(Instant::now())).await;
+            }
+        }
         let operation = generator.next_operation();
         let started = Instant::now();
         let Some(measured) = window.admit(started) else {
@@ -1321,6 +1380,7 @@ mod tests {
                 installed_bytes: 100,
                 ..SnapshotCounters::default()
             }),
+            elections: Some(4),
         };
         let after = CounterSample {
             cpu: Some(Duration::from_secs(3)),
@@ -1333,9 +1393,12 @@ mod tests {
                 installed_bytes: 100,
                 ..SnapshotCounters::default()
             }),
+            elections: Some(6),
         };
 
         let growth = after.since(&before);
+
+        assert_eq!(growth.elections, Some(2));
 
         assert_eq!(growth.cpu, Some(Duration::from_secs(2)));
         assert_eq!(growth.fdatasyncs, Some(15));

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::target::TargetFacts;
+use super::workload::Burst;
 
 pub use histogram::LatencyQuantiles;
 pub use merge::merge;
@@ -109,6 +110,9 @@ pub struct PointResult {
     pub clients: usize,
     /// Intended operations per second in open loop; `None` in closed loop.
     pub target_rate_per_sec: Option<f64>,
+    /// Closed-loop bursts: `clients` alternate with fewer; `None` for a steady load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
     /// Measured seconds, warm-up excluded.
     pub elapsed_secs: f64,
     /// Per operation kind (`write`, `read`).
@@ -139,6 +143,10 @@ pub struct PointResult {
     /// snapshots.
     #[serde(default)]
     pub snapshots: Option<SnapshotResult>,
+    /// Leader elections won in any group during the measured part, when the target reports
+    /// them.
+    #[serde(default)]
+    pub elections: Option<u64>,
 }
 
 /// The snapshots of one point's measured part.
@@ -404,9 +412,15 @@ impl PointResult {
     /// Returns `clients 64` or `clients 64, target rate 5000/s`, to name a point in
     /// errors and reports.
     pub fn label(&self) -> String {
-        match self.target_rate_per_sec {
-            Some(rate) => format!("clients {}, target rate {rate}/s", self.clients),
-            None => format!("clients {}", self.clients),
+        match (self.target_rate_per_sec, self.burst) {
+            (Some(rate), _) => format!("clients {}, target rate {rate}/s", self.clients),
+            (None, Some(burst)) => format!(
+                "clients {} alternating with {} every {} s",
+                self.clients,
+                burst.low_clients,
+                burst.period_secs / 2.0
+            ),
+            (None, None) => format!("clients {}", self.clients),
         }
     }
 

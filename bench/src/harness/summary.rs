@@ -19,6 +19,8 @@ use super::result::{
 };
 use super::target::embedded::InstallMeasurement;
 use super::target::{ReadMode, TargetFacts};
+#[cfg(test)]
+use super::workload::Burst;
 use super::workload::{KeyDistribution, LoadLevel, RunLength, Workload};
 
 /// Formats a latency in nanoseconds with three significant digits in µs, ms or s.
@@ -75,6 +77,7 @@ pub fn point_result(
     PointResult {
         clients: level.clients,
         target_rate_per_sec: level.rate_per_sec,
+        burst: level.burst,
         elapsed_secs,
         operations,
         cpu_seconds: measurement.counters.cpu.map(|cpu| cpu.as_secs_f64()),
@@ -92,6 +95,7 @@ pub fn point_result(
             })
             .collect(),
         snapshots: snapshot_result(measurement, elapsed_secs),
+        elections: measurement.counters.elections,
     }
 }
 
@@ -208,9 +212,15 @@ fn describe_workload(workload: &Workload) -> String {
 /// Describes a load level: `closed loop, 64 clients` or `open loop at 5000/s, up to 64
 /// in flight`.
 pub fn describe_level(level: LoadLevel) -> String {
-    match level.rate_per_sec {
-        None => format!("closed loop, {} clients", level.clients),
-        Some(rate) => format!("open loop at {rate}/s, up to {} in flight", level.clients),
+    match (level.rate_per_sec, level.burst) {
+        (None, None) => format!("closed loop, {} clients", level.clients),
+        (None, Some(burst)) => format!(
+            "closed loop, bursts: {} clients alternating with {} every {} s",
+            level.clients,
+            burst.low_clients,
+            burst.period_secs / 2.0
+        ),
+        (Some(rate), _) => format!("open loop at {rate}/s, up to {} in flight", level.clients),
     }
 }
 
@@ -225,6 +235,7 @@ pub fn print_point(
     let level = LoadLevel {
         clients: point.clients,
         rate_per_sec: point.target_rate_per_sec,
+        burst: point.burst,
     };
     println!();
     println!(
@@ -417,6 +428,12 @@ fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
             format_latency_nanos(per_operation)
         ),
         _ => println!("  cpu      {cpu_scope}"),
+    }
+    match point.elections {
+        Some(elections) => println!(
+            "  elect    {elections} leader elections won in any group during the measured part"
+        ),
+        None => println!("  elect    not reported by this target"),
     }
 }
 
@@ -626,15 +643,24 @@ mod tests {
 
     #[test]
     fn levels_name_their_loop() {
-        let closed = LoadLevel {
-            clients: 64,
-            rate_per_sec: None,
-        };
+        let closed = LoadLevel::closed(64);
         let open = LoadLevel {
             clients: 8,
             rate_per_sec: Some(5000.0),
+            burst: None,
+        };
+        let bursts = LoadLevel {
+            burst: Some(Burst {
+                low_clients: 1,
+                period_secs: 4.0,
+            }),
+            ..LoadLevel::closed(256)
         };
         assert_eq!(describe_level(closed), "closed loop, 64 clients");
+        assert_eq!(
+            describe_level(bursts),
+            "closed loop, bursts: 256 clients alternating with 1 every 2 s"
+        );
         assert_eq!(
             describe_level(open),
             "open loop at 5000/s, up to 8 in flight"

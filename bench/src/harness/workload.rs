@@ -231,6 +231,12 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
     pub sweep_rates: Vec<f64>,
 
+    /// Add a closed-loop point of bursts after the others, written HIGH/LOW/PERIOD: in the
+    /// first half of every PERIOD seconds HIGH clients run, in the second half LOW of them.
+    /// For example 256/1/4 alternates 2 s of 256 clients with 2 s of one client.
+    #[arg(long, value_name = "HIGH/LOW/PERIOD", value_parser = parse_burst, conflicts_with_all = ["rate", "sweep_rates"])]
+    pub burst: Option<(usize, Burst)>,
+
     /// Parent of the embedded cluster's data directory, created if missing; the run's own
     /// directory inside it is removed afterwards. It must be on a disk, not tmpfs.
     /// Default: under the system temp directory, or under the cargo target directory
@@ -292,6 +298,46 @@ pub struct LoadLevel {
     pub clients: usize,
     /// Open loop: intended operations per second; `None` in closed loop.
     pub rate_per_sec: Option<f64>,
+    /// Closed loop only: bursts, in which `clients` alternate with fewer clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
+}
+
+impl LoadLevel {
+    /// A closed-loop level of `clients` clients that all run for the whole point.
+    pub fn closed(clients: usize) -> LoadLevel {
+        LoadLevel {
+            clients,
+            rate_per_sec: None,
+            burst: None,
+        }
+    }
+}
+
+/// A closed-loop load that alternates: in the first half of every period all of the
+/// level's clients run, in the second half only the first `low_clients` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Burst {
+    pub low_clients: usize,
+    pub period_secs: f64,
+}
+
+impl Burst {
+    /// Returns when `client` may start its next operation: at once (`None`) while it runs,
+    /// or at the start of the next busy half-period while it pauses. `elapsed` counts from
+    /// the point's start.
+    pub fn pause_until(&self, client: u64, elapsed: Duration) -> Option<Duration> {
+        if client < self.low_clients as u64 {
+            return None;
+        }
+        let period = Duration::from_secs_f64(self.period_secs);
+        let into_period = elapsed.as_secs_f64() % self.period_secs;
+        if into_period < self.period_secs / 2.0 {
+            return None;
+        }
+        let periods_done = (elapsed.as_secs_f64() / self.period_secs).floor() as u32;
+        Some(period * (periods_done + 1))
+    }
 }
 
 /// Storage of the embedded cluster's log, and the durability of an acknowledged write.
@@ -545,6 +591,14 @@ impl RunArgs {
         Ok(self.endpoints.clone())
     }
 
+    fn burst_level(&self) -> Option<LoadLevel> {
+        self.burst.map(|(clients, burst)| LoadLevel {
+            clients,
+            rate_per_sec: None,
+            burst: Some(burst),
+        })
+    }
+
     fn load_levels(&self) -> anyhow::Result<Vec<LoadLevel>> {
         ensure!(
             self.sweep_clients.is_empty() || self.sweep_rates.is_empty(),
@@ -569,8 +623,9 @@ impl RunArgs {
             let levels = self.sweep_clients.iter().map(|&clients| LoadLevel {
                 clients,
                 rate_per_sec: self.rate,
+                burst: None,
             });
-            return Ok(levels.collect());
+            return Ok(levels.chain(self.burst_level()).collect());
         }
         if !self.sweep_rates.is_empty() {
             for &rate in &self.sweep_rates {
@@ -579,13 +634,20 @@ impl RunArgs {
             let levels = self.sweep_rates.iter().map(|&rate| LoadLevel {
                 clients,
                 rate_per_sec: Some(rate),
+                burst: None,
             });
             return Ok(levels.collect());
         }
-        Ok(vec![LoadLevel {
+        if self.clients.is_none() && self.burst.is_some() {
+            // The burst point alone, without the default steady point before it.
+            return Ok(self.burst_level().into_iter().collect());
+        }
+        let steady = LoadLevel {
             clients,
             rate_per_sec: self.rate,
-        }])
+            burst: None,
+        };
+        Ok(std::iter::once(steady).chain(self.burst_level()).collect())
     }
 
     fn run_length(&self) -> anyhow::Result<RunLength> {
@@ -675,6 +737,35 @@ fn target_name(target: TargetKind) -> &'static str {
         TargetKind::Endpoints => "endpoints",
         TargetKind::Etcd => "etcd",
     }
+}
+
+/// Parses `--burst HIGH/LOW/PERIOD`.
+fn parse_burst(text: &str) -> Result<(usize, Burst), String> {
+    let usage = || format!("--burst {text:?} is invalid: write HIGH/LOW/PERIOD, such as 256/1/4");
+    let parts: Vec<&str> = text.split('/').collect();
+    let [high, low, period] = parts.as_slice() else {
+        return Err(usage());
+    };
+    let high: usize = high.trim().parse().map_err(|_| usage())?;
+    let low: usize = low.trim().parse().map_err(|_| usage())?;
+    let period_secs: f64 = period.trim().parse().map_err(|_| usage())?;
+    if low == 0 || low >= high {
+        return Err(format!(
+            "--burst {text:?} is invalid: LOW must be at least 1 and below HIGH ({high})"
+        ));
+    }
+    if !(period_secs.is_finite() && period_secs >= 0.1) {
+        return Err(format!(
+            "--burst {text:?} is invalid: PERIOD must be at least 0.1 seconds"
+        ));
+    }
+    Ok((
+        high,
+        Burst {
+            low_clients: low,
+            period_secs,
+        },
+    ))
 }
 
 fn check_rate(rate: f64, option: &str) -> anyhow::Result<()> {
@@ -994,17 +1085,53 @@ mod tests {
     }
 
     #[test]
+    fn burst_pauses_clients_above_low_in_second_half() {
+        let burst = Burst {
+            low_clients: 2,
+            period_secs: 4.0,
+        };
+        let at = Duration::from_secs_f64;
+
+        assert_eq!(burst.pause_until(1, at(3.0)), None, "client below LOW");
+        assert_eq!(burst.pause_until(5, at(1.9)), None, "first half");
+        assert_eq!(burst.pause_until(5, at(2.5)), Some(at(4.0)));
+        assert_eq!(
+            burst.pause_until(5, at(9.0)),
+            None,
+            "third period, first half"
+        );
+        assert_eq!(burst.pause_until(5, at(11.0)), Some(at(12.0)));
+    }
+
+    #[test]
+    fn burst_option_adds_a_point_after_sweep() {
+        let workload = validate(&["--sweep-clients", "1,256", "--burst", "256/1/4"]).unwrap();
+
+        let burst = LoadLevel {
+            burst: Some(Burst {
+                low_clients: 1,
+                period_secs: 4.0,
+            }),
+            ..LoadLevel::closed(256)
+        };
+        assert_eq!(
+            workload.points,
+            vec![LoadLevel::closed(1), LoadLevel::closed(256), burst]
+        );
+        let alone = validate(&["--burst", "64/4/2"]).unwrap();
+        assert_eq!(alone.points.len(), 1);
+        for bad in ["256/1", "1/1/4", "256/0/4", "256/1/0.01", "x/1/4"] {
+            let error = validate(&["--burst", bad]).unwrap_err().to_string();
+            assert!(error.contains("--burst"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn defaults_are_an_embedded_closed_loop_write_run() {
         let workload = validate(&[]).unwrap();
 
         assert_eq!(workload.target, TargetKind::Embedded);
-        assert_eq!(
-            workload.points,
-            vec![LoadLevel {
-                clients: CLIENTS_DEFAULT,
-                rate_per_sec: None
-            }]
-        );
+        assert_eq!(workload.points, vec![LoadLevel::closed(CLIENTS_DEFAULT)]);
         assert_eq!(workload.length, RunLength::Duration { secs: 5.0 });
         assert_eq!(workload.warmup_secs, WARMUP_SECS_DEFAULT);
         assert_eq!(workload.read_fraction, 0.0);

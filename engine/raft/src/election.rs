@@ -427,6 +427,7 @@ impl RaftNode {
             Campaign::Election | Campaign::Transfer => {
                 self.term = self.term.next();
                 self.vote = Some(self.id);
+                self.stats.elections_started += 1;
                 (self.term, Role::Candidate)
             }
         };
@@ -489,6 +490,7 @@ impl RaftNode {
         debug_assert_eq!(self.role, Role::Candidate);
         debug_assert_eq!(self.vote, Some(self.id));
         tracing::info!(node = %self.id, term = %self.term, last_index = %self.log.last_index(), "became leader");
+        self.stats.elections_won += 1;
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();

@@ -163,6 +163,10 @@ pub struct Stats {
     /// Rejections from followers of entries they had acknowledged as durable, which only
     /// storage that loses acknowledged writes produces.
     pub rejections_of_acknowledged_entries: u64,
+    /// Elections this replica started, each raising its term; pre-vote rounds not counted.
+    pub elections_started: u64,
+    /// Elections this replica won.
+    pub elections_won: u64,
 }
 
 /// Why [`RaftNode::step`] did not act on a message. Every case is expected input from a

@@ -396,6 +396,19 @@ fn encode_shard_loop(
     )?;
     counters(
         encoder,
+        "shardraft_shard_elections_started",
+        "Elections the shard's replicas started, each raising a group's term; pre-vote rounds \
+         are not counted.",
+        per_shard(shards, |shard| shard.status.elections_started),
+    )?;
+    counters(
+        encoder,
+        "shardraft_shard_elections_won",
+        "Elections the shard's replicas won, each making this node a group's leader.",
+        per_shard(shards, |shard| shard.status.elections_won),
+    )?;
+    counters(
+        encoder,
         "shardraft_leader_disk_transfers",
         "Groups the shard handed to a follower because its own fdatasync p99 was far above \
          the follower's estimated disk latency (disk_transfer).",

@@ -540,6 +540,8 @@ mod tests {
                 transport: Default::default(),
                 log: None,
                 rejected_messages: 0,
+                elections_started: 0,
+                elections_won: 0,
             }],
         };
 

@@ -892,6 +892,13 @@ where
                     + stats.rejected_malformed
             })
             .sum();
+        let (elections_started, elections_won) =
+            self.replicas
+                .values()
+                .fold((0, 0), |(started, won), replica| {
+                    let stats = replica.core.stats();
+                    (started + stats.elections_started, won + stats.elections_won)
+                });
         ShardStatus {
             shard: self.shard,
             groups,
@@ -901,6 +908,8 @@ where
                 Log::Memory(_) => None,
             },
             rejected_messages,
+            elections_started,
+            elections_won,
         }
     }
 

@@ -147,6 +147,7 @@ fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, Resul
     Ok(PointResult {
         clients: first.clients,
         target_rate_per_sec: first.target_rate_per_sec,
+        burst: first.burst,
         elapsed_secs,
         operations,
         cpu_seconds: sum_if_all(points.iter().map(|point| point.cpu_seconds)),
@@ -163,6 +164,7 @@ fn merge_point(results: &[RunResult], index: usize) -> Result<PointResult, Resul
             .cloned()
             .unwrap_or_default(),
         snapshots: merge_snapshots(&points, elapsed_secs, &location)?,
+        elections: sum_counts_if_all(points.iter().map(|point| point.elections)),
     })
 }
 

@@ -221,6 +221,7 @@ impl ServerCounters for EmbeddedCluster {
         let mut fdatasyncs = 0;
         let mut log_entries = 0;
         let mut disk = false;
+        let mut elections = 0;
         let mut stages = shardraft::metrics::WriteStageLatencies::default();
         let mut snapshots = shardraft::snapshot::SnapshotStats::default();
         for handle in &self.handles {
@@ -234,6 +235,11 @@ impl ServerCounters for EmbeddedCluster {
             let status = handle.status().with_context(|| {
                 format!("reading the status of node {} failed", handle.node_id().0)
             })?;
+            elections += status
+                .shards
+                .iter()
+                .map(|shard| shard.elections_won)
+                .sum::<u64>();
             for log in status.shards.iter().filter_map(|shard| shard.log.as_ref()) {
                 disk = true;
                 fdatasyncs += log.syncs;
@@ -252,6 +258,7 @@ impl ServerCounters for EmbeddedCluster {
             log_entries: disk.then_some(log_entries),
             write_stages: Some(stage_bucket_counts(&stages)),
             snapshots: Some(snapshot_counters(&snapshots)),
+            elections: Some(elections),
         })
     }
 

@@ -176,6 +176,7 @@ impl ServerCounters for EndpointsStatus {
             log_entries: Some(log_entries),
             write_stages: None,
             snapshots: None,
+            elections: None,
         })
     }
 
