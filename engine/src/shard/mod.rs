@@ -701,6 +701,7 @@ where
                     &mut ready.messages,
                     &mut self.snapshots,
                     &self.transport,
+                    self.config.snapshot.log_tail_entries,
                 );
                 if let Some(hard_state) = ready.hard_state {
                     let submitted = replica.submitted_hard_state;

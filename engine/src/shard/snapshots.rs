@@ -196,6 +196,7 @@ pub(super) fn route_install_snapshots<S: StateMachine, E>(
     messages: &mut Vec<Message>,
     snapshots: &mut ShardSnapshots,
     transport: &Transport<E>,
+    log_tail_entries: u64,
 ) where
     E: From<crate::transport::TransportEvent> + 'static,
 {
@@ -221,8 +222,12 @@ pub(super) fn route_install_snapshots<S: StateMachine, E>(
                 transport.send_snapshot(group, message, stored);
             }
             stored => {
+                if let Some(stored) = &stored {
+                    adopt_received_snapshot(group, replica, stored, snapshots, log_tail_entries);
+                }
                 // The stored snapshot is newer than the core's latest (its compaction is on
-                // its way) or missing; the core asks again after a heartbeat round trip.
+                // its way, or the core adopted it just now) or missing; the core asks again
+                // after a heartbeat round trip.
                 tracing::debug!(
                     %group, %peer, wanted = meta.index.0,
                     stored = ?stored.map(|stored| stored.meta.index.0),
@@ -233,6 +238,42 @@ pub(super) fn route_install_snapshots<S: StateMachine, E>(
         }
     }
     *messages = kept;
+}
+
+/// Makes the core take `stored`, the group's newest stored snapshot, as its own when the
+/// core's latest snapshot is older and the replica applied past `stored`.
+///
+/// Such a snapshot came from a leader while this replica already held every entry it
+/// covers, so its core answered without installing it, but the transport had stored it and
+/// dropped the older file. Without this, the core of this replica as a leader would keep
+/// naming its older snapshot, which is no longer stored, and no follower that needs one
+/// could catch up until the next snapshot of its own.
+fn adopt_received_snapshot<S: StateMachine>(
+    group: GroupId,
+    replica: &mut Replica<S>,
+    stored: &StoredSnapshot,
+    snapshots: &mut ShardSnapshots,
+    log_tail_entries: u64,
+) {
+    let core = &mut replica.core;
+    let newer = core
+        .latest_snapshot()
+        .is_none_or(|latest| stored.meta.index > latest.index);
+    if !newer || stored.meta.index > core.applied_index() {
+        return;
+    }
+    let through = LogIndex(stored.meta.index.0.saturating_sub(log_tail_entries));
+    match core.compact(stored.meta.clone(), through) {
+        Ok(()) => {
+            if through.0 > 0 {
+                snapshots.compactions.push((group, through));
+            }
+            tracing::info!(%group, index = stored.meta.index.0, "took a snapshot received earlier as this replica's own");
+        }
+        Err(error) => {
+            tracing::warn!(%group, index = stored.meta.index.0, %error, "the core did not take the stored snapshot");
+        }
+    }
 }
 
 /// Restores `replica`'s state machine from the snapshot the core installs, and adds the

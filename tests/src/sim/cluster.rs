@@ -8,8 +8,9 @@ use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
-    Config, Entry, EntryKind, LogIndex, Membership, MembershipChange, Message, MessageBody, NodeId,
-    ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role, SnapshotTransfer, Term,
+    Config, Entry, EntryKind, LogIndex, Membership, MembershipChange, MembershipChangeEntry,
+    Message, MessageBody, NodeId, ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role,
+    SnapshotTransfer, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -1030,8 +1031,21 @@ impl Simulation {
         }
         if let Some(state) = snapshot_state {
             let Some(state) = state else {
-                // The sender's core names a snapshot its runtime does not hold: a bug.
-                self.counts.messages_lost += 1;
+                // The sender's runtime no longer holds the snapshot its core names: it stored
+                // a newer one from an earlier leader that the core did not install, since it
+                // covered only committed entries. As the engine does, the runtime lets the
+                // core adopt that snapshot and reports the transfer failed, so the core
+                // retries with the snapshot it now names.
+                self.adopt_stored_snapshot(from);
+                self.schedule_event(
+                    self.now_us,
+                    Event::SnapshotReport {
+                        node: from,
+                        incarnation: sender_incarnation,
+                        peer: message.to,
+                        outcome: SnapshotTransfer::Failed,
+                    },
+                );
                 return;
             };
             match delays.first() {
@@ -1185,6 +1199,30 @@ impl Simulation {
         sim_node.durable.compact(compacted_through);
         self.counts.snapshots_taken += 1;
         Ok(())
+    }
+
+    /// Makes `node`'s core take its stored snapshot as its own, when that snapshot is newer
+    /// than the core's latest and the node applied past it, and compacts the durable log
+    /// after it, as the engine's runtime does before it sends a snapshot.
+    fn adopt_stored_snapshot(&mut self, node: usize) {
+        let keep = self.params.snapshot_keep_entries;
+        let sim_node = &mut self.nodes[node];
+        let (Some(raft), Some(stored)) =
+            (sim_node.raft.as_mut(), sim_node.durable.snapshot.clone())
+        else {
+            return;
+        };
+        let newer = raft
+            .latest_snapshot()
+            .is_none_or(|latest| stored.index > latest.index);
+        if !newer || stored.index > raft.applied_index() {
+            return;
+        }
+        let through = LogIndex(stored.index.0.saturating_sub(keep));
+        if raft.compact(stored, through).is_ok() {
+            let compacted_through = raft.first_index().prev();
+            sim_node.durable.compact(compacted_through);
+        }
     }
 
     fn apply_entries(&mut self, node: usize, entries: &[Entry]) -> Result<(), RunError> {
@@ -1441,13 +1479,43 @@ impl Simulation {
         voters_with_data >= membership.quorum()
     }
 
-    /// The membership in force at the live replica with the longest log.
+    /// The membership in force at the replica with the longest log. A stopped replica
+    /// counts with its durable log: it may hold a change that no live replica has, and
+    /// win the next election once it restarts.
     fn newest_membership(&self) -> Option<Membership> {
-        self.nodes
+        (0..self.nodes.len())
+            .map(|node| self.log_end_and_membership(node))
+            .max_by_key(|(term, index, _)| (*term, *index))
+            .map(|(_, _, membership)| membership)
+    }
+
+    /// Returns the last term and index of a replica's log and the membership in force
+    /// there: the core's when it runs, else what it would restore from its durable state.
+    fn log_end_and_membership(&self, node: usize) -> (Term, LogIndex, Membership) {
+        let sim_node = &self.nodes[node];
+        if let Some(raft) = sim_node.raft.as_ref() {
+            return (
+                raft.last_term(),
+                raft.last_index(),
+                raft.membership().clone(),
+            );
+        }
+        let restored = sim_node.durable.clone().restore();
+        let (base_term, base_index, base_membership) = match &restored.snapshot {
+            Some(snapshot) => (snapshot.term, snapshot.index, snapshot.membership.clone()),
+            None => (Term(0), LogIndex(0), self.node_config(node).membership),
+        };
+        let membership = restored
+            .entries
             .iter()
-            .filter_map(|node| node.raft.as_ref())
-            .max_by_key(|raft| (raft.last_term(), raft.last_index()))
-            .map(|raft| raft.membership().clone())
+            .rev()
+            .filter(|entry| entry.kind == EntryKind::MembershipChange)
+            .find_map(|entry| MembershipChangeEntry::decode(&entry.data).ok())
+            .map_or(base_membership, |decoded| decoded.membership);
+        match restored.entries.last() {
+            Some(last) => (last.term, last.index, membership),
+            None => (base_term, base_index, membership),
+        }
     }
 
     /// Brings `node` back as a new machine with the same id when the group does not count
