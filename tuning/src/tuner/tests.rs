@@ -116,6 +116,26 @@ fn timing_lowers_toward_floor() {
 }
 
 #[test]
+fn timing_stays_until_floors_are_measured() {
+    // Intervals without round trips or fdatasyncs give no floor, so they must not count
+    // toward the window that lowering the timing needs.
+    let config = TuningConfig {
+        timing_change_interval_min: 5,
+        ..enabled()
+    };
+    let mut tuner = tuner(config);
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    for _ in 0..50 {
+        let mut samples = system.interval(tuner.current(), SyntheticLoad::poisson(5_000.0));
+        samples.peer_rtts.clear();
+        samples.fsyncs = 0;
+        samples.fsync_latency = Default::default();
+        let decision = tuner.observe(&samples);
+        assert!(decision.timing.is_none(), "{decision:?}");
+    }
+}
+
+#[test]
 fn floor_envelope_ignores_one_spike() {
     // Twenty quiet intervals and one spike: the spike is above the 90th percentile.
     let mut floors: VecDeque<u64> = std::iter::repeat_n(100_000, 20).collect();

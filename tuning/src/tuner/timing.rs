@@ -34,6 +34,9 @@ impl Active {
             // One side alone is still a lower bound on the sum.
             let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
             self.last_floor_micros = self.last_floor_micros.max(floor);
+        } else {
+            // Nothing measured: the window keeps only floors that measurements gave.
+            return self.last_floor_micros;
         }
         self.floors.push_back(self.last_floor_micros);
         let window = self
@@ -58,6 +61,12 @@ impl Active {
         proposal: &mut Knobs,
     ) {
         let rules = self.guard.rules();
+        let window = rules.timing_change_interval_min.clamp(1, 10_000) as usize;
+        if self.floors.len() < window {
+            // Too few measured intervals to know how low the timing may go; a floor of 0
+            // would mean no measurement, not a fast network.
+            return;
+        }
         let bounds = rules.bounds;
         let envelope = floor_envelope(&self.floors, self.last_floor_micros);
         let desired = bounds
