@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use serde::Serialize;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
+use shardraft_bench::harness::failover::{FailoverArgs, run_failover};
 use shardraft_bench::harness::result::RunResult;
 use shardraft_bench::harness::workload::RunArgs;
 use shardraft_bench::harness::{chart, compare};
@@ -73,6 +74,9 @@ enum Command {
     /// Draw p50 and p99 latency against throughput of one or more JSON results of `run`
     /// (sweeps, typically) in one SVG chart, one series per result.
     Chart(ChartArgs),
+    /// Kill group 0's leader of an embedded cluster under load, several times, and measure
+    /// the time until its successor commits a write. `--tuning` runs the adaptive tuner.
+    Failover(FailoverArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,8 +177,36 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }),
         Some(Command::Run(args)) => run_workload(&args),
+        Some(Command::Failover(args)) => run_failover_trials(&args),
         None => run_workload(&cli.run),
     }
+}
+
+/// Commit gap after a leader's death that the failover goal allows, on loopback.
+const FAILOVER_GAP_GOAL_MILLIS: f64 = 100.0;
+
+/// Runs `shardraft-bench failover` and prints the median and longest gap against the goal.
+fn run_failover_trials(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
+    let report = run_failover(args)?;
+    let Some((median, max)) = report.gap_median_and_max_millis() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!();
+    println!(
+        "commit gap after killing the leader: median {median:.1} ms, max {max:.1} ms over {} \
+         trials (goal: under {FAILOVER_GAP_GOAL_MILLIS:.0} ms: {})",
+        report.trials.len(),
+        if max < FAILOVER_GAP_GOAL_MILLIS {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+    println!(
+        "elections won while no leader was killed: {}; writes committed by the load: {}",
+        report.elections_without_kill, report.writes
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `shardraft-bench run`; fails when a `--check` verdict is not linearizable.

@@ -20,6 +20,7 @@ pub mod chart;
 pub mod check;
 pub mod compare;
 pub mod csv;
+pub mod failover;
 pub mod host;
 pub mod load;
 pub mod progress;

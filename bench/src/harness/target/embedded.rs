@@ -196,6 +196,33 @@ impl EmbeddedCluster {
         self.run_dir.as_ref().map(ScratchDir::path)
     }
 
+    /// Returns a handle to each running node.
+    pub fn handles(&self) -> &[KvHandle] {
+        &self.handles
+    }
+
+    /// Stops the node at `position` at once, as a crashed process would, and returns its
+    /// config for [`EmbeddedCluster::restart_node`]. Positions of the nodes after it shift
+    /// down by one until the restart.
+    pub fn kill_node(&mut self, position: usize) -> NodeConfig {
+        let node = self.nodes.remove(position);
+        self.handles.remove(position);
+        node.kill();
+        self.configs[position].clone()
+    }
+
+    /// Starts the node of `config` again from its data directory, at `position`.
+    ///
+    /// # Errors
+    ///
+    /// When the node fails to start.
+    pub fn restart_node(&mut self, position: usize, config: &NodeConfig) -> anyhow::Result<()> {
+        let node = start_node(config)?;
+        self.handles.insert(position, node.handle());
+        self.nodes.insert(position, node);
+        Ok(())
+    }
+
     /// Stops every node cleanly, then removes the data directory.
     ///
     /// # Errors
@@ -436,6 +463,9 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
             config.snapshot.trigger_log_bytes = 0;
         }
         config.tuning.enabled = spec.tuning;
+        if let Some(interval_ms) = spec.tuning_interval_ms {
+            config.tuning.interval_ms = interval_ms;
+        }
         if let Some(linger_us) = spec.linger_us {
             config.proposal_linger_us = linger_us;
         }
