@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -242,10 +243,52 @@ pub struct GroupChangeResult {
 struct HandleInner<S: StateMachine> {
     node_id: NodeId,
     groups: u32,
-    shards: Vec<flume::Sender<ShardRequest<S>>>,
+    shards: Vec<ShardLink<S>>,
     request_timeout_ms: u64,
     addresses: Arc<AddressBook>,
     snapshot_activity: Arc<SnapshotActivity>,
+}
+
+/// The way requests reach one shard: its request channel, and whether it stopped.
+pub(crate) struct ShardLink<S: StateMachine> {
+    requests: flume::Sender<ShardRequest<S>>,
+    /// Set by the shard as it stops, before it drains its request channel for the last
+    /// time.
+    stopped: Arc<AtomicBool>,
+}
+
+impl<S: StateMachine> ShardLink<S> {
+    /// Sends `request` to the shard.
+    ///
+    /// A request that enters the channel after the shard's last drain never gets a reply,
+    /// and never dropped either while handles keep the channel open. The shard marks
+    /// itself stopped before that drain, so checking the mark after sending catches
+    /// exactly those requests.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the shard stopped.
+    fn send(&self, request: ShardRequest<S>) -> Result<(), NodeError> {
+        self.requests
+            .send(request)
+            .map_err(|_| NodeError::Stopped)?;
+        self.check_running()
+    }
+
+    /// The async form of [`send`](Self::send).
+    async fn send_async(&self, request: ShardRequest<S>) -> Result<(), NodeError> {
+        self.requests
+            .send_async(request)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.check_running()
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(NodeError::Stopped);
+        }
+        Ok(())
+    }
 }
 
 /// The application's handle on a running node. See the module documentation.
@@ -302,7 +345,7 @@ where
         group_for_key(key, self.inner.groups)
     }
 
-    fn shard_for(&self, group: GroupId) -> Result<&flume::Sender<ShardRequest<S>>, NodeError> {
+    fn shard_for(&self, group: GroupId) -> Result<&ShardLink<S>, NodeError> {
         if group.0 >= self.inner.groups {
             return Err(NodeError::UnknownGroup {
                 group,
@@ -338,7 +381,7 @@ where
     pub fn propose(&self, group: GroupId, command: Bytes) -> Result<Applied<S::Output>, NodeError> {
         let shard = self.shard_for(group)?;
         let (request, receiver) = self.propose_request(group, command);
-        shard.send(request).map_err(|_| NodeError::Stopped)?;
+        shard.send(request)?;
         receiver.recv().map_err(|_| NodeError::Stopped)?
     }
 
@@ -350,10 +393,7 @@ where
     ) -> Result<Applied<S::Output>, NodeError> {
         let shard = self.shard_for(group)?;
         let (request, receiver) = self.propose_request(group, command);
-        shard
-            .send_async(request)
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+        shard.send_async(request).await?;
         receiver
             .recv_async()
             .await
@@ -385,7 +425,7 @@ where
     ) -> Result<R, NodeError> {
         let shard = self.shard_for(group)?;
         let (request, receiver) = Self::read_request(group, mode, read);
-        shard.send(request).map_err(|_| NodeError::Stopped)?;
+        shard.send(request)?;
         receiver.recv().map_err(|_| NodeError::Stopped)?
     }
 
@@ -398,10 +438,7 @@ where
     ) -> Result<R, NodeError> {
         let shard = self.shard_for(group)?;
         let (request, receiver) = Self::read_request(group, mode, read);
-        shard
-            .send_async(request)
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+        shard.send_async(request).await?;
         receiver
             .recv_async()
             .await
@@ -416,9 +453,7 @@ where
         let mut shards = Vec::with_capacity(self.inner.shards.len());
         for shard in &self.inner.shards {
             let (reply, receiver) = flume::bounded(1);
-            shard
-                .send(ShardRequest::Status { reply })
-                .map_err(|_| NodeError::Stopped)?;
+            shard.send(ShardRequest::Status { reply })?;
             shards.push(receiver.recv().map_err(|_| NodeError::Stopped)?);
         }
         Ok(NodeStatus {
@@ -468,14 +503,15 @@ where
             timeout_ms: timeout.as_millis() as u64,
         };
         let mut receivers = Vec::with_capacity(self.inner.shards.len());
-        for (shard, sender) in self.inner.shards.iter().enumerate() {
+        for (shard, link) in self.inner.shards.iter().enumerate() {
             let (reply, receiver) = flume::bounded(1);
-            sender
+            link.requests
                 .send_deadline(request(reply), deadline)
                 .map_err(|error| match error {
                     flume::SendTimeoutError::Timeout(_) => timed_out(shard),
                     flume::SendTimeoutError::Disconnected(_) => SnapshotError::Stopped,
                 })?;
+            link.check_running().map_err(|_| SnapshotError::Stopped)?;
             receivers.push(receiver);
         }
         let mut answers = Vec::with_capacity(receivers.len());
@@ -577,9 +613,7 @@ where
         let mut waiting = Vec::new();
         for (group, only_if_leader) in self.scope_groups(scope)? {
             let (request, receiver) = Self::change_request(group, change, only_if_leader);
-            self.shard_for(group)?
-                .send(request)
-                .map_err(|_| NodeError::Stopped)?;
+            self.shard_for(group)?.send(request)?;
             waiting.push((group, receiver));
         }
         let results = waiting
@@ -601,10 +635,7 @@ where
         let mut waiting = Vec::new();
         for (group, only_if_leader) in self.scope_groups(scope)? {
             let (request, receiver) = Self::change_request(group, change, only_if_leader);
-            self.shard_for(group)?
-                .send_async(request)
-                .await
-                .map_err(|_| NodeError::Stopped)?;
+            self.shard_for(group)?.send_async(request).await?;
             waiting.push((group, receiver));
         }
         let mut results = Vec::with_capacity(waiting.len());
@@ -628,8 +659,7 @@ where
     pub fn membership(&self, group: GroupId) -> Result<GroupMembership, NodeError> {
         let (reply, receiver) = flume::bounded(1);
         self.shard_for(group)?
-            .send(ShardRequest::Membership { group, reply })
-            .map_err(|_| NodeError::Stopped)?;
+            .send(ShardRequest::Membership { group, reply })?;
         receiver.recv().map_err(|_| NodeError::Stopped)?
     }
 
@@ -638,8 +668,7 @@ where
         let (reply, receiver) = flume::bounded(1);
         self.shard_for(group)?
             .send_async(ShardRequest::Membership { group, reply })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+            .await?;
         receiver
             .recv_async()
             .await
@@ -660,8 +689,7 @@ where
                 group,
                 target,
                 reply,
-            })
-            .map_err(|_| NodeError::Stopped)?;
+            })?;
         receiver.recv().map_err(|_| NodeError::Stopped)?
     }
 
@@ -678,8 +706,7 @@ where
                 target,
                 reply,
             })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
+            .await?;
         receiver
             .recv_async()
             .await
@@ -768,7 +795,11 @@ where
         let mut executors = Vec::with_capacity(shard_count);
         for shard in 0..shard_count {
             let (sender, receiver) = flume::bounded(config.request_queue_max);
-            senders.push(sender);
+            let stopped = Arc::new(AtomicBool::new(false));
+            senders.push(ShardLink {
+                requests: sender,
+                stopped: Arc::clone(&stopped),
+            });
             let placement = match cores.get(shard) {
                 Some(core) if config.pin_shards => Placement::Fixed(core.id),
                 _ => Placement::Unbound,
@@ -779,6 +810,7 @@ where
                 config: Arc::clone(&config),
                 new_state_machine: Arc::clone(&factory),
                 requests: receiver,
+                stopped,
                 ready: ready_sender.clone(),
                 addresses: Arc::clone(&addresses),
                 snapshot_activity: Arc::clone(&snapshot_activity),

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -272,5 +274,52 @@ fn sixty_four_groups_on_two_shards_work_at_once() {
     }
     for node in nodes {
         node.shutdown().expect("shutting down");
+    }
+}
+
+#[test]
+fn proposers_return_when_node_stops() {
+    // Requests still queued for a shard when it stops must fail with `Stopped`; none may
+    // wait forever. Proposers keep the shards' channels full while the node stops, both
+    // as a crash and cleanly, several times.
+    const PROPOSERS: usize = 4;
+    for round in 0..6 {
+        let configs = cluster_configs(&test_dir("proposers_return_when_node_stops"), 1, 1, 1);
+        let node = start_node(&configs[0]);
+        let handle = node.handle();
+        wait_for_leader(&[&handle], GroupId(0), Duration::from_secs(10));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (finished, finishes) = std::sync::mpsc::channel();
+        for _ in 0..PROPOSERS {
+            let handle = handle.clone();
+            let stop = Arc::clone(&stop);
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                let mut last = Ok(());
+                while !stop.load(Ordering::Relaxed) {
+                    last = handle
+                        .propose(GroupId(0), Bytes::from_static(b"not a command"))
+                        .map(|_| ());
+                }
+                let _ = finished.send(last);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if round % 2 == 0 {
+            node.kill();
+        } else {
+            node.shutdown().expect("a clean shutdown");
+        }
+        stop.store(true, Ordering::Relaxed);
+
+        for _ in 0..PROPOSERS {
+            let last = finishes.recv_timeout(Duration::from_secs(15));
+            assert!(
+                last.is_ok(),
+                "round {round}: a proposer waited forever after the node stopped"
+            );
+        }
+        let after = handle.propose(GroupId(0), Bytes::from_static(b"late"));
+        assert!(matches!(after, Err(NodeError::Stopped)), "{after:?}");
     }
 }

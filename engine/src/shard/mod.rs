@@ -94,6 +94,8 @@ pub(crate) struct ShardParams<S: StateMachine> {
     pub config: Arc<NodeConfig>,
     pub new_state_machine: Arc<dyn Fn(GroupId) -> S + Send + Sync>,
     pub requests: flume::Receiver<ShardRequest<S>>,
+    /// Set as the shard stops; the node's handles check it after sending a request.
+    pub stopped: Arc<std::sync::atomic::AtomicBool>,
     pub ready: flume::Sender<Result<(), NodeError>>,
     /// The node's book of member addresses, shared by its shards.
     pub addresses: Arc<AddressBook>,
@@ -180,6 +182,11 @@ struct Shard<S: StateMachine> {
     lingering: tuning::Lingering<LingeringProposal<S>>,
     /// The linger of new proposals: the tuner's when it runs, else the configured one.
     linger: Duration,
+    /// The task that hands requests from the node's handles to the loop.
+    request_bridge: Option<glommio::Task<()>>,
+    /// The request channel, for the last drain when the shard stops.
+    requests: flume::Receiver<ShardRequest<S>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A proposal held back by the linger, with what proposing it needs.
@@ -256,18 +263,24 @@ where
             tuning: tuning::ShardTuning::new(&params.config, Instant::now()),
             lingering: tuning::Lingering::default(),
             linger: Duration::from_micros(params.config.proposal_linger_us),
+            request_bridge: None,
+            requests: params.requests.clone(),
+            stopped: Arc::clone(&params.stopped),
             membership_waits: membership::MembershipWaits::default(),
             addresses: Arc::clone(&params.addresses),
             disk_health: disk_health::DiskHealth::default(),
         };
         shard.connect_logged_members();
-        shard.spawn_request_bridge(params.requests);
+        shard.request_bridge = Some(shard.spawn_request_bridge(params.requests));
         shard.spawn_ticker();
         tracing::info!(groups = shard.replicas.len(), "shard started");
         Ok(shard)
     }
 
-    fn spawn_request_bridge(&self, requests: flume::Receiver<ShardRequest<S>>) {
+    fn spawn_request_bridge(
+        &self,
+        requests: flume::Receiver<ShardRequest<S>>,
+    ) -> glommio::Task<()> {
         let events = self.events.clone();
         let accepting = Rc::clone(&self.accepting_proposals);
         let changed = Rc::clone(&self.accepting_changed);
@@ -284,7 +297,7 @@ where
                 }
             }
         };
-        glommio::spawn_local(bridge).detach();
+        glommio::spawn_local(bridge)
     }
 
     fn spawn_ticker(&self) {
@@ -769,8 +782,16 @@ where
         if more_work {
             self.events.push_now(ShardEvent::Continue);
         }
-        let accepting = self.log.has_room() && !self.transport.is_congested();
+        let log_has_room = self.log.has_room();
+        let congested = self.transport.is_congested();
+        let accepting = log_has_room && !congested;
         if self.accepting_proposals.replace(accepting) != accepting {
+            tracing::info!(
+                accepting,
+                log_has_room,
+                congested,
+                "proposal intake changed"
+            );
             self.accepting_changed.notify_all();
         }
         self.settle_membership_waits();
@@ -966,8 +987,19 @@ where
             }
             Flow::Continue => NodeError::Stopped,
         };
+        // Requests still in the channel are dropped below, which fails their callers with
+        // `Stopped`. A request that a handle sends after this mark is set finds it and
+        // fails at once (`ShardLink::send`), so that none is left unanswered.
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.transport.close().await;
         self.events.close();
+        if let Some(bridge) = self.request_bridge.take() {
+            bridge.await;
+        }
+        while let Ok(request) = self.requests.try_recv() {
+            drop(request);
+        }
         for proposal in std::mem::take(&mut self.lingering.proposals) {
             let _ = proposal.reply.send(Err(error.clone()));
         }
