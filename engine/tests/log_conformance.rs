@@ -1224,3 +1224,41 @@ fn recycled_segments_survive_restart_and_crash() {
         log.close().await.expect("closing the log");
     });
 }
+
+#[test]
+fn retired_segments_leave_the_directory() {
+    // Segments are recycled, retired again and, once more than two wait for reuse,
+    // removed. A recycled segment was renamed, so its removal must go by its current name.
+    let mut fixture = DiskFixture::new("retired-segments-removed");
+    let groups = [GroupId(0), GroupId(1)];
+    run(async {
+        let log = fixture.open().await;
+        let shard_dir = log.dir().to_path_buf();
+        let mut last = [0u64; 2];
+        // Compactions far apart retire several segments at once, more than are kept.
+        for cycle in 0..16 {
+            let entries = if cycle % 2 == 0 { 40 } else { 300 };
+            fill(&log, &groups, &mut last, entries, 1000).await;
+            let mut batch = WriteBatch::new();
+            for (slot, group) in groups.iter().enumerate() {
+                batch.compact(*group, LogIndex(last[slot] - 5));
+            }
+            submit_durably(&log, batch).await;
+        }
+        let stats = log.stats();
+        assert!(
+            stats.segments_recycled > 3,
+            "too few segments reused: {stats:?}"
+        );
+
+        let live = log.segment_paths().len();
+        let (seqs, _) = segment_files(&shard_dir);
+        // Live segments, the next one being prepared, and at most two kept for reuse.
+        assert!(
+            seqs.len() <= live + 3,
+            "{} segment files for {live} live segments: {seqs:?}",
+            seqs.len()
+        );
+        log.close().await.expect("closing the log");
+    });
+}

@@ -1390,7 +1390,9 @@ async fn delete_segments(
             state.to_remove.drain(..).collect()
         };
         for segment in &removed {
-            if let Err(error) = segment.file.remove().await {
+            // By the segment's current path: a recycled segment's file handle still names
+            // the path it was first created under, which recycling renamed away.
+            if let Err(error) = glommio::io::remove(&segment.path).await {
                 tracing::warn!(
                     path = %segment.path.display(),
                     error = %glommio_io_error(error),
