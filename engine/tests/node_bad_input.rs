@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use shardraft::kv::Command;
 use shardraft::log::GroupId;
+use shardraft::raft::{LogIndex, Membership, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use shardraft::transport::frame::{
     FRAME_HEADER_BYTES, FrameDecoder, FrameKind, PROTOCOL_VERSION, encode_frame,
 };
-use shardraft::transport::wire::{self, WireHello};
+use shardraft::transport::wire::{self, GroupMessage, WireHello};
 use support::*;
 
 fn hello_frame(cluster_id: u64, node_id: u64) -> Vec<u8> {
@@ -97,6 +98,28 @@ fn invalid_frames_close_their_connection_and_cluster_keeps_serving() {
     garbage_after_hello.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut invalid_archive = hello_frame(cluster_id, peer);
     invalid_archive.extend(messages_frame(&[0xee; 48]));
+    // A well-formed InstallSnapshot outside a snapshot transfer, from a newer term and past
+    // the commit index: the core would accept it and ask to install a snapshot that this
+    // node never received.
+    let snapshot_message = GroupMessage {
+        group,
+        message: Message {
+            from: NodeId(peer),
+            to: leader,
+            term: Term(1_000),
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    index: LogIndex(1_000_000),
+                    term: Term(999),
+                    membership: Membership::with_voters((1..=3).map(NodeId)),
+                },
+            },
+        },
+    };
+    let mut snapshot_in_messages = hello_frame(cluster_id, peer);
+    snapshot_in_messages.extend(messages_frame(
+        &wire::encode_batch(&[snapshot_message]).unwrap(),
+    ));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"this is not a shardraft frame at all".to_vec()),
         ("wrong version", wrong_version),
@@ -109,6 +132,7 @@ fn invalid_frames_close_their_connection_and_cluster_keeps_serving() {
         ("hello from a non-member", hello_frame(cluster_id, 99)),
         ("garbage after hello", garbage_after_hello),
         ("invalid archive", invalid_archive),
+        ("snapshot in a messages frame", snapshot_in_messages),
         ("messages before hello", messages_frame(&[0u8; 16])),
     ];
 

@@ -869,6 +869,19 @@ fn accept_messages<E>(
     }
     let settings = &shared.settings;
     let messages = wire::decode_batch(&frame.payload)?;
+    // A snapshot travels only in a transfer of its own, which stores and checks it before
+    // its `InstallSnapshot` is stepped. One in a messages frame would make the core ask to
+    // install a snapshot that this node never received, so it closes the connection.
+    if messages
+        .iter()
+        .any(|message| matches!(message.message.body, MessageBody::InstallSnapshot { .. }))
+    {
+        return Err(RejectReason::Snapshot(
+            "an InstallSnapshot arrived in a messages frame; it is valid only at the start of \
+             a snapshot transfer"
+                .to_string(),
+        ));
+    }
     let received = messages.len() as u64;
     let hosted = |group: GroupId| {
         group.0 < settings.groups && group.0 % settings.shard_count == settings.shard
