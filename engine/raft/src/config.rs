@@ -104,6 +104,11 @@ impl Config {
         if self.membership.voters.iter().any(|voter| voter.0 == 0) {
             return Err(ConfigError::InvalidNodeId);
         }
+        if let Some(timing) = &self.membership.timing {
+            timing
+                .check()
+                .map_err(|reason| ConfigError::InvalidTiming { reason })?;
+        }
         if self.heartbeat_interval_ticks == 0 {
             return Err(ConfigError::OutOfRange {
                 name: "heartbeat_interval_ticks",
@@ -230,6 +235,8 @@ pub enum ConfigError {
         value: u64,
         allowed: &'static str,
     },
+    #[error("the membership's agreed timing is invalid: {reason}")]
+    InvalidTiming { reason: &'static str },
 }
 
 #[cfg(test)]
@@ -283,6 +290,20 @@ mod tests {
             config.validate(),
             Err(ConfigError::VoterAndLearner { id: 1 })
         );
+    }
+
+    #[test]
+    fn invalid_membership_timing_rejected() {
+        let mut config = valid();
+        config.membership.timing = Some(GroupTiming {
+            heartbeat_interval_ticks: 1,
+            election_timeout_ticks_min: 6,
+            election_timeout_ticks_max: 6,
+        });
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::InvalidTiming { .. })
+        ));
     }
 
     #[test]

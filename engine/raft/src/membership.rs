@@ -18,6 +18,10 @@ pub(crate) struct MembershipLog {
     base_index: LogIndex,
     /// Memberships after each change entry above `base_index`, in index order.
     changes: Vec<(LogIndex, Membership)>,
+    /// The smallest agreed heartbeat interval among the memberships that compaction or a
+    /// snapshot folded away, if any had one. A voter whose log ends below the base may
+    /// still run with any of them.
+    folded_heartbeat_ticks_min: Option<u32>,
 }
 
 impl MembershipLog {
@@ -26,6 +30,7 @@ impl MembershipLog {
             base,
             base_index,
             changes: Vec::new(),
+            folded_heartbeat_ticks_min: None,
         }
     }
 
@@ -56,8 +61,9 @@ impl MembershipLog {
     }
 
     /// Returns the smallest heartbeat interval in force at any index from `from` on: the
-    /// membership's at `from` (the base's, below it) and every later change's, with
-    /// `configured` for those without an agreed timing.
+    /// membership's at `from` and every later change's, with `configured` for those without
+    /// an agreed timing. Below the base, whose history is folded away, it also counts the
+    /// configured interval and every folded one.
     pub(crate) fn heartbeat_interval_ticks_min_since(
         &self,
         from: LogIndex,
@@ -74,11 +80,36 @@ impl MembershipLog {
             .rev()
             .find(|(index, _)| *index <= from)
             .map_or(&self.base, |(_, membership)| membership);
+        let mut min = interval(at_from);
+        if from < self.base_index {
+            min = min
+                .min(configured)
+                .min(self.folded_heartbeat_ticks_min.unwrap_or(configured));
+        }
         self.changes
             .iter()
             .filter(|(index, _)| *index > from)
             .map(|(_, membership)| interval(membership))
-            .fold(interval(at_from), u32::min)
+            .fold(min, u32::min)
+    }
+
+    /// Remembers the heartbeat intervals of the base and of the changes at or below
+    /// `through`, which are about to be folded away.
+    fn fold_heartbeats_through(&mut self, through: LogIndex) {
+        let folded = core::iter::once(&self.base)
+            .chain(
+                self.changes
+                    .iter()
+                    .filter(|(index, _)| *index <= through)
+                    .map(|(_, membership)| membership),
+            )
+            .filter_map(|membership| membership.timing)
+            .map(|timing| timing.heartbeat_interval_ticks)
+            .min();
+        self.folded_heartbeat_ticks_min = match (self.folded_heartbeat_ticks_min, folded) {
+            (Some(before), Some(now)) => Some(before.min(now)),
+            (before, now) => before.or(now),
+        };
     }
 
     /// Records the membership after the change entry at `index`, the log's new last entry.
@@ -100,6 +131,7 @@ impl MembershipLog {
         if through <= self.base_index {
             return;
         }
+        self.fold_heartbeats_through(through);
         if let Some(membership) = self.at(through) {
             self.base = membership;
         }
@@ -110,6 +142,12 @@ impl MembershipLog {
     /// Replaces everything with the membership of a snapshot at `index`, keeping changes
     /// above it when the log keeps its entries above it.
     pub(crate) fn reset(&mut self, membership: Membership, index: LogIndex, keep_suffix: bool) {
+        let through = if keep_suffix {
+            index
+        } else {
+            LogIndex(u64::MAX)
+        };
+        self.fold_heartbeats_through(through);
         self.base = membership;
         self.base_index = index;
         if keep_suffix {
@@ -155,5 +193,37 @@ mod tests {
         log.reset(voters(&[7]), LogIndex(20), false);
         assert_eq!(log.effective(), &voters(&[7]));
         assert_eq!(log.last_change_index(), None);
+    }
+
+    fn timed(ids: &[u64], heartbeat: u32) -> Membership {
+        let mut membership = voters(ids);
+        membership.timing = Some(crate::types::GroupTiming {
+            heartbeat_interval_ticks: heartbeat,
+            election_timeout_ticks_min: 3 * heartbeat + 3,
+            election_timeout_ticks_max: 3 * heartbeat + 9,
+        });
+        membership
+    }
+
+    #[test]
+    fn heartbeat_min_covers_lagging_voters_after_compaction() {
+        // The configured heartbeat is 2 ticks; a change at 5 lengthens it to 6.
+        let mut log = MembershipLog::new(voters(&[1, 2, 3]), LogIndex(0));
+        log.push(LogIndex(5), timed(&[1, 2, 3], 6));
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(3), 2), 2);
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(5), 2), 6);
+
+        // Compaction folds the change into the base; a voter whose log ends at 3 still
+        // runs with the configured timing.
+        log.compact_through(LogIndex(8));
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(3), 2), 2);
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(8), 2), 6);
+
+        // A shorter agreed heartbeat folded away counts for lagging voters too.
+        log.push(LogIndex(10), timed(&[1, 2, 3], 1));
+        log.push(LogIndex(12), timed(&[1, 2, 3], 4));
+        log.reset(timed(&[1, 2, 3], 4), LogIndex(20), false);
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(15), 5), 1);
+        assert_eq!(log.heartbeat_interval_ticks_min_since(LogIndex(20), 5), 4);
     }
 }
