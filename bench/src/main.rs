@@ -203,7 +203,7 @@ fn run_failover_trials(args: &FailoverArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
-        "elections won while no leader was killed: {}; writes committed by the load: {}",
+        "elections won during the warm-up, with no leader killed: {}; writes committed by the load: {}",
         report.elections_without_kill, report.writes
     );
     Ok(ExitCode::SUCCESS)

@@ -87,8 +87,9 @@ pub struct FailoverReport {
     pub tuning: bool,
     pub tick_interval_ms: u64,
     pub trials: Vec<FailoverTrial>,
-    /// Leader elections won during the warm-up and the settling periods, when no leader
-    /// was killed: each one replaced a healthy leader.
+    /// Leader elections won during the warm-up, when no leader was killed: each one
+    /// replaced a healthy leader. Elections while a trial's node restarts and settles count
+    /// in that trial.
     pub elections_without_kill: u64,
     /// Writes the background load committed.
     pub writes: u64,

@@ -338,12 +338,14 @@ impl Burst {
             return None;
         }
         let period = Duration::from_secs_f64(self.period_secs);
-        let into_period = elapsed.as_secs_f64() % self.period_secs;
-        if into_period < self.period_secs / 2.0 {
+        // One division, so that the position in the period and the period's number agree
+        // at a boundary.
+        let periods = elapsed.as_secs_f64() / self.period_secs;
+        let periods_done = periods.floor();
+        if periods - periods_done < 0.5 {
             return None;
         }
-        let periods_done = (elapsed.as_secs_f64() / self.period_secs).floor() as u32;
-        Some(period * (periods_done + 1))
+        Some(period * (periods_done as u32 + 1))
     }
 }
 

@@ -74,7 +74,7 @@ pub enum SnapshotFileError {
     )]
     BadMagic { found: [u8; 4] },
     #[error(
-        "snapshot file has format version {found}, but this build reads only version \
+        "snapshot file has format version {found}, but this build reads only versions 1 to \
          {SNAPSHOT_FILE_VERSION}; read it with a matching shardraft version"
     )]
     UnknownVersion { found: u8 },

@@ -665,12 +665,18 @@ impl SnapshotStore {
         meta: &SnapshotMeta,
         check: impl FnOnce(&SnapshotFile) -> Result<T, String>,
     ) -> Result<(SnapshotFile, T), SnapshotError> {
-        let partial = self
-            .partials
-            .borrow_mut()
-            .remove(&group)
-            .ok_or(SnapshotError::NoTransfer { group })?;
-        let bytes = Bytes::from(partial.received);
+        // The partial snapshot stays registered, and active, until the file is published or
+        // discarded: a new transfer of the group that began meanwhile would otherwise
+        // truncate the partial file under the rename.
+        let received = {
+            let mut partials = self.partials.borrow_mut();
+            let partial = partials
+                .get_mut(&group)
+                .ok_or(SnapshotError::NoTransfer { group })?;
+            partial.active = true;
+            std::mem::take(&mut partial.received)
+        };
+        let bytes = Bytes::from(received);
         let verified = file::decode(&bytes)
             .map_err(|error| SnapshotError::InvalidReceived { group, error })
             .and_then(|decoded| {
@@ -713,13 +719,21 @@ impl SnapshotStore {
             None => Location::Memory(bytes.clone()),
             Some(dir) => {
                 let partial_path = Self::partial_path(dir, group);
-                sync_file(&partial_path).await?;
                 let path = Self::final_path(dir, group, meta.index);
-                self.publish(dir, &partial_path, &path).await?;
+                let published = async {
+                    sync_file(&partial_path).await?;
+                    self.publish(dir, &partial_path, &path).await
+                }
+                .await;
+                if let Err(error) = published {
+                    self.discard_receive(group);
+                    return Err(error);
+                }
                 let _ = std::fs::remove_file(Self::partial_id_path(dir, group));
                 Location::Disk(path)
             }
         };
+        self.partials.borrow_mut().remove(&group);
         let stored = StoredSnapshot {
             group,
             meta: meta.clone(),
