@@ -310,13 +310,10 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
         .make()
         .map_err(std::io::Error::from)
         .context("starting the glommio executor failed")?;
-    let (device, cells) = executor.run(measure_all(
-        run_dir.path(),
-        &config,
-        &specs,
-        warmup,
-        duration,
-    ))?;
+    let (device, cells) = executor.run(async {
+        shardraft::wake_guard::spawn_wake_guard().detach();
+        measure_all(run_dir.path(), &config, &specs, warmup, duration).await
+    })?;
 
     let sequential = device
         .iter()

@@ -23,3 +23,4 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
 pub mod tuning;
+pub mod wake_guard;

@@ -76,6 +76,7 @@ pub fn measure_device_sync_4k(dir: &Path) -> anyhow::Result<DeviceSyncFacts> {
         .map_err(std::io::Error::from)
         .context("starting the device probe's glommio executor failed")?;
     let sample = executor.run(async {
+        shardraft::wake_guard::spawn_wake_guard().detach();
         let probe = DeviceProbe::create(&probe_dir, PROBE_FILE_BYTES).await?;
         let sample = probe.measure(PROBE_WRITE_BYTES, PROBE_DURATION).await?;
         probe.remove().await?;

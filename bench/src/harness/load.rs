@@ -605,7 +605,10 @@ where
         };
         let executor = glommio::LocalExecutorBuilder::default()
             .name(&format!("bench-load-{}", context.plan.thread))
-            .spawn(move || load_thread(context))
+            .spawn(move || async move {
+                shardraft::wake_guard::spawn_wake_guard().detach();
+                load_thread(context).await
+            })
             .map_err(std::io::Error::from)
             .context("starting a load executor failed")?;
         executors.push(executor);

@@ -138,7 +138,10 @@ fn run_etcd(workload: &Arc<Workload>) -> anyhow::Result<RunOutcome> {
         .context("starting a glommio executor failed")?;
     let endpoints = workload.endpoints.clone();
     let timeout = target::endpoints::REQUEST_TIMEOUT;
-    let target = executor.run(target::etcd::EtcdTarget::connect(endpoints, timeout))?;
+    let target = executor.run(async move {
+        shardraft::wake_guard::spawn_wake_guard().detach();
+        target::etcd::EtcdTarget::connect(endpoints, timeout).await
+    })?;
     drop(executor);
     run_points(&Arc::new(target), &load::NoCounters, workload, host, None)
 }

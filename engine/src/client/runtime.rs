@@ -57,6 +57,7 @@ pub(crate) struct Job {
 
 /// Runs jobs until every sender of `jobs` is dropped.
 pub(crate) async fn run(config: ClientConfig, messages: flume::Receiver<Message>) {
+    crate::wake_guard::spawn_wake_guard().detach();
     let core = Rc::new(Core {
         members: RefCell::new(BTreeMap::new()),
         endpoints: config.endpoints.clone(),

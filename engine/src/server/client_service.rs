@@ -154,6 +154,7 @@ impl ClientService {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&name)
             .spawn(move || async move {
+                crate::wake_guard::spawn_wake_guard().detach();
                 let listener = match TcpListener::bind(listen) {
                     Ok(listener) => listener,
                     Err(source) => {

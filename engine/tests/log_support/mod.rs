@@ -63,12 +63,16 @@ pub fn small_config(data_dir: &Path) -> LogConfig {
     }
 }
 
-/// Runs `future` to completion on a fresh glommio executor.
+/// Runs `future` to completion on a fresh glommio executor, with the engine's wake guard
+/// so that a missed io_uring completion cannot hang a test.
 pub fn run<T>(future: impl Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::default()
         .make()
         .expect("starting a glommio executor")
-        .run(future)
+        .run(async {
+            shardraft::wake_guard::spawn_wake_guard().detach();
+            future.await
+        })
 }
 
 pub fn entry(index: u64, term: u64, data: impl Into<Bytes>) -> Entry {
