@@ -16,8 +16,8 @@
 //!
 //! Every long-lived executor the engine builds runs a guard: the shards (whose ticker
 //! starts only once the log is open), the client service and the client. It costs one
-//! timer wake-up per interval on an idle executor and nothing measurable on a busy one,
-//! whose loop runs anyway.
+//! timer wake-up per interval on an idle executor. On a busy one the timer fires inside
+//! loop turns that run anyway.
 
 use std::time::Duration;
 
