@@ -11,8 +11,8 @@
 //! one [`WAKE_GUARD_INTERVAL`] instead of never.
 //!
 //! NOTE: which ring the missed completion sits in, and whether the kernel or glommio
-//! loses the wake-up, is not established. The guard bounds the stall; it does not remove
-//! the cause, so an idle executor may still answer up to one interval late.
+//! loses the wake-up, is not established. The guard bounds the stall but does not remove
+//! the cause, so an idle executor may still respond up to one interval late.
 //!
 //! Every long-lived executor the engine builds runs a guard: the shards (whose ticker
 //! starts only once the log is open), the client service and the client. It costs one
