@@ -3,41 +3,27 @@
 //! surviving node must commit a write afterwards. It asserts what happened, never how
 //! fast.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-/// A file of this test process that is removed when dropped.
-struct TrialsFile(PathBuf);
-
-impl Drop for TrialsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+mod support;
+use support::{TempFile, run_bench};
 
 #[test]
 fn failover_trials_elect_a_new_leader() {
-    let path = std::env::temp_dir().join(format!(
-        "shardraft-bench-failover-{}.json",
-        std::process::id()
-    ));
-    let trials_file = TrialsFile(path.clone());
-
-    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
-        .args(["failover", "--trials", "2", "--warmup-load", "0.5"])
-        .args(["--settle", "0.5", "--writers", "2", "--storage", "memory"])
-        .arg("--failover-json")
-        .arg(&path)
-        .output()
-        .expect("shardraft-bench could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-
-    assert!(
-        output.status.success(),
-        "shardraft-bench failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    let trials_file = TempFile::new("shardraft-bench-failover");
+    let stdout = run_bench([
+        "failover",
+        "--trials",
+        "2",
+        "--warmup-load",
+        "0.5",
+        "--settle",
+        "0.5",
+        "--writers",
+        "2",
+        "--storage",
+        "memory",
+        "--failover-json",
+        trials_file.arg(),
+    ]);
     assert!(
         stdout.contains("commit gap after killing the leader"),
         "stdout:\n{stdout}"

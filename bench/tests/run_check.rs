@@ -11,50 +11,33 @@ use std::process::Command;
 
 use shardraft_bench::harness::result::RunResult;
 
-/// A result file of this test process that is removed when dropped.
-struct ResultFile(PathBuf);
-
-impl Drop for ResultFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+mod support;
+use support::{TempFile, run_bench};
 
 #[test]
 fn embedded_run_with_check_is_linearizable() {
-    let path =
-        std::env::temp_dir().join(format!("shardraft-bench-check-{}.json", std::process::id()));
-    let result_file = ResultFile(path.clone());
-
-    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
-        .args([
-            "run",
-            "--duration",
-            "2",
-            "--warmup",
-            "0.5",
-            "--clients",
-            "4",
-        ])
-        .args(["--groups", "1", "--keys", "16", "--read-fraction", "0.5"])
-        .args([
-            "--check",
-            "--check-time-limit",
-            "60",
-            "--no-progress",
-            "--json",
-        ])
-        .arg(&path)
-        .output()
-        .expect("shardraft-bench could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-
-    assert!(
-        output.status.success(),
-        "shardraft-bench failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
+    let result_file = TempFile::new("shardraft-bench-check");
+    let stdout = run_bench([
+        "run",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--clients",
+        "4",
+        "--groups",
+        "1",
+        "--keys",
+        "16",
+        "--read-fraction",
+        "0.5",
+        "--check",
+        "--check-time-limit",
+        "60",
+        "--no-progress",
+        "--json",
+        result_file.arg(),
+    ]);
     assert!(
         stdout.contains("check    linearizable"),
         "stdout:\n{stdout}"
@@ -105,19 +88,8 @@ fn embedded_run_with_check_is_linearizable() {
 
     // A result compared with itself shows no significant change, and `compare` exits 0
     // even with --fail-on-regression.
-    let output = Command::new(env!("CARGO_BIN_EXE_shardraft-bench"))
-        .arg("compare")
-        .args([&path, &path])
-        .arg("--fail-on-regression")
-        .output()
-        .expect("shardraft-bench compare could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "compare of a result with itself failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let path = result_file.arg();
+    run_bench(["compare", path, path, "--fail-on-regression"]);
 }
 
 #[test]
