@@ -121,7 +121,7 @@ where
     let span = tracing::info_span!("shard", node = params.config.node_id, shard = params.shard);
     async move {
         let ready = params.ready.clone();
-        // The ticker starts only once the log is open; the guard covers the start too.
+        // The ticker starts only once the log is open, so the guard also covers the start.
         crate::wake_guard::spawn_wake_guard().detach();
         match Shard::start(params).await {
             Ok(shard) => {
