@@ -788,7 +788,8 @@ where
         let congested = self.transport.is_congested();
         let accepting = log_has_room && !congested;
         if self.accepting_proposals.replace(accepting) != accepting {
-            tracing::info!(
+            // Debug, not info: under backpressure the intake can flip on every turn.
+            tracing::debug!(
                 accepting,
                 log_has_room,
                 congested,
