@@ -252,6 +252,9 @@ struct HandleInner<S: StateMachine> {
 /// The way requests reach one shard: its request channel, and whether it stopped.
 pub(crate) struct ShardLink<S: StateMachine> {
     requests: flume::Sender<ShardRequest<S>>,
+    /// A receiver of the same channel, so that a sender can drain what the stopped shard
+    /// will never read.
+    leftovers: flume::Receiver<ShardRequest<S>>,
     /// Set by the shard as it stops, before it drains its request channel for the last
     /// time.
     stopped: Arc<AtomicBool>,
@@ -260,18 +263,21 @@ pub(crate) struct ShardLink<S: StateMachine> {
 impl<S: StateMachine> ShardLink<S> {
     /// Sends `request` to the shard.
     ///
-    /// A request that enters the channel after the shard's last drain never gets a reply,
-    /// and never dropped either while handles keep the channel open. The shard marks
-    /// itself stopped before that drain, so checking the mark after sending catches
-    /// exactly those requests.
+    /// A request that enters the channel after the shard's last drain would never get a
+    /// reply. The shard marks itself stopped before that drain, so a sender that finds the
+    /// mark after sending drains the channel itself. Each request dropped there fails its
+    /// caller with [`NodeError::Stopped`]. A request the shard handled before it stopped
+    /// keeps its reply.
     ///
     /// # Errors
-    /// [`NodeError::Stopped`] when the shard stopped.
+    /// [`NodeError::Stopped`] when the channel is disconnected. The link's own receiver
+    /// keeps it connected, so this is a guard rather than an expected outcome.
     fn send(&self, request: ShardRequest<S>) -> Result<(), NodeError> {
         self.requests
             .send(request)
             .map_err(|_| NodeError::Stopped)?;
-        self.check_running()
+        self.drain_if_stopped();
+        Ok(())
     }
 
     /// The async form of [`send`](Self::send).
@@ -280,14 +286,17 @@ impl<S: StateMachine> ShardLink<S> {
             .send_async(request)
             .await
             .map_err(|_| NodeError::Stopped)?;
-        self.check_running()
+        self.drain_if_stopped();
+        Ok(())
     }
 
-    fn check_running(&self) -> Result<(), NodeError> {
+    /// Drops every request left in the channel once the shard stopped.
+    fn drain_if_stopped(&self) {
         if self.stopped.load(Ordering::SeqCst) {
-            return Err(NodeError::Stopped);
+            while let Ok(request) = self.leftovers.try_recv() {
+                drop(request);
+            }
         }
-        Ok(())
     }
 }
 
@@ -511,7 +520,7 @@ where
                     flume::SendTimeoutError::Timeout(_) => timed_out(shard),
                     flume::SendTimeoutError::Disconnected(_) => SnapshotError::Stopped,
                 })?;
-            link.check_running().map_err(|_| SnapshotError::Stopped)?;
+            link.drain_if_stopped();
             receivers.push(receiver);
         }
         let mut answers = Vec::with_capacity(receivers.len());
@@ -798,6 +807,7 @@ where
             let stopped = Arc::new(AtomicBool::new(false));
             senders.push(ShardLink {
                 requests: sender,
+                leftovers: receiver.clone(),
                 stopped: Arc::clone(&stopped),
             });
             let placement = match cores.get(shard) {

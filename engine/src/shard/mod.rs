@@ -121,6 +121,10 @@ where
     let span = tracing::info_span!("shard", node = params.config.node_id, shard = params.shard);
     async move {
         let ready = params.ready.clone();
+        let _stop_mark = StopMark {
+            stopped: Arc::clone(&params.stopped),
+            requests: params.requests.clone(),
+        };
         // The ticker starts only once the log is open, so the guard also covers the start.
         crate::wake_guard::spawn_wake_guard().detach();
         match Shard::start(params).await {
@@ -136,6 +140,27 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// A guard that marks the shard stopped and drops the requests left in its channel. It is
+/// dropped at the end of `run` when the shard stopped or failed to start, and while a
+/// panic unwinds the executor thread.
+///
+/// Each dropped request fails its caller with `Stopped`. A handle that sends after the
+/// mark is set drains the channel itself (`ShardLink::send`), so no request waits forever.
+struct StopMark<S: StateMachine> {
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+    requests: flume::Receiver<ShardRequest<S>>,
+}
+
+impl<S: StateMachine> Drop for StopMark<S> {
+    fn drop(&mut self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        while let Ok(request) = self.requests.try_recv() {
+            drop(request);
+        }
+    }
 }
 
 /// Writes of one submitted batch: which groups' ready batches it completes, and the
@@ -186,9 +211,6 @@ struct Shard<S: StateMachine> {
     linger: Duration,
     /// The task that hands requests from the node's handles to the loop.
     request_bridge: Option<glommio::Task<()>>,
-    /// The request channel, for the last drain when the shard stops.
-    requests: flume::Receiver<ShardRequest<S>>,
-    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A proposal held back by the linger, with what proposing it needs.
@@ -266,8 +288,6 @@ where
             lingering: tuning::Lingering::default(),
             linger: Duration::from_micros(params.config.proposal_linger_us),
             request_bridge: None,
-            requests: params.requests.clone(),
-            stopped: Arc::clone(&params.stopped),
             membership_waits: membership::MembershipWaits::default(),
             addresses: Arc::clone(&params.addresses),
             disk_health: disk_health::DiskHealth::default(),
@@ -990,18 +1010,12 @@ where
             }
             Flow::Continue => NodeError::Stopped,
         };
-        // Requests still in the channel are dropped below, which fails their callers with
-        // `Stopped`. A request that a handle sends after this mark is set finds it and
-        // fails at once (`ShardLink::send`), so that none is left unanswered.
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.transport.close().await;
         self.events.close();
+        // The bridge ends once the events are closed, dropping any request it held. What
+        // is still in the request channel is dropped by `StopMark` when `run` returns.
         if let Some(bridge) = self.request_bridge.take() {
             bridge.await;
-        }
-        while let Ok(request) = self.requests.try_recv() {
-            drop(request);
         }
         for proposal in std::mem::take(&mut self.lingering.proposals) {
             let _ = proposal.reply.send(Err(error.clone()));
