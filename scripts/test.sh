@@ -28,6 +28,20 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing etcd failed; the etcd target test will be skipped" >&2
 fi
 
+# A one-off build gains nothing from incremental compilation, whose caches would add
+# gigabytes to the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# The build and the tests' data files need several GiB; say so up front when the disk
+# is short, since a full disk shows up later as storage errors in unrelated tests.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_kib=$(df -Pk "$target_dir" | awk 'NR == 2 { print $4 }')
+if [[ -n $free_kib ]] && ((free_kib < 6 * 1024 * 1024)); then
+    echo "test.sh: warning: only $((free_kib / 1024)) MiB free under $target_dir;" \
+        "the build and the tests need about 6 GiB" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # cargo prints one "test result" line per test binary; the total goes on the last line.

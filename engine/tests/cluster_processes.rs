@@ -34,6 +34,8 @@ const CLI_DEADLINE: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Maximum time a node may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Size of each log segment file, which a node preallocates in full.
+const SEGMENT_BYTES: u64 = 16 << 20;
 /// Log lines of each node printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -134,6 +136,8 @@ struct NodeProcess {
 /// A three-node cluster of `shardraft serve` processes. Dropping it kills every process
 /// it still runs, by pid, and waits for them.
 struct Cluster {
+    /// The test's directory, removed on drop unless the test failed.
+    dir: PathBuf,
     members: String,
     ports: Vec<Ports>,
     nodes: Vec<NodeProcess>,
@@ -174,6 +178,7 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            dir,
             members,
             ports,
             nodes,
@@ -207,6 +212,9 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--storage", "disk"])
+            // Small segments (the smallest that fits the default write size twice), so
+            // that a suite of three-node tests preallocates little disk space.
+            .args(["--segment-bytes", &SEGMENT_BYTES.to_string()])
             .args(["--shards", &SHARDS.to_string()])
             .args(["--groups", &GROUPS.to_string()])
             .args(["--members", &self.members])
@@ -367,6 +375,9 @@ impl Drop for Cluster {
                     last_lines(&node.log, LOG_TAIL_LINES)
                 );
             }
+        } else {
+            // Kept only when a test failed, for its logs and data files.
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

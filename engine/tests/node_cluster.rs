@@ -284,7 +284,8 @@ fn proposers_return_when_node_stops() {
     // as a crash and cleanly, several times.
     const PROPOSERS: usize = 4;
     for round in 0..6 {
-        let configs = cluster_configs(&test_dir("proposers_return_when_node_stops"), 1, 1, 1);
+        let dir = test_dir("proposers_return_when_node_stops");
+        let configs = cluster_configs(&dir, 1, 1, 1);
         let node = start_node(&configs[0]);
         let handle = node.handle();
         wait_for_leader(&[&handle], GroupId(0), Duration::from_secs(10));

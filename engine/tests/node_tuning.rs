@@ -88,7 +88,8 @@ impl Cluster {
 
 #[test]
 fn tuner_off_reports_nothing() {
-    let configs = cluster_configs(&test_dir("tuner_off_reports_nothing"), 3, 1, 1);
+    let dir = test_dir("tuner_off_reports_nothing");
+    let configs = cluster_configs(&dir, 3, 1, 1);
     let cluster = Cluster::start(&configs);
     let leader = cluster.leader();
 
@@ -111,7 +112,8 @@ fn tuner_off_reports_nothing() {
 
 #[test]
 fn tuner_runs_within_its_bounds() {
-    let mut configs = cluster_configs(&test_dir("tuner_runs_within_its_bounds"), 3, 1, 1);
+    let dir = test_dir("tuner_runs_within_its_bounds");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
     for config in &mut configs {
         config.tuning.enabled = true;
         config.tuning.interval_ms = 100;
@@ -171,7 +173,8 @@ fn tuner_runs_within_its_bounds() {
 
 #[test]
 fn detector_suspects_a_stopped_leader() {
-    let mut configs = cluster_configs(&test_dir("detector_suspects_a_stopped_leader"), 3, 1, 1);
+    let dir = test_dir("detector_suspects_a_stopped_leader");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
     for config in &mut configs {
         config.tuning.enabled = true;
         config.tuning.interval_ms = 100;
@@ -217,7 +220,8 @@ fn detector_suspects_a_stopped_leader() {
 
 #[test]
 fn tuned_timing_reaches_every_replica() {
-    let mut configs = cluster_configs(&test_dir("tuned_timing_reaches_every_replica"), 3, 1, 1);
+    let dir = test_dir("tuned_timing_reaches_every_replica");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
     for config in &mut configs {
         // Without fdatasyncs the election timeout floor comes from loopback round trips
         // alone, far below the configured timeout, so the tuner lowers the timing.
@@ -278,7 +282,8 @@ fn group_status(handle: &KvHandle) -> GroupStatus {
 #[test]
 fn linger_holds_a_lone_proposal() {
     let linger = Duration::from_millis(50);
-    let mut configs = cluster_configs(&test_dir("linger_holds_a_lone_proposal"), 3, 1, 1);
+    let dir = test_dir("linger_holds_a_lone_proposal");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
     for config in &mut configs {
         config.proposal_linger_us = linger.as_micros() as u64;
     }
@@ -301,7 +306,8 @@ fn linger_holds_a_lone_proposal() {
 
 #[test]
 fn linger_above_its_maximum_is_rejected() {
-    let mut configs = cluster_configs(&test_dir("linger_above_its_maximum"), 3, 1, 1);
+    let dir = test_dir("linger_above_its_maximum");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
     configs[0].proposal_linger_us = shardraft::config::PROPOSAL_LINGER_US_MAX + 1;
 
     let error = shardraft::node::Node::start(configs[0].clone(), |_| {

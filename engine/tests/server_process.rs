@@ -2,21 +2,20 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod support;
+use support::test_dir;
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shardraft")
 }
 
-fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the test directory");
-    dir
-}
+/// Size of each log segment file, which a node preallocates in full: the smallest that
+/// fits the default write size twice, so that these tests take little disk space.
+const SEGMENT_BYTES: &str = "16777216";
 
 /// Returns a loopback port that is free now and was not returned before in this test
 /// process. The kernel may hand out a port again once its listener is closed, and two
@@ -116,7 +115,14 @@ fn environment_overrides_file_and_flag_overrides_environment() {
 fn sigterm_stops_the_server_with_status_0() {
     let dir = test_dir("sigterm_stops_the_server");
     let mut child = Command::new(binary())
-        .args(["serve", "--storage", "disk", "--shards", "1", "--members"])
+        .args([
+            "serve",
+            "--storage",
+            "disk",
+            "--segment-bytes",
+            SEGMENT_BYTES,
+        ])
+        .args(["--shards", "1", "--members"])
         .arg(single_member())
         .arg("--data-dir")
         .arg(&dir)
@@ -171,6 +177,8 @@ fn spawn_single_node(dir: &std::path::Path, members: &str) -> std::process::Chil
             "serve",
             "--storage",
             "disk",
+            "--segment-bytes",
+            SEGMENT_BYTES,
             "--shards",
             "1",
             "--groups",
@@ -225,6 +233,8 @@ fn relative_data_dir_is_resolved_against_the_working_directory() {
             "serve",
             "--storage",
             "disk",
+            "--segment-bytes",
+            SEGMENT_BYTES,
             "--shards",
             "1",
             "--data-dir",

@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shardraft::config::{MemberConfig, NodeConfig};
@@ -30,21 +32,54 @@ pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
 }
 
 /// A fresh directory under the test target directory, which is disk-backed.
-pub fn test_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the test directory");
-    dir
+pub fn test_dir(name: &str) -> TestDir {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).expect("creating the test directory");
+    TestDir { path }
+}
+
+/// A test's directory. Dropping it removes the directory when the test passed, so that a
+/// full suite leaves no segment files behind; a failed test keeps its files for reading.
+/// Bind it to a variable that outlives the nodes using it: a temporary is removed at the
+/// end of its statement.
+#[must_use = "the directory is removed when this value is dropped"]
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<OsStr> for TestDir {
+    fn as_ref(&self) -> &OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// Configs of a cluster of `nodes` members with `shards` shards each, every node with its
 /// own data directory under `dir`.
-pub fn cluster_configs(
-    dir: &std::path::Path,
-    nodes: u64,
-    shards: usize,
-    groups: u32,
-) -> Vec<NodeConfig> {
+pub fn cluster_configs(dir: &Path, nodes: u64, shards: usize, groups: u32) -> Vec<NodeConfig> {
     let addresses = free_addresses(nodes as usize * shards);
     let members: Vec<MemberConfig> = (0..nodes)
         .map(|node| MemberConfig {
