@@ -20,6 +20,8 @@ struct Cluster {
     services: Vec<Option<ClientService>>,
     handles: Vec<KvHandle>,
     client_addresses: Vec<String>,
+    /// The nodes' data; the last field, so that it is removed after the nodes stopped.
+    _dir: TestDir,
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             services,
             handles,
             client_addresses,
+            _dir: dir,
         };
         for group in 0..groups {
             cluster.leader(GroupId(group));

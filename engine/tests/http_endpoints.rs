@@ -117,6 +117,8 @@ struct Cluster {
     configs: Vec<NodeConfig>,
     nodes: Vec<KvNode>,
     servers: Vec<HttpServer>,
+    /// The nodes' data; the last field, so that it is removed after the nodes stopped.
+    _dir: TestDir,
 }
 
 impl Cluster {
@@ -133,6 +135,7 @@ impl Cluster {
             configs,
             nodes,
             servers,
+            _dir: dir,
         }
     }
 

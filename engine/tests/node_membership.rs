@@ -28,7 +28,7 @@ fn put(key: &str, value: &str) -> Bytes {
 
 /// Configs whose election timeout (1 to 2 s) leaves room to observe a leader that has
 /// lost its followers before it steps down.
-fn slow_election_configs(name: &str, nodes: u64, groups: u32) -> Vec<NodeConfig> {
+fn slow_election_configs(name: &str, nodes: u64, groups: u32) -> (TestDir, Vec<NodeConfig>) {
     let dir = test_dir(name);
     let mut configs = cluster_configs(&dir, nodes, 1, groups);
     for config in &mut configs {
@@ -36,7 +36,7 @@ fn slow_election_configs(name: &str, nodes: u64, groups: u32) -> Vec<NodeConfig>
         config.raft.election_timeout_ticks_max = 200;
         config.raft.heartbeat_interval_ticks = 5;
     }
-    configs
+    (dir, configs)
 }
 
 fn single(results: Vec<shardraft::node::GroupChangeResult>) -> Result<u64, NodeError> {
@@ -186,7 +186,8 @@ fn joining_node_is_promoted_and_replicated() {
 
 #[test]
 fn refused_changes_and_transfers_have_typed_errors() {
-    let configs = slow_election_configs("refused_changes_and_transfers_have_typed_errors", 3, 1);
+    let (_dir, configs) =
+        slow_election_configs("refused_changes_and_transfers_have_typed_errors", 3, 1);
     let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
     let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
     let leader = wait_for_leader(

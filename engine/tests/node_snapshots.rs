@@ -31,8 +31,9 @@ fn put(key: &str, value: &str) -> Bytes {
     .expect("encoding a put")
 }
 
-/// Configs of three single-shard nodes whose group snapshots every `trigger_entries`.
-fn snapshot_configs(name: &str, trigger_entries: u64) -> Vec<NodeConfig> {
+/// Configs of three single-shard nodes whose group snapshots every `trigger_entries`, with
+/// the directory that holds their data.
+fn snapshot_configs(name: &str, trigger_entries: u64) -> (TestDir, Vec<NodeConfig>) {
     let dir = test_dir(name);
     let mut configs = cluster_configs(&dir, 3, 1, 1);
     for config in &mut configs {
@@ -41,7 +42,7 @@ fn snapshot_configs(name: &str, trigger_entries: u64) -> Vec<NodeConfig> {
         config.snapshot.log_tail_entries = 10;
         config.snapshot.transfer_progress_timeout_ms = 2_000;
     }
-    configs
+    (dir, configs)
 }
 
 fn metrics<S>(handle: &NodeHandle<S>) -> NodeMetrics
@@ -161,7 +162,7 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn restart_from_snapshot_and_log() {
-    let configs = snapshot_configs("restart_from_snapshot", 50);
+    let (_dir, configs) = snapshot_configs("restart_from_snapshot", 50);
     let nodes: Vec<KvNode> = configs.iter().map(start_node).collect();
     let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
     let mut written = Vec::new();
@@ -214,7 +215,7 @@ fn restart_from_snapshot_and_log() {
 
 #[test]
 fn stopped_follower_catches_up_by_snapshot() {
-    let configs = snapshot_configs("follower_catches_up_by_snapshot", 100);
+    let (_dir, configs) = snapshot_configs("follower_catches_up_by_snapshot", 100);
     let mut nodes: Vec<Option<KvNode>> = configs.iter().map(|c| Some(start_node(c))).collect();
     let all: Vec<KvHandle> = nodes.iter().flatten().map(|node| node.handle()).collect();
     let leader = leader_index(&all);
@@ -277,7 +278,7 @@ fn stopped_follower_catches_up_by_snapshot() {
 
 #[test]
 fn killed_receiver_resumes_transfer() {
-    let mut configs = snapshot_configs("interrupted_transfer_resumes", 100);
+    let (_dir, mut configs) = snapshot_configs("interrupted_transfer_resumes", 100);
     for config in &mut configs {
         // About 4 s for the snapshot below, a wide window to kill the receiver in.
         config.snapshot.transfer_bytes_per_second = 64 * 1024;
@@ -349,13 +350,13 @@ fn snapshot_file(config: &NodeConfig) -> std::path::PathBuf {
     files.pop().unwrap()
 }
 
-fn single_node(name: &str, trigger_entries: u64) -> NodeConfig {
+fn single_node(name: &str, trigger_entries: u64) -> (TestDir, NodeConfig) {
     let dir = test_dir(name);
     let mut config = cluster_configs(&dir, 1, 1, 1).remove(0);
     config.snapshot.trigger_entries = trigger_entries;
     config.snapshot.trigger_log_bytes = 0;
     config.snapshot.log_tail_entries = 10;
-    config
+    (dir, config)
 }
 
 fn write_keys(handle: &KvHandle, range: std::ops::Range<u32>) -> Vec<(String, String)> {
@@ -371,7 +372,7 @@ fn write_keys(handle: &KvHandle, range: std::ops::Range<u32>) -> Vec<(String, St
 
 #[test]
 fn corrupt_snapshot_stops_start() {
-    let config = single_node("corrupt_snapshot_is_named", 50);
+    let (_dir, config) = single_node("corrupt_snapshot_is_named", 50);
     let node = start_node(&config);
     write_keys(&node.handle(), 0..120);
     wait_until("a snapshot was taken", Duration::from_secs(10), || {
@@ -402,7 +403,7 @@ fn corrupt_snapshot_stops_start() {
 
 #[test]
 fn corrupt_newer_snapshot_is_skipped() {
-    let config = single_node("corrupt_newer_snapshot_is_skipped", 50);
+    let (_dir, config) = single_node("corrupt_newer_snapshot_is_skipped", 50);
     let node = start_node(&config);
     let mut written = write_keys(&node.handle(), 0..80);
     wait_until("a snapshot was taken", Duration::from_secs(10), || {
@@ -425,7 +426,7 @@ fn corrupt_newer_snapshot_is_skipped() {
 fn snapshot_without_log_record_restarts() {
     // A follower that stored a leader's snapshot and crashed before its log recorded the
     // install: the snapshot is newer than anything in the log.
-    let config = single_node("snapshot_without_log_record", 0);
+    let (_dir, config) = single_node("snapshot_without_log_record", 0);
     let node = start_node(&config);
     write_keys(&node.handle(), 0..20);
     let status = node.handle().status().unwrap();
@@ -513,7 +514,7 @@ fn propose_at(handle: &KvHandle, command: Bytes) -> shardraft::raft::LogIndex {
 
 #[test]
 fn memory_follower_catches_up_by_snapshot() {
-    let mut configs = snapshot_configs("memory_storage_snapshots", 50);
+    let (_dir, mut configs) = snapshot_configs("memory_storage_snapshots", 50);
     for config in &mut configs {
         config.log.storage = shardraft::log::StorageKind::Memory;
     }
@@ -636,7 +637,7 @@ fn send_until_closed(address: std::net::SocketAddr, bytes: &[u8]) {
 
 #[test]
 fn bad_transfer_bytes_are_rejected_and_counted() {
-    let configs = snapshot_configs("bad_transfer_bytes", 100);
+    let (_dir, configs) = snapshot_configs("bad_transfer_bytes", 100);
     let node = start_node(&configs[0]);
     let handle = node.handle();
     let address = configs[0].members[0].addresses[0];
@@ -700,7 +701,7 @@ where
 
 #[test]
 fn slow_transfer_finishes_under_writes() {
-    let mut configs = snapshot_configs("slow_transfer_finishes_under_writes", 50);
+    let (_dir, mut configs) = snapshot_configs("slow_transfer_finishes_under_writes", 50);
     for config in &mut configs {
         // About 4 s for the snapshot below, while new writes pass the trigger many times.
         config.snapshot.transfer_bytes_per_second = 64 * 1024;
@@ -823,7 +824,7 @@ fn start_rejecting(config: &NodeConfig, reject: &Arc<AtomicBool>) -> Node<Reject
 
 #[test]
 fn rejected_snapshot_keeps_follower_running() {
-    let configs = snapshot_configs("snapshot_rejected_by_state_machine", 100);
+    let (_dir, configs) = snapshot_configs("snapshot_rejected_by_state_machine", 100);
     let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let mut nodes: Vec<Option<Node<RejectingKv>>> = configs
         .iter()
