@@ -45,6 +45,11 @@ pub struct RaftConfig {
     pub max_inflight_bytes: u64,
     pub max_uncommitted_bytes: u64,
     pub max_pending_reads: usize,
+    /// Linearizable reads that start a ReadIndex round at once while an earlier round of
+    /// the group still awaits its quorum. Fewer reads wait and join the next round. The
+    /// default, 1, gives the lowest read latency; a larger value saves heartbeats under
+    /// heavy reads.
+    pub read_batch_max: usize,
     /// A learner added to be promoted once caught up becomes a voter when its log is at
     /// most this many entries behind the leader's; 0 waits until it holds every entry.
     pub promote_lag_entries_max: u64,
@@ -62,6 +67,7 @@ impl Default for RaftConfig {
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 65_536,
+            read_batch_max: 1,
             promote_lag_entries_max: 64,
         }
     }
@@ -400,6 +406,12 @@ impl NodeConfig {
                      are randomized",
                     raft.election_timeout_ticks_max, raft.election_timeout_ticks_min
                 ),
+            ));
+        }
+        if raft.read_batch_max == 0 {
+            return Err(invalid(
+                "raft.read_batch_max",
+                "0; allowed 1 and above (1 starts a ReadIndex round for every batch of reads)",
             ));
         }
         if raft.max_bytes_per_message > u64::from(self.transport.frame_bytes_max) / 2 {

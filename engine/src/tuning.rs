@@ -4,9 +4,9 @@
 //! The models and the safety rules live in the `shardraft-tuning` crate, which does no I/O.
 //! Each shard that runs with `tuning.enabled` owns one [`shardraft_tuning::Tuner`]
 //! (`shard/tuning.rs`). It feeds it samples every `tuning.interval_ms` and applies the
-//! batching decisions to the groups it hosts: entries and bytes per AppendEntries and
-//! AppendEntries in flight through `RaftNode::set_replication_limits`, and the proposal
-//! linger in its own loop. With tuning off, no tuner exists and every setting is the static
+//! batching decisions to the groups it hosts: entries and bytes per AppendEntries,
+//! AppendEntries in flight and reads per ReadIndex round through
+//! `RaftNode::set_replication_limits`, and the proposal linger in its own loop. With tuning off, no tuner exists and every setting is the static
 //! value of [`NodeConfig`].
 //!
 //! Each shard also runs an accrual failure detector over the heartbeats of every peer. A
@@ -42,9 +42,7 @@ pub fn static_knobs(config: &NodeConfig) -> Knobs {
         batch_bytes_max: raft.max_bytes_per_message,
         linger_micros: config.proposal_linger_us,
         inflight_appends_max: raft.max_inflight_messages as u64,
-        // Every linearizable read pending when a ReadIndex round starts joins that round, so
-        // the engine has no limit to report here, and the tuner's own upper bound is used.
-        read_batch_max: config.tuning.bounds.read_batch_max.max,
+        read_batch_max: raft.read_batch_max as u64,
         heartbeat_interval_micros: ticks(raft.heartbeat_interval_ticks),
         election_timeout_min_micros: ticks(raft.election_timeout_ticks_min),
         election_timeout_max_micros: ticks(raft.election_timeout_ticks_max),

@@ -1,9 +1,11 @@
 //! The adaptive tuner and the proposal linger in real nodes of this process: off, nothing
 //! changes and nothing is exported; on, the shards run tuning intervals, keep every knob
-//! inside its bounds and export their state; a linger holds proposals back.
+//! inside its bounds, batch reads under a read load and export their state; a linger holds
+//! proposals back.
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,10 +13,10 @@ use shardraft::config::NodeConfig;
 use shardraft::kv::Command;
 use shardraft::log::{GroupId, StorageKind};
 use shardraft::metrics::{NodeLabels, NodeMetrics, encode_text};
-use shardraft::node::{GroupStatus, NodeError};
+use shardraft::node::{GroupStatus, NodeError, ReadMode};
 use shardraft::raft::GroupTiming;
 use shardraft::tuning::TuningReport;
-use shardraft_tuning::Knob;
+use shardraft_tuning::{Knob, ObjectiveKind};
 use support::*;
 
 const GROUP: GroupId = GroupId(0);
@@ -321,4 +323,72 @@ fn linger_above_its_maximum_is_rejected() {
         "unexpected error: {message}"
     );
     assert!(message.contains("proposal_linger_us"), "{message}");
+}
+
+#[test]
+fn tuner_batches_reads_under_read_load() {
+    let dir = test_dir("throughput_tuner_batches_reads");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
+    for config in &mut configs {
+        config.tuning.enabled = true;
+        config.tuning.objective = ObjectiveKind::Throughput;
+        config.tuning.interval_ms = 100;
+        config.tuning.change_interval_min = 1;
+    }
+    let cluster = Cluster::start(&configs);
+    let leader = cluster.leader();
+    write_through(leader, 4, 64, "before-reads");
+
+    // Closed-loop readers keep about one read per reader in flight, so several arrive
+    // during each ReadIndex round, which is what the throughput objective batches.
+    const READERS: usize = 16;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let batched = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for reader in 0..READERS {
+            let batched = &batched;
+            scope.spawn(move || {
+                let key = format!("before-reads-{reader}").into_bytes();
+                while !batched.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let key = key.clone();
+                    let found = leader
+                        .read(GROUP, ReadMode::Linearizable, move |kv| {
+                            kv.get(&key).is_some()
+                        })
+                        .expect("a linearizable read at the leader");
+                    assert!(found, "reader {reader} misses a committed write");
+                }
+            });
+        }
+        while Instant::now() < deadline {
+            let report = tuning_reports(leader)[0]
+                .clone()
+                .expect("the leader's shard runs a tuner");
+            if report.knobs.read_batch_max > 1 {
+                batched.store(true, Ordering::Relaxed);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        batched.store(true, Ordering::Relaxed);
+    });
+    let report = tuning_reports(leader)[0]
+        .clone()
+        .expect("the leader's shard runs a tuner");
+    assert!(
+        report.knobs.read_batch_max > 1,
+        "read_batch_max stayed {} under {READERS} closed-loop readers",
+        report.knobs.read_batch_max
+    );
+    // Reads keep working at the batched setting.
+    for reader in 0..READERS {
+        let key = format!("before-reads-{reader}").into_bytes();
+        let found = leader
+            .read(GROUP, ReadMode::Linearizable, move |kv| {
+                kv.get(&key).is_some()
+            })
+            .expect("a linearizable read at the leader");
+        assert!(found, "key before-reads-{reader} after batching");
+    }
+    cluster.shutdown();
 }

@@ -739,6 +739,87 @@ fn queued_reads_confirmed_by_one_heartbeat_round() {
 }
 
 #[test]
+fn read_batch_max_holds_reads_for_round_in_flight() {
+    // With read_batch_max 3, reads that arrive while a round awaits its quorum start no
+    // round of their own until three of them wait. Each is confirmed all the same, at the
+    // commit index of its arrival, once a quorum acknowledges the round that carries it.
+    let mut cluster = cluster_led_by_node_1(|config| config.read_batch_max = 3);
+    let commit = cluster.node(1).commit_index();
+    let read = |cluster: &mut Cluster, context: u64| {
+        cluster
+            .node_mut(1)
+            .read_index(context)
+            .expect("leader accepts the read");
+        cluster.process_ready(1);
+        heartbeat_read_rounds(cluster.sent())
+            .iter()
+            .map(|(_, round)| *round)
+            .max()
+    };
+
+    assert_eq!(
+        read(&mut cluster, 1),
+        Some(1),
+        "the first read starts round 1"
+    );
+    assert_eq!(read(&mut cluster, 2), Some(1), "read 2 waits for round 1");
+    assert_eq!(read(&mut cluster, 3), Some(1), "read 3 waits for round 1");
+    assert_eq!(
+        read(&mut cluster, 4),
+        Some(2),
+        "three waiting reads start round 2"
+    );
+    assert_eq!(read(&mut cluster, 5), Some(2), "read 5 waits again");
+
+    cluster.stabilize();
+    let contexts: Vec<u64> = cluster.read_states(1).iter().map(|r| r.context).collect();
+    assert_eq!(
+        contexts,
+        [1, 2, 3, 4, 5],
+        "every read is confirmed, in order"
+    );
+    assert!(
+        cluster
+            .read_states(1)
+            .iter()
+            .all(|read| read.read_index == commit),
+        "read states: {:?}",
+        cluster.read_states(1)
+    );
+    let rounds = heartbeat_read_rounds(cluster.sent());
+    assert_eq!(
+        rounds.iter().map(|(_, round)| *round).max(),
+        Some(3),
+        "read 5 went out in round 3 once rounds 1 and 2 were answered: {rounds:?}"
+    );
+}
+
+#[test]
+fn read_batch_default_starts_round_per_read() {
+    // With the default read_batch_max of 1, a read that arrives while a round awaits its
+    // quorum starts the next round at once.
+    let mut cluster = cluster_led_by_node_1(|_| {});
+    for context in 1..=3 {
+        cluster
+            .node_mut(1)
+            .read_index(context)
+            .expect("leader accepts the read");
+        cluster.process_ready(1);
+    }
+    let rounds: Vec<u64> = heartbeat_read_rounds(cluster.sent())
+        .iter()
+        .map(|(_, round)| *round)
+        .collect();
+    assert_eq!(
+        rounds,
+        [1, 1, 2, 2, 3, 3],
+        "one round per read, to both followers"
+    );
+    cluster.stabilize();
+    assert_eq!(cluster.read_states(1).len(), 3, "every read is confirmed");
+}
+
+#[test]
 fn read_before_noop_commit_waits_for_it() {
     // A read that reaches a new leader before its term's no-op commits is served at an
     // index that includes the no-op. So the read includes entry 2, which the previous

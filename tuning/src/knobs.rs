@@ -22,7 +22,8 @@ pub struct Knobs {
     pub linger_micros: u64,
     /// AppendEntries messages in flight per peer (pipelining depth).
     pub inflight_appends_max: u64,
-    /// Linearizable reads batched per ReadIndex round.
+    /// Linearizable reads that start a ReadIndex round while an earlier round awaits its
+    /// quorum; fewer wait for it and join the next round.
     pub read_batch_max: u64,
     pub heartbeat_interval_micros: u64,
     pub election_timeout_min_micros: u64,
@@ -99,15 +100,15 @@ impl Knobs {
 }
 
 impl Default for Knobs {
-    /// Returns conservative static values: no linger, modest batches, 50 ms heartbeats and
-    /// a 500–1000 ms election timeout.
+    /// Returns conservative static values: no linger, modest batches, a ReadIndex round for
+    /// every batch of reads, 50 ms heartbeats and a 500–1000 ms election timeout.
     fn default() -> Self {
         Self {
             batch_entries_max: 64,
             batch_bytes_max: 1 << 20,
             linger_micros: 0,
             inflight_appends_max: 4,
-            read_batch_max: 64,
+            read_batch_max: 1,
             heartbeat_interval_micros: 50_000,
             election_timeout_min_micros: 500_000,
             election_timeout_max_micros: 1_000_000,

@@ -101,6 +101,12 @@ pub struct IntervalSamples {
     pub commit_rate_per_second: f64,
     /// Latency from proposal to commit.
     pub commit_latency: LatencySummary,
+    /// Linearizable reads that arrived at a leader of this shard. Absent in samples
+    /// recorded before reads were counted, which then read as none.
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub read_rate_per_second: f64,
 }
 
 impl IntervalSamples {
@@ -142,6 +148,7 @@ pub struct SampleCollector {
     busy_micros: u64,
     commits: u64,
     commit_latency: LatencyHistogram,
+    reads: u64,
 }
 
 fn rate_per_second(count: u64, interval_micros: u64) -> f64 {
@@ -184,6 +191,7 @@ impl SampleCollector {
             busy_micros: 0,
             commits: 0,
             commit_latency: LatencyHistogram::new(),
+            reads: 0,
         }
     }
 
@@ -287,6 +295,11 @@ impl SampleCollector {
         self.commit_latency.record_n(latency_micros, count);
     }
 
+    /// Records `count` linearizable reads arriving at a group this shard leads.
+    pub fn record_reads(&mut self, count: u64) {
+        self.reads = self.reads.saturating_add(count);
+    }
+
     /// Returns the summary of the interval that ends at `now_micros` and starts the next
     /// interval there.
     ///
@@ -352,6 +365,8 @@ impl SampleCollector {
             commits: self.commits,
             commit_rate_per_second: rate_per_second(self.commits, interval_micros),
             commit_latency: LatencySummary::from_histogram(&self.commit_latency),
+            reads: self.reads,
+            read_rate_per_second: rate_per_second(self.reads, interval_micros),
         }
     }
 }
@@ -371,12 +386,15 @@ mod tests {
         collector.record_queue_depth(2);
         collector.record_queue_depth(6);
         collector.record_busy(250_000);
+        collector.record_reads(300);
         for _ in 0..100 {
             collector.record_commit(800);
         }
         let samples = collector.finish_interval(2_000_000);
         assert_eq!(samples.interval_micros, 1_000_000);
         assert_eq!(samples.arrival_rate_per_second, 1000.0);
+        assert_eq!(samples.reads, 300);
+        assert_eq!(samples.read_rate_per_second, 300.0);
         assert_eq!(samples.entries_per_append, 20.0);
         assert_eq!(samples.bytes_per_append, 8_000.0);
         assert_eq!(samples.entries_per_fsync, 40.0);

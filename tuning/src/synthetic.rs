@@ -365,6 +365,9 @@ impl SyntheticSystem {
             commits,
             commit_rate_per_second: commits as f64 / seconds,
             commit_latency,
+            // The synthetic system serves writes only; the read policy has tests of its own.
+            reads: 0,
+            read_rate_per_second: 0.0,
         }
     }
 }

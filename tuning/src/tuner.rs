@@ -29,7 +29,10 @@
 //!    [`FLOOR_ENVELOPE_QUANTILE`] of the floors of the last `timing_change_interval_min`
 //!    intervals, and never below the latest floor, so one noisy interval does not hold the
 //!    timeout up for the whole window;
-//! 7. passes the proposal through [`KnobGuard::apply`], which also raises the election
+//! 7. proposes `read_batch_max` from the read rate, the quorum round trip and the
+//!    executor's busy fraction (see the `reads` module), from the first interval that
+//!    measured a round trip, since reads need no commits to be measured;
+//! 8. passes the proposal through [`KnobGuard::apply`], which also raises the election
 //!    timeout at once when the latest interval's floor requires it.
 //!
 //! Predictions for an arm never measured take the residual of the arm measured in this
@@ -50,7 +53,7 @@
 
 use crate::change_point::PageHinkley;
 use crate::config::{ConfigError, TuningConfig};
-use crate::knobs::Knobs;
+use crate::knobs::{Knob, Knobs};
 use crate::model::grid::{Arm, ArmGrid};
 use crate::model::{Context, Model, Prediction};
 use crate::rng::SplitMix64;
@@ -60,15 +63,18 @@ use std::collections::VecDeque;
 
 mod batching;
 mod decision;
+mod reads;
 mod reason;
 mod timing;
 mod trial;
 
 pub use batching::{EXPLORATION_SPACING_INTERVALS, TARGET_RADIUS};
 pub use decision::{Decision, Measurement, TimingDecision};
+pub use reads::{BUSY_FRACTION_HOLD, CHANGE_RATIO_MIN, READS_PER_ROUND_TRIP_MIN};
 pub use timing::FLOOR_ENVELOPE_QUANTILE;
 pub use trial::REJECTION_INTERVALS;
 
+use reads::Direction;
 use timing::floor_envelope;
 use trial::{ArmRecord, Rejections, Trial};
 
@@ -110,6 +116,7 @@ struct Active {
     warm_intervals: u64,
     pending_arm: Option<Pending<Arm>>,
     pending_timing: Option<Pending<u64>>,
+    pending_read_batch: Option<Pending<Direction>>,
     /// The measurements of the arm in force since it came into force.
     record: ArmRecord,
     /// The last move, while its measurements are still being compared.
@@ -169,6 +176,7 @@ impl Tuner {
                 warm_intervals: 0,
                 pending_arm: None,
                 pending_timing: None,
+                pending_read_batch: None,
                 record: ArmRecord::new(static_arm),
                 trial: None,
                 rejections: Rejections::default(),
@@ -267,6 +275,12 @@ impl Tuner {
     }
 }
 
+/// Returns whether a change of `knob` moves the batching arm, whose trial then starts;
+/// `read_batch_max` and the timing knobs are outside the arm grid.
+fn moves_arm(knob: Knob) -> bool {
+    !knob.is_timing() && knob != Knob::ReadBatchMax
+}
+
 /// Returns the median round trip of the follower that completes a quorum: with `peers`
 /// followers, the leader needs `(peers + 1) / 2` acknowledgements besides its own.
 fn quorum_rtt_micros(samples: &IntervalSamples, peers: u64) -> Option<f64> {
@@ -345,6 +359,12 @@ impl Active {
             );
         }
         self.propose_timing(config, interval, &mut proposal);
+        let read_basis = self.propose_read_batch(
+            config,
+            &measured,
+            quorum_rtt_micros(samples, peers),
+            &mut proposal,
+        );
 
         let before = *self.guard.current();
         let outcome = self.guard.apply(&proposal, floor, interval);
@@ -356,13 +376,16 @@ impl Active {
             .estimate(&self.grid, context, now_arm, current_arm, load)
             .mean;
         self.last_prediction = Some(prediction);
+        if outcome.changes.iter().any(|change| moves_arm(change.knob)) {
+            self.pending_arm = None;
+            self.after_move(config, basis.as_ref(), now_arm, &measured, interval);
+        }
         if outcome
             .changes
             .iter()
-            .any(|change| !change.knob.is_timing())
+            .any(|change| change.knob == Knob::ReadBatchMax)
         {
-            self.pending_arm = None;
-            self.after_move(config, basis.as_ref(), now_arm, &measured, interval);
+            self.read_batch_moved();
         }
         if outcome.changes.iter().any(|change| change.knob.is_timing()) {
             self.pending_timing = None;
@@ -372,6 +395,9 @@ impl Active {
             .changes
             .iter()
             .map(|change| {
+                if change.knob == Knob::ReadBatchMax {
+                    return reads::describe(change.from, change.to, read_basis.as_ref());
+                }
                 reason::describe(
                     change,
                     &measured,

@@ -225,6 +225,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "COUNT")]
     pub max_entries_per_message: Option<usize>,
 
+    /// Linearizable reads that start a ReadIndex round while another is in flight, in the
+    /// embedded nodes (the engine's `raft.read_batch_max`). Default: the engine's, 1.
+    #[arg(long, value_name = "COUNT")]
+    pub read_batch_max: Option<usize>,
+
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
     #[arg(long, value_name = "OPS")]
@@ -400,6 +405,7 @@ pub struct ClusterSpec {
     pub linger_us: Option<u64>,
     pub max_inflight_messages: Option<usize>,
     pub max_entries_per_message: Option<usize>,
+    pub read_batch_max: Option<usize>,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -523,6 +529,7 @@ impl RunArgs {
                     "--max-entries-per-message",
                     self.max_entries_per_message.is_some(),
                 ),
+                ("--read-batch-max", self.read_batch_max.is_some()),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -577,6 +584,7 @@ impl RunArgs {
             linger_us: self.linger_us,
             max_inflight_messages: self.max_inflight_messages,
             max_entries_per_message: self.max_entries_per_message,
+            read_batch_max: self.read_batch_max,
             dir,
         }))
     }

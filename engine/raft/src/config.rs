@@ -42,6 +42,12 @@ pub struct Config {
     pub max_uncommitted_bytes: u64,
     /// Maximum ReadIndex requests queued at the leader before it rejects new ones.
     pub max_pending_reads: usize,
+    /// Reads that start a ReadIndex round at once while an earlier round still awaits its
+    /// quorum. Fewer wait for that round's acknowledgements and then join the next round, so one
+    /// heartbeat per voter confirms more reads. 1 starts a round for every batch of reads,
+    /// for the lowest latency. A larger value adds up to one round trip of latency and
+    /// saves heartbeats under a heavy read load.
+    pub read_batch_max: usize,
     /// Maximum entries handed out for applying in one `Ready`.
     pub max_committed_entries_per_ready: usize,
     /// A learner added with `promote_when_caught_up` becomes a voter once its log is at
@@ -69,6 +75,7 @@ impl Config {
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 65_536,
+            read_batch_max: 1,
             max_committed_entries_per_ready: 4096,
             promote_lag_entries_max: 64,
             random_seed: id.0,
@@ -142,6 +149,7 @@ impl Config {
             ("max_inflight_bytes", self.max_inflight_bytes),
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_pending_reads", self.max_pending_reads as u64),
+            ("read_batch_max", self.read_batch_max as u64),
             (
                 "max_committed_entries_per_ready",
                 self.max_committed_entries_per_ready as u64,
@@ -161,7 +169,8 @@ impl Config {
 }
 
 /// The settings of [`Config`] that bound how a leader batches and pipelines entries to its
-/// followers. They change nothing about safety, so a leader may change them while it runs
+/// followers, and how it batches reads into ReadIndex rounds. They change nothing about
+/// safety, so a leader may change them while it runs
 /// ([`RaftNode::set_replication_limits`](crate::RaftNode::set_replication_limits)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicationLimits {
@@ -169,6 +178,7 @@ pub struct ReplicationLimits {
     pub max_bytes_per_message: u64,
     pub max_inflight_messages: usize,
     pub max_inflight_bytes: u64,
+    pub read_batch_max: usize,
 }
 
 impl ReplicationLimits {
@@ -185,6 +195,7 @@ impl ReplicationLimits {
             ("max_bytes_per_message", self.max_bytes_per_message),
             ("max_inflight_messages", self.max_inflight_messages as u64),
             ("max_inflight_bytes", self.max_inflight_bytes),
+            ("read_batch_max", self.read_batch_max as u64),
         ];
         for (name, value) in limits {
             if value == 0 {
@@ -207,6 +218,7 @@ impl Config {
             max_bytes_per_message: self.max_bytes_per_message,
             max_inflight_messages: self.max_inflight_messages,
             max_inflight_bytes: self.max_inflight_bytes,
+            read_batch_max: self.read_batch_max,
         }
     }
 }

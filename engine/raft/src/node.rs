@@ -569,6 +569,7 @@ impl RaftNode {
         self.config.max_bytes_per_message = limits.max_bytes_per_message;
         self.config.max_inflight_messages = limits.max_inflight_messages;
         self.config.max_inflight_bytes = limits.max_inflight_bytes;
+        self.config.read_batch_max = limits.read_batch_max;
         Ok(())
     }
 
@@ -1081,7 +1082,7 @@ impl RaftNode {
             || self.snapshot_to_install.is_some()
             || self.catch_up_ended_unreported
             || self.membership != self.last_membership
-            || self.reads.has_open()
+            || self.reads.round_due(self.config.read_batch_max)
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
             || !self.read_states.is_empty()

@@ -6,6 +6,11 @@
 //! round: an acknowledgement of round `r` from a quorum proves that the leader was still
 //! leader after every read of rounds up to `r` arrived, because each voter answered a
 //! heartbeat that was sent after them.
+//!
+//! While a round awaits its quorum, new reads may wait and join the next round instead of
+//! starting one of their own (`Config::read_batch_max`). That is safe for the same reason:
+//! the round they join is sent after they arrived, and each keeps the commit index of its
+//! arrival as its read index.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -45,8 +50,11 @@ impl ReadQueue {
         self.pending
     }
 
-    pub(crate) fn has_open(&self) -> bool {
-        !self.open.is_empty()
+    /// Returns whether the open reads should form a round now: no earlier round awaits
+    /// its quorum, or `read_batch_max` reads are open. Otherwise they wait for the earlier
+    /// round's acknowledgements, which periodic heartbeats request again, so the wait is bounded.
+    pub(crate) fn round_due(&self, read_batch_max: usize) -> bool {
+        !self.open.is_empty() && (self.sent.is_empty() || self.open.len() >= read_batch_max)
     }
 
     pub(crate) fn push_waiting_for_commit(&mut self, context: u64) {

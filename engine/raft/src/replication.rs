@@ -482,9 +482,10 @@ impl RaftNode {
     }
 
     /// Builds the messages every follower needs: entries within its window, else the
-    /// commit index when it moved, and a heartbeat for the open read round.
+    /// commit index when it moved, and a heartbeat for the open read round once it is due
+    /// (see `Config::read_batch_max`).
     pub(crate) fn flush_replication(&mut self) {
-        let read_round = if self.reads.has_open() {
+        let read_round = if self.reads.round_due(self.config.read_batch_max) {
             if self.membership.quorum() == 1 {
                 self.reads.confirm_open(&mut self.read_states);
                 None

@@ -619,6 +619,11 @@ where
             ShardRequest::Read { group, mode, read } => match self.replicas.get_mut(&group) {
                 Some(replica) if mode == ReadMode::Stale => read(Ok(&replica.state_machine)),
                 Some(replica) => {
+                    if let Some(tuning) = &mut self.tuning
+                        && replica.core.role() == Role::Leader
+                    {
+                        tuning.record_read();
+                    }
                     let span = replica.span.clone();
                     let _entered = span.enter();
                     replica.read_linearizable(read, deadline);
@@ -1119,6 +1124,7 @@ fn apply_raft_settings(core: &mut Config, config: &NodeConfig) {
     core.max_inflight_bytes = raft.max_inflight_bytes;
     core.max_uncommitted_bytes = raft.max_uncommitted_bytes;
     core.max_pending_reads = raft.max_pending_reads;
+    core.read_batch_max = raft.read_batch_max;
     core.promote_lag_entries_max = raft.promote_lag_entries_max;
 }
 

@@ -139,6 +139,11 @@ impl ShardTuning {
         self.collector.record_arrivals(1, micros);
     }
 
+    /// Records one linearizable read taken by a group this shard leads.
+    pub fn record_read(&mut self) {
+        self.collector.record_reads(1);
+    }
+
     /// Records one turn of the loop: how long it was busy and how many events it handled.
     pub fn record_turn(&mut self, busy: Duration, events: usize) {
         let busy_micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
@@ -344,6 +349,7 @@ impl ShardTuning {
             max_inflight_messages: usize::try_from(knobs.inflight_appends_max)
                 .unwrap_or(usize::MAX),
             max_inflight_bytes: self.inflight_bytes_max,
+            read_batch_max: usize::try_from(knobs.read_batch_max).unwrap_or(usize::MAX),
         }
     }
 

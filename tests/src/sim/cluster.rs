@@ -686,6 +686,7 @@ impl Simulation {
         config.check_quorum = self.params.check_quorum;
         config.max_entries_per_message = self.params.max_entries_per_message;
         config.max_inflight_messages = self.params.max_inflight_messages;
+        config.read_batch_max = self.params.read_batch_max;
         config.max_bytes_per_message = self.params.max_bytes_per_message;
         config.random_seed = RunParams::core_seed(self.seed, node, self.nodes[node].incarnation);
         config

@@ -52,6 +52,8 @@ pub struct RunParams {
     /// Whether each replica runs the engine's accrual failure detector over its leader's
     /// heartbeats and brings its election forward when the detector suspects the leader.
     pub failure_detector: bool,
+    /// The core's `read_batch_max`: 1 to 8 reads start a round while another is in flight.
+    pub read_batch_max: usize,
 }
 
 /// The phi at which a replica's failure detector suspects its leader, the engine's
@@ -97,6 +99,8 @@ impl RunParams {
             // Taken from the seed rather than the generator, so that adding it left every
             // other parameter and fault of a seed as it was.
             failure_detector: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1,
+            // Also from the seed, for the same reason.
+            read_batch_max: (seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 61) as usize + 1,
         }
     }
 

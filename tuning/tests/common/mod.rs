@@ -29,7 +29,7 @@ pub fn engine_knobs() -> Knobs {
         batch_bytes_max: 1 << 20,
         linger_micros: 0,
         inflight_appends_max: 64,
-        read_batch_max: 4_096,
+        read_batch_max: 1,
         heartbeat_interval_micros: 30_000,
         election_timeout_min_micros: 150_000,
         election_timeout_max_micros: 300_000,

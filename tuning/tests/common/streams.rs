@@ -65,10 +65,12 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
         extreme_u64(),
         extreme_f64(),
     );
-    (rates, latencies).prop_map(
+    let reads = (extreme_u64(), extreme_f64());
+    (rates, latencies, reads).prop_map(
         |(
             (interval, count, arrival_rate, dispersion, commit_rate, busy),
             (fsync, commit, peers, queue, queue_max, bytes),
+            (reads, read_rate),
         )| {
             IntervalSamples {
                 interval_micros: interval,
@@ -93,6 +95,8 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
                 commits: commit.count,
                 commit_rate_per_second: commit_rate,
                 commit_latency: commit,
+                reads,
+                read_rate_per_second: read_rate,
             }
         },
     )
@@ -131,5 +135,7 @@ pub fn saturated_samples() -> IntervalSamples {
         commits: u64::MAX,
         commit_rate_per_second: f64::MAX,
         commit_latency: huge,
+        reads: u64::MAX,
+        read_rate_per_second: f64::MAX,
     }
 }

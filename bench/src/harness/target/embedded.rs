@@ -475,6 +475,9 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
         if let Some(entries) = spec.max_entries_per_message {
             config.raft.max_entries_per_message = entries;
         }
+        if let Some(reads) = spec.read_batch_max {
+            config.raft.read_batch_max = reads;
+        }
         match data_dir {
             Some(dir) => {
                 let node_dir = dir.join(format!("node-{}", member.id));
