@@ -173,9 +173,14 @@ impl Knob {
 
     /// Returns the smallest step the step limit always allows, so that a knob at 0 (or at a
     /// value whose half rounds to itself) can still move by one grid step.
+    ///
+    /// `read_batch_max` may jump by up to [`READ_BATCH_STEP_UNIT`]: its policy tries two
+    /// values against each other, and a wrong value costs at most one round trip of read
+    /// latency, never safety.
     pub fn step_unit(self) -> u64 {
         match self {
-            Knob::BatchEntriesMax | Knob::InflightAppendsMax | Knob::ReadBatchMax => 1,
+            Knob::BatchEntriesMax | Knob::InflightAppendsMax => 1,
+            Knob::ReadBatchMax => READ_BATCH_STEP_UNIT,
             Knob::BatchBytesMax => 4_096,
             Knob::LingerMicros => LINGER_STEP_MICROS,
             Knob::HeartbeatIntervalMicros
@@ -184,6 +189,9 @@ impl Knob {
         }
     }
 }
+
+/// The step the step limit always allows `read_batch_max`.
+pub const READ_BATCH_STEP_UNIT: u64 = 4_096;
 
 /// The first linger step above 0 in the candidate grid, in microseconds.
 pub const LINGER_STEP_MICROS: u64 = 25;

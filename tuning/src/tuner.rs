@@ -29,9 +29,9 @@
 //!    [`FLOOR_ENVELOPE_QUANTILE`] of the floors of the last `timing_change_interval_min`
 //!    intervals, and never below the latest floor, so one noisy interval does not hold the
 //!    timeout up for the whole window;
-//! 7. proposes `read_batch_max` from the read rate, the quorum round trip and the
-//!    executor's busy fraction (see the `reads` module), from the first interval that
-//!    measured a round trip, since reads need no commits to be measured;
+//! 7. proposes `read_batch_max`: at once, or held for the reads of one quorum round trip,
+//!    tried against each other by their measured read rates (see the `reads` module). It
+//!    runs from the first interval that measured a round trip, since reads need no commits;
 //! 8. passes the proposal through [`KnobGuard::apply`], which also raises the election
 //!    timeout at once when the latest interval's floor requires it.
 //!
@@ -70,11 +70,14 @@ mod trial;
 
 pub use batching::{EXPLORATION_SPACING_INTERVALS, TARGET_RADIUS};
 pub use decision::{Decision, Measurement, TimingDecision};
-pub use reads::{BUSY_FRACTION_HOLD, CHANGE_RATIO_MIN, READS_PER_ROUND_TRIP_MIN};
+pub use reads::{
+    CHANGE_RATIO_MIN, READ_RECHECK_INTERVALS, READ_REJECTION_INTERVALS,
+    READ_TRIAL_SPACING_INTERVALS, READS_PER_ROUND_TRIP_MIN,
+};
 pub use timing::FLOOR_ENVELOPE_QUANTILE;
 pub use trial::REJECTION_INTERVALS;
 
-use reads::Direction;
+use reads::ReadPolicy;
 use timing::floor_envelope;
 use trial::{ArmRecord, Rejections, Trial};
 
@@ -116,7 +119,7 @@ struct Active {
     warm_intervals: u64,
     pending_arm: Option<Pending<Arm>>,
     pending_timing: Option<Pending<u64>>,
-    pending_read_batch: Option<Pending<Direction>>,
+    reads: ReadPolicy,
     /// The measurements of the arm in force since it came into force.
     record: ArmRecord,
     /// The last move, while its measurements are still being compared.
@@ -176,7 +179,7 @@ impl Tuner {
                 warm_intervals: 0,
                 pending_arm: None,
                 pending_timing: None,
-                pending_read_batch: None,
+                reads: ReadPolicy::default(),
                 record: ArmRecord::new(static_arm),
                 trial: None,
                 rejections: Rejections::default(),
@@ -359,12 +362,15 @@ impl Active {
             );
         }
         self.propose_timing(config, interval, &mut proposal);
-        let read_basis = self.propose_read_batch(
+        if let Some(read_batch_max) = self.reads.propose(
             config,
             &measured,
             quorum_rtt_micros(samples, peers),
-            &mut proposal,
-        );
+            self.guard.current().read_batch_max,
+            interval,
+        ) {
+            proposal.read_batch_max = read_batch_max;
+        }
 
         let before = *self.guard.current();
         let outcome = self.guard.apply(&proposal, floor, interval);
@@ -380,13 +386,12 @@ impl Active {
             self.pending_arm = None;
             self.after_move(config, basis.as_ref(), now_arm, &measured, interval);
         }
-        if outcome
+        let read_batch_applied = outcome
             .changes
             .iter()
-            .any(|change| change.knob == Knob::ReadBatchMax)
-        {
-            self.read_batch_moved();
-        }
+            .find(|change| change.knob == Knob::ReadBatchMax)
+            .map(|change| change.to);
+        let read_move = self.reads.after_apply(read_batch_applied, interval);
         if outcome.changes.iter().any(|change| change.knob.is_timing()) {
             self.pending_timing = None;
         }
@@ -396,7 +401,7 @@ impl Active {
             .iter()
             .map(|change| {
                 if change.knob == Knob::ReadBatchMax {
-                    return reads::describe(change.from, change.to, read_basis.as_ref());
+                    return reads::describe(change.from, change.to, read_move.as_ref());
                 }
                 reason::describe(
                     change,

@@ -23,8 +23,6 @@ pub struct Measurement {
     /// The p99.9 fdatasync latency, if any fdatasync completed.
     pub fsync_p999_micros: Option<u64>,
     pub read_rate_per_second: f64,
-    /// Executor busy time over the interval, between 0 and 1.
-    pub busy_fraction: f64,
 }
 
 fn clean_rate(value: f64) -> f64 {
@@ -49,7 +47,6 @@ impl Measurement {
             fsync_p999_micros: (samples.fsync_latency.count > 0)
                 .then_some(samples.fsync_latency.p999_micros),
             read_rate_per_second: clean_rate(samples.read_rate_per_second),
-            busy_fraction: clean_rate(samples.busy_fraction).min(1.0),
         }
     }
 
