@@ -23,7 +23,8 @@
 //!    trip, it moves to the held arm after [`READ_TRIAL_SPACING_INTERVALS`] intervals at
 //!    once. While held, it tries at once again every [`READ_RECHECK_INTERVALS`] intervals.
 //! 2. A trial skips the first interval after the move and then averages the read rate of
-//!    `hysteresis_intervals` intervals (at least 2) against the intervals before the move.
+//!    `hysteresis_intervals` intervals (at least 2) against the intervals before the move,
+//!    counted from the last change of the read rate by [`CHANGE_RATIO_MIN`] or more.
 //!    The trial arm stays if its read rate is higher by the `hysteresis_percent` margin. A
 //!    read rate within the margin is a tie: the latency objective then prefers at once, the
 //!    throughput objective held. Otherwise the policy moves back and does not try that arm
@@ -177,6 +178,14 @@ impl ReadPolicy {
             }
         }
 
+        // A read rate that moved by the change ratio is a new workload: the rates before it
+        // would make any arm look better or worse than it is.
+        let baseline = mean(&self.recent_rates);
+        if !self.recent_rates.is_empty()
+            && (rate >= baseline * CHANGE_RATIO_MIN || rate * CHANGE_RATIO_MIN <= baseline)
+        {
+            self.recent_rates.clear();
+        }
         self.recent_rates.push(rate);
         if self.recent_rates.len() > BASELINE_INTERVALS {
             self.recent_rates.remove(0);
@@ -461,6 +470,26 @@ mod tests {
         let (values, reasons) = run(&config, &mut policy, 1, 20..40, heavy);
 
         assert_eq!(values.last(), Some(&80), "{reasons:?}");
+    }
+
+    #[test]
+    fn baseline_restarts_with_a_new_workload() {
+        let config = config(ObjectiveKind::Latency);
+        let mut policy = ReadPolicy::default();
+        let light = |value: u64| if value > 1 { 28_000.0 } else { 32_000.0 };
+        let (values, _) = run(&config, &mut policy, 1, 0..20, light);
+        assert_eq!(values.last(), Some(&1));
+
+        // Five times the reads, and holding changes nothing: a tie, which the latency
+        // objective gives to 1. Compared with the light intervals, holding would look
+        // five times better.
+        let (values, reasons) = run(&config, &mut policy, 1, 20..40, |_| 160_000.0);
+
+        assert_eq!(values.last(), Some(&1), "{reasons:?}");
+        assert!(
+            reasons.iter().any(|reason| reason.contains("moving back")),
+            "{reasons:?}"
+        );
     }
 
     #[test]
