@@ -2,8 +2,9 @@
 //! profiling the log (`perf record -g`) and for looking at stalls.
 //!
 //! Arguments, each optional: entry bytes (16), appenders (256), entries per submission (64),
-//! seconds (5), entries between compactions of each group (4096, 0 for none) and the data
-//! directory. Besides the load's figures it prints the gaps between consecutive
+//! seconds (5), entries between compactions of each group (4096, 0 for none), the data
+//! directory and the segment size in bytes (the log's default). Besides the load's figures
+//! it prints the segment rotations and recycling, the gaps between consecutive
 //! fdatasync completions, sampled by a task that polls the log's counters every 200 us, and
 //! how late that task's own timer fired, which shows the executor being busy.
 //!
@@ -47,8 +48,15 @@ fn main() -> anyhow::Result<()> {
     let dir = parent.join(format!("example-{}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("creating {} failed", dir.display()))?;
 
+    let segment_bytes = match args.get(6) {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("argument 7 ({text:?}) is not a number"))?,
+        None => LogConfig::default().segment_bytes,
+    };
     let config = LogConfig {
         data_dir: dir.clone(),
+        segment_bytes,
         ..LogConfig::default()
     };
     let identity = LogIdentity {
@@ -81,6 +89,10 @@ fn main() -> anyhow::Result<()> {
             per_sync(stats.write_micros_total),
             per_sync(stats.sync_micros_total),
             stats.syncs
+        );
+        println!(
+            "segments: {} rotations, {} recycled, {} retired",
+            stats.rotations, stats.segments_recycled, stats.segments_deleted
         );
         let latency = LatencySummary::from_nanos(&outcome.latency_nanos);
         println!("{spec:?}");

@@ -1346,8 +1346,22 @@ fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
     deletable
 }
 
-/// Compacted segments kept for recycling; more are removed.
-const RECYCLABLE_SEGMENTS_MAX: usize = 2;
+/// Compacted segments kept for recycling, at least; more are kept while the log holds more
+/// live segments (see `recyclable_segments_max`).
+const RECYCLABLE_SEGMENTS_MIN: usize = 2;
+
+/// Compacted segments kept for recycling, at most, whatever the log's size.
+const RECYCLABLE_SEGMENTS_MAX: usize = 8;
+
+/// Returns how many compacted segments to keep for recycling when the log held
+/// `live_segments` before a retirement. Groups compact in rounds, so segments retire in
+/// bursts of up to the live count; a pool smaller than a burst removes segments that the
+/// next rotations then create again, zero-filling each. With 2 kept, 4 KiB entries from
+/// 256 appenders recycled 24 of 52 segments and the device wrote about half as much
+/// again in zero fill.
+fn recyclable_segments_max(live_segments: usize) -> usize {
+    live_segments.clamp(RECYCLABLE_SEGMENTS_MIN, RECYCLABLE_SEGMENTS_MAX)
+}
 
 /// Retires segments every group has compacted: keeps a few to recycle as the next
 /// segments and removes the rest. A kept segment stays a valid, if unneeded, part of the
@@ -1364,9 +1378,10 @@ async fn delete_segments(
         // Segments retire oldest first and files are removed oldest first, so the files
         // left form a contiguous run, which recovery requires.
         let mut state = shared.state.borrow_mut();
+        let keep = recyclable_segments_max(state.segments.len() + segments.len());
         for segment in segments {
             state.recyclable.push(segment);
-            if state.recyclable.len() > RECYCLABLE_SEGMENTS_MAX {
+            if state.recyclable.len() > keep {
                 let oldest = state.recyclable.remove(0);
                 state.to_remove.push_back(oldest);
             }

@@ -185,8 +185,13 @@ pub(crate) async fn recover(
             }
         };
         if scan.damage.is_some() {
-            scan.check_after_damage(&path, &file).await?;
-            continue;
+            if !scan.continues_after_stale_tail(seq, &path, &file).await? {
+                scan.check_after_damage(&path, &file).await?;
+                continue;
+            }
+            // The damage was the leftover of a recycled segment's earlier use after its
+            // last batch; this segment continues the log.
+            scan.damage = None;
         }
         scan.scan_segment(seq, path, file, format_version).await?;
     }
@@ -572,6 +577,34 @@ impl Scan {
         } else {
             Later::Nothing
         })
+    }
+
+    /// Returns whether segment `seq` starts with the batch that follows the last valid one,
+    /// right after the segment whose end was found damaged. The flusher rotates before it
+    /// writes a batch that does not fit, so the bytes after a segment's last batch are
+    /// whatever the file held before: zeros in a new segment, but data of its earlier use
+    /// in a recycled one, which may read as a damaged batch. The next batch at the start of
+    /// the next segment proves that no batch is missing in between.
+    async fn continues_after_stale_tail(
+        &self,
+        seq: u64,
+        path: &Path,
+        file: &Rc<DmaFile>,
+    ) -> Result<bool, StorageError> {
+        let (Some(damage), Some(last)) = (self.damage.as_ref(), self.last_batch_seq) else {
+            return Ok(false);
+        };
+        if damage.segment_seq + 1 != seq {
+            return Ok(false);
+        }
+        let mut reader = SegmentReader::new(file, path).await?;
+        if reader.file_bytes < BLOCK_BYTES + BATCH_HEADER_BYTES as u64 {
+            return Ok(false);
+        }
+        Ok(matches!(
+            read_batch(&mut reader, BLOCK_BYTES).await?,
+            BatchRead::Valid(batch) if batch.batch_seq == last + 1
+        ))
     }
 
     /// After damage in an earlier segment, a later segment may only be one prepared but
