@@ -1346,8 +1346,8 @@ fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
     deletable
 }
 
-/// Compacted segments kept for recycling, at least; more are kept while the log holds more
-/// live segments (see `recyclable_segments_max`).
+/// Compacted segments kept for recycling, at least; a log with more live segments keeps
+/// more (see `recyclable_segments_max`).
 const RECYCLABLE_SEGMENTS_MIN: usize = 2;
 
 /// Compacted segments kept for recycling, at most, whatever the log's size.
@@ -1355,7 +1355,7 @@ const RECYCLABLE_SEGMENTS_MAX: usize = 8;
 
 /// Returns how many compacted segments to keep for recycling when the log held
 /// `live_segments` before a retirement. Groups compact in rounds, so segments retire in
-/// bursts of up to the live count; a pool smaller than a burst removes segments that the
+/// bursts of up to the live count. A pool smaller than a burst removes segments that the
 /// next rotations then create again, zero-filling each. With 2 kept, 4 KiB entries from
 /// 256 appenders recycled 24 of 52 segments and the device wrote about half as much
 /// again in zero fill.

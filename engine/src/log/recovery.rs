@@ -581,10 +581,10 @@ impl Scan {
 
     /// Returns whether segment `seq` starts with the batch that follows the last valid one,
     /// right after the segment whose end was found damaged. The flusher rotates before it
-    /// writes a batch that does not fit, so the bytes after a segment's last batch are
-    /// whatever the file held before: zeros in a new segment, but data of its earlier use
-    /// in a recycled one, which may read as a damaged batch. The next batch at the start of
-    /// the next segment proves that no batch is missing in between.
+    /// writes a batch that does not fit. The bytes after a segment's last batch are
+    /// therefore whatever the file held before: zeros in a new segment, data of its earlier
+    /// use in a recycled one, which may read as a damaged batch. The next batch at the
+    /// start of the next segment proves that no batch is missing in between.
     async fn continues_after_stale_tail(
         &self,
         seq: u64,
