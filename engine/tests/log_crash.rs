@@ -644,6 +644,47 @@ fn torn_tail_before_recycled_segment_is_truncated() {
     });
 }
 
+/// A recycled segment keeps data of its earlier use after its last batch, which may read
+/// as a damaged batch. When the next segment starts with the next batch, that data is the
+/// segment's unused end and every entry is recovered.
+#[test]
+fn stale_tail_of_recycled_segment_is_its_end() {
+    run(async {
+        let dir = TestDir::new("stale-recycled-tail");
+        let config = small_config(&dir.path);
+        let log = DiskLog::open(&config, IDENTITY).await.expect("opening");
+        // Entries of three blocks each leave two free blocks at the end of every segment.
+        for index in 1..=30u64 {
+            let mut batch = WriteBatch::new();
+            batch.append(A, vec![entry(index, 1, payload(A, index, 1, 9_000))]);
+            submit_durably(&log, batch).await;
+        }
+        let segments = log.segment_paths();
+        log.close().await.expect("closing");
+        assert!(segments.len() >= 3, "only {} segments", segments.len());
+        let middle = &segments[1];
+        let mut bytes = std::fs::read(middle).expect("reading a segment");
+        let last = *batches_in(&bytes)
+            .last()
+            .expect("batches in the middle segment");
+        let end = last.padded_end as usize;
+        assert!(
+            end < bytes.len(),
+            "the segment has room after its last batch"
+        );
+        // Payload bytes of an earlier use: neither zeros nor a batch header.
+        bytes[end..].fill(0x2e);
+        std::fs::write(middle, &bytes).expect("writing the stale tail");
+
+        let log = DiskLog::open(&config, IDENTITY)
+            .await
+            .unwrap_or_else(|error| panic!("the stale tail was taken for damage: {error}"));
+        let state = log.group_state(A).expect("group A");
+        assert_eq!(state.last_index.0, 30, "every entry is recovered");
+        log.close().await.expect("closing");
+    });
+}
+
 #[test]
 fn damage_before_a_later_segment_is_corrupt() {
     run(async {
