@@ -32,6 +32,7 @@ use crate::shard::{self, ShardParams};
 use crate::snapshot::SnapshotActivity;
 use crate::state_machine::StateMachine;
 use crate::transport::TransportStats;
+use crate::wake_guard::{ShardPulse, Watchdog};
 
 /// A proposal's result: where it was applied and what the state machine returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,6 +329,91 @@ impl<S: StateMachine> std::fmt::Debug for NodeHandle<S> {
 /// being serialized) hold back every socket read and log write completion for that long; at
 /// 1 ms the shard still finishes such steps, and its writes wait at most about as long.
 const SHARD_PREEMPT_TIMER: Duration = Duration::from_millis(1);
+
+/// Time a new shard executor has to run its first task before another one replaces it.
+const SHARD_EXECUTOR_START_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Executors started for one shard before its start counts as failed.
+const SHARD_EXECUTOR_ATTEMPTS: usize = 4;
+
+/// Starts the executor thread of a shard and returns its join handle once it runs.
+///
+/// glommio 0.9 can park a new executor before it ran its first task, and then nothing ever
+/// wakes it. Its run loop installs a preemption timer, which may fire before the first task
+/// queue runs when the thread is descheduled for longer than the 1 ms timer, as on a loaded
+/// machine. The loop then finds nothing run and sleeps without any timer. The wake
+/// guard cannot help, since it is itself a task. So each executor reports its first poll,
+/// and when none comes within [`SHARD_EXECUTOR_START_TIMEOUT`] another executor takes
+/// over the shard. Whichever polls first takes the parameters, and its handle is returned;
+/// a later one returns at once. An executor that never ran is left parked (its thread
+/// ends with the process) and is not joined at shutdown.
+fn start_shard_executor<S>(
+    name: &str,
+    placement: Placement,
+    params: ShardParams<S>,
+) -> Result<Option<glommio::ExecutorJoinHandle<()>>, NodeError>
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    let shard = params.shard;
+    let slot = Arc::new(std::sync::Mutex::new(Some(params)));
+    // Each executor sends its attempt number once it polled, and whether it took the
+    // parameters.
+    let (polled_sender, polled) = flume::unbounded::<(usize, bool)>();
+    let mut attempts = Vec::new();
+    while attempts.len() < SHARD_EXECUTOR_ATTEMPTS {
+        let attempt = attempts.len();
+        let attempt_slot = Arc::clone(&slot);
+        let attempt_sender = polled_sender.clone();
+        let executor = LocalExecutorBuilder::new(placement.clone())
+            .name(name)
+            .preempt_timer(SHARD_PREEMPT_TIMER)
+            .spawn(move || async move {
+                let params = attempt_slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                let _ = attempt_sender.send((attempt, params.is_some()));
+                drop(attempt_sender);
+                if let Some(params) = params {
+                    shard::run(params).await;
+                }
+            })
+            .map_err(|error| NodeError::Startup {
+                shard,
+                detail: error.to_string(),
+            })?;
+        attempts.push(Some(executor));
+        let deadline = Instant::now() + SHARD_EXECUTOR_START_TIMEOUT;
+        loop {
+            match polled.recv_deadline(deadline) {
+                Ok((winner, true)) => {
+                    // Executors that never ran stay parked; dropping their handles
+                    // detaches their threads.
+                    return Ok(attempts[winner].take());
+                }
+                // A late executor found the shard taken and returned.
+                Ok((_, false)) => {}
+                Err(_) => break,
+            }
+        }
+        tracing::warn!(
+            shard,
+            attempt = attempt + 1,
+            timeout_ms = SHARD_EXECUTOR_START_TIMEOUT.as_millis() as u64,
+            "a shard executor did not run its first task in time; starting another"
+        );
+    }
+    Err(NodeError::Startup {
+        shard,
+        detail: format!(
+            "{SHARD_EXECUTOR_ATTEMPTS} executor threads in a row did not run their first task \
+             within {} ms each; the machine may be overloaded",
+            SHARD_EXECUTOR_START_TIMEOUT.as_millis()
+        ),
+    })
+}
 
 /// The group a key belongs to: CRC-32 of the key modulo the number of groups. Stable
 /// across versions, because every node and client must agree on it.
@@ -746,7 +832,10 @@ where
 /// the same way, but without reporting errors.
 pub struct Node<S: StateMachine> {
     handle: NodeHandle<S>,
+    /// The executor of each shard that has run (see [`start_shard_executor`]).
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Nudges shard executors that stopped ticking; stopped after the executors joined.
+    _watchdog: Watchdog,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Node<S> {
@@ -802,7 +891,13 @@ where
         let (ready_sender, ready_receiver) = flume::unbounded();
         let mut senders = Vec::with_capacity(shard_count);
         let mut executors = Vec::with_capacity(shard_count);
-        for shard in 0..shard_count {
+        let pulses: Vec<Arc<ShardPulse>> = (0..shard_count).map(|_| Arc::default()).collect();
+        // Started before the shards, whose logs open while it watches.
+        let watchdog = Watchdog::start(pulses.clone()).map_err(|error| NodeError::Startup {
+            shard: 0,
+            detail: format!("starting the shard watchdog thread failed: {error}"),
+        })?;
+        for (shard, pulse) in pulses.iter().enumerate() {
             let (sender, receiver) = flume::bounded(config.request_queue_max);
             let stopped = Arc::new(AtomicBool::new(false));
             senders.push(ShardLink {
@@ -824,17 +919,10 @@ where
                 ready: ready_sender.clone(),
                 addresses: Arc::clone(&addresses),
                 snapshot_activity: Arc::clone(&snapshot_activity),
+                pulse: Arc::clone(pulse),
             };
             let name = format!("shard-{}-{shard}", config.node_id);
-            let executor = LocalExecutorBuilder::new(placement)
-                .name(&name)
-                .preempt_timer(SHARD_PREEMPT_TIMER)
-                .spawn(move || shard::run(params))
-                .map_err(|error| NodeError::Startup {
-                    shard: shard as u32,
-                    detail: error.to_string(),
-                })?;
-            executors.push(executor);
+            executors.extend(start_shard_executor(&name, placement, params)?);
         }
         drop(ready_sender);
 
@@ -848,7 +936,11 @@ where
                 snapshot_activity,
             }),
         };
-        let node = Node { handle, executors };
+        let node = Node {
+            handle,
+            executors,
+            _watchdog: watchdog,
+        };
         for _ in 0..shard_count {
             let started = ready_receiver.recv().unwrap_or(Err(NodeError::Stopped));
             if let Err(error) = started {

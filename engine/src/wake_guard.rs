@@ -1,25 +1,45 @@
-//! A periodic timer that bounds how long a glommio executor can sleep through a
-//! completion it missed.
+//! A periodic timer that bounds how long a glommio executor can sleep while it has work.
 //!
-//! glommio 0.9 parks an idle executor in `io_uring_enter` on its main ring, with the
-//! latency ring linked to it by a poll request. On Linux 6.18 (the development machine)
-//! that park occasionally misses a completion: the operation has finished, its completion
-//! waits in a ring, and the executor stays asleep until some other event wakes it. About
-//! one node start in 150 hung this way, parked forever in the log's first open or write,
-//! with six nodes starting at once on two cores. A pending timer makes every park a
-//! timed one, and each wake-up drains all rings, so a missed completion is found within
-//! one [`WAKE_GUARD_INTERVAL`] instead of never.
+//! glommio 0.9 can park an executor that has runnable tasks. Its run loop installs a
+//! preemption timer, then runs task queues until that timer fires. The timer may have fired
+//! before the first queue runs: the thread was descheduled for longer than the timer, as
+//! happens on a loaded machine with the shards' 1 ms timer. The loop then runs nothing,
+//! finds no completion that woke a task, and parks without a timeout unless some timer is
+//! pending (`LocalExecutor::run` and `run_task_queues` in glommio 0.9.0's
+//! `src/executor/mod.rs`). The tasks then wait for an unrelated event, forever if none
+//! comes. About one node start in 150 hung this way with six nodes starting at once on two
+//! cores, parked in the log's first open or write.
 //!
-//! NOTE: which ring the missed completion sits in, and whether the kernel or glommio
-//! loses the wake-up, is not established. The guard bounds the stall but does not remove
-//! the cause, so an idle executor may still respond up to one interval late.
+//! A pending timer makes every park a timed one, so such a stall ends within one
+//! [`WAKE_GUARD_INTERVAL`]. A guard spawned as a task of its own arms its timer only once
+//! that task first runs, which is exactly what a stall can prevent; [`guarded`] arms it in
+//! the first poll of the future it wraps instead. An executor parked before it polled
+//! anything at all cannot be helped from inside; the node replaces such a shard executor
+//! (`start_shard_executor` in `node.rs`).
 //!
-//! Every long-lived executor the engine builds runs a guard: the shards (whose ticker
-//! starts only once the log is open), the client service and the client. It costs one
-//! timer wake-up per interval on an idle executor. On a busy one the timer fires inside
-//! loop turns that run anyway.
+//! A rarer hang needs help from outside. With six to eight nodes starting at once on two
+//! cores, about one start in 600 left a shard executor parked in `io_uring_enter` during
+//! the log's first open although the guard's timer was pending. glommio arms user timers
+//! in its latency ring and sleeps on its main ring, which a poll request on the latency
+//! ring should wake. That wake-up is lost. Stopping and continuing the process ended the hang,
+//! since the interrupted `io_uring_enter` is restarted and then finds the completion. So
+//! each shard's guard also counts its ticks in a [`ShardPulse`], and a [`Watchdog`] thread
+//! per node sends the executor thread [`NUDGE_SIGNAL`] when the count stalls for
+//! [`STALL_MILLIS`]. A signal to a thread that is busy rather than stuck does nothing.
+//!
+//! NOTE: why the wake-up is lost (glommio's ring linking or the kernel) is not
+//! established; the watchdog bounds the hang to about [`STALL_MILLIS`].
+//!
+//! Every long-lived executor the engine builds runs a guard: the shards, the client service
+//! and the client. It costs one timer wake-up per interval on an idle executor. On a busy
+//! one the timer fires inside loop turns that run anyway.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
+
+use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
+use nix::sys::signal::Signal;
 
 /// How often the guard wakes its executor: the longest a missed completion waits.
 pub const WAKE_GUARD_INTERVAL: Duration = Duration::from_millis(10);
@@ -36,4 +56,183 @@ pub fn spawn_wake_guard() -> glommio::Task<()> {
             glommio::timer::sleep(WAKE_GUARD_INTERVAL).await;
         }
     })
+}
+
+/// Runs `future` with the guard's timer armed from its first poll on, in the same task, so
+/// that no park of the executor while `future` is pending lasts longer than
+/// [`WAKE_GUARD_INTERVAL`]. The future is also polled at each tick, which a future must
+/// tolerate anyway. `pulse` learns the executor's thread and counts the ticks, for a
+/// [`Watchdog`].
+///
+/// # Panics
+/// Outside a glommio executor, as glommio's timers do.
+pub async fn guarded<F: std::future::Future>(future: F, pulse: Arc<ShardPulse>) -> F::Output {
+    pulse.thread.store(pthread_self(), Ordering::Release);
+    let guard = async move {
+        loop {
+            pulse.ticks.fetch_add(1, Ordering::Relaxed);
+            glommio::timer::sleep(WAKE_GUARD_INTERVAL).await;
+        }
+    };
+    futures_lite::future::or(future, guard).await
+}
+
+/// The signal a [`Watchdog`] sends to a stalled executor thread. SIGURG is otherwise
+/// ignored by default and unused here (no out-of-band TCP data).
+pub const NUDGE_SIGNAL: Signal = Signal::SIGURG;
+
+/// Milliseconds without a guard tick after which the watchdog nudges an executor: 30
+/// ticks missed, far beyond any loop turn of a shard that is working.
+pub const STALL_MILLIS: u64 = 300;
+
+/// How often the watchdog looks at the pulses.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
+
+/// One shard executor's guard ticks and thread, shared with its node's [`Watchdog`].
+#[derive(Debug, Default)]
+pub struct ShardPulse {
+    /// The executor's thread; 0 until the guard first ran.
+    thread: AtomicU64,
+    ticks: AtomicU64,
+    /// Signals the watchdog sent to the thread.
+    nudges: AtomicU64,
+}
+
+impl ShardPulse {
+    /// Returns how many times the watchdog interrupted this executor's sleep.
+    pub fn nudges(&self) -> u64 {
+        self.nudges.load(Ordering::Relaxed)
+    }
+}
+
+/// A thread that nudges shard executors whose guard stopped ticking. Dropping it stops
+/// and joins the thread.
+#[derive(Debug)]
+pub struct Watchdog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching `pulses`, one per shard.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(pulses: Vec<Arc<ShardPulse>>) -> std::io::Result<Watchdog> {
+        install_nudge_handler();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("shard-watchdog".to_string())
+            .spawn(move || watch(&pulses, &thread_stop))?;
+        Ok(Watchdog {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
+    let periods_to_stall = STALL_MILLIS.div_ceil(WATCHDOG_PERIOD.as_millis() as u64);
+    // Per shard: the tick count last seen and the periods it has not changed.
+    let mut seen: Vec<(u64, u64)> = vec![(0, 0); pulses.len()];
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(WATCHDOG_PERIOD);
+        for (shard, (pulse, (last, still))) in pulses.iter().zip(&mut seen).enumerate() {
+            let thread: Pthread = pulse.thread.load(Ordering::Acquire);
+            let ticks = pulse.ticks.load(Ordering::Relaxed);
+            if thread == 0 || ticks != *last {
+                *last = ticks;
+                *still = 0;
+                continue;
+            }
+            *still += 1;
+            if *still >= periods_to_stall {
+                *still = 0;
+                tracing::warn!(
+                    shard,
+                    stalled_ms = STALL_MILLIS,
+                    "a shard executor stopped ticking; interrupting its sleep"
+                );
+                // A thread that has ended makes this fail with ESRCH, which is fine.
+                if pthread_kill(thread, NUDGE_SIGNAL).is_ok() {
+                    pulse.nudges.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Installs a handler for [`NUDGE_SIGNAL`] once per process: without one the signal is
+/// ignored and interrupts nothing. The handler only sets a flag, which is never read.
+fn install_nudge_handler() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Err(error) = signal_hook::flag::register(NUDGE_SIGNAL as i32, flag) {
+            tracing::warn!(%error, "cannot handle SIGURG; stuck shard executors stay stuck");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Returns a pulse whose thread is the calling thread, as the guard records it.
+    fn pulse_of_this_thread() -> Arc<ShardPulse> {
+        let pulse = Arc::new(ShardPulse::default());
+        pulse.thread.store(pthread_self(), Ordering::Release);
+        pulse
+    }
+
+    #[test]
+    fn watchdog_nudges_a_stalled_thread_and_spares_a_ticking_one() {
+        let (stalled_sender, stalled) = std::sync::mpsc::channel();
+        let (ticking_sender, ticking) = std::sync::mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let stalled_thread = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                stalled_sender.send(pulse_of_this_thread()).unwrap();
+                while !done.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let ticking_thread = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let pulse = pulse_of_this_thread();
+                ticking_sender.send(Arc::clone(&pulse)).unwrap();
+                while !done.load(Ordering::Acquire) {
+                    pulse.ticks.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let stalled = stalled.recv().unwrap();
+        let ticking = ticking.recv().unwrap();
+
+        let watchdog = Watchdog::start(vec![Arc::clone(&stalled), Arc::clone(&ticking)])
+            .expect("starting the watchdog");
+        std::thread::sleep(Duration::from_millis(3 * STALL_MILLIS));
+        drop(watchdog);
+        done.store(true, Ordering::Release);
+        stalled_thread.join().unwrap();
+        ticking_thread.join().unwrap();
+
+        assert!(stalled.nudges() >= 1, "the stalled thread was not nudged");
+        assert_eq!(ticking.nudges(), 0, "the ticking thread was nudged");
+    }
 }

@@ -101,6 +101,8 @@ pub(crate) struct ShardParams<S: StateMachine> {
     pub addresses: Arc<AddressBook>,
     /// Counts of snapshots begun and ended, shared by the node's shards.
     pub snapshot_activity: Arc<SnapshotActivity>,
+    /// The executor's guard ticks, which the node's watchdog follows.
+    pub pulse: Arc<crate::wake_guard::ShardPulse>,
 }
 
 /// Capacity of the loop's event queue; producers wait while it is full.
@@ -119,26 +121,30 @@ where
     S::Output: Send + 'static,
 {
     let span = tracing::info_span!("shard", node = params.config.node_id, shard = params.shard);
-    async move {
-        let ready = params.ready.clone();
-        let _stop_mark = StopMark {
-            stopped: Arc::clone(&params.stopped),
-            requests: params.requests.clone(),
-        };
-        // The ticker starts only once the log is open, so the guard also covers the start.
-        crate::wake_guard::spawn_wake_guard().detach();
-        match Shard::start(params).await {
-            Ok(shard) => {
-                let _ = ready.send(Ok(()));
-                shard.run().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "shard failed to start");
-                let _ = ready.send(Err(error));
+    // The guard's timer is armed in the first poll, before the log opens and before the
+    // shard's ticker exists.
+    let pulse = Arc::clone(&params.pulse);
+    crate::wake_guard::guarded(
+        async move {
+            let ready = params.ready.clone();
+            let _stop_mark = StopMark {
+                stopped: Arc::clone(&params.stopped),
+                requests: params.requests.clone(),
+            };
+            match Shard::start(params).await {
+                Ok(shard) => {
+                    let _ = ready.send(Ok(()));
+                    shard.run().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "shard failed to start");
+                    let _ = ready.send(Err(error));
+                }
             }
         }
-    }
-    .instrument(span)
+        .instrument(span),
+        pulse,
+    )
     .await
 }
 
