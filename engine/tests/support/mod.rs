@@ -40,7 +40,7 @@ pub fn test_dir(name: &str) -> TestDir {
 }
 
 /// A test's directory. Dropping it removes the directory when the test passed, so that a
-/// full suite leaves no segment files behind; a failed test keeps its files for reading.
+/// full suite leaves no segment files behind. A failed test keeps its files for reading.
 /// Bind it to a variable that outlives the nodes using it: a temporary is removed at the
 /// end of its statement.
 #[must_use = "the directory is removed when this value is dropped"]
