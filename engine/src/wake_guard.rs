@@ -35,7 +35,7 @@
 //! one the timer fires inside loop turns that run anyway.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
@@ -67,7 +67,10 @@ pub fn spawn_wake_guard() -> glommio::Task<()> {
 /// # Panics
 /// Outside a glommio executor, as glommio's timers do.
 pub async fn guarded<F: std::future::Future>(future: F, pulse: Arc<ShardPulse>) -> F::Output {
-    pulse.thread.store(pthread_self(), Ordering::Release);
+    *lock(&pulse.thread) = pthread_self();
+    // Forgets the thread when the future ends or unwinds, before the thread can exit: a
+    // signal to a thread that has been joined is undefined behaviour.
+    let _forget = ForgetThread(Arc::clone(&pulse));
     let guard = async move {
         loop {
             pulse.ticks.fetch_add(1, Ordering::Relaxed);
@@ -75,6 +78,22 @@ pub async fn guarded<F: std::future::Future>(future: F, pulse: Arc<ShardPulse>) 
         }
     };
     futures_lite::future::or(future, guard).await
+}
+
+/// Clears a pulse's thread when dropped.
+struct ForgetThread(Arc<ShardPulse>);
+
+impl Drop for ForgetThread {
+    fn drop(&mut self) {
+        *lock(&self.0.thread) = 0;
+    }
+}
+
+/// Locks a pulse's thread; a poisoned lock still holds a valid id.
+fn lock(thread: &Mutex<Pthread>) -> std::sync::MutexGuard<'_, Pthread> {
+    thread
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The signal a [`Watchdog`] sends to a stalled executor thread. SIGURG is otherwise
@@ -91,8 +110,10 @@ const WATCHDOG_PERIOD: Duration = Duration::from_millis(100);
 /// One shard executor's guard ticks and thread, shared with its node's [`Watchdog`].
 #[derive(Debug, Default)]
 pub struct ShardPulse {
-    /// The executor's thread; 0 until the guard first ran.
-    thread: AtomicU64,
+    /// The executor's thread; 0 until the guard first ran and again once it ended. The
+    /// watchdog signals the thread while it holds this lock, so that it never signals a
+    /// thread that has ended.
+    thread: Mutex<Pthread>,
     ticks: AtomicU64,
     /// Signals the watchdog sent to the thread.
     nudges: AtomicU64,
@@ -149,9 +170,9 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(WATCHDOG_PERIOD);
         for (shard, (pulse, (last, still))) in pulses.iter().zip(&mut seen).enumerate() {
-            let thread: Pthread = pulse.thread.load(Ordering::Acquire);
+            let thread = lock(&pulse.thread);
             let ticks = pulse.ticks.load(Ordering::Relaxed);
-            if thread == 0 || ticks != *last {
+            if *thread == 0 || ticks != *last {
                 *last = ticks;
                 *still = 0;
                 continue;
@@ -164,8 +185,7 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
                     stalled_ms = STALL_MILLIS,
                     "a shard executor stopped ticking; interrupting its sleep"
                 );
-                // A thread that has ended makes this fail with ESRCH, which is fine.
-                if pthread_kill(thread, NUDGE_SIGNAL).is_ok() {
+                if pthread_kill(*thread, NUDGE_SIGNAL).is_ok() {
                     pulse.nudges.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -192,7 +212,7 @@ mod tests {
     /// Returns a pulse whose thread is the calling thread, as the guard records it.
     fn pulse_of_this_thread() -> Arc<ShardPulse> {
         let pulse = Arc::new(ShardPulse::default());
-        pulse.thread.store(pthread_self(), Ordering::Release);
+        *lock(&pulse.thread) = pthread_self();
         pulse
     }
 
