@@ -107,6 +107,8 @@ pub(super) struct ReadPolicy {
     at_once_rejected: Option<Rejection>,
     /// The move proposed in this interval, confirmed by [`ReadPolicy::after_apply`].
     proposed: Option<(u64, ReadMove, Option<ReadTrial>)>,
+    /// A move back after a lost trial that the guard has not let through yet.
+    back_pending: Option<(u64, ReadMove)>,
 }
 
 /// An arm that lost its trial, at a read rate.
@@ -159,6 +161,12 @@ impl ReadPolicy {
         interval: u64,
     ) -> Option<u64> {
         self.proposed = None;
+        if let Some((to, reason)) = self.back_pending.take()
+            && to != current
+        {
+            self.proposed = Some((to, reason, None));
+            return Some(to);
+        }
         let last_move = *self.last_move.get_or_insert(interval);
         let rate = measured.read_rate_per_second;
         let bounds = config.bounds.read_batch_max;
@@ -284,6 +292,10 @@ impl ReadPolicy {
     pub(super) fn after_apply(&mut self, applied: Option<u64>, interval: u64) -> Option<ReadMove> {
         let (to, reason, trial) = self.proposed.take()?;
         if applied != Some(to) {
+            if matches!(reason, ReadMove::Back { .. }) {
+                // Proposed again at the next interval until the rate limit lets it pass.
+                self.back_pending = Some((to, reason));
+            }
             return None;
         }
         self.last_move = Some(interval);
@@ -490,6 +502,38 @@ mod tests {
             reasons.iter().any(|reason| reason.contains("moving back")),
             "{reasons:?}"
         );
+    }
+
+    #[test]
+    fn refused_move_back_is_proposed_again() {
+        let config = config(ObjectiveKind::Latency);
+        let mut policy = ReadPolicy::default();
+        let rate_at = |value: u64| if value > 1 { 52_800.0 } else { 60_000.0 };
+        let mut current = 1;
+        let mut refused = 0;
+        for interval in 0..20 {
+            let measured = reads(rate_at(current));
+            let proposed = policy.propose(
+                &config,
+                &measured,
+                Some(ROUND_TRIP_MICROS),
+                current,
+                interval,
+            );
+            // The guard refuses the first two moves back to 1.
+            let applied = match proposed {
+                Some(1) if refused < 2 => {
+                    refused += 1;
+                    None
+                }
+                other => other.filter(|&to| to != current),
+            };
+            let _ = policy.after_apply(applied, interval);
+            current = applied.unwrap_or(current);
+        }
+
+        assert_eq!(refused, 2, "the move back was refused twice");
+        assert_eq!(current, 1, "the move back went through afterwards");
     }
 
     #[test]
