@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_nudges_a_stalled_thread_and_spares_a_ticking_one() {
+    fn watchdog_nudges_only_stalled_threads() {
         let (stalled_sender, stalled) = std::sync::mpsc::channel();
         let (ticking_sender, ticking) = std::sync::mpsc::channel();
         let done = Arc::new(AtomicBool::new(false));

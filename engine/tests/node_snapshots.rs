@@ -32,7 +32,7 @@ fn put(key: &str, value: &str) -> Bytes {
 }
 
 /// Configs of three single-shard nodes whose group snapshots every `trigger_entries`, with
-/// the directory that holds their data.
+/// the directory that contains their data.
 fn snapshot_configs(name: &str, trigger_entries: u64) -> (TestDir, Vec<NodeConfig>) {
     let dir = test_dir(name);
     let mut configs = cluster_configs(&dir, 3, 1, 1);

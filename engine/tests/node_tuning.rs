@@ -340,8 +340,8 @@ fn tuner_batches_reads_under_read_load() {
     write_through(leader, 4, 64, "before-reads");
 
     // Closed-loop readers keep about one read per reader in flight, so several arrive
-    // during each ReadIndex round, and the tuner tries holding them for the round in
-    // flight (a trial it may undo later; the test only waits for the move).
+    // during each ReadIndex round. The tuner then tries holding them for the round in
+    // flight. It may undo that trial later, and the test only waits for the move.
     const READERS: usize = 16;
     let deadline = Instant::now() + Duration::from_secs(20);
     let batched = AtomicBool::new(false);

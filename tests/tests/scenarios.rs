@@ -739,7 +739,7 @@ fn queued_reads_confirmed_by_one_heartbeat_round() {
 }
 
 #[test]
-fn read_batch_max_holds_reads_for_round_in_flight() {
+fn read_batch_max_defers_reads_to_next_round() {
     // With read_batch_max 3, reads that arrive while a round awaits its quorum start no
     // round of their own until three of them wait. Each is confirmed all the same, at the
     // commit index of its arrival, once a quorum acknowledges the round that carries it.

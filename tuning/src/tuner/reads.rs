@@ -11,13 +11,13 @@
 //! each carrying `λ·r` reads, and a read waits up to one more round trip.
 //!
 //! Which is better depends on whether the replicas' CPUs or the round trip limit the reads.
-//! On the development machine, 90 % reads from 16 closed-loop clients ran 12 % slower with
-//! `b` = 32 than with 1, and 256 clients ran 21 % faster. The shard's own busy fraction did
-//! not tell the two apart (about 0.2 and 0.3): the CPUs were shared with the other replicas
-//! and the clients. So the policy measures instead of predicting. It chooses between two
-//! arms, "at once" (the minimum) and "held" (`ceil(λ·r)`: one round in flight covers the reads that
-//! arrive during its round trip, and a burst beyond that starts another round), and tries
-//! the other arm from time to time:
+//! On the development machine, 90 % reads from 16 closed-loop clients ran 4 to 12 % slower
+//! with `b` = 32 than with 1. With 256 clients one pair of runs was 21 % faster and another
+//! 5 % slower. The shard's own busy fraction did not tell the cases apart (about 0.2 and
+//! 0.3), because the replicas and the clients shared the CPUs. So the policy measures
+//! instead of predicting. It chooses between two arms and tries the other one from time to
+//! time. "At once" is the minimum. "Held" is `ceil(λ·r)`: one round in flight covers the
+//! reads that arrive during its round trip, and a burst beyond that starts another round.
 //!
 //! 1. While at once, and once at least [`READS_PER_ROUND_TRIP_MIN`] reads arrive per round
 //!    trip, it moves to the held arm after [`READ_TRIAL_SPACING_INTERVALS`] intervals at
