@@ -1,7 +1,7 @@
 //! The adaptive tuner and the proposal linger in real nodes of this process: off, nothing
 //! changes and nothing is exported; on, the shards run tuning intervals, keep every knob
-//! inside its bounds, batch reads under a read load and export their state; a linger holds
-//! proposals back.
+//! inside its bounds, batch reads under a read load and export their state. A linger delays
+//! proposals.
 
 mod support;
 

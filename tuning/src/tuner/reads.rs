@@ -107,7 +107,7 @@ pub(super) struct ReadPolicy {
     at_once_rejected: Option<Rejection>,
     /// The move proposed in this interval, confirmed by [`ReadPolicy::after_apply`].
     proposed: Option<(u64, ReadMove, Option<ReadTrial>)>,
-    /// A move back after a lost trial that the guard has not let through yet.
+    /// A move back after a lost trial that the guard has not accepted yet.
     back_pending: Option<(u64, ReadMove)>,
 }
 
@@ -172,7 +172,7 @@ impl ReadPolicy {
         let bounds = config.bounds.read_batch_max;
         if let Some(trial) = self.trial.as_mut() {
             if current != trial.to {
-                // The guard refused or changed the move: the trial never ran.
+                // The guard rejected or changed the move, so the trial never ran.
                 self.trial = None;
             } else if !trial.settled {
                 trial.settled = true;
@@ -505,12 +505,12 @@ mod tests {
     }
 
     #[test]
-    fn refused_move_back_is_proposed_again() {
+    fn rejected_move_back_is_proposed_again() {
         let config = config(ObjectiveKind::Latency);
         let mut policy = ReadPolicy::default();
         let rate_at = |value: u64| if value > 1 { 52_800.0 } else { 60_000.0 };
         let mut current = 1;
-        let mut refused = 0;
+        let mut rejected = 0;
         for interval in 0..20 {
             let measured = reads(rate_at(current));
             let proposed = policy.propose(
@@ -520,10 +520,10 @@ mod tests {
                 current,
                 interval,
             );
-            // The guard refuses the first two moves back to 1.
+            // The guard rejects the first two moves back to 1.
             let applied = match proposed {
-                Some(1) if refused < 2 => {
-                    refused += 1;
+                Some(1) if rejected < 2 => {
+                    rejected += 1;
                     None
                 }
                 other => other.filter(|&to| to != current),
@@ -532,7 +532,7 @@ mod tests {
             current = applied.unwrap_or(current);
         }
 
-        assert_eq!(refused, 2, "the move back was refused twice");
+        assert_eq!(rejected, 2, "the move back was rejected twice");
         assert_eq!(current, 1, "the move back went through afterwards");
     }
 
@@ -548,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_move_starts_no_trial() {
+    fn rejected_move_starts_no_trial() {
         let config = config(ObjectiveKind::Latency);
         let mut policy = ReadPolicy::default();
         let mut proposals = 0;
@@ -560,11 +560,11 @@ mod tests {
             {
                 proposals += 1;
             }
-            // The guard refuses every move.
+            // The guard rejects every move.
             assert_eq!(policy.after_apply(None, interval), None);
         }
 
         assert!(policy.trial.is_none());
-        assert!(proposals > 1, "the policy proposes again after a refusal");
+        assert!(proposals > 1, "the policy proposes again after a rejection");
     }
 }
