@@ -647,21 +647,31 @@ fn torn_tail_before_recycled_segment_is_truncated() {
 /// A recycled segment keeps data of its earlier use after its last batch, which may read
 /// as a damaged batch. When the next segment starts with the next batch, that data is the
 /// segment's unused end and every entry is recovered.
+/// Entries of group A written by [`write_large_entries`], one per batch.
+const LARGE_ENTRIES: u64 = 30;
+
+/// Writes [`LARGE_ENTRIES`] entries of three blocks each, one per batch, and closes the log.
+/// Four such batches fill a segment after its checkpoint and leave two free blocks at its
+/// end. Returns the directory, the config and the segment paths, at least three.
+async fn write_large_entries(name: &str) -> (TestDir, LogConfig, Vec<PathBuf>) {
+    let dir = TestDir::new(name);
+    let config = small_config(&dir.path);
+    let log = DiskLog::open(&config, IDENTITY).await.expect("opening");
+    for index in 1..=LARGE_ENTRIES {
+        let mut batch = WriteBatch::new();
+        batch.append(A, vec![entry(index, 1, payload(A, index, 1, 9_000))]);
+        submit_durably(&log, batch).await;
+    }
+    let segments = log.segment_paths();
+    log.close().await.expect("closing");
+    assert!(segments.len() >= 3, "only {} segments", segments.len());
+    (dir, config, segments)
+}
+
 #[test]
 fn stale_tail_of_recycled_segment_is_its_end() {
     run(async {
-        let dir = TestDir::new("stale-recycled-tail");
-        let config = small_config(&dir.path);
-        let log = DiskLog::open(&config, IDENTITY).await.expect("opening");
-        // Entries of three blocks each leave two free blocks at the end of every segment.
-        for index in 1..=30u64 {
-            let mut batch = WriteBatch::new();
-            batch.append(A, vec![entry(index, 1, payload(A, index, 1, 9_000))]);
-            submit_durably(&log, batch).await;
-        }
-        let segments = log.segment_paths();
-        log.close().await.expect("closing");
-        assert!(segments.len() >= 3, "only {} segments", segments.len());
+        let (_dir, config, segments) = write_large_entries("stale-recycled-tail").await;
         let middle = &segments[1];
         let mut bytes = std::fs::read(middle).expect("reading a segment");
         let last = *batches_in(&bytes)
@@ -680,8 +690,73 @@ fn stale_tail_of_recycled_segment_is_its_end() {
             .await
             .unwrap_or_else(|error| panic!("the stale tail was taken for damage: {error}"));
         let state = log.group_state(A).expect("group A");
-        assert_eq!(state.last_index.0, 30, "every entry is recovered");
+        assert_eq!(
+            state.last_index.0, LARGE_ENTRIES,
+            "every entry is recovered"
+        );
         log.close().await.expect("closing");
+    });
+}
+
+/// A segment's checkpoint and its first batch share one fdatasync, so a crash can leave the
+/// checkpoint torn and the first batch whole. The first batch's header says the checkpoint
+/// was not synced, so both are an unacknowledged tail: recovery ends the log with the
+/// segment before, whether that segment's end is zeros or stale bytes of an earlier use.
+#[test]
+fn torn_checkpoint_before_whole_first_batch_is_truncated() {
+    run(async {
+        let (dir, config, segments) = write_large_entries("torn-checkpoint").await;
+        let shard_dir = dir.shard_dir();
+        let image = capture(&shard_dir);
+        let newest = segments.last().expect("a newest segment");
+        let previous = &segments[segments.len() - 2];
+        let newest_bytes = std::fs::read(newest).expect("reading the newest segment");
+        let newest_batches = batches_in(&newest_bytes);
+        assert!(
+            newest_batches.len() >= 2,
+            "the newest segment holds {} batches, not a checkpoint and a batch",
+            newest_batches.len()
+        );
+        let (checkpoint, first) = (newest_batches[0], newest_batches[1]);
+        // Each batch after the checkpoint holds one entry.
+        let entries_before_newest = LARGE_ENTRIES - (newest_batches.len() as u64 - 1);
+
+        for stale_previous_tail in [false, true] {
+            restore(&shard_dir, &image);
+            let mut torn = newest_bytes.clone();
+            torn[first.padded_end as usize..].fill(0);
+            torn[checkpoint.end as usize - 1] ^= 0x10;
+            std::fs::write(newest, &torn).expect("tearing the checkpoint");
+            if stale_previous_tail {
+                let mut bytes = std::fs::read(previous).expect("reading a segment");
+                let last = *batches_in(&bytes).last().expect("batches in the segment");
+                // Payload bytes of an earlier use: neither zeros nor a batch header.
+                bytes[last.padded_end as usize..].fill(0x2e);
+                std::fs::write(previous, &bytes).expect("writing the stale tail");
+            }
+
+            let case = if stale_previous_tail {
+                "after a stale tail"
+            } else {
+                "after a zeroed tail"
+            };
+            let log = DiskLog::open(&config, IDENTITY)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!("{case}: the torn checkpoint stopped recovery: {error}")
+                });
+            let state = log.group_state(A).expect("group A");
+            assert_eq!(
+                state.last_index.0, entries_before_newest,
+                "{case}: recovery must end with the segment before the torn checkpoint"
+            );
+            // The log goes on from there.
+            let mut batch = WriteBatch::new();
+            let next = entries_before_newest + 1;
+            batch.append(A, vec![entry(next, 1, payload(A, next, 1, 9_000))]);
+            submit_durably(&log, batch).await;
+            log.close().await.expect("closing");
+        }
     });
 }
 

@@ -258,6 +258,10 @@ struct State {
     segments: BTreeMap<u64, SegmentFile>,
     active_seq: u64,
     write_offset: u64,
+    /// Whether the active segment's checkpoint is durable, which lets older segments that
+    /// it proves compacted retire. A checkpoint is written in front of the segment's first
+    /// batch and made durable by that batch's fdatasync.
+    active_checkpoint_durable: bool,
     next_batch_seq: u64,
     /// The newest batch whose fdatasync completed and whose locations are published.
     /// Batches are published in order, so every older batch is durable too.
@@ -372,6 +376,8 @@ impl DiskLog {
             segments: recovered.segments,
             active_seq: recovered.active_seq,
             write_offset: recovered.write_offset,
+            // Recovery reads only what is on disk, so a checkpoint it found is durable.
+            active_checkpoint_durable: recovered.write_offset > BLOCK_BYTES,
             next_batch_seq: recovered.next_batch_seq,
             synced_seq: recovered.next_batch_seq - 1,
             fdatasynced_seq: recovered.next_batch_seq - 1,
@@ -976,6 +982,9 @@ async fn wait_synced(shared: &Shared, batch_seq: u64) -> Result<(), StorageError
 /// A batch whose write completed, waiting for its fdatasync.
 struct WrittenBatch {
     batch: StagedBatch,
+    /// The oldest batch this batch's fdatasync makes durable: the batch itself, or the
+    /// checkpoint written in front of it.
+    first_unsynced_seq: u64,
     batch_seq: u64,
     file: Rc<DmaFile>,
     path: PathBuf,
@@ -1007,10 +1016,15 @@ async fn write_batch(
         if needs_new_segment {
             rotate(shared).await?;
         }
-        if shared.state.borrow().write_offset == BLOCK_BYTES {
-            write_checkpoint(shared).await?;
-        }
     }
+    // The checkpoint waits for this batch's fdatasync, so that a rotation costs one sync
+    // rather than two. Until then it is one of the (at most two) unsynced batches at the
+    // end of the log that recovery may truncate, like any other.
+    let unsynced_checkpoint_seq = if shared.state.borrow().write_offset == BLOCK_BYTES {
+        write_checkpoint(shared).await?
+    } else {
+        None
+    };
     let batch_seq = shared.state.borrow().next_batch_seq;
     wait_synced(shared, batch_seq.saturating_sub(1 + UNSYNCED_BATCHES_MAX)).await?;
 
@@ -1049,6 +1063,7 @@ async fn write_batch(
     write_all(&file, buffer, data_offset, &path).await?;
     Ok(WrittenBatch {
         batch,
+        first_unsynced_seq: unsynced_checkpoint_seq.unwrap_or(batch_seq),
         batch_seq,
         file,
         path,
@@ -1074,6 +1089,7 @@ async fn try_sync_and_publish(
 ) -> Result<(), StorageError> {
     let WrittenBatch {
         batch,
+        first_unsynced_seq,
         batch_seq,
         file,
         path,
@@ -1089,7 +1105,7 @@ async fn try_sync_and_publish(
     let sync_duration = sync_started.elapsed();
     // This fdatasync covers the previous batch too, whose write completed before this one
     // started, but that batch's own task publishes it: publication stays in order.
-    wait_synced(shared, batch_seq - 1).await?;
+    wait_synced(shared, first_unsynced_seq - 1).await?;
     let sync_micros = sync_duration.as_micros() as u64;
 
     let deletable = {
@@ -1102,6 +1118,9 @@ async fn try_sync_and_publish(
         }
         publish(&mut state, &batch, segment_seq, data_offset);
         state.synced_seq = batch_seq;
+        if first_unsynced_seq < batch_seq && state.active_seq == segment_seq {
+            state.active_checkpoint_durable = true;
+        }
         if shared.config.sync_writes {
             state.fdatasynced_seq = batch_seq;
         }
@@ -1192,11 +1211,14 @@ fn locate(state: &State, placement: Placement) -> Option<Location> {
     }
 }
 
-/// Writes the checkpoint that opens the active segment with its own write and fdatasync.
-/// Written together with the batch after it, a torn write could damage the checkpoint while
-/// the batch survives, and recovery would have to report synced data as corrupt.
-async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
-    let (file, path, offset, buffer) = {
+/// Writes the checkpoint that opens the active segment. With `sync_writes`, the fdatasync
+/// of the batch written after it makes it durable too, and this returns its batch number
+/// for that batch to cover. A crash before that fdatasync can leave the checkpoint torn and
+/// the batch intact. The batch's header records that the checkpoint was not synced yet,
+/// and recovery truncates both. Without `sync_writes`, where batches are not synced, the
+/// checkpoint gets an fdatasync of its own and this returns `None`.
+async fn write_checkpoint(shared: &Rc<Shared>) -> Result<Option<u64>, StorageError> {
+    let (file, path, offset, buffer, checkpoint_seq) = {
         let mut state = shared.state.borrow_mut();
         let checkpoint = encode_checkpoint(&mut state);
         let segment = &state.segments[&state.active_seq];
@@ -1210,10 +1232,17 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
         }
         let mut buffer = file.alloc_dma_buffer(checkpoint.len());
         buffer.as_bytes_mut().copy_from_slice(&checkpoint);
-        (file, path, state.write_offset, buffer)
+        let checkpoint_seq = state.next_batch_seq - 1;
+        (file, path, state.write_offset, buffer, checkpoint_seq)
     };
     let written_bytes = buffer.len() as u64;
     write_all(&file, buffer, offset, &path).await?;
+    if shared.config.sync_writes {
+        let mut state = shared.state.borrow_mut();
+        state.write_offset = offset + written_bytes;
+        state.stats.bytes += written_bytes;
+        return Ok(Some(checkpoint_seq));
+    }
     let sync_started = std::time::Instant::now();
     sync_file(&file, &path).await?;
     let sync_duration = sync_started.elapsed();
@@ -1226,7 +1255,8 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<(), StorageError> {
     state.stats.syncs += 1;
     state.stats.bytes += written_bytes;
     state.stats.sync_latency.record(sync_duration);
-    Ok(())
+    state.active_checkpoint_durable = true;
+    Ok(None)
 }
 
 /// Encodes the checkpoint batch that opens a segment: every group's hard state and
@@ -1300,6 +1330,7 @@ async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
         );
         state.active_seq = next_seq;
         state.write_offset = BLOCK_BYTES;
+        state.active_checkpoint_durable = false;
         state.rotate_before_next_write = false;
         state.stats.rotations += 1;
     }
@@ -1312,8 +1343,7 @@ async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
 /// proven by the newest checkpoint on disk. The oldest remaining segment's own checkpoint
 /// may predate those compactions; recovery bridges that gap (see `Scan::replay`).
 fn take_deletable_segments(state: &mut State) -> Vec<SegmentFile> {
-    // The active segment's checkpoint is only on disk once something was written there.
-    let proven_seq = if state.write_offset > BLOCK_BYTES {
+    let proven_seq = if state.active_checkpoint_durable {
         state.active_seq
     } else {
         state.active_seq.saturating_sub(1)

@@ -558,25 +558,7 @@ impl Scan {
         damage: &Damage,
     ) -> Result<Later, StorageError> {
         let damaged_seq = self.last_batch_seq.map_or(1, |last| last + 1);
-        let mut offset = align_up(damage.search_from);
-        let mut unsynced_tail = false;
-        while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
-            let bytes = reader.bytes(offset, BATCH_HEADER_BYTES as u64).await?;
-            if let Ok(header) = format::decode_batch_header(bytes)
-                && header.batch_seq >= damaged_seq
-            {
-                if header.synced_through_seq >= damaged_seq {
-                    return Ok(Later::ProvesSynced((offset, header.batch_seq)));
-                }
-                unsynced_tail = true;
-            }
-            offset += BLOCK_BYTES;
-        }
-        Ok(if unsynced_tail {
-            Later::UnsyncedTail
-        } else {
-            Later::Nothing
-        })
+        find_later_batches(reader, damage.search_from, damaged_seq).await
     }
 
     /// Returns whether segment `seq` starts with the batch that follows the last valid one,
@@ -618,10 +600,14 @@ impl Scan {
         let damage = self.damage.as_ref().expect("called only after damage");
         let mut reader = SegmentReader::new(file, path).await?;
         // A recycled segment keeps batches of its earlier use, all older than the log's
-        // end. The flusher drains every sync before it rotates, so any newer batch in a
-        // later segment was written after the damaged batch was synced.
-        let seq_min = self.last_batch_seq.map_or(1, |last| last + 1);
-        if let Some(found) = find_valid_batch(&mut reader, BLOCK_BYTES, seq_min).await? {
+        // end. The flusher drains every sync before it rotates, so a newer batch in a later
+        // segment records that the damaged batch was synced, unless it is one of the two
+        // unsynced batches that open a segment: its checkpoint and the first batch, which
+        // share one fdatasync. Those were never acknowledged and go with the segment.
+        let damaged_seq = self.last_batch_seq.map_or(1, |last| last + 1);
+        if let Later::ProvesSynced(found) =
+            find_later_batches(&mut reader, BLOCK_BYTES, damaged_seq).await?
+        {
             return Err(corrupt_before_valid(damage, path, found));
         }
         tracing::warn!(
@@ -791,25 +777,32 @@ async fn read_batch(
     }
 }
 
-/// Looks for a valid batch header with a sequence number of at least `seq_min` at any
-/// block from `from` on. Such a batch was written after the damaged one, which proves the
-/// damaged one had been synced.
-async fn find_valid_batch(
+/// Looks from `from` on for batch headers numbered `damaged_seq` or later, which tell
+/// whether the damaged batch `damaged_seq` had been synced when they were written.
+async fn find_later_batches(
     reader: &mut SegmentReader<'_>,
     from: u64,
-    seq_min: u64,
-) -> Result<Option<(u64, u64)>, StorageError> {
+    damaged_seq: u64,
+) -> Result<Later, StorageError> {
     let mut offset = align_up(from);
+    let mut unsynced_tail = false;
     while offset + BATCH_HEADER_BYTES as u64 <= reader.file_bytes {
         let bytes = reader.bytes(offset, BATCH_HEADER_BYTES as u64).await?;
         if let Ok(header) = format::decode_batch_header(bytes)
-            && header.batch_seq >= seq_min
+            && header.batch_seq >= damaged_seq
         {
-            return Ok(Some((offset, header.batch_seq)));
+            if header.synced_through_seq >= damaged_seq {
+                return Ok(Later::ProvesSynced((offset, header.batch_seq)));
+            }
+            unsynced_tail = true;
         }
         offset += BLOCK_BYTES;
     }
-    Ok(None)
+    Ok(if unsynced_tail {
+        Later::UnsyncedTail
+    } else {
+        Later::Nothing
+    })
 }
 
 fn corrupt_before_valid(damage: &Damage, path: &Path, found: (u64, u64)) -> StorageError {
