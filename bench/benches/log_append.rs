@@ -38,6 +38,10 @@ const ENCODE_BATCH_RECORDS: usize = 256;
 /// Entries each appender appends between compactions of its group.
 const COMPACT_EVERY_ENTRIES: u64 = 4096;
 
+/// Payload bytes each appender appends between compactions of its group, so that the log
+/// recycles retired segments as in a long run (the `log` command's default).
+const COMPACT_EVERY_BYTES: u64 = 256 * 1024;
+
 /// How often the worker checks for the next request while idle.
 const WORKER_POLL_INTERVAL: Duration = Duration::from_micros(100);
 
@@ -212,6 +216,7 @@ fn durable_throughput(criterion: &mut Criterion) {
                 appenders,
                 entries_per_submit: 1,
                 compact_every_entries: COMPACT_EVERY_ENTRIES,
+                compact_every_bytes: COMPACT_EVERY_BYTES,
             };
             let worker = LogWorker::start(&parent, spec).expect("starting the log worker failed");
             let mut totals = Totals {

@@ -2,8 +2,9 @@
 //! profiling the log (`perf record -g`) and for looking at stalls.
 //!
 //! Arguments, each optional: entry bytes (16), appenders (256), entries per submission (64),
-//! seconds (5), entries between compactions of each group (4096, 0 for none), the data
-//! directory and the segment size in bytes (the log's default). Besides the load's figures
+//! seconds (5), entries between compactions of each group (4096, 0 for no limit), the data
+//! directory, the segment size in bytes (the log's default) and payload bytes between
+//! compactions of each group (262144, 0 for no limit). Besides the load's figures
 //! it prints the segment rotations and recycling, the gaps between consecutive
 //! fdatasync completions, sampled by a task that polls the log's counters every 200 us, and
 //! how late that task's own timer fired, which shows the executor being busy.
@@ -39,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         appenders: number(1, 256)?,
         entries_per_submit: number(2, 64)?,
         compact_every_entries: number(4, 4096)? as u64,
+        compact_every_bytes: number(7, 256 * 1024)? as u64,
     };
     let seconds = number(3, 5)?;
     let parent = args

@@ -133,9 +133,16 @@ struct LogArgs {
     entries_per_submit: usize,
 
     /// Entries each appender appends between compactions of its group, as a Raft node
-    /// compacts after a snapshot; 0 never compacts, so the log's memory grows all run.
+    /// compacts after a snapshot; 0 sets no limit by count.
     #[arg(long, default_value_t = 4096)]
     compact_every_entries: u64,
+
+    /// Payload bytes each appender appends between compactions of its group; 0 sets no
+    /// limit by size. A group compacts at whichever limit it reaches first; with both at 0
+    /// the log only grows, and every rotation zero-fills a new segment instead of recycling
+    /// a retired one.
+    #[arg(long, default_value_t = 256 * 1024)]
+    compact_every_bytes: u64,
 
     /// Also write every figure to this file as JSON.
     #[arg(long)]
@@ -304,6 +311,11 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
         warmup.as_secs_f64(),
         duration.as_secs_f64()
     );
+    println!(
+        "each group compacts after {} entries or {} of payload, whichever comes first (0: no limit)",
+        args.compact_every_entries,
+        format_bytes(args.compact_every_bytes)
+    );
 
     let executor = glommio::LocalExecutorBuilder::default()
         .name("shardraft-bench-log")
@@ -391,6 +403,7 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<LoadSpec>> {
                 appenders,
                 entries_per_submit: 1,
                 compact_every_entries: args.compact_every_entries,
+                compact_every_bytes: args.compact_every_bytes,
             });
         }
     }
@@ -402,6 +415,7 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<LoadSpec>> {
                 appenders,
                 entries_per_submit: args.entries_per_submit,
                 compact_every_entries: args.compact_every_entries,
+                compact_every_bytes: args.compact_every_bytes,
             });
         }
     }
@@ -522,10 +536,11 @@ async fn measure_all(
     println!();
     println!(
         "write-ahead log: closed-loop appenders, one group each; latency from submit to \
-         durable; device p99 at the cell's mean write size"
+         durable; device p99 at the cell's mean write size; device MiB/s with 1 MiB writes \
+         beside 4 KiB cells (the higher of before and after)"
     );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>6} {:>5}",
+        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>6} {:>5} {:>10}",
         "entry",
         "appenders",
         "x/submit",
@@ -537,17 +552,35 @@ async fn measure_all(
         "p99 us",
         "device p99",
         "ratio",
-        "cpu"
+        "cpu",
+        "dev MiB/s"
     );
     let mut cells = Vec::new();
     for (number, spec) in specs.iter().enumerate() {
         let cell_dir = run_dir.join(format!("cell-{number}"));
+        let bandwidth_cell = spec.entry_bytes == goals::BANDWIDTH_ENTRY_BYTES;
+        let sequential_before = if bandwidth_cell {
+            Some(probe.measure(SEQUENTIAL_WRITE_BYTES, duration / 2).await?)
+        } else {
+            None
+        };
         let outcome = run_cell(&cell_dir, config, *spec, warmup, duration).await?;
         let write_bytes = (outcome.write_bytes_mean().ceil() as u64)
             .next_multiple_of(shardraft_bench::wal::device::BLOCK_BYTES);
         // The device's latency drifts by several times within minutes on shared disks, so
         // each cell's reference is measured right after it, at its own write size.
         let device_sample = probe.measure(write_bytes, duration / 2).await?;
+        let sequential_beside = match sequential_before {
+            Some(before) => {
+                let after = probe.measure(SEQUENTIAL_WRITE_BYTES, duration / 2).await?;
+                Some(if after.mib_per_sec > before.mib_per_sec {
+                    after
+                } else {
+                    before
+                })
+            }
+            None => None,
+        };
         let cell = CellReport {
             spec: *spec,
             entries_per_sec: outcome.entries_per_sec(),
@@ -557,6 +590,7 @@ async fn measure_all(
             latency: LatencySummary::from_nanos(&outcome.latency_nanos),
             thread_cpu_share: outcome.thread_cpu_share(),
             device: device_sample,
+            sequential_beside,
         };
         print_cell(&cell);
         cells.push(cell);
@@ -601,8 +635,12 @@ fn print_cell(cell: &CellReport) {
     let cpu = cell
         .thread_cpu_share
         .map_or_else(|| "-".to_string(), |share| format!("{:.0}%", share * 100.0));
+    let sequential = cell.sequential_beside.map_or_else(
+        || "-".to_string(),
+        |sample| format!("{:.1}", sample.mib_per_sec),
+    );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.2} {:>5}",
+        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.2} {:>5} {:>10}",
         format_bytes(cell.spec.entry_bytes as u64),
         cell.spec.appenders,
         cell.spec.entries_per_submit,
@@ -614,7 +652,8 @@ fn print_cell(cell: &CellReport) {
         cell.latency.p99_micros,
         cell.device.latency.p99_micros,
         cell.latency_ratio(),
-        cpu
+        cpu,
+        sequential
     );
 }
 

@@ -44,6 +44,7 @@ fn counted_load_makes_every_entry_durable() {
         appenders: 4,
         entries_per_submit: 3,
         compact_every_entries: 9,
+        compact_every_bytes: 0,
     };
     let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
 
@@ -90,6 +91,7 @@ fn timed_load_reports_its_window() {
         appenders: 2,
         entries_per_submit: 1,
         compact_every_entries: 0,
+        compact_every_bytes: 0,
     };
     let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
 

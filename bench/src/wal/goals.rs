@@ -1,7 +1,10 @@
 //! The write-ahead log's performance goals, checked against measured figures:
 //!
 //! 1. Bandwidth: 4 KiB entries reach at least 80 % of the device's sequential DMA bandwidth
-//!    (large writes, each followed by fdatasync) at the best appender count.
+//!    (large writes, each followed by fdatasync) at the best appender count. The device's
+//!    bandwidth drifts by several times within minutes on shared disks, so each 4 KiB
+//!    cell is compared with the device measured right before and right after it, taking
+//!    the higher figure.
 //! 2. Small entries: at least 1,000,000 16-byte entries per second on one core, with at
 //!    least 100 entries sharing each fdatasync.
 //! 3. Latency: the p99 append-to-durable latency stays within 2 times the device's own
@@ -39,6 +42,10 @@ pub struct CellReport {
     pub thread_cpu_share: Option<f64>,
     /// The device alone at `write_bytes_mean` rounded up to a block.
     pub device: DeviceSample,
+    /// For cells with the bandwidth goal's entry size: the device's sequential bandwidth
+    /// (1 MiB writes), the higher of the samples taken right before and right after the
+    /// cell.
+    pub sequential_beside: Option<DeviceSample>,
 }
 
 impl CellReport {
@@ -79,12 +86,16 @@ fn verdict(passed: bool) -> Verdict {
 }
 
 /// Goal 1, against `sequential`, the device's figures for large writes.
+/// Goal 1. `sequential` is the device's bandwidth measured at the start of the run, the
+/// reference for cells measured without one beside them.
 pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalReport {
     let goal = "bandwidth of 4 KiB entries";
+    let reference = |cell: &CellReport| cell.sequential_beside.unwrap_or(*sequential);
+    let share = |cell: &CellReport| cell.payload_mib_per_sec / reference(cell).mib_per_sec;
     let best = cells
         .iter()
         .filter(|cell| cell.spec.entry_bytes == BANDWIDTH_ENTRY_BYTES)
-        .max_by(|a, b| a.payload_mib_per_sec.total_cmp(&b.payload_mib_per_sec));
+        .max_by(|a, b| share(a).total_cmp(&share(b)));
     let Some(best) = best else {
         return GoalReport {
             goal,
@@ -92,19 +103,27 @@ pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalR
             detail: format!("no cell had {BANDWIDTH_ENTRY_BYTES}-byte entries"),
         };
     };
-    let share = best.payload_mib_per_sec / sequential.mib_per_sec;
+    let (best_share, best_reference) = (share(best), reference(best));
+    let when = if best.sequential_beside.is_some() {
+        format!(
+            "measured beside the cell (at the start of the run: {:.1} MiB/s)",
+            sequential.mib_per_sec
+        )
+    } else {
+        "measured at the start of the run".to_string()
+    };
     GoalReport {
         goal,
-        verdict: verdict(share >= BANDWIDTH_SHARE_MIN),
+        verdict: verdict(best_share >= BANDWIDTH_SHARE_MIN),
         detail: format!(
             "{:.1} MiB/s of payload with {} appenders x {} entries per submission is {:.1} % \
-             of the device's {:.1} MiB/s with {} writes (goal: at least {:.0} %)",
+             of the device's {:.1} MiB/s with {} writes, {when} (goal: at least {:.0} %)",
             best.payload_mib_per_sec,
             best.spec.appenders,
             best.spec.entries_per_submit,
-            share * 100.0,
-            sequential.mib_per_sec,
-            super::format_bytes(sequential.write_bytes),
+            best_share * 100.0,
+            best_reference.mib_per_sec,
+            super::format_bytes(best_reference.write_bytes),
             BANDWIDTH_SHARE_MIN * 100.0,
         ),
     }
@@ -247,6 +266,7 @@ mod tests {
                 appenders,
                 entries_per_submit,
                 compact_every_entries: 0,
+                compact_every_bytes: 0,
             },
             entries_per_sec: 1000.0,
             payload_mib_per_sec: 10.0,
@@ -260,6 +280,7 @@ mod tests {
             },
             thread_cpu_share: None,
             device: device(4096, 10.0, 100.0),
+            sequential_beside: None,
         }
     }
 
@@ -286,6 +307,36 @@ mod tests {
         let report = check_bandwidth(&[only], &device(1 << 20, 1000.0, 1.0));
 
         assert_eq!(report.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn bandwidth_compares_each_cell_with_the_device_beside_it() {
+        // 850 MiB/s is 85 % of the start-of-run figure but only 70.8 % of the device's
+        // bandwidth while the cell ran.
+        let mut drifted = cell(4096, 256, 1);
+        drifted.payload_mib_per_sec = 850.0;
+        drifted.sequential_beside = Some(device(1 << 20, 1200.0, 1.0));
+
+        let report = check_bandwidth(&[drifted], &device(1 << 20, 1000.0, 1.0));
+
+        assert_eq!(report.verdict, Verdict::Fail);
+        assert!(report.detail.contains("70.8 %"), "{}", report.detail);
+        assert!(report.detail.contains("1000.0"), "{}", report.detail);
+    }
+
+    #[test]
+    fn bandwidth_picks_the_cell_with_the_best_share() {
+        let mut more_bytes = cell(4096, 256, 1);
+        more_bytes.payload_mib_per_sec = 900.0;
+        more_bytes.sequential_beside = Some(device(1 << 20, 2000.0, 1.0));
+        let mut better_share = cell(4096, 16, 1);
+        better_share.payload_mib_per_sec = 850.0;
+        better_share.sequential_beside = Some(device(1 << 20, 1000.0, 1.0));
+
+        let report = check_bandwidth(&[more_bytes, better_share], &device(1 << 20, 1.0, 1.0));
+
+        assert_eq!(report.verdict, Verdict::Pass);
+        assert!(report.detail.contains("16 appenders"), "{}", report.detail);
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! log's flusher writes and syncs one batch, the appenders' next submissions gather in the
 //! batch after it, so the number of appenders sets how many entries share one fdatasync.
 //!
-//! Appenders can compact their group every so many entries, as a Raft node does once its
-//! state machine has a snapshot. Without that, every group's in-memory log grows for the
-//! whole run, and since the appenders advance in step, all groups outgrow their capacity in
-//! the same round and reallocate together.
+//! Appenders can compact their group every so many entries or payload bytes, as a Raft node
+//! does once its state machine has a snapshot. Without that, every group's in-memory log
+//! grows for the whole run, and since the appenders advance in step, all groups outgrow
+//! their capacity in the same round and reallocate together. Compaction also decides what
+//! the disk sees: once every group compacted past a segment, the log recycles its file for
+//! a later rotation, as it does in any long run. While the log only grows, each rotation
+//! zero-fills a new file first, which writes as many bytes again as the entries.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -33,8 +36,21 @@ pub struct LoadSpec {
     /// Entries in each submission, as a Raft leader's `Ready` carries several.
     pub entries_per_submit: usize,
     /// Entries each appender appends between compactions of its group through its last
-    /// durable entry; 0 never compacts.
+    /// durable entry; 0 sets no limit by count.
     pub compact_every_entries: u64,
+    /// Payload bytes each appender appends between compactions of its group; 0 sets no
+    /// limit by size. The group compacts at whichever limit it reaches first, and never
+    /// when both are 0.
+    pub compact_every_bytes: u64,
+}
+
+impl LoadSpec {
+    /// Returns whether a group that appended `entries` entries of `payload_bytes` bytes in
+    /// all since its last compaction compacts now.
+    pub fn compacts_after(&self, entries: u64, payload_bytes: u64) -> bool {
+        (self.compact_every_entries > 0 && entries >= self.compact_every_entries)
+            || (self.compact_every_bytes > 0 && payload_bytes >= self.compact_every_bytes)
+    }
 }
 
 /// Figures of a load over the time it was measured.
@@ -187,8 +203,7 @@ fn spawn_appenders(log: &DiskLog, spec: LoadSpec, control: &Rc<Control>) -> Vec<
             let appender = Appender {
                 log: log.clone(),
                 group,
-                entries_per_submit: spec.entries_per_submit.max(1) as u64,
-                compact_every_entries: spec.compact_every_entries,
+                spec,
                 payload: payload.clone(),
                 control: Rc::clone(control),
             };
@@ -214,8 +229,7 @@ async fn join_appenders(tasks: Vec<AppenderTask>) -> anyhow::Result<()> {
 struct Appender {
     log: DiskLog,
     group: GroupId,
-    entries_per_submit: u64,
-    compact_every_entries: u64,
+    spec: LoadSpec,
     payload: Bytes,
     control: Rc<Control>,
 }
@@ -226,10 +240,12 @@ impl Appender {
             .log
             .group_state(self.group)
             .map_or(1, |state| state.last_index.0 + 1);
+        let entries_per_submit = self.spec.entries_per_submit.max(1) as u64;
         let mut since_compaction = 0u64;
-        while let Some(count) = self.control.take_entries(self.entries_per_submit) {
+        while let Some(count) = self.control.take_entries(entries_per_submit) {
             let mut batch = WriteBatch::new();
-            if self.compact_every_entries > 0 && since_compaction >= self.compact_every_entries {
+            let payload_bytes = since_compaction * self.payload.len() as u64;
+            if self.spec.compacts_after(since_compaction, payload_bytes) {
                 // Everything below `next_index` is durable: each append waited for it.
                 batch.compact(self.group, LogIndex(next_index - 1));
                 since_compaction = 0;
@@ -333,6 +349,35 @@ mod tests {
         assert_eq!(control.take_entries(4), Some(4));
         assert_eq!(control.take_entries(4), Some(2));
         assert_eq!(control.take_entries(4), None);
+    }
+
+    fn spec_compacting_every(entries: u64, bytes: u64) -> LoadSpec {
+        LoadSpec {
+            entry_bytes: 4096,
+            appenders: 1,
+            entries_per_submit: 1,
+            compact_every_entries: entries,
+            compact_every_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn compaction_comes_at_the_first_limit_reached() {
+        let spec = spec_compacting_every(4096, 256 * 1024);
+
+        assert!(!spec.compacts_after(63, 63 * 4096));
+        assert!(spec.compacts_after(64, 64 * 4096));
+        assert!(spec.compacts_after(4096, 4096 * 16));
+    }
+
+    #[test]
+    fn zero_limits_never_compact() {
+        let by_count_only = spec_compacting_every(10, 0);
+        let never = spec_compacting_every(0, 0);
+
+        assert!(!by_count_only.compacts_after(9, u64::MAX));
+        assert!(by_count_only.compacts_after(10, 0));
+        assert!(!never.compacts_after(u64::MAX, u64::MAX));
     }
 
     #[test]
