@@ -922,7 +922,20 @@ where
                 pulse: Arc::clone(pulse),
             };
             let name = format!("shard-{}-{shard}", config.node_id);
-            executors.extend(start_shard_executor(&name, placement, params)?);
+            match start_shard_executor(&name, placement, params) {
+                Ok(started) => executors.extend(started),
+                Err(error) => {
+                    // The shards started so far would otherwise run on, holding their
+                    // logs and ports, with no node left to stop them.
+                    for link in &senders {
+                        let _ = link.send(ShardRequest::Stop { crash: true });
+                    }
+                    for executor in executors {
+                        let _ = executor.join();
+                    }
+                    return Err(error);
+                }
+            }
         }
         drop(ready_sender);
 
