@@ -11,6 +11,7 @@ use bytes::Bytes;
 use shardraft::config::NodeConfig;
 use shardraft::kv;
 use shardraft::log::GroupId;
+use shardraft::node::ReadMode;
 use shardraft::raft::Role;
 use shardraft::server::http::{HttpServer, NodeInfo};
 use support::*;
@@ -350,7 +351,7 @@ fn status_json_agrees_with_node_status() {
 }
 
 /// Metric families the scrape of a disk-backed leader must contain.
-const EXPECTED_FAMILIES: [&str; 14] = [
+const EXPECTED_FAMILIES: [&str; 15] = [
     "shardraft_node_info",
     "shardraft_shard_groups",
     "shardraft_group_has_leader",
@@ -359,6 +360,7 @@ const EXPECTED_FAMILIES: [&str; 14] = [
     "shardraft_group_applied_index",
     "shardraft_proposals_total",
     "shardraft_commit_latency_seconds",
+    "shardraft_read_latency_seconds",
     "shardraft_shard_busy_seconds_total",
     "shardraft_transport_rejected_connections_total",
     "shardraft_peer_sent_bytes_total",
@@ -373,6 +375,11 @@ fn metrics_report_proposals_syncs_and_latencies() {
     let leader = cluster.wait_for_leaders()[0];
     let handles = cluster.handles();
     propose_puts(&handles[leader], GroupId(0), 20);
+    for _ in 0..5 {
+        handles[leader]
+            .read(GroupId(0), ReadMode::Linearizable, |_| ())
+            .expect("a linearizable read on the leader");
+    }
     let address = cluster.address(leader);
     let peer = if leader == 0 { 2 } else { 1 };
     let round_trip_count = format!("shardraft_peer_round_trip_seconds_count{{peer=\"{peer}\"}}");
@@ -404,6 +411,8 @@ fn metrics_report_proposals_syncs_and_latencies() {
     assert!(applied >= Some(20.0), "applied proposals: {applied:?}");
     let latencies = sample(&metrics, "shardraft_commit_latency_seconds_count");
     assert!(latencies >= Some(20.0), "commit latencies: {latencies:?}");
+    let reads = sample(&metrics, "shardraft_read_latency_seconds_count");
+    assert_eq!(reads, Some(5.0), "read latencies");
     let syncs = sample(&metrics, "shardraft_log_sync_duration_seconds_count");
     assert!(syncs > Some(0.0), "fdatasync samples: {syncs:?}");
     let entries = sample(&metrics, "shardraft_log_synced_entries_total{shard=\"0\"}");

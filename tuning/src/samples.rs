@@ -107,6 +107,10 @@ pub struct IntervalSamples {
     pub reads: u64,
     #[serde(default)]
     pub read_rate_per_second: f64,
+    /// Latency from taking a linearizable read to serving it, for reads this shard
+    /// served as a leader. Empty in samples recorded before read latency was sampled.
+    #[serde(default)]
+    pub read_latency: LatencySummary,
 }
 
 impl IntervalSamples {
@@ -149,6 +153,7 @@ pub struct SampleCollector {
     commits: u64,
     commit_latency: LatencyHistogram,
     reads: u64,
+    read_latency: LatencyHistogram,
 }
 
 fn rate_per_second(count: u64, interval_micros: u64) -> f64 {
@@ -192,6 +197,7 @@ impl SampleCollector {
             commits: 0,
             commit_latency: LatencyHistogram::new(),
             reads: 0,
+            read_latency: LatencyHistogram::new(),
         }
     }
 
@@ -300,6 +306,11 @@ impl SampleCollector {
         self.reads = self.reads.saturating_add(count);
     }
 
+    /// Records `count` linearizable reads served after `latency_micros` each.
+    pub fn record_read_latencies(&mut self, latency_micros: u64, count: u64) {
+        self.read_latency.record_n(latency_micros, count);
+    }
+
     /// Returns the summary of the interval that ends at `now_micros` and starts the next
     /// interval there.
     ///
@@ -367,6 +378,7 @@ impl SampleCollector {
             commit_latency: LatencySummary::from_histogram(&self.commit_latency),
             reads: self.reads,
             read_rate_per_second: rate_per_second(self.reads, interval_micros),
+            read_latency: LatencySummary::from_histogram(&self.read_latency),
         }
     }
 }
@@ -387,6 +399,7 @@ mod tests {
         collector.record_queue_depth(6);
         collector.record_busy(250_000);
         collector.record_reads(300);
+        collector.record_read_latencies(400, 290);
         for _ in 0..100 {
             collector.record_commit(800);
         }
@@ -395,6 +408,8 @@ mod tests {
         assert_eq!(samples.arrival_rate_per_second, 1000.0);
         assert_eq!(samples.reads, 300);
         assert_eq!(samples.read_rate_per_second, 300.0);
+        assert_eq!(samples.read_latency.count, 290);
+        assert!(samples.read_latency.p99_micros >= 400);
         assert_eq!(samples.entries_per_append, 20.0);
         assert_eq!(samples.bytes_per_append, 8_000.0);
         assert_eq!(samples.entries_per_fsync, 40.0);

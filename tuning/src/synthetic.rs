@@ -368,6 +368,7 @@ impl SyntheticSystem {
             // The synthetic system serves writes only; the read policy has tests of its own.
             reads: 0,
             read_rate_per_second: 0.0,
+            read_latency: LatencySummary::default(),
         }
     }
 }

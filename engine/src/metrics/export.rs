@@ -348,6 +348,17 @@ fn encode_proposals(
         "Time from a proposal reaching its shard until it was applied at this node as the \
          leader.",
         vec![(Labels::new(), commit_latency)],
+    )?;
+    let mut read_latency = LatencyHistogram::default();
+    for shard in shards {
+        read_latency.merge(&shard.read_latency);
+    }
+    histograms(
+        encoder,
+        "shardraft_read_latency_seconds",
+        "Time from a linearizable read reaching its shard until it was served at this node \
+         as the leader.",
+        vec![(Labels::new(), read_latency)],
     )
 }
 

@@ -76,6 +76,10 @@ pub struct ShardMetrics {
     /// Time from the turn of the shard's loop that took a proposal until the proposal was
     /// applied at this node as the leader: the stages from `batched` to `applied`.
     pub commit_latency: LatencyHistogram,
+    /// Time from the turn of the shard's loop that took a linearizable read until the read
+    /// was served at this node as the leader: the ReadIndex round and the wait for the
+    /// state machine to apply up to the read index.
+    pub read_latency: LatencyHistogram,
     /// Stages of the writes this shard completed as the leader of their group.
     pub write_stages: WriteStageLatencies,
     /// Time the shard's loop spent handling events and collecting ready work, as opposed

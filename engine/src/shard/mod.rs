@@ -512,10 +512,11 @@ where
     /// Ends the tuning interval when it is due and applies the tuner's decision.
     fn run_tuner(&mut self) {
         let now = Instant::now();
-        let Some(tuning) = self.tuning.as_mut() else {
-            return;
-        };
-        if !tuning.interval_due(now) {
+        if !self
+            .tuning
+            .as_ref()
+            .is_some_and(|tuning| tuning.interval_due(now))
+        {
             return;
         }
         let log_stats = match &self.log {
@@ -523,8 +524,17 @@ where
             Log::Memory(_) => None,
         };
         let peers = self.transport.peer_stats();
-        let decision =
-            tuning.finish_interval(now, log_stats.as_ref(), &peers, self.write_stages.total());
+        let reads = self.read_latency();
+        let Some(tuning) = self.tuning.as_mut() else {
+            return;
+        };
+        let decision = tuning.finish_interval(
+            now,
+            log_stats.as_ref(),
+            &peers,
+            self.write_stages.total(),
+            &reads,
+        );
         self.propose_group_timing();
         let Some(batching) = decision.batching else {
             return;
@@ -632,7 +642,7 @@ where
                     }
                     let span = replica.span.clone();
                     let _entered = span.enter();
-                    replica.read_linearizable(read, deadline);
+                    replica.read_linearizable(read, deadline, self.turn_started_at);
                 }
                 None => {
                     let groups = self.config.groups;
@@ -969,9 +979,19 @@ where
         }
     }
 
+    /// Merges the read latency of every group of the shard.
+    fn read_latency(&self) -> LatencyHistogram {
+        let mut merged = LatencyHistogram::default();
+        for replica in self.replicas.values() {
+            merged.merge(&replica.read_latency);
+        }
+        merged
+    }
+
     fn metrics(&self) -> ShardMetrics {
         let mut proposals = ProposalCounts::default();
         let mut commit_latency = LatencyHistogram::default();
+        let read_latency = self.read_latency();
         let mut groups = Vec::with_capacity(self.replicas.len());
         for (group, replica) in &self.replicas {
             proposals.add(&replica.proposal_counts);
@@ -989,6 +1009,7 @@ where
             groups,
             proposals,
             commit_latency,
+            read_latency,
             write_stages: self.write_stages.clone(),
             busy_time: self.busy_time,
             peers: self.transport.peer_stats(),

@@ -63,6 +63,8 @@ pub(crate) struct AppliedSinceSnapshot {
 struct PendingRead<S> {
     read: ReadFn<S>,
     expires_at_tick: u64,
+    /// Start of the shard loop's turn that took the read.
+    taken_at: Instant,
 }
 
 pub(crate) struct Replica<S: StateMachine> {
@@ -88,6 +90,9 @@ pub(crate) struct Replica<S: StateMachine> {
     pub proposal_counts: ProposalCounts,
     /// Time from taking a proposal to applying it, for proposals that took effect.
     pub commit_latency: LatencyHistogram,
+    /// Time from taking a linearizable read to serving it from the state machine, for
+    /// reads this replica served as the leader.
+    pub read_latency: LatencyHistogram,
     /// Log times of this group's entries while proposals wait on them.
     pub write_marks: WriteMarks,
     /// Replies to the committed entries being applied; empty between `Ready`s.
@@ -122,6 +127,7 @@ where
             deferred_hard_state: None,
             proposal_counts: ProposalCounts::default(),
             commit_latency: LatencyHistogram::default(),
+            read_latency: LatencyHistogram::default(),
             write_marks: WriteMarks::default(),
             replies: Vec::new(),
             completed_writes: Vec::new(),
@@ -198,7 +204,9 @@ where
         }
     }
 
-    pub fn read_linearizable(&mut self, read: ReadFn<S>, expires_at_tick: u64) {
+    /// Starts a linearizable read that the shard's loop took in the turn that started at
+    /// `taken_at`.
+    pub fn read_linearizable(&mut self, read: ReadFn<S>, expires_at_tick: u64, taken_at: Instant) {
         let context = self.next_read_context;
         self.next_read_context += 1;
         let group = self.group;
@@ -207,6 +215,7 @@ where
                 let pending = PendingRead {
                     read,
                     expires_at_tick,
+                    taken_at,
                 };
                 self.reads_confirming.insert(context, pending);
             }
@@ -343,6 +352,7 @@ where
             }
             let pending = entry.remove();
             (pending.read)(Ok(&self.state_machine));
+            self.read_latency.record(pending.taken_at.elapsed());
         }
     }
 

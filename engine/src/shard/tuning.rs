@@ -22,8 +22,8 @@ use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollec
 use crate::config::NodeConfig;
 use crate::log::DiskLogStats;
 use crate::metrics::{
-    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS,
-    StageHistogram,
+    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram, STAGE_BUCKET_BOUNDS_NANOS,
+    STAGE_BUCKETS, StageHistogram,
 };
 use crate::transport::PeerTransportStats;
 use crate::transport::wire::GroupMessage;
@@ -52,6 +52,8 @@ pub(super) struct ShardTuning {
     log_mark: LogMark,
     peer_marks: BTreeMap<NodeId, LatencyBuckets>,
     commit_mark: [u64; STAGE_BUCKETS + 1],
+    /// The shard's read latency buckets at the end of the last interval.
+    read_mark: LatencyBuckets,
     /// Limits on bytes in flight stay static: the tuner bounds memory through entries and
     /// bytes per message times messages in flight.
     inflight_bytes_max: u64,
@@ -99,6 +101,7 @@ impl ShardTuning {
             log_mark: LogMark::default(),
             peer_marks: BTreeMap::new(),
             commit_mark: [0; STAGE_BUCKETS + 1],
+            read_mark: [0; LATENCY_BUCKETS + 1],
             inflight_bytes_max: config.raft.max_inflight_bytes,
             detectors: BTreeMap::new(),
             suspicion_ticks: BTreeMap::new(),
@@ -221,6 +224,7 @@ impl ShardTuning {
         log: Option<&DiskLogStats>,
         peers: &[PeerTransportStats],
         commits: &StageHistogram,
+        reads: &LatencyHistogram,
     ) -> Decision {
         self.next_interval_at = now + self.interval;
         if let Some(log) = log {
@@ -251,6 +255,11 @@ impl ShardTuning {
             }
         }
         self.commit_mark = commit_counts;
+        let read_counts = reads.bucket_counts();
+        for (bound_micros, count) in latency_bucket_growth(&read_counts, &self.read_mark) {
+            self.collector.record_read_latencies(bound_micros, count);
+        }
+        self.read_mark = read_counts;
 
         let now_micros = self.micros(now);
         self.report.peers = self

@@ -23,6 +23,10 @@ pub struct Measurement {
     /// The p99.9 fdatasync latency, if any fdatasync completed.
     pub fsync_p999_micros: Option<u64>,
     pub read_rate_per_second: f64,
+    /// The p99 read latency, if at least [`READ_LATENCY_SAMPLES_MIN`] reads were served.
+    ///
+    /// [`READ_LATENCY_SAMPLES_MIN`]: super::reads::READ_LATENCY_SAMPLES_MIN
+    pub read_p99_micros: Option<u64>,
 }
 
 fn clean_rate(value: f64) -> f64 {
@@ -47,6 +51,8 @@ impl Measurement {
             fsync_p999_micros: (samples.fsync_latency.count > 0)
                 .then_some(samples.fsync_latency.p999_micros),
             read_rate_per_second: clean_rate(samples.read_rate_per_second),
+            read_p99_micros: (samples.read_latency.count >= super::reads::READ_LATENCY_SAMPLES_MIN)
+                .then_some(samples.read_latency.p99_micros),
         }
     }
 

@@ -26,17 +26,21 @@
 //!    `hysteresis_intervals` intervals (at least 2) against the intervals before the move,
 //!    counted from the last change of the read rate by [`CHANGE_RATIO_MIN`] or more.
 //!    The trial arm stays if its read rate is higher by the `hysteresis_percent` margin. A
-//!    read rate within the margin is a tie: the latency objective then prefers at once, the
-//!    throughput objective held. Otherwise the policy moves back and does not try that arm
-//!    again for [`READ_REJECTION_INTERVALS`] intervals, unless the read rate changes by a
-//!    factor of [`CHANGE_RATIO_MIN`] meanwhile (a new workload).
+//!    read rate within the margin is a tie. The latency objective then compares the mean
+//!    p99 read latency of the same intervals, where each had at least
+//!    [`READ_LATENCY_SAMPLES_MIN`] served reads: the trial arm stays if its p99 is lower
+//!    by the margin and loses if it is higher by the margin. A p99 within the margin, or
+//!    too few samples, leaves the tie to the objective's preference: at once for latency,
+//!    held for throughput. An arm that does not stay loses: the policy moves back and does
+//!    not try that arm again for [`READ_REJECTION_INTERVALS`] intervals, unless the read
+//!    rate changes by a factor of [`CHANGE_RATIO_MIN`] meanwhile (a new workload).
 //! 3. While held, the value follows `ceil(λ·r)` when that differs by a factor of at least
 //!    [`CHANGE_RATIO_MIN`], and drops to the minimum without a trial when fewer than
 //!    [`READS_PER_ROUND_TRIP_MIN`] reads arrive per round trip.
 //!
 //! The read rate is a fair score for closed-loop clients, whose rate falls as their latency
 //! rises, and for a saturated open-loop load. An open-loop load below saturation reads at
-//! the same rate either way, which is a tie. Every move passes the guard's rate limit and
+//! the same rate either way, which is a tie that the read latency decides. Every move passes the guard's rate limit and
 //! bounds; the step limit lets this knob jump to its target (see [`Knob::step_unit`]).
 //!
 //! [`Knob::step_unit`]: crate::knobs::Knob::step_unit
@@ -63,6 +67,9 @@ pub const READ_REJECTION_INTERVALS: u64 = 120;
 /// Read rates kept from the intervals before a trial, to compare the trial against.
 const BASELINE_INTERVALS: usize = 4;
 
+/// Served reads an interval needs for its read p99 to count in a trial.
+pub const READ_LATENCY_SAMPLES_MIN: u64 = 20;
+
 /// The cause of a proposed move, for its logged reason.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum ReadMove {
@@ -71,10 +78,14 @@ pub(super) enum ReadMove {
         reads_per_second: f64,
         round_trip_micros: f64,
     },
-    /// The trial arm read slower than the arm before it.
+    /// The trial arm read slower than the arm before it, or as fast with a higher p99
+    /// read latency, or tied where the objective prefers the arm before.
     Back {
         trial_reads_per_second: f64,
         before_reads_per_second: f64,
+        /// Mean p99 read latencies of the trial and of the intervals before, when both
+        /// had enough samples.
+        read_p99_micros: Option<(f64, f64)>,
     },
     /// The held value follows the reads per round trip.
     Follow {
@@ -88,9 +99,13 @@ struct ReadTrial {
     from: u64,
     to: u64,
     before_reads_per_second: f64,
+    /// Mean p99 read latency of the intervals before, if enough of them had one.
+    before_read_p99_micros: Option<f64>,
     /// Whether the first interval at the trial value has been skipped.
     settled: bool,
     rates: Vec<f64>,
+    /// p99 read latencies of the trial's intervals that had enough samples.
+    read_p99s_micros: Vec<f64>,
 }
 
 /// The state of the read batching policy of one tuner.
@@ -98,6 +113,9 @@ struct ReadTrial {
 pub(super) struct ReadPolicy {
     /// Read rates measured at the value in force, newest last.
     recent_rates: Vec<f64>,
+    /// p99 read latencies measured at the value in force, newest last, from intervals
+    /// with at least [`READ_LATENCY_SAMPLES_MIN`] served reads.
+    recent_read_p99s_micros: Vec<f64>,
     trial: Option<ReadTrial>,
     /// The interval of the last move, or of the policy's first interval.
     last_move: Option<u64>,
@@ -143,6 +161,11 @@ fn held_value(reads_per_second: f64, round_trip_micros: f64, bounds: KnobRange) 
     Some(bounds.clamp(per_round_trip.ceil() as u64)).filter(|&value| value > bounds.min)
 }
 
+/// Returns the mean of the p99s of at least two intervals, or `None` with fewer.
+fn latency_mean(p99s_micros: &[f64]) -> Option<f64> {
+    (p99s_micros.len() >= 2).then(|| mean(p99s_micros))
+}
+
 fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
@@ -179,6 +202,9 @@ impl ReadPolicy {
                 return None;
             } else {
                 trial.rates.push(rate);
+                if let Some(p99) = measured.read_p99_micros {
+                    trial.read_p99s_micros.push(p99 as f64);
+                }
                 if (trial.rates.len() as u64) < config.hysteresis_intervals.max(2) {
                     return None;
                 }
@@ -193,10 +219,17 @@ impl ReadPolicy {
             && (rate >= baseline * CHANGE_RATIO_MIN || rate * CHANGE_RATIO_MIN <= baseline)
         {
             self.recent_rates.clear();
+            self.recent_read_p99s_micros.clear();
         }
         self.recent_rates.push(rate);
         if self.recent_rates.len() > BASELINE_INTERVALS {
             self.recent_rates.remove(0);
+        }
+        if let Some(p99) = measured.read_p99_micros {
+            self.recent_read_p99s_micros.push(p99 as f64);
+            if self.recent_read_p99s_micros.len() > BASELINE_INTERVALS {
+                self.recent_read_p99s_micros.remove(0);
+            }
         }
         let round_trip_micros = round_trip_micros?;
         let held = held_value(rate, round_trip_micros, bounds);
@@ -243,8 +276,10 @@ impl ReadPolicy {
             from: current,
             to,
             before_reads_per_second: mean(&self.recent_rates),
+            before_read_p99_micros: latency_mean(&self.recent_read_p99s_micros),
             settled: false,
             rates: Vec::new(),
+            read_p99s_micros: Vec::new(),
         });
         self.proposed = Some((to, reason, trial));
         Some(to)
@@ -260,12 +295,25 @@ impl ReadPolicy {
         let worse = trial_rate < before * (1.0 - margin);
 
         let trial_holds = trial.to > trial.from;
-        let tie_prefers_trial = match config.objective {
-            ObjectiveKind::Latency => !trial_holds,
-            ObjectiveKind::Throughput => trial_holds,
+        let read_p99_micros =
+            latency_mean(&trial.read_p99s_micros).zip(trial.before_read_p99_micros);
+        let tie_prefers_trial = match (config.objective, read_p99_micros) {
+            (ObjectiveKind::Latency, Some((trial_p99, before_p99)))
+                if trial_p99 < before_p99 * (1.0 - margin) =>
+            {
+                true
+            }
+            (ObjectiveKind::Latency, Some((trial_p99, before_p99)))
+                if trial_p99 > before_p99 * (1.0 + margin) =>
+            {
+                false
+            }
+            (ObjectiveKind::Latency, _) => !trial_holds,
+            (ObjectiveKind::Throughput, _) => trial_holds,
         };
         if better || (!worse && tie_prefers_trial) {
             self.recent_rates = trial.rates;
+            self.recent_read_p99s_micros = trial.read_p99s_micros;
             return None;
         }
 
@@ -281,6 +329,7 @@ impl ReadPolicy {
         let reason = ReadMove::Back {
             trial_reads_per_second: trial_rate,
             before_reads_per_second: before,
+            read_p99_micros,
         };
         self.proposed = Some((trial.from, reason, None));
         Some(trial.from)
@@ -300,6 +349,7 @@ impl ReadPolicy {
         }
         self.last_move = Some(interval);
         self.recent_rates.clear();
+        self.recent_read_p99s_micros.clear();
         self.trial = trial;
         Some(reason)
     }
@@ -332,11 +382,17 @@ pub(super) fn describe(from: u64, to: u64, reason: Option<&ReadMove>) -> String 
         Some(ReadMove::Back {
             trial_reads_per_second,
             before_reads_per_second,
-        }) => format!(
-            "{head}: reads {} on trial against {} before (moving back)",
-            rate(*trial_reads_per_second),
-            rate(*before_reads_per_second)
-        ),
+            read_p99_micros,
+        }) => {
+            let latency = read_p99_micros.map_or_else(String::new, |(trial, before)| {
+                format!(", read p99 {} against {}", micros(trial), micros(before))
+            });
+            format!(
+                "{head}: reads {} on trial against {} before{latency} (moving back)",
+                rate(*trial_reads_per_second),
+                rate(*before_reads_per_second)
+            )
+        }
         Some(ReadMove::Follow {
             reads_per_second,
             round_trip_micros,
@@ -382,11 +438,24 @@ mod tests {
         intervals: std::ops::Range<u64>,
         rate_at: impl Fn(u64) -> f64,
     ) -> (Vec<u64>, Vec<String>) {
+        run_measured(config, policy, start, intervals, |value| {
+            reads(rate_at(value))
+        })
+    }
+
+    /// [`run`] with the whole measurement that `measured_at` gives for the value in force.
+    fn run_measured(
+        config: &TuningConfig,
+        policy: &mut ReadPolicy,
+        start: u64,
+        intervals: std::ops::Range<u64>,
+        measured_at: impl Fn(u64) -> Measurement,
+    ) -> (Vec<u64>, Vec<String>) {
         let mut current = start;
         let mut values = Vec::new();
         let mut reasons = Vec::new();
         for interval in intervals {
-            let measured = reads(rate_at(current));
+            let measured = measured_at(current);
             let proposed = policy.propose(
                 config,
                 &measured,
@@ -452,6 +521,62 @@ mod tests {
         let throughput = config(ObjectiveKind::Throughput);
         let (values, _) = run(&throughput, &mut ReadPolicy::default(), 1, 0..40, flat);
         assert_eq!(values.last(), Some(&30), "throughput keeps reads held");
+    }
+
+    /// 60,000 reads/s whatever the value, as from an open-loop load below saturation, with
+    /// the p99 read latency `held_p99` held and `at_once_p99` at once.
+    fn flat_rate_with_p99(held_p99: u64, at_once_p99: u64) -> impl Fn(u64) -> Measurement {
+        move |value| Measurement {
+            read_rate_per_second: 60_000.0,
+            read_p99_micros: Some(if value > 1 { held_p99 } else { at_once_p99 }),
+            ..Measurement::default()
+        }
+    }
+
+    #[test]
+    fn equal_rates_keep_lower_read_p99() {
+        let config = config(ObjectiveKind::Latency);
+        let (values, reasons) = run_measured(
+            &config,
+            &mut ReadPolicy::default(),
+            1,
+            0..40,
+            flat_rate_with_p99(400, 800),
+        );
+
+        assert_eq!(values.last(), Some(&30), "{reasons:?}");
+    }
+
+    #[test]
+    fn equal_rates_undo_higher_read_p99() {
+        let config = config(ObjectiveKind::Latency);
+        let (values, reasons) = run_measured(
+            &config,
+            &mut ReadPolicy::default(),
+            1,
+            0..40,
+            flat_rate_with_p99(900, 600),
+        );
+
+        assert_eq!(values.last(), Some(&1), "{reasons:?}");
+        assert!(
+            reasons[1].contains("read p99 900 µs against 600 µs"),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn throughput_objective_ignores_read_p99() {
+        let config = config(ObjectiveKind::Throughput);
+        let (values, reasons) = run_measured(
+            &config,
+            &mut ReadPolicy::default(),
+            1,
+            0..40,
+            flat_rate_with_p99(900, 600),
+        );
+
+        assert_eq!(values.last(), Some(&30), "{reasons:?}");
     }
 
     #[test]

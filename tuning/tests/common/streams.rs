@@ -65,12 +65,12 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
         extreme_u64(),
         extreme_f64(),
     );
-    let reads = (extreme_u64(), extreme_f64());
+    let reads = (extreme_u64(), extreme_f64(), summary());
     (rates, latencies, reads).prop_map(
         |(
             (interval, count, arrival_rate, dispersion, commit_rate, busy),
             (fsync, commit, peers, queue, queue_max, bytes),
-            (reads, read_rate),
+            (reads, read_rate, read_latency),
         )| {
             IntervalSamples {
                 interval_micros: interval,
@@ -97,6 +97,7 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
                 commit_latency: commit,
                 reads,
                 read_rate_per_second: read_rate,
+                read_latency,
             }
         },
     )
@@ -137,5 +138,6 @@ pub fn saturated_samples() -> IntervalSamples {
         commit_latency: huge,
         reads: u64::MAX,
         read_rate_per_second: f64::MAX,
+        read_latency: huge,
     }
 }
