@@ -349,16 +349,16 @@ fn encode_proposals(
          leader.",
         vec![(Labels::new(), commit_latency)],
     )?;
-    let mut read_latency = LatencyHistogram::default();
+    let mut read_latency = StageHistogram::default();
     for shard in shards {
         read_latency.merge(&shard.read_latency);
     }
-    histograms(
+    stage_histograms(
         encoder,
         "shardraft_read_latency_seconds",
         "Time from a linearizable read reaching its shard until it was served at this node \
          as the leader.",
-        vec![(Labels::new(), read_latency)],
+        vec![(Labels::new(), &read_latency)],
     )
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use shardraft_raft::NodeId;
 
 use super::histogram::LatencyHistogram;
+use super::stage_histogram::StageHistogram;
 use super::write_stages::WriteStageLatencies;
 use crate::log::GroupId;
 use crate::node::{NodeStatus, ShardStatus};
@@ -79,7 +80,7 @@ pub struct ShardMetrics {
     /// Time from the turn of the shard's loop that took a linearizable read until the read
     /// was served at this node as the leader: the ReadIndex round and the wait for the
     /// state machine to apply up to the read index.
-    pub read_latency: LatencyHistogram,
+    pub read_latency: StageHistogram,
     /// Stages of the writes this shard completed as the leader of their group.
     pub write_stages: WriteStageLatencies,
     /// Time the shard's loop spent handling events and collecting ready work, as opposed

@@ -50,7 +50,8 @@ use crate::log::{
 };
 use crate::membership::AddressBook;
 use crate::metrics::{
-    GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics, WriteStageLatencies,
+    GroupMetrics, LatencyHistogram, ProposalCounts, ShardMetrics, StageHistogram,
+    WriteStageLatencies,
 };
 use crate::node::{GroupStatus, NodeError, ReadMode, ShardRequest, ShardStatus};
 use crate::signal::Signal;
@@ -980,8 +981,8 @@ where
     }
 
     /// Merges the read latency of every group of the shard.
-    fn read_latency(&self) -> LatencyHistogram {
-        let mut merged = LatencyHistogram::default();
+    fn read_latency(&self) -> StageHistogram {
+        let mut merged = StageHistogram::default();
         for replica in self.replicas.values() {
             merged.merge(&replica.read_latency);
         }

@@ -15,7 +15,9 @@ use shardraft_raft::{
 
 use super::write_marks::WriteMarks;
 use crate::log::GroupId;
-use crate::metrics::{LatencyHistogram, ProposalCounts, WritePoints, WriteStageLatencies};
+use crate::metrics::{
+    LatencyHistogram, ProposalCounts, StageHistogram, WritePoints, WriteStageLatencies,
+};
 use crate::node::{Applied, NodeError, ProposalReply, ReadFn};
 use crate::state_machine::StateMachine;
 
@@ -92,7 +94,7 @@ pub(crate) struct Replica<S: StateMachine> {
     pub commit_latency: LatencyHistogram,
     /// Time from taking a linearizable read to serving it from the state machine, for
     /// reads this replica served as the leader.
-    pub read_latency: LatencyHistogram,
+    pub read_latency: StageHistogram,
     /// Log times of this group's entries while proposals wait on them.
     pub write_marks: WriteMarks,
     /// Replies to the committed entries being applied; empty between `Ready`s.
@@ -127,7 +129,7 @@ where
             deferred_hard_state: None,
             proposal_counts: ProposalCounts::default(),
             commit_latency: LatencyHistogram::default(),
-            read_latency: LatencyHistogram::default(),
+            read_latency: StageHistogram::default(),
             write_marks: WriteMarks::default(),
             replies: Vec::new(),
             completed_writes: Vec::new(),

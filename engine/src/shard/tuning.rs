@@ -22,8 +22,8 @@ use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollec
 use crate::config::NodeConfig;
 use crate::log::DiskLogStats;
 use crate::metrics::{
-    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram, STAGE_BUCKET_BOUNDS_NANOS,
-    STAGE_BUCKETS, StageHistogram,
+    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS,
+    StageHistogram,
 };
 use crate::transport::PeerTransportStats;
 use crate::transport::wire::GroupMessage;
@@ -53,7 +53,7 @@ pub(super) struct ShardTuning {
     peer_marks: BTreeMap<NodeId, LatencyBuckets>,
     commit_mark: [u64; STAGE_BUCKETS + 1],
     /// The shard's read latency buckets at the end of the last interval.
-    read_mark: LatencyBuckets,
+    read_mark: [u64; STAGE_BUCKETS + 1],
     /// Limits on bytes in flight stay static: the tuner bounds memory through entries and
     /// bytes per message times messages in flight.
     inflight_bytes_max: u64,
@@ -101,7 +101,7 @@ impl ShardTuning {
             log_mark: LogMark::default(),
             peer_marks: BTreeMap::new(),
             commit_mark: [0; STAGE_BUCKETS + 1],
-            read_mark: [0; LATENCY_BUCKETS + 1],
+            read_mark: [0; STAGE_BUCKETS + 1],
             inflight_bytes_max: config.raft.max_inflight_bytes,
             detectors: BTreeMap::new(),
             suspicion_ticks: BTreeMap::new(),
@@ -224,7 +224,7 @@ impl ShardTuning {
         log: Option<&DiskLogStats>,
         peers: &[PeerTransportStats],
         commits: &StageHistogram,
-        reads: &LatencyHistogram,
+        reads: &StageHistogram,
     ) -> Decision {
         self.next_interval_at = now + self.interval;
         if let Some(log) = log {
@@ -243,20 +243,12 @@ impl ShardTuning {
             }
         }
         let commit_counts = *commits.bucket_counts();
-        for (bucket, (now_count, before)) in commit_counts.iter().zip(self.commit_mark).enumerate()
-        {
-            let count = now_count.saturating_sub(before);
-            if count > 0 {
-                let bound_nanos = STAGE_BUCKET_BOUNDS_NANOS
-                    .get(bucket)
-                    .copied()
-                    .unwrap_or(STAGE_BUCKET_BOUNDS_NANOS[STAGE_BUCKETS - 1].saturating_mul(2));
-                self.collector.record_commits(bound_nanos / 1_000, count);
-            }
+        for (bound_micros, count) in stage_bucket_growth(&commit_counts, &self.commit_mark) {
+            self.collector.record_commits(bound_micros, count);
         }
         self.commit_mark = commit_counts;
-        let read_counts = reads.bucket_counts();
-        for (bound_micros, count) in latency_bucket_growth(&read_counts, &self.read_mark) {
+        let read_counts = *reads.bucket_counts();
+        for (bound_micros, count) in stage_bucket_growth(&read_counts, &self.read_mark) {
             self.collector.record_read_latencies(bound_micros, count);
         }
         self.read_mark = read_counts;
@@ -370,6 +362,26 @@ impl ShardTuning {
 /// Returns the growth of each bucket of a [`crate::metrics::LatencyHistogram`] from
 /// `before` to `now`, as `(upper bound in microseconds, count)`, the overflow bucket at
 /// twice the last bound.
+/// Returns `(bucket upper bound in microseconds, observations added)` for each bucket of a
+/// [`StageHistogram`] that grew from `before` to `now`; the overflow bucket counts at twice
+/// the last bound.
+fn stage_bucket_growth<'a>(
+    now: &'a [u64; STAGE_BUCKETS + 1],
+    before: &'a [u64; STAGE_BUCKETS + 1],
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    now.iter()
+        .zip(before)
+        .enumerate()
+        .filter_map(|(bucket, (now, before))| {
+            let count = now.saturating_sub(*before);
+            let bound_nanos = STAGE_BUCKET_BOUNDS_NANOS
+                .get(bucket)
+                .copied()
+                .unwrap_or(STAGE_BUCKET_BOUNDS_NANOS[STAGE_BUCKETS - 1].saturating_mul(2));
+            (count > 0).then_some((bound_nanos / 1_000, count))
+        })
+}
+
 fn latency_bucket_growth(
     now: &LatencyBuckets,
     before: &LatencyBuckets,
