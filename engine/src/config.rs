@@ -117,6 +117,12 @@ pub struct SnapshotConfig {
     /// Entries kept in the log below a snapshot's index, so that a follower slightly
     /// behind still gets entries rather than the whole snapshot.
     pub log_tail_entries: u64,
+    /// Segments a shard's disk log may hold before the groups whose entries keep its
+    /// oldest segment compact past it, taking a snapshot first where they need one,
+    /// whatever their triggers and tail. Without it, one entry of an idle group below its
+    /// triggers keeps that segment, and so every later one, on disk for good. 0 turns this
+    /// off; otherwise at least [`LOG_SEGMENTS_MAX_MIN`].
+    pub log_segments_max: u64,
     /// Bytes per second one snapshot transfer sends at most; 0 sends as fast as the
     /// connection takes them.
     pub transfer_bytes_per_second: u64,
@@ -136,6 +142,7 @@ impl Default for SnapshotConfig {
             trigger_entries: 100_000,
             trigger_log_bytes: 64 << 20,
             log_tail_entries: 5_000,
+            log_segments_max: 16,
             transfer_bytes_per_second: 128 << 20,
             transfer_progress_timeout_ms: 10_000,
             transfer_chunk_bytes: 1 << 20,
@@ -263,6 +270,10 @@ fn invalid(key: &'static str, detail: impl Into<String>) -> ConfigError {
 
 /// Most entries a group keeps below its snapshot.
 pub const LOG_TAIL_ENTRIES_MAX: u64 = 10_000_000;
+
+/// Lowest `snapshot.log_segments_max` other than 0: the active segment and the one being
+/// retired.
+pub const LOG_SEGMENTS_MAX_MIN: u64 = 2;
 
 /// Lowest snapshot transfer rate other than 0 (no limit): slower, a transfer of a large
 /// state would take days.
@@ -487,6 +498,15 @@ impl NodeConfig {
                 ),
             ));
         }
+        if snapshot.log_segments_max != 0 && snapshot.log_segments_max < LOG_SEGMENTS_MAX_MIN {
+            return Err(invalid(
+                "snapshot.log_segments_max",
+                format!(
+                    "{}; allowed 0 (off) or {LOG_SEGMENTS_MAX_MIN} and above",
+                    snapshot.log_segments_max
+                ),
+            ));
+        }
         if snapshot.transfer_bytes_per_second != 0
             && snapshot.transfer_bytes_per_second < TRANSFER_BYTES_PER_SECOND_MIN
         {
@@ -607,6 +627,20 @@ mod tests {
 
         assert_eq!(error.key, "snapshot.transfer_bytes_per_second");
         config.snapshot.transfer_bytes_per_second = 0;
+        assert_eq!(config.validate(2), Ok(()));
+    }
+
+    #[test]
+    fn single_segment_limit_is_rejected() {
+        let mut config = three_members();
+        config.snapshot.log_segments_max = 1;
+
+        let error = config.validate(2).unwrap_err();
+
+        assert_eq!(error.key, "snapshot.log_segments_max");
+        config.snapshot.log_segments_max = 0;
+        assert_eq!(config.validate(2), Ok(()));
+        config.snapshot.log_segments_max = LOG_SEGMENTS_MAX_MIN;
         assert_eq!(config.validate(2), Ok(()));
     }
 

@@ -829,6 +829,42 @@ async fn fill(log: &DiskLog, groups: &[GroupId], last: &mut [u64], count: u64, p
 }
 
 #[test]
+fn oldest_segment_holders_not_compacted() {
+    let mut fixture = DiskFixture::new("oldest-segment-holders");
+    let (idle, busy) = (GroupId(7), GroupId(8));
+    run(async {
+        let log = fixture.open().await;
+        let mut last = [0u64; 2];
+        fill(&log, &[idle, busy], &mut last, 1, 1000).await;
+        let mut busy_last = [last[1]];
+        fill(&log, &[busy], &mut busy_last, 120, 1000).await;
+
+        let oldest = log.oldest_segment_holders();
+        assert!(oldest.live_segments >= 3, "{oldest:?}");
+        assert_eq!(
+            oldest.holders.first(),
+            Some(&(idle, LogIndex(1))),
+            "{oldest:?}"
+        );
+        assert!(
+            oldest
+                .holders
+                .iter()
+                .any(|(group, index)| *group == busy && index.0 > 1),
+            "{oldest:?}"
+        );
+
+        let mut batch = WriteBatch::new();
+        batch.compact(idle, LogIndex(1));
+        batch.compact(busy, LogIndex(busy_last[0]));
+        submit_durably(&log, batch).await;
+        let oldest = log.oldest_segment_holders();
+        assert_eq!(oldest.holders, [], "{oldest:?}");
+        log.close().await.expect("closing");
+    });
+}
+
+#[test]
 fn compacted_segments_are_deleted() {
     let mut fixture = DiskFixture::new("compacted-segments-are-deleted");
     let groups = [GroupId(0), GroupId(1), GroupId(2)];

@@ -886,3 +886,88 @@ fn rejected_snapshot_keeps_follower_running() {
         node.shutdown().expect("shutting down");
     }
 }
+
+/// Segment files in the directory of the only shard of `config`'s node, retired ones kept
+/// for recycling included.
+fn segment_files(config: &NodeConfig) -> usize {
+    let dir = config.log.data_dir.join("shard-0");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("listing {}: {error}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .path()
+                .extension()
+                .is_some_and(|extension| extension == "wal")
+        })
+        .count()
+}
+
+/// Proposes `command` to `group` on a single node that leads it, retrying until applied.
+fn propose_to(handle: &KvHandle, group: GroupId, command: Bytes) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(error) = handle.propose(group, command.clone()) {
+        assert!(
+            Instant::now() < deadline,
+            "group {group} applied no proposal within 20 s: {error}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn idle_group_releases_old_segments() {
+    let dir = test_dir("idle_group_releases_old_segments");
+    let mut config = cluster_configs(&dir, 1, 1, 2).remove(0);
+    config.log.segment_bytes = 256 << 10;
+    config.log.flush_bytes_max = 64 << 10;
+    config.snapshot.trigger_entries = 500;
+    config.snapshot.trigger_log_bytes = 0;
+    config.snapshot.log_tail_entries = 10;
+    config.snapshot.log_segments_max = 4;
+    let idle = GroupId(1);
+    let busy = GroupId(0);
+    let node = start_node(&config);
+    let handle = node.handle();
+    // Below every trigger of the idle group: without the segment limit, the oldest segment
+    // and every one after it would stay on disk.
+    for i in 0..5 {
+        propose_to(&handle, idle, put(&format!("idle-{i}"), "kept"));
+    }
+    // One proposal at a time writes one 4 KiB block each: 8,000 of them fill about 125
+    // segments of 256 KiB, all of which the idle group would keep.
+    let value = "v".repeat(1024);
+    let mut files_counted = Vec::new();
+    for i in 0..8_000 {
+        propose_to(&handle, busy, put(&format!("busy-{i}"), &value));
+        // From the time the first checks ran on.
+        if i >= 2_000 && i % 500 == 0 {
+            files_counted.push(segment_files(&config));
+        }
+    }
+    files_counted.push(segment_files(&config));
+    node.shutdown().expect("shutting down");
+
+    // The limit of 4 live segments, as many retired ones kept for recycling, and what
+    // fills between two checks.
+    let files_max = files_counted.iter().copied().max().unwrap_or(0);
+    assert!(files_max <= 16, "segment files counted: {files_counted:?}");
+
+    let node = start_node(&config);
+    let handle = node.handle();
+    wait_for_leader(&[&handle], idle, Duration::from_secs(10));
+    for i in 0..5 {
+        let key = format!("idle-{i}").into_bytes();
+        let value = handle
+            .read(idle, ReadMode::Linearizable, move |kv: &KvStateMachine| {
+                kv.get(&key).map(|value| value.value.to_vec())
+            })
+            .expect("reading the idle group");
+        assert_eq!(
+            value.as_deref(),
+            Some(&b"kept"[..]),
+            "idle-{i} after a restart"
+        );
+    }
+    node.shutdown().expect("shutting down");
+}

@@ -179,6 +179,17 @@ pub(crate) struct SegmentFile {
     pub checkpoint_base: HashMap<GroupId, LogIndex>,
 }
 
+/// The groups that keep a log's oldest segment on disk: see
+/// [`DiskLog::oldest_segment_holders`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentHolders {
+    /// Segments in use, the active one included.
+    pub live_segments: usize,
+    /// Groups with entries in the oldest segment that they have not compacted, each with
+    /// its highest index there, in group order.
+    pub holders: Vec<(GroupId, LogIndex)>,
+}
+
 /// A group's hard state and compaction point as written so far, the content of a
 /// checkpoint.
 #[derive(Clone, Copy, Debug, Default)]
@@ -417,6 +428,36 @@ impl DiskLog {
 
     pub fn stats(&self) -> DiskLogStats {
         self.shared.state.borrow().stats
+    }
+
+    /// Returns the live segment count and the groups whose entries keep the oldest segment
+    /// from retiring, each with the index it must compact through to release it. The active
+    /// segment never counts as the oldest, so with one live segment the list is empty.
+    pub fn oldest_segment_holders(&self) -> SegmentHolders {
+        let state = self.shared.state.borrow();
+        let mut holders: Vec<(GroupId, LogIndex)> = state
+            .segments
+            .first_key_value()
+            .filter(|(seq, _)| **seq != state.active_seq)
+            .map(|(_, oldest)| {
+                oldest
+                    .max_index
+                    .iter()
+                    .filter(|(group, index)| {
+                        state
+                            .groups
+                            .get(group)
+                            .is_some_and(|log| log.compacted_index < **index)
+                    })
+                    .map(|(group, index)| (*group, *index))
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort_unstable();
+        SegmentHolders {
+            live_segments: state.segments.len(),
+            holders,
+        }
     }
 
     /// Paths of the segment files in use, oldest first.

@@ -45,7 +45,7 @@ use std::ops::Range;
 use shardraft_raft::{Entry, HardState, LogIndex, Term};
 
 pub use config::{LogConfig, LogConfigError, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, StorageKind};
-pub use disk::{DiskLog, DiskLogStats};
+pub use disk::{DiskLog, DiskLogStats, SegmentHolders};
 pub use error::{LogIdentity, StorageError};
 pub use memory::{MemoryLog, MemoryVolume};
 pub use recovery::prime_direct_io;

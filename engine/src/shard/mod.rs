@@ -115,6 +115,11 @@ const READY_PASSES_MAX: usize = 4;
 /// Ticks between scans for requests past their deadline.
 const EXPIRY_SCAN_INTERVAL_TICKS: u64 = 10;
 
+/// Ticks between checks of how many segments the disk log has (see
+/// `snapshot.log_segments_max`). A segment takes seconds to fill at high write rates, and
+/// a check costs a pass over the groups in the oldest segment.
+const SEGMENT_CHECK_INTERVAL_TICKS: u64 = 50;
+
 /// Runs one shard until it is stopped. This is the body of the shard's executor thread.
 pub(crate) async fn run<S>(params: ShardParams<S>)
 where
@@ -441,6 +446,9 @@ where
         self.retry_membership_changes();
         self.check_disk_health();
         self.run_tuner();
+        if self.tick.is_multiple_of(SEGMENT_CHECK_INTERVAL_TICKS) {
+            self.release_oldest_segment();
+        }
         if self.tick.is_multiple_of(EXPIRY_SCAN_INTERVAL_TICKS) {
             let timeout_ms = self.config.request_timeout_ms;
             for replica in self.replicas.values_mut() {

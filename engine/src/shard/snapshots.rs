@@ -9,7 +9,11 @@
 //! stores the file durably. When the task reports back, the loop calls
 //! `RaftNode::compact` keeping `snapshot.log_tail_entries` entries below the snapshot, and
 //! adds `WriteBatch::compact` for the same index to the next batch, so that the log
-//! deletes segments that every group has compacted. A group takes one snapshot at a time.
+//! deletes segments that every group has compacted. Once the disk log has more than
+//! `snapshot.log_segments_max` segments, the groups whose entries keep its oldest segment
+//! compact past it whatever their triggers (see [`Shard::release_oldest_segment`]), so
+//! that an idle group cannot keep every segment on disk. A group takes one snapshot at a
+//! time.
 //! While a transfer of its snapshot is in flight or recently failed, it defers the next
 //! one up to four times the trigger, because a transfer resumes only at the same snapshot
 //! and would otherwise start over with every new one.
@@ -32,6 +36,7 @@ use shardraft_raft::{
     LogIndex, Message, MessageBody, NodeId, RestoredState, SnapshotInstall, SnapshotTransfer,
 };
 
+use super::queue::EventQueue;
 use super::replica::Replica;
 use super::{Shard, ShardEvent};
 use crate::config::SnapshotConfig;
@@ -96,6 +101,9 @@ pub(super) struct ShardSnapshots {
     sending: BTreeSet<(GroupId, NodeId)>,
     /// Groups whose snapshot is being serialized or stored.
     building: BTreeSet<GroupId>,
+    /// Groups that must compact through at least this index once their snapshot in
+    /// progress is stored, because they keep the log's oldest segment.
+    releasing: BTreeMap<GroupId, LogIndex>,
     /// When a transfer of each group's snapshot last failed; the leader retries it soon and
     /// resumes only if the snapshot is still the same.
     failed_at: BTreeMap<GroupId, Instant>,
@@ -120,6 +128,7 @@ impl ShardSnapshots {
             received: BTreeMap::new(),
             sending: BTreeSet::new(),
             building: BTreeSet::new(),
+            releasing: BTreeMap::new(),
             failed_at: BTreeMap::new(),
             activity,
             background: glommio::executor().create_task_queue(
@@ -165,9 +174,65 @@ impl Drop for ShardSnapshots {
     }
 }
 
-/// Whether `replica` has applied enough since its last snapshot to take the next one.
-// TODO: an idle group below both triggers never compacts, so a log segment that holds one
-// of its entries is never deleted; a time-based trigger would bound that.
+/// Starts a background snapshot of `group` at what `replica` applied, unless that is no
+/// newer than its latest snapshot. Returns whether it started.
+fn start_snapshot<S>(
+    snapshots: &mut ShardSnapshots,
+    events: &EventQueue<ShardEvent<S>>,
+    group: GroupId,
+    replica: &mut Replica<S>,
+) -> bool
+where
+    S: StateMachine + 'static,
+    S::Output: Send + 'static,
+{
+    let view = replica.state_machine.snapshot_view();
+    let Some(meta) = replica.core.snapshot_meta(view.index()) else {
+        return false;
+    };
+    let newer = replica
+        .core
+        .latest_snapshot()
+        .is_none_or(|latest| meta.index > latest.index);
+    if !newer || meta.index.0 == 0 {
+        return false;
+    }
+    replica.applied_since_snapshot = Default::default();
+    snapshots.building.insert(group);
+    snapshots.activity.begin();
+    let store = Rc::clone(&snapshots.store);
+    let events = events.clone();
+    let task = async move {
+        let started = Instant::now();
+        let file = snapshot::build_file(group, &meta, view).await;
+        let result = store
+            .save(group, &meta, file)
+            .await
+            .map(|stored| (stored, started.elapsed()));
+        events.push_now(ShardEvent::Snapshot(SnapshotEvent::Stored {
+            group,
+            result,
+        }));
+    };
+    match glommio::spawn_local_into(task, snapshots.background) {
+        Ok(task) => {
+            task.detach();
+            true
+        }
+        Err(error) => {
+            // The queue belongs to this executor, so this is not expected. The group's next
+            // trigger tries again.
+            snapshots.building.remove(&group);
+            snapshots.activity.end();
+            snapshots.stats.failed += 1;
+            tracing::error!(%error, "starting a snapshot task failed");
+            false
+        }
+    }
+}
+
+/// Whether `replica` has applied enough since its last snapshot to take the next one. An
+/// idle group below both triggers compacts through `Shard::release_oldest_segment` instead.
 fn snapshot_due<S: StateMachine>(replica: &Replica<S>, config: &SnapshotConfig) -> bool {
     snapshot_due_times(replica, config, 1)
 }
@@ -340,49 +405,68 @@ where
             if self.snapshots.transfer_pending(*group, hold) && !overdue {
                 continue;
             }
-            let view = replica.state_machine.snapshot_view();
-            let Some(meta) = replica.core.snapshot_meta(view.index()) else {
+            start_snapshot(&mut self.snapshots, &self.events, *group, replica);
+        }
+    }
+
+    /// Makes the groups that keep the disk log's oldest segment compact past it once the
+    /// log has more than `snapshot.log_segments_max` segments. A group whose latest
+    /// snapshot already covers its entries there compacts at once; one whose applied
+    /// entries cover them takes a snapshot first. Both ignore the triggers and the tail,
+    /// since a group that stays below its triggers would otherwise hold the segment, and
+    /// every segment after it, for as long as it stays idle.
+    pub(super) fn release_oldest_segment(&mut self) {
+        let segments_max = self.config.snapshot.log_segments_max;
+        let Log::Disk(log) = &self.log else {
+            return;
+        };
+        if segments_max == 0 {
+            return;
+        }
+        let oldest = log.oldest_segment_holders();
+        if (oldest.live_segments as u64) <= segments_max {
+            return;
+        }
+        for (group, index) in oldest.holders {
+            let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
             };
-            let newer = replica
+            if self.snapshots.building.contains(&group) {
+                let releasing = self.snapshots.releasing.entry(group).or_default();
+                *releasing = (*releasing).max(index);
+                continue;
+            }
+            let span = replica.span.clone();
+            let _entered = span.enter();
+            let covered = replica
                 .core
                 .latest_snapshot()
-                .is_none_or(|latest| meta.index > latest.index);
-            if !newer || meta.index.0 == 0 {
-                continue;
-            }
-            replica.applied_since_snapshot = Default::default();
-            self.snapshots.building.insert(*group);
-            self.snapshots.activity.begin();
-            let group = *group;
-            let store = Rc::clone(&self.snapshots.store);
-            let events = self.events.clone();
-            let task = async move {
-                let started = Instant::now();
-                let file = snapshot::build_file(group, &meta, view).await;
-                let result = store
-                    .save(group, &meta, file)
-                    .await
-                    .map(|stored| (stored, started.elapsed()));
-                events.push_now(ShardEvent::Snapshot(SnapshotEvent::Stored {
-                    group,
-                    result,
-                }));
-            };
-            match glommio::spawn_local_into(task, self.snapshots.background) {
-                Ok(task) => {
-                    task.detach();
+                .filter(|latest| latest.index >= index)
+                .cloned();
+            if let Some(latest) = covered {
+                if let Err(error) = replica.core.compact(latest, index) {
+                    tracing::warn!(%error, through = index.0, "compacting past the oldest log segment failed");
+                    continue;
                 }
-                Err(error) => {
-                    // The queue belongs to this executor, so this is not expected. The
-                    // group's next trigger tries again.
-                    self.snapshots.building.remove(&group);
-                    self.snapshots.activity.end();
-                    self.snapshots.stats.failed += 1;
-                    tracing::error!(%error, "starting a snapshot task failed");
+                tracing::info!(
+                    through = index.0,
+                    live_segments = oldest.live_segments,
+                    "compacting past the oldest log segment"
+                );
+                self.snapshots.compactions.push((group, index));
+            } else if replica.state_machine.applied_index() >= index {
+                tracing::info!(
+                    through = index.0,
+                    live_segments = oldest.live_segments,
+                    "taking a snapshot to compact past the oldest log segment"
+                );
+                if start_snapshot(&mut self.snapshots, &self.events, group, replica) {
+                    self.snapshots.releasing.insert(group, index);
                 }
             }
+            // Otherwise its entries there are not applied yet; a later check tries again.
         }
+        self.events.push_now(ShardEvent::Continue);
     }
 
     pub(super) fn on_snapshot_event(&mut self, event: SnapshotEvent) {
@@ -415,7 +499,13 @@ where
         };
         let meta = stored.meta.clone();
         let tail = self.config.snapshot.log_tail_entries;
-        let through = LogIndex(meta.index.0.saturating_sub(tail));
+        // A group that keeps the oldest segment compacts past it, tail or not.
+        let releasing = self
+            .snapshots
+            .releasing
+            .remove(&group)
+            .map_or(LogIndex(0), |index| index.min(meta.index));
+        let through = LogIndex(meta.index.0.saturating_sub(tail)).max(releasing);
         if let Err(error) = replica.core.compact(meta.clone(), through) {
             // A snapshot installed from a leader meanwhile is newer; this one is moot.
             tracing::debug!(%error, "the core did not take the snapshot");
