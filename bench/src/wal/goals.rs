@@ -2,9 +2,8 @@
 //!
 //! 1. Bandwidth: 4 KiB entries reach at least 80 % of the device's sequential DMA bandwidth
 //!    (large writes, each followed by fdatasync) at the best appender count. The device's
-//!    bandwidth drifts by several times within minutes on shared disks, so each 4 KiB
-//!    cell is compared with the device measured right before and right after it, taking
-//!    the higher figure.
+//!    bandwidth drifts by several times within minutes on shared disks, so it is sampled
+//!    at the start of the run and beside each 4 KiB cell, and the fastest sample counts.
 //! 2. Small entries: at least 1,000,000 16-byte entries per second on one core, with at
 //!    least 100 entries sharing each fdatasync.
 //! 3. Latency: the p99 append-to-durable latency stays within 2 times the device's own
@@ -85,17 +84,16 @@ fn verdict(passed: bool) -> Verdict {
     if passed { Verdict::Pass } else { Verdict::Fail }
 }
 
-/// Goal 1, against `sequential`, the device's figures for large writes.
-/// Goal 1. `sequential` is the device's bandwidth measured at the start of the run, the
-/// reference for cells measured without one beside them.
+/// Goal 1. The reference is the fastest sample of the device's sequential bandwidth in the
+/// run: `sequential`, taken at its start, or one taken beside a cell. Probes right after
+/// cells that wrote gigabytes measured less than half of the run's fastest sample on the
+/// development VM, so a slow sample never lowers the reference.
 pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalReport {
     let goal = "bandwidth of 4 KiB entries";
-    let reference = |cell: &CellReport| cell.sequential_beside.unwrap_or(*sequential);
-    let share = |cell: &CellReport| cell.payload_mib_per_sec / reference(cell).mib_per_sec;
     let best = cells
         .iter()
         .filter(|cell| cell.spec.entry_bytes == BANDWIDTH_ENTRY_BYTES)
-        .max_by(|a, b| share(a).total_cmp(&share(b)));
+        .max_by(|a, b| a.payload_mib_per_sec.total_cmp(&b.payload_mib_per_sec));
     let Some(best) = best else {
         return GoalReport {
             goal,
@@ -103,27 +101,31 @@ pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalR
             detail: format!("no cell had {BANDWIDTH_ENTRY_BYTES}-byte entries"),
         };
     };
-    let (best_share, best_reference) = (share(best), reference(best));
-    let when = if best.sequential_beside.is_some() {
-        format!(
-            "measured beside the cell (at the start of the run: {:.1} MiB/s)",
-            sequential.mib_per_sec
-        )
-    } else {
-        "measured at the start of the run".to_string()
-    };
+    let reference = cells.iter().filter_map(|cell| cell.sequential_beside).fold(
+        *sequential,
+        |fastest, sample| {
+            if sample.mib_per_sec > fastest.mib_per_sec {
+                sample
+            } else {
+                fastest
+            }
+        },
+    );
+    let share = best.payload_mib_per_sec / reference.mib_per_sec;
     GoalReport {
         goal,
-        verdict: verdict(best_share >= BANDWIDTH_SHARE_MIN),
+        verdict: verdict(share >= BANDWIDTH_SHARE_MIN),
         detail: format!(
             "{:.1} MiB/s of payload with {} appenders x {} entries per submission is {:.1} % \
-             of the device's {:.1} MiB/s with {} writes, {when} (goal: at least {:.0} %)",
+             of the device's {:.1} MiB/s with {} writes, its fastest sample in this run (at \
+             the start: {:.1} MiB/s) (goal: at least {:.0} %)",
             best.payload_mib_per_sec,
             best.spec.appenders,
             best.spec.entries_per_submit,
-            best_share * 100.0,
-            best_reference.mib_per_sec,
-            super::format_bytes(best_reference.write_bytes),
+            share * 100.0,
+            reference.mib_per_sec,
+            super::format_bytes(reference.write_bytes),
+            sequential.mib_per_sec,
             BANDWIDTH_SHARE_MIN * 100.0,
         ),
     }
@@ -310,9 +312,9 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_compares_each_cell_with_the_device_beside_it() {
+    fn bandwidth_counts_the_fastest_device_sample() {
         // 850 MiB/s is 85 % of the start-of-run figure but only 70.8 % of the device's
-        // bandwidth while the cell ran.
+        // fastest sample, taken beside the cell.
         let mut drifted = cell(4096, 256, 1);
         drifted.payload_mib_per_sec = 850.0;
         drifted.sequential_beside = Some(device(1 << 20, 1200.0, 1.0));
@@ -325,18 +327,17 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_picks_the_cell_with_the_best_share() {
-        let mut more_bytes = cell(4096, 256, 1);
-        more_bytes.payload_mib_per_sec = 900.0;
-        more_bytes.sequential_beside = Some(device(1 << 20, 2000.0, 1.0));
-        let mut better_share = cell(4096, 16, 1);
-        better_share.payload_mib_per_sec = 850.0;
-        better_share.sequential_beside = Some(device(1 << 20, 1000.0, 1.0));
+    fn slow_sample_beside_a_cell_is_ignored() {
+        // The device measured slow around this cell, after the cells before it wrote
+        // gigabytes. The log's rate is judged against the faster start-of-run figure.
+        let mut after_writeback = cell(4096, 16, 64);
+        after_writeback.payload_mib_per_sec = 1831.0;
+        after_writeback.sequential_beside = Some(device(1 << 20, 1480.0, 1.0));
 
-        let report = check_bandwidth(&[more_bytes, better_share], &device(1 << 20, 1.0, 1.0));
+        let report = check_bandwidth(&[after_writeback], &device(1 << 20, 3312.0, 1.0));
 
-        assert_eq!(report.verdict, Verdict::Pass);
-        assert!(report.detail.contains("16 appenders"), "{}", report.detail);
+        assert_eq!(report.verdict, Verdict::Fail);
+        assert!(report.detail.contains("55.3 %"), "{}", report.detail);
     }
 
     #[test]
