@@ -138,8 +138,8 @@ struct LogArgs {
     compact_every_entries: u64,
 
     /// Payload bytes each appender appends between compactions of its group; 0 sets no
-    /// limit by size. A group compacts at whichever limit it reaches first; with both at 0
-    /// the log only grows, and every rotation zero-fills a new segment instead of recycling
+    /// limit by size. A group compacts at whichever limit it reaches first. With both at 0
+    /// the log only grows, so every rotation zero-fills a new segment instead of recycling
     /// a retired one.
     #[arg(long, default_value_t = 256 * 1024)]
     compact_every_bytes: u64,

@@ -10,8 +10,8 @@
 //! does once its state machine has a snapshot. Without that, every group's in-memory log
 //! grows for the whole run, and since the appenders advance in step, all groups outgrow
 //! their capacity in the same round and reallocate together. Compaction also decides what
-//! the disk sees: once every group compacted past a segment, the log recycles its file for
-//! a later rotation, as it does in any long run. While the log only grows, each rotation
+//! the disk writes: once every group compacted past a segment, the log recycles its file
+//! for a later rotation, as it does in any long run. While the log only grows, each rotation
 //! zero-fills a new file first, which writes as many bytes again as the entries.
 
 use std::cell::{Cell, RefCell};
