@@ -718,7 +718,7 @@ fn torn_checkpoint_before_whole_first_batch_is_truncated() {
             newest_batches.len()
         );
         let (checkpoint, first) = (newest_batches[0], newest_batches[1]);
-        // Each batch after the checkpoint holds one entry.
+        // Each batch after the checkpoint contains one entry.
         let entries_before_newest = LARGE_ENTRIES - (newest_batches.len() as u64 - 1);
 
         for stale_previous_tail in [false, true] {

@@ -601,8 +601,8 @@ impl Scan {
         let mut reader = SegmentReader::new(file, path).await?;
         // A recycled segment keeps batches of its earlier use, all older than the log's
         // end. The flusher drains every sync before it rotates, so a newer batch in a later
-        // segment records that the damaged batch was synced, unless it is one of the two
-        // unsynced batches that open a segment: its checkpoint and the first batch, which
+        // segment records that the damaged batch was synced. The exceptions are the two
+        // unsynced batches that open a segment, its checkpoint and its first batch, which
         // share one fdatasync. Those were never acknowledged and go with the segment.
         let damaged_seq = self.last_batch_seq.map_or(1, |last| last + 1);
         if let Later::ProvesSynced(found) =

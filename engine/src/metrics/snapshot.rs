@@ -78,8 +78,8 @@ pub struct ShardMetrics {
     /// applied at this node as the leader: the stages from `batched` to `applied`.
     pub commit_latency: LatencyHistogram,
     /// Time from the turn of the shard's loop that took a linearizable read until the read
-    /// was served at this node as the leader: the ReadIndex round and the wait for the
-    /// state machine to apply up to the read index.
+    /// was served at this node as the leader. It covers the ReadIndex round and the wait
+    /// for the state machine to apply up to the read index.
     pub read_latency: StageHistogram,
     /// Stages of the writes this shard completed as the leader of their group.
     pub write_stages: WriteStageLatencies,

@@ -11,9 +11,8 @@
 //! adds `WriteBatch::compact` for the same index to the next batch, so that the log
 //! deletes segments that every group has compacted. Once the disk log has more than
 //! `snapshot.log_segments_max` segments, the groups whose entries keep its oldest segment
-//! compact past it whatever their triggers (see [`Shard::release_oldest_segment`]), so
-//! that an idle group cannot keep every segment on disk. A group takes one snapshot at a
-//! time.
+//! compact past it whatever their triggers (see [`Shard::release_oldest_segment`]). So an
+//! idle group cannot keep every segment on disk. A group takes one snapshot at a time.
 //! While a transfer of its snapshot is in flight or recently failed, it defers the next
 //! one up to four times the trigger, because a transfer resumes only at the same snapshot
 //! and would otherwise start over with every new one.
@@ -427,6 +426,7 @@ where
         if (oldest.live_segments as u64) <= segments_max {
             return;
         }
+        let compactions_before = self.snapshots.compactions.len();
         for (group, index) in oldest.holders {
             let Some(replica) = self.replicas.get_mut(&group) else {
                 continue;
@@ -445,7 +445,11 @@ where
                 .cloned();
             if let Some(latest) = covered {
                 if let Err(error) = replica.core.compact(latest, index) {
-                    tracing::warn!(%error, through = index.0, "compacting past the oldest log segment failed");
+                    tracing::warn!(
+                        %error,
+                        through = index.0,
+                        "compacting past the oldest log segment failed"
+                    );
                     continue;
                 }
                 tracing::info!(
@@ -466,7 +470,10 @@ where
             }
             // Otherwise its entries there are not applied yet; a later check tries again.
         }
-        self.events.push_now(ShardEvent::Continue);
+        // The next turn of the loop writes the compactions with its write batch.
+        if self.snapshots.compactions.len() > compactions_before {
+            self.events.push_now(ShardEvent::Continue);
+        }
     }
 
     pub(super) fn on_snapshot_event(&mut self, event: SnapshotEvent) {

@@ -27,9 +27,9 @@
 //!    counted from the last change of the read rate by [`CHANGE_RATIO_MIN`] or more.
 //!    The trial arm stays if its read rate is higher by the `hysteresis_percent` margin. A
 //!    read rate within the margin is a tie. The latency objective then compares the mean
-//!    p99 read latency of the same intervals, where each had at least
-//!    [`READ_LATENCY_SAMPLES_MIN`] served reads: the trial arm stays if its p99 is lower
-//!    by the margin and loses if it is higher by the margin. A p99 within the margin, or
+//!    p99 read latency of the same intervals, counting those with at least
+//!    [`READ_LATENCY_SAMPLES_MIN`] served reads. The trial arm stays if its p99 is lower
+//!    by the margin, and loses if it is higher by the margin. A p99 within the margin, or
 //!    too few samples, leaves the tie to the objective's preference: at once for latency,
 //!    held for throughput. An arm that does not stay loses: the policy moves back and does
 //!    not try that arm again for [`READ_REJECTION_INTERVALS`] intervals, unless the read
