@@ -53,6 +53,11 @@ pub struct RaftConfig {
     /// A learner added to be promoted once caught up becomes a voter when its log is at
     /// most this many entries behind the leader's; 0 waits until it holds every entry.
     pub promote_lag_entries_max: u64,
+    /// When a connection to a group's leader is refused, so that its process is gone rather
+    /// than slow, the group's followers on this node campaign within one heartbeat interval
+    /// instead of waiting out their election timeout. A leader cut off by a partition or a
+    /// dead host refuses nothing, and the timeout still applies to it.
+    pub campaign_when_leader_down: bool,
 }
 
 impl Default for RaftConfig {
@@ -69,6 +74,7 @@ impl Default for RaftConfig {
             max_pending_reads: 65_536,
             read_batch_max: 1,
             promote_lag_entries_max: 64,
+            campaign_when_leader_down: true,
         }
     }
 }

@@ -324,3 +324,77 @@ fn proposers_return_when_node_stops() {
         assert!(matches!(after, Err(NodeError::Stopped)), "{after:?}");
     }
 }
+
+/// Kills the leader of a three-node cluster whose election timeout is 2 to 4 s and returns
+/// whether a survivor committed a write within `wait`, which is shorter than the timeout.
+fn survivors_commit_after_leader_kill(
+    name: &str,
+    campaign_when_leader_down: bool,
+    wait: Duration,
+) -> bool {
+    let dir = test_dir(name);
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
+    for config in &mut configs {
+        config.raft.election_timeout_ticks_min = 200;
+        config.raft.election_timeout_ticks_max = 400;
+        config.raft.campaign_when_leader_down = campaign_when_leader_down;
+    }
+    let mut nodes: Vec<Option<KvNode>> = configs.iter().map(|c| Some(start_node(c))).collect();
+    let group = GroupId(0);
+    let all: Vec<KvHandle> = nodes.iter().flatten().map(|node| node.handle()).collect();
+    let leader = wait_for_leader(
+        &all.iter().collect::<Vec<_>>(),
+        group,
+        Duration::from_secs(20),
+    );
+    propose_anywhere(&all, group, put("before", "1"), Duration::from_secs(10));
+
+    nodes[leader.0 as usize - 1]
+        .take()
+        .expect("the leader runs")
+        .kill();
+    let killed_at = std::time::Instant::now();
+    let survivors: Vec<KvHandle> = nodes.iter().flatten().map(|node| node.handle()).collect();
+    let mut committed = false;
+    while !committed && killed_at.elapsed() < wait {
+        committed = survivors.iter().any(|handle| {
+            handle
+                .propose(group, put("after", "2"))
+                .is_ok_and(|applied| applied.output.is_ok())
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().expect("shutting down");
+    }
+    committed
+}
+
+#[test]
+fn followers_elect_before_their_timeout_when_the_leader_process_is_gone() {
+    // The killed leader's connections close and its port refuses new ones, which tells
+    // the followers that it is down: one of them leads and commits long before the 2 s
+    // minimum election timeout.
+    assert!(
+        survivors_commit_after_leader_kill(
+            "followers_elect_when_leader_process_is_gone",
+            true,
+            Duration::from_millis(1500),
+        ),
+        "no survivor committed within 1.5 s of the kill"
+    );
+}
+
+#[test]
+fn followers_wait_out_their_timeout_when_told_to_ignore_a_refusing_leader() {
+    // The same kill with `campaign_when_leader_down` off: within 1.5 s, below the minimum
+    // election timeout, no survivor can have been elected.
+    assert!(
+        !survivors_commit_after_leader_kill(
+            "followers_wait_when_leader_down_is_ignored",
+            false,
+            Duration::from_millis(1500),
+        ),
+        "a survivor committed before any election timeout passed"
+    );
+}

@@ -691,6 +691,134 @@ fn leader_ignores_a_shortened_election_timeout() {
     assert_eq!(cluster.node(1).role(), Role::Leader);
 }
 
+/// Ticks `ids` in turn, delivering every message after each tick, until one of them leads
+/// or `max_ticks` rounds passed; returns the rounds it took.
+fn tick_until_one_leads(cluster: &mut Cluster, ids: &[u64], max_ticks: u32) -> Option<u32> {
+    for round in 1..=max_ticks {
+        for id in ids {
+            cluster.tick(*id);
+            cluster.stabilize();
+        }
+        if ids
+            .iter()
+            .any(|id| cluster.node(*id).role() == Role::Leader)
+        {
+            return Some(round);
+        }
+    }
+    None
+}
+
+#[test]
+fn followers_told_the_leader_is_down_elect_within_a_heartbeat_interval() {
+    // The leader crashes and both followers learn it at once, as they do when its
+    // connections close and reconnecting is refused. One of them must lead within a
+    // heartbeat interval plus an election round: 100 ticks of election timeout never pass.
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 100;
+        config.election_timeout_ticks_max = 200;
+        config.heartbeat_interval_ticks = 3;
+    });
+    cluster.propose_and_commit("before the crash");
+    cluster.crash(1);
+    assert!(cluster.node_mut(2).report_leader_down(NodeId(1)));
+    assert!(cluster.node_mut(3).report_leader_down(NodeId(1)));
+    assert_eq!(cluster.node(2).leader(), None);
+    assert_eq!(cluster.node(2).stats().leader_down_reports, 1);
+
+    let rounds = tick_until_one_leads(&mut cluster, &[2, 3], 20)
+        .expect("no leader within 20 ticks of the report");
+    assert!(rounds <= 6, "a leader after {rounds} ticks");
+    cluster.propose_and_commit("after the crash");
+    let new_leader = cluster.leader().expect("a leader");
+    assert_ne!(new_leader, 1);
+    assert_eq!(
+        cluster.node(new_leader).term(),
+        Term(cluster.node(2).term().0.max(cluster.node(3).term().0))
+    );
+}
+
+#[test]
+fn wrong_leader_down_report_deposes_no_leader() {
+    // Node 2 is told that a live leader is down. It campaigns early, but node 3 still hears
+    // the leader and refuses the pre-vote, so the report alone never lets one node depose
+    // a leader that another voter hears; node 2 follows node 1 again.
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 20;
+        config.election_timeout_ticks_max = 40;
+        config.heartbeat_interval_ticks = 3;
+    });
+    assert!(cluster.node_mut(2).report_leader_down(NodeId(1)));
+    for _ in 0..3 {
+        cluster.tick(2);
+        cluster.stabilize();
+    }
+    let pre_votes = cluster
+        .sent()
+        .iter()
+        .filter(|message| {
+            message.from == NodeId(2) && matches!(message.body, MessageBody::PreVote { .. })
+        })
+        .count();
+    assert!(pre_votes > 0, "node 2 did not campaign within 3 ticks");
+    for _ in 0..3 {
+        cluster.tick(1);
+        cluster.stabilize();
+    }
+    assert_eq!(
+        cluster.node(1).role(),
+        Role::Leader,
+        "node 2 deposed a live leader"
+    );
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    assert_eq!(cluster.node(2).stats().elections_started, 0);
+}
+
+#[test]
+fn leader_down_report_is_ignored_unless_it_names_the_leader() {
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 10;
+        config.election_timeout_ticks_max = 40;
+    });
+    assert!(!cluster.node_mut(2).report_leader_down(NodeId(3)));
+    assert!(!cluster.node_mut(1).report_leader_down(NodeId(2)));
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    assert_eq!(cluster.node(2).stats().leader_down_reports, 0);
+}
+
+#[test]
+fn live_leader_restores_the_follower_timeout_after_a_wrong_report() {
+    // A report that turns out wrong: the leader's next heartbeat takes the follower back
+    // before it campaigns, and its election timeout is drawn again, so heartbeats keep it
+    // from ever campaigning. With the cut-short timeout of 1 to 3 ticks left in place, it
+    // would start a pre-vote between two heartbeats.
+    let mut cluster = cluster_led_by_node_1(|config| {
+        config.election_timeout_ticks_min = 10;
+        config.election_timeout_ticks_max = 20;
+        config.heartbeat_interval_ticks = 3;
+    });
+    assert!(cluster.node_mut(2).report_leader_down(NodeId(1)));
+    for _ in 0..3 {
+        cluster.tick(1);
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(2).leader(), Some(NodeId(1)));
+    for _ in 0..60 {
+        cluster.tick_all();
+        cluster.stabilize();
+    }
+    let pre_votes = cluster
+        .sent()
+        .iter()
+        .filter(|message| matches!(message.body, MessageBody::PreVote { .. }))
+        .count();
+    assert_eq!(
+        pre_votes, 0,
+        "a follower campaigned while heartbeats flowed"
+    );
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+}
+
 // ----- ReadIndex -----
 
 fn heartbeat_read_rounds(messages: &[Message]) -> Vec<(NodeId, u64)> {

@@ -80,6 +80,10 @@ fn simulated_clusters_stay_safe_and_live() {
                 total(|counts| counts.elections_brought_forward),
             ),
             ("timing changes", total(|counts| counts.timing_changes)),
+            (
+                "early campaigns after a leader's crash",
+                total(|counts| counts.leader_down_reports),
+            ),
         ] {
             assert!(value > 0, "no run had {what} in {count} seeds");
         }

@@ -102,6 +102,14 @@ pub enum SnapshotsArg {
     Off,
 }
 
+/// Whether the embedded cluster's followers campaign at once when their leader refuses
+/// connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LeaderDownArg {
+    On,
+    Off,
+}
+
 /// The options of `shardraft-bench run`, which is also the command without a subcommand.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -229,6 +237,13 @@ pub struct RunArgs {
     /// embedded nodes (the engine's `raft.read_batch_max`). Default: the engine's, 1.
     #[arg(long, value_name = "COUNT")]
     pub read_batch_max: Option<usize>,
+
+    /// Whether followers in the embedded nodes campaign within a heartbeat interval once
+    /// their leader refuses connections (the engine's `raft.campaign_when_leader_down`).
+    /// Off: they wait out the election timeout, as after a host crash or a partition.
+    /// Default: the engine's, on.
+    #[arg(long, value_enum)]
+    pub campaign_when_leader_down: Option<LeaderDownArg>,
 
     /// Open loop: start operations at this many per second, on a fixed schedule, and
     /// measure latency from each operation's intended start.
@@ -406,6 +421,9 @@ pub struct ClusterSpec {
     pub max_inflight_messages: Option<usize>,
     pub max_entries_per_message: Option<usize>,
     pub read_batch_max: Option<usize>,
+    /// Whether followers campaign at once when their leader refuses connections; `None`
+    /// keeps the engine's default.
+    pub campaign_when_leader_down: Option<bool>,
     /// Parent of the run's data directory; used only by disk storage.
     pub dir: PathBuf,
 }
@@ -530,6 +548,10 @@ impl RunArgs {
                     self.max_entries_per_message.is_some(),
                 ),
                 ("--read-batch-max", self.read_batch_max.is_some()),
+                (
+                    "--campaign-when-leader-down",
+                    self.campaign_when_leader_down.is_some(),
+                ),
                 ("--dir", self.dir.is_some()),
             ];
             for (option, given) in embedded_only {
@@ -585,6 +607,9 @@ impl RunArgs {
             max_inflight_messages: self.max_inflight_messages,
             max_entries_per_message: self.max_entries_per_message,
             read_batch_max: self.read_batch_max,
+            campaign_when_leader_down: self
+                .campaign_when_leader_down
+                .map(|arg| arg == LeaderDownArg::On),
             dir,
         }))
     }

@@ -280,6 +280,11 @@ impl RaftNode {
                 if self.leader != Some(from) {
                     tracing::info!(node = %self.id, leader = %from, term = %self.term, "following leader");
                     self.leader = Some(from);
+                    if self.election_timeout_shortened {
+                        // A timeout cut short for a leader reported down would make this
+                        // follower campaign against the leader it now hears.
+                        self.reset_election_timer();
+                    }
                 }
                 self.election_elapsed_ticks = 0;
                 Ok(())

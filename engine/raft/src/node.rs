@@ -167,6 +167,9 @@ pub struct Stats {
     pub elections_started: u64,
     /// Elections this replica won.
     pub elections_won: u64,
+    /// Times this follower forgot its leader because the runtime reported it down
+    /// ([`RaftNode::report_leader_down`]).
+    pub leader_down_reports: u64,
 }
 
 /// Why [`RaftNode::step`] did not act on a message. Every case is expected input from a
@@ -595,6 +598,38 @@ impl RaftNode {
         let offset = (self.rng.next_u64() % (u64::from(room) + 1)) as u32;
         self.randomized_election_timeout_ticks = shortened + offset;
         self.election_timeout_shortened = true;
+        true
+    }
+
+    /// Records that `peer` is down for certain, not merely silent: the runtime's connection
+    /// to it closed and a new one was refused, so no process listens at its address. When
+    /// `peer` is this follower's leader, the follower forgets it, which ends the leader's
+    /// lease here: it grants pre-votes and votes to other candidates at once, and campaigns
+    /// itself 1 to `heartbeat_interval_ticks` ticks from now instead of after its election
+    /// timeout. The random tick keeps followers that learn of the crash together from
+    /// splitting the vote.
+    ///
+    /// Safe whatever the truth: Raft's safety never depends on when an election starts, and
+    /// this core serves no reads on a lease. A wrong report costs one election at most, and a
+    /// leader that is still alive takes the follower back with its next message.
+    /// Leaders, candidates and followers of another leader ignore it. Returns whether the
+    /// follower forgot its leader.
+    pub fn report_leader_down(&mut self, peer: NodeId) -> bool {
+        if self.role != Role::Follower || self.leader != Some(peer) {
+            return false;
+        }
+        let before = self.invariant_snapshot();
+        self.leader = None;
+        let spread_ticks = self.timing().heartbeat_interval_ticks.max(1);
+        let offset = 1 + (self.rng.next_u64() % u64::from(spread_ticks)) as u32;
+        let campaign_at = self.election_elapsed_ticks.saturating_add(offset);
+        if campaign_at < self.randomized_election_timeout_ticks {
+            self.randomized_election_timeout_ticks = campaign_at;
+            self.election_timeout_shortened = true;
+        }
+        self.stats.leader_down_reports += 1;
+        tracing::info!(node = %self.id, leader = %peer, term = %self.term, campaign_in_ticks = offset, "leader is down; campaigning early");
+        self.check_invariants(&before);
         true
     }
 

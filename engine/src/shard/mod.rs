@@ -413,6 +413,14 @@ where
                 self.lingering.timer_armed = false;
                 self.release_lingering();
             }
+            ShardEvent::Transport(TransportEvent::PeerDown { peer }) => {
+                if self.config.raft.campaign_when_leader_down {
+                    for replica in self.replicas.values_mut() {
+                        let _entered = replica.span.enter();
+                        replica.core.report_leader_down(peer);
+                    }
+                }
+            }
             ShardEvent::Transport(TransportEvent::PeerUnreachable { peer }) => {
                 for replica in self.replicas.values_mut() {
                     let _entered = replica.span.enter();

@@ -39,6 +39,10 @@ pub enum TransportEvent {
     },
     /// The connection to `peer` failed; messages in flight to it are lost.
     PeerUnreachable { peer: NodeId },
+    /// A connection to `peer` was refused: nothing listens at its address, so the peer's
+    /// process is down, not merely slow or cut off (a partition times out instead).
+    /// Reported once per outage, at the first refusal.
+    PeerDown { peer: NodeId },
     /// A snapshot arrived, was verified and is stored durably; its `InstallSnapshot`
     /// message may now be stepped.
     SnapshotReceived(Box<ReceivedSnapshot>),
@@ -490,6 +494,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
     let config = shared.settings.config.clone();
     let mut backoff_ms = config.reconnect_backoff_ms_min;
     let mut failures = 0u64;
+    let mut down_reported = false;
     while !link.is_stopped(&shared) {
         let Some(connected) = shared
             .closed
@@ -501,6 +506,13 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
         let stream = match connected {
             Ok(stream) => stream,
             Err(error) => {
+                if is_refused(&error) && !down_reported {
+                    down_reported = true;
+                    tracing::info!(peer = %link.node, address = %link.address, "peer refused the connection; it is down");
+                    shared
+                        .events
+                        .push_now(E::from(TransportEvent::PeerDown { peer: link.node }));
+                }
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::debug!(
@@ -515,6 +527,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
             }
         };
         failures = 0;
+        down_reported = false;
         backoff_ms = config.reconnect_backoff_ms_min;
         match stream_messages(&shared, &link, stream).await {
             Ok(()) => return,
@@ -558,17 +571,24 @@ async fn stream_messages<E>(
     tracing::info!(peer = %link.node, address = %link.address, "connected to peer");
 
     loop {
-        let messages = link
-            .wake
-            .wait_for(|| {
-                if link.is_stopped(shared) {
-                    return Some(None);
-                }
-                let mut queue = link.queue.borrow_mut();
-                (!queue.is_empty()).then(|| Some(std::mem::take(&mut *queue)))
-            })
-            .await;
-        let Some(messages) = messages else {
+        let queued = async {
+            let messages = link
+                .wake
+                .wait_for(|| {
+                    if link.is_stopped(shared) {
+                        return Some(None);
+                    }
+                    let mut queue = link.queue.borrow_mut();
+                    (!queue.is_empty()).then(|| Some(std::mem::take(&mut *queue)))
+                })
+                .await;
+            Ok(messages)
+        };
+        // Waiting on the socket as well notices a crashed peer while there is nothing to
+        // send, which a follower's link to its leader often has: without it, the loss
+        // shows only at the next failed write.
+        let closed = async { Err(peer_closed(&mut stream).await) };
+        let Some(messages) = futures_lite::future::or(queued, closed).await? else {
             return Ok(());
         };
         link.queued_bytes.set(0);
@@ -590,6 +610,34 @@ async fn stream_messages<E>(
         let mut stats = shared.stats.borrow_mut();
         stats.frames_sent += 1;
         stats.messages_sent += messages.len() as u64;
+    }
+}
+
+/// Whether a connection attempt failed because nothing listens at the address.
+fn is_refused(error: &glommio::GlommioError<()>) -> bool {
+    match error {
+        glommio::GlommioError::IoError(source)
+        | glommio::GlommioError::EnhancedIoError { source, .. } => {
+            source.kind() == std::io::ErrorKind::ConnectionRefused
+        }
+        _ => false,
+    }
+}
+
+/// Resolves once the peer closes a connection that this side only writes to. The peer
+/// never sends on it, so a read can only end the stream or fail.
+async fn peer_closed(stream: &mut TcpStream) -> std::io::Error {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte).await {
+        Ok(0) => std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the peer closed the connection",
+        ),
+        Ok(_) => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the peer sent bytes on a connection that carries messages only to it",
+        ),
+        Err(error) => error,
     }
 }
 

@@ -7,7 +7,12 @@
 //! - election safety: at most one leader per term;
 //! - log matching: two logs with an entry of the same index and term agree on every entry
 //!   up to it;
-//! - leader completeness: a new leader's log holds every entry applied anywhere so far;
+//! - leader completeness: a new leader's log holds every entry committed in an earlier
+//!   term. A replica learns of a commit from the leader of its own term, so an entry that
+//!   a replica reported committed, or applied, while in term `t` was committed in `t` or
+//!   before, and every leader of a later term must hold it. A candidate of an older term
+//!   can still win with votes granted before the voters moved on, after a newer leader
+//!   committed more; Raft allows that leader, which can commit nothing;
 //! - state machine safety: no two replicas apply different entries at one index.
 
 use std::collections::BTreeMap;
@@ -86,9 +91,12 @@ pub struct SafetyChecker {
     applied: Vec<(u64, NodeId)>,
     /// Next index each replica must apply.
     next_apply: BTreeMap<NodeId, LogIndex>,
-    /// Chain value at each commit index a replica reported, and the highest of them.
+    /// Chain value at each commit index a replica reported.
     committed: BTreeMap<LogIndex, u64>,
-    highest_committed: Option<(LogIndex, u64)>,
+    /// The highest commit index replicas reported while in each term, with its chain value.
+    highest_committed_by_term: BTreeMap<Term, (LogIndex, u64)>,
+    /// The highest index replicas applied while in each term.
+    highest_applied_by_term: BTreeMap<Term, LogIndex>,
 }
 
 impl SafetyChecker {
@@ -241,14 +249,23 @@ impl SafetyChecker {
                 detail: format!("{existing} and {node} both led {term}"),
             });
         }
-        // Every entry committed or applied so far was committed in an earlier term, so this
-        // log must contain all of them.
-        if let Some((index, chain)) = self.highest_committed {
+        // Entries reported committed or applied in earlier terms were committed in an
+        // earlier term, so this log must contain all of them.
+        let committed_before = self
+            .highest_committed_by_term
+            .range(..term)
+            .map(|(_, committed)| *committed)
+            .max_by_key(|(index, _)| *index);
+        if let Some((index, chain)) = committed_before {
             self.check_log_contains(node, term, index, chain)?;
         }
-        if let Some(last_applied) = self.applied.len().checked_sub(1) {
-            let index = LogIndex(last_applied as u64 + 1);
-            let chain = self.applied[last_applied].0;
+        let applied_before = self
+            .highest_applied_by_term
+            .range(..term)
+            .map(|(_, index)| *index)
+            .max();
+        if let Some(index) = applied_before {
+            let chain = self.applied[index.0 as usize - 1].0;
             self.check_log_contains(node, term, index, chain)?;
         }
         Ok(())
@@ -292,7 +309,12 @@ impl SafetyChecker {
     }
 
     /// Records that `node` reports `commit` as its commit index.
-    pub fn committed(&mut self, node: NodeId, commit: LogIndex) -> Result<(), Violation> {
+    pub fn committed(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        commit: LogIndex,
+    ) -> Result<(), Violation> {
         if commit.0 == 0 {
             return Ok(());
         }
@@ -316,17 +338,18 @@ impl SafetyChecker {
                 self.committed.insert(commit, chain);
             }
         }
-        if self
-            .highest_committed
-            .is_none_or(|(highest, _)| commit > highest)
-        {
-            self.highest_committed = Some((commit, chain));
+        let highest = self
+            .highest_committed_by_term
+            .entry(term)
+            .or_insert((commit, chain));
+        if commit > highest.0 {
+            *highest = (commit, chain);
         }
         Ok(())
     }
 
-    /// Records that `node` applied `entry`.
-    pub fn applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+    /// Records that `node`, in `term`, applied `entry`.
+    pub fn applied(&mut self, node: NodeId, term: Term, entry: &Entry) -> Result<(), Violation> {
         let expected_index = self.next_apply.get(&node).copied().unwrap_or(LogIndex(1));
         if entry.index != expected_index {
             return Err(Violation {
@@ -338,6 +361,8 @@ impl SafetyChecker {
             });
         }
         self.next_apply.insert(node, entry.index.next());
+        let highest = self.highest_applied_by_term.entry(term).or_default();
+        *highest = (*highest).max(entry.index);
         let Some(chain) = self.chain_at(node, entry.index) else {
             return Err(Violation {
                 property: "apply order",
@@ -364,5 +389,83 @@ impl SafetyChecker {
     /// Highest index applied by any replica.
     pub fn highest_applied(&self) -> LogIndex {
         LogIndex(self.applied.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term: Term(term),
+            index: LogIndex(index),
+            kind: EntryKind::Normal,
+            data: Bytes::new(),
+        }
+    }
+
+    /// Three replicas with entry 1 of term 1; n1 appends entry 2 of term 4 and reports
+    /// it committed in term 4.
+    fn checker_with_commit_in_term_4() -> SafetyChecker {
+        let mut checker = SafetyChecker::default();
+        for node in 1..=3 {
+            checker
+                .append(NodeId(node), &[entry(1, 1)])
+                .expect("appending entry 1");
+        }
+        checker
+            .leader_elected(NodeId(1), Term(4))
+            .expect("n1 holds everything");
+        checker
+            .append(NodeId(1), &[entry(2, 4)])
+            .expect("appending entry 2");
+        checker
+            .committed(NodeId(1), Term(4), LogIndex(2))
+            .expect("n1 commits entry 2");
+        checker
+    }
+
+    #[test]
+    fn leader_of_an_older_term_may_lack_a_newer_commit() {
+        // n2 campaigned in term 3 and wins late, with votes granted before term 4 began:
+        // Raft allows it, and it cannot commit anything.
+        let mut checker = checker_with_commit_in_term_4();
+        assert_eq!(checker.leader_elected(NodeId(2), Term(3)), Ok(()));
+    }
+
+    #[test]
+    fn leader_of_a_newer_term_must_hold_the_commit() {
+        let mut checker = checker_with_commit_in_term_4();
+        let violation = checker
+            .leader_elected(NodeId(2), Term(5))
+            .expect_err("n2 lacks entry 2, committed in term 4");
+        assert_eq!(violation.property, "leader completeness");
+    }
+
+    #[test]
+    fn leader_of_a_newer_term_must_hold_what_was_applied() {
+        let mut checker = SafetyChecker::default();
+        for node in 1..=2 {
+            checker
+                .append(NodeId(node), &[entry(1, 1)])
+                .expect("appending entry 1");
+        }
+        checker
+            .append(NodeId(1), &[entry(2, 1)])
+            .expect("appending entry 2");
+        checker
+            .applied(NodeId(1), Term(1), &entry(1, 1))
+            .expect("applying entry 1");
+        checker
+            .applied(NodeId(1), Term(1), &entry(2, 1))
+            .expect("applying entry 2");
+        let violation = checker
+            .leader_elected(NodeId(2), Term(2))
+            .expect_err("n2 lacks entry 2, applied in term 1");
+        assert_eq!(violation.property, "leader completeness");
+        assert_eq!(checker.leader_elected(NodeId(1), Term(3)), Ok(()));
     }
 }

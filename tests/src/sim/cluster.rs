@@ -59,6 +59,9 @@ pub struct RunCounts {
     pub elections_brought_forward: u64,
     /// Timing changes a leader accepted.
     pub timing_changes: u64,
+    /// Times a follower forgot its leader because the runtime found the leader's process
+    /// gone, and so campaigned early.
+    pub leader_down_reports: u64,
 }
 
 #[derive(Debug)]
@@ -116,6 +119,15 @@ enum Event {
     /// The node's clock jumps ahead by a whole election timeout, as after a pause.
     ClockJump {
         node: usize,
+    },
+    /// `node`'s runtime finds that `peer` crashed: the connection closed and connecting
+    /// again was refused. Stale once `peer` restarted or crashed again: `peer_incarnation`
+    /// is the one its crash began.
+    PeerDown {
+        node: usize,
+        incarnation: u64,
+        peer: usize,
+        peer_incarnation: u64,
     },
 }
 
@@ -552,6 +564,27 @@ impl Simulation {
                 incarnation,
                 number,
             } => self.persist_done(node, incarnation, number),
+            Event::PeerDown {
+                node,
+                incarnation,
+                peer,
+                peer_incarnation,
+            } => {
+                // A restarted peer listens again: connecting to it succeeds.
+                let peer_still_down = self.nodes[peer].raft.is_none()
+                    && self.nodes[peer].incarnation == peer_incarnation;
+                if self.nodes[node].incarnation != incarnation || !peer_still_down {
+                    return Ok(());
+                }
+                let peer_id = self.nodes[peer].id;
+                let Some(raft) = self.nodes[node].raft.as_mut() else {
+                    return Ok(());
+                };
+                if raft.report_leader_down(peer_id) {
+                    self.counts.leader_down_reports += 1;
+                }
+                self.drive(node)
+            }
             Event::ClientWake { client } => {
                 self.issue_operation(client);
                 Ok(())
@@ -733,6 +766,34 @@ impl Simulation {
         Ok(())
     }
 
+    /// Tells each running node that `node` crashed, as the engine's transport learns it:
+    /// the crashed process's connections close and connecting again is refused. That
+    /// takes a reconnection delay (1 to 10 ms here), and needs the network between the
+    /// two, so a node cut off from the crashed one learns nothing.
+    fn report_crash_to_peers(&mut self, node: usize) {
+        let crashed_incarnation = self.nodes[node].incarnation;
+        for other in 0..self.nodes.len() {
+            if other == node
+                || self.nodes[other].raft.is_none()
+                || !self.partition.allows(node, other)
+                || !self.partition.allows(other, node)
+            {
+                continue;
+            }
+            let at_us = self.now_us + uniform(&mut self.rng, 1_000, 10_000);
+            let incarnation = self.nodes[other].incarnation;
+            self.schedule_event(
+                at_us,
+                Event::PeerDown {
+                    node: other,
+                    incarnation,
+                    peer: node,
+                    peer_incarnation: crashed_incarnation,
+                },
+            );
+        }
+    }
+
     /// Stops a replica: its core, unfinished writes and clients' requests are lost.
     fn crash_node(&mut self, node: usize) {
         let sim_node = &mut self.nodes[node];
@@ -742,6 +803,8 @@ impl Simulation {
         self.counts.crashes += 1;
         sim_node.raft = None;
         sim_node.incarnation += 1;
+        self.report_crash_to_peers(node);
+        let sim_node = &mut self.nodes[node];
         // Storage may have finished writes it had not reported yet: a random prefix of the
         // unreported batches survives the crash, the rest is lost.
         let surviving = (self.rng.next_u64() % (sim_node.pending_writes.len() as u64 + 1)) as usize;
@@ -826,7 +889,8 @@ impl Simulation {
         if let Some(hard_state) = ready.hard_state {
             // Recorded before a crash can strike, so that a commit known only to a leader
             // that dies at once still counts for leader completeness.
-            self.checker.committed(id, hard_state.commit)?;
+            self.checker
+                .committed(id, hard_state.term, hard_state.commit)?;
             let sim_node = &mut self.nodes[node];
             let commit_advanced = hard_state.commit > sim_node.last_reported_commit;
             sim_node.last_reported_commit = hard_state.commit;
@@ -1228,8 +1292,12 @@ impl Simulation {
 
     fn apply_entries(&mut self, node: usize, entries: &[Entry]) -> Result<(), RunError> {
         let id = self.nodes[node].id;
+        let term = self.nodes[node]
+            .raft
+            .as_ref()
+            .map_or(Term(0), RaftNode::term);
         for entry in entries {
-            self.checker.applied(id, entry)?;
+            self.checker.applied(id, term, entry)?;
             // The core hands out only durable entries, so that a state machine never runs
             // ahead of the log it is rebuilt from after a crash.
             let durable = self.nodes[node].durable.entry(entry.index);

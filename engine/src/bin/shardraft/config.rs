@@ -45,6 +45,7 @@ pub struct FileConfig {
     pub max_inflight_bytes: Option<u64>,
     pub max_uncommitted_bytes: Option<u64>,
     pub promote_lag_entries_max: Option<u64>,
+    pub campaign_when_leader_down: Option<bool>,
     pub request_timeout_ms: Option<u64>,
     pub key_bytes_max: Option<usize>,
     pub value_bytes_max: Option<usize>,
@@ -140,6 +141,12 @@ pub struct ConfigOverrides {
     /// leader promotes it to voter; 0 waits until it holds every entry. [default: 64]
     #[arg(long, env = "SHARDRAFT_PROMOTE_LAG_ENTRIES_MAX")]
     pub promote_lag_entries_max: Option<u64>,
+
+    /// Make followers campaign within a heartbeat interval once their leader refuses
+    /// connections, which means its process is gone; a leader that is only silent is
+    /// still given the election timeout. [default: true]
+    #[arg(long, env = "SHARDRAFT_CAMPAIGN_WHEN_LEADER_DOWN")]
+    pub campaign_when_leader_down: Option<bool>,
 
     /// Time after which a request that has not completed fails, in milliseconds.
     /// [default: 10000]
@@ -429,6 +436,12 @@ pub fn merge(
         file,
         promote_lag_entries_max,
         raft.promote_lag_entries_max
+    );
+    raft.campaign_when_leader_down = pick!(
+        overrides,
+        file,
+        campaign_when_leader_down,
+        raft.campaign_when_leader_down
     );
     node.log.storage = pick!(overrides, file, storage, node.log.storage);
     node.log.data_dir = pick!(overrides, file, data_dir, node.log.data_dir.clone());
