@@ -739,6 +739,48 @@ fn followers_told_the_leader_is_down_elect_within_a_heartbeat_interval() {
 }
 
 #[test]
+fn split_votes_after_a_leader_down_report_are_retried_quickly() {
+    // Over many seeds, two followers told at once that the leader is down sometimes pick
+    // the same tick and split the vote; the retries draw from short ranges (3, 6 and then
+    // 12 ticks wide), so a leader comes within 30 ticks, never after the 100-tick
+    // timeout.
+    for seed in 0..40u64 {
+        let mut cluster = Cluster::builder(3)
+            .configure(|config| {
+                config.election_timeout_ticks_min = 100;
+                config.election_timeout_ticks_max = 200;
+                config.heartbeat_interval_ticks = 3;
+            })
+            .configure_node(2, move |config| config.random_seed = seed)
+            .configure_node(3, move |config| config.random_seed = seed + 1_000)
+            .build();
+        cluster.elect(1, 400);
+        cluster.stabilize();
+        cluster.crash(1);
+        cluster.node_mut(2).report_leader_down(NodeId(1));
+        cluster.node_mut(3).report_leader_down(NodeId(1));
+        // Both tick before any message moves, so equal draws campaign at once.
+        let mut rounds = None;
+        for round in 1..=40 {
+            cluster.tick(2);
+            cluster.tick(3);
+            cluster.stabilize();
+            if [2, 3]
+                .iter()
+                .any(|id| cluster.node(*id).role() == Role::Leader)
+            {
+                rounds = Some(round);
+                break;
+            }
+        }
+        assert!(
+            rounds.is_some_and(|rounds| rounds <= 30),
+            "seed {seed}: a leader after {rounds:?} ticks"
+        );
+    }
+}
+
+#[test]
 fn wrong_leader_down_report_deposes_no_leader() {
     // Node 2 is told that a live leader is down. It campaigns early, but node 3 still hears
     // the leader and refuses the pre-vote, so the report alone never lets one node depose

@@ -280,6 +280,7 @@ impl RaftNode {
                 if self.leader != Some(from) {
                     tracing::info!(node = %self.id, leader = %from, term = %self.term, "following leader");
                     self.leader = Some(from);
+                    self.quick_campaigns_left = 0;
                     if self.election_timeout_shortened {
                         // A timeout cut short for a leader reported down would make this
                         // follower campaign against the leader it now hears.
@@ -426,6 +427,10 @@ impl RaftNode {
         }
         self.votes.clear();
         self.leader = None;
+        // A pre-vote and the election it leads to are one attempt.
+        if campaign == Campaign::PreVote || !self.config.pre_vote {
+            self.quick_campaigns_left = self.quick_campaigns_left.saturating_sub(1);
+        }
         self.reset_election_timer();
         let (term, role) = match campaign {
             Campaign::PreVote => (self.term.next(), Role::PreCandidate),
@@ -478,6 +483,9 @@ impl RaftNode {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        if leader.is_some() {
+            self.quick_campaigns_left = 0;
+        }
         self.votes.clear();
         self.reset_election_timer();
     }
@@ -496,6 +504,7 @@ impl RaftNode {
         debug_assert_eq!(self.vote, Some(self.id));
         tracing::info!(node = %self.id, term = %self.term, last_index = %self.log.last_index(), "became leader");
         self.stats.elections_won += 1;
+        self.quick_campaigns_left = 0;
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();

@@ -148,6 +148,12 @@ pub enum SnapshotTransfer {
     Failed,
 }
 
+/// Campaigns after a leader-down report, the first included, whose timeout is drawn from
+/// the short range: enough to retry a vote split between two followers that learned of the
+/// crash together, few enough that a group that cannot elect a leader falls back to its
+/// normal timeout soon.
+const QUICK_CAMPAIGNS_AFTER_LEADER_DOWN: u32 = 3;
+
 /// Counts of inputs the core rejected or ignored. Each is also logged at debug level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -338,6 +344,10 @@ pub struct RaftNode {
     pub(crate) randomized_election_timeout_ticks: u32,
     /// Whether `shorten_election_timeout` already moved the current timeout forward.
     pub(crate) election_timeout_shortened: bool,
+    /// Campaigns that still draw their timeout from the short range of
+    /// [`RaftNode::report_leader_down`], so that a vote split between followers that
+    /// learned of the crash together is retried as quickly; 0 once a leader is known.
+    pub(crate) quick_campaigns_left: u32,
 
     /// Responses in the current pre-vote round or election, granted or rejected, by voter;
     /// this replica's own vote included. Empty outside a campaign.
@@ -424,6 +434,7 @@ impl RaftNode {
             // Drawn by `reset_election_timer` below, from the timing in force.
             randomized_election_timeout_ticks: 0,
             election_timeout_shortened: false,
+            quick_campaigns_left: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             uncommitted_bytes: 0,
@@ -607,7 +618,8 @@ impl RaftNode {
     /// lease here: it grants pre-votes and votes to other candidates at once, and campaigns
     /// itself 1 to `heartbeat_interval_ticks` ticks from now instead of after its election
     /// timeout. The random tick keeps followers that learn of the crash together from
-    /// splitting the vote.
+    /// splitting the vote. A split vote is retried twice after a short wait, drawn from a
+    /// range twice as wide each time, before the normal timeout applies again.
     ///
     /// Safe whatever the truth: Raft's safety never depends on when an election starts, and
     /// this core serves no reads on a lease. A wrong report costs one election at most, and a
@@ -620,8 +632,8 @@ impl RaftNode {
         }
         let before = self.invariant_snapshot();
         self.leader = None;
-        let spread_ticks = self.timing().heartbeat_interval_ticks.max(1);
-        let offset = 1 + (self.rng.next_u64() % u64::from(spread_ticks)) as u32;
+        self.quick_campaigns_left = QUICK_CAMPAIGNS_AFTER_LEADER_DOWN;
+        let offset = self.quick_campaign_ticks();
         let campaign_at = self.election_elapsed_ticks.saturating_add(offset);
         if campaign_at < self.randomized_election_timeout_ticks {
             self.randomized_election_timeout_ticks = campaign_at;
@@ -1196,8 +1208,28 @@ impl RaftNode {
         self.draw_election_timeout();
     }
 
-    /// Draws the randomized election timeout from the range of the timing in force.
+    /// The wait before a campaign after the leader was reported down: 1 to
+    /// `heartbeat_interval_ticks` ticks for the first. Each retry draws from a range twice
+    /// as wide, so that two followers that split the vote rarely draw the same tick again,
+    /// and never wider than `election_timeout_ticks_min`.
+    fn quick_campaign_ticks(&mut self) -> u32 {
+        let timing = self.timing();
+        let retry = QUICK_CAMPAIGNS_AFTER_LEADER_DOWN.saturating_sub(self.quick_campaigns_left);
+        let spread_ticks = timing
+            .heartbeat_interval_ticks
+            .max(1)
+            .saturating_mul(1 << retry.min(8))
+            .min(timing.election_timeout_ticks_min.max(1));
+        1 + (self.rng.next_u64() % u64::from(spread_ticks)) as u32
+    }
+
+    /// Draws the randomized election timeout from the range of the timing in force, or
+    /// from the short range while campaigns after a leader-down report last.
     fn draw_election_timeout(&mut self) {
+        if self.quick_campaigns_left > 0 && self.leader.is_none() {
+            self.randomized_election_timeout_ticks = self.quick_campaign_ticks();
+            return;
+        }
         let timing = self.timing();
         let min = timing.election_timeout_ticks_min;
         let spread = timing.election_timeout_ticks_max - min;

@@ -147,6 +147,10 @@ pub struct TransportSettings {
     pub random_seed: u64,
 }
 
+/// Time the listener task waits after dropping its socket before connections close, for
+/// the executor's reactor to cancel the accept still in flight.
+const LISTENER_CANCEL_WAIT: Duration = Duration::from_millis(1);
+
 /// Bytes read from a socket per call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -214,6 +218,10 @@ pub(super) struct Shared<E> {
     /// Restores each received snapshot before it is stored.
     pub(super) snapshot_check: SnapshotCheck,
     pub(super) closed: Latch,
+    /// Set first when closing: the listener stops accepting before any connection closes.
+    stop_accepting: Latch,
+    /// Set by the listener task once it dropped its socket.
+    listener_closed: Latch,
     random_state: Cell<u64>,
     /// Connection tasks still running, so that closing can wait until their sockets are
     /// closed.
@@ -269,6 +277,8 @@ impl<E: From<TransportEvent> + 'static> Transport<E> {
                 snapshots,
                 snapshot_check,
                 closed: Latch::default(),
+                stop_accepting: Latch::default(),
+                listener_closed: Latch::default(),
                 random_state,
                 live_tasks: Cell::new(0),
                 task_ended: Signal::default(),
@@ -429,6 +439,11 @@ impl<E> Transport<E> {
     /// Stops every connection task and waits until the listener and every connection are
     /// closed, so that a node restarted in the same process finds its ports free.
     pub async fn close(&self) {
+        // The listening socket closes before any connection does. A peer that sees its
+        // connection close and connects again is then refused, and learns that this node
+        // is down, rather than reaching a listener that is about to go away.
+        self.shared.stop_accepting.set();
+        self.shared.listener_closed.wait().await;
         self.shared.closed.set();
         for link in self.shared.peers.borrow().values() {
             link.wake.notify_all();
@@ -447,13 +462,19 @@ pub(super) fn spawn_tracked<E: 'static>(
     task: impl std::future::Future<Output = ()> + 'static,
 ) {
     shared.live_tasks.set(shared.live_tasks.get() + 1);
+    // The node and shard name the side of the connection in every line a task logs.
+    let span = tracing::info_span!(
+        "transport",
+        node = %shared.settings.node_id,
+        shard = shared.settings.shard
+    );
     let shared = Rc::clone(shared);
     let tracked = async move {
         task.await;
         shared.live_tasks.set(shared.live_tasks.get() - 1);
         shared.task_ended.notify_all();
     };
-    glommio::spawn_local(tracked).detach();
+    glommio::spawn_local(tracing::Instrument::instrument(tracked, span)).detach();
 }
 
 fn message_bytes(message: &GroupMessage) -> u64 {
@@ -566,6 +587,9 @@ async fn stream_messages<E>(
     stream.write_all(&frame).await?;
     link.bytes_sent
         .set(link.bytes_sent.get() + frame.len() as u64);
+    // TODO: wait for the peer to acknowledge the hello before counting the link as
+    // connected. A connection that a stopping listener accepted and nobody serves takes
+    // messages until its buffers fill, and nothing here notices.
     link.connected.set(true);
     shared.stats.borrow_mut().connects += 1;
     tracing::info!(peer = %link.node, address = %link.address, "connected to peer");
@@ -704,12 +728,20 @@ fn close_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
     }
 }
 
+/// Accepts peer connections until the transport stops accepting.
 async fn run_listener<E: From<TransportEvent> + 'static>(
     shared: Rc<Shared<E>>,
     listener: TcpListener,
 ) {
     loop {
-        let Some(accepted) = shared.closed.or_stop(listener.accept()).await else {
+        let Some(accepted) = shared.stop_accepting.or_stop(listener.accept()).await else {
+            drop(listener);
+            // Closing the descriptor is not enough: the accept in flight in io_uring keeps
+            // the socket listening until the ring processes its cancellation, and a
+            // connection accepted then is never served. A timer makes the executor pass
+            // through its reactor, which submits the cancellation.
+            glommio::timer::sleep(LISTENER_CANCEL_WAIT).await;
+            shared.listener_closed.set();
             return;
         };
         match accepted {
@@ -717,7 +749,10 @@ async fn run_listener<E: From<TransportEvent> + 'static>(
             Err(error) => {
                 tracing::warn!(address = %shared.settings.listen_address, %error, "accept failed");
                 let delay = Duration::from_millis(100);
-                shared.closed.or_stop(glommio::timer::sleep(delay)).await;
+                shared
+                    .stop_accepting
+                    .or_stop(glommio::timer::sleep(delay))
+                    .await;
             }
         }
     }
