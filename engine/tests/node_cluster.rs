@@ -371,8 +371,8 @@ fn survivors_commit_after_leader_kill(
 }
 
 #[test]
-fn followers_elect_before_their_timeout_when_the_leader_process_is_gone() {
-    // The killed leader's connections close and its port refuses new ones, which tells
+fn leader_kill_elects_before_timeout() {
+    // The killed leader's connections close and its port refuses new ones, which shows
     // the followers that it is down: one of them leads and commits long before the 2 s
     // minimum election timeout.
     assert!(
@@ -386,7 +386,7 @@ fn followers_elect_before_their_timeout_when_the_leader_process_is_gone() {
 }
 
 #[test]
-fn followers_wait_out_their_timeout_when_told_to_ignore_a_refusing_leader() {
+fn leader_kill_waits_when_campaign_off() {
     // The same kill with `campaign_when_leader_down` off: within 1.5 s, below the minimum
     // election timeout, no survivor can have been elected.
     assert!(

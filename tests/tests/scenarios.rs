@@ -710,7 +710,7 @@ fn tick_until_one_leads(cluster: &mut Cluster, ids: &[u64], max_ticks: u32) -> O
 }
 
 #[test]
-fn followers_told_the_leader_is_down_elect_within_a_heartbeat_interval() {
+fn leader_down_report_elects_quickly() {
     // The leader crashes and both followers learn it at once, as they do when its
     // connections close and reconnecting is refused. One of them must lead within a
     // heartbeat interval plus an election round: 100 ticks of election timeout never pass.
@@ -739,8 +739,8 @@ fn followers_told_the_leader_is_down_elect_within_a_heartbeat_interval() {
 }
 
 #[test]
-fn split_votes_after_a_leader_down_report_are_retried_quickly() {
-    // Over many seeds, two followers told at once that the leader is down sometimes pick
+fn leader_down_split_vote_retried() {
+    // Over many seeds, two followers informed at once that the leader is down sometimes pick
     // the same tick and split the vote; the retries draw from short ranges (3, 6 and then
     // 12 ticks wide), so a leader comes within 30 ticks, never after the 100-tick
     // timeout.
@@ -782,7 +782,7 @@ fn split_votes_after_a_leader_down_report_are_retried_quickly() {
 
 #[test]
 fn wrong_leader_down_report_deposes_no_leader() {
-    // Node 2 is told that a live leader is down. It campaigns early, but node 3 still hears
+    // Node 2 receives a report that a live leader is down. It campaigns early, but node 3 still hears
     // the leader and refuses the pre-vote, so the report alone never lets one node depose
     // a leader that another voter hears; node 2 follows node 1 again.
     let mut cluster = cluster_led_by_node_1(|config| {
@@ -817,7 +817,7 @@ fn wrong_leader_down_report_deposes_no_leader() {
 }
 
 #[test]
-fn leader_down_report_is_ignored_unless_it_names_the_leader() {
+fn leader_down_report_for_other_ignored() {
     let mut cluster = cluster_led_by_node_1(|config| {
         config.election_timeout_ticks_min = 10;
         config.election_timeout_ticks_max = 40;
@@ -829,7 +829,7 @@ fn leader_down_report_is_ignored_unless_it_names_the_leader() {
 }
 
 #[test]
-fn live_leader_restores_the_follower_timeout_after_a_wrong_report() {
+fn wrong_report_timeout_redrawn() {
     // A report that turns out wrong: the leader's next heartbeat takes the follower back
     // before it campaigns, and its election timeout is drawn again, so heartbeats keep it
     // from ever campaigning. With the cut-short timeout of 1 to 3 ticks left in place, it

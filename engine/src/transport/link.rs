@@ -637,7 +637,7 @@ async fn stream_messages<E>(
     }
 }
 
-/// Whether a connection attempt failed because nothing listens at the address.
+/// Returns whether a connection attempt failed because nothing listens at the address.
 fn is_refused(error: &glommio::GlommioError<()>) -> bool {
     match error {
         glommio::GlommioError::IoError(source)

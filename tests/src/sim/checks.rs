@@ -429,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn leader_of_an_older_term_may_lack_a_newer_commit() {
+    fn older_term_leader_may_lack_commit() {
         // n2 campaigned in term 3 and wins late, with votes granted before term 4 began:
         // Raft allows it, and it cannot commit anything.
         let mut checker = checker_with_commit_in_term_4();
@@ -437,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn leader_of_a_newer_term_must_hold_the_commit() {
+    fn newer_term_leader_needs_commit() {
         let mut checker = checker_with_commit_in_term_4();
         let violation = checker
             .leader_elected(NodeId(2), Term(5))
@@ -446,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn leader_of_a_newer_term_must_hold_what_was_applied() {
+    fn newer_term_leader_needs_applied() {
         let mut checker = SafetyChecker::default();
         for node in 1..=2 {
             checker

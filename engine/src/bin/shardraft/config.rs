@@ -143,8 +143,8 @@ pub struct ConfigOverrides {
     pub promote_lag_entries_max: Option<u64>,
 
     /// Make followers campaign within a heartbeat interval once their leader refuses
-    /// connections, which means its process is gone; a leader that is only silent is
-    /// still given the election timeout. [default: true]
+    /// connections, because its process is gone. A leader that is only silent is still
+    /// given the election timeout. [default: true]
     #[arg(long, env = "SHARDRAFT_CAMPAIGN_WHEN_LEADER_DOWN")]
     pub campaign_when_leader_down: Option<bool>,
 
