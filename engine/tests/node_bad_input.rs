@@ -1,6 +1,6 @@
 //! Bytes that are not valid peer frames, sent to a node's peer port while the cluster
 //! serves: each must close its own connection, count as rejected and leave the cluster
-//! working.
+//! working. Also a peer port that accepts connections but never answers the hello.
 
 mod support;
 
@@ -49,12 +49,15 @@ fn node_closes_after(address: std::net::SocketAddr, bytes: &[u8]) -> bool {
     stream.write_all(bytes).expect("sending bytes");
     let mut buffer = [0u8; 64];
     // A closed connection reads as end of stream (or a reset); a timeout means it is open.
-    match stream.read(&mut buffer) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(error) => {
-            error.kind() != std::io::ErrorKind::WouldBlock
-                && error.kind() != std::io::ErrorKind::TimedOut
+    // The node answers a valid hello before the bad bytes after it close the connection.
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => {
+                return error.kind() != std::io::ErrorKind::WouldBlock
+                    && error.kind() != std::io::ErrorKind::TimedOut;
+            }
         }
     }
 }
@@ -209,4 +212,44 @@ proptest! {
         prop_assert_eq!(&decoded.payload[..], &payload[..]);
         let _ = wire::decode_batch(&decoded.payload);
     }
+}
+
+#[test]
+fn unanswered_hello_keeps_the_link_down() {
+    // Node 2's port accepts connections and never answers, like a listener that a stopping
+    // shard left to io_uring. Node 1 must not count such a connection as up: it gives up
+    // after its hello timeout and connects again.
+    let dir = test_dir("unanswered_hello_keeps_the_link_down");
+    let mut configs = cluster_configs(&dir, 3, 1, 1);
+    configs[0].transport.hello_timeout_ms = 200;
+    let silent_address = configs[0].members[1].addresses[0];
+    let silent = std::net::TcpListener::bind(silent_address).expect("binding node 2's port");
+    silent.set_nonblocking(true).unwrap();
+    let node = start_node(&configs[0]);
+    let handle = node.handle();
+
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        match silent.accept() {
+            Ok((stream, _)) => held.push(stream),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("accepting on node 2's port failed: {error}"),
+        }
+    }
+    let status = handle.status().expect("reading status");
+    let connects: u64 = status
+        .shards
+        .iter()
+        .map(|shard| shard.transport.connects)
+        .sum();
+    assert!(
+        held.len() >= 2,
+        "node 1 connected {} times in 1.5 s; it should retry after each 200 ms hello timeout",
+        held.len()
+    );
+    assert_eq!(connects, 0, "node 1 counted an unanswered connection as up");
+    node.shutdown().expect("shutting down");
 }

@@ -28,8 +28,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRFT";
 /// Version 2 added snapshot transfer, membership-change entries, `LostEntries` and the
 /// leader's uncapped commit index in heartbeats; a version-1 node cannot read them, so the
 /// two refuse each other's connections with an error naming both versions. Version 3 added
-/// the group's agreed timing to `InstallSnapshot`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// the group's agreed timing to `InstallSnapshot`. Version 4 added `HelloAccepted`, the
+/// accepting side's reply to a hello, which a version-3 node never sends.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 
@@ -65,6 +66,10 @@ pub enum FrameKind {
     SnapshotAccept,
     /// From the receiver of a snapshot: it verified the snapshot and stored it durably.
     SnapshotStored,
+    /// The accepting side's reply to a valid hello: its own hello. The connecting side
+    /// counts the connection as up only once it arrives, so that a connection without a
+    /// reader on the other end is noticed.
+    HelloAccepted,
 }
 
 impl FrameKind {
@@ -76,6 +81,7 @@ impl FrameKind {
             FrameKind::SnapshotChunk => 4,
             FrameKind::SnapshotAccept => 5,
             FrameKind::SnapshotStored => 6,
+            FrameKind::HelloAccepted => 7,
         }
     }
 
@@ -87,6 +93,7 @@ impl FrameKind {
             4 => Some(FrameKind::SnapshotChunk),
             5 => Some(FrameKind::SnapshotAccept),
             6 => Some(FrameKind::SnapshotStored),
+            7 => Some(FrameKind::HelloAccepted),
             _ => None,
         }
     }

@@ -439,9 +439,9 @@ impl<E> Transport<E> {
     /// Stops every connection task and waits until the listener and every connection are
     /// closed, so that a node restarted in the same process finds its ports free.
     pub async fn close(&self) {
-        // The listening socket closes before any connection does. A peer that sees its
-        // connection close and connects again is then refused, and learns that this node
-        // is down, rather than reaching a listener that is about to go away.
+        // The listening socket closes before any connection does. A peer whose connection
+        // closes and that connects again is then refused, and learns that this node is
+        // down, rather than reaching a listener that is about to go away.
         self.shared.stop_accepting.set();
         self.shared.listener_closed.wait().await;
         self.shared.closed.set();
@@ -587,9 +587,36 @@ async fn stream_messages<E>(
     stream.write_all(&frame).await?;
     link.bytes_sent
         .set(link.bytes_sent.get() + frame.len() as u64);
-    // TODO: wait for the peer to acknowledge the hello before counting the link as
-    // connected. A connection that a stopping listener accepted and nobody serves takes
-    // messages until its buffers fill, and nothing here notices.
+    // The link is up only once the peer answers: a connection that a stopping listener
+    // accepted and nobody serves would otherwise take messages until its buffers fill.
+    let hello_timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
+    let mut reader =
+        ConnectionReader::new(FrameDecoder::new(shared.settings.config.frame_bytes_max));
+    let answer = glommio::timer::timeout(hello_timeout, async {
+        Ok(reader.next_frame(&mut stream, &shared.closed).await)
+    })
+    .await;
+    let accepted = match answer {
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the peer did not answer the hello within {} ms",
+                    hello_timeout.as_millis()
+                ),
+            ));
+        }
+        Ok(Ok(Some(accepted))) => accepted,
+        Ok(Ok(None)) if shared.closed.is_set() => return Ok(()),
+        Ok(Ok(None)) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the peer closed the connection before answering the hello",
+            ));
+        }
+        Ok(Err(reason)) => return Err(std::io::Error::other(reason.to_string())),
+    };
+    check_hello_accepted(&shared.settings, link.node, &accepted).map_err(std::io::Error::other)?;
     link.connected.set(true);
     shared.stats.borrow_mut().connects += 1;
     tracing::info!(peer = %link.node, address = %link.address, "connected to peer");
@@ -809,6 +836,10 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
         },
         Ok(Err(reason)) => return reject(&shared, &peer_address, &reason),
     };
+    if let Err(error) = send_hello_accepted(&shared, &mut stream, hello_timeout).await {
+        tracing::debug!(peer = %from, address = %peer_address, %error, "answering a peer's hello failed");
+        return;
+    }
     tracing::debug!(peer = %from, address = %peer_address, "peer connection accepted");
 
     let mut first_frame = true;
@@ -909,6 +940,55 @@ fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
         address = %peer_address, shard = shared.settings.shard, error = %reason,
         "closing peer connection after invalid input"
     );
+}
+
+/// Answers a valid hello with this shard's own hello, which tells the connecting side
+/// that a reader serves the connection.
+async fn send_hello_accepted<E>(
+    shared: &Shared<E>,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let hello = wire::encode_hello(&shared.hello()).map_err(std::io::Error::other)?;
+    let mut frame = Vec::new();
+    encode_frame(FrameKind::HelloAccepted, &hello, &mut frame);
+    match glommio::timer::timeout(timeout, async { Ok(stream.write_all(&frame).await) }).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the hello answer was not written within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Checks that `frame` is the answer to a hello sent to `expected` from the same cluster
+/// and shard; the error names what differs.
+pub(super) fn check_hello_accepted(
+    settings: &TransportSettings,
+    expected: NodeId,
+    frame: &Frame,
+) -> Result<(), String> {
+    if frame.kind != FrameKind::HelloAccepted {
+        return Err(format!(
+            "expected a HelloAccepted frame in answer to the hello, got {:?}",
+            frame.kind
+        ));
+    }
+    let hello = wire::decode_hello(&frame.payload).map_err(|error| error.to_string())?;
+    if hello.cluster_id != settings.cluster_id
+        || hello.node_id != expected.0
+        || hello.shard != settings.shard
+    {
+        return Err(format!(
+            "the address of {expected} shard {} answered as node {} shard {} of cluster \
+             {:#x}; check the peer addresses in the members list",
+            settings.shard, hello.node_id, hello.shard, hello.cluster_id
+        ));
+    }
+    Ok(())
 }
 
 fn check_hello<E>(shared: &Shared<E>, frame: &Frame) -> Result<NodeId, RejectReason> {

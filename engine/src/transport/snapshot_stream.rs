@@ -11,6 +11,7 @@
 //! ```text
 //! sender                                   receiver
 //!   Hello                           ─────▶   (checked like any peer connection)
+//!                                   ◀─────   HelloAccepted
 //!   SnapshotBegin {length, crc, msg}─────▶   keeps or restarts its partial file
 //!                                   ◀─────   SnapshotAccept {offset held}
 //!   SnapshotChunk {offset, bytes}   ─────▶   appends to the partial file
@@ -48,7 +49,7 @@ use glommio::net::TcpStream;
 use shardraft_raft::{Message, MessageBody, NodeId};
 
 use super::frame::{Frame, FrameDecoder, FrameKind, encode_frame};
-use super::link::{ConnectionReader, RejectReason, Shared, TransportEvent};
+use super::link::{ConnectionReader, RejectReason, Shared, TransportEvent, check_hello_accepted};
 use super::wire::{self, GroupMessage};
 use crate::log::GroupId;
 use crate::snapshot::{
@@ -196,6 +197,8 @@ pub(super) async fn send<E>(
 
     let mut reader = ConnectionReader::new(FrameDecoder::new(config.frame_bytes_max));
     reader.set_read_timeout(Some(timeout));
+    let accepted = next_frame(shared, &mut reader, &mut stream).await?;
+    check_hello_accepted(&shared.settings, peer, &accepted).map_err(SendError::Protocol)?;
     let accept = next_frame(shared, &mut reader, &mut stream).await?;
     let resumed_at_byte = decode_accept(&accept, snapshot.file_bytes)?;
     if resumed_at_byte > 0 {
