@@ -33,7 +33,7 @@ use super::{
     BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
     WriteOp, recovery,
 };
-use crate::metrics::LatencyHistogram;
+use crate::metrics::StageHistogram;
 use crate::signal::Signal;
 
 /// Where an entry's record sits on disk.
@@ -242,7 +242,7 @@ pub struct DiskLogStats {
     /// Time spent in the fdatasync after each batch write.
     pub sync_micros_total: u64,
     /// Duration of each fdatasync, of batches and of segment checkpoints.
-    pub sync_latency: LatencyHistogram,
+    pub sync_latency: StageHistogram,
 }
 
 /// Everything recovery hands to the writer.

@@ -616,7 +616,7 @@ fn encode_peers(
     encoder: &mut DescriptorEncoder,
     shards: &[ShardMetrics],
 ) -> Result<(), fmt::Error> {
-    let mut peers = std::collections::BTreeMap::<NodeId, (u64, u64, u64, LatencyHistogram)>::new();
+    let mut peers = std::collections::BTreeMap::<NodeId, (u64, u64, u64, StageHistogram)>::new();
     for stats in shards.iter().flat_map(|shard| &shard.peers) {
         let peer = peers.entry(stats.peer).or_default();
         peer.0 += stats.bytes_sent;
@@ -624,7 +624,7 @@ fn encode_peers(
         peer.2 += u64::from(stats.connected);
         peer.3.merge(&stats.round_trip);
     }
-    let samples = |value: fn(&(u64, u64, u64, LatencyHistogram)) -> u64| {
+    let samples = |value: fn(&(u64, u64, u64, StageHistogram)) -> u64| {
         peers
             .iter()
             .map(|(peer, totals)| (peer_label(*peer), value(totals)))
@@ -648,14 +648,14 @@ fn encode_peers(
         "Shards of this node whose outbound connection to the peer is up.",
         samples(|totals| totals.2),
     )?;
-    histograms(
+    stage_histograms(
         encoder,
         "shardraft_peer_round_trip_seconds",
         "Time from writing a heartbeat to the peer until a heartbeat response from it \
          arrives, one probe at a time; includes both shards' loop delays.",
         peers
             .iter()
-            .map(|(peer, totals)| (peer_label(*peer), totals.3))
+            .map(|(peer, totals)| (peer_label(*peer), &totals.3))
             .collect(),
     )
 }
@@ -720,15 +720,15 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
     if disk.is_empty() {
         return Ok(());
     }
-    let mut sync_latency = LatencyHistogram::default();
+    let mut sync_latency = StageHistogram::default();
     for (_, log) in &disk {
         sync_latency.merge(&log.sync_latency);
     }
-    histograms(
+    stage_histograms(
         encoder,
         "shardraft_log_sync_duration_seconds",
         "Duration of each fdatasync of the write-ahead log.",
-        vec![(Labels::new(), sync_latency)],
+        vec![(Labels::new(), &sync_latency)],
     )
 }
 

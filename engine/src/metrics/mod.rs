@@ -5,10 +5,11 @@
 //! every shard for a [`ShardMetrics`] snapshot over its request channel, and
 //! [`encode_text`] merges the snapshots into one scrape.
 //!
-//! Latencies are [`LatencyHistogram`]s with one fixed bucket set
-//! ([`LATENCY_BUCKET_BOUNDS_SECONDS`], 50 µs to 10 s), so histograms of different shards
-//! add up bucket by bucket. The stages of a write ([`WriteStageLatencies`]) last from a
-//! few microseconds up, so they use [`StageHistogram`]s, with a finer fixed bucket set
+//! Latencies are histograms with fixed bucket sets, so histograms of different shards add
+//! up bucket by bucket. Commit, snapshot and install latencies are [`LatencyHistogram`]s
+//! ([`LATENCY_BUCKET_BOUNDS_SECONDS`], 50 µs to 10 s). The stages of a write
+//! ([`WriteStageLatencies`]), reads, fdatasyncs and peer round trips, which the tuner and
+//! the disk-health check read, use [`StageHistogram`]s with a finer bucket set
 //! ([`STAGE_BUCKET_BOUNDS_NANOS`], 1 µs to 10 s).
 
 mod export;

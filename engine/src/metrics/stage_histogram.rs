@@ -51,7 +51,7 @@ const fn stage_bucket_bounds_nanos() -> [u64; STAGE_BUCKETS] {
 /// let median = histogram.quantile_micros(0.5).expect("the histogram is not empty");
 /// assert!((3.0..=4.0).contains(&median));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StageHistogram {
     /// Observations per bucket, not cumulative. Entry `i` counts the durations above bound
     /// `i - 1` (above 0 for `i = 0`) and at most bound `i`; the last entry counts those
@@ -229,7 +229,7 @@ mod tests {
         let mut second = StageHistogram::default();
         second.record(Duration::from_micros(5));
         second.record(Duration::from_secs(1));
-        let mut merged = first.clone();
+        let mut merged = first;
         merged.merge(&second);
         for bucket in 0..=STAGE_BUCKETS {
             let expected = first.bucket_counts()[bucket] + second.bucket_counts()[bucket];

@@ -10,8 +10,9 @@
 //! transport's per-peer round trips. A follower answers an append only once the entries
 //! are durable and a heartbeat at once, so its disk latency is estimated as the p99 of its
 //! append round trip minus the median of its heartbeat round trip. Both are sampled one
-//! probe at a time and include both loops' delays, and the histogram buckets are coarse
-//! (1-2.5-5 per decade), so only a large ratio means anything; the default is 4.
+//! probe at a time and include both loops' delays, and a histogram bucket is up to twice
+//! as wide as its lower bound (1, 2, ..., 9 per decade), so only a large ratio means
+//! anything; the default is 4.
 
 use std::collections::BTreeMap;
 
@@ -20,27 +21,26 @@ use shardraft_raft::{NodeId, Role};
 use super::Shard;
 use crate::config::DiskTransferConfig;
 use crate::log::Log;
-use crate::metrics::{LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram};
+use crate::metrics::{STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS, StageHistogram};
 use crate::state_machine::StateMachine;
 use crate::transport::PeerTransportStats;
 
-/// Observations per bucket of a [`LatencyHistogram`], the overflow bucket last.
-pub(super) type BucketCounts = [u64; LATENCY_BUCKETS + 1];
+/// Observations per bucket of a [`StageHistogram`], the overflow bucket last.
+pub(super) type BucketCounts = [u64; STAGE_BUCKETS + 1];
 
 /// The latency counted for the overflow bucket (above 10 s), in microseconds.
 const OVERFLOW_MICROS: u64 = 20_000_000;
 
-/// The smallest follower estimate used: the first bucket's bound, 50 µs, so that a
-/// follower whose append and heartbeat round trips fall into one bucket is not taken as
-/// infinitely fast.
+/// The smallest follower estimate used, so that a follower whose append and heartbeat
+/// round trips fall into one bucket is not taken as infinitely fast.
 const FOLLOWER_FLOOR_MICROS: u64 = 50;
 
-fn bucket_counts(histogram: &LatencyHistogram) -> BucketCounts {
-    histogram.buckets().map(|(_, count)| count)
+fn bucket_counts(histogram: &StageHistogram) -> BucketCounts {
+    *histogram.bucket_counts()
 }
 
 fn since(now: &BucketCounts, before: &BucketCounts) -> BucketCounts {
-    let mut delta = [0; LATENCY_BUCKETS + 1];
+    let mut delta = [0; STAGE_BUCKETS + 1];
     for (bucket, (now, before)) in delta.iter_mut().zip(now.iter().zip(before)) {
         *bucket = now.saturating_sub(*before);
     }
@@ -60,9 +60,9 @@ fn quantile_micros(counts: &BucketCounts, quantile: f64) -> Option<u64> {
         seen += count;
         if seen >= rank {
             return Some(
-                LATENCY_BUCKET_BOUNDS_SECONDS
+                STAGE_BUCKET_BOUNDS_NANOS
                     .get(bucket)
-                    .map_or(OVERFLOW_MICROS, |bound| (bound * 1e6).round() as u64),
+                    .map_or(OVERFLOW_MICROS, |bound_nanos| bound_nanos / 1_000),
             );
         }
     }
@@ -117,13 +117,23 @@ pub(super) fn choose_target(
 }
 
 /// The histograms as they were at the start of the current window.
-#[derive(Default)]
 pub(super) struct DiskHealth {
     window_started_tick: u64,
     own_sync: BucketCounts,
     peers: BTreeMap<NodeId, (BucketCounts, BucketCounts)>,
     /// Groups this shard handed to a follower because of its own slow disk.
     pub transfers: u64,
+}
+
+impl Default for DiskHealth {
+    fn default() -> Self {
+        DiskHealth {
+            window_started_tick: 0,
+            own_sync: [0; STAGE_BUCKETS + 1],
+            peers: BTreeMap::new(),
+            transfers: 0,
+        }
+    }
 }
 
 impl<S> Shard<S>
@@ -162,7 +172,10 @@ where
                 bucket_counts(&append_round_trip),
                 bucket_counts(&round_trip),
             );
-            let before = health.peers.insert(peer, now).unwrap_or_default();
+            let before = health
+                .peers
+                .insert(peer, now)
+                .unwrap_or(([0; STAGE_BUCKETS + 1], [0; STAGE_BUCKETS + 1]));
             followers.push(FollowerWindow {
                 peer,
                 append_round_trip: since(&now.0, &before.0),
@@ -208,7 +221,7 @@ mod tests {
     use super::*;
 
     fn samples(latency: Duration, count: u64) -> BucketCounts {
-        let mut histogram = LatencyHistogram::default();
+        let mut histogram = StageHistogram::default();
         for _ in 0..count {
             histogram.record(latency);
         }
@@ -241,8 +254,8 @@ mod tests {
         let verdict = choose_target(&own, &followers, &config()).expect("a transfer");
 
         assert_eq!(verdict.target, NodeId(2));
-        assert_eq!(verdict.own_p99_micros, 50_000);
-        assert_eq!(verdict.target_estimate_micros, 4_750);
+        assert_eq!(verdict.own_p99_micros, 40_000);
+        assert_eq!(verdict.target_estimate_micros, 2_800);
     }
 
     #[test]
@@ -283,8 +296,8 @@ mod tests {
         for (bucket, extra) in counts.iter_mut().zip(slow) {
             *bucket += extra;
         }
-        assert_eq!(quantile_micros(&counts, 0.5), Some(100));
+        assert_eq!(quantile_micros(&counts, 0.5), Some(80));
         assert_eq!(quantile_micros(&counts, 0.99), Some(OVERFLOW_MICROS));
-        assert_eq!(quantile_micros(&[0; LATENCY_BUCKETS + 1], 0.99), None);
+        assert_eq!(quantile_micros(&[0; STAGE_BUCKETS + 1], 0.99), None);
     }
 }

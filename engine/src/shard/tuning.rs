@@ -21,23 +21,32 @@ use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollec
 
 use crate::config::NodeConfig;
 use crate::log::DiskLogStats;
-use crate::metrics::{
-    LATENCY_BUCKET_BOUNDS_SECONDS, LATENCY_BUCKETS, STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS,
-    StageHistogram,
-};
+use crate::metrics::{STAGE_BUCKET_BOUNDS_NANOS, STAGE_BUCKETS, StageHistogram};
 use crate::transport::PeerTransportStats;
 use crate::transport::wire::GroupMessage;
 use crate::tuning::{PeerSuspicion, TuningReport, static_knobs, timing_in_ticks};
 
-type LatencyBuckets = [u64; LATENCY_BUCKETS + 1];
+/// Observations per bucket of a [`StageHistogram`], the overflow bucket last.
+type StageBuckets = [u64; STAGE_BUCKETS + 1];
 
 /// The log's counters at the start of an interval.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct LogMark {
     syncs: u64,
     entries: u64,
     bytes: u64,
-    sync_latency: LatencyBuckets,
+    sync_latency: StageBuckets,
+}
+
+impl Default for LogMark {
+    fn default() -> Self {
+        LogMark {
+            syncs: 0,
+            entries: 0,
+            bytes: 0,
+            sync_latency: [0; STAGE_BUCKETS + 1],
+        }
+    }
 }
 
 /// The tuner of one shard with the samples of its current interval.
@@ -50,10 +59,10 @@ pub(super) struct ShardTuning {
     interval: Duration,
     next_interval_at: Instant,
     log_mark: LogMark,
-    peer_marks: BTreeMap<NodeId, LatencyBuckets>,
-    commit_mark: [u64; STAGE_BUCKETS + 1],
+    peer_marks: BTreeMap<NodeId, StageBuckets>,
+    commit_mark: StageBuckets,
     /// The shard's read latency buckets at the end of the last interval.
-    read_mark: [u64; STAGE_BUCKETS + 1],
+    read_mark: StageBuckets,
     /// Limits on bytes in flight stay static: the tuner bounds memory through entries and
     /// bytes per message times messages in flight.
     inflight_bytes_max: u64,
@@ -233,12 +242,12 @@ impl ShardTuning {
         for peer in peers {
             // Heartbeat round trips, because an append's round trip also contains the
             // follower's fdatasync, which the fdatasync samples already count.
-            let now_counts = peer.round_trip.bucket_counts();
+            let now_counts = *peer.round_trip.bucket_counts();
             let before = self
                 .peer_marks
                 .insert(peer.peer, now_counts)
-                .unwrap_or([0; _]);
-            for (bound_micros, count) in latency_bucket_growth(&now_counts, &before) {
+                .unwrap_or([0; STAGE_BUCKETS + 1]);
+            for (bound_micros, count) in stage_bucket_growth(&now_counts, &before) {
                 self.collector.record_rtts(peer.peer.0, bound_micros, count);
             }
         }
@@ -281,7 +290,7 @@ impl ShardTuning {
             syncs: log.syncs,
             entries: log.entries,
             bytes: log.bytes,
-            sync_latency: log.sync_latency.bucket_counts(),
+            sync_latency: *log.sync_latency.bucket_counts(),
         };
         self.log_mark = now;
         let syncs = now.syncs.saturating_sub(before.syncs);
@@ -291,8 +300,7 @@ impl ShardTuning {
         let entries = now.entries.saturating_sub(before.entries);
         let bytes = now.bytes.saturating_sub(before.bytes);
         // The entries and bytes are spread over the buckets in proportion to their counts.
-        for (bound_micros, count) in latency_bucket_growth(&now.sync_latency, &before.sync_latency)
-        {
+        for (bound_micros, count) in stage_bucket_growth(&now.sync_latency, &before.sync_latency) {
             let share = |total: u64| {
                 u64::try_from(u128::from(total) * u128::from(count) / u128::from(syncs))
                     .unwrap_or(u64::MAX)
@@ -359,9 +367,6 @@ impl ShardTuning {
     }
 }
 
-/// Returns the growth of each bucket of a [`crate::metrics::LatencyHistogram`] from
-/// `before` to `now`, as `(upper bound in microseconds, count)`, the overflow bucket at
-/// twice the last bound.
 /// Returns `(bucket upper bound in microseconds, observations added)` for each bucket of a
 /// [`StageHistogram`] that grew from `before` to `now`; the overflow bucket counts at twice
 /// the last bound.
@@ -379,24 +384,6 @@ fn stage_bucket_growth<'a>(
                 .copied()
                 .unwrap_or(STAGE_BUCKET_BOUNDS_NANOS[STAGE_BUCKETS - 1].saturating_mul(2));
             (count > 0).then_some((bound_nanos / 1_000, count))
-        })
-}
-
-fn latency_bucket_growth(
-    now: &LatencyBuckets,
-    before: &LatencyBuckets,
-) -> impl Iterator<Item = (u64, u64)> {
-    let last_bound = LATENCY_BUCKET_BOUNDS_SECONDS[LATENCY_BUCKETS - 1] * 2.0;
-    now.iter()
-        .zip(before)
-        .enumerate()
-        .filter_map(move |(bucket, (now, before))| {
-            let count = now.saturating_sub(*before);
-            let bound_seconds = LATENCY_BUCKET_BOUNDS_SECONDS
-                .get(bucket)
-                .copied()
-                .unwrap_or(last_bound);
-            (count > 0).then(|| ((bound_seconds * 1e6).round() as u64, count))
         })
 }
 

@@ -24,7 +24,7 @@ use super::snapshot_stream::{
 use super::wire::{self, GroupMessage, WireError, WireHello};
 use crate::config::{SnapshotConfig, TransportConfig};
 use crate::log::GroupId;
-use crate::metrics::LatencyHistogram;
+use crate::metrics::StageHistogram;
 use crate::shard::queue::EventQueue;
 use crate::signal::{Latch, Signal};
 use crate::snapshot::{SnapshotStore, StoredSnapshot};
@@ -121,12 +121,12 @@ pub struct PeerTransportStats {
     pub bytes_received: u64,
     /// Time from writing a frame with a heartbeat to the peer until a frame with a
     /// heartbeat response from the peer arrives. See [`Transport::peer_stats`].
-    pub round_trip: LatencyHistogram,
+    pub round_trip: StageHistogram,
     /// Time from writing a frame with entries to the peer until a frame with an append
     /// response from the peer arrives. A follower answers an append only once the entries
     /// are durable, so this minus `round_trip` estimates the peer's own write and
     /// fdatasync.
-    pub append_round_trip: LatencyHistogram,
+    pub append_round_trip: StageHistogram,
 }
 
 /// The identity of this shard and the addresses of its peers.
@@ -173,10 +173,10 @@ pub(super) struct PeerLink {
     bytes_received: Cell<u64>,
     /// When the heartbeat that the open round-trip probe waits on was written.
     probe_sent_at: Cell<Option<Instant>>,
-    round_trip: RefCell<LatencyHistogram>,
+    round_trip: RefCell<StageHistogram>,
     /// When the entries that the open append probe waits on were written.
     append_probe_sent_at: Cell<Option<Instant>>,
-    append_round_trip: RefCell<LatencyHistogram>,
+    append_round_trip: RefCell<StageHistogram>,
     /// Set when the peer left the list; its writer stops.
     removed: Cell<bool>,
 }
@@ -193,9 +193,9 @@ impl PeerLink {
             bytes_sent: Cell::new(0),
             bytes_received: Cell::new(0),
             probe_sent_at: Cell::new(None),
-            round_trip: RefCell::new(LatencyHistogram::default()),
+            round_trip: RefCell::new(StageHistogram::default()),
             append_probe_sent_at: Cell::new(None),
-            append_round_trip: RefCell::new(LatencyHistogram::default()),
+            append_round_trip: RefCell::new(StageHistogram::default()),
             removed: Cell::new(false),
         }
     }
