@@ -55,8 +55,9 @@ pub struct RaftConfig {
     pub promote_lag_entries_max: u64,
     /// When a connection to a group's leader is refused, so that its process is gone rather
     /// than slow, the group's followers on this node campaign within one heartbeat interval
-    /// instead of waiting out their election timeout. A leader cut off by a partition or a
-    /// dead host refuses nothing, and the timeout still applies to it.
+    /// instead of waiting out their election timeout. A dead host, or a partition that drops
+    /// packets, refuses nothing, and the timeout still applies to them. A firewall that
+    /// rejects connections with a reset reads as a refusal.
     pub campaign_when_leader_down: bool,
 }
 

@@ -377,7 +377,7 @@ fn leader_kill_elects_before_timeout() {
     // minimum election timeout.
     assert!(
         survivors_commit_after_leader_kill(
-            "followers_elect_when_leader_process_is_gone",
+            "leader_kill_elects_before_timeout",
             true,
             Duration::from_millis(1500),
         ),
@@ -391,7 +391,7 @@ fn leader_kill_waits_when_campaign_off() {
     // election timeout, no survivor can have been elected.
     assert!(
         !survivors_commit_after_leader_kill(
-            "followers_wait_when_leader_down_is_ignored",
+            "leader_kill_waits_when_campaign_off",
             false,
             Duration::from_millis(1500),
         ),

@@ -781,6 +781,71 @@ fn leader_down_split_vote_retried() {
 }
 
 #[test]
+fn new_leader_keeps_followers_after_report() {
+    // After both followers were told the leader is down, the loser votes for the winner and
+    // then hears it. Its timeout, drawn short while no leader was known, must be drawn again
+    // then: otherwise it campaigns between heartbeats and, without pre-vote, deposes the new
+    // leader.
+    for pre_vote in [true, false] {
+        for seed in 0..20u64 {
+            let mut cluster = Cluster::builder(3)
+                .configure(move |config| {
+                    config.election_timeout_ticks_min = 20;
+                    config.election_timeout_ticks_max = 40;
+                    config.heartbeat_interval_ticks = 3;
+                    config.pre_vote = pre_vote;
+                })
+                .configure_node(2, move |config| config.random_seed = seed)
+                .configure_node(3, move |config| config.random_seed = seed + 1_000)
+                .build();
+            cluster.elect(1, 400);
+            cluster.stabilize();
+            cluster.crash(1);
+            cluster.node_mut(2).report_leader_down(NodeId(1));
+            cluster.node_mut(3).report_leader_down(NodeId(1));
+            let rounds = tick_until_one_leads(&mut cluster, &[2, 3], 40);
+            assert!(
+                rounds.is_some(),
+                "pre_vote {pre_vote}, seed {seed}: no leader"
+            );
+            let leader = cluster.leader().expect("a leader");
+            let term = cluster.node(leader).term();
+            cluster.clear_records();
+
+            for _ in 0..60 {
+                cluster.tick(2);
+                cluster.tick(3);
+                cluster.stabilize();
+            }
+            let campaigns = cluster
+                .sent()
+                .iter()
+                .filter(|message| {
+                    matches!(
+                        message.body,
+                        MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+                    )
+                })
+                .count();
+            assert_eq!(
+                campaigns, 0,
+                "pre_vote {pre_vote}, seed {seed}: a follower campaigned"
+            );
+            assert_eq!(
+                cluster.leader(),
+                Some(leader),
+                "pre_vote {pre_vote}, seed {seed}"
+            );
+            assert_eq!(
+                cluster.node(leader).term(),
+                term,
+                "pre_vote {pre_vote}, seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
 fn wrong_leader_down_report_deposes_no_leader() {
     // Node 2 receives a report that a live leader is down. It campaigns early, but node 3 still hears
     // the leader and refuses the pre-vote, so the report alone never lets one node depose

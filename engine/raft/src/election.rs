@@ -280,10 +280,12 @@ impl RaftNode {
                 if self.leader != Some(from) {
                     tracing::info!(node = %self.id, leader = %from, term = %self.term, "following leader");
                     self.leader = Some(from);
+                    let quick = self.quick_campaigns_left > 0;
                     self.quick_campaigns_left = 0;
-                    if self.election_timeout_shortened {
-                        // A timeout cut short for a leader reported down would make this
-                        // follower campaign against the leader it now hears.
+                    if quick || self.election_timeout_shortened {
+                        // A timeout cut short, or drawn short, after a leader was reported
+                        // down would make this follower campaign against the leader it
+                        // now hears.
                         self.reset_election_timer();
                     }
                 }
@@ -416,12 +418,14 @@ impl RaftNode {
             // Entries arrived after a start without data: the group has a history this
             // replica has not fully stored, and its earlier votes are lost.
             tracing::debug!(node = %self.id, term = %self.term, "not campaigning while catching up");
+            self.quick_campaigns_left = 0;
             self.reset_election_timer();
             return;
         }
         if self.term.0 == u64::MAX {
             // No term follows; only forged messages can have raised the term this far.
             tracing::warn!(node = %self.id, term = %self.term, "not campaigning: the term cannot be raised");
+            self.quick_campaigns_left = 0;
             self.reset_election_timer();
             return;
         }
@@ -431,7 +435,6 @@ impl RaftNode {
         if campaign == Campaign::PreVote || !self.config.pre_vote {
             self.quick_campaigns_left = self.quick_campaigns_left.saturating_sub(1);
         }
-        self.reset_election_timer();
         let (term, role) = match campaign {
             Campaign::PreVote => (self.term.next(), Role::PreCandidate),
             Campaign::Election | Campaign::Transfer => {
@@ -442,6 +445,8 @@ impl RaftNode {
             }
         };
         self.role = role;
+        // Drawn in the new role, because a campaign's own wait for responses has a floor.
+        self.reset_election_timer();
         tracing::info!(node = %self.id, %term, ?campaign, "campaigning");
         self.votes.insert(self.id, true);
 

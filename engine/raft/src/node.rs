@@ -149,9 +149,9 @@ pub enum SnapshotTransfer {
 }
 
 /// Campaigns after a leader-down report, the first included, whose timeout is drawn from
-/// the short range: enough to retry a vote split between two followers that learned of the
-/// crash together, few enough that a group that cannot elect a leader falls back to its
-/// normal timeout soon.
+/// the short range. Three retry a vote split between two followers that learned of the
+/// crash together, and are few enough that a group that cannot elect a leader soon falls
+/// back to its normal timeout.
 const QUICK_CAMPAIGNS_AFTER_LEADER_DOWN: u32 = 3;
 
 /// Counts of inputs the core rejected or ignored. Each is also logged at debug level.
@@ -619,7 +619,9 @@ impl RaftNode {
     /// itself 1 to `heartbeat_interval_ticks` ticks from now instead of after its election
     /// timeout. The random tick keeps followers that learn of the crash together from
     /// splitting the vote. A split vote is retried twice after a short wait, drawn from a
-    /// range twice as wide each time, before the normal timeout applies again.
+    /// range twice as wide each time, before the normal timeout applies again; a campaign
+    /// waits a heartbeat interval more for its own answers. Hearing any leader ends the
+    /// short waits and draws a normal timeout.
     ///
     /// Safe whatever the truth: Raft's safety never depends on when an election starts, and
     /// this core serves no reads on a lease. A wrong report costs one election at most, and a
@@ -1227,7 +1229,14 @@ impl RaftNode {
     /// from the short range while campaigns after a leader-down report last.
     fn draw_election_timeout(&mut self) {
         if self.quick_campaigns_left > 0 && self.leader.is_none() {
-            self.randomized_election_timeout_ticks = self.quick_campaign_ticks();
+            // A pre-candidate or candidate waits at least a heartbeat interval more for its
+            // answers, which need a round trip and, for votes, an fdatasync at each voter.
+            let answer_wait_ticks = match self.role {
+                Role::Follower => 0,
+                _ => self.timing().heartbeat_interval_ticks.max(1),
+            };
+            self.randomized_election_timeout_ticks =
+                self.quick_campaign_ticks() + answer_wait_ticks;
             return;
         }
         let timing = self.timing();

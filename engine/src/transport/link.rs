@@ -40,8 +40,9 @@ pub enum TransportEvent {
     /// The connection to `peer` failed; messages in flight to it are lost.
     PeerUnreachable { peer: NodeId },
     /// A connection to `peer` was refused: nothing listens at its address, so the peer's
-    /// process is down, not merely slow or cut off (a partition times out instead).
-    /// Reported once per outage, at the first refusal.
+    /// process is down, not merely slow. A partition that drops packets times out instead,
+    /// but a firewall that rejects with a reset reads as down too. Reported once per
+    /// outage, at the first refusal.
     PeerDown { peer: NodeId },
     /// A snapshot arrived, was verified and is stored durably; its `InstallSnapshot`
     /// message may now be stepped.
@@ -675,8 +676,9 @@ fn is_refused(error: &glommio::GlommioError<()>) -> bool {
     }
 }
 
-/// Resolves once the peer closes a connection that this side only writes to. The peer
-/// never sends on it, so a read can only end the stream or fail.
+/// Resolves once the peer closes a connection that this side only writes to. After its
+/// `HelloAccepted` the peer sends nothing more on it, so a read can only end the stream or
+/// fail.
 async fn peer_closed(stream: &mut TcpStream) -> std::io::Error {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
@@ -761,7 +763,14 @@ async fn run_listener<E: From<TransportEvent> + 'static>(
     listener: TcpListener,
 ) {
     loop {
-        let Some(accepted) = shared.stop_accepting.or_stop(listener.accept()).await else {
+        // Checked first: `or_stop` polls the accept before the latch, and an accept finds
+        // a connection waiting in the backlog at once.
+        let accepted = if shared.stop_accepting.is_set() {
+            None
+        } else {
+            shared.stop_accepting.or_stop(listener.accept()).await
+        };
+        let Some(accepted) = accepted else {
             drop(listener);
             // Closing the descriptor is not enough: the accept in flight in io_uring keeps
             // the socket listening until the ring processes its cancellation, and a
