@@ -445,7 +445,6 @@ impl RaftNode {
             }
         };
         self.role = role;
-        // Drawn in the new role, because a campaign's own wait for responses has a floor.
         self.reset_election_timer();
         tracing::info!(node = %self.id, %term, ?campaign, "campaigning");
         self.votes.insert(self.id, true);

@@ -619,8 +619,9 @@ impl RaftNode {
     /// itself 1 to `heartbeat_interval_ticks` ticks from now instead of after its election
     /// timeout. The random tick keeps followers that learn of the crash together from
     /// splitting the vote. A split vote is retried twice after a short wait, drawn from a
-    /// range twice as wide each time, before the normal timeout applies again; a campaign
-    /// waits a heartbeat interval more for its own answers. Hearing any leader ends the
+    /// range twice as wide each time, before the normal timeout applies again. After a
+    /// campaign message, its own or one it voted for, a replica waits a heartbeat interval
+    /// more for the result. Hearing any leader ends the
     /// short waits and draws a normal timeout.
     ///
     /// Safe whatever the truth: Raft's safety never depends on when an election starts, and
@@ -1229,12 +1230,11 @@ impl RaftNode {
     /// from the short range while campaigns after a leader-down report last.
     fn draw_election_timeout(&mut self) {
         if self.quick_campaigns_left > 0 && self.leader.is_none() {
-            // A pre-candidate or candidate waits at least a heartbeat interval more for its
-            // answers, which need a round trip and, for votes, an fdatasync at each voter.
-            let answer_wait_ticks = match self.role {
-                Role::Follower => 0,
-                _ => self.timing().heartbeat_interval_ticks.max(1),
-            };
+            // Every wait drawn here follows a campaign message: a candidate's own, which
+            // needs a round trip and an fdatasync at each voter to be answered, or one this
+            // follower voted for, whose winner needs as long to announce itself. Either gets
+            // a heartbeat interval more, so that nobody campaigns over a result on its way.
+            let answer_wait_ticks = self.timing().heartbeat_interval_ticks.max(1);
             self.randomized_election_timeout_ticks =
                 self.quick_campaign_ticks() + answer_wait_ticks;
             return;
