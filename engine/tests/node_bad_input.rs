@@ -1,6 +1,6 @@
 //! Bytes that are not valid peer frames, sent to a node's peer port while the cluster
 //! serves: each must close its own connection, count as rejected and leave the cluster
-//! working. Also a peer port that accepts connections but never answers the hello.
+//! working. Also a peer port that accepts connections but never responds to the hello.
 
 mod support;
 
@@ -49,7 +49,7 @@ fn node_closes_after(address: std::net::SocketAddr, bytes: &[u8]) -> bool {
     stream.write_all(bytes).expect("sending bytes");
     let mut buffer = [0u8; 64];
     // A closed connection reads as end of stream (or a reset); a timeout means it is open.
-    // The node answers a valid hello before the bad bytes after it close the connection.
+    // The node responds to a valid hello before the bad bytes after it close the connection.
     loop {
         match stream.read(&mut buffer) {
             Ok(0) => return true,
@@ -216,7 +216,7 @@ proptest! {
 
 #[test]
 fn unanswered_hello_keeps_the_link_down() {
-    // Node 2's port accepts connections and never answers, like a listener that a stopping
+    // Node 2's port accepts connections and never responds, like a listener that a stopping
     // shard left to io_uring. Node 1 must not count such a connection as up: it gives up
     // after its hello timeout and connects again.
     let dir = test_dir("unanswered_hello_keeps_the_link_down");
@@ -228,11 +228,11 @@ fn unanswered_hello_keeps_the_link_down() {
     let node = start_node(&configs[0]);
     let handle = node.handle();
 
-    let mut held = Vec::new();
+    let mut accepted_streams = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < deadline {
         match silent.accept() {
-            Ok((stream, _)) => held.push(stream),
+            Ok((stream, _)) => accepted_streams.push(stream),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -246,9 +246,9 @@ fn unanswered_hello_keeps_the_link_down() {
         .map(|shard| shard.transport.connects)
         .sum();
     assert!(
-        held.len() >= 2,
+        accepted_streams.len() >= 2,
         "node 1 connected {} times in 1.5 s; it should retry after each 200 ms hello timeout",
-        held.len()
+        accepted_streams.len()
     );
     assert_eq!(connects, 0, "node 1 counted an unanswered connection as up");
     node.shutdown().expect("shutting down");

@@ -741,8 +741,8 @@ fn leader_down_report_elects_quickly() {
 #[test]
 fn leader_down_split_vote_retried() {
     // Over many seeds, two followers informed at once that the leader is down sometimes pick
-    // the same tick and split the vote; the retries draw from short ranges (3, 6 and then
-    // 12 ticks wide), so a leader comes within 30 ticks, never after the 100-tick
+    // the same tick and split the vote. The retries draw from short ranges (3, 6 and then
+    // 12 ticks wide, plus 3), so a leader comes within 30 ticks, never after the 100-tick
     // timeout.
     for seed in 0..40u64 {
         let mut cluster = Cluster::builder(3)

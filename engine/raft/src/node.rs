@@ -1211,7 +1211,7 @@ impl RaftNode {
         self.draw_election_timeout();
     }
 
-    /// The wait before a campaign after the leader was reported down: 1 to
+    /// Returns the wait before a campaign after the leader was reported down: 1 to
     /// `heartbeat_interval_ticks` ticks for the first. Each retry draws from a range twice
     /// as wide, so that two followers that split the vote rarely draw the same tick again,
     /// and never wider than `election_timeout_ticks_min`.

@@ -588,8 +588,9 @@ async fn stream_messages<E>(
     stream.write_all(&frame).await?;
     link.bytes_sent
         .set(link.bytes_sent.get() + frame.len() as u64);
-    // The link is up only once the peer answers: a connection that a stopping listener
-    // accepted and nobody serves would otherwise take messages until its buffers fill.
+    // The link is up only once the peer responds, because a connection that a stopping
+    // listener accepted and no reader serves would otherwise take messages until its
+    // buffers fill.
     let hello_timeout = Duration::from_millis(shared.settings.config.hello_timeout_ms);
     let mut reader =
         ConnectionReader::new(FrameDecoder::new(shared.settings.config.frame_bytes_max));
@@ -846,7 +847,7 @@ async fn run_reader<E: From<TransportEvent>>(shared: Rc<Shared<E>>, mut stream: 
         Ok(Err(reason)) => return reject(&shared, &peer_address, &reason),
     };
     if let Err(error) = send_hello_accepted(&shared, &mut stream, hello_timeout).await {
-        tracing::debug!(peer = %from, address = %peer_address, %error, "answering a peer's hello failed");
+        tracing::debug!(peer = %from, address = %peer_address, %error, "sending the hello response failed");
         return;
     }
     tracing::debug!(peer = %from, address = %peer_address, "peer connection accepted");
@@ -951,8 +952,8 @@ fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
     );
 }
 
-/// Answers a valid hello with this shard's own hello, which tells the connecting side
-/// that a reader serves the connection.
+/// Sends this shard's own hello in response to a valid hello, which tells the connecting
+/// side that a reader serves the connection.
 async fn send_hello_accepted<E>(
     shared: &Shared<E>,
     stream: &mut TcpStream,
@@ -973,8 +974,8 @@ async fn send_hello_accepted<E>(
     }
 }
 
-/// Checks that `frame` is the answer to a hello sent to `expected` from the same cluster
-/// and shard; the error names what differs.
+/// Checks that `frame` is the response to a hello sent to `expected`, from the same
+/// cluster and shard. The error names what differs.
 pub(super) fn check_hello_accepted(
     settings: &TransportSettings,
     expected: NodeId,
