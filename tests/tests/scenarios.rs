@@ -738,6 +738,32 @@ fn leader_down_report_elects_quickly() {
     );
 }
 
+/// Builds three nodes led by node 1, with election timeouts of `election_timeout_ticks_min`
+/// to twice that, heartbeats every 3 ticks and random seeds derived from `seed`. Then it
+/// crashes node 1 and reports it down to both followers at once.
+fn followers_with_leader_down(
+    seed: u64,
+    election_timeout_ticks_min: u32,
+    pre_vote: bool,
+) -> Cluster {
+    let mut cluster = Cluster::builder(3)
+        .configure(move |config| {
+            config.election_timeout_ticks_min = election_timeout_ticks_min;
+            config.election_timeout_ticks_max = 2 * election_timeout_ticks_min;
+            config.heartbeat_interval_ticks = 3;
+            config.pre_vote = pre_vote;
+        })
+        .configure_node(2, move |config| config.random_seed = seed)
+        .configure_node(3, move |config| config.random_seed = seed + 1_000)
+        .build();
+    cluster.elect(1, 400);
+    cluster.stabilize();
+    cluster.crash(1);
+    cluster.node_mut(2).report_leader_down(NodeId(1));
+    cluster.node_mut(3).report_leader_down(NodeId(1));
+    cluster
+}
+
 #[test]
 fn leader_down_split_vote_retried() {
     // Over many seeds, two followers informed at once that the leader is down sometimes pick
@@ -745,20 +771,7 @@ fn leader_down_split_vote_retried() {
     // 12 ticks wide, plus 3), so a leader comes within 30 ticks, never after the 100-tick
     // timeout.
     for seed in 0..40u64 {
-        let mut cluster = Cluster::builder(3)
-            .configure(|config| {
-                config.election_timeout_ticks_min = 100;
-                config.election_timeout_ticks_max = 200;
-                config.heartbeat_interval_ticks = 3;
-            })
-            .configure_node(2, move |config| config.random_seed = seed)
-            .configure_node(3, move |config| config.random_seed = seed + 1_000)
-            .build();
-        cluster.elect(1, 400);
-        cluster.stabilize();
-        cluster.crash(1);
-        cluster.node_mut(2).report_leader_down(NodeId(1));
-        cluster.node_mut(3).report_leader_down(NodeId(1));
+        let mut cluster = followers_with_leader_down(seed, 100, true);
         // Both tick before any message moves, so equal draws campaign at once.
         let mut rounds = None;
         for round in 1..=40 {
@@ -782,27 +795,13 @@ fn leader_down_split_vote_retried() {
 
 #[test]
 fn new_leader_keeps_followers_after_report() {
-    // After both followers were told the leader is down, the loser votes for the winner and
+    // After both followers receive the leader-down report, the loser votes for the winner and
     // then hears it. Its timeout, drawn short while no leader was known, must be drawn again
-    // then: otherwise it campaigns between heartbeats and, without pre-vote, deposes the new
+    // then. Otherwise it campaigns between heartbeats and, without pre-vote, deposes the new
     // leader.
     for pre_vote in [true, false] {
         for seed in 0..20u64 {
-            let mut cluster = Cluster::builder(3)
-                .configure(move |config| {
-                    config.election_timeout_ticks_min = 20;
-                    config.election_timeout_ticks_max = 40;
-                    config.heartbeat_interval_ticks = 3;
-                    config.pre_vote = pre_vote;
-                })
-                .configure_node(2, move |config| config.random_seed = seed)
-                .configure_node(3, move |config| config.random_seed = seed + 1_000)
-                .build();
-            cluster.elect(1, 400);
-            cluster.stabilize();
-            cluster.crash(1);
-            cluster.node_mut(2).report_leader_down(NodeId(1));
-            cluster.node_mut(3).report_leader_down(NodeId(1));
+            let mut cluster = followers_with_leader_down(seed, 20, pre_vote);
             let rounds = tick_until_one_leads(&mut cluster, &[2, 3], 40);
             assert!(
                 rounds.is_some(),
@@ -847,15 +846,16 @@ fn new_leader_keeps_followers_after_report() {
 
 #[test]
 fn wrong_leader_down_report_deposes_no_leader() {
-    // Node 2 receives a report that a live leader is down. It campaigns early, but node 3 still hears
-    // the leader and refuses the pre-vote, so the report alone never lets one node depose
-    // a leader that another voter hears; node 2 follows node 1 again.
+    // Node 2 receives a report that a live leader is down. It campaigns early, but node 3
+    // still hears the leader and rejects the pre-vote. So the report alone never lets one
+    // node depose a leader that another voter hears, and node 2 follows node 1 again.
     let mut cluster = cluster_led_by_node_1(|config| {
         config.election_timeout_ticks_min = 20;
         config.election_timeout_ticks_max = 40;
         config.heartbeat_interval_ticks = 3;
     });
     assert!(cluster.node_mut(2).report_leader_down(NodeId(1)));
+
     for _ in 0..3 {
         cluster.tick(2);
         cluster.stabilize();
@@ -868,6 +868,7 @@ fn wrong_leader_down_report_deposes_no_leader() {
         })
         .count();
     assert!(pre_votes > 0, "node 2 did not campaign within 3 ticks");
+
     for _ in 0..3 {
         cluster.tick(1);
         cluster.stabilize();

@@ -614,7 +614,7 @@ impl RaftNode {
 
     /// Records that `peer` is down for certain, not merely silent: the runtime's connection
     /// to it closed and a new one was refused, so no process listens at its address. When
-    /// `peer` is this follower's leader, the follower forgets it, which ends the leader's
+    /// `peer` is this follower's leader, the follower clears it, which ends the leader's
     /// lease here: it grants pre-votes and votes to other candidates at once, and campaigns
     /// itself 1 to `heartbeat_interval_ticks` ticks from now instead of after its election
     /// timeout. The random tick keeps followers that learn of the crash together from
@@ -1230,10 +1230,10 @@ impl RaftNode {
     /// from the short range while campaigns after a leader-down report last.
     fn draw_election_timeout(&mut self) {
         if self.quick_campaigns_left > 0 && self.leader.is_none() {
-            // Every wait drawn here follows a campaign message: a candidate's own, which
-            // needs a round trip and an fdatasync at each voter to be answered, or one this
-            // follower voted for, whose winner needs as long to announce itself. Either gets
-            // a heartbeat interval more, so that nobody campaigns over a result on its way.
+            // Every wait drawn here follows a campaign message. A candidate's own needs a
+            // round trip and an fdatasync at each voter before responses arrive, and the
+            // winner of one this follower voted for needs as long to announce itself. So
+            // either wait gets a heartbeat interval more.
             let answer_wait_ticks = self.timing().heartbeat_interval_ticks.max(1);
             self.randomized_election_timeout_ticks =
                 self.quick_campaign_ticks() + answer_wait_ticks;

@@ -10,9 +10,9 @@
 //! transport's per-peer round trips. A follower answers an append only once the entries
 //! are durable and a heartbeat at once, so its disk latency is estimated as the p99 of its
 //! append round trip minus the median of its heartbeat round trip. Both are sampled one
-//! probe at a time and include both loops' delays, and a histogram bucket is up to twice
+//! probe at a time and include both loops' delays. A histogram bucket is also up to twice
 //! as wide as its lower bound (1, 2, ..., 9 per decade), so only a large ratio means
-//! anything; the default is 4.
+//! anything, and the default is 4.
 
 use std::collections::BTreeMap;
 

@@ -530,7 +530,7 @@ async fn run_writer<E: From<TransportEvent>>(shared: Rc<Shared<E>>, link: Rc<Pee
             Err(error) => {
                 if is_refused(&error) && !down_reported {
                     down_reported = true;
-                    tracing::info!(peer = %link.node, address = %link.address, "peer refused the connection; it is down");
+                    tracing::info!(peer = %link.node, address = %link.address, "peer refused the connection, so it is down");
                     shared
                         .events
                         .push_now(E::from(TransportEvent::PeerDown { peer: link.node }));
@@ -637,9 +637,9 @@ async fn stream_messages<E>(
                 .await;
             Ok(messages)
         };
-        // Waiting on the socket as well notices a crashed peer while there is nothing to
-        // send, which a follower's link to its leader often has: without it, the loss
-        // shows only at the next failed write.
+        // Waiting on the socket as well notices a crashed peer while nothing is queued,
+        // which is often so on a follower's link to its leader. Otherwise the loss shows
+        // only at the next failed write.
         let closed = async { Err(peer_closed(&mut stream).await) };
         let Some(messages) = futures_lite::future::or(queued, closed).await? else {
             return Ok(());
@@ -952,7 +952,7 @@ fn reject<E>(shared: &Shared<E>, peer_address: &str, reason: &RejectReason) {
     );
 }
 
-/// Sends this shard's own hello in response to a valid hello, which tells the connecting
+/// Sends this shard's own hello in response to a valid hello, which shows the connecting
 /// side that a reader serves the connection.
 async fn send_hello_accepted<E>(
     shared: &Shared<E>,

@@ -7,12 +7,12 @@
 //! - election safety: at most one leader per term;
 //! - log matching: two logs with an entry of the same index and term agree on every entry
 //!   up to it;
-//! - leader completeness: a new leader's log holds every entry committed in an earlier
-//!   term. A replica learns of a commit from the leader of its own term, so an entry that
+//! - leader completeness: a new leader's log contains every entry committed in an earlier
+//!   term. A replica learns of a commit from the leader of its own term. So an entry that
 //!   a replica reported committed, or applied, while in term `t` was committed in `t` or
-//!   before, and every leader of a later term must hold it. A candidate of an older term
+//!   before, and every leader of a later term must contain it. A candidate of an older term
 //!   can still win with votes granted before the voters moved on, after a newer leader
-//!   committed more; Raft allows that leader, which can commit nothing;
+//!   committed more. Raft allows that leader, which can commit nothing;
 //! - state machine safety: no two replicas apply different entries at one index.
 
 use std::collections::BTreeMap;
@@ -407,8 +407,8 @@ mod tests {
         }
     }
 
-    /// Three replicas with entry 1 of term 1; n1 appends entry 2 of term 4 and reports
-    /// it committed in term 4.
+    /// Builds three replicas with entry 1 of term 1. Then n1 appends entry 2 of term 4 and
+    /// reports it committed in term 4.
     fn checker_with_commit_in_term_4() -> SafetyChecker {
         let mut checker = SafetyChecker::default();
         for node in 1..=3 {
