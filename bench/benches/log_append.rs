@@ -28,6 +28,7 @@ use shardraft::log::{DiskLog, GroupId, LogConfig, LogIdentity, LogStore, WriteBa
 use shardraft::raft::{Entry, EntryKind, LogIndex, Term};
 use shardraft_bench::wal::environment;
 use shardraft_bench::wal::load::{self, LoadOutcome, LoadSpec};
+use shardraft_bench::wal::payload::PayloadKind;
 use shardraft_bench::wal::{LatencySummary, MIB, format_bytes, new_latency_histogram};
 
 const ENTRY_SIZES: [usize; 2] = [16, 4096];
@@ -217,6 +218,7 @@ fn durable_throughput(criterion: &mut Criterion) {
                 entries_per_submit: 1,
                 compact_every_entries: COMPACT_EVERY_ENTRIES,
                 compact_every_bytes: COMPACT_EVERY_BYTES,
+                payload: PayloadKind::Random,
             };
             let worker = LogWorker::start(&parent, spec).expect("starting the log worker failed");
             let mut totals = Totals {

@@ -4,7 +4,8 @@
 //! Arguments, each optional: entry bytes (16), appenders (256), entries per submission (64),
 //! seconds (5), entries between compactions of each group (4096, 0 for no limit), the data
 //! directory, the segment size in bytes (the log's default) and payload bytes between
-//! compactions of each group (262144, 0 for no limit). Besides the load's figures
+//! compactions of each group (262144, 0 for no limit), and the payload bytes, `random` or
+//! `constant` (random). Besides the load's figures
 //! it prints the segment rotations and recycling, the gaps between consecutive
 //! fdatasync completions, sampled by a task that polls the log's counters every 200 us, and
 //! how late that task's own timer fired, which shows the executor being busy.
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
 use shardraft_bench::wal::load::{self, LoadSpec};
+use shardraft_bench::wal::payload::PayloadKind;
 use shardraft_bench::wal::{LatencySummary, environment, new_latency_histogram};
 
 /// Interval at which the monitor task polls the log's counters.
@@ -41,6 +43,11 @@ fn main() -> anyhow::Result<()> {
         entries_per_submit: number(2, 64)?,
         compact_every_entries: number(4, 4096)? as u64,
         compact_every_bytes: number(7, 256 * 1024)? as u64,
+        payload: match args.get(8).map(String::as_str) {
+            None | Some("random") => PayloadKind::Random,
+            Some("constant") => PayloadKind::Constant,
+            Some(other) => anyhow::bail!("argument 9 ({other:?}) is not random or constant"),
+        },
     };
     let seconds = number(3, 5)?;
     let parent = args

@@ -27,8 +27,9 @@ use shardraft_bench::harness::workload::RunArgs;
 use shardraft_bench::harness::{chart, compare};
 use shardraft_bench::wal::device::{DeviceProbe, DeviceSample, PROBE_FILE_BYTES};
 use shardraft_bench::wal::environment::{self, Filesystem, MachineFacts};
-use shardraft_bench::wal::goals::{self, CellReport, GoalReport};
+use shardraft_bench::wal::goals::{self, CellReport, CellRole, GoalReport};
 use shardraft_bench::wal::load::{self, LoadSpec};
+use shardraft_bench::wal::payload::PayloadKind;
 use shardraft_bench::wal::{LatencySummary, format_bytes};
 
 #[global_allocator]
@@ -127,6 +128,12 @@ struct LogArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     appenders: Vec<usize>,
 
+    /// Appenders of an extra cell of 4 KiB entries for the bandwidth goal, with more
+    /// appenders than one batch of `--flush-bytes-max` holds, so that one batch is written
+    /// while the next fills. 0 adds no cell.
+    #[arg(long, default_value_t = 1024)]
+    bandwidth_appenders: usize,
+
     /// Entries per submission in extra cells for the smallest entry size at every appender
     /// count, like a Raft leader whose Ready carries many entries. 1 adds no cells.
     #[arg(long, default_value_t = 64)]
@@ -159,6 +166,11 @@ struct LogArgs {
     /// Do not zero-fill new segments (the log's zero_fill_segments = false).
     #[arg(long)]
     no_zero_fill: bool,
+
+    /// The bytes that entries and the device probe write. A disk that compresses what it
+    /// stores writes `constant` payloads faster than real data.
+    #[arg(long, value_enum, default_value_t = PayloadKind::Random)]
+    payload: PayloadKind,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -269,6 +281,7 @@ struct Report {
     log_config: ConfigReport,
     duration_secs: f64,
     warmup_secs: f64,
+    payload: PayloadKind,
     device: Vec<DeviceSample>,
     cells: Vec<CellReport>,
     goals: Vec<GoalReport>,
@@ -316,6 +329,10 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
         args.compact_every_entries,
         format_bytes(args.compact_every_bytes)
     );
+    println!(
+        "payload: {} bytes, in the entries and in the device probe's writes",
+        args.payload
+    );
 
     let executor = glommio::LocalExecutorBuilder::default()
         .name("shardraft-bench-log")
@@ -324,7 +341,15 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
         .context("starting the glommio executor failed")?;
     let (device, cells) = executor.run(async {
         shardraft::wake_guard::spawn_wake_guard().detach();
-        measure_all(run_dir.path(), &config, &specs, warmup, duration).await
+        measure_all(
+            run_dir.path(),
+            &config,
+            &specs,
+            args.payload,
+            warmup,
+            duration,
+        )
+        .await
     })?;
 
     let sequential = device
@@ -368,6 +393,7 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
             },
             duration_secs: duration.as_secs_f64(),
             warmup_secs: warmup.as_secs_f64(),
+            payload: args.payload,
             device,
             cells,
             goals,
@@ -381,8 +407,9 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
 }
 
 /// Lists the cells to run: every size at every appender count with one entry per submission,
-/// then the smallest size with `entries_per_submit` entries per submission.
-fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<LoadSpec>> {
+/// then the smallest size with `entries_per_submit` entries per submission, then 4 KiB
+/// entries with `bandwidth_appenders` appenders.
+fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
     anyhow::ensure!(
         !args.sizes.is_empty() && args.sizes.iter().all(|&size| size > 0),
         "--sizes needs at least one entry size, each above 0 bytes"
@@ -398,26 +425,41 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<LoadSpec>> {
     let mut specs = Vec::new();
     for &entry_bytes in &args.sizes {
         for &appenders in &args.appenders {
-            specs.push(LoadSpec {
+            let spec = LoadSpec {
                 entry_bytes,
                 appenders,
                 entries_per_submit: 1,
                 compact_every_entries: args.compact_every_entries,
                 compact_every_bytes: args.compact_every_bytes,
-            });
+                payload: args.payload,
+            };
+            specs.push((spec, CellRole::Grid));
         }
     }
     if args.entries_per_submit > 1 {
         let smallest = args.sizes.iter().copied().min().unwrap_or(1);
         for &appenders in &args.appenders {
-            specs.push(LoadSpec {
+            let spec = LoadSpec {
                 entry_bytes: smallest,
                 appenders,
                 entries_per_submit: args.entries_per_submit,
                 compact_every_entries: args.compact_every_entries,
                 compact_every_bytes: args.compact_every_bytes,
-            });
+                payload: args.payload,
+            };
+            specs.push((spec, CellRole::Batched));
         }
+    }
+    if args.bandwidth_appenders > 0 {
+        let spec = LoadSpec {
+            entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
+            appenders: args.bandwidth_appenders,
+            entries_per_submit: 1,
+            compact_every_entries: args.compact_every_entries,
+            compact_every_bytes: args.compact_every_bytes,
+            payload: args.payload,
+        };
+        specs.push((spec, CellRole::Bandwidth));
     }
     Ok(specs)
 }
@@ -504,11 +546,12 @@ fn format_load(load_average: Option<[f64; 3]>) -> String {
 async fn measure_all(
     run_dir: &Path,
     config: &LogConfig,
-    specs: &[LoadSpec],
+    specs: &[(LoadSpec, CellRole)],
+    payload: PayloadKind,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<(Vec<DeviceSample>, Vec<CellReport>)> {
-    let probe = DeviceProbe::create(run_dir, PROBE_FILE_BYTES).await?;
+    let probe = DeviceProbe::create(run_dir, PROBE_FILE_BYTES, payload).await?;
     println!();
     println!(
         "device: O_DIRECT write + fdatasync one at a time, sequential into a preallocated, \
@@ -536,11 +579,12 @@ async fn measure_all(
     println!();
     println!(
         "write-ahead log: closed-loop appenders, one group each; latency from submit to \
-         durable; device p99 at the cell's mean write size; device MiB/s with 1 MiB writes \
-         beside 4 KiB cells (the higher of before and after)"
+         durable; device p99 at the cell's load (mean write size, writes per second), and \
+         back to back (b2b); device MiB/s with 1 MiB writes beside 4 KiB cells (the higher \
+         of before and after)"
     );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>6} {:>5} {:>10}",
+        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>7} {:>6} {:>5} {:>10}",
         "entry",
         "appenders",
         "x/submit",
@@ -551,12 +595,13 @@ async fn measure_all(
         "p50 us",
         "p99 us",
         "device p99",
+        "b2b p99",
         "ratio",
         "cpu",
         "dev MiB/s"
     );
     let mut cells = Vec::new();
-    for (number, spec) in specs.iter().enumerate() {
+    for (number, (spec, role)) in specs.iter().enumerate() {
         let cell_dir = run_dir.join(format!("cell-{number}"));
         let bandwidth_cell = spec.entry_bytes == goals::BANDWIDTH_ENTRY_BYTES;
         let sequential_before = if bandwidth_cell {
@@ -568,8 +613,13 @@ async fn measure_all(
         let write_bytes = (outcome.write_bytes_mean().ceil() as u64)
             .next_multiple_of(shardraft_bench::wal::device::BLOCK_BYTES);
         // The device's latency drifts by several times within minutes on shared disks, so
-        // each cell's reference is measured right after it, at its own write size.
-        let device_sample = probe.measure(write_bytes, duration / 2).await?;
+        // each cell's reference is measured right after it, at its own write size and rate.
+        let write_interval =
+            outcome.elapsed / u32::try_from(outcome.syncs.max(1)).unwrap_or(u32::MAX);
+        let device_sample = probe
+            .measure_paced(write_bytes, write_interval, duration / 2)
+            .await?;
+        let device_back_to_back = probe.measure(write_bytes, duration / 2).await?;
         let sequential_beside = match sequential_before {
             Some(before) => {
                 let after = probe.measure(SEQUENTIAL_WRITE_BYTES, duration / 2).await?;
@@ -583,6 +633,7 @@ async fn measure_all(
         };
         let cell = CellReport {
             spec: *spec,
+            role: *role,
             entries_per_sec: outcome.entries_per_sec(),
             payload_mib_per_sec: outcome.payload_mib_per_sec(spec.entry_bytes),
             entries_per_sync: outcome.entries_per_sync(),
@@ -590,6 +641,7 @@ async fn measure_all(
             latency: LatencySummary::from_nanos(&outcome.latency_nanos),
             thread_cpu_share: outcome.thread_cpu_share(),
             device: device_sample,
+            device_back_to_back,
             sequential_beside,
         };
         print_cell(&cell);
@@ -640,7 +692,7 @@ fn print_cell(cell: &CellReport) {
         |sample| format!("{:.1}", sample.mib_per_sec),
     );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.2} {:>5} {:>10}",
+        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7.1} {:>6.2} {:>5} {:>10}",
         format_bytes(cell.spec.entry_bytes as u64),
         cell.spec.appenders,
         cell.spec.entries_per_submit,
@@ -651,6 +703,7 @@ fn print_cell(cell: &CellReport) {
         cell.latency.p50_micros,
         cell.latency.p99_micros,
         cell.device.latency.p99_micros,
+        cell.device_back_to_back.latency.p99_micros,
         cell.latency_ratio(),
         cpu,
         sequential

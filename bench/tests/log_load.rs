@@ -8,6 +8,7 @@ use shardraft::log::{DiskLog, GroupId, LogConfig, LogIdentity, LogStore};
 use shardraft_bench::wal::device::{BLOCK_BYTES, DeviceProbe};
 use shardraft_bench::wal::environment;
 use shardraft_bench::wal::load::{self, LoadSpec};
+use shardraft_bench::wal::payload::PayloadKind;
 
 /// Creates a fresh directory for one test, on the filesystem the benchmarks default to.
 fn test_dir(name: &str) -> PathBuf {
@@ -45,6 +46,7 @@ fn counted_load_makes_every_entry_durable() {
         entries_per_submit: 3,
         compact_every_entries: 9,
         compact_every_bytes: 0,
+        payload: PayloadKind::Random,
     };
     let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
 
@@ -92,6 +94,7 @@ fn timed_load_reports_its_window() {
         entries_per_submit: 1,
         compact_every_entries: 0,
         compact_every_bytes: 0,
+        payload: PayloadKind::Constant,
     };
     let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
 
@@ -124,7 +127,9 @@ fn device_probe_rounds_writes_to_blocks() {
     let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
 
     let (sample, leftover) = executor.run(async {
-        let probe = DeviceProbe::create(&dir, 1 << 20).await.unwrap();
+        let probe = DeviceProbe::create(&dir, 1 << 20, PayloadKind::Random)
+            .await
+            .unwrap();
         let sample = probe
             .measure(5000, Duration::from_millis(20))
             .await

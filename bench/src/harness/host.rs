@@ -9,6 +9,7 @@ use anyhow::Context;
 use super::result::{DeviceSyncFacts, HostFacts};
 use crate::wal::device::DeviceProbe;
 use crate::wal::environment;
+use crate::wal::payload::PayloadKind;
 
 /// Size of the file the device probe writes into, preallocated and zero-filled.
 const PROBE_FILE_BYTES: u64 = 64 << 20;
@@ -77,7 +78,7 @@ pub fn measure_device_sync_4k(dir: &Path) -> anyhow::Result<DeviceSyncFacts> {
         .context("starting the device probe's glommio executor failed")?;
     let sample = executor.run(async {
         shardraft::wake_guard::spawn_wake_guard().detach();
-        let probe = DeviceProbe::create(&probe_dir, PROBE_FILE_BYTES).await?;
+        let probe = DeviceProbe::create(&probe_dir, PROBE_FILE_BYTES, PayloadKind::Random).await?;
         let sample = probe.measure(PROBE_WRITE_BYTES, PROBE_DURATION).await?;
         probe.remove().await?;
         anyhow::Ok(sample)

@@ -19,12 +19,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use shardraft::log::{BatchNumber, DiskLog, DiskLogStats, GroupId, LogStore, WriteBatch};
 use shardraft::raft::{Entry, EntryKind, LogIndex, Term};
 
+use super::payload::{PayloadKind, PayloadSource};
 use super::{MIB, new_latency_histogram};
 
 /// The shape of one load: how many appenders, and what each submits.
@@ -42,6 +42,8 @@ pub struct LoadSpec {
     /// limit by size. The group compacts at whichever limit it reaches first, and never
     /// when both are 0.
     pub compact_every_bytes: u64,
+    /// The bytes of each payload (see [`super::payload`]).
+    pub payload: PayloadKind,
 }
 
 impl LoadSpec {
@@ -194,9 +196,9 @@ impl Control {
 type AppenderTask = glommio::Task<anyhow::Result<()>>;
 
 fn spawn_appenders(log: &DiskLog, spec: LoadSpec, control: &Rc<Control>) -> Vec<AppenderTask> {
-    // One heap buffer shared by every entry, as a real payload would be shared between the
-    // log, the replication messages and the state machine.
-    let payload = Bytes::from(vec![0x5a; spec.entry_bytes]);
+    // Payloads are slices of one shared pool: each entry is a reference, as a real payload
+    // is shared between the log, the replication messages and the state machine.
+    let payloads = PayloadSource::new(spec.payload, spec.entry_bytes);
     (0..spec.appenders)
         .map(|appender| {
             let group = GroupId(u32::try_from(appender).unwrap_or(u32::MAX));
@@ -204,7 +206,7 @@ fn spawn_appenders(log: &DiskLog, spec: LoadSpec, control: &Rc<Control>) -> Vec<
                 log: log.clone(),
                 group,
                 spec,
-                payload: payload.clone(),
+                payloads: payloads.clone(),
                 control: Rc::clone(control),
             };
             glommio::spawn_local(appender.run())
@@ -230,7 +232,7 @@ struct Appender {
     log: DiskLog,
     group: GroupId,
     spec: LoadSpec,
-    payload: Bytes,
+    payloads: PayloadSource,
     control: Rc<Control>,
 }
 
@@ -244,7 +246,7 @@ impl Appender {
         let mut since_compaction = 0u64;
         while let Some(count) = self.control.take_entries(entries_per_submit) {
             let mut batch = WriteBatch::new();
-            let payload_bytes = since_compaction * self.payload.len() as u64;
+            let payload_bytes = since_compaction * self.spec.entry_bytes as u64;
             if self.spec.compacts_after(since_compaction, payload_bytes) {
                 // Everything below `next_index` is durable: each append waited for it.
                 batch.compact(self.group, LogIndex(next_index - 1));
@@ -255,7 +257,9 @@ impl Appender {
                     term: Term(1),
                     index: LogIndex(index),
                     kind: EntryKind::Normal,
-                    data: self.payload.clone(),
+                    data: self
+                        .payloads
+                        .entry(self.group.0, index, self.spec.entry_bytes),
                 })
                 .collect();
             batch.append(self.group, entries);
@@ -358,6 +362,7 @@ mod tests {
             entries_per_submit: 1,
             compact_every_entries: entries,
             compact_every_bytes: bytes,
+            payload: PayloadKind::Random,
         }
     }
 

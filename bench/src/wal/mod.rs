@@ -6,6 +6,8 @@
 //!   zero-filled file, the same pattern as the log's group commit.
 //! - [`load`] runs closed-loop appenders against an open log on one glommio executor and
 //!   reports throughput, entries per fdatasync and append-to-durable latency.
+//! - [`payload`] makes the bytes both of them write: random by default, since a disk that
+//!   compresses stores repeated bytes faster than real data.
 //! - [`goals`] compares the two against the log's performance goals.
 //! - [`environment`] finds a directory to measure in and the machine facts that belong
 //!   beside every figure.
@@ -14,6 +16,7 @@ pub mod device;
 pub mod environment;
 pub mod goals;
 pub mod load;
+pub mod payload;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

@@ -46,7 +46,11 @@ pub struct LogConfig {
     /// preallocated to this size.
     pub segment_bytes: u64,
     /// Largest single write (one batch, one fdatasync). Entries submitted while a write is in
-    /// flight are coalesced into the next write up to this size.
+    /// flight are coalesced into the next write up to this size, and beyond it they start
+    /// the batch after. The default of 1 MiB splits a burst into several batches, so that
+    /// the write of one overlaps the fdatasync of the one before it. On the development VM,
+    /// 1024 closed-loop appenders of 4 KiB entries wrote 1.1 to 1.5 times as fast with 1 MiB
+    /// as with 4 MiB.
     pub flush_bytes_max: u64,
     /// Bytes of entries submitted but not yet durable beyond which
     /// [`has_room`](super::LogStore::has_room) reports false, so that the runtime stops
@@ -72,7 +76,7 @@ impl Default for LogConfig {
             storage: StorageKind::Disk,
             data_dir: PathBuf::from("data"),
             segment_bytes: 64 * 1024 * 1024,
-            flush_bytes_max: 4 * 1024 * 1024,
+            flush_bytes_max: 1024 * 1024,
             pending_bytes_max: 64 * 1024 * 1024,
             entry_cache_bytes_max: 64 * 1024 * 1024,
             zero_fill_segments: true,
