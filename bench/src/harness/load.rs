@@ -1416,12 +1416,15 @@ mod tests {
         assert_eq!(snapshots.installed_bytes, 0);
     }
 
-    /// Counters whose snapshot probe shows a snapshot in progress until `until`.
-    struct SnapshotUntil {
-        until: Instant,
+    /// Counters whose snapshot probe shows one snapshot, in progress until the target has
+    /// taken `requests` requests. The snapshot ends at the `requests`-th call to `execute`,
+    /// an event of the run rather than a wall-clock instant.
+    struct SnapshotUntilServed {
+        served: Arc<AtomicUsize>,
+        requests: usize,
     }
 
-    impl ServerCounters for SnapshotUntil {
+    impl ServerCounters for SnapshotUntilServed {
         fn sample(&self) -> anyhow::Result<CounterSample> {
             Ok(CounterSample::default())
         }
@@ -1431,26 +1434,37 @@ mod tests {
         }
 
         fn snapshot_probe(&self) -> Option<SnapshotProbe> {
-            let until = self.until;
+            let served = Arc::clone(&self.served);
+            let requests = self.requests;
             Some(SnapshotProbe::new(move || SnapshotActivityMark {
                 begun: 1,
-                ended: u64::from(Instant::now() >= until),
+                ended: u64::from(served.load(Ordering::Relaxed) >= requests),
             }))
         }
     }
 
     #[test]
     fn writes_during_a_snapshot_are_split_out() {
-        let workload = workload(&["--clients", "2", "--operations", "40", "--warmup", "0"]);
-        // Each client's first write stalls 60 ms; the snapshot ends 30 ms after the start, so
-        // only those two writes started while it was in progress.
-        let target = Arc::new(StallingTarget::new(
-            2,
-            Duration::from_millis(60),
-            Duration::ZERO,
-        ));
-        let counters = SnapshotUntil {
-            until: Instant::now() + Duration::from_millis(30),
+        const STALL: Duration = Duration::from_millis(60);
+        let workload = workload(&[
+            "--clients",
+            "2",
+            "--operations",
+            "40",
+            "--warmup",
+            "0",
+            "--load-threads",
+            "1",
+        ]);
+        // The first two requests stall, and the snapshot ends when the target takes the
+        // second of them. On one load thread, a client reads the start mark and calls
+        // `execute` in one poll with no await between, so no other request can reach the
+        // target in between. Exactly the two stalled writes therefore start while the
+        // snapshot is in progress, however the threads are scheduled.
+        let target = Arc::new(StallingTarget::new(2, STALL, Duration::ZERO));
+        let counters = SnapshotUntilServed {
+            served: Arc::clone(&target.served),
+            requests: 2,
         };
         let mut progress = Progress::new(ProgressStyle::Off, String::new());
         let level = workload.points[0];
@@ -1462,13 +1476,21 @@ mod tests {
         assert!(measurement.snapshot_split);
         assert_eq!(stats.write.ok, 40);
         assert_eq!(stats.write_during_snapshot.ok, 2);
-        assert!(stats.write_during_snapshot.latency_nanos.min() >= 60_000_000);
+        // A glommio 0.9 timer is ready only once `Instant::now()` reaches its deadline, so
+        // each stalled write took at least `STALL`. The histogram keeps 3 significant
+        // digits, and `min` returns the lowest value in the bucket of the smallest recorded
+        // value. That can be below `STALL` itself (a 60.02 ms write reads as 59.998 ms), so
+        // the bound is the lowest value in `STALL`'s bucket.
+        let during = &stats.write_during_snapshot.latency_nanos;
+        let stall_nanos = u64::try_from(STALL.as_nanos()).unwrap();
+        assert!(
+            during.min() >= during.lowest_equivalent(stall_nanos),
+            "min {} ns",
+            during.min()
+        );
         let mut outside = stats.write.latency_nanos.clone();
-        outside
-            .subtract(&stats.write_during_snapshot.latency_nanos)
-            .unwrap();
+        outside.subtract(during).unwrap();
         assert_eq!(outside.len(), 38);
-        assert!(outside.max() < 60_000_000, "max {}", outside.max());
     }
 
     fn stage_sample(counts: &[(usize, u64)], sum_nanos: u64) -> StageSample {
