@@ -130,6 +130,7 @@ conformance!(
     interleaved_groups_survive_restart,
     read_respects_bytes_max,
     durability_numbers_rise_in_order,
+    concurrent_waiters_each_see_their_batch,
     snapshot_beyond_the_end_restarts_the_log,
     snapshot_inside_a_conflicting_log_replaces_it,
     snapshot_below_the_compacted_index_drops_every_entry,
@@ -604,6 +605,49 @@ async fn durability_numbers_rise_in_order<F: Fixture>(mut fixture: F) {
         BatchNumber(100),
         "durable number when nothing more is pending"
     );
+    log.close().await.expect("closing");
+}
+
+/// Many tasks, one group each, submit and wait at once, in several rounds, as the appenders
+/// of the log benchmark do: each wait ends once its own batch is durable, and no earlier.
+async fn concurrent_waiters_each_see_their_batch<F: Fixture>(mut fixture: F)
+where
+    F::Log: Clone + 'static,
+{
+    const TASKS: u32 = 64;
+    const ROUNDS: u64 = 5;
+    let log = fixture.open().await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let group = GroupId(100 + task);
+                for index in 1..=ROUNDS {
+                    let mut batch = WriteBatch::new();
+                    batch.append(group, entries(group, index, index, 1));
+                    let number = log.submit(batch).expect("submitting");
+                    let durable = log
+                        .wait_durable(BatchNumber(number.0 - 1))
+                        .await
+                        .expect("waiting for durability");
+                    assert!(durable >= number, "{durable:?} returned for {number:?}");
+                    assert!(
+                        log.durable().expect("durable number") >= number,
+                        "wait_durable returned before durable() reached {number:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+    for task in 0..TASKS {
+        let state = log
+            .group_state(GroupId(100 + task))
+            .expect("every task's group exists");
+        assert_eq!(state.last_index, LogIndex(ROUNDS), "group of task {task}");
+    }
     log.close().await.expect("closing");
 }
 
