@@ -2,7 +2,8 @@
 //!
 //! The bytes matter as much as their count, because a virtual disk may compress what it
 //! stores. On the development VM, 1 MiB O_DIRECT writes + fdatasync of one repeated byte
-//! ran at 2.2 to 3.3 GiB/s, and the same writes of random bytes at 1.0 to 1.2 GiB/s. A benchmark of repeated bytes then measures the host's
+//! once ran at 2.2 to 3.3 GiB/s, and the same writes of random bytes at 1.0 to 1.2 GiB/s.
+//! An hour later both ran at the same speed. A benchmark of repeated bytes then measures the host's
 //! compressor more than the disk, and favours whichever side writes the more regular data.
 //! So both sides of every comparison write the same kind of bytes, and the default is
 //! random bytes, as real payloads are: serialized commands, often compressed or encrypted
