@@ -218,6 +218,95 @@ fn wiped_follower_does_not_vote_until_caught_up() {
 }
 
 #[test]
+fn removal_waits_until_a_wiped_voter_caught_up() {
+    // Node 3 is wiped and catches up while an operator removes node 2. Had the leader
+    // accepted, the group would be nodes 1 and 3, and once node 1 failed, node 3 would vote
+    // for no candidate with a log and could not catch up without a leader: no leader ever
+    // again. The leader rejects the removal until node 3 has the committed log.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 5);
+    cluster.crash(3);
+    cluster.wipe(3);
+    // Node 3 receives heartbeats but no entries, so it keeps catching up. Its responses to
+    // the heartbeats show the leader that it lost its log.
+    let no_entries_to_3 = cluster.add_drop_rule(|message| {
+        message.to == NodeId(3)
+            && matches!(
+                message.body,
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+            )
+    });
+    cluster.restart(3);
+    cluster.run_ticks(10);
+    assert!(cluster.node(3).is_catching_up());
+
+    let refused = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(2) }, Bytes::new())
+        .expect_err("removing node 2 while node 3 catches up");
+    match refused {
+        MembershipChangeError::VotersBehind {
+            removed,
+            able,
+            quorum,
+            behind,
+        } => {
+            assert_eq!(removed, NodeId(2));
+            assert_eq!(able, 1, "only the leader holds the committed log");
+            assert_eq!(quorum, 2);
+            assert_eq!(behind, vec![NodeId(3)]);
+        }
+        other => panic!("expected VotersBehind, got {other}"),
+    }
+    assert_eq!(voters(&cluster, 1), vec![1, 2, 3], "nothing changed");
+
+    cluster.remove_drop_rule(no_entries_to_3);
+    cluster.run_ticks(20);
+    assert!(!cluster.node(3).is_catching_up(), "node 3 caught up");
+    change_membership(&mut cluster, MembershipChange::Remove { node: NodeId(2) });
+    assert_eq!(voters(&cluster, 1), vec![1, 3]);
+    let proposal = cluster.propose_and_commit("after the removal");
+    assert!(cluster.has_applied(3, proposal));
+}
+
+#[test]
+fn removal_is_not_blocked_by_a_trailing_follower() {
+    // Node 2's disk is slow, so its match index trails the commit index that nodes 1 and 3
+    // reach. It lost no data and responds to every message, so it can still vote, and
+    // removing node 3 goes ahead.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 3);
+    cluster.pause_persistence(2);
+    propose_many(&mut cluster, 3);
+    cluster.run_ticks(5);
+    let committed = cluster.node(1).commit_index();
+    assert!(
+        cluster.node(2).last_index() >= committed,
+        "node 2 received the entries"
+    );
+    let match_of_2 = cluster
+        .node(1)
+        .progress(NodeId(2))
+        .expect("the leader tracks node 2")
+        .match_index;
+    assert!(
+        match_of_2 < committed,
+        "node 2 must trail the commit index for this test, at {match_of_2}"
+    );
+
+    let accepted = cluster
+        .node_mut(1)
+        .propose_membership_change(MembershipChange::Remove { node: NodeId(3) }, Bytes::new());
+    assert!(accepted.is_ok(), "removal refused: {accepted:?}");
+
+    cluster.resume_persistence(2);
+    cluster.stabilize();
+    assert_eq!(voters(&cluster, 1), vec![1, 2]);
+}
+
+#[test]
 fn wiped_follower_of_a_compacted_leader_catches_up_by_snapshot() {
     let mut cluster = Cluster::new(3);
     cluster.elect(1, ELECTION_TICKS);

@@ -256,6 +256,18 @@ pub enum MembershipChangeError {
     ChangePending { index: LogIndex },
     #[error("removing the leader {leader}: leadership is moving to {target} first; retry there")]
     LeaderTransferring { leader: NodeId, target: NodeId },
+    #[error(
+        "removing {removed} would leave {able} of the remaining voters able to vote, fewer \
+         than the {quorum} an election needs: {behind:?} have not caught up with the \
+         committed log, and a voter that lost its data votes for no candidate until it has; \
+         retry once they catch up"
+    )]
+    VotersBehind {
+        removed: NodeId,
+        able: usize,
+        quorum: usize,
+        behind: Vec<NodeId>,
+    },
     #[error(transparent)]
     Invalid(#[from] InvalidChange),
 }
@@ -782,6 +794,11 @@ impl RaftNode {
                 target,
             });
         }
+        if let MembershipChange::Remove { node } = change
+            && self.membership.voters.contains(&node)
+        {
+            self.check_voters_left_can_elect(node, &next)?;
+        }
         let index = self.log.last_index().next();
         let entry = Entry {
             term: self.term,
@@ -805,6 +822,58 @@ impl RaftNode {
         Ok(ProposalId {
             term: self.term,
             index,
+        })
+    }
+
+    /// Rejects removing voter `removed` when fewer than a quorum of the voters left in `next`
+    /// could vote in an election. A voter whose data was wiped votes for no candidate with
+    /// a log until it has caught up. Removing another voter meanwhile can leave a group
+    /// that elects no leader once this one fails. The catching-up voter needs a leader to
+    /// catch up from, so that lasts until an operator steps in.
+    ///
+    /// A follower counts as able to vote when its match index reaches the commit index, or
+    /// when this leader never saw it lose acknowledged entries, it answered in this
+    /// check-quorum round, and it is within `promote_lag_entries_max` of the log's end. The
+    /// second case keeps a follower that merely trails a busy leader from blocking the
+    /// change. A follower wiped before this term began, and not yet near the log's end,
+    /// does not count either.
+    fn check_voters_left_can_elect(
+        &self,
+        removed: NodeId,
+        next: &Membership,
+    ) -> Result<(), MembershipChangeError> {
+        let committed = self.log.committed();
+        let last_index = self.log.last_index();
+        let behind: Vec<NodeId> = next
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| *voter != self.id)
+            .filter(|voter| {
+                !self.progress.get(voter).is_some_and(|progress| {
+                    let near_the_end = progress
+                        .match_index
+                        .0
+                        .saturating_add(self.config.promote_lag_entries_max)
+                        >= last_index.0;
+                    progress.match_index >= committed
+                        || (!progress.lost_acknowledged_entries
+                            && progress.recent_active
+                            && near_the_end)
+                })
+            })
+            .collect();
+        let able = next.voters.len() - behind.len();
+        let quorum = next.quorum();
+        if able >= quorum {
+            return Ok(());
+        }
+        tracing::info!(node = %self.id, term = %self.term, %removed, able, quorum, ?behind, "removal rejected: the voters left could not elect a leader");
+        Err(MembershipChangeError::VotersBehind {
+            removed,
+            able,
+            quorum,
+            behind,
         })
     }
 

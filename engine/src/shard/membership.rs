@@ -3,7 +3,9 @@
 //! A membership change is proposed to the group's core and answered once its entry
 //! commits. A leader that has not committed an entry of its term yet
 //! (`LeaderNotReady`) is retried on later ticks with a doubling backoff until the request
-//! times out, because that state lasts one round trip after an election. A leadership
+//! times out, because that state lasts one round trip after an election. So is a removal
+//! that would leave too few caught-up voters to elect a leader (`VotersBehind`), which
+//! lasts until the voters left catch up. A leadership
 //! transfer is answered once the target leads.
 //!
 //! The peer list follows the log: every change entry in a `Ready` (appended by a leader
@@ -92,6 +94,11 @@ fn change_error(group: GroupId, error: MembershipChangeError) -> NodeError {
             group,
             reason: reason.to_string(),
         },
+        // Retried by the caller until the deadline, like `LeaderNotReady`.
+        error @ MembershipChangeError::VotersBehind { .. } => NodeError::InvalidChange {
+            group,
+            reason: error.to_string(),
+        },
         // Retried by the caller until the deadline; reaching here means it passed.
         MembershipChangeError::LeaderNotReady => NodeError::LeaderNotReady {
             group,
@@ -153,7 +160,9 @@ where
                     deadline_tick: attempt.deadline_tick,
                 });
             }
-            Err(MembershipChangeError::LeaderNotReady) if self.tick < attempt.deadline_tick => {
+            Err(
+                MembershipChangeError::LeaderNotReady | MembershipChangeError::VotersBehind { .. },
+            ) if self.tick < attempt.deadline_tick => {
                 attempt.next_try_tick = self.tick + attempt.backoff_ticks;
                 attempt.backoff_ticks = (attempt.backoff_ticks * 2).min(RETRY_BACKOFF_TICKS_MAX);
                 self.membership_waits.retries.push(attempt);
