@@ -128,9 +128,9 @@ struct LogArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     appenders: Vec<usize>,
 
-    /// Appenders of an extra cell of 4 KiB entries for the bandwidth goal, with more
-    /// appenders than one batch of `--flush-bytes-max` holds, so that one batch is written
-    /// while the next fills. 0 adds no cell.
+    /// Appenders of an extra cell of 4 KiB entries for the bandwidth goal, run when
+    /// `--sizes` includes 4096, with more appenders than one batch of `--flush-bytes-max`
+    /// holds, so that one batch is written while the next fills. 0 adds no cell.
     #[arg(long, default_value_t = 1024)]
     bandwidth_appenders: usize,
 
@@ -407,8 +407,8 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
 }
 
 /// Lists the cells to run: every size at every appender count with one entry per submission,
-/// then the smallest size with `entries_per_submit` entries per submission, then 4 KiB
-/// entries with `bandwidth_appenders` appenders.
+/// then the smallest size with `entries_per_submit` entries per submission, then, when the
+/// sizes include 4 KiB, 4 KiB entries with `bandwidth_appenders` appenders.
 fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
     anyhow::ensure!(
         !args.sizes.is_empty() && args.sizes.iter().all(|&size| size > 0),
@@ -450,7 +450,7 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
             specs.push((spec, CellRole::Batched));
         }
     }
-    if args.bandwidth_appenders > 0 {
+    if args.bandwidth_appenders > 0 && args.sizes.contains(&goals::BANDWIDTH_ENTRY_BYTES) {
         let spec = LoadSpec {
             entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
             appenders: args.bandwidth_appenders,
@@ -753,5 +753,47 @@ mod tests {
             panic!("log did not parse");
         };
         assert_eq!(args.sizes, vec![16]);
+    }
+
+    fn log_args(arguments: &[&str]) -> LogArgs {
+        let cli = Cli::try_parse_from(["shardraft-bench", "log"].iter().chain(arguments)).unwrap();
+        let Some(Command::Log(args)) = cli.command else {
+            panic!("log did not parse");
+        };
+        args
+    }
+
+    #[test]
+    fn default_log_cells_end_with_the_bandwidth_cell() {
+        let specs = load_specs(&log_args(&[])).unwrap();
+        let roles: Vec<CellRole> = specs.iter().map(|(_, role)| *role).collect();
+        assert_eq!(roles.len(), 13, "9 grid, 3 batched, 1 bandwidth cells");
+        assert!(roles[..9].iter().all(|role| *role == CellRole::Grid));
+        assert!(roles[9..12].iter().all(|role| *role == CellRole::Batched));
+        let (bandwidth, role) = specs[12];
+        assert_eq!(role, CellRole::Bandwidth);
+        assert_eq!(bandwidth.entry_bytes, 4096);
+        assert_eq!(bandwidth.appenders, 1024);
+        assert!(
+            specs
+                .iter()
+                .all(|(spec, _)| spec.payload == PayloadKind::Random)
+        );
+    }
+
+    #[test]
+    fn bandwidth_cell_needs_4k_entries_and_a_count() {
+        let without_4k = load_specs(&log_args(&["--sizes", "16"])).unwrap();
+        assert!(
+            without_4k
+                .iter()
+                .all(|(_, role)| *role != CellRole::Bandwidth)
+        );
+        let turned_off = load_specs(&log_args(&["--bandwidth-appenders", "0"])).unwrap();
+        assert!(
+            turned_off
+                .iter()
+                .all(|(_, role)| *role != CellRole::Bandwidth)
+        );
     }
 }
