@@ -164,7 +164,12 @@ impl DurableState {
     /// the snapshot on: its entries above the snapshot stay when it holds the snapshot's
     /// last entry with the same term, and are dropped otherwise.
     ///
-    /// The storage is brought in line first, as a runtime writes the log change at start.
+    /// A received snapshot may also be newer than the stored term. That happens when a crash
+    /// struck before the batch with the leader's term became durable. The replica then takes
+    /// the snapshot's term with no vote.
+    ///
+    /// The storage is brought in line first, as a runtime writes the log change and the
+    /// raised term at start.
     pub fn restore(&mut self) -> RestoredState {
         // Recorded before the replica can write anything, as a runtime must.
         if *self == DurableState::default() {
@@ -178,6 +183,17 @@ impl DurableState {
                 snapshot,
                 log_kept: matches,
             });
+        }
+        if let Some(snapshot) = &self.snapshot
+            && self.hard_state.term < snapshot.term
+        {
+            // A runtime stores a received snapshot before the core steps its message. The
+            // term that the leader's messages raised is written by a later batch. A vote is
+            // stored together with its term, so the replica never voted in the snapshot's
+            // term and can take it without a vote. The engine's runtime makes the same
+            // repair when it starts.
+            self.hard_state.term = snapshot.term;
+            self.hard_state.vote = None;
         }
         let mut hard_state = self.hard_state;
         let applied = self

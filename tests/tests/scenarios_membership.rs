@@ -166,6 +166,58 @@ fn snapshot_below_the_commit_index_changes_nothing() {
     );
 }
 
+#[test]
+fn restart_with_snapshot_newer_than_term() {
+    // A runtime stores a leader's snapshot before its core steps the `InstallSnapshot`,
+    // but the newer term that the leader's messages brought is written by the core's next
+    // batches. Node 3 crashes after storing the snapshot and before those batches are
+    // durable. Its storage then contains a snapshot of a newer term than its hard state,
+    // and it must still restart, in the snapshot's term and without a vote.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 3);
+
+    cluster.isolate(3);
+    cluster.crash(1);
+    cluster.restart(1);
+    cluster.elect(2, ELECTION_TICKS);
+    propose_many(&mut cluster, 5);
+    let snapshot = cluster.snapshot(2, 0);
+    let stored_term = cluster.durable(3).hard_state.term;
+    assert!(
+        stored_term < snapshot.term,
+        "node 3 must not know the snapshot's term yet; it stored {stored_term}"
+    );
+
+    cluster.pause_persistence(3);
+    cluster.heal();
+    cluster.run_ticks(10);
+    assert_eq!(
+        cluster.durable(3).snapshot.as_ref(),
+        Some(&snapshot),
+        "node 3 stored the leader's snapshot"
+    );
+    assert_eq!(
+        cluster.durable(3).hard_state.term,
+        stored_term,
+        "the new term is still unwritten"
+    );
+
+    cluster.crash(3);
+    cluster.restart(3);
+    assert_eq!(cluster.node(3).term(), snapshot.term);
+    assert_eq!(cluster.node(3).hard_state().vote, None);
+    assert_eq!(cluster.durable(3).hard_state.term, snapshot.term);
+    assert_eq!(cluster.durable(3).base_index, snapshot.index);
+
+    let proposal = cluster.propose_and_commit("after the restart");
+    cluster.run_ticks(5);
+    assert!(
+        cluster.has_applied(3, proposal),
+        "node 3 applied the write after the restart"
+    );
+}
+
 // ----- a follower that lost its log but kept its identity -----
 
 #[test]
