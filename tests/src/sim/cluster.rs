@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use shardraft_raft::{
     Config, Entry, EntryKind, LogIndex, Membership, MembershipChange, MembershipChangeEntry,
     Message, MessageBody, NodeId, ProposeError, RaftNode, ReadIndexError, Ready, ReadyNumber, Role,
-    SnapshotTransfer, Term,
+    SnapshotMeta, SnapshotTransfer, Term,
 };
 
 use super::checks::{SafetyChecker, Violation};
@@ -178,6 +178,12 @@ struct SimNode {
     confirmed_reads: Vec<(LogIndex, u64)>,
     /// The state machine's state at `durable.snapshot`, stored with it.
     snapshot_state: Option<KvStore>,
+    /// A snapshot from a leader that the core took as its latest but has not installed yet,
+    /// with its state, kept in memory as the engine keeps the received bytes. The install
+    /// restores this state, not the stored one, because the store keeps only its newest
+    /// snapshot. That one is newer when an earlier leader's snapshot was stored and then
+    /// rejected by the core for its stale term.
+    received_snapshot: Option<(SnapshotMeta, KvStore)>,
     /// Messages sent by incarnations before this one are lost: its storage was wiped, and
     /// the connections of the earlier incarnations are gone with it.
     first_live_incarnation: u64,
@@ -329,6 +335,7 @@ impl Simulation {
                 read_waiters: BTreeMap::new(),
                 confirmed_reads: Vec::new(),
                 snapshot_state: None,
+                received_snapshot: None,
                 first_live_incarnation: 0,
                 joins_as_learner: false,
                 detectors: BTreeMap::new(),
@@ -821,6 +828,7 @@ impl Simulation {
         sim_node.unreported_writes = 0;
         sim_node.unreported_messages.clear();
         sim_node.confirmed_reads.clear();
+        sim_node.received_snapshot = None;
         let writes: Vec<WriteWaiter> = std::mem::take(&mut sim_node.write_waiters)
             .into_values()
             .flatten()
@@ -864,8 +872,24 @@ impl Simulation {
         // A snapshot replaces the log and the state machine before anything else in the
         // batch, as the runtime's contract says.
         if let Some(install) = &ready.snapshot_to_install {
+            let received = self.nodes[node].received_snapshot.take();
+            let Some((_, received_state)) = received.filter(|(meta, _)| *meta == install.snapshot)
+            else {
+                return Err(RunError::Safety(Violation {
+                    property: "snapshot install",
+                    detail: format!(
+                        "{id} installs the snapshot at {} that it did not receive",
+                        install.snapshot.index
+                    ),
+                }));
+            };
+            // The store must contain this snapshot or a newer one, so that a restart after
+            // the log records the install finds a snapshot that covers the log's start.
             let stored = self.nodes[node].durable.snapshot.clone();
-            if stored.as_ref() != Some(&install.snapshot) {
+            let covered = stored.as_ref().is_some_and(|stored| {
+                stored.index > install.snapshot.index || *stored == install.snapshot
+            });
+            if !covered {
                 return Err(RunError::Safety(Violation {
                     property: "snapshot install",
                     detail: format!(
@@ -881,8 +905,7 @@ impl Simulation {
                 install.snapshot.term,
                 install.log_kept,
             )?;
-            let sim_node = &mut self.nodes[node];
-            sim_node.kv = sim_node.snapshot_state.clone().unwrap_or_default();
+            self.nodes[node].kv = received_state;
             self.counts.snapshots_installed += 1;
         }
         self.checker.append(id, &ready.entries)?;
@@ -1161,6 +1184,7 @@ impl Simulation {
         let reaches = self.partition.allows(from, to)
             && sender_incarnation >= self.nodes[from].first_live_incarnation
             && self.nodes[to].raft.is_some();
+        let mut received = None;
         if let Some(state) = snapshot_state {
             let outcome = if reaches {
                 SnapshotTransfer::Finished
@@ -1188,8 +1212,9 @@ impl Simulation {
                         .is_none_or(|stored| snapshot.index > stored.index);
                     if newer {
                         receiver.durable.store_snapshot(snapshot.clone());
-                        receiver.snapshot_state = Some(state);
+                        receiver.snapshot_state = Some(state.clone());
                     }
+                    received = Some((snapshot.clone(), state));
                 }
             }
         }
@@ -1216,12 +1241,23 @@ impl Simulation {
                 }
             }
         }
-        let Some(raft) = self.nodes[to].raft.as_mut() else {
+        let receiver = &mut self.nodes[to];
+        let Some(raft) = receiver.raft.as_mut() else {
             return Ok(());
         };
+        let latest_before = raft.latest_snapshot().cloned();
         // Rejections are the protocol's response to stale or duplicated input, and the core
         // has counted them.
         let _ = raft.step(message);
+        // As in the engine, the core makes a snapshot that it will install its latest. A
+        // snapshot from a stale term, or one that covers only committed entries, leaves
+        // the latest unchanged, so a received snapshot not installed yet stays.
+        if let Some((snapshot, state)) = received {
+            let latest = raft.latest_snapshot();
+            if latest == Some(&snapshot) && latest != latest_before.as_ref() {
+                receiver.received_snapshot = Some((snapshot, state));
+            }
+        }
         self.drive(to)
     }
 
