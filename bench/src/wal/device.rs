@@ -129,7 +129,7 @@ impl DeviceProbe {
     /// Like [`DeviceProbe::measure`], but each pair starts `interval` after the previous
     /// one started, or as soon as it returned when that is later. This is the device at a
     /// given write rate, idle between pairs as it is while a log prepares its next batch.
-    /// Virtual disks can answer slower after an idle gap than back to back. On the
+    /// Virtual disks can complete a write slower after an idle gap than back to back. On the
     /// development VM a 16 KiB write + fdatasync took about 50 us back to back, while a
     /// 16 KiB write alone often took 150 to 210 us at the median after gaps of 50 to 400 us.
     ///

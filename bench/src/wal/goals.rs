@@ -225,10 +225,10 @@ pub fn check_small_entries(cells: &[CellReport]) -> GoalReport {
 /// Each cell's reference is the device doing what the log did in the cell: writes of the
 /// cell's mean write size (rounded up to a block), each followed by fdatasync, one at a
 /// time, as many per second as the log wrote. They run one at a time because the
-/// closed-loop log rarely has a second batch to write while one syncs, and at the log's
-/// rate because a virtual disk answers a write that follows an idle gap several times
-/// slower than one that follows the previous fdatasync at once; a log always has such a
-/// gap, while it prepares the next batch. `shardraft-bench log` measures the reference
+/// closed-loop log rarely has a second batch to write while one syncs. They run at the
+/// log's rate because a virtual disk can complete a write after an idle gap several times
+/// slower than one right after the previous fdatasync. A log always has such a gap while
+/// it prepares the next batch. `shardraft-bench log` measures the reference
 /// right after each cell, because a virtual disk's fdatasync p99 can swing between 0.3 and
 /// 4 ms within minutes.
 pub fn check_latency(cells: &[CellReport]) -> GoalReport {

@@ -1,19 +1,18 @@
-//! What the log benchmarks write: entry payloads and the device probe's buffers.
+//! The bytes that the log benchmarks write: entry payloads and the device probe's buffers.
 //!
 //! The bytes matter as much as their count, because a virtual disk may compress what it
 //! stores. On the development VM, 1 MiB O_DIRECT writes + fdatasync of one repeated byte
 //! once ran at 2.2 to 3.3 GiB/s, and the same writes of random bytes at 1.0 to 1.2 GiB/s.
-//! An hour later both ran at the same speed. A benchmark of repeated bytes then measures the host's
-//! compressor more than the disk, and favours whichever side writes the more regular data.
-//! So both sides of every comparison write the same kind of bytes, and the default is
-//! random bytes, as real payloads are: serialized commands, often compressed or encrypted
-//! before they reach the log.
+//! An hour later both ran at the same speed. While such a disk compresses, a benchmark of
+//! repeated bytes measures the host's compressor more than the disk. So both sides of every
+//! comparison write the same kind of bytes. The default is random bytes, as real payloads
+//! are: serialized commands, often compressed or encrypted before they reach the log.
 //!
 //! Random payloads are slices of one pool of pseudo-random bytes, generated once per load
 //! and sized to the entries (1 MiB for entries of up to 512 bytes, 8 MiB for 4 KiB).
-//! Each entry starts at an offset derived from its group and index, so the entries of one
-//! batch are different bytes and no batch repeats a run that a compressor could find, while
-//! taking an entry costs a reference count and a hash, as cloning one shared buffer did.
+//! Each entry starts at an offset derived from its group and index. So the entries of one
+//! batch are different bytes, and no batch repeats a run that a compressor could find.
+//! Taking an entry costs a reference count and a hash, as cloning one shared buffer did.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -57,7 +56,7 @@ pub struct PayloadSource {
 }
 
 impl PayloadSource {
-    /// A source of payloads of up to `bytes_max` bytes each.
+    /// Creates a source of payloads of up to `bytes_max` bytes each.
     pub fn new(kind: PayloadKind, bytes_max: usize) -> PayloadSource {
         let pool = match kind {
             PayloadKind::Random => random_bytes(
@@ -77,7 +76,7 @@ impl PayloadSource {
         self.kind
     }
 
-    /// The payload of entry `index` of group `group`: `len` bytes, at most the `bytes_max`
+    /// Returns the payload of entry `index` of group `group`: `len` bytes, at most the `bytes_max`
     /// this source was made for. Random payloads of different entries start at different
     /// offsets of the pool; constant ones are all the same bytes.
     pub fn entry(&self, group: u32, index: u64, len: usize) -> Bytes {
@@ -109,7 +108,7 @@ impl PayloadSource {
     }
 }
 
-/// An offset in `pool` where `len` bytes fit, picked by `hash`.
+/// Picks by `hash` an offset in `pool` where `len` bytes fit.
 fn offset_in(pool: &[u8], len: usize, hash: u64) -> usize {
     let starts = pool.len().saturating_sub(len) + 1;
     (hash % starts as u64) as usize
@@ -127,8 +126,8 @@ fn random_bytes(len: usize) -> Vec<u8> {
     bytes
 }
 
-/// The SplitMix64 finaliser: a cheap, well-mixed 64-bit hash (Steele, Lea and Flood,
-/// "Fast splittable pseudorandom number generators", OOPSLA 2014).
+/// Mixes `value` into a well-distributed 64-bit hash, with the shifts and multipliers of
+/// the SplitMix64 finalizer.
 fn splitmix64(mut value: u64) -> u64 {
     value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -140,7 +139,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn random_entries_differ_between_entries_and_keep_their_length() {
+    fn random_entries_differ_per_entry() {
         let source = PayloadSource::new(PayloadKind::Random, 4096);
         let first = source.entry(0, 1, 4096);
         let second = source.entry(0, 2, 4096);
@@ -157,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn random_pool_does_not_repeat_a_byte_pattern() {
+    fn random_pool_is_uniform() {
         let bytes = random_bytes(1 << 20);
         let mut counts = [0u32; 256];
         for &byte in &bytes {
@@ -185,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn random_fills_differ_between_writes_and_cover_large_buffers() {
+    fn random_fills_differ_per_write() {
         let source = PayloadSource::new(PayloadKind::Random, 4096);
         let pool_bytes = source.pool.len();
         let mut first = vec![0u8; pool_bytes + 4096];

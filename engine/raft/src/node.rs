@@ -832,7 +832,7 @@ impl RaftNode {
     /// catch up from, so that lasts until an operator steps in.
     ///
     /// A follower counts as able to vote when its match index reaches the commit index, or
-    /// when this leader never saw it lose acknowledged entries, it answered in this
+    /// when this leader never saw it lose acknowledged entries, it responded in this
     /// check-quorum round, and it is within `promote_lag_entries_max` of the log's end. The
     /// second case keeps a follower that merely trails a busy leader from blocking the
     /// change. A follower wiped before this term began, and not yet near the log's end,
