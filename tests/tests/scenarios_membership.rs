@@ -293,11 +293,11 @@ fn removal_waits_until_a_wiped_voter_caught_up() {
     cluster.run_ticks(10);
     assert!(cluster.node(3).is_catching_up());
 
-    let refused = cluster
+    let rejection = cluster
         .node_mut(1)
         .propose_membership_change(MembershipChange::Remove { node: NodeId(2) }, Bytes::new())
         .expect_err("removing node 2 while node 3 catches up");
-    match refused {
+    match rejection {
         MembershipChangeError::VotersBehind {
             removed,
             able,
@@ -610,6 +610,43 @@ fn new_node_joins_as_learner_and_is_promoted_once_caught_up() {
     assert_eq!(cluster.node(4).last_index(), cluster.node(1).last_index());
     let proposal = cluster.propose_and_commit("four voters");
     assert!(cluster.has_applied(4, proposal));
+}
+
+#[test]
+fn voter_grants_its_vote_to_a_promoted_learner() {
+    // Leader 1 promotes learner 3 while voter 2 is cut off, so node 2 still counts node 3 as
+    // a learner. Node 1 then fails for good. Nodes 2 and 3 are two voters of three in
+    // node 3's membership, so node 3 must win with node 2's vote.
+    let mut cluster = Cluster::builder(2).learners(1).build();
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 3);
+    cluster.cut_both(1, 2);
+    change_membership(&mut cluster, MembershipChange::Promote { node: NodeId(3) });
+    assert_eq!(
+        voters(&cluster, 3),
+        vec![1, 2, 3],
+        "node 3 holds its promotion"
+    );
+    assert_eq!(
+        voters(&cluster, 2),
+        vec![1, 2],
+        "node 2 missed the promotion"
+    );
+
+    cluster.crash(1);
+    cluster.heal();
+    let leader = cluster.run_until_leader(ELECTION_TICKS);
+    assert_eq!(
+        leader, 3,
+        "only node 3 can gather a majority of its membership"
+    );
+    let proposal = cluster.propose_and_commit("after the promotion");
+    assert!(cluster.has_applied(2, proposal));
+    assert_eq!(
+        voters(&cluster, 2),
+        vec![1, 2, 3],
+        "node 2 learned the promotion"
+    );
 }
 
 #[test]

@@ -315,7 +315,11 @@ impl RaftNode {
         // only a candidate whose log is empty, which exists only while the group has never
         // appended an entry.
         let catch_up_allows = !self.catching_up || last_log_index == LogIndex(0);
-        let granted = can_vote && up_to_date && catch_up_allows && self.is_voter(from);
+        // The candidate's own membership decides whose votes count, so a member that this
+        // replica still knows as a learner is judged like a voter. It campaigns only once it
+        // holds its own promotion, which this replica may not have received yet. Refusing
+        // it left two healthy voters of three that elected no leader once the third failed.
+        let granted = can_vote && up_to_date && catch_up_allows;
         tracing::debug!(node = %self.id, candidate = %from, %term, pre_vote, granted, up_to_date, catching_up = self.catching_up, "vote requested");
 
         if pre_vote {
