@@ -316,7 +316,7 @@ impl RaftNode {
         // appended an entry.
         let catch_up_allows = !self.catching_up || last_log_index == LogIndex(0);
         // The candidate's own membership decides whose votes count, so a member that this
-        // replica still knows as a learner is judged like a voter. It campaigns only once it
+        // replica still lists as a learner is judged like a voter. It campaigns only once it
         // holds its own promotion, which this replica may not have received yet. Refusing
         // it left two healthy voters of three that elected no leader once the third failed.
         let granted = can_vote && up_to_date && catch_up_allows;
