@@ -67,6 +67,7 @@ impl LogWorker {
         let (outcome_sender, outcomes) = mpsc::channel();
         let thread = glommio::LocalExecutorBuilder::default()
             .name("log-append")
+            .io_memory(shardraft::log::io_memory_bytes(&LogConfig::default()))
             .spawn(move || async move {
                 let result = serve(&dir, spec, &requests, &outcome_sender).await;
                 let removed = std::fs::remove_dir_all(&dir)

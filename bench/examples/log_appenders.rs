@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         shard: 0,
     };
     let executor = glommio::LocalExecutorBuilder::default()
+        .io_memory(shardraft::log::io_memory_bytes(&config))
         .make()
         .map_err(std::io::Error::from)
         .context("starting the glommio executor failed")?;

@@ -336,6 +336,7 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
 
     let executor = glommio::LocalExecutorBuilder::default()
         .name("shardraft-bench-log")
+        .io_memory(shardraft::log::io_memory_bytes(&config))
         .make()
         .map_err(std::io::Error::from)
         .context("starting the glommio executor failed")?;

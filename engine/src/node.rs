@@ -357,6 +357,7 @@ where
     S::Output: Send + 'static,
 {
     let shard = params.shard;
+    let io_memory_bytes = crate::log::io_memory_bytes(&params.config.log);
     let slot = Arc::new(std::sync::Mutex::new(Some(params)));
     // Each executor sends its attempt number once it polled, and whether it took the
     // parameters.
@@ -369,6 +370,7 @@ where
         let executor = LocalExecutorBuilder::new(placement.clone())
             .name(name)
             .preempt_timer(SHARD_PREEMPT_TIMER)
+            .io_memory(io_memory_bytes)
             .spawn(move || async move {
                 let params = attempt_slot
                     .lock()

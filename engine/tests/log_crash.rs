@@ -490,65 +490,74 @@ fn set_synced_through(bytes: &mut [u8], offset: u64, synced_through_seq: u64) {
     header[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The writer overlaps a batch's write with the previous batch's fdatasync, so a crash can
-/// leave the second-to-last batch damaged behind a complete last batch. When the last
-/// batch's header says the damaged one was not yet synced, neither was acknowledged: both
-/// are truncated, and the log keeps the batches before them.
+/// The writer overlaps a batch's write with the fdatasyncs of the batches before it, so a
+/// crash can leave a damaged batch behind complete later ones. When the later batches'
+/// headers say the damaged one was not yet synced, none of them was acknowledged: all are
+/// truncated, and the log keeps the batches before the damaged one. The damaged batch is
+/// the second-, third- and fourth-to-last, as deep as the writer's pipeline reaches.
 #[test]
-fn unsynced_damaged_pair_is_truncated() {
+fn unsynced_damaged_run_is_truncated() {
     run(async {
-        let scenario = build_scenario("damaged-unsynced-pair").await;
+        let scenario = build_scenario("damaged-unsynced-run").await;
         let original = scenario.segment_bytes();
-        let penultimate = scenario.batches[scenario.batches.len() - 2];
-        let last = scenario.final_extent();
-        let penultimate_seq = format::decode_batch_header(&original[penultimate.offset as usize..])
-            .expect("the penultimate header decodes")
-            .batch_seq;
-        let damages: [NamedDamage<'_>; 3] = [
-            (
-                "header bit flipped",
-                Box::new(|bytes| bytes[penultimate.offset as usize + 17] ^= 4),
-            ),
-            (
-                "record bit flipped",
-                Box::new(|bytes| bytes[penultimate.end as usize - 3] ^= 1),
-            ),
-            (
-                "header block zeroed",
-                Box::new(|bytes| {
-                    let start = penultimate.offset as usize;
-                    bytes[start..start + BLOCK_BYTES as usize].fill(0)
-                }),
-            ),
-        ];
-        let before_penultimate = &scenario.prefix[..scenario.prefix.len() - 1];
-        for (name, damage) in damages {
-            restore(&scenario.shard_dir, &scenario.image);
-            let mut damaged = original.clone();
-            set_synced_through(&mut damaged, last.offset, penultimate_seq - 1);
-            damage(&mut damaged);
-            std::fs::write(&scenario.segment, &damaged).expect("writing the damage");
+        for later_batches in 1..=3 {
+            let damaged_position = scenario.batches.len() - 1 - later_batches;
+            let damaged_extent = scenario.batches[damaged_position];
+            let damaged_seq =
+                format::decode_batch_header(&original[damaged_extent.offset as usize..])
+                    .expect("the damaged batch's header decodes")
+                    .batch_seq;
+            let damages: [NamedDamage<'_>; 3] = [
+                (
+                    "header bit flipped",
+                    Box::new(|bytes| bytes[damaged_extent.offset as usize + 17] ^= 4),
+                ),
+                (
+                    "record bit flipped",
+                    Box::new(|bytes| bytes[damaged_extent.end as usize - 3] ^= 1),
+                ),
+                (
+                    "header block zeroed",
+                    Box::new(|bytes| {
+                        let start = damaged_extent.offset as usize;
+                        bytes[start..start + BLOCK_BYTES as usize].fill(0)
+                    }),
+                ),
+            ];
+            // The scenario's batches are the segment's checkpoint, the prefix, then the
+            // final batch, so the prefix batch at `damaged_position - 1` is the damaged one.
+            let before_damaged = &scenario.prefix[..damaged_position - 1];
+            for (name, damage) in damages {
+                let name = format!("{name}, {later_batches} later batches");
+                restore(&scenario.shard_dir, &scenario.image);
+                let mut damaged = original.clone();
+                for later in &scenario.batches[damaged_position + 1..] {
+                    set_synced_through(&mut damaged, later.offset, damaged_seq - 1);
+                }
+                damage(&mut damaged);
+                std::fs::write(&scenario.segment, &damaged).expect("writing the damage");
 
-            let log = DiskLog::open(&scenario.config, IDENTITY)
-                .await
-                .unwrap_or_else(|error| panic!("{name}: reopening failed: {error}"));
-            assert!(
-                snapshot(&log).await == model(before_penultimate).await,
-                "{name}: the log does not hold exactly the batches before the damaged one"
-            );
-            let batch = after_recovery_batch();
-            submit_durably(&log, batch.clone()).await;
-            log.close().await.expect("closing");
-            let mut batches = before_penultimate.to_vec();
-            batches.push(batch);
-            let log = DiskLog::open(&scenario.config, IDENTITY)
-                .await
-                .unwrap_or_else(|error| panic!("{name}: second reopen failed: {error}"));
-            assert!(
-                snapshot(&log).await == model(&batches).await,
-                "{name}: a batch written after recovery is missing after a restart"
-            );
-            log.close().await.expect("closing");
+                let log = DiskLog::open(&scenario.config, IDENTITY)
+                    .await
+                    .unwrap_or_else(|error| panic!("{name}: reopening failed: {error}"));
+                assert!(
+                    snapshot(&log).await == model(before_damaged).await,
+                    "{name}: the log does not hold exactly the batches before the damaged one"
+                );
+                let batch = after_recovery_batch();
+                submit_durably(&log, batch.clone()).await;
+                log.close().await.expect("closing");
+                let mut batches = before_damaged.to_vec();
+                batches.push(batch);
+                let log = DiskLog::open(&scenario.config, IDENTITY)
+                    .await
+                    .unwrap_or_else(|error| panic!("{name}: second reopen failed: {error}"));
+                assert!(
+                    snapshot(&log).await == model(&batches).await,
+                    "{name}: a batch written after recovery is missing after a restart"
+                );
+                log.close().await.expect("closing");
+            }
         }
     });
 }

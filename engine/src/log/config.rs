@@ -45,12 +45,14 @@ pub struct LogConfig {
     /// Size at which the active segment is closed and the next one started. Segments are
     /// preallocated to this size.
     pub segment_bytes: u64,
-    /// Largest single write (one batch, one fdatasync). Entries submitted while a write is in
-    /// flight are coalesced into the next write up to this size, and beyond it they start
-    /// the batch after. The default of 1 MiB splits a burst into several batches, so that
-    /// the write of one overlaps the fdatasync of the one before it. On the development VM,
-    /// 1024 closed-loop appenders of 4 KiB entries wrote 1.1 to 1.5 times as fast with 1 MiB
-    /// as with 4 MiB.
+    /// Largest single write (one batch, one fdatasync), its header and padding included,
+    /// unless one submission alone is larger. Entries submitted while a write is in flight
+    /// are coalesced into the next write up to this size, and beyond it they start the batch
+    /// after. The default of 1 MiB splits a burst into several batches, so that the write
+    /// of one overlaps the fdatasyncs of those before it. On the development VM, 1024
+    /// closed-loop appenders of 4 KiB entries wrote 1.1 to 1.5 times as fast with 1 MiB as
+    /// with 4 MiB. A power of two fits the log's staging buffers exactly (see
+    /// [`io_memory_bytes`](super::io_memory_bytes)).
     pub flush_bytes_max: u64,
     /// Bytes of entries submitted but not yet durable beyond which
     /// [`has_room`](super::LogStore::has_room) reports false, so that the runtime stops

@@ -594,7 +594,8 @@ impl LogStore for DiskLog {
         let start_new = match state.staged.back() {
             None => true,
             Some(back) => {
-                back.buffer.payload_len() as u64 + estimate > self.shared.config.flush_bytes_max
+                (BATCH_HEADER_BYTES + back.buffer.payload_len()) as u64 + estimate
+                    > self.shared.config.flush_bytes_max
             }
         };
         if start_new {
@@ -1003,10 +1004,15 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
     shared.state.borrow_mut().prepared = Some(task);
 }
 
-/// Most batches written but not yet synced, besides the one being written. The write of one
-/// batch overlaps the fdatasync of the previous one, and no more. Recovery relies on it:
-/// at most the last two batches of the log are ever unsynced (see `recovery`).
-const UNSYNCED_BATCHES_MAX: u64 = 1;
+/// Most batches written but not yet synced, besides the one being written. Each written
+/// batch starts its own fdatasync, so the write of one batch overlaps the syncs of up to
+/// this many before it. With one, a burst of closed-loop appenders larger than a batch
+/// left both the thread and the device idle part of the time. The next write waited for a
+/// sync, and the executor saw the sync complete only after its current round of staging
+/// (see bench/BENCHMARKS.md). Recovery does not depend on the depth: every batch header names
+/// the newest synced batch, and a damaged batch that no later header names as synced is
+/// truncated with everything after it (see `recovery`).
+const UNSYNCED_BATCHES_MAX: u64 = 3;
 
 async fn run_flusher(shared: Rc<Shared>) {
     loop {
@@ -1138,8 +1144,8 @@ async fn write_batch(
         }
     }
     // The checkpoint waits for this batch's fdatasync, so that a rotation costs one sync
-    // rather than two. Until then it is one of the (at most two) unsynced batches at the
-    // end of the log that recovery may truncate, like any other.
+    // rather than two. Until then it is one of the unsynced batches at the end of the log
+    // that recovery may truncate, like any other.
     let unsynced_checkpoint_seq = if shared.state.borrow().write_offset == BLOCK_BYTES {
         write_checkpoint(shared).await?
     } else {
@@ -1170,7 +1176,8 @@ async fn write_batch(
         let payload_bytes = batch.buffer.payload_len();
         state.staging_payload_bytes = (2 * payload_bytes).clamp(
             STAGING_PAYLOAD_BYTES_MIN,
-            (shared.config.flush_bytes_max as usize).max(STAGING_PAYLOAD_BYTES_MIN),
+            (shared.config.flush_bytes_max as usize - BATCH_HEADER_BYTES)
+                .max(STAGING_PAYLOAD_BYTES_MIN),
         );
         let data_offset = state.write_offset;
         // The next batch goes after this one even before this one is synced.

@@ -20,8 +20,9 @@
 //! record. Batch sequence numbers rise by exactly one across the whole log, segments included,
 //! which lets recovery tell a lost batch from the end of the log. A batch's synced-through
 //! sequence number is the newest batch whose fdatasync had completed when it was written (0
-//! for none). The writer overlaps one batch's write with the previous batch's fdatasync;
-//! this field lets recovery tell that unsynced pair from damage inside synced data.
+//! for none). The writer overlaps one batch's write with the fdatasyncs of the batches
+//! before it, and this field lets recovery tell those unsynced batches from damage inside
+//! synced data.
 //!
 //! Record kinds:
 //!

@@ -50,6 +50,25 @@ pub use error::{LogIdentity, StorageError};
 pub use memory::{MemoryLog, MemoryVolume};
 pub use recovery::prime_direct_io;
 
+/// Bytes of glommio I/O memory (`LocalExecutorBuilder::io_memory`) for an executor that
+/// hosts a disk log with `config`: room for 16 staging buffers of `flush_bytes_max`, and no
+/// less than glommio's default of 10 MiB.
+///
+/// The log stages and writes its batches in this memory, which glommio allocates once and
+/// registers with the ring. The batches written but not yet synced, the one being written
+/// and those filling behind them take up to about eight buffers under load. A buffer that
+/// does not fit comes from the heap, whose memory is often returned to the kernel between
+/// batches and must be faulted in and zeroed again on the next use. The memory is reserved
+/// but only touched as buffers are used.
+pub fn io_memory_bytes(config: &LogConfig) -> usize {
+    const GLOMMIO_DEFAULT_IO_MEMORY_BYTES: usize = 10 << 20;
+    const STAGING_BUFFERS: usize = 16;
+    let buffer_bytes = (config.flush_bytes_max as usize).next_power_of_two();
+    STAGING_BUFFERS
+        .saturating_mul(buffer_bytes)
+        .max(GLOMMIO_DEFAULT_IO_MEMORY_BYTES)
+}
+
 /// Identity of one Raft group within a cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(pub u32);

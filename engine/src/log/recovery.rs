@@ -1,10 +1,10 @@
 //! Recovery of a shard's log at start: check the directory and its identity, scan every
 //! segment, verify every checksum and rebuild each group's log.
 //!
-//! The flusher overlaps the write of one batch with the fdatasync of the one before it, and
-//! no more. So when a node stops, at most the last two batches are unsynced. Each batch
-//! header names the newest batch that was synced when it was written, and damage is judged
-//! by the batches that follow it:
+//! The flusher overlaps the write of one batch with the fdatasyncs of the few before it. So
+//! when a node stops, the last few batches may be unsynced, and any of them may be torn
+//! while a later one is complete. Each batch header names the newest batch that was synced
+//! when it was written, and damage is judged by the batches that follow it:
 //!
 //! - nothing valid, or only batches whose header says the damaged batch was not yet synced
 //!   when they were written: the damaged batch and everything after it were never
