@@ -130,7 +130,8 @@ struct LogArgs {
 
     /// Appenders of an extra cell of 4 KiB entries for the bandwidth goal, run when
     /// `--sizes` includes 4096, with more appenders than one batch of `--flush-bytes-max`
-    /// holds, so that one batch is written while the next fills. 0 adds no cell.
+    /// holds, so that one batch is written while others sync and the next fills. 0 adds no
+    /// cell.
     #[arg(long, default_value_t = 1024)]
     bandwidth_appenders: usize,
 

@@ -36,9 +36,9 @@ pub enum CellRole {
     /// Several entries per submission, like a Raft leader's `Ready`.
     Batched,
     /// 4 KiB entries from more appenders than one batch holds, so that one batch is
-    /// written while the next fills: the log's best bandwidth. Two batches are in flight,
-    /// so the device alone one write at a time is no reference for its latency, and the
-    /// latency goal leaves it out.
+    /// written while others sync and the next fills: the log's best bandwidth. Several
+    /// batches are in flight, so the device alone one write at a time is no reference for
+    /// its latency, and the latency goal leaves it out.
     Bandwidth,
 }
 
@@ -267,7 +267,7 @@ pub fn check_latency(cells: &[CellReport]) -> GoalReport {
         String::new()
     } else {
         format!(
-            "; not counted, with two batches in flight: {}",
+            "; not counted, with several batches in flight: {}",
             left_out.join(", ")
         )
     };
