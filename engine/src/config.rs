@@ -2,6 +2,7 @@
 //! [`NodeConfig::validate`]. Field names are the keys of the config file.
 
 use std::net::SocketAddr;
+use std::str::FromStr;
 
 use serde::Deserialize;
 use shardraft_tuning::TuningConfig;
@@ -28,6 +29,49 @@ impl MemberConfig {
             }
             many => many.get(shard).copied(),
         }
+    }
+}
+
+/// Whether a node founds a new cluster or starts into one that already exists, like etcd's
+/// `initial-cluster-state`. It matters only for groups of which the node has no durable
+/// state. No node can tell a new group from one whose data it lost, so the operator sets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum InitialClusterState {
+    /// A founding member of a new cluster. Each group without durable state starts as one
+    /// of the group's founders, whose acknowledgements count at once. It still votes for no
+    /// candidate with a log until it has caught up. A node restarted with its data may keep
+    /// this value, because its groups ignore it.
+    #[default]
+    New,
+    /// A node that replaces a member, lost its data directory, or restarted on `memory`
+    /// storage. Each group without durable state catches up, so it votes for no candidate
+    /// with a log and its acknowledgements do not count until it has stored a leader's
+    /// committed log (`RaftNode::is_catching_up`).
+    Existing,
+}
+
+impl FromStr for InitialClusterState {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "new" => Ok(InitialClusterState::New),
+            "existing" => Ok(InitialClusterState::Existing),
+            other => Err(format!(
+                "invalid initial_cluster_state {other:?}: allowed \"new\" (a founding member \
+                 of a new cluster) or \"existing\" (a node whose data directory was wiped, \
+                 or that replaces a member)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for InitialClusterState {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
     }
 }
 
@@ -207,6 +251,13 @@ pub struct NodeConfig {
     /// membership follows the log. Only a node with an empty data directory starts this
     /// way; once its log holds the group, the log decides.
     pub join: bool,
+    /// `New` (the default) for the founding members of a new cluster, `Existing` for a node
+    /// restarted after its data directory was wiped or its `memory` storage lost. Only
+    /// groups without durable state use it, and under `Existing` leaders hold them back
+    /// until they have confirmed their own term. A joining node's groups are always held
+    /// back. A wiped node restarted with `New` counts as a founder and can help a deposed
+    /// leader commit over a newer leader's entries.
+    pub initial_cluster_state: InitialClusterState,
     /// Executors (one per shard). Unset: one per CPU in the process's affinity mask, which
     /// respects container CPU limits set through cpusets.
     pub shards: Option<usize>,
@@ -243,6 +294,7 @@ impl Default for NodeConfig {
             node_id: 1,
             members: Vec::new(),
             join: false,
+            initial_cluster_state: InitialClusterState::New,
             shards: None,
             pin_shards: false,
             groups: 16,
@@ -546,6 +598,14 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Returns whether this node's groups that have no durable state start as founding
+    /// members of a new group (`RestoredState::founding`). They do only with
+    /// `initial_cluster_state` `New` on a node that does not join, because the group adds a
+    /// joining node later.
+    pub fn founds_new_groups(&self) -> bool {
+        self.initial_cluster_state == InitialClusterState::New && !self.join
+    }
+
     /// The member entry of this node.
     pub fn own_member(&self) -> Option<&MemberConfig> {
         self.members.iter().find(|member| member.id == self.node_id)
@@ -659,6 +719,57 @@ mod tests {
         let error = config.validate(2).unwrap_err();
 
         assert_eq!(error.key, "members");
+    }
+
+    #[test]
+    fn cluster_state_parses_both_values() {
+        assert_eq!("new".parse(), Ok(InitialClusterState::New));
+        assert_eq!("existing".parse(), Ok(InitialClusterState::Existing));
+        assert_eq!(
+            NodeConfig::default().initial_cluster_state,
+            InitialClusterState::New
+        );
+    }
+
+    #[test]
+    fn cluster_state_error_names_allowed_values() {
+        let error = "restored".parse::<InitialClusterState>().unwrap_err();
+
+        assert!(error.contains("initial_cluster_state"), "{error}");
+        assert!(error.contains("\"restored\""), "{error}");
+        assert!(error.contains("\"new\""), "{error}");
+        assert!(error.contains("\"existing\""), "{error}");
+    }
+
+    #[test]
+    fn invalid_cluster_state_in_file_rejected() {
+        let error = toml::from_str::<NodeConfig>("initial_cluster_state = \"New\"\n")
+            .expect_err("the value is case-sensitive");
+
+        let message = error.to_string();
+        assert!(message.contains("initial_cluster_state"), "{message}");
+        assert!(message.contains("\"existing\""), "{message}");
+    }
+
+    #[test]
+    fn cluster_state_read_from_file() {
+        let config: NodeConfig =
+            toml::from_str("initial_cluster_state = \"existing\"\n").expect("a valid value");
+
+        assert_eq!(config.initial_cluster_state, InitialClusterState::Existing);
+    }
+
+    #[test]
+    fn only_new_non_joining_node_founds_groups() {
+        let mut config = three_members();
+        assert!(config.founds_new_groups(), "the default founds");
+
+        config.initial_cluster_state = InitialClusterState::Existing;
+        assert!(!config.founds_new_groups(), "an existing node catches up");
+
+        config.initial_cluster_state = InitialClusterState::New;
+        config.join = true;
+        assert!(!config.founds_new_groups(), "a joining node catches up");
     }
 
     #[test]

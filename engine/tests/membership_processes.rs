@@ -59,6 +59,17 @@ fn free_port() -> u16 {
     }
 }
 
+/// How a node process starts: which of `--join` and `--initial-cluster-state` it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartAs {
+    /// A founding member of a new cluster, or a restart with the data kept.
+    Founder,
+    /// A restart after the data directory was wiped, with `--initial-cluster-state existing`.
+    Existing,
+    /// A new node that waits to be added, with `--join`.
+    Joining,
+}
+
 /// One node: its ports, data directory, log file and, while it runs, its process.
 struct NodeProcess {
     id: u64,
@@ -134,8 +145,8 @@ impl Cluster {
         &self.nodes[id as usize - 1]
     }
 
-    /// Starts node `id` with `members` listed, joining when `join`.
-    fn start(&mut self, id: u64, members: &[u64], join: bool, cluster_id: u64) {
+    /// Starts node `id` with `members` listed, in the role `start_as` gives it.
+    fn start(&mut self, id: u64, members: &[u64], start_as: StartAs, cluster_id: u64) {
         let members = members
             .iter()
             .map(|member| self.node(*member).member_spec())
@@ -164,8 +175,14 @@ impl Cluster {
             .args(["--groups", &GROUPS.to_string()])
             .args(["--members", &members])
             .args(["--log-level", "info"]);
-        if join {
-            command.arg("--join");
+        match start_as {
+            StartAs::Founder => {}
+            StartAs::Existing => {
+                command.args(["--initial-cluster-state", "existing"]);
+            }
+            StartAs::Joining => {
+                command.arg("--join");
+            }
         }
         let child = command
             .env("NO_COLOR", "1")
@@ -210,7 +227,7 @@ impl Cluster {
         let mut cluster = Cluster::new(name, count as usize);
         let members: Vec<u64> = (1..=count).collect();
         for id in 1..=count {
-            cluster.start(id, &members, false, CLUSTER_ID);
+            cluster.start(id, &members, StartAs::Founder, CLUSTER_ID);
         }
         cluster.wait_ready(&members);
         cluster
@@ -221,7 +238,7 @@ impl Cluster {
     fn join_and_add(&mut self, id: u64, running: &[u64]) {
         let mut members = running.to_vec();
         members.push(id);
-        self.start(id, &members, true, CLUSTER_ID);
+        self.start(id, &members, StartAs::Joining, CLUSTER_ID);
         let node = self.node(id);
         let peer = format!("127.0.0.1:{}", node.peer);
         let client = node.endpoint();
@@ -528,7 +545,8 @@ fn wiped_follower_catches_up_before_it_votes() {
     std::fs::remove_dir_all(&data_dir).unwrap();
     std::fs::create_dir_all(&data_dir).unwrap();
     let earlier_log_bytes = cluster.node(wiped).log_text().len();
-    cluster.start(wiped, &[1, 2, 3], false, CLUSTER_ID);
+    // Restarted as a node of an existing cluster, as an operator must after a wipe.
+    cluster.start(wiped, &[1, 2, 3], StartAs::Existing, CLUSTER_ID);
 
     // Every group of the wiped node starts without durable state, so it neither votes
     // nor campaigns until its log caught up with the leader's commit index.
@@ -583,7 +601,7 @@ fn foreign_cluster_and_foreign_data_directory_are_rejected() {
     let mut cluster = Cluster::start_ready("identity", 3);
     // A node of another cluster that names the members as its peers.
     cluster.add_slot();
-    cluster.start(4, &[1, 2, 3, 4], true, CLUSTER_ID + 1);
+    cluster.start(4, &[1, 2, 3, 4], StartAs::Joining, CLUSTER_ID + 1);
     let deadline = Instant::now() + READY_TIMEOUT;
     let expected = format!(
         "the peer belongs to cluster {:#x}, this node to cluster {CLUSTER_ID:#x}",
@@ -603,7 +621,7 @@ fn foreign_cluster_and_foreign_data_directory_are_rejected() {
     cluster.kill(2);
     let foreign_dir = cluster.node(1).data_dir.clone();
     cluster.nodes[1].data_dir = foreign_dir;
-    cluster.start(2, &[1, 2, 3], false, CLUSTER_ID);
+    cluster.start(2, &[1, 2, 3], StartAs::Founder, CLUSTER_ID);
     let child = cluster.nodes[1].child.as_mut().unwrap();
     let status = wait_with_timeout(child, STOP_TIMEOUT).expect("node 2 exits");
     cluster.nodes[1].child = None;
@@ -668,7 +686,7 @@ fn cli_transfers_leader_and_promotes_learner() {
 
     // A learner added with --learner stays a learner until `member promote`.
     cluster.add_slot();
-    cluster.start(4, &[1, 2, 3, 4], true, CLUSTER_ID);
+    cluster.start(4, &[1, 2, 3, 4], StartAs::Joining, CLUSTER_ID);
     let node = cluster.node(4);
     let (peer, client, http) = (
         format!("127.0.0.1:{}", node.peer),

@@ -1,4 +1,4 @@
-//! Three-node clusters in this test process: each node with its own executors, log
+//! Clusters in this test process, mostly of three nodes: each node with its own executors, log
 //! directory and real TCP sockets on loopback.
 
 mod support;
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use shardraft::config::InitialClusterState;
 use shardraft::kv::{Command, KvStateMachine, WriteOutcome};
 use shardraft::log::GroupId;
 use shardraft::node::{NodeError, ReadMode};
@@ -29,6 +30,60 @@ fn get(handle: &KvHandle, group: GroupId, key: &str, mode: ReadMode) -> Option<V
             kv.get(&key).map(|value| value.value.to_vec())
         })
         .expect("reading a key")
+}
+
+#[test]
+fn new_cluster_commits_with_three_of_five_nodes() {
+    // Nodes 4 and 5 of a new five-node cluster are down at its start. Nodes 1 to 3 start
+    // with the default `initial_cluster_state = "new"`, as founding members whose
+    // acknowledgements count at once, so every group commits with the three of them.
+    let dir = test_dir("new_cluster_commits_with_three_of_five_nodes");
+    let mut configs = cluster_configs(&dir, 5, 1, 2);
+    let mut nodes: Vec<KvNode> = configs[..3].iter().map(start_node).collect();
+    let handles: Vec<KvHandle> = nodes.iter().map(|node| node.handle()).collect();
+    let groups = [GroupId(0), GroupId(1)];
+
+    for group in groups {
+        let leader = wait_for_leader(
+            &handles.iter().collect::<Vec<_>>(),
+            group,
+            Duration::from_secs(10),
+        );
+        let applied = handles[leader.0 as usize - 1]
+            .propose(group, put("founded", "yes"))
+            .unwrap_or_else(|error| panic!("group {group} did not commit: {error}"));
+        let outcome = applied.output.expect("the put applies").outcome;
+        assert_eq!(outcome, WriteOutcome::Stored, "group {group}");
+    }
+    for config in &configs[..3] {
+        let marks = std::fs::read_dir(config.log.data_dir.join("catching-up"))
+            .expect("reading the catching-up marks")
+            .count();
+        assert_eq!(
+            marks, 0,
+            "founding node {} marked a group as catching up",
+            config.node_id
+        );
+    }
+
+    // Node 4 starts late, as a node of an existing cluster. It catches up and applies the
+    // entries the others committed.
+    configs[3].initial_cluster_state = InitialClusterState::Existing;
+    nodes.push(start_node(&configs[3]));
+    let late = nodes[3].handle();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for group in groups {
+        while get(&late, group, "founded", ReadMode::Stale).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 4 never applied the entry of group {group}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for node in nodes {
+        node.shutdown().expect("shutting down");
+    }
 }
 
 #[test]

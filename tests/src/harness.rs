@@ -52,8 +52,8 @@ pub struct DurableState {
     pub base_term: Term,
     /// The stored log, contiguous from `base_index + 1`.
     pub entries: Vec<Entry>,
-    /// Recorded when the replica started without any state, and forgotten once a batch
-    /// with `Ready::catch_up_ended` is durable.
+    /// Recorded when the replica started without any state and not as a founding member,
+    /// and forgotten once a batch with `Ready::catch_up_ended` is durable.
     pub catching_up: bool,
 }
 
@@ -169,10 +169,12 @@ impl DurableState {
     /// the snapshot's term with no vote.
     ///
     /// The storage is brought in line first, as a runtime writes the log change and the
-    /// raised term at start.
-    pub fn restore(&mut self) -> RestoredState {
+    /// raised term at start. `founding` marks the replica as a founding member of a new
+    /// group (see `RestoredState::founding`), so a blank replica is not recorded as catching
+    /// up.
+    pub fn restore(&mut self, founding: bool) -> RestoredState {
         // Recorded before the replica can write anything, as a runtime must.
-        if *self == DurableState::default() {
+        if !founding && *self == DurableState::default() {
             self.catching_up = true;
         }
         if let Some(snapshot) = self.snapshot.clone()
@@ -207,6 +209,7 @@ impl DurableState {
             entries: self.entries.clone(),
             applied,
             catching_up: self.catching_up,
+            founding,
         }
     }
 
@@ -248,6 +251,7 @@ pub fn restored_log(terms: &[u64], term: u64, commit: u64) -> RestoredState {
         entries: log_with_terms(terms),
         applied: LogIndex(0),
         catching_up: false,
+        founding: false,
     }
 }
 
@@ -282,6 +286,9 @@ pub struct Replica {
     crash_count: usize,
     /// The index of the snapshot the state machine was last restored from.
     snapshot_applied_through: LogIndex,
+    /// Whether the node restarts as a founding member of a new group. Set for the members
+    /// the cluster was built with, and cleared when its storage is wiped.
+    founding: bool,
 }
 
 impl Replica {
@@ -347,6 +354,7 @@ pub struct ClusterBuilder {
     configure_all: Vec<ConfigChange>,
     configure_node: Vec<(NodeId, ConfigChange)>,
     restored: BTreeMap<NodeId, RestoredState>,
+    founding: bool,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -378,6 +386,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Sets whether the nodes start as founding members of a new group (the default), or
+    /// as blank nodes that cannot tell a new group from one whose data they lost and so
+    /// catch up. Applies to the nodes started without a [`Self::restore`] state.
+    pub fn founding(mut self, founding: bool) -> Self {
+        self.founding = founding;
+        self
+    }
+
     /// Starts node `id` from `state` instead of an empty log.
     pub fn restore(mut self, id: u64, state: RestoredState) -> Self {
         self.restored.insert(NodeId(id), state);
@@ -406,7 +422,10 @@ impl ClusterBuilder {
                     change(&mut config);
                 }
             }
-            let restored = self.restored.get(&id).cloned().unwrap_or_default();
+            let restored = self.restored.get(&id).cloned().unwrap_or(RestoredState {
+                founding: self.founding,
+                ..RestoredState::default()
+            });
             let (base_index, base_term) = restored
                 .snapshot
                 .as_ref()
@@ -437,6 +456,7 @@ impl ClusterBuilder {
                     dropped_reads: Vec::new(),
                     crash_count: 0,
                     snapshot_applied_through: base_index,
+                    founding: self.founding,
                 },
             );
         }
@@ -485,6 +505,7 @@ impl Cluster {
             configure_all: Vec::new(),
             configure_node: Vec::new(),
             restored: BTreeMap::new(),
+            founding: true,
         }
     }
 
@@ -976,7 +997,7 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         let replica = self.replica_mut(NodeId(id));
         assert!(replica.node.is_none(), "node {id} is up; crash it first");
-        let restored = replica.durable.restore();
+        let restored = replica.durable.restore(replica.founding);
         replica.snapshot_applied_through = restored.applied;
         let node = RaftNode::new(replica.config.clone(), restored)
             .unwrap_or_else(|error| panic!("node {id} cannot restart: {error}"));
@@ -984,11 +1005,13 @@ impl Cluster {
     }
 
     /// Wipes node `id`'s storage, as when its data directory is lost. The node must be
-    /// crashed; restart it afterwards to bring it back with an empty disk.
+    /// crashed; restart it afterwards to bring it back with an empty disk, no longer as a
+    /// founding member, so that it catches up.
     pub fn wipe(&mut self, id: u64) {
         let replica = self.replica_mut(NodeId(id));
         assert!(replica.node.is_none(), "node {id} is up; crash it first");
         replica.durable = DurableState::default();
+        replica.founding = false;
         replica.snapshot_applied_through = LogIndex(0);
     }
 
@@ -1025,6 +1048,7 @@ impl Cluster {
                 dropped_reads: Vec::new(),
                 crash_count: 0,
                 snapshot_applied_through: LogIndex(0),
+                founding: false,
             },
         );
     }

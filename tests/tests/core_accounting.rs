@@ -124,6 +124,7 @@ fn uncommitted_limit_counts_only_own_entries() {
         entries: vec![old_entry],
         applied: LogIndex(0),
         catching_up: false,
+        founding: false,
     };
     let mut cluster = Cluster::builder(3)
         .configure(|config| config.max_uncommitted_bytes = 1000)

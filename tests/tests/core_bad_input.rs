@@ -32,6 +32,7 @@ fn follower_in_term(term: u64) -> RaftNode {
         entries: Vec::new(),
         applied: LogIndex(0),
         catching_up: false,
+        founding: false,
     };
     RaftNode::new(config, restored).expect("valid config and state")
 }
@@ -174,6 +175,7 @@ fn match_index_past_leader_log_rejected_as_malformed() {
             outcome: AppendOutcome::Accepted {
                 match_index: last_index.plus(5),
             },
+            catching_up: false,
         },
     });
     assert!(
@@ -288,20 +290,24 @@ fn body() -> impl Strategy<Value = MessageBody> {
         }),
         any::<bool>().prop_map(|granted| MessageBody::RequestVoteResponse { granted }),
         append_entries(),
-        index().prop_map(|i| MessageBody::AppendEntriesResponse {
-            outcome: AppendOutcome::Accepted {
-                match_index: LogIndex(i),
-            },
-        }),
-        (index(), index(), term()).prop_map(|(rejected, hint, hint_term)| {
+        (index(), any::<bool>()).prop_map(|(i, catching_up)| {
             MessageBody::AppendEntriesResponse {
+                outcome: AppendOutcome::Accepted {
+                    match_index: LogIndex(i),
+                },
+                catching_up,
+            }
+        }),
+        (index(), index(), term(), any::<bool>()).prop_map(
+            |(rejected, hint, hint_term, catching_up)| MessageBody::AppendEntriesResponse {
                 outcome: AppendOutcome::Rejected {
                     rejected_prev_index: LogIndex(rejected),
                     hint_index: LogIndex(hint),
                     hint_term: Term(hint_term),
                 },
+                catching_up,
             }
-        }),
+        ),
         (index(), index(), read_round.clone()).prop_map(|(i, at_leader, read_round)| {
             MessageBody::Heartbeat {
                 leader_commit: LogIndex(i),
@@ -309,12 +315,20 @@ fn body() -> impl Strategy<Value = MessageBody> {
                 read_round,
             }
         }),
-        read_round.prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
+        (read_round, any::<bool>()).prop_map(|(read_round, catching_up)| {
+            MessageBody::HeartbeatResponse {
+                read_round,
+                catching_up,
+            }
+        }),
         Just(MessageBody::TimeoutNow),
-        index().prop_map(|i| MessageBody::AppendEntriesResponse {
-            outcome: AppendOutcome::LostEntries {
-                last_index: LogIndex(i),
-            },
+        (index(), any::<bool>()).prop_map(|(i, catching_up)| {
+            MessageBody::AppendEntriesResponse {
+                outcome: AppendOutcome::LostEntries {
+                    last_index: LogIndex(i),
+                },
+                catching_up,
+            }
         }),
         install_snapshot(),
         membership_entries(),

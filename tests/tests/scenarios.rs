@@ -49,7 +49,8 @@ fn count_rejections_from(cluster: &Cluster, follower: u64) -> usize {
                 && matches!(
                     delivery.message.body,
                     MessageBody::AppendEntriesResponse {
-                        outcome: AppendOutcome::Rejected { .. }
+                        outcome: AppendOutcome::Rejected { .. },
+                        ..
                     }
                 )
         })

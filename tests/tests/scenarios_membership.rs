@@ -791,6 +791,7 @@ fn snapshot_keeps_entries_acknowledged_in_the_same_batch() {
         .filter_map(|message| match message.body {
             MessageBody::AppendEntriesResponse {
                 outcome: shardraft_raft::AppendOutcome::Accepted { match_index },
+                ..
             } => Some(match_index),
             _ => None,
         })
@@ -930,10 +931,7 @@ fn silent_learner_is_not_promoted() {
     assert_eq!(cluster.leader(), Some(1), "the single voter still leads");
 }
 
-// TODO: enable once a blank replica neither counts toward a leader's quorum nor ends
-// catching up before a quorum of the other voters has confirmed that leader's term.
 #[test]
-#[ignore = "a blank replica still acknowledges the entries of a deposed leader"]
 fn deposed_leader_cannot_commit_through_wiped_node() {
     // Without check-quorum, node 1 keeps leading term 1 while it is cut off. Nodes 2 and 3
     // elect node 2 in term 2, and node 2 commits its no-op with node 3. Then node 2 goes
@@ -970,13 +968,187 @@ fn deposed_leader_cannot_commit_through_wiped_node() {
         .propose(Bytes::from_static(b"from the deposed leader"))
         .expect("node 1 still accepts proposals");
     cluster.heal();
-    // The harness checks state machine safety on every apply. While a blank replica
-    // acknowledges a deposed leader's entries, node 1 applies its entry at the no-op's
-    // index and the harness panics here.
+    // The harness checks state machine safety on every apply. If node 1 counted the blank
+    // replica's acknowledgements, it would apply its entry at the no-op's index and the
+    // harness would panic here.
     cluster.run_ticks(ELECTION_TICKS);
 
     assert!(
         !cluster.has_applied(1, proposal),
         "node 1 committed with the acknowledgement of a node that lost term 2"
     );
+}
+
+// ----- a leader holds back a catching-up follower -----
+
+#[test]
+fn catching_up_acknowledgements_do_not_commit() {
+    // Node 2 is down and node 3 restarts without data. Node 3 stores the leader's next
+    // entry, but its acknowledgement does not count, because it cannot tell this leader
+    // from a deposed one. Once node 2 is back, the leader confirms its term, releases node
+    // 3 and commits.
+    let mut cluster = Cluster::builder(3)
+        .configure(|config| config.check_quorum = false)
+        .build();
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 3);
+    let committed = cluster.node(1).commit_index();
+
+    cluster.crash(2);
+    cluster.crash(3);
+    cluster.wipe(3);
+    cluster.restart(3);
+    let proposal = cluster
+        .node_mut(1)
+        .propose(Bytes::from_static(b"after the wipe"))
+        .expect("node 1 leads");
+    cluster.run_ticks(ELECTION_TICKS);
+
+    assert!(
+        cluster.durable(3).last_index() >= proposal.index,
+        "node 3 stored the entry"
+    );
+    assert_eq!(
+        cluster.node(1).commit_index(),
+        committed,
+        "node 1 committed with the acknowledgement of a catching-up node"
+    );
+    let progress = cluster.node(1).progress(NodeId(3)).expect("node 3 tracked");
+    assert!(progress.catching_up, "node 1 knows that node 3 catches up");
+    assert!(!progress.counts_toward_quorum(), "node 3 is held back");
+    assert!(cluster.node(3).is_catching_up(), "node 3 still catches up");
+    assert_eq!(
+        cluster.node(3).commit_index(),
+        LogIndex(0),
+        "node 3 was sent no commit index"
+    );
+
+    cluster.restart(2);
+    cluster.run_ticks(20);
+    assert!(cluster.has_applied(1, proposal), "node 1 committed");
+    assert!(!cluster.node(3).is_catching_up(), "node 3 caught up");
+    assert!(cluster.has_applied(3, proposal), "node 3 applied");
+}
+
+#[test]
+fn wiped_voter_counts_again_once_caught_up() {
+    // In a healthy group node 2 confirms the leader's term within a heartbeat round trip,
+    // so the wiped node 3 catches up. Its acknowledgements then count again: the group
+    // commits with node 2 down.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 3);
+
+    cluster.crash(3);
+    cluster.wipe(3);
+    cluster.restart(3);
+    cluster.run_ticks(10);
+
+    assert!(!cluster.node(3).is_catching_up(), "node 3 caught up");
+    let progress = cluster.node(1).progress(NodeId(3)).expect("node 3 tracked");
+    assert!(!progress.catching_up, "node 1 saw node 3 catch up");
+    assert!(progress.counts_toward_quorum(), "node 3 released");
+
+    cluster.crash(2);
+    let proposal = cluster.propose_and_commit("with node 3's acknowledgement");
+    assert!(cluster.has_applied(3, proposal), "node 3 applied");
+}
+
+#[test]
+fn catching_up_replica_alone_confirms_no_read() {
+    // With node 2 down, only the wiped node 3 acknowledges node 1's read round. That does not
+    // prove node 1 still leads, so the read waits until node 2 is back.
+    let mut cluster = Cluster::builder(3)
+        .configure(|config| config.check_quorum = false)
+        .build();
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 1);
+
+    cluster.crash(2);
+    cluster.crash(3);
+    cluster.wipe(3);
+    cluster.restart(3);
+    cluster.run_ticks(10);
+    cluster
+        .node_mut(1)
+        .read_index(7)
+        .expect("node 1 accepts the read");
+    cluster.run_ticks(ELECTION_TICKS);
+    assert!(
+        cluster.read_states(1).iter().all(|read| read.context != 7),
+        "a read confirmed by a catching-up node only: {:?}",
+        cluster.read_states(1)
+    );
+
+    cluster.restart(2);
+    cluster.run_ticks(20);
+    assert!(
+        cluster.read_states(1).iter().any(|read| read.context == 7),
+        "the read is confirmed once node 2 answers"
+    );
+}
+
+#[test]
+fn new_group_commits_with_voters_down() {
+    // Nodes 4 and 5 are down when the new group starts. Nodes 1 to 3 are founding members,
+    // which lost nothing, so their acknowledgements count from the start and a quorum of
+    // them commits without waiting for the others.
+    let mut cluster = Cluster::new(5);
+    cluster.crash(4);
+    cluster.crash(5);
+    cluster.elect(1, ELECTION_TICKS);
+    for id in 1..=3 {
+        assert!(
+            !cluster.node(id).is_catching_up(),
+            "founding node {id} catches up"
+        );
+    }
+    assert!(
+        cluster.node(1).commit_index() >= LogIndex(1),
+        "node 1 committed its no-op with nodes 2 and 3"
+    );
+    let proposal = cluster.propose_and_commit("with three of five voters");
+
+    // Founding members that start late are still blank founders and take the log as usual.
+    cluster.restart(4);
+    cluster.restart(5);
+    cluster.run_ticks(10);
+    for id in 2..=5 {
+        assert!(
+            cluster.has_applied(id, proposal),
+            "node {id} applied the entry"
+        );
+    }
+}
+
+#[test]
+fn non_founding_group_waits_for_every_voter() {
+    // Blank nodes that are not founding members cannot tell a new group from one whose
+    // data they lost, so they catch up, and the first leader commits only once every voter
+    // has responded. It keeps leading meanwhile, since its followers hold its no-op and
+    // vote for no other candidate.
+    let mut cluster = Cluster::builder(3).founding(false).build();
+    cluster.isolate(3);
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.run_ticks(ELECTION_TICKS);
+    assert_eq!(cluster.node(1).role(), Role::Leader, "node 1 still leads");
+    assert_eq!(
+        cluster.node(1).commit_index(),
+        LogIndex(0),
+        "node 1 committed before node 3 answered"
+    );
+    assert!(cluster.node(2).is_catching_up(), "node 2 still catches up");
+
+    cluster.heal();
+    cluster.run_ticks(20);
+    assert!(
+        cluster.node(1).commit_index() >= LogIndex(1),
+        "node 1 committed its no-op"
+    );
+    for id in 1..=3 {
+        assert!(
+            !cluster.node(id).is_catching_up(),
+            "node {id} still catches up"
+        );
+    }
 }

@@ -120,6 +120,24 @@ fn older_snapshot_installs_beside_a_newer_stored_one() {
 }
 
 #[test]
+fn deposed_leader_gains_nothing_from_wiped_node() {
+    // In this run a wiped replica acknowledges entries of a leader deposed by a newer term,
+    // while the nodes that stored the newer term are down. Had the leader counted them, it
+    // would have committed an entry where the newer leader committed another.
+    let report = run_seed(16557, Some(3), false);
+    assert!(report.passed(), "{}", report.summary());
+}
+
+#[test]
+fn founding_members_keep_new_cluster_live() {
+    // This 7-node run failed its liveness check while the founding members of the new
+    // cluster caught up from their blank start, as wiped nodes do. No leader committed an
+    // entry of its term within 3000 ms after the faults stopped.
+    let report = run_seed(19187, Some(7), false);
+    assert!(report.passed(), "{}", report.summary());
+}
+
+#[test]
 fn fixed_cluster_size_is_honoured() {
     let report = run_seed(11, Some(7), false);
     assert_eq!(report.params.nodes, 7);

@@ -64,6 +64,12 @@ impl RaftNode {
 
     /// Whether a quorum of voters (this leader included) was heard from since the last
     /// check; clears the marks for the next round.
+    ///
+    /// A catching-up follower that this leader holds back counts. Check-quorum protects no
+    /// commit and no read here. The first leader of a new group must keep leading until
+    /// every voter has responded, because its followers all start catching up. Once they
+    /// store its no-op they vote for no candidate, so a leader that stepped down could not
+    /// be elected again.
     fn quorum_recently_active(&mut self) -> bool {
         let active = self
             .membership
@@ -173,12 +179,14 @@ impl RaftNode {
                 self.handle_install_snapshot(from, term, snapshot)
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
-            MessageBody::AppendEntriesResponse { outcome } => {
-                self.handle_append_response(from, outcome)
-            }
-            MessageBody::HeartbeatResponse { read_round } => {
-                self.handle_heartbeat_response(from, read_round)
-            }
+            MessageBody::AppendEntriesResponse {
+                outcome,
+                catching_up,
+            } => self.handle_append_response(from, outcome, catching_up),
+            MessageBody::HeartbeatResponse {
+                read_round,
+                catching_up,
+            } => self.handle_heartbeat_response(from, read_round, catching_up),
         }
     }
 
@@ -194,7 +202,10 @@ impl RaftNode {
             | MessageBody::Heartbeat { .. } => {
                 self.send(
                     message.from,
-                    MessageBody::HeartbeatResponse { read_round: None },
+                    MessageBody::HeartbeatResponse {
+                        read_round: None,
+                        catching_up: self.reports_catching_up(),
+                    },
                 );
             }
             // A pre-candidate behind this term learns the term from the refusal.

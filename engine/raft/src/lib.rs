@@ -38,6 +38,7 @@
 
 extern crate alloc;
 
+mod catch_up;
 mod config;
 mod election;
 mod invariants;

@@ -47,10 +47,16 @@ pub enum MessageBody {
         prev_log_index: LogIndex,
         prev_log_term: Term,
         entries: Vec<Entry>,
+        /// The leader's commit index, or 0 while the leader holds back a receiver that is
+        /// catching up.
         leader_commit: LogIndex,
     },
     AppendEntriesResponse {
         outcome: AppendOutcome,
+        /// Set while the sender is catching up after starting without data. Its log may
+        /// follow a leader that a newer term has already replaced, so the leader counts its
+        /// acknowledgements only once it has confirmed its own term since.
+        catching_up: bool,
     },
     /// Asserts leadership, carries the commit index and, when `read_round` is set,
     /// asks the follower to confirm leadership for that round of ReadIndex reads.
@@ -59,12 +65,15 @@ pub enum MessageBody {
         /// entries that may differ from the leader's.
         leader_commit: LogIndex,
         /// The leader's own commit index, uncapped. A follower never commits up to it; a
-        /// replica that is catching up waits until its durable log reaches it.
+        /// replica that is catching up waits until its durable log reaches it. 0 while the
+        /// leader holds back a catching-up receiver, which keeps it catching up.
         committed_at_leader: LogIndex,
         read_round: Option<u64>,
     },
     HeartbeatResponse {
         read_round: Option<u64>,
+        /// Set while the sender is catching up; see `AppendEntriesResponse`.
+        catching_up: bool,
     },
     /// Replaces the receiver's log up to `snapshot.index` with the snapshot that the
     /// runtimes transferred beside this message; the receiver's runtime steps it into the
@@ -107,7 +116,8 @@ impl MessageBody {
     /// and a leader writing its log in parallel with its followers is safe because its own
     /// entries count toward a quorum only once durable. Pre-votes change no state. A
     /// heartbeat response only states that the sender had not moved past the leader's term
-    /// when it responded, which stays true even if a crash loses that term. Every message
+    /// when it responded, which stays true even if a crash loses that term, and whether it
+    /// was catching up, which a crash can only turn back on. Every message
     /// that reports a vote or log contents must wait for those to be durable.
     pub fn may_send_before_persist(&self) -> bool {
         match self {

@@ -79,8 +79,17 @@ pub struct RestoredState {
     pub applied: LogIndex,
     /// Set when storage records that this replica was catching up (see
     /// [`RaftNode::is_catching_up`]) and no `Ready` with `catch_up_ended` became durable
-    /// since. A replica without any durable state catches up whatever this says.
+    /// since. A replica without any durable state catches up even when this is false,
+    /// unless `founding` is set.
     pub catching_up: bool,
+    /// Set when this replica is a founding member of a new group, started with the group's
+    /// initial membership. A founding replica without durable state still catches up
+    /// before it votes for a candidate with a log. But its responses do not ask the leader
+    /// to hold it back, so a new group commits with any quorum of its voters. No replica
+    /// can tell a new group from one whose data it lost, so only the runtime's operator can
+    /// say this. Setting it for a wiped replica lets a deposed leader commit through it.
+    /// Ignored when the replica has durable state.
+    pub founding: bool,
 }
 
 /// A batch of work for the runtime. See the module documentation for the order in which
@@ -331,10 +340,16 @@ pub struct RaftNode {
     /// A snapshot from the leader that the next `Ready` hands to the runtime.
     pub(crate) snapshot_to_install: Option<SnapshotInstall>,
     /// Set while a replica that started without any durable state has not yet stored the
-    /// leader's committed log. It may have voted or acknowledged entries before it lost
-    /// its data, so until then it neither campaigns nor votes, except in a group whose
-    /// logs are all still empty (a new group).
+    /// leader's committed log. It may have voted or acknowledged entries before it lost its
+    /// data, so until then it neither campaigns nor votes, except in a group whose logs are
+    /// all still empty (a new group). Unless it is `founding`, its responses carry a flag
+    /// for it, and the leader counts them only once it has confirmed its term since (see
+    /// `catch_up.rs`).
     pub(crate) catching_up: bool,
+    /// Set when this replica started without durable state as a founding member of a new
+    /// group (see [`RestoredState::founding`]): while it catches up, its responses do not
+    /// report it.
+    pub(crate) founding: bool,
     /// The leader's commit index from the newest `AppendEntries` or heartbeat; catching up
     /// ends once the durable log reaches it.
     pub(crate) catch_up_target: Option<LogIndex>,
@@ -434,6 +449,7 @@ impl RaftNode {
             latest_snapshot: restored.snapshot,
             snapshot_to_install: None,
             catching_up: blank || restored.catching_up,
+            founding: blank && restored.founding,
             catch_up_target: None,
             catch_up_ended_unreported: false,
             term: hard_state.term,
@@ -506,6 +522,12 @@ impl RaftNode {
     /// the leader's committed log. It does not vote meanwhile.
     pub fn is_catching_up(&self) -> bool {
         self.catching_up
+    }
+
+    /// Returns whether this replica's responses ask the leader to hold it back: it is
+    /// catching up and did not start as a founding member of a new group.
+    pub(crate) fn reports_catching_up(&self) -> bool {
+        self.catching_up && !self.founding
     }
 
     /// Returns the newest snapshot the runtime stored, as last given to
@@ -831,12 +853,12 @@ impl RaftNode {
     /// that elects no leader once this one fails. The catching-up voter needs a leader to
     /// catch up from, so that lasts until an operator steps in.
     ///
-    /// A follower counts as able to vote when its match index reaches the commit index, or
-    /// when this leader never saw it lose acknowledged entries, it responded in this
-    /// check-quorum round, and it is within `promote_lag_entries_max` of the log's end. The
-    /// second case keeps a follower that merely trails a busy leader from blocking the
-    /// change. A follower wiped before this term began, and not yet near the log's end,
-    /// does not count either.
+    /// A follower that reports catching up never counts as able to vote. Any other counts
+    /// when its match index reaches the commit index, or when this leader never saw it lose
+    /// acknowledged entries, it responded in this check-quorum round, and it is within
+    /// `promote_lag_entries_max` of the log's end. The second case keeps a follower that
+    /// merely trails a busy leader from blocking the change. A follower wiped before this
+    /// term began, and not yet near the log's end, does not count either.
     fn check_voters_left_can_elect(
         &self,
         removed: NodeId,
@@ -856,10 +878,11 @@ impl RaftNode {
                         .0
                         .saturating_add(self.config.promote_lag_entries_max)
                         >= last_index.0;
-                    progress.match_index >= committed
-                        || (!progress.lost_acknowledged_entries
-                            && progress.recent_active
-                            && near_the_end)
+                    !progress.catching_up
+                        && (progress.match_index >= committed
+                            || (!progress.lost_acknowledged_entries
+                                && progress.recent_active
+                                && near_the_end))
                 })
             })
             .collect();
@@ -878,8 +901,9 @@ impl RaftNode {
     }
 
     /// Finds the voter other than this replica with the highest match index, preferring
-    /// voters heard from since the last check-quorum round, so that a crashed voter with a
-    /// long log is not picked again and again.
+    /// voters that are not catching up (which do not campaign) and then voters heard from
+    /// since the last check-quorum round, so that a crashed voter with a long log is not
+    /// picked again and again.
     fn most_caught_up_voter(&self) -> Option<NodeId> {
         self.membership
             .voters
@@ -888,8 +912,12 @@ impl RaftNode {
             .max_by_key(|voter| {
                 self.progress
                     .get(voter)
-                    .map_or((false, LogIndex(0)), |progress| {
-                        (progress.recent_active, progress.match_index)
+                    .map_or((false, false, LogIndex(0)), |progress| {
+                        (
+                            !progress.catching_up,
+                            progress.recent_active,
+                            progress.match_index,
+                        )
                     })
             })
             .copied()
@@ -942,7 +970,7 @@ impl RaftNode {
         let last_index = self.log.last_index();
         // Only a learner that has acknowledged entries in this term and is streaming them
         // counts as caught up: promoting one that never answered would make the group wait
-        // for it.
+        // for it. A learner held back while it catches up would not count as a voter yet.
         let ready = self
             .membership
             .promote_when_caught_up
@@ -950,7 +978,8 @@ impl RaftNode {
             .copied()
             .find(|learner| {
                 self.progress.get(learner).is_some_and(|progress| {
-                    progress.state == ReplicationState::Replicate
+                    progress.counts_toward_quorum()
+                        && progress.state == ReplicationState::Replicate
                         && progress.match_index.0 > 0
                         && progress
                             .match_index

@@ -46,6 +46,13 @@ pub struct Progress {
     pub lost_acknowledged_entries: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// The follower's newest response reported that it is catching up after a start without
+    /// data (see `RaftNode::is_catching_up`).
+    pub catching_up: bool,
+    /// For a catching-up follower that the leader holds back: the heartbeat round whose
+    /// confirmation releases it. Until then the leader neither counts the follower's
+    /// acknowledgements nor sends it the commit index. `None` for every other follower.
+    pub release_round: Option<u64>,
     /// Highest ReadIndex round this follower has confirmed.
     pub read_round_acked: u64,
     /// Highest commit index sent to this follower.
@@ -66,12 +73,21 @@ impl Progress {
             gap_check_pending: false,
             lost_acknowledged_entries: false,
             recent_active: false,
+            catching_up: false,
+            release_round: None,
             read_round_acked: 0,
             commit_sent: LogIndex(0),
             pending_snapshot_index: LogIndex(0),
             inflight: VecDeque::new(),
             inflight_bytes: 0,
         }
+    }
+
+    /// Returns whether the leader counts this follower toward commit and ReadIndex quorums
+    /// and sends it the commit index: it is not catching up, or the leader released it after
+    /// confirming its own term.
+    pub fn counts_toward_quorum(&self) -> bool {
+        self.release_round.is_none()
     }
 
     /// Number of unacknowledged `AppendEntries` in flight.

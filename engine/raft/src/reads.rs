@@ -43,6 +43,9 @@ pub(crate) struct ReadQueue {
     sent: VecDeque<Round>,
     next_round: u64,
     pending: usize,
+    /// Set when the leader needs a round sealed after now even without reads: a follower
+    /// that reported catching up is released only by such a round.
+    round_requested: bool,
 }
 
 impl ReadQueue {
@@ -50,11 +53,18 @@ impl ReadQueue {
         self.pending
     }
 
-    /// Returns whether the open reads should form a round now: no earlier round awaits
-    /// its quorum, or `read_batch_max` reads are open. Otherwise they wait for the earlier
-    /// round's acknowledgements, which periodic heartbeats request again, so the wait is bounded.
+    /// Returns whether a round should be sealed now: one was requested, or reads are open
+    /// and either no earlier round awaits its quorum or `read_batch_max` reads are open.
+    /// Otherwise open reads wait for the earlier round's acknowledgements, which periodic
+    /// heartbeats request again, so the wait is bounded.
     pub(crate) fn round_due(&self, read_batch_max: usize) -> bool {
-        !self.open.is_empty() && (self.sent.is_empty() || self.open.len() >= read_batch_max)
+        self.round_requested
+            || !self.open.is_empty() && (self.sent.is_empty() || self.open.len() >= read_batch_max)
+    }
+
+    /// Asks for a round to be sealed with the next `Ready`, even if no read is open.
+    pub(crate) fn request_round(&mut self) {
+        self.round_requested = true;
     }
 
     pub(crate) fn push_waiting_for_commit(&mut self, context: u64) {
@@ -81,6 +91,7 @@ impl ReadQueue {
     /// Closes the open round and returns its number, to be sent in a heartbeat.
     pub(crate) fn seal_open_round(&mut self) -> u64 {
         self.next_round += 1;
+        self.round_requested = false;
         let number = self.next_round;
         let reads = core::mem::take(&mut self.open);
         self.sent.push_back(Round { number, reads });
@@ -113,12 +124,14 @@ impl ReadQueue {
 
     /// Hands out every open read without a round, for a group with a single voter.
     pub(crate) fn confirm_open(&mut self, out: &mut Vec<ReadState>) {
+        self.round_requested = false;
         self.pending -= self.open.len();
         out.append(&mut self.open);
     }
 
     /// Drops every pending read, returning their contexts, when leadership is lost.
     pub(crate) fn drain_all(&mut self, dropped: &mut Vec<u64>) {
+        self.round_requested = false;
         dropped.append(&mut self.waiting_for_commit);
         dropped.extend(self.open.drain(..).map(|read| read.context));
         for round in self.sent.drain(..) {

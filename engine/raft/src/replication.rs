@@ -28,12 +28,7 @@ impl RaftNode {
         // duplicated message about that prefix only needs the commit index in response.
         if prev_log_index < self.log.committed() {
             let match_index = self.log.committed();
-            self.send(
-                from,
-                MessageBody::AppendEntriesResponse {
-                    outcome: AppendOutcome::Accepted { match_index },
-                },
-            );
+            self.send_append_response(from, AppendOutcome::Accepted { match_index });
             return Ok(());
         }
 
@@ -43,14 +38,12 @@ impl RaftNode {
                 .last_index_with_term_at_most(prev_log_index, prev_log_term);
             let hint_term = self.log.term(hint_index).unwrap_or_default();
             tracing::debug!(node = %self.id, leader = %from, %prev_log_index, %prev_log_term, %hint_index, %hint_term, "rejected AppendEntries: log does not match");
-            self.send(
+            self.send_append_response(
                 from,
-                MessageBody::AppendEntriesResponse {
-                    outcome: AppendOutcome::Rejected {
-                        rejected_prev_index: prev_log_index,
-                        hint_index,
-                        hint_term,
-                    },
+                AppendOutcome::Rejected {
+                    rejected_prev_index: prev_log_index,
+                    hint_index,
+                    hint_term,
                 },
             );
             return Ok(());
@@ -91,12 +84,10 @@ impl RaftNode {
             self.refresh_membership();
             if malformed {
                 self.log.commit_to(leader_commit.min(appended_through));
-                self.send(
+                self.send_append_response(
                     from,
-                    MessageBody::AppendEntriesResponse {
-                        outcome: AppendOutcome::Accepted {
-                            match_index: appended_through,
-                        },
+                    AppendOutcome::Accepted {
+                        match_index: appended_through,
                     },
                 );
                 return self.reject_malformed(
@@ -112,12 +103,10 @@ impl RaftNode {
             self.catch_up_target = Some(leader_commit);
             self.check_caught_up();
         }
-        self.send(
+        self.send_append_response(
             from,
-            MessageBody::AppendEntriesResponse {
-                outcome: AppendOutcome::Accepted {
-                    match_index: last_new_index,
-                },
+            AppendOutcome::Accepted {
+                match_index: last_new_index,
             },
         );
         Ok(())
@@ -154,12 +143,10 @@ impl RaftNode {
         let committed = self.log.committed();
         if snapshot.index <= committed {
             // Everything the snapshot contains is committed here already.
-            self.send(
+            self.send_append_response(
                 from,
-                MessageBody::AppendEntriesResponse {
-                    outcome: AppendOutcome::Accepted {
-                        match_index: committed,
-                    },
+                AppendOutcome::Accepted {
+                    match_index: committed,
                 },
             );
             return Ok(());
@@ -174,12 +161,7 @@ impl RaftNode {
         // A snapshot lies at or below the leader's applied index, which may be far below
         // its commit index, so catching up goes on until an `AppendEntries` says how far.
         self.snapshot_to_install = Some(SnapshotInstall { snapshot, log_kept });
-        self.send(
-            from,
-            MessageBody::AppendEntriesResponse {
-                outcome: AppendOutcome::Accepted { match_index },
-            },
-        );
+        self.send_append_response(from, AppendOutcome::Accepted { match_index });
         Ok(())
     }
 
@@ -204,59 +186,37 @@ impl RaftNode {
             // The leader sends a commit index only up to where it knows this log matches, so
             // this log lost entries it acknowledged in this term.
             tracing::warn!(node = %self.id, leader = %from, %leader_commit, %last_index, "the leader counts entries this replica no longer has; asking it to replicate them again");
-            self.send(
-                from,
-                MessageBody::AppendEntriesResponse {
-                    outcome: AppendOutcome::LostEntries { last_index },
-                },
-            );
+            self.send_append_response(from, AppendOutcome::LostEntries { last_index });
         }
-        self.send(from, MessageBody::HeartbeatResponse { read_round });
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse {
+                read_round,
+                catching_up: self.reports_catching_up(),
+            },
+        );
     }
 
+    /// Leader side of an `AppendEntriesResponse`. Whether the follower is catching up is
+    /// recorded only from a response that passes its checks, and from an acceptance before
+    /// its match index can count toward commit.
     pub(crate) fn handle_append_response(
         &mut self,
         from: NodeId,
         outcome: AppendOutcome,
+        catching_up: bool,
     ) -> Result<(), Rejection> {
         if self.role != Role::Leader {
             return self.ignore_stale_response("AppendEntriesResponse");
         }
-        let last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {
             return self.ignore_stale_response("AppendEntriesResponse");
         };
         progress.recent_active = true;
 
-        match outcome {
+        let result = match outcome {
             AppendOutcome::Accepted { match_index } => {
-                if match_index > last_index {
-                    return self.reject_malformed(
-                        "AppendEntriesResponse",
-                        "match index past the leader's log",
-                        from,
-                    );
-                }
-                let advanced = progress.record_accepted(match_index);
-                match progress.state {
-                    ReplicationState::Probe => progress.become_replicate(),
-                    ReplicationState::Snapshot
-                        if progress.match_index >= progress.pending_snapshot_index =>
-                    {
-                        progress.become_replicate();
-                    }
-                    ReplicationState::Snapshot | ReplicationState::Replicate => {}
-                }
-                let caught_up = progress.match_index == last_index;
-                self.replication_pending = true;
-                if advanced {
-                    self.maybe_commit();
-                }
-                if caught_up && self.transfer_target == Some(from) {
-                    tracing::info!(node = %self.id, term = %self.term, target = %from, "transfer target caught up; sending TimeoutNow");
-                    self.send(from, MessageBody::TimeoutNow);
-                }
-                Ok(())
+                return self.handle_append_accepted(from, match_index, catching_up);
             }
             AppendOutcome::Rejected {
                 rejected_prev_index,
@@ -265,19 +225,79 @@ impl RaftNode {
             } => self.handle_append_rejected(from, rejected_prev_index, hint_index, hint_term),
             AppendOutcome::LostEntries {
                 last_index: follower_last,
-            } => {
-                if follower_last >= progress.match_index {
-                    return self.ignore_stale_response("AppendEntriesResponse");
-                }
-                self.stats.rejections_of_acknowledged_entries += 1;
-                tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %follower_last, "follower lost entries it acknowledged; replicating to it again from the start");
-                // Nothing of the follower's remaining log is known to match any more.
-                progress.restart_after_data_loss(LogIndex(0));
-                progress.become_probe(follower_last.next());
-                self.replication_pending = true;
-                Ok(())
-            }
+            } => self.handle_lost_entries(from, follower_last),
+        };
+        if result.is_ok() {
+            self.record_catching_up(from, catching_up);
         }
+        result
+    }
+
+    fn handle_append_accepted(
+        &mut self,
+        from: NodeId,
+        match_index: LogIndex,
+        catching_up: bool,
+    ) -> Result<(), Rejection> {
+        let last_index = self.log.last_index();
+        if match_index > last_index {
+            return self.reject_malformed(
+                "AppendEntriesResponse",
+                "match index past the leader's log",
+                from,
+            );
+        }
+        self.record_catching_up(from, catching_up);
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        };
+        let advanced = progress.record_accepted(match_index);
+        match progress.state {
+            ReplicationState::Probe => progress.become_replicate(),
+            ReplicationState::Snapshot
+                if progress.match_index >= progress.pending_snapshot_index =>
+            {
+                progress.become_replicate();
+            }
+            ReplicationState::Snapshot | ReplicationState::Replicate => {}
+        }
+        let caught_up = progress.match_index == last_index;
+        self.replication_pending = true;
+        if advanced {
+            self.maybe_commit();
+        }
+        if caught_up && self.transfer_target == Some(from) {
+            tracing::info!(node = %self.id, term = %self.term, target = %from, "transfer target caught up; sending TimeoutNow");
+            self.send(from, MessageBody::TimeoutNow);
+        }
+        Ok(())
+    }
+
+    /// Starts replicating to `from` again after it reported a log that ends at
+    /// `follower_last`, below entries it acknowledged.
+    fn handle_lost_entries(
+        &mut self,
+        from: NodeId,
+        follower_last: LogIndex,
+    ) -> Result<(), Rejection> {
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        };
+        if follower_last >= progress.match_index {
+            return self.ignore_stale_response("AppendEntriesResponse");
+        }
+        self.stats.rejections_of_acknowledged_entries += 1;
+        tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %follower_last, "follower lost entries it acknowledged; replicating to it again from the start");
+        // Nothing of the follower's remaining log is known to match any more.
+        progress.restart_after_data_loss(LogIndex(0));
+        progress.become_probe(follower_last.next());
+        let catching_up = progress.catching_up;
+        self.replication_pending = true;
+        if catching_up {
+            // It may have lost its data again since this leader released it.
+            self.hold_back_catching_up(from);
+        }
+        Ok(())
     }
 
     /// Moves a follower's next index back after a mismatch, skipping a whole term of
@@ -341,7 +361,11 @@ impl RaftNode {
             tracing::warn!(node = %self.id, follower = %from, match_index = %progress.match_index, %hint_index, "follower rejects entries it acknowledged as durable; replicating to it again from the start");
             progress.restart_after_data_loss(LogIndex(0));
             progress.become_probe(candidate_next);
+            let catching_up = progress.catching_up;
             self.replication_pending = true;
+            if catching_up {
+                self.hold_back_catching_up(from);
+            }
             return Ok(());
         }
         progress.become_probe(next_index);
@@ -353,10 +377,22 @@ impl RaftNode {
         &mut self,
         from: NodeId,
         read_round: Option<u64>,
+        catching_up: bool,
     ) -> Result<(), Rejection> {
         if self.role != Role::Leader {
             return self.ignore_stale_response("HeartbeatResponse");
         }
+        if !self.progress.contains_key(&from) {
+            return self.ignore_stale_response("HeartbeatResponse");
+        }
+        if read_round.is_some_and(|round| round > self.reads.newest_round()) {
+            return self.reject_malformed(
+                "HeartbeatResponse",
+                "confirms a read round never sent",
+                from,
+            );
+        }
+        self.record_catching_up(from, catching_up);
         let last_index = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&from) else {
             return self.ignore_stale_response("HeartbeatResponse");
@@ -386,36 +422,34 @@ impl RaftNode {
             self.replication_pending = true;
         }
         if let Some(round) = read_round {
-            if round > self.reads.newest_round() {
-                return self.reject_malformed(
-                    "HeartbeatResponse",
-                    "confirms a read round never sent",
-                    from,
-                );
-            }
             let Some(progress) = self.progress.get_mut(&from) else {
                 return self.ignore_stale_response("HeartbeatResponse");
             };
             if round > progress.read_round_acked {
                 progress.read_round_acked = round;
                 self.confirm_reads();
+                self.release_confirmed_followers();
             }
         }
         Ok(())
     }
 
-    /// Releases every read round a quorum of voters has confirmed.
-    fn confirm_reads(&mut self) {
+    /// Releases every read round a quorum of voters has confirmed. A catching-up follower
+    /// held back by this leader confirms nothing, since it cannot tell whether a newer term
+    /// exists.
+    pub(crate) fn confirm_reads(&mut self) {
         let mut acked: Vec<u64> = Vec::with_capacity(self.membership.voters.len());
         for voter in &self.membership.voters {
             if *voter == self.id {
                 acked.push(u64::MAX);
             } else {
-                acked.push(
-                    self.progress
-                        .get(voter)
-                        .map_or(0, |progress| progress.read_round_acked),
-                );
+                acked.push(self.progress.get(voter).map_or(0, |progress| {
+                    if progress.counts_toward_quorum() {
+                        progress.read_round_acked
+                    } else {
+                        0
+                    }
+                }));
             }
         }
         acked.sort_unstable_by(|a, b| b.cmp(a));
@@ -426,7 +460,8 @@ impl RaftNode {
     /// Commits the highest index that a quorum has stored durably, if its entry is of the
     /// current term. An earlier term's entry commits only beneath one of the current term:
     /// counting replicas of an old entry is not enough, since a later leader could still
-    /// overwrite it (Figure 8 of the Raft paper).
+    /// overwrite it (Figure 8 of the Raft paper). A catching-up follower held back by this
+    /// leader counts as storing nothing.
     pub(crate) fn maybe_commit(&mut self) {
         self.match_scratch.clear();
         for voter in &self.membership.voters {
@@ -435,6 +470,7 @@ impl RaftNode {
             } else {
                 self.progress
                     .get(voter)
+                    .filter(|progress| progress.counts_toward_quorum())
                     .map_or(LogIndex(0), |progress| progress.match_index)
             };
             self.match_scratch.push(match_index);
@@ -507,16 +543,16 @@ impl RaftNode {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
             let sent_entries = self.send_entries(peer);
+            let committed_at_leader = self.commit_index_for(peer);
             let Some(progress) = self.progress.get_mut(&peer) else {
                 continue;
             };
-            let commit_for_peer = self.log.committed().min(progress.match_index);
+            let commit_for_peer = committed_at_leader.min(progress.match_index);
             let is_voter = self.membership.voters.contains(&peer);
             let needs_commit = !sent_entries && commit_for_peer > progress.commit_sent;
             let needs_read_round = read_round.is_some() && is_voter;
             if needs_commit || needs_read_round {
                 progress.commit_sent = progress.commit_sent.max(commit_for_peer);
-                let committed_at_leader = self.log.committed();
                 self.send(
                     peer,
                     MessageBody::Heartbeat {
@@ -534,7 +570,7 @@ impl RaftNode {
         let mut sent = false;
         loop {
             let last_index = self.log.last_index();
-            let committed = self.log.committed();
+            let committed = self.commit_index_for(peer);
             let Some(progress) = self.progress.get_mut(&peer) else {
                 return sent;
             };
@@ -603,13 +639,13 @@ impl RaftNode {
 
     /// Sends a heartbeat to every member, carrying the newest unconfirmed read round.
     pub(crate) fn broadcast_heartbeat(&mut self, read_round: Option<u64>) {
-        let committed = self.log.committed();
         let peers: Vec<(NodeId, LogIndex)> = self
             .progress
             .iter()
             .map(|(peer, progress)| (*peer, progress.match_index))
             .collect();
         for (peer, match_index) in peers {
+            let committed = self.commit_index_for(peer);
             let is_voter = self.membership.voters.contains(&peer);
             self.send(
                 peer,
@@ -620,6 +656,18 @@ impl RaftNode {
                 },
             );
         }
+    }
+
+    /// Queues a response to an `AppendEntries` or `InstallSnapshot` from `to`.
+    fn send_append_response(&mut self, to: NodeId, outcome: AppendOutcome) {
+        let catching_up = self.reports_catching_up();
+        self.send(
+            to,
+            MessageBody::AppendEntriesResponse {
+                outcome,
+                catching_up,
+            },
+        );
     }
 
     fn reject_malformed(

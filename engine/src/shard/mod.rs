@@ -1132,7 +1132,13 @@ async fn restore_groups<S: StateMachine>(
         let blank = restored.hard_state == shardraft_raft::HardState::default()
             && restored.entries.is_empty()
             && restored.snapshot.is_none();
-        if blank {
+        // Any blank group may have voted or acknowledged entries before its data was lost,
+        // so the core makes it catch up before it votes for a candidate with a log. A
+        // founding member's blank group has lost nothing: it gets no mark, so it does not
+        // catch up after a restart, and the core does not ask the leader to hold it back.
+        let founding = config.founds_new_groups();
+        let catches_up_from_blank = blank && !founding;
+        if catches_up_from_blank {
             catch_up_marks
                 .mark(group)
                 .map_err(|error| NodeError::Startup {
@@ -1143,7 +1149,8 @@ async fn restore_groups<S: StateMachine>(
                     ),
                 })?;
         }
-        restored.catching_up = blank || catch_up_marks.is_marked(group);
+        restored.catching_up = catches_up_from_blank || catch_up_marks.is_marked(group);
+        restored.founding = founding;
         let mut core_config = Config::new(NodeId(config.node_id), membership.clone());
         apply_raft_settings(&mut core_config, config);
         core_config.random_seed = seed_base ^ (config.node_id << 40) ^ u64::from(group.0);

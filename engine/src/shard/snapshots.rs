@@ -712,8 +712,9 @@ pub(super) async fn restored_state<S: StateMachine>(
         snapshot: Some(meta.clone()),
         entries,
         applied: meta.index,
-        // Set by the caller from the catching-up marks.
+        // Set by the caller from the catching-up marks and `initial_cluster_state`.
         catching_up: false,
+        founding: false,
     })
 }
 
@@ -733,8 +734,9 @@ async fn restored_from_log(log: &Log, group: GroupId) -> Result<RestoredState, N
         snapshot: None,
         entries,
         applied: LogIndex(0),
-        // Set by the caller from the catching-up marks.
+        // Set by the caller from the catching-up marks and `initial_cluster_state`.
         catching_up: false,
+        founding: false,
     })
 }
 

@@ -29,8 +29,9 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRFT";
 /// leader's uncapped commit index in heartbeats; a version-1 node cannot read them, so the
 /// two refuse each other's connections with an error naming both versions. Version 3 added
 /// the group's agreed timing to `InstallSnapshot`. Version 4 added `HelloAccepted`, the
-/// accepting side's reply to a hello, which a version-3 node never sends.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// accepting side's reply to a hello, which a version-3 node never sends. Version 5 added
+/// `catching_up` to every response to the leader, which changes their archived layout.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 pub const FRAME_HEADER_BYTES: usize = 16;
 

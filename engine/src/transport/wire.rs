@@ -68,13 +68,17 @@ pub enum WireBody {
         leader_commit: u64,
         entries: Vec<WireEntry>,
     },
+    /// `catching_up` in this and the other responses: the sender is catching up after a
+    /// start without data, see `RaftNode::is_catching_up`.
     AppendAccepted {
         match_index: u64,
+        catching_up: bool,
     },
     AppendRejected {
         rejected_prev_index: u64,
         hint_index: u64,
         hint_term: u64,
+        catching_up: bool,
     },
     Heartbeat {
         leader_commit: u64,
@@ -83,6 +87,7 @@ pub enum WireBody {
     },
     HeartbeatResponse {
         read_round: Option<u64>,
+        catching_up: bool,
     },
     TimeoutNow,
     InstallSnapshot {
@@ -97,6 +102,7 @@ pub enum WireBody {
     },
     AppendLostEntries {
         last_index: u64,
+        catching_up: bool,
     },
 }
 
@@ -195,9 +201,13 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
             // them into a `Vec` first; rkyv copies them into the archive anyway.
             entries: entries.iter().map(entry_to_wire).collect(),
         },
-        MessageBody::AppendEntriesResponse { outcome } => match *outcome {
+        MessageBody::AppendEntriesResponse {
+            outcome,
+            catching_up,
+        } => match *outcome {
             AppendOutcome::Accepted { match_index } => WireBody::AppendAccepted {
                 match_index: match_index.0,
+                catching_up: *catching_up,
             },
             AppendOutcome::Rejected {
                 rejected_prev_index,
@@ -207,9 +217,11 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
                 rejected_prev_index: rejected_prev_index.0,
                 hint_index: hint_index.0,
                 hint_term: hint_term.0,
+                catching_up: *catching_up,
             },
             AppendOutcome::LostEntries { last_index } => WireBody::AppendLostEntries {
                 last_index: last_index.0,
+                catching_up: *catching_up,
             },
         },
         MessageBody::InstallSnapshot { snapshot } => WireBody::InstallSnapshot {
@@ -235,8 +247,12 @@ fn to_wire(message: &GroupMessage) -> WireMessage {
             committed_at_leader: committed_at_leader.0,
             read_round: *read_round,
         },
-        MessageBody::HeartbeatResponse { read_round } => WireBody::HeartbeatResponse {
+        MessageBody::HeartbeatResponse {
+            read_round,
+            catching_up,
+        } => WireBody::HeartbeatResponse {
             read_round: *read_round,
+            catching_up: *catching_up,
         },
         MessageBody::TimeoutNow => WireBody::TimeoutNow,
     };
@@ -335,21 +351,27 @@ fn from_wire(message: &ArchivedWireMessage, frame: &Bytes) -> Result<GroupMessag
                 .map(|entry| entry_from_wire(entry, frame))
                 .collect::<Result<_, _>>()?,
         },
-        ArchivedWireBody::AppendAccepted { match_index } => MessageBody::AppendEntriesResponse {
+        ArchivedWireBody::AppendAccepted {
+            match_index,
+            catching_up,
+        } => MessageBody::AppendEntriesResponse {
             outcome: AppendOutcome::Accepted {
                 match_index: LogIndex(match_index.to_native()),
             },
+            catching_up: *catching_up,
         },
         ArchivedWireBody::AppendRejected {
             rejected_prev_index,
             hint_index,
             hint_term,
+            catching_up,
         } => MessageBody::AppendEntriesResponse {
             outcome: AppendOutcome::Rejected {
                 rejected_prev_index: LogIndex(rejected_prev_index.to_native()),
                 hint_index: LogIndex(hint_index.to_native()),
                 hint_term: Term(hint_term.to_native()),
             },
+            catching_up: *catching_up,
         },
         ArchivedWireBody::Heartbeat {
             leader_commit,
@@ -360,14 +382,22 @@ fn from_wire(message: &ArchivedWireMessage, frame: &Bytes) -> Result<GroupMessag
             committed_at_leader: LogIndex(committed_at_leader.to_native()),
             read_round: read_round.as_ref().map(|round| round.to_native()),
         },
-        ArchivedWireBody::HeartbeatResponse { read_round } => MessageBody::HeartbeatResponse {
+        ArchivedWireBody::HeartbeatResponse {
+            read_round,
+            catching_up,
+        } => MessageBody::HeartbeatResponse {
             read_round: read_round.as_ref().map(|round| round.to_native()),
+            catching_up: *catching_up,
         },
         ArchivedWireBody::TimeoutNow => MessageBody::TimeoutNow,
-        ArchivedWireBody::AppendLostEntries { last_index } => MessageBody::AppendEntriesResponse {
+        ArchivedWireBody::AppendLostEntries {
+            last_index,
+            catching_up,
+        } => MessageBody::AppendEntriesResponse {
             outcome: AppendOutcome::LostEntries {
                 last_index: LogIndex(last_index.to_native()),
             },
+            catching_up: *catching_up,
         },
         ArchivedWireBody::InstallSnapshot {
             index,
@@ -471,6 +501,7 @@ mod tests {
                 outcome: AppendOutcome::Accepted {
                     match_index: LogIndex(5),
                 },
+                catching_up: true,
             },
             MessageBody::AppendEntriesResponse {
                 outcome: AppendOutcome::Rejected {
@@ -478,18 +509,23 @@ mod tests {
                     hint_index: LogIndex(6),
                     hint_term: Term(1),
                 },
+                catching_up: false,
             },
             MessageBody::Heartbeat {
                 leader_commit: LogIndex(5),
                 committed_at_leader: LogIndex(9),
                 read_round: Some(7),
             },
-            MessageBody::HeartbeatResponse { read_round: None },
+            MessageBody::HeartbeatResponse {
+                read_round: None,
+                catching_up: true,
+            },
             MessageBody::TimeoutNow,
             MessageBody::AppendEntriesResponse {
                 outcome: AppendOutcome::LostEntries {
                     last_index: LogIndex(2),
                 },
+                catching_up: true,
             },
             MessageBody::InstallSnapshot {
                 snapshot: SnapshotMeta {

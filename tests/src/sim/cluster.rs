@@ -189,6 +189,10 @@ struct SimNode {
     first_live_incarnation: u64,
     /// Started as a learner of its own config, as a machine that joins the group.
     joins_as_learner: bool,
+    /// Whether the node starts as a founding member of the new group
+    /// (`RestoredState::founding`). Set for every node of the initial cluster, and cleared
+    /// once its storage is wiped.
+    founding: bool,
     /// Heartbeat arrivals per peer, when the run uses failure detectors; lost on a crash
     /// like the rest of the runtime's memory.
     detectors: BTreeMap<NodeId, PhiAccrualDetector>,
@@ -338,6 +342,7 @@ impl Simulation {
                 received_snapshot: None,
                 first_live_incarnation: 0,
                 joins_as_learner: false,
+                founding: true,
                 detectors: BTreeMap::new(),
                 suspicion_ticks: BTreeMap::new(),
             })
@@ -741,7 +746,7 @@ impl Simulation {
         sim_node.suspicion_ticks.clear();
         // The state machine starts from the stored snapshot, or empty, and is rebuilt by
         // applying the log after it.
-        let restored = sim_node.durable.restore();
+        let restored = sim_node.durable.restore(sim_node.founding);
         let raft = match RaftNode::new(config, restored.clone()) {
             Ok(raft) => raft,
             Err(error) => {
@@ -1547,11 +1552,14 @@ impl Simulation {
     }
 
     /// Wipes a stopped node's storage, as when its disk is replaced; the messages its
-    /// earlier incarnations sent are lost with their connections.
+    /// earlier incarnations sent are lost with their connections. The node then restarts as
+    /// a node that is not a founding member, as an operator restarts a wiped node, so it
+    /// catches up.
     fn wipe_storage(&mut self, node: usize) {
         let sim_node = &mut self.nodes[node];
         debug_assert!(sim_node.raft.is_none());
         sim_node.durable = DurableState::default();
+        sim_node.founding = false;
         sim_node.snapshot_state = None;
         sim_node.first_live_incarnation = sim_node.incarnation;
         self.counts.wipes += 1;
@@ -1605,7 +1613,7 @@ impl Simulation {
                 raft.membership().clone(),
             );
         }
-        let restored = sim_node.durable.clone().restore();
+        let restored = sim_node.durable.clone().restore(sim_node.founding);
         let (base_term, base_index, base_membership) = match &restored.snapshot {
             Some(snapshot) => (snapshot.term, snapshot.index, snapshot.membership.clone()),
             None => (Term(0), LogIndex(0), self.node_config(node).membership),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde::Deserialize;
-use shardraft::config::{MemberConfig, NodeConfig};
+use shardraft::config::{InitialClusterState, MemberConfig, NodeConfig};
 use shardraft::kv::KvLimits;
 use shardraft::log::StorageKind;
 use shardraft_tuning::TuningConfig;
@@ -52,6 +52,7 @@ pub struct FileConfig {
     pub segment_bytes: Option<u64>,
     pub sync_writes: Option<bool>,
     pub join: Option<bool>,
+    pub initial_cluster_state: Option<InitialClusterState>,
     pub disk_transfer: Option<bool>,
     pub disk_transfer_ratio_percent: Option<u32>,
     pub disk_transfer_window_ms: Option<u64>,
@@ -177,6 +178,15 @@ pub struct ConfigOverrides {
     /// added, the membership follows the log. [default: false]
     #[arg(long, env = "SHARDRAFT_JOIN", num_args = 0..=1, default_missing_value = "true")]
     pub join: Option<bool>,
+
+    /// `new` when this node founds a new cluster with the other members, `existing` when it
+    /// restarts after its data directory was wiped (or its `memory` storage lost) or
+    /// replaces a member. Only groups without data on this node use it, and under
+    /// `existing` they catch up before they vote or count toward commit. A wiped node restarted with
+    /// `new` counts as a founder, which can let a deposed leader commit over a newer
+    /// leader's entries. A node started with `--join` always catches up. [default: new]
+    #[arg(long, env = "SHARDRAFT_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<InitialClusterState>,
 
     /// Hand every group a shard leads to a follower when the shard's own fdatasync p99
     /// over a window exceeds disk_transfer_ratio_percent of the best follower's disk
@@ -448,6 +458,12 @@ pub fn merge(
     node.log.segment_bytes = pick!(overrides, file, segment_bytes, node.log.segment_bytes);
     node.log.sync_writes = pick!(overrides, file, sync_writes, node.log.sync_writes);
     node.join = pick!(overrides, file, join, node.join);
+    node.initial_cluster_state = pick!(
+        overrides,
+        file,
+        initial_cluster_state,
+        node.initial_cluster_state
+    );
     let disk_transfer = &mut node.disk_transfer;
     disk_transfer.enabled = pick!(overrides, file, disk_transfer, disk_transfer.enabled);
     disk_transfer.ratio_percent = pick!(
@@ -636,6 +652,40 @@ inflight_appends_max = {{ min = 4, max = 64 }}
         let config = merge(file, &overrides).expect("the config is valid");
 
         assert!(!config.node.tuning.enabled);
+    }
+
+    #[test]
+    fn cluster_state_flag_overrides_file() {
+        let text = format!("initial_cluster_state = \"existing\"\n{MEMBERS}");
+        let file: FileConfig = toml::from_str(&text).expect("the config parses");
+
+        let from_file = merge(file.clone(), &ConfigOverrides::default()).expect("valid");
+        let overrides = ConfigOverrides {
+            initial_cluster_state: Some(InitialClusterState::New),
+            ..ConfigOverrides::default()
+        };
+        let from_flag = merge(file, &overrides).expect("valid");
+
+        assert_eq!(
+            from_file.node.initial_cluster_state,
+            InitialClusterState::Existing
+        );
+        assert_eq!(
+            from_flag.node.initial_cluster_state,
+            InitialClusterState::New
+        );
+    }
+
+    #[test]
+    fn invalid_cluster_state_is_rejected() {
+        let text = format!("initial_cluster_state = \"wiped\"\n{MEMBERS}");
+
+        let error = toml::from_str::<FileConfig>(&text).expect_err("an invalid value");
+
+        let message = error.to_string();
+        assert!(message.contains("initial_cluster_state"), "{message}");
+        assert!(message.contains("\"new\""), "{message}");
+        assert!(message.contains("\"existing\""), "{message}");
     }
 
     #[test]
