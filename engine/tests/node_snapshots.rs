@@ -948,10 +948,12 @@ fn idle_group_releases_old_segments() {
     files_counted.push(segment_files(&config));
     node.shutdown().expect("shutting down");
 
-    // The limit of 4 live segments, as many retired ones kept for recycling, and what
-    // fills between two checks.
+    // The limit of 4 live segments, up to 8 retired ones kept for recycling, and what
+    // fills between two checks and while a snapshot is built in the background. A loaded
+    // machine delays the checks and the snapshots: 18 files were counted once beside a
+    // build. Without the limit the idle group keeps about 125.
     let files_max = files_counted.iter().copied().max().unwrap_or(0);
-    assert!(files_max <= 16, "segment files counted: {files_counted:?}");
+    assert!(files_max <= 24, "segment files counted: {files_counted:?}");
 
     let node = start_node(&config);
     let handle = node.handle();
