@@ -642,6 +642,8 @@ async fn measure_all(
             write_bytes_mean: outcome.write_bytes_mean(),
             latency: LatencySummary::from_nanos(&outcome.latency_nanos),
             thread_cpu_share: outcome.thread_cpu_share(),
+            log_write_micros_mean: outcome.write_micros_mean(),
+            log_sync_micros_mean: outcome.sync_micros_mean(),
             device: device_sample,
             device_back_to_back,
             sequential_beside,

@@ -56,6 +56,10 @@ pub struct CellReport {
     pub latency: LatencySummary,
     /// CPU time of the executor's thread as a share of wall time.
     pub thread_cpu_share: Option<f64>,
+    /// Mean time of one batch write and of the fdatasync after it, as the log's own tasks
+    /// saw them: the device's time plus the wait until the executor noticed completion.
+    pub log_write_micros_mean: Option<f64>,
+    pub log_sync_micros_mean: Option<f64>,
     /// The device alone at the cell's load: writes of `write_bytes_mean` rounded up to a
     /// block, each followed by fdatasync, paced at the cell's rate of writes.
     pub device: DeviceSample,
@@ -339,6 +343,8 @@ mod tests {
                 max_micros: 200.0,
             },
             thread_cpu_share: None,
+            log_write_micros_mean: None,
+            log_sync_micros_mean: None,
             device: device(4096, 10.0, 100.0),
             device_back_to_back: device(4096, 20.0, 50.0),
             sequential_beside: None,

@@ -67,6 +67,12 @@ pub struct LoadOutcome {
     pub elapsed: Duration,
     /// CPU time of the executor's thread, `None` where the platform does not report it.
     pub thread_cpu: Option<Duration>,
+    /// Batch writes the log completed, and the time they took in total, from submission
+    /// to completion as the log's task saw it.
+    pub batches: u64,
+    pub write_micros_total: u64,
+    /// Time the fdatasyncs after batch writes took in total, as the log's task saw it.
+    pub sync_micros_total: u64,
     /// Latency from `submit` to the durable report, in nanoseconds, one sample per
     /// submission.
     pub latency_nanos: Histogram<u64>,
@@ -80,6 +86,18 @@ impl LoadOutcome {
     /// Entry payload made durable per second, in MiB.
     pub fn payload_mib_per_sec(&self, entry_bytes: usize) -> f64 {
         (self.entries * entry_bytes as u64) as f64 / MIB / self.elapsed.as_secs_f64()
+    }
+
+    /// Mean time of one batch write as the log saw it, which includes the time until the
+    /// executor noticed its completion; `None` without batches.
+    pub fn write_micros_mean(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.write_micros_total as f64 / self.batches as f64)
+    }
+
+    /// Mean time of the fdatasync after a batch write as the log saw it; `None` without
+    /// batches.
+    pub fn sync_micros_mean(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.sync_micros_total as f64 / self.batches as f64)
     }
 
     pub fn entries_per_sync(&self) -> f64 {
@@ -328,6 +346,9 @@ impl Snapshot {
             written_bytes: self.stats.bytes - before.stats.bytes,
             elapsed: self.at - before.at,
             thread_cpu,
+            batches: self.stats.batches - before.stats.batches,
+            write_micros_total: self.stats.write_micros_total - before.stats.write_micros_total,
+            sync_micros_total: self.stats.sync_micros_total - before.stats.sync_micros_total,
             latency_nanos,
         }
     }
