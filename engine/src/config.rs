@@ -45,9 +45,9 @@ pub enum InitialClusterState {
     #[default]
     New,
     /// A node that replaces a member, lost its data directory, or restarted on `memory`
-    /// storage. Each group without durable state catches up, so it votes for no candidate
-    /// with a log and its acknowledgements do not count until it has stored a leader's
-    /// committed log (`RaftNode::is_catching_up`).
+    /// storage. Each group without durable state catches up: it votes for no candidate
+    /// with a log until it has stored a leader's committed log (`RaftNode::is_catching_up`),
+    /// and a leader counts its acknowledgements only after confirming its own term.
     Existing,
 }
 

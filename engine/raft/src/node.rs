@@ -79,8 +79,7 @@ pub struct RestoredState {
     pub applied: LogIndex,
     /// Set when storage records that this replica was catching up (see
     /// [`RaftNode::is_catching_up`]) and no `Ready` with `catch_up_ended` became durable
-    /// since. A replica without any durable state catches up even when this is false,
-    /// unless `founding` is set.
+    /// since. A replica without any durable state catches up even when this is false.
     pub catching_up: bool,
     /// Set when this replica is a founding member of a new group, started with the group's
     /// initial membership. A founding replica without durable state still catches up
