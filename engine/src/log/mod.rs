@@ -51,18 +51,22 @@ pub use memory::{MemoryLog, MemoryVolume};
 pub use recovery::prime_direct_io;
 
 /// Bytes of glommio I/O memory (`LocalExecutorBuilder::io_memory`) for an executor that
-/// hosts a disk log with `config`: room for 16 staging buffers of `flush_bytes_max`, and no
-/// less than glommio's default of 10 MiB.
+/// hosts a log with `config`: room for 16 staging buffers of `flush_bytes_max`, and no
+/// less than glommio's default of 10 MiB, which is what a memory log gets.
 ///
 /// The log stages and writes its batches in this memory, which glommio allocates once and
 /// registers with the ring. The batches written but not yet synced, the one being written
 /// and those filling behind them take up to about eight buffers under load. A buffer that
 /// does not fit comes from the heap, whose memory is often returned to the kernel between
-/// batches and must be faulted in and zeroed again on the next use. The memory is reserved
-/// but only touched as buffers are used.
+/// batches and must be faulted in and zeroed again on the next use. glommio registers the
+/// memory with its rings where CAP_IPC_LOCK or the memlock limit allows it, and then the
+/// kernel pins all of it at start. Otherwise pages are touched only as buffers use them.
 pub fn io_memory_bytes(config: &LogConfig) -> usize {
     const GLOMMIO_DEFAULT_IO_MEMORY_BYTES: usize = 10 << 20;
     const STAGING_BUFFERS: usize = 16;
+    if config.storage == StorageKind::Memory {
+        return GLOMMIO_DEFAULT_IO_MEMORY_BYTES;
+    }
     let buffer_bytes = (config.flush_bytes_max as usize).next_power_of_two();
     STAGING_BUFFERS
         .saturating_mul(buffer_bytes)
@@ -343,5 +347,36 @@ impl LogStore for Log {
 
     async fn close(&self) -> Result<(), StorageError> {
         delegate!(self, log => log.close().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_memory_fits_sixteen_staging_buffers() {
+        const MIB: u64 = 1 << 20;
+        let disk = |flush_bytes_max| LogConfig {
+            flush_bytes_max,
+            ..LogConfig::default()
+        };
+
+        assert_eq!(io_memory_bytes(&disk(MIB)), 16 << 20);
+        assert_eq!(io_memory_bytes(&disk(4 * MIB)), 64 << 20);
+        // Buffers are powers of two, so 1.5 MiB takes 2 MiB.
+        assert_eq!(io_memory_bytes(&disk(3 * MIB / 2)), 32 << 20);
+        // Never below glommio's default.
+        assert_eq!(io_memory_bytes(&disk(64 << 10)), 10 << 20);
+    }
+
+    #[test]
+    fn memory_log_keeps_default_io_memory() {
+        let config = LogConfig {
+            storage: StorageKind::Memory,
+            ..LogConfig::default()
+        };
+
+        assert_eq!(io_memory_bytes(&config), 10 << 20);
     }
 }
