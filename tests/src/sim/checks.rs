@@ -101,13 +101,15 @@ pub struct SafetyChecker {
 
 impl SafetyChecker {
     /// Starts mirroring `node` from its durable state after a start or a restart: the
-    /// snapshot at `base` (index and term), if any, and the log after it.
+    /// snapshot at `base` (index and term), if any, the log after it, and `durable_term`.
     pub fn restore(
         &mut self,
         node: NodeId,
         base: Option<(LogIndex, Term)>,
         durable: &[Entry],
+        durable_term: Term,
     ) -> Result<(), Violation> {
+        self.forget_lost_terms(node, durable_term);
         let mut log = MirroredLog::default();
         if let Some((index, term)) = base {
             let chain = self.snapshot_chain(node, index, term)?;
@@ -116,6 +118,41 @@ impl SafetyChecker {
         self.next_apply.insert(node, log.base_index.next());
         self.logs.insert(node, log);
         self.append(node, durable)
+    }
+
+    /// Forgets the positions of entries in terms after `durable_term` that only `node`'s
+    /// previous log held. A replica that crashed before its term became durable restarts
+    /// in an older term, and a single voter may then lead the lost term again, with other
+    /// entries at the same indexes. The lost entries were never durable. Where no other
+    /// log received them, no log contains them any more, and log matching has nothing to
+    /// compare the new ones with. A position that another log still contains is kept, so a
+    /// different entry there is still a violation.
+    fn forget_lost_terms(&mut self, node: NodeId, durable_term: Term) {
+        let Some(previous) = self.logs.get(&node) else {
+            return;
+        };
+        let lost: Vec<(LogIndex, Term, u64)> = previous
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (term, _))| *term > durable_term)
+            .map(|(offset, (term, chain))| {
+                (
+                    LogIndex(previous.base_index.0 + offset as u64 + 1),
+                    *term,
+                    *chain,
+                )
+            })
+            .collect();
+        for (index, term, chain) in lost {
+            let held_elsewhere = self
+                .logs
+                .iter()
+                .any(|(other, log)| *other != node && log.chain_at(index) == Some(chain));
+            if !held_elsewhere && self.chain_by_position.get(&(index, term)) == Some(&chain) {
+                self.chain_by_position.remove(&(index, term));
+            }
+        }
     }
 
     /// Records that `node` installed a snapshot at (`index`, `term`) from a leader: its log

@@ -773,7 +773,8 @@ impl Simulation {
             .snapshot
             .as_ref()
             .map(|snapshot| (snapshot.index, snapshot.term));
-        self.checker.restore(id, base, &restored.entries)?;
+        self.checker
+            .restore(id, base, &restored.entries, restored.hard_state.term)?;
         self.schedule_event(first_tick_us, Event::Tick { node, incarnation });
         Ok(())
     }
