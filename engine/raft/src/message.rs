@@ -119,6 +119,12 @@ impl MessageBody {
     /// when it responded, which stays true even if a crash loses that term, and whether it
     /// was catching up, which a crash can only turn back on. Every message
     /// that reports a vote or log contents must wait for those to be durable.
+    ///
+    /// TODO: a single voter elects itself without a message, so its new term may not be
+    /// durable yet when it replicates to a learner. After a crash it restarts in the older
+    /// term and can lead the same term again with other entries, which the learner would
+    /// take for the ones it holds. Holding a leader's first messages of a term until the
+    /// term is durable would close this.
     pub fn may_send_before_persist(&self) -> bool {
         match self {
             MessageBody::AppendEntries { .. }
