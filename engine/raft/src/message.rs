@@ -72,7 +72,7 @@ pub enum MessageBody {
     },
     HeartbeatResponse {
         read_round: Option<u64>,
-        /// Set while the sender is catching up; see `AppendEntriesResponse`.
+        /// Set while the sender is catching up (see `AppendEntriesResponse`).
         catching_up: bool,
     },
     /// Replaces the receiver's log up to `snapshot.index` with the snapshot that the
