@@ -13,8 +13,9 @@ use shardraft_raft::Entry;
 use super::GroupId;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
 
-/// Payload capacity of a staging buffer before any batch was written, and its minimum: with
-/// the batch header, 64 KiB.
+/// Smallest payload capacity of a staging buffer: with the batch header, 64 KiB. The log
+/// gives each buffer room for a whole batch of `flush_bytes_max`, and this much when that
+/// setting is smaller.
 pub(crate) const STAGING_PAYLOAD_BYTES_MIN: usize = 64 * 1024 - BATCH_HEADER_BYTES;
 
 #[derive(Debug)]
