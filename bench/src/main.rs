@@ -135,6 +135,17 @@ struct LogArgs {
     #[arg(long, default_value_t = 1024)]
     bandwidth_appenders: usize,
 
+    /// Appenders of a second extra cell of 4 KiB entries for the bandwidth goal, each
+    /// submitting `--batched-bandwidth-entries-per-submit` entries at once, like the Raft
+    /// groups of a loaded shard whose `Ready` each carry several entries. Run when
+    /// `--sizes` includes 4096; 0 adds no cell.
+    #[arg(long, default_value_t = 64)]
+    batched_bandwidth_appenders: usize,
+
+    /// Entries per submission in the batched bandwidth cell.
+    #[arg(long, default_value_t = 16)]
+    batched_bandwidth_entries_per_submit: usize,
+
     /// Entries per submission in extra cells for the smallest entry size at every appender
     /// count, like a Raft leader whose Ready carries many entries. 1 adds no cells.
     #[arg(long, default_value_t = 64)]
@@ -410,7 +421,8 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
 
 /// Lists the cells to run: every size at every appender count with one entry per submission,
 /// then the smallest size with `entries_per_submit` entries per submission, then, when the
-/// sizes include 4 KiB, 4 KiB entries with `bandwidth_appenders` appenders.
+/// sizes include 4 KiB, 4 KiB entries with `bandwidth_appenders` appenders, and with
+/// `batched_bandwidth_appenders` appenders of several entries per submission.
 fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
     anyhow::ensure!(
         !args.sizes.is_empty() && args.sizes.iter().all(|&size| size > 0),
@@ -423,6 +435,10 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
     anyhow::ensure!(
         args.entries_per_submit > 0,
         "--entries-per-submit must be at least 1"
+    );
+    anyhow::ensure!(
+        args.batched_bandwidth_entries_per_submit > 0,
+        "--batched-bandwidth-entries-per-submit must be at least 1"
     );
     let mut specs = Vec::new();
     for &entry_bytes in &args.sizes {
@@ -457,6 +473,17 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
             entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
             appenders: args.bandwidth_appenders,
             entries_per_submit: 1,
+            compact_every_entries: args.compact_every_entries,
+            compact_every_bytes: args.compact_every_bytes,
+            payload: args.payload,
+        };
+        specs.push((spec, CellRole::Bandwidth));
+    }
+    if args.batched_bandwidth_appenders > 0 && args.sizes.contains(&goals::BANDWIDTH_ENTRY_BYTES) {
+        let spec = LoadSpec {
+            entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
+            appenders: args.batched_bandwidth_appenders,
+            entries_per_submit: args.batched_bandwidth_entries_per_submit,
             compact_every_entries: args.compact_every_entries,
             compact_every_bytes: args.compact_every_bytes,
             payload: args.payload,
@@ -768,16 +795,22 @@ mod tests {
     }
 
     #[test]
-    fn default_log_cells_end_with_the_bandwidth_cell() {
+    fn default_log_cells_end_with_the_bandwidth_cells() {
         let specs = load_specs(&log_args(&[])).unwrap();
         let roles: Vec<CellRole> = specs.iter().map(|(_, role)| *role).collect();
-        assert_eq!(roles.len(), 13, "9 grid, 3 batched, 1 bandwidth cells");
+        assert_eq!(roles.len(), 14, "9 grid, 3 batched, 2 bandwidth cells");
         assert!(roles[..9].iter().all(|role| *role == CellRole::Grid));
         assert!(roles[9..12].iter().all(|role| *role == CellRole::Batched));
         let (bandwidth, role) = specs[12];
         assert_eq!(role, CellRole::Bandwidth);
         assert_eq!(bandwidth.entry_bytes, 4096);
         assert_eq!(bandwidth.appenders, 1024);
+        assert_eq!(bandwidth.entries_per_submit, 1);
+        let (batched, role) = specs[13];
+        assert_eq!(role, CellRole::Bandwidth);
+        assert_eq!(batched.entry_bytes, 4096);
+        assert_eq!(batched.appenders, 64);
+        assert_eq!(batched.entries_per_submit, 16);
         assert!(
             specs
                 .iter()
@@ -793,11 +826,29 @@ mod tests {
                 .iter()
                 .all(|(_, role)| *role != CellRole::Bandwidth)
         );
-        let turned_off = load_specs(&log_args(&["--bandwidth-appenders", "0"])).unwrap();
+        let turned_off = load_specs(&log_args(&[
+            "--bandwidth-appenders",
+            "0",
+            "--batched-bandwidth-appenders",
+            "0",
+        ]))
+        .unwrap();
         assert!(
             turned_off
                 .iter()
                 .all(|(_, role)| *role != CellRole::Bandwidth)
+        );
+        let batched_only = load_specs(&log_args(&["--bandwidth-appenders", "0"])).unwrap();
+        let bandwidth: Vec<&LoadSpec> = batched_only
+            .iter()
+            .filter(|(_, role)| *role == CellRole::Bandwidth)
+            .map(|(spec, _)| spec)
+            .collect();
+        assert_eq!(bandwidth.len(), 1);
+        assert_eq!(bandwidth[0].entries_per_submit, 16);
+        assert!(
+            load_specs(&log_args(&["--batched-bandwidth-entries-per-submit", "0"])).is_err(),
+            "zero entries per submission is rejected"
         );
     }
 }

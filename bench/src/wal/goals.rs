@@ -1,7 +1,8 @@
 //! The write-ahead log's performance goals, checked against measured figures:
 //!
 //! 1. Bandwidth: 4 KiB entries reach at least 80 % of the device's sequential DMA bandwidth
-//!    (large writes, each followed by fdatasync) at the best appender count. The device's
+//!    (large writes, each followed by fdatasync) in the best cell of 4 KiB entries, with
+//!    one or several entries per submission; the best with one is reported too. The device's
 //!    bandwidth drifts by several times within minutes on shared disks, so it is sampled
 //!    at the start of the run and beside each 4 KiB cell, and the fastest sample counts.
 //! 2. Small entries: at least 1,000,000 16-byte entries per second on one core, with at
@@ -35,10 +36,11 @@ pub enum CellRole {
     Grid,
     /// Several entries per submission, like a Raft leader's `Ready`.
     Batched,
-    /// 4 KiB entries from more appenders than one batch holds, so that one batch is
-    /// written while others sync and the next fills: the log's best bandwidth. Several
+    /// 4 KiB entries from more appenders, or more entries per submission, than one batch
+    /// holds, so that one batch is written while others sync and the next fills: the
+    /// log's best bandwidth, with one entry per submission and with several. Several
     /// batches are in flight, so the device alone one write at a time is no reference for
-    /// its latency, and the latency goal leaves it out.
+    /// its latency, and the latency goal leaves these cells out.
     Bandwidth,
 }
 
@@ -137,13 +139,30 @@ pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalR
         },
     );
     let share = best.payload_mib_per_sec / reference.mib_per_sec;
+    // A Raft shard under load hands the log several entries per submission, and the goal
+    // counts such cells; the best with one entry each shows the cost per submission.
+    let single = cells
+        .iter()
+        .filter(|cell| {
+            cell.spec.entry_bytes == BANDWIDTH_ENTRY_BYTES && cell.spec.entries_per_submit == 1
+        })
+        .max_by(|a, b| a.payload_mib_per_sec.total_cmp(&b.payload_mib_per_sec));
+    let single = match single {
+        Some(cell) if best.spec.entries_per_submit > 1 => format!(
+            "; with one entry per submission: {:.1} MiB/s with {} appenders, {:.1} %",
+            cell.payload_mib_per_sec,
+            cell.spec.appenders,
+            cell.payload_mib_per_sec / reference.mib_per_sec * 100.0
+        ),
+        _ => String::new(),
+    };
     GoalReport {
         goal,
         verdict: verdict(share >= BANDWIDTH_SHARE_MIN),
         detail: format!(
             "{:.1} MiB/s of payload with {} appenders x {} entries per submission is {:.1} % \
              of the device's {:.1} MiB/s with {} writes, its fastest sample in this run (at \
-             the start: {:.1} MiB/s) (goal: at least {:.0} %)",
+             the start: {:.1} MiB/s) (goal: at least {:.0} %){single}",
             best.payload_mib_per_sec,
             best.spec.appenders,
             best.spec.entries_per_submit,
@@ -260,8 +279,9 @@ pub fn check_latency(cells: &[CellReport]) -> GoalReport {
         .filter(|cell| cell.role == CellRole::Bandwidth)
         .map(|cell| {
             format!(
-                "{} appenders of {} entries, {:.2}x",
+                "{} appenders x {} {} entries, {:.2}x",
                 cell.spec.appenders,
+                cell.spec.entries_per_submit,
                 super::format_bytes(cell.spec.entry_bytes as u64),
                 cell.latency_ratio()
             )
@@ -364,6 +384,30 @@ mod tests {
 
         assert_eq!(report.verdict, Verdict::Pass);
         assert!(report.detail.contains("85.0 %"), "{}", report.detail);
+    }
+
+    #[test]
+    fn bandwidth_counts_batched_cells_and_names_the_single_entry_best() {
+        let mut single = cell(4096, 1024, 1);
+        single.payload_mib_per_sec = 600.0;
+        let mut batched = cell(4096, 64, 16);
+        batched.payload_mib_per_sec = 820.0;
+
+        let report = check_bandwidth(&[single, batched], &device(1 << 20, 1000.0, 1.0));
+
+        assert_eq!(report.verdict, Verdict::Pass, "{}", report.detail);
+        assert!(
+            report.detail.contains("64 appenders x 16"),
+            "{}",
+            report.detail
+        );
+        assert!(
+            report
+                .detail
+                .contains("with one entry per submission: 600.0 MiB/s with 1024 appenders, 60.0 %"),
+            "{}",
+            report.detail
+        );
     }
 
     #[test]
@@ -493,7 +537,7 @@ mod tests {
         assert!(
             report
                 .detail
-                .contains("1024 appenders of 4 KiB entries, 4.00x"),
+                .contains("1024 appenders x 1 4 KiB entries, 4.00x"),
             "{}",
             report.detail
         );
