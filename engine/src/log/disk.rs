@@ -479,6 +479,11 @@ impl DiskLog {
         });
         let next_seq = shared.state.borrow().active_seq + 1;
         start_preparing(&shared, next_seq);
+        // TODO: run the log's tasks in a task queue with `Latency::Matters` once glommio
+        // keeps its timers there. Its completions then preempt the tasks that submit, and
+        // one 4 KiB entry per submission reached 80 % of the device instead of about 55 %.
+        // glommio 0.9 parked the executor for seconds with timers due, though (see
+        // bench/BENCHMARKS.md, "Full staging buffers and a batched bandwidth cell").
         glommio::spawn_local(run_flusher(Rc::clone(&shared))).detach();
         Ok(DiskLog { shared })
     }
