@@ -494,13 +494,14 @@ fn set_synced_through(bytes: &mut [u8], offset: u64, synced_through_seq: u64) {
 /// crash can leave a damaged batch behind complete later ones. When the later batches'
 /// headers say the damaged one was not yet synced, none of them was acknowledged: all are
 /// truncated, and the log keeps the batches before the damaged one. The damaged batch is
-/// the second-, third- and fourth-to-last, as deep as the writer's pipeline reaches.
+/// each of the second- to the sixth-to-last, as deep as the writer's pipeline reaches: up
+/// to five batches unsynced behind the one being placed.
 #[test]
 fn unsynced_damaged_run_is_truncated() {
     run(async {
         let scenario = build_scenario("damaged-unsynced-run").await;
         let original = scenario.segment_bytes();
-        for later_batches in 1..=3 {
+        for later_batches in 1..=5 {
             let damaged_position = scenario.batches.len() - 1 - later_batches;
             let damaged_extent = scenario.batches[damaged_position];
             let damaged_seq =

@@ -327,7 +327,7 @@ struct Shared {
 
 /// Wakers of the tasks in [`LogStore::wait_durable`], each with the submission number it
 /// waits to see passed. A published batch wakes only the waiters it satisfies. With one
-/// shared signal, 1024 appenders with four batches in flight all woke for every batch and
+/// shared signal, 1024 appenders with four batches in flight (three unsynced) all woke for every batch and
 /// three in four went back to sleep. Waking only the satisfied ones cut the log thread's
 /// CPU time per 4 KiB entry by about 12 % in the `log_appenders` example.
 #[derive(Debug, Default)]
@@ -1018,11 +1018,14 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
 /// to this many batches run while the next is placed. With one, a burst of closed-loop
 /// appenders larger than a batch left both the thread and the device idle part of the
 /// time. The next write waited for a sync, and the executor saw the sync complete only
-/// after its current round of staging (see bench/BENCHMARKS.md). Seven instead of three
-/// cost more CPU time per entry and gave no more bandwidth. Recovery does not depend on the
-/// depth: every batch header names the newest synced batch, and a damaged batch that no
-/// later header names as synced is truncated with everything after it (see `recovery`).
-const UNSYNCED_BATCHES_MAX: u64 = 3;
+/// after its current round of staging (see bench/BENCHMARKS.md). Five instead of three
+/// raised the bandwidth of 4 KiB entries by a fifth on the development VM, where each
+/// write and fdatasync took about twice as long with four batches in flight as alone; seven
+/// gave no more. Recovery does not depend on the depth: every batch header names the newest
+/// synced batch, and a damaged batch that no later header names as synced is truncated with
+/// everything after it (see `recovery`). The depth bounds how many batches at the end of
+/// the log recovery cannot tell from a torn tail.
+const UNSYNCED_BATCHES_MAX: u64 = 5;
 
 async fn run_flusher(shared: Rc<Shared>) {
     loop {
