@@ -1018,10 +1018,10 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
 /// to this many batches run while the next is placed. With one, a burst of closed-loop
 /// appenders larger than a batch left both the thread and the device idle part of the
 /// time. The next write waited for a sync, and the executor saw the sync complete only
-/// after its current round of staging (see bench/BENCHMARKS.md). Five instead of three
-/// raised the bandwidth of 4 KiB entries by a fifth on the development VM, where each
-/// write and fdatasync took about twice as long with four batches in flight as alone; seven
-/// gave no more. Recovery does not depend on the depth: every batch header names the newest
+/// after its current round of staging (see bench/BENCHMARKS.md). On the development VM each
+/// write and fdatasync took about twice as long with four batches in flight as alone, so
+/// five instead of three raised the bandwidth of 4 KiB entries by a fifth. Seven gave no
+/// more. Recovery does not depend on the depth: every batch header names the newest
 /// synced batch, and a damaged batch that no later header names as synced is truncated with
 /// everything after it (see `recovery`). The depth bounds how many batches at the end of
 /// the log recovery cannot tell from a torn tail.
