@@ -327,9 +327,10 @@ struct Shared {
 
 /// Wakers of the tasks in [`LogStore::wait_durable`], each with the submission number it
 /// waits to see passed. A published batch wakes only the waiters it satisfies. With one
-/// shared signal, 1024 appenders with four batches in flight (three unsynced) all woke for every batch and
-/// three in four went back to sleep. Waking only the satisfied ones cut the log thread's
-/// CPU time per 4 KiB entry by about 12 % in the `log_appenders` example.
+/// shared signal, 1024 appenders with four batches in flight (three of them unsynced) all
+/// woke for every batch, and three in four went back to sleep. Waking only the satisfied
+/// ones cut the log thread's CPU time per 4 KiB entry by about 12 % in the `log_appenders`
+/// example.
 #[derive(Debug, Default)]
 struct DurableWaiters {
     /// The number each waiter waits to see passed, and its waker, in no order.
