@@ -2,9 +2,10 @@
 //!
 //! 1. Bandwidth: 4 KiB entries reach at least 80 % of the device's sequential DMA bandwidth
 //!    (large writes, each followed by fdatasync) in the best cell of 4 KiB entries, with
-//!    one or several entries per submission; the best with one is reported too. The device's
-//!    bandwidth drifts by several times within minutes on shared disks, so it is sampled
-//!    at the start of the run and beside each 4 KiB cell, and the fastest sample counts.
+//!    one or several entries per submission. The report names the best with one too. The
+//!    device's bandwidth drifts by several times within minutes on shared disks, so it is
+//!    sampled at the start of the run and beside each 4 KiB cell, and the fastest sample
+//!    counts.
 //! 2. Small entries: at least 1,000,000 16-byte entries per second on one core, with at
 //!    least 100 entries sharing each fdatasync.
 //! 3. Latency: the p99 append-to-durable latency stays within 2 times the device's own
@@ -139,8 +140,8 @@ pub fn check_bandwidth(cells: &[CellReport], sequential: &DeviceSample) -> GoalR
         },
     );
     let share = best.payload_mib_per_sec / reference.mib_per_sec;
-    // A Raft shard under load hands the log several entries per submission, and the goal
-    // counts such cells; the best with one entry each shows the cost per submission.
+    // A Raft shard under load hands the log several entries per submission, so the goal
+    // counts such cells. The best with one entry each shows the cost per submission.
     let single = cells
         .iter()
         .filter(|cell| {
@@ -387,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_counts_batched_cells_and_names_the_single_entry_best() {
+    fn bandwidth_counts_batched_cells() {
         let mut single = cell(4096, 1024, 1);
         single.payload_mib_per_sec = 600.0;
         let mut batched = cell(4096, 64, 16);

@@ -480,11 +480,9 @@ impl DiskLog {
         });
         let next_seq = shared.state.borrow().active_seq + 1;
         start_preparing(&shared, next_seq);
-        // TODO: run the log's tasks in a task queue with `Latency::Matters` once glommio
-        // keeps its timers there. Its completions then preempt the tasks that submit, and
-        // one 4 KiB entry per submission reached 80 % of the device instead of about 55 %.
-        // glommio 0.9 parked the executor for seconds with timers due, though (see
-        // bench/BENCHMARKS.md, "Full staging buffers and a batched bandwidth cell").
+        // TODO: run the log's tasks in a `Latency::Matters` task queue once glommio keeps
+        // its timers there: one 4 KiB entry per submission then reached 80 % of the device
+        // instead of 55 %, but glommio 0.9 parked the executor for seconds with timers due.
         glommio::spawn_local(run_flusher(Rc::clone(&shared))).detach();
         Ok(DiskLog { shared })
     }
@@ -602,11 +600,9 @@ impl LogStore for DiskLog {
         };
         if start_new {
             let appended = state.spare_append_lists.pop().unwrap_or_default();
-            // Every staging buffer takes a full batch. With capacity for twice the last
-            // batch, a small batch placed as soon as the device was free made the next
-            // buffer grow twice over, and the copies took 6 % of the thread at 4 KiB x 1024
-            // appenders. A buffer of `flush_bytes_max` costs nothing but room in the I/O
-            // memory reserved for 16 of them.
+            // Room for a whole batch from the start: a buffer sized at twice the last batch
+            // grew, copying its records, after each small batch (6 % of the thread at 4 KiB
+            // x 1024 appenders). The I/O memory holds 16 such buffers.
             let capacity = (self.shared.config.flush_bytes_max as usize)
                 .saturating_sub(BATCH_HEADER_BYTES)
                 .max(STAGING_PAYLOAD_BYTES_MIN)
