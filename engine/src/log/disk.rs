@@ -481,8 +481,8 @@ impl DiskLog {
         let next_seq = shared.state.borrow().active_seq + 1;
         start_preparing(&shared, next_seq);
         // TODO: run the log's tasks in a `Latency::Matters` task queue once glommio keeps
-        // its timers there: one 4 KiB entry per submission then reached 80 % of the device
-        // instead of 55 %, but glommio 0.9 parked the executor for seconds with timers due.
+        // its timers there. One 4 KiB entry per submission then reached 80 % of the device
+        // instead of 55 %. But glommio 0.9 parked the executor for seconds with timers due.
         glommio::spawn_local(run_flusher(Rc::clone(&shared))).detach();
         Ok(DiskLog { shared })
     }
@@ -602,7 +602,7 @@ impl LogStore for DiskLog {
             let appended = state.spare_append_lists.pop().unwrap_or_default();
             // Room for a whole batch from the start: a buffer sized at twice the last batch
             // grew, copying its records, after each small batch (6 % of the thread at 4 KiB
-            // x 1024 appenders). The I/O memory holds 16 such buffers.
+            // x 1024 appenders). The I/O memory has room for 16 such buffers.
             let capacity = (self.shared.config.flush_bytes_max as usize)
                 .saturating_sub(BATCH_HEADER_BYTES)
                 .max(STAGING_PAYLOAD_BYTES_MIN)
