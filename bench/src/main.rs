@@ -440,55 +440,42 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
         args.batched_bandwidth_entries_per_submit > 0,
         "--batched-bandwidth-entries-per-submit must be at least 1"
     );
+    // Every cell compacts and fills its payloads the same way; only these three differ.
+    let spec = |entry_bytes: usize, appenders: usize, entries_per_submit: usize| LoadSpec {
+        entry_bytes,
+        appenders,
+        entries_per_submit,
+        compact_every_entries: args.compact_every_entries,
+        compact_every_bytes: args.compact_every_bytes,
+        payload: args.payload,
+    };
     let mut specs = Vec::new();
     for &entry_bytes in &args.sizes {
         for &appenders in &args.appenders {
-            let spec = LoadSpec {
-                entry_bytes,
-                appenders,
-                entries_per_submit: 1,
-                compact_every_entries: args.compact_every_entries,
-                compact_every_bytes: args.compact_every_bytes,
-                payload: args.payload,
-            };
-            specs.push((spec, CellRole::Grid));
+            specs.push((spec(entry_bytes, appenders, 1), CellRole::Grid));
         }
     }
     if args.entries_per_submit > 1 {
         let smallest = args.sizes.iter().copied().min().unwrap_or(1);
         for &appenders in &args.appenders {
-            let spec = LoadSpec {
-                entry_bytes: smallest,
-                appenders,
-                entries_per_submit: args.entries_per_submit,
-                compact_every_entries: args.compact_every_entries,
-                compact_every_bytes: args.compact_every_bytes,
-                payload: args.payload,
-            };
-            specs.push((spec, CellRole::Batched));
+            let batched = spec(smallest, appenders, args.entries_per_submit);
+            specs.push((batched, CellRole::Batched));
         }
     }
-    if args.bandwidth_appenders > 0 && args.sizes.contains(&goals::BANDWIDTH_ENTRY_BYTES) {
-        let spec = LoadSpec {
-            entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
-            appenders: args.bandwidth_appenders,
-            entries_per_submit: 1,
-            compact_every_entries: args.compact_every_entries,
-            compact_every_bytes: args.compact_every_bytes,
-            payload: args.payload,
-        };
-        specs.push((spec, CellRole::Bandwidth));
-    }
-    if args.batched_bandwidth_appenders > 0 && args.sizes.contains(&goals::BANDWIDTH_ENTRY_BYTES) {
-        let spec = LoadSpec {
-            entry_bytes: goals::BANDWIDTH_ENTRY_BYTES,
-            appenders: args.batched_bandwidth_appenders,
-            entries_per_submit: args.batched_bandwidth_entries_per_submit,
-            compact_every_entries: args.compact_every_entries,
-            compact_every_bytes: args.compact_every_bytes,
-            payload: args.payload,
-        };
-        specs.push((spec, CellRole::Bandwidth));
+    if args.sizes.contains(&goals::BANDWIDTH_ENTRY_BYTES) {
+        let bandwidth_cells = [
+            (args.bandwidth_appenders, 1),
+            (
+                args.batched_bandwidth_appenders,
+                args.batched_bandwidth_entries_per_submit,
+            ),
+        ];
+        for (appenders, entries_per_submit) in bandwidth_cells {
+            if appenders > 0 {
+                let bandwidth = spec(goals::BANDWIDTH_ENTRY_BYTES, appenders, entries_per_submit);
+                specs.push((bandwidth, CellRole::Bandwidth));
+            }
+        }
     }
     Ok(specs)
 }
