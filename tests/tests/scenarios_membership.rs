@@ -932,6 +932,74 @@ fn silent_learner_is_not_promoted() {
 }
 
 #[test]
+fn single_voter_replicates_after_term_durable() {
+    // A single voter elects itself without a message. If its first messages of the new
+    // term left before the term was durable, a crash would restart it in the previous
+    // term. It would then lead the same term again with other entries at the same indexes.
+    // The learner would keep the first entries, whose term matches, and apply other
+    // commands than the voter.
+    let mut cluster = Cluster::builder(1).learners(1).build();
+    cluster.elect(1, ELECTION_TICKS);
+    cluster.propose_and_commit("before");
+    cluster.crash(1);
+    cluster.restart(1);
+    assert_eq!(cluster.node(1).term(), Term(1));
+
+    cluster.pause_persistence(1);
+    cluster.win_election(1, ELECTION_TICKS);
+    assert_eq!(cluster.node(1).term(), Term(2));
+    cluster
+        .node_mut(1)
+        .propose(Bytes::from_static(b"lost"))
+        .expect("the leader takes the proposal");
+    cluster.process_all_readies();
+    let early: Vec<String> = cluster
+        .queued()
+        .filter(|message| message.from == NodeId(1) && message.term == Term(2))
+        .map(|message| message.body.kind_name().to_string())
+        .collect();
+    assert!(
+        early.is_empty(),
+        "node 1 sent {early:?} in term 2 before term 2 was durable"
+    );
+    cluster.stabilize();
+    assert_eq!(
+        cluster.durable(2).terms(),
+        vec![1, 1],
+        "the learner stored entries of the undurable term"
+    );
+
+    cluster.crash(1);
+    cluster.restart(1);
+    assert_eq!(cluster.node(1).term(), Term(1), "term 2 was never durable");
+    cluster.elect(1, ELECTION_TICKS);
+    assert_eq!(cluster.node(1).term(), Term(2), "node 1 leads term 2 again");
+    let replacement = cluster.propose_and_commit("replacement");
+    cluster.stabilize();
+    assert!(
+        cluster.has_applied(2, replacement),
+        "the learner applied the new entry"
+    );
+    assert_eq!(cluster.durable(2).terms(), vec![1, 1, 2, 2]);
+
+    // Once the term is durable, replication leaves at once again, in parallel with the
+    // leader's own write.
+    cluster.pause_persistence(1);
+    cluster
+        .node_mut(1)
+        .propose(Bytes::from_static(b"parallel"))
+        .expect("the leader takes the proposal");
+    cluster.process_ready(1);
+    assert!(
+        cluster.queued().any(|message| message.to == NodeId(2)
+            && matches!(message.body, MessageBody::AppendEntries { .. })),
+        "the leader held its entries until its own write was durable"
+    );
+    cluster.resume_persistence(1);
+    cluster.stabilize();
+}
+
+#[test]
 fn deposed_leader_cannot_commit_through_wiped_node() {
     // Without check-quorum, node 1 keeps leading term 1 while it is cut off. Nodes 2 and 3
     // elect node 2 in term 2, and node 2 commits its no-op with node 3. Then node 2 goes

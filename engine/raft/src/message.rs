@@ -118,13 +118,9 @@ impl MessageBody {
     /// heartbeat response only states that the sender had not moved past the leader's term
     /// when it responded, which stays true even if a crash loses that term, and whether it
     /// was catching up, which a crash can only turn back on. Every message
-    /// that reports a vote or log contents must wait for those to be durable.
-    ///
-    /// TODO: a single voter elects itself without a message, so its new term may not be
-    /// durable yet when it replicates to a learner. After a crash it restarts in the older
-    /// term and can lead the same term again with other entries, which the learner would
-    /// take for the ones it holds. Holding a leader's first messages of a term until the
-    /// term is durable would close this.
+    /// that reports a vote or log contents must wait for those to be durable. A leader's
+    /// messages also wait while its term is not yet durable, which only a single voter's
+    /// can be (`RaftNode::send_with_term`).
     pub fn may_send_before_persist(&self) -> bool {
         match self {
             MessageBody::AppendEntries { .. }

@@ -397,6 +397,12 @@ pub struct RaftNode {
     pub(crate) read_states: Vec<ReadState>,
     pub(crate) dropped_reads: Vec<u64>,
     pub(crate) last_hard_state: HardState,
+    /// Newest term of a durable hard state: the restored one, then each one handed out in
+    /// a `Ready` once that batch is reported durable.
+    pub(crate) durable_term: Term,
+    /// Terms handed out in batches not yet reported durable, with each batch's number, in
+    /// order.
+    pub(crate) terms_awaiting_persist: Vec<(ReadyNumber, Term)>,
     pub(crate) last_role_state: RoleState,
     pub(crate) next_ready_number: ReadyNumber,
     pub(crate) stats: Stats,
@@ -475,6 +481,8 @@ impl RaftNode {
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
             last_hard_state: hard_state,
+            durable_term: hard_state.term,
+            terms_awaiting_persist: Vec::new(),
             last_role_state: RoleState {
                 role: Role::Follower,
                 term: hard_state.term,
@@ -1189,6 +1197,14 @@ impl RaftNode {
         let before = self.invariant_snapshot();
         let persisted_before = self.log.persisted();
         self.log.mark_persisted(number);
+        let durable_batches = self
+            .terms_awaiting_persist
+            .iter()
+            .take_while(|(batch, _)| *batch <= number)
+            .count();
+        for (_, term) in self.terms_awaiting_persist.drain(..durable_batches) {
+            self.durable_term = self.durable_term.max(term);
+        }
         if self.role == Role::Leader && self.log.persisted() > persisted_before {
             self.maybe_commit();
         }
@@ -1273,6 +1289,9 @@ impl RaftNode {
             read_states: core::mem::take(&mut self.read_states),
             dropped_reads: core::mem::take(&mut self.dropped_reads),
         };
+        if ready.hard_state.is_some() && hard_state.term > self.durable_term {
+            self.terms_awaiting_persist.push((number, hard_state.term));
+        }
         self.last_hard_state = hard_state;
         self.last_role_state = role_state;
         Some(ready)
@@ -1291,7 +1310,14 @@ impl RaftNode {
             term,
             body,
         };
-        if message.body.may_send_before_persist() {
+        // A single voter elects itself alone, so it can replicate before its term is
+        // durable. A crash would then restart it in the previous term, and it would lead
+        // the same term again with other entries at the same indexes. A learner that
+        // received the first entries would keep them as equal to the new ones. So a
+        // leader's messages wait until its term is durable. A leader elected by other
+        // voters finds its term durable, because its vote requests left only after that.
+        let term_durable = !(self.role == Role::Leader && term > self.durable_term);
+        if message.body.may_send_before_persist() && term_durable {
             self.messages.push(message);
         } else {
             self.messages_after_persist.push(message);
