@@ -114,14 +114,27 @@ pub struct IntervalSamples {
 }
 
 impl IntervalSamples {
-    /// Returns the largest p99.9 round-trip time over the tracked peers, or `None` when
-    /// no peer reported one.
-    pub fn rtt_p999_max_micros(&self) -> Option<u64> {
-        self.peer_rtts
+    /// Returns the p99.9 round-trip time of the follower that decides whether the leader
+    /// is lost for a quorum, or `None` when no peer reported one.
+    ///
+    /// With pre-votes and leader leases, a follower campaigns successfully only when a
+    /// quorum of voters other than the leader all missed it for an election timeout. The
+    /// leader steps down only when too few followers answered within one. Either needs
+    /// more followers to fall behind than a group of `followers + 1` voters can spare
+    /// (`followers / 2`). So the slowest `followers / 2` tails do not matter, and the next
+    /// one does: with 2 followers, the faster. Tracked peers stand in for voters, and
+    /// the smaller of the two counts decides, so a tracked learner or a changed
+    /// membership can only pick a slower tail.
+    pub fn rtt_p999_quorum_micros(&self, followers: u64) -> Option<u64> {
+        let mut tails: Vec<u64> = self
+            .peer_rtts
             .iter()
             .filter(|peer| peer.rtt.count > 0)
             .map(|peer| peer.rtt.p999_micros)
-            .max()
+            .collect();
+        tails.sort_unstable_by(|a, b| b.cmp(a));
+        let spared = (followers / 2).min(tails.len() as u64 / 2);
+        tails.get(usize::try_from(spared).ok()?).copied()
     }
 }
 
@@ -475,7 +488,34 @@ mod tests {
         let samples = collector.finish_interval(1_000);
         assert_eq!(samples.peer_rtts.len(), MAX_TRACKED_PEERS);
         assert_eq!(samples.rtt_samples_untracked, 3);
-        assert_eq!(samples.rtt_p999_max_micros(), Some(5_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(0), Some(5_000));
+    }
+
+    #[test]
+    fn quorum_rtt_skips_the_spared_followers() {
+        let mut collector = SampleCollector::new(0);
+        for (peer, rtt_micros) in [(1, 20_000), (2, 600), (3, 3_000), (4, 900)] {
+            collector.record_rtt(peer, rtt_micros);
+        }
+        let samples = collector.finish_interval(1_000);
+        // Tails, slowest first: 20 ms, 3 ms, 900 us, 600 us.
+        assert_eq!(samples.rtt_p999_quorum_micros(4), Some(900));
+        assert_eq!(samples.rtt_p999_quorum_micros(3), Some(3_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(2), Some(3_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(1), Some(20_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(0), Some(20_000));
+        // More followers configured than tracked: the tracked count decides.
+        assert_eq!(samples.rtt_p999_quorum_micros(8), Some(900));
+    }
+
+    #[test]
+    fn quorum_rtt_of_one_tracked_follower_is_its_own() {
+        let mut collector = SampleCollector::new(0);
+        collector.record_rtt(1, 7_000);
+        let samples = collector.finish_interval(1_000);
+        assert_eq!(samples.rtt_p999_quorum_micros(2), Some(7_000));
+        let empty = SampleCollector::new(0).finish_interval(1_000);
+        assert_eq!(empty.rtt_p999_quorum_micros(2), None);
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl Tuner {
     /// Learns from one interval and returns the decision for the next one.
     pub fn observe(&mut self, samples: &IntervalSamples) -> Decision {
         self.interval = self.interval.saturating_add(1);
-        let measured = Measurement::from_samples(samples);
+        let measured = Measurement::from_samples(samples, self.peers);
         self.last_measurement = Some(measured);
         let interval = self.interval;
         let config = &self.config;

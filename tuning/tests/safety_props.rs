@@ -76,12 +76,18 @@ impl Checker {
             return Err(format!("memory {in_flight} over budget: {knobs:?}"));
         }
 
-        let rtt = samples
+        // The floor follows the follower after the slowest ones a quorum can spare: with
+        // PEERS followers and as many tracked, the group spares PEERS / 2 of them.
+        let mut tails: Vec<u64> = samples
             .peer_rtts
             .iter()
             .filter(|peer| peer.rtt.count > 0)
             .map(|peer| peer.rtt.p999_micros)
-            .max();
+            .collect();
+        tails.sort_unstable();
+        tails.reverse();
+        let spared = (PEERS / 2).min(tails.len() / 2);
+        let rtt = tails.get(spared).copied();
         let fsync = (samples.fsync_latency.count > 0).then_some(samples.fsync_latency.p999_micros);
         if let (Some(rtt), Some(fsync)) = (rtt, fsync) {
             let floor = rtt.saturating_add(fsync) as f64 * config.safety_factor;

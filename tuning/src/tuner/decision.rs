@@ -18,7 +18,8 @@ pub struct Measurement {
     pub commits: u64,
     pub commit_p50_micros: u64,
     pub commit_p99_micros: u64,
-    /// The largest p99.9 round-trip time over the tracked peers, if any peer reported.
+    /// The p99.9 round-trip time of the follower that decides whether a quorum loses the
+    /// leader ([`IntervalSamples::rtt_p999_quorum_micros`]), if any peer reported.
     pub rtt_p999_micros: Option<u64>,
     /// The p99.9 fdatasync latency, if any fdatasync completed.
     pub fsync_p999_micros: Option<u64>,
@@ -38,8 +39,9 @@ fn clean_rate(value: f64) -> f64 {
 }
 
 impl Measurement {
-    /// Extracts and cleans the values the tuner uses from `samples`.
-    pub fn from_samples(samples: &IntervalSamples) -> Self {
+    /// Extracts and cleans the values the tuner uses from `samples` of a leader with
+    /// `followers` followers.
+    pub fn from_samples(samples: &IntervalSamples, followers: u64) -> Self {
         Self {
             arrival_rate_per_second: clean_rate(samples.arrival_rate_per_second),
             arrival_dispersion: clean_rate(samples.arrival_dispersion),
@@ -47,7 +49,7 @@ impl Measurement {
             commits: samples.commit_latency.count,
             commit_p50_micros: samples.commit_latency.p50_micros,
             commit_p99_micros: samples.commit_latency.p99_micros,
-            rtt_p999_micros: samples.rtt_p999_max_micros(),
+            rtt_p999_micros: samples.rtt_p999_quorum_micros(followers),
             fsync_p999_micros: (samples.fsync_latency.count > 0)
                 .then_some(samples.fsync_latency.p999_micros),
             read_rate_per_second: clean_rate(samples.read_rate_per_second),
