@@ -17,8 +17,8 @@
 //!    `election_timeout_max ≥ ceil(election_timeout_spread × election_timeout_min)`. A
 //!    proposal that breaks either keeps the current timing knobs.
 //! 6. **Election timeout floor.** `election_timeout_min ≥ safety_factor × (p99.9 RTT +
-//!    p99.9 fdatasync)`, where the RTT is that of the follower after the slowest ones a
-//!    quorum can spare (`IntervalSamples::rtt_p999_quorum_micros`): a spurious election
+//!    p99.9 fdatasync)`. The RTT is that of the follower after the slowest ones a quorum
+//!    can spare (`IntervalSamples::rtt_p999_quorum_micros`), because a spurious election
 //!    or step-down needs more followers to fall behind than that. When the current value
 //!    is below the floor, the guard raises it to
 //!    [`FORCED_RAISE_HEADROOM`] × the floor at once, ignoring the rate and step limits,

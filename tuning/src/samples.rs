@@ -119,7 +119,7 @@ impl IntervalSamples {
     ///
     /// With pre-votes and leader leases, a follower campaigns successfully only when a
     /// quorum of voters other than the leader all missed it for an election timeout. The
-    /// leader steps down only when too few followers answered within one. Either needs
+    /// leader steps down only when too few followers responded within one. Either needs
     /// more followers to fall behind than a group of `followers + 1` voters can spare
     /// (`followers / 2`). So the slowest `followers / 2` tails do not matter, and the next
     /// one does: with 2 followers, the faster. Tracked peers stand in for voters, and
@@ -492,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn quorum_rtt_skips_the_spared_followers() {
+    fn quorum_rtt_skips_spared_followers() {
         let mut collector = SampleCollector::new(0);
         for (peer, rtt_micros) in [(1, 20_000), (2, 600), (3, 3_000), (4, 900)] {
             collector.record_rtt(peer, rtt_micros);
@@ -509,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn quorum_rtt_of_one_tracked_follower_is_its_own() {
+    fn quorum_rtt_single_follower() {
         let mut collector = SampleCollector::new(0);
         collector.record_rtt(1, 7_000);
         let samples = collector.finish_interval(1_000);
