@@ -50,22 +50,14 @@ pub fn static_knobs(config: &NodeConfig) -> Knobs {
 }
 
 /// Converts the tuner's timing, in microseconds, to the group timing in ticks of
-/// `tick_interval_ms`. The election timeout rounds up and the heartbeat down, so neither
-/// moves toward an election sooner than the tuner chose. The result always passes
-/// `GroupTiming::check`: a minimum of at least 3 ticks, a heartbeat of 1 tick up to a third
-/// of the minimum, and a maximum above the minimum.
+/// `tick_interval_ms` ([`TimingKnobs::in_ticks`]). The result always passes
+/// `GroupTiming::check`.
 pub fn timing_in_ticks(knobs: &TimingKnobs, tick_interval_ms: u64) -> GroupTiming {
-    let tick_micros = tick_interval_ms.saturating_mul(1_000).max(1);
-    let ticks_up = |micros: u64| u32::try_from(micros.div_ceil(tick_micros)).unwrap_or(u32::MAX);
-    let min = ticks_up(knobs.election_timeout_min_micros).clamp(3, u32::MAX - 1);
-    let heartbeat = u32::try_from(knobs.heartbeat_interval_micros / tick_micros)
-        .unwrap_or(u32::MAX)
-        .clamp(1, min / 3);
-    let max = ticks_up(knobs.election_timeout_max_micros).max(min + 1);
+    let ticks = knobs.in_ticks(tick_interval_ms.saturating_mul(1_000));
     GroupTiming {
-        heartbeat_interval_ticks: heartbeat,
-        election_timeout_ticks_min: min,
-        election_timeout_ticks_max: max,
+        heartbeat_interval_ticks: ticks.heartbeat_interval_ticks,
+        election_timeout_ticks_min: ticks.election_timeout_ticks_min,
+        election_timeout_ticks_max: ticks.election_timeout_ticks_max,
     }
 }
 

@@ -7,7 +7,20 @@
 //! ```
 
 use shardraft_tests::sim::params::CLUSTER_SIZES;
-use shardraft_tests::sim::{RunOptions, run_seed, run_seeds};
+use shardraft_tests::sim::{RunOptions, RunReport, run_seed, run_seed_with, run_seeds};
+
+/// Replays a seed recorded before the simulator ran the adaptive tuner, as it ran then:
+/// with the tuner, the run takes another course and may no longer reach its case.
+fn replay_recorded(seed: u64, nodes: usize) -> RunReport {
+    run_seed_with(
+        seed,
+        RunOptions {
+            nodes: Some(nodes),
+            without_tuner: true,
+            ..RunOptions::default()
+        },
+    )
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -81,6 +94,14 @@ fn simulated_clusters_stay_safe_and_live() {
             ),
             ("timing changes", total(|counts| counts.timing_changes)),
             (
+                "timing changes chosen by a tuner",
+                total(|counts| counts.tuned_timing_changes),
+            ),
+            (
+                "shorter election timeouts chosen by a tuner",
+                total(|counts| counts.tuned_timing_lowerings),
+            ),
+            (
                 "early campaigns after a leader's crash",
                 total(|counts| counts.leader_down_reports),
             ),
@@ -115,7 +136,7 @@ fn older_snapshot_installs_beside_a_newer_stored_one() {
     // In this run a follower stores a snapshot from a deposed leader, but its core rejects
     // the message for its stale term. Later the follower installs an older snapshot from
     // the next leader, from the state it received, while the store keeps the newer one.
-    let report = run_seed(66423, Some(7), false);
+    let report = replay_recorded(66423, 7);
     assert!(report.passed(), "{}", report.summary());
 }
 
@@ -124,7 +145,7 @@ fn deposed_leader_gains_nothing_from_wiped_node() {
     // In this run a wiped replica acknowledges entries of a leader deposed by a newer term,
     // while the nodes that stored the newer term are down. Had the leader counted them, it
     // would have committed an entry where the newer leader committed another.
-    let report = run_seed(16557, Some(3), false);
+    let report = replay_recorded(16557, 3);
     assert!(report.passed(), "{}", report.summary());
 }
 
@@ -133,7 +154,7 @@ fn founding_members_keep_new_cluster_live() {
     // This 7-node run failed its liveness check while leaders held back the founding
     // members of the new cluster, as they hold back wiped nodes. No leader committed an
     // entry of its term within 3000 ms after the faults stopped.
-    let report = run_seed(19187, Some(7), false);
+    let report = replay_recorded(19187, 7);
     assert!(report.passed(), "{}", report.summary());
 }
 
@@ -143,7 +164,7 @@ fn single_voter_leads_a_lost_term_again() {
     // restarts in term 1 and leads term 2 again with other entries at the same indexes.
     // The first ones were never durable and no other log contains them, so log matching has
     // nothing to compare the new ones with.
-    let report = run_seed(106264, Some(1), false);
+    let report = replay_recorded(106264, 1);
     assert!(report.passed(), "{}", report.summary());
 }
 

@@ -48,6 +48,36 @@ pub struct TimingKnobs {
     pub election_timeout_max_micros: u64,
 }
 
+/// A group timing in whole ticks of the Raft core's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimingTicks {
+    pub heartbeat_interval_ticks: u32,
+    pub election_timeout_ticks_min: u32,
+    pub election_timeout_ticks_max: u32,
+}
+
+impl TimingKnobs {
+    /// Converts the timing to ticks of `tick_micros`. The election timeout rounds up and
+    /// the heartbeat down, so neither moves toward an election sooner than the tuner chose.
+    /// The result is always a timing the core accepts: a minimum of at least 3 ticks, a
+    /// heartbeat of 1 tick up to a third of the minimum, and a maximum above the minimum.
+    pub fn in_ticks(&self, tick_micros: u64) -> TimingTicks {
+        let tick_micros = tick_micros.max(1);
+        let ticks_up =
+            |micros: u64| u32::try_from(micros.div_ceil(tick_micros)).unwrap_or(u32::MAX);
+        let min = ticks_up(self.election_timeout_min_micros).clamp(3, u32::MAX - 1);
+        let heartbeat = u32::try_from(self.heartbeat_interval_micros / tick_micros)
+            .unwrap_or(u32::MAX)
+            .clamp(1, min / 3);
+        let max = ticks_up(self.election_timeout_max_micros).max(min + 1);
+        TimingTicks {
+            heartbeat_interval_ticks: heartbeat,
+            election_timeout_ticks_min: min,
+            election_timeout_ticks_max: max,
+        }
+    }
+}
+
 impl Knobs {
     /// Returns the batching group.
     pub fn batching(&self) -> BatchingKnobs {

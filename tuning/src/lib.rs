@@ -49,7 +49,7 @@ pub mod tuner;
 pub use change_point::{PageHinkley, Shift};
 pub use config::{ConfigError, Objective, ObjectiveKind, TuningConfig};
 pub use histogram::LatencyHistogram;
-pub use knobs::{BatchingKnobs, Knob, KnobBounds, KnobRange, Knobs, TimingKnobs};
+pub use knobs::{BatchingKnobs, Knob, KnobBounds, KnobRange, Knobs, TimingKnobs, TimingTicks};
 pub use model::Prediction;
 pub use phi::{PhiAccrualDetector, clamp_suspicion_delay};
 pub use safety::{KnobChange, KnobGuard};

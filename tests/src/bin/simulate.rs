@@ -42,6 +42,10 @@ struct Args {
     /// Runs are then expected to fail: this checks the simulator's own checks.
     #[arg(long)]
     acknowledge_before_durable: bool,
+    /// Run without the adaptive tuner even where a seed chooses it, to replay a seed
+    /// recorded before the simulator ran the tuner.
+    #[arg(long)]
+    without_tuner: bool,
     /// Print a line for every run, not only failures; with --seed, log the core's decisions
     /// at debug level (RUST_LOG overrides the filter).
     #[arg(long)]
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             nodes,
             keep_history: args.history.is_some(),
             acknowledge_before_durable: args.acknowledge_before_durable,
+            without_tuner: args.without_tuner,
         };
         let report = run_seed_with(seed, options);
         if let (Some(path), Some(history)) = (&args.history, &report.history)
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
             nodes,
             keep_history: false,
             acknowledge_before_durable: args.acknowledge_before_durable,
+            without_tuner: args.without_tuner,
         };
         run_seeds(seeds, options, threads)
     };

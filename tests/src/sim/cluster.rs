@@ -18,6 +18,7 @@ use super::faults::{Fault, ScheduledFault, draw_schedule, draw_timing_changes};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
 use super::params::{PHI_THRESHOLD, RunParams, TICK_US, tick_period_us};
+use super::tuning::SimTuner;
 use crate::harness::{DurableState, PendingWrite};
 use crate::history::{Call, History, HistoryRecorder, Output};
 use shardraft_tuning::PhiAccrualDetector;
@@ -59,6 +60,10 @@ pub struct RunCounts {
     pub elections_brought_forward: u64,
     /// Timing changes a leader accepted.
     pub timing_changes: u64,
+    /// Timing changes that a leader's tuner chose and the leader accepted.
+    pub tuned_timing_changes: u64,
+    /// Those of them that lowered the minimum election timeout.
+    pub tuned_timing_lowerings: u64,
     /// Times a follower forgot its leader because the runtime found the leader's process
     /// gone, and so campaigned early.
     pub leader_down_reports: u64,
@@ -199,6 +204,9 @@ struct SimNode {
     /// Each peer's suspicion delay in ticks, computed when its heartbeat arrives, as the
     /// engine does.
     suspicion_ticks: BTreeMap<NodeId, u32>,
+    /// The adaptive tuner, when the run uses it; lost on a crash with the rest of the
+    /// runtime's memory.
+    tuner: Option<SimTuner>,
 }
 
 impl SimNode {
@@ -345,6 +353,7 @@ impl Simulation {
                 founding: true,
                 detectors: BTreeMap::new(),
                 suspicion_ticks: BTreeMap::new(),
+                tuner: None,
             })
             .collect();
         let clients = (0..params.clients)
@@ -393,6 +402,12 @@ impl Simulation {
     /// that the simulator's checks detect lost acknowledged data.
     pub fn acknowledge_before_durable(&mut self) {
         self.acknowledge_before_durable = true;
+    }
+
+    /// Runs without the adaptive tuner even where the seed chose it, as every run did
+    /// before the simulator had one, so that a seed recorded then replays its run.
+    pub fn without_tuner(&mut self) {
+        self.params.tuner = false;
     }
 
     pub fn counts(&self) -> &RunCounts {
@@ -545,6 +560,7 @@ impl Simulation {
                 raft.tick();
                 let next_us = self.now_us + self.nodes[node].tick_period_us;
                 self.schedule_event(next_us, Event::Tick { node, incarnation });
+                self.run_tuner(node);
                 self.drive(node)
             }
             Event::Deliver {
@@ -694,6 +710,33 @@ impl Simulation {
     /// election timeout, when pre-vote and check-quorum are on. Without faults, no
     /// follower stops hearing from the leader for that long, so such an election means a
     /// failure detector or timer fired on a healthy leader.
+    /// Ends the tuning interval of `node` when one is due and, while it leads, proposes
+    /// the timing its tuner chose if the group runs another, as a shard does after each
+    /// interval. A leader rejects it while another change is pending; the next interval
+    /// tries again.
+    fn run_tuner(&mut self, node: usize) {
+        let now_us = self.now_us;
+        let SimNode { tuner, raft, .. } = &mut self.nodes[node];
+        let (Some(tuner), Some(raft)) = (tuner.as_mut(), raft.as_mut()) else {
+            return;
+        };
+        if !tuner.finish_interval_if_due(now_us) {
+            return;
+        }
+        let Some(timing) = tuner.timing() else {
+            return;
+        };
+        if raft.role() != Role::Leader || raft.timing() == timing {
+            return;
+        }
+        let lowers = timing.election_timeout_ticks_min < raft.timing().election_timeout_ticks_min;
+        let change = MembershipChange::SetTiming { timing };
+        if raft.propose_membership_change(change, Bytes::new()).is_ok() {
+            self.counts.tuned_timing_changes += 1;
+            self.counts.tuned_timing_lowerings += u64::from(lowers);
+        }
+    }
+
     fn note_election_while_healthy(&mut self, node: NodeId, term: Term) {
         if !(self.params.pre_vote && self.params.check_quorum) {
             return;
@@ -741,9 +784,25 @@ impl Simulation {
     /// by applying the log again.
     fn start_node(&mut self, node: usize) -> Result<(), RunError> {
         let config = self.node_config(node);
+        let tuner = if self.params.tuner {
+            let seed = RunParams::core_seed(self.seed, node, self.nodes[node].incarnation);
+            let followers = self.params.nodes.saturating_sub(1);
+            match SimTuner::new(&config, followers, seed, self.now_us) {
+                Ok(tuner) => Some(tuner),
+                Err(error) => {
+                    return Err(RunError::Safety(Violation {
+                        property: "tuner",
+                        detail: format!("the tuner rejected the run's settings: {error}"),
+                    }));
+                }
+            }
+        } else {
+            None
+        };
         let sim_node = &mut self.nodes[node];
         sim_node.detectors.clear();
         sim_node.suspicion_ticks.clear();
+        sim_node.tuner = tuner;
         // The state machine starts from the stored snapshot, or empty, and is rebuilt by
         // applying the log after it.
         let restored = sim_node.durable.restore(sim_node.founding);
@@ -997,6 +1056,9 @@ impl Simulation {
             // Writes complete in order: a write cannot finish before the one ahead of it.
             let done_us = (self.now_us + latency_us).max(sim_node.last_write_done_us);
             sim_node.last_write_done_us = done_us;
+            if must_persist && let Some(tuner) = sim_node.tuner.as_mut() {
+                tuner.record_write(ready.entries.len() as u64, done_us - self.now_us);
+            }
             let mut messages_after_persist = ready.messages_after_persist;
             if self.acknowledge_before_durable {
                 // The broken storage of the self-test: report the write durable at once.
@@ -1106,6 +1168,9 @@ impl Simulation {
         self.counts.messages_sent += 1;
         let from = message.from.0 as usize - 1;
         let to = message.to.0 as usize - 1;
+        if let Some(tuner) = self.nodes[from].tuner.as_mut() {
+            tuner.record_sent(&message, self.now_us);
+        }
         let sender_incarnation = self.nodes[from].incarnation;
         let snapshot_state = match &message.body {
             MessageBody::InstallSnapshot { snapshot } => {
@@ -1248,6 +1313,9 @@ impl Simulation {
             }
         }
         let receiver = &mut self.nodes[to];
+        if let Some(tuner) = receiver.tuner.as_mut() {
+            tuner.record_received(&message, self.now_us);
+        }
         let Some(raft) = receiver.raft.as_mut() else {
             return Ok(());
         };

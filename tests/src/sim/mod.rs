@@ -10,8 +10,10 @@
 //! take snapshots at short intervals and compact their logs, so that lagging followers
 //! catch up by snapshot transfer. In half of the seeds every replica also runs the
 //! engine's accrual failure detector over its leader's heartbeats and brings its election
-//! forward when the detector suspects the leader, as a shard with tuning enabled does.
-//! Everything runs on one
+//! forward when the detector suspects the leader, as a shard with tuning enabled does. In
+//! half of the seeds with pre-vote and check-quorum, drawn apart from those, every replica
+//! runs the engine's adaptive tuner over its heartbeat round trips and write latencies,
+//! and a leader proposes the group timing its tuner chooses ([`tuning`]). Everything runs on one
 //! virtual clock with one seeded generator and ordered maps only, so the same seed replays
 //! the same run event for event.
 //!
@@ -30,6 +32,7 @@ pub mod faults;
 pub mod kv;
 pub mod network;
 pub mod params;
+pub mod tuning;
 
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -63,6 +66,8 @@ pub struct RunReport {
     pub history: Option<History>,
     /// The run used the broken storage of the self-test.
     pub acknowledge_before_durable: bool,
+    /// The run left out the tuner that its seed chose.
+    pub without_tuner: bool,
 }
 
 impl RunReport {
@@ -77,8 +82,13 @@ impl RunReport {
         } else {
             ""
         };
+        let tuner = if self.without_tuner {
+            " --without-tuner"
+        } else {
+            ""
+        };
         format!(
-            "cargo run -p shardraft-tests --bin simulate -- --seed {} --nodes {}{broken_storage}",
+            "cargo run -p shardraft-tests --bin simulate -- --seed {} --nodes {}{broken_storage}{tuner}",
             self.seed, self.params.nodes
         )
     }
@@ -106,6 +116,13 @@ impl RunReport {
             counts.membership_changes,
             counts.wipes
         );
+        if self.params.tuner {
+            let _ = write!(
+                text,
+                ", tuned timing changes {}",
+                counts.tuned_timing_changes
+            );
+        }
         if let Verdict::Failed { reason } = &self.verdict {
             let _ = write!(text, "\n  FAILED: {reason}\n  faults:");
             for scheduled in &self.schedule {
@@ -132,6 +149,9 @@ pub struct RunOptions {
     /// Break the simulated storage: report writes durable before they are. Used to show
     /// that the checks catch lost acknowledged writes.
     pub acknowledge_before_durable: bool,
+    /// Run without the adaptive tuner even where the seed chose it, to replay a run
+    /// recorded before the simulator had one.
+    pub without_tuner: bool,
 }
 
 /// Runs one seed to its verdict; a panic in the core is caught and reported as a failure.
@@ -152,6 +172,9 @@ pub fn run_seed_with(seed: u64, options: RunOptions) -> RunReport {
     let mut simulation = Simulation::new(seed, options.nodes);
     if options.acknowledge_before_durable {
         simulation.acknowledge_before_durable();
+    }
+    if options.without_tuner {
+        simulation.without_tuner();
     }
     let params = simulation.params.clone();
     let schedule = simulation.schedule.clone();
@@ -180,6 +203,7 @@ pub fn run_seed_with(seed: u64, options: RunOptions) -> RunReport {
         verdict,
         history: options.keep_history.then_some(history),
         acknowledge_before_durable: options.acknowledge_before_durable,
+        without_tuner: options.without_tuner,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct RunParams {
     pub failure_detector: bool,
     /// The core's `read_batch_max`: 1 to 8 reads start a round while another is in flight.
     pub read_batch_max: usize,
+    /// Whether each replica runs the engine's adaptive tuner, and a leader proposes the
+    /// group timing its tuner chooses. Only in runs with pre-vote and check-quorum.
+    pub tuner: bool,
 }
 
 /// The phi at which a replica's failure detector suspects its leader, the engine's
@@ -71,14 +74,18 @@ impl RunParams {
         // for several failed rounds, and the run lasts past it so that the bound can fire.
         let liveness_bound_us = 3_000_000;
         let clients_stop_us = faults_end_us + liveness_bound_us + 500_000;
+        let clients = uniform(rng, 2, 5) as usize;
+        let keys = uniform(rng, 1, 3) as usize;
+        // Most runs use the production settings; some turn the protections off so that
+        // the paths without them stay exercised.
+        let pre_vote = !chance(rng, 0.15);
+        let check_quorum = !chance(rng, 0.15);
         RunParams {
             nodes,
-            clients: uniform(rng, 2, 5) as usize,
-            keys: uniform(rng, 1, 3) as usize,
-            // Most runs use the production settings; some turn the protections off so that
-            // the paths without them stay exercised.
-            pre_vote: !chance(rng, 0.15),
-            check_quorum: !chance(rng, 0.15),
+            clients,
+            keys,
+            pre_vote,
+            check_quorum,
             max_entries_per_message: uniform(rng, 1, 64) as usize,
             max_inflight_messages: uniform(rng, 1, 8) as usize,
             max_bytes_per_message: uniform(rng, 64, 4096),
@@ -101,6 +108,11 @@ impl RunParams {
             failure_detector: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1,
             // Also from the seed, for the same reason.
             read_batch_max: (seed.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 61) as usize + 1,
+            // Also from the seed, for the same reason. The engine runs its tuner only with
+            // pre-vote and check-quorum, which it always turns on. Without them a node
+            // removed while cut off keeps deposing leaders, and a group then depends on its
+            // timing to commit between two depositions.
+            tuner: pre_vote && check_quorum && seed.wrapping_mul(0x94d0_49bb_1331_11eb) >> 63 == 1,
         }
     }
 
