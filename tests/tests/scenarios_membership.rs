@@ -1000,6 +1000,41 @@ fn single_voter_replicates_after_term_durable() {
 }
 
 #[test]
+fn single_voter_sends_snapshot_before_term_durable() {
+    // A snapshot holds only committed entries, so it may leave while the leader's new
+    // term is not durable yet. The runtime sends snapshots by a path of their own and
+    // finds them only among the messages that leave at once.
+    let mut cluster = Cluster::builder(1).learners(1).build();
+    cluster.elect(1, ELECTION_TICKS);
+    propose_many(&mut cluster, 5);
+    cluster.snapshot(1, 0);
+    cluster.crash(1);
+    cluster.restart(1);
+
+    cluster.pause_persistence(1);
+    cluster.win_election(1, ELECTION_TICKS);
+    cluster.node_mut(1).report_unreachable(NodeId(2));
+    let ready = cluster.take_ready(1).expect("the new leader has work");
+
+    let kinds = |messages: &[shardraft_raft::Message]| -> Vec<&'static str> {
+        messages
+            .iter()
+            .map(|message| message.body.kind_name())
+            .collect()
+    };
+    assert!(
+        kinds(&ready.messages).contains(&"InstallSnapshot"),
+        "sent at once: {:?}",
+        kinds(&ready.messages)
+    );
+    assert!(
+        !kinds(&ready.messages_after_persist).contains(&"InstallSnapshot"),
+        "held: {:?}",
+        kinds(&ready.messages_after_persist)
+    );
+}
+
+#[test]
 fn deposed_leader_cannot_commit_through_wiped_node() {
     // Without check-quorum, node 1 keeps leading term 1 while it is cut off. Nodes 2 and 3
     // elect node 2 in term 2, and node 2 commits its no-op with node 3. Then node 2 goes

@@ -119,8 +119,8 @@ impl MessageBody {
     /// when it responded, which stays true even if a crash loses that term, and whether it
     /// was catching up, which a crash can only turn back on. Every message
     /// that reports a vote or log contents must wait for those to be durable. A leader's
-    /// messages also wait while its term is not yet durable, which only a single voter's
-    /// can be (`RaftNode::send_with_term`).
+    /// AppendEntries also wait while its term is not yet durable, which in practice only
+    /// happens to a single voter (`RaftNode::send_with_term`).
     pub fn may_send_before_persist(&self) -> bool {
         match self {
             MessageBody::AppendEntries { .. }

@@ -398,7 +398,8 @@ pub struct RaftNode {
     pub(crate) dropped_reads: Vec<u64>,
     pub(crate) last_hard_state: HardState,
     /// Newest term of a durable hard state: the restored one, then each one handed out in
-    /// a `Ready` once that batch is reported durable.
+    /// a `Ready` once that batch is reported durable. Never above the term of the newest
+    /// hard state reported durable.
     pub(crate) durable_term: Term,
     /// Terms handed out in batches not yet reported durable, with each batch's number, in
     /// order.
@@ -1289,7 +1290,11 @@ impl RaftNode {
             read_states: core::mem::take(&mut self.read_states),
             dropped_reads: core::mem::take(&mut self.dropped_reads),
         };
-        if ready.hard_state.is_some() && hard_state.term > self.durable_term {
+        let newest_queued = self
+            .terms_awaiting_persist
+            .last()
+            .map_or(self.durable_term, |(_, term)| *term);
+        if ready.hard_state.is_some() && hard_state.term > newest_queued {
             self.terms_awaiting_persist.push((number, hard_state.term));
         }
         self.last_hard_state = hard_state;
@@ -1314,10 +1319,14 @@ impl RaftNode {
         // durable. A crash would then restart it in the previous term, and it would lead
         // the same term again with other entries at the same indexes. A learner that
         // received the first entries would keep them as equal to the new ones. So a
-        // leader's messages wait until its term is durable. A leader elected by other
-        // voters finds its term durable, because its vote requests left only after that.
-        let term_durable = !(self.role == Role::Leader && term > self.durable_term);
-        if message.body.may_send_before_persist() && term_durable {
+        // leader's AppendEntries wait until its term is durable. Its other messages carry
+        // no entries of the term, and a snapshot holds only committed ones. A leader
+        // elected by other voters finds its term durable, because its vote requests left
+        // only after that.
+        let entries_of_undurable_term = self.role == Role::Leader
+            && term > self.durable_term
+            && matches!(message.body, MessageBody::AppendEntries { .. });
+        if message.body.may_send_before_persist() && !entries_of_undurable_term {
             self.messages.push(message);
         } else {
             self.messages_after_persist.push(message);
