@@ -122,9 +122,12 @@ impl IntervalSamples {
     /// leader steps down only when too few followers responded within one. Either needs
     /// more followers to fall behind than a group of `followers + 1` voters can spare
     /// (`followers / 2`). So the slowest `followers / 2` tails do not matter, and the next
-    /// one does: with 2 followers, the faster. Tracked peers stand in for voters, and
-    /// the smaller of the two counts decides, so a tracked learner or a changed
-    /// membership can only pick a slower tail.
+    /// one does: with 2 followers, the faster.
+    ///
+    /// A follower that sent no heartbeat response in the interval has no tail and counts
+    /// as one that fell behind, so it uses up one of the spared. When more peers report
+    /// than `followers`, some are learners or voters added since, and nothing here tells
+    /// which: the slowest tail decides.
     pub fn rtt_p999_quorum_micros(&self, followers: u64) -> Option<u64> {
         let mut tails: Vec<u64> = self
             .peer_rtts
@@ -133,7 +136,12 @@ impl IntervalSamples {
             .map(|peer| peer.rtt.p999_micros)
             .collect();
         tails.sort_unstable_by(|a, b| b.cmp(a));
-        let spared = (followers / 2).min(tails.len() as u64 / 2);
+        let reporting = tails.len() as u64;
+        let spared = if reporting > followers {
+            0
+        } else {
+            (followers / 2).saturating_sub(followers - reporting)
+        };
         tails.get(usize::try_from(spared).ok()?).copied()
     }
 }
@@ -498,14 +506,15 @@ mod tests {
             collector.record_rtt(peer, rtt_micros);
         }
         let samples = collector.finish_interval(1_000);
-        // Tails, slowest first: 20 ms, 3 ms, 900 us, 600 us.
+        // Tails, slowest first: 20 ms, 3 ms, 900 us, 600 us. Five voters spare two
+        // followers. Seven spare three, and the two silent followers use up two of them.
         assert_eq!(samples.rtt_p999_quorum_micros(4), Some(900));
-        assert_eq!(samples.rtt_p999_quorum_micros(3), Some(3_000));
-        assert_eq!(samples.rtt_p999_quorum_micros(2), Some(3_000));
-        assert_eq!(samples.rtt_p999_quorum_micros(1), Some(20_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(6), Some(3_000));
+        // More peers report than followers: the slowest decides.
+        assert_eq!(samples.rtt_p999_quorum_micros(3), Some(20_000));
         assert_eq!(samples.rtt_p999_quorum_micros(0), Some(20_000));
-        // More followers configured than tracked: the tracked count decides.
-        assert_eq!(samples.rtt_p999_quorum_micros(8), Some(900));
+        // As many silent followers as the group spares: the slowest reporting one decides.
+        assert_eq!(samples.rtt_p999_quorum_micros(8), Some(20_000));
     }
 
     #[test]
@@ -513,7 +522,9 @@ mod tests {
         let mut collector = SampleCollector::new(0);
         collector.record_rtt(1, 7_000);
         let samples = collector.finish_interval(1_000);
+        // The other follower is silent, so the leader depends on this one.
         assert_eq!(samples.rtt_p999_quorum_micros(2), Some(7_000));
+        assert_eq!(samples.rtt_p999_quorum_micros(1), Some(7_000));
         let empty = SampleCollector::new(0).finish_interval(1_000);
         assert_eq!(empty.rtt_p999_quorum_micros(2), None);
     }

@@ -76,8 +76,9 @@ impl Checker {
             return Err(format!("memory {in_flight} over budget: {knobs:?}"));
         }
 
-        // The floor follows the follower after the slowest ones a quorum can spare: with
-        // PEERS followers and as many tracked, the group spares PEERS / 2 of them.
+        // The floor follows the follower after the slowest ones a quorum can spare: the
+        // group spares PEERS / 2 followers, less those that did not report. With more
+        // reporting peers than PEERS, the slowest decides.
         let mut tails: Vec<u64> = samples
             .peer_rtts
             .iter()
@@ -86,7 +87,11 @@ impl Checker {
             .collect();
         tails.sort_unstable();
         tails.reverse();
-        let spared = (PEERS / 2).min(tails.len() / 2);
+        let spared = if tails.len() > PEERS {
+            0
+        } else {
+            (PEERS / 2).saturating_sub(PEERS - tails.len())
+        };
         let rtt = tails.get(spared).copied();
         let fsync = (samples.fsync_latency.count > 0).then_some(samples.fsync_latency.p999_micros);
         if let (Some(rtt), Some(fsync)) = (rtt, fsync) {

@@ -26,6 +26,9 @@ use shardraft_tuning::PhiAccrualDetector;
 /// Mixed into a run's seed for the generator of its timing changes.
 const TIMING_CHANGES_SEED_SALT: u64 = 0x7469_6d69_6e67;
 
+/// Mixed into a replica's core seed for its tuner's seed.
+const TUNER_SEED_SALT: u64 = 0x0074_756e_6572;
+
 /// What ends a run early.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunError {
@@ -706,10 +709,6 @@ impl Simulation {
         Ok(())
     }
 
-    /// Records an election won after the cluster had been healthy for twice the longest
-    /// election timeout, when pre-vote and check-quorum are on. Without faults, no
-    /// follower stops hearing from the leader for that long, so such an election means a
-    /// failure detector or timer fired on a healthy leader.
     /// Ends the tuning interval of `node` when one is due and, while it leads, proposes
     /// the timing its tuner chose if the group runs another, as a shard does after each
     /// interval. A leader rejects it while another change is pending; the next interval
@@ -737,6 +736,10 @@ impl Simulation {
         }
     }
 
+    /// Records an election won after the cluster had been healthy for twice the longest
+    /// election timeout, when pre-vote and check-quorum are on. Without faults, no
+    /// follower stops hearing from the leader for that long, so such an election means a
+    /// failure detector or timer fired on a healthy leader.
     fn note_election_while_healthy(&mut self, node: NodeId, term: Term) {
         if !(self.params.pre_vote && self.params.check_quorum) {
             return;
@@ -785,7 +788,8 @@ impl Simulation {
     fn start_node(&mut self, node: usize) -> Result<(), RunError> {
         let config = self.node_config(node);
         let tuner = if self.params.tuner {
-            let seed = RunParams::core_seed(self.seed, node, self.nodes[node].incarnation);
+            let seed = RunParams::core_seed(self.seed, node, self.nodes[node].incarnation)
+                ^ TUNER_SEED_SALT;
             let followers = self.params.nodes.saturating_sub(1);
             match SimTuner::new(&config, followers, seed, self.now_us) {
                 Ok(tuner) => Some(tuner),
@@ -874,6 +878,7 @@ impl Simulation {
         }
         self.counts.crashes += 1;
         sim_node.raft = None;
+        sim_node.tuner = None;
         sim_node.incarnation += 1;
         self.report_crash_to_peers(node);
         let sim_node = &mut self.nodes[node];

@@ -13,7 +13,8 @@
 //! forward when the detector suspects the leader, as a shard with tuning enabled does. In
 //! half of the seeds with pre-vote and check-quorum, drawn apart from those, every replica
 //! runs the engine's adaptive tuner over its heartbeat round trips and write latencies,
-//! and a leader proposes the group timing its tuner chooses ([`tuning`]). Everything runs on one
+//! and a leader proposes the group timing its tuner chooses ([`tuning`]). Everything runs
+//! on one
 //! virtual clock with one seeded generator and ordered maps only, so the same seed replays
 //! the same run event for event.
 //!

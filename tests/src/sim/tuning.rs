@@ -46,8 +46,9 @@ pub struct SimTuner {
     next_interval_us: u64,
     /// Send time of the heartbeat probe open to each peer: the first heartbeat sent while
     /// none was open. The next heartbeat response from that peer closes it. A probe whose
-    /// heartbeat was lost stays open until a later response, which then counts long, as
-    /// in the engine.
+    /// heartbeat was lost stays open until a later response, which then counts long. The
+    /// engine's links lose no single message: they drop the probe with the connection. So
+    /// the simulated round trips, and the floors they set, err high.
     probes: BTreeMap<NodeId, u64>,
     /// The timing the tuner chose, in ticks, once it chose one.
     timing: Option<GroupTiming>,
