@@ -1000,7 +1000,7 @@ fn single_voter_replicates_after_term_durable() {
 }
 
 #[test]
-fn single_voter_sends_snapshot_before_term_durable() {
+fn single_voter_sends_snapshot_early() {
     // A snapshot holds only committed entries, so it may leave while the leader's new
     // term is not durable yet. The runtime sends snapshots by a path of their own and
     // finds them only among the messages that leave at once.

@@ -126,8 +126,8 @@ impl IntervalSamples {
     ///
     /// A follower that sent no heartbeat response in the interval has no tail and counts
     /// as one that fell behind, so it uses up one of the spared. When more peers report
-    /// than `followers`, some are learners or voters added since, and nothing here tells
-    /// which: the slowest tail decides.
+    /// than `followers`, some are learners or voters added since, and the samples do not
+    /// show which. The slowest tail then decides.
     pub fn rtt_p999_quorum_micros(&self, followers: u64) -> Option<u64> {
         let mut tails: Vec<u64> = self
             .peer_rtts

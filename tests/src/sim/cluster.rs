@@ -207,7 +207,7 @@ struct SimNode {
     /// Each peer's suspicion delay in ticks, computed when its heartbeat arrives, as the
     /// engine does.
     suspicion_ticks: BTreeMap<NodeId, u32>,
-    /// The adaptive tuner, when the run uses it; lost on a crash with the rest of the
+    /// The adaptive tuner, when the run uses it. A crash loses it with the rest of the
     /// runtime's memory.
     tuner: Option<SimTuner>,
 }
@@ -711,8 +711,8 @@ impl Simulation {
 
     /// Ends the tuning interval of `node` when one is due and, while it leads, proposes
     /// the timing its tuner chose if the group runs another, as a shard does after each
-    /// interval. A leader rejects it while another change is pending; the next interval
-    /// tries again.
+    /// interval. A leader rejects it while another change is pending, so the next
+    /// interval tries again.
     fn run_tuner(&mut self, node: usize) {
         let now_us = self.now_us;
         let SimNode { tuner, raft, .. } = &mut self.nodes[node];

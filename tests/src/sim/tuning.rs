@@ -23,7 +23,7 @@ use super::params::TICK_US;
 pub const TUNING_INTERVAL_US: u64 = 100_000;
 
 /// Intervals between two timing changes that lower the timing. The engine's default of
-/// 30 would let a run lower it once at most; 5 lowers it several times per run.
+/// 30 would let a run lower it once at most, while 5 lowers it several times per run.
 const TIMING_CHANGE_INTERVALS_MIN: u64 = 5;
 
 /// Multiple of p99.9 round trip plus p99.9 write latency below which the election timeout
@@ -79,8 +79,8 @@ impl SimTuner {
         let tuning = TuningConfig {
             enabled: true,
             interval_ms: TUNING_INTERVAL_US / 1_000,
-            // The simulator draws messages of as few as 64 bytes, below the engine's
-            // bound, which is about real payloads.
+            // The simulator draws messages of as few as 64 bytes, below the engine's lower
+            // bound of 4 KiB, which is sized for real payloads.
             bounds: KnobBounds {
                 batch_bytes_max: KnobRange::new(1, 16 << 20),
                 election_timeout_min_micros: KnobRange::new(
@@ -133,7 +133,7 @@ impl SimTuner {
         self.collector.record_fsync(entries, 0, latency_us);
     }
 
-    /// Ends the interval once it is due and lets the tuner decide; returns whether it
+    /// Ends the interval once it is due and lets the tuner decide. Returns whether it
     /// ended one.
     pub fn finish_interval_if_due(&mut self, now_us: u64) -> bool {
         if now_us < self.next_interval_us {
