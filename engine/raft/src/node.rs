@@ -398,8 +398,7 @@ pub struct RaftNode {
     pub(crate) dropped_reads: Vec<u64>,
     pub(crate) last_hard_state: HardState,
     /// Newest term of a durable hard state: the restored one, then each one handed out in
-    /// a `Ready` once that batch is reported durable. Never above the term of the newest
-    /// hard state reported durable.
+    /// a `Ready` once that batch is reported durable.
     pub(crate) durable_term: Term,
     /// Terms handed out in batches not yet reported durable, with each batch's number, in
     /// order.
