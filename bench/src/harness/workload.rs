@@ -218,6 +218,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MILLIS", requires = "tuning")]
     pub tuning_interval_ms: Option<u64>,
 
+    /// Multiple of the p99.9 heartbeat round trip plus the p99.9 fdatasync below which the
+    /// tuner never sets the minimum election timeout (the engine's `tuning.safety_factor`),
+    /// with --tuning. Default: the engine's.
+    #[arg(long, value_name = "FACTOR", requires = "tuning")]
+    pub tuning_safety_factor: Option<f64>,
+
     /// Static proposal linger of the embedded nodes, in microseconds (the engine's
     /// `proposal_linger_us`). Default: the engine's, 0.
     #[arg(long, value_name = "MICROS")]
@@ -416,6 +422,8 @@ pub struct ClusterSpec {
     pub tuning: bool,
     /// The tuner's interval, replacing the engine's default.
     pub tuning_interval_ms: Option<u64>,
+    /// The tuner's election-timeout safety factor, replacing the engine's default.
+    pub tuning_safety_factor: Option<f64>,
     /// Static batching settings that replace the engine's defaults.
     pub linger_us: Option<u64>,
     pub max_inflight_messages: Option<usize>,
@@ -538,6 +546,10 @@ impl RunArgs {
                 ("--measure-install", self.measure_install),
                 ("--tuning", self.tuning),
                 ("--tuning-interval-ms", self.tuning_interval_ms.is_some()),
+                (
+                    "--tuning-safety-factor",
+                    self.tuning_safety_factor.is_some(),
+                ),
                 ("--linger-us", self.linger_us.is_some()),
                 (
                     "--max-inflight-messages",
@@ -603,6 +615,7 @@ impl RunArgs {
             measure_install: self.measure_install,
             tuning: self.tuning,
             tuning_interval_ms: self.tuning_interval_ms,
+            tuning_safety_factor: self.tuning_safety_factor,
             linger_us: self.linger_us,
             max_inflight_messages: self.max_inflight_messages,
             max_entries_per_message: self.max_entries_per_message,

@@ -466,6 +466,9 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
         if let Some(interval_ms) = spec.tuning_interval_ms {
             config.tuning.interval_ms = interval_ms;
         }
+        if let Some(factor) = spec.tuning_safety_factor {
+            config.tuning.safety_factor = factor;
+        }
         if let Some(linger_us) = spec.linger_us {
             config.proposal_linger_us = linger_us;
         }
