@@ -68,6 +68,9 @@ pub fn spawn_wake_guard() -> glommio::Task<()> {
 /// Outside a glommio executor, as glommio's timers do.
 pub async fn guarded<F: std::future::Future>(future: F, pulse: Arc<ShardPulse>) -> F::Output {
     *lock(&pulse.thread) = pthread_self();
+    if let Some(name) = std::thread::current().name() {
+        *lock(&pulse.thread_name) = name.to_string();
+    }
     // Forgets the thread when the future ends or unwinds, before the thread can exit: a
     // signal to a thread that has been joined is undefined behaviour.
     let _forget = ForgetThread(Arc::clone(&pulse));
@@ -89,9 +92,9 @@ impl Drop for ForgetThread {
     }
 }
 
-/// Locks a pulse's thread; a poisoned lock still holds a valid id.
-fn lock(thread: &Mutex<Pthread>) -> std::sync::MutexGuard<'_, Pthread> {
-    thread
+/// Locks one of a pulse's fields; a poisoned lock still holds a valid value.
+fn lock<T>(field: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    field
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -114,6 +117,9 @@ pub struct ShardPulse {
     /// watchdog signals the thread while it holds this lock, so that it never signals a
     /// thread that has ended.
     thread: Mutex<Pthread>,
+    /// The executor thread's name, for the watchdog's warning: for a shard, `shard-NODE-SHARD-`
+    /// and glommio's executor id.
+    thread_name: Mutex<String>,
     ticks: AtomicU64,
     /// Signals the watchdog sent to the thread.
     nudges: AtomicU64,
@@ -182,6 +188,7 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
                 *still = 0;
                 tracing::warn!(
                     shard,
+                    thread = %lock(&pulse.thread_name),
                     stalled_ms = STALL_MILLIS,
                     "a shard executor stopped ticking; interrupting its sleep"
                 );

@@ -351,7 +351,7 @@ fn status_json_agrees_with_node_status() {
 }
 
 /// Metric families the scrape of a disk-backed leader must contain.
-const EXPECTED_FAMILIES: [&str; 15] = [
+const EXPECTED_FAMILIES: [&str; 16] = [
     "shardraft_node_info",
     "shardraft_shard_groups",
     "shardraft_group_has_leader",
@@ -367,6 +367,7 @@ const EXPECTED_FAMILIES: [&str; 15] = [
     "shardraft_peer_received_bytes_total",
     "shardraft_peer_round_trip_seconds",
     "shardraft_log_sync_duration_seconds",
+    "shardraft_shard_executor_stalls_total",
 ];
 
 #[test]

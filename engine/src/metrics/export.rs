@@ -424,6 +424,16 @@ fn encode_shard_loop(
         "Groups the shard handed to a follower because its own fdatasync p99 was far above \
          the follower's estimated disk latency (disk_transfer).",
         per_shard(shards, |shard| shard.leader_disk_transfers),
+    )?;
+    counters(
+        encoder,
+        "shardraft_shard_executor_stalls",
+        &format!(
+            "Times the node's watchdog found the shard's executor without a tick of its wake \
+             guard for {} ms and interrupted its sleep with SIGURG.",
+            crate::wake_guard::STALL_MILLIS
+        ),
+        per_shard(shards, |shard| shard.executor_stalls),
     )
 }
 

@@ -223,6 +223,8 @@ struct Shard<S: StateMachine> {
     linger: Duration,
     /// The task that hands requests from the node's handles to the loop.
     request_bridge: Option<glommio::Task<()>>,
+    /// This shard's guard ticks, which the node's watchdog reads, and the stalls it found.
+    pulse: Arc<crate::wake_guard::ShardPulse>,
 }
 
 /// A proposal held back by the linger, with what proposing it needs.
@@ -303,6 +305,7 @@ where
             membership_waits: membership::MembershipWaits::default(),
             addresses: Arc::clone(&params.addresses),
             disk_health: disk_health::DiskHealth::default(),
+            pulse: Arc::clone(&params.pulse),
         };
         shard.connect_logged_members();
         shard.request_bridge = Some(shard.spawn_request_bridge(params.requests));
@@ -1033,6 +1036,7 @@ where
             snapshots: self.snapshots.stats,
             snapshot_transfers: self.transport.snapshot_stats(),
             leader_disk_transfers: self.disk_health.transfers,
+            executor_stalls: self.pulse.nudges(),
             tuning: self.tuning.as_ref().map(tuning::ShardTuning::report),
         }
     }
