@@ -93,9 +93,9 @@ impl Slot for DiskSlot {
 /// the cache's queue entry.
 const CACHE_ENTRY_OVERHEAD_BYTES: u64 = 64;
 
-/// Most queue slots the entry cache reserves when it is created: 4 Mi slots of 48 bytes,
-/// 192 MiB of address space, for budgets up to 256 MiB. A larger budget grows the queue
-/// beyond this as it fills.
+/// Largest number of queue slots the entry cache reserves when it is created: 4 Mi slots
+/// of 48 bytes, 192 MiB of address space, for budgets up to 256 MiB. A larger budget grows
+/// the queue beyond this as it fills.
 const CACHE_RESERVED_ENTRIES_MAX: u64 = 1 << 22;
 
 /// Position of an entry in the cache's insertion order, counted from the first entry ever
@@ -128,10 +128,11 @@ pub(crate) struct EntryCache {
 }
 
 impl EntryCache {
-    /// Creates a cache that keeps at most `bytes_max` bytes of payload and overhead.
+    /// Creates a cache that evicts its oldest payloads once they and their overhead exceed
+    /// `bytes_max`.
     ///
-    /// The queue reserves a slot for every entry the budget can hold, so that it never
-    /// grows while the log runs. Growing moves the whole queue to a new allocation twice
+    /// The queue reserves a slot for every entry the budget can hold, so that it does not
+    /// grow while the cache stays within its budget. Growing moves the whole queue to a new allocation twice
     /// as large. On the development VM, going from 2^18 to 2^19 slots stalled every shard
     /// for 20 ms or more, which cost an election under a tuned election timeout. Reserving
     /// touches no memory; each page is touched once the queue reaches it.
