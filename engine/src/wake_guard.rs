@@ -92,7 +92,7 @@ impl Drop for ForgetThread {
     }
 }
 
-/// Locks one of a pulse's fields; a poisoned lock still holds a valid value.
+/// Locks one of a pulse's fields, whose value stays valid even if the lock was poisoned.
 fn lock<T>(field: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     field
         .lock()
@@ -117,8 +117,8 @@ pub struct ShardPulse {
     /// watchdog signals the thread while it holds this lock, so that it never signals a
     /// thread that has ended.
     thread: Mutex<Pthread>,
-    /// The executor thread's name, for the watchdog's warning: for a shard, `shard-NODE-SHARD-`
-    /// and glommio's executor id.
+    /// The executor thread's name, for the watchdog's warning. For a shard it is
+    /// `shard-NODE-SHARD-` followed by glommio's executor id.
     thread_name: Mutex<String>,
     ticks: AtomicU64,
     /// Signals the watchdog sent to the thread.

@@ -132,10 +132,10 @@ impl EntryCache {
     /// `bytes_max`.
     ///
     /// The queue reserves a slot for every entry the budget can hold, so that it does not
-    /// grow while the cache stays within its budget. Growing moves the whole queue to a new allocation twice
-    /// as large. On the development VM, going from 2^18 to 2^19 slots stalled every shard
-    /// for 20 ms or more, which cost an election under a tuned election timeout. Reserving
-    /// touches no memory; each page is touched once the queue reaches it.
+    /// grow while the cache stays within its budget. Growing moves the whole queue to a new
+    /// allocation twice as large. On the development VM, going from 2^18 to 2^19 slots
+    /// stalled every shard for 20 ms or more, which cost an election under a tuned election
+    /// timeout. The reservation writes nothing, so its pages fill only as the queue does.
     pub fn new(bytes_max: u64) -> Self {
         let reserved = (bytes_max / CACHE_ENTRY_OVERHEAD_BYTES).min(CACHE_RESERVED_ENTRIES_MAX);
         EntryCache {

@@ -95,9 +95,9 @@ pub struct ShardMetrics {
     /// Groups the shard handed to a follower because its own fdatasync was far slower
     /// (`disk_transfer`).
     pub leader_disk_transfers: u64,
-    /// Times the node's watchdog found the shard's executor without a guard tick for
-    /// [`STALL_MILLIS`](crate::wake_guard::STALL_MILLIS) and interrupted its sleep: lost
-    /// wake-ups, during which the shard sent no heartbeats and served no requests.
+    /// Times the node's watchdog saw no guard tick from the shard's executor for
+    /// [`STALL_MILLIS`](crate::wake_guard::STALL_MILLIS) and interrupted its sleep. The
+    /// shard's timers, heartbeats among them, did not fire meanwhile.
     pub executor_stalls: u64,
     /// The adaptive tuner's state; `None` when tuning is off.
     pub tuning: Option<TuningReport>,
