@@ -81,8 +81,12 @@ pub struct TuningReport {
     pub timing_decisions: u64,
     /// Timing changes this shard appended as the leader of a group, since it started.
     pub timing_proposals: u64,
-    /// The lowest election timeout that the observed round trips and fdatasyncs allow.
+    /// The lowest election timeout that the observed round trips, fdatasyncs and stalls of
+    /// the shard's loop allow.
     pub election_timeout_floor_micros: u64,
+    /// The maximum stall of the shard's loop in the last interval: the largest gap between
+    /// two ticks it handled, less the tick interval.
+    pub stall_max_micros: u64,
     /// The failure detector's view of each peer whose heartbeats this shard received, at
     /// the end of the last interval.
     pub peers: Vec<PeerSuspicion>,

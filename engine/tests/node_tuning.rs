@@ -166,6 +166,7 @@ fn tuner_runs_within_its_bounds() {
         "shardraft_tuning_knob{",
         "shardraft_tuning_measured_commit_seconds{",
         "shardraft_tuning_election_timeout_floor_seconds{",
+        "shardraft_tuning_stall_max_seconds{",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }

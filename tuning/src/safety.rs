@@ -19,7 +19,9 @@
 //! 6. **Election timeout floor.** `election_timeout_min ≥ safety_factor × (p99.9 RTT +
 //!    p99.9 fdatasync)`. The RTT is that of the follower after the slowest ones a quorum
 //!    can spare (`IntervalSamples::rtt_p999_quorum_micros`), because a spurious election
-//!    or step-down needs more followers to fall behind than that. When the current value
+//!    or step-down needs more followers to fall behind than that. The floor is also at
+//!    least `stall_safety_factor` × the maximum stall of the shard's loop in the last
+//!    `stall_window_intervals` intervals (see [`SafetyRules::stall_floor_micros`]). When the current value
 //!    is below the floor, the guard raises it to
 //!    [`FORCED_RAISE_HEADROOM`] × the floor at once, ignoring the rate and step limits,
 //!    and raises the max to keep the spread. These are the only forced changes, and
@@ -45,6 +47,7 @@ pub const FORCED_RAISE_HEADROOM: f64 = 1.25;
 pub struct SafetyRules {
     pub bounds: KnobBounds,
     pub safety_factor: f64,
+    pub stall_safety_factor: f64,
     pub election_timeout_spread: f64,
     pub memory_budget_bytes: u64,
     /// Followers the leader replicates to.
@@ -60,6 +63,7 @@ impl SafetyRules {
         Self {
             bounds: config.bounds,
             safety_factor: config.safety_factor,
+            stall_safety_factor: config.stall_safety_factor,
             election_timeout_spread: config.election_timeout_spread,
             memory_budget_bytes: config.memory_budget_bytes,
             peers,
@@ -77,6 +81,12 @@ impl SafetyRules {
     ) -> u64 {
         let sum = rtt_p999_micros.saturating_add(fsync_p999_micros) as f64;
         saturating_u64(sum * self.safety_factor)
+    }
+
+    /// Returns the election timeout floor for the maximum recent stall of the shard's loop,
+    /// saturating.
+    pub fn stall_floor_micros(&self, stall_max_micros: u64) -> u64 {
+        saturating_u64(stall_max_micros as f64 * self.stall_safety_factor)
     }
 
     /// Returns the smallest election timeout max that keeps the spread above `min_micros`.

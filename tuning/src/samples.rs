@@ -111,6 +111,11 @@ pub struct IntervalSamples {
     /// served as a leader. Empty in samples recorded before read latency was sampled.
     #[serde(default)]
     pub read_latency: LatencySummary,
+    /// The maximum time by which the shard's loop fell behind its tick timer: the largest
+    /// gap between two ticks it handled, less the tick interval. While the loop stalls, a leader sends
+    /// no heartbeat. 0 in samples recorded before stalls were measured.
+    #[serde(default)]
+    pub stall_max_micros: u64,
 }
 
 impl IntervalSamples {
@@ -175,6 +180,7 @@ pub struct SampleCollector {
     commit_latency: LatencyHistogram,
     reads: u64,
     read_latency: LatencyHistogram,
+    stall_max_micros: u64,
 }
 
 fn rate_per_second(count: u64, interval_micros: u64) -> f64 {
@@ -219,6 +225,7 @@ impl SampleCollector {
             commit_latency: LatencyHistogram::new(),
             reads: 0,
             read_latency: LatencyHistogram::new(),
+            stall_max_micros: 0,
         }
     }
 
@@ -332,6 +339,11 @@ impl SampleCollector {
         self.read_latency.record_n(latency_micros, count);
     }
 
+    /// Records that the shard's loop handled a tick `late_micros` after it was due.
+    pub fn record_stall(&mut self, late_micros: u64) {
+        self.stall_max_micros = self.stall_max_micros.max(late_micros);
+    }
+
     /// Returns the summary of the interval that ends at `now_micros` and starts the next
     /// interval there.
     ///
@@ -400,6 +412,7 @@ impl SampleCollector {
             reads: self.reads,
             read_rate_per_second: rate_per_second(self.reads, interval_micros),
             read_latency: LatencySummary::from_histogram(&self.read_latency),
+            stall_max_micros: self.stall_max_micros,
         }
     }
 }
@@ -421,6 +434,9 @@ mod tests {
         collector.record_busy(250_000);
         collector.record_reads(300);
         collector.record_read_latencies(400, 290);
+        collector.record_stall(3_000);
+        collector.record_stall(12_000);
+        collector.record_stall(5_000);
         for _ in 0..100 {
             collector.record_commit(800);
         }
@@ -437,6 +453,7 @@ mod tests {
         assert_eq!(samples.queue_depth_mean, 4.0);
         assert_eq!(samples.queue_depth_max, 6);
         assert_eq!(samples.busy_fraction, 0.25);
+        assert_eq!(samples.stall_max_micros, 12_000, "the maximum stall");
         assert_eq!(samples.commit_rate_per_second, 100.0);
         assert_eq!(samples.commit_latency.count, 100);
         assert!(samples.commit_latency.p99_micros >= 800);

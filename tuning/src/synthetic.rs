@@ -369,6 +369,8 @@ impl SyntheticSystem {
             reads: 0,
             read_rate_per_second: 0.0,
             read_latency: LatencySummary::default(),
+            // The synthetic loop never stalls; tests of the stall floor set stalls themselves.
+            stall_max_micros: 0,
         }
     }
 }

@@ -44,7 +44,10 @@
 //! The floor that forces a raise is per interval: `safety_factor × (p99.9 RTT + p99.9
 //! fdatasync)` of the latest interval that measured them. A windowed statistic could be
 //! lower than one interval's p99.9 and would then let the timeout sit below that interval's
-//! floor, so it is used only for lowering.
+//! floor, so it is used only for lowering. The floor is also at least
+//! `stall_safety_factor` × the maximum stall of the shard's loop in the last
+//! `stall_window_intervals` intervals. Stalls are rare, and one that outlasts the election
+//! timeout of a leader's followers costs an election, so the window keeps the maximum.
 //!
 //! When `enabled = false` the tuner returns the static knobs unchanged and never proposes
 //! anything. Until the cold start ends, the batching knobs stay at their static values,
@@ -129,6 +132,12 @@ struct Active {
     /// Election timeout floors of recent intervals, newest last.
     floors: VecDeque<u64>,
     last_floor_micros: u64,
+    /// The maximum stall of the shard's loop in each of the last `stall_window_intervals`
+    /// intervals, newest last.
+    stalls: VecDeque<u64>,
+    /// The maximum stall in the window when its floor set the latest floor, for the reason
+    /// of a forced raise.
+    stall_binds_micros: Option<u64>,
     last_prediction: Option<Prediction>,
     /// Batch bytes per batch entry in the static knobs, kept when batch entries change.
     bytes_per_entry: u64,
@@ -186,6 +195,8 @@ impl Tuner {
                 last_exploration: None,
                 floors: VecDeque::new(),
                 last_floor_micros: 0,
+                stalls: VecDeque::new(),
+                stall_binds_micros: None,
                 last_prediction: None,
                 bytes_per_entry: (static_knobs.batch_bytes_max
                     / static_knobs.batch_entries_max.max(1))
@@ -348,7 +359,7 @@ impl Active {
             self.warm_intervals = self.warm_intervals.saturating_add(1);
         }
 
-        let floor = self.update_floor(measured);
+        let floor = self.update_floor(config, measured);
         let mut proposal = *self.guard.current();
         let mut basis = None;
         if self.warm_intervals >= config.cold_start_intervals {
@@ -407,8 +418,11 @@ impl Active {
                     change,
                     &measured,
                     basis.as_ref(),
-                    outcome.election_timeout_floor_micros,
-                    floor_envelope(&self.floors, self.last_floor_micros),
+                    reason::Floor {
+                        floor_micros: outcome.election_timeout_floor_micros,
+                        envelope_micros: floor_envelope(&self.floors, self.last_floor_micros),
+                        stall_micros: self.stall_binds_micros,
+                    },
                 )
             })
             .collect();

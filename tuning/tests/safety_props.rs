@@ -28,6 +28,8 @@ struct Checker {
     previous: Knobs,
     last_change: [Option<u64>; 8],
     interval: u64,
+    /// Each interval's maximum stall, newest last, over the configured window.
+    stalls: std::collections::VecDeque<u64>,
 }
 
 impl Checker {
@@ -37,6 +39,7 @@ impl Checker {
             previous: initial,
             last_change: [None; 8],
             interval: 0,
+            stalls: std::collections::VecDeque::new(),
         }
     }
 
@@ -94,9 +97,27 @@ impl Checker {
         };
         let rtt = tails.get(spared).copied();
         let fsync = (samples.fsync_latency.count > 0).then_some(samples.fsync_latency.p999_micros);
+        // The stall floor covers the maximum stall of the window, measured or not.
+        self.stalls.push_back(samples.stall_max_micros);
+        while self.stalls.len() as u64 > config.stall_window_intervals {
+            self.stalls.pop_front();
+        }
+        let stall_max = self.stalls.iter().copied().max().unwrap_or(0);
+        let stall_floor = stall_max as f64 * config.stall_safety_factor;
+        let max_bound = bounds.election_timeout_min_micros.max as f64;
+        if (knobs.election_timeout_min_micros as f64) < stall_floor.min(max_bound).floor() {
+            return Err(format!(
+                "election min {} below stall floor {stall_floor}",
+                knobs.election_timeout_min_micros
+            ));
+        }
+        if stall_floor > max_bound && !decision.floor_unsatisfiable {
+            return Err(format!(
+                "floor_unsatisfiable wrong for stall floor {stall_floor}"
+            ));
+        }
         if let (Some(rtt), Some(fsync)) = (rtt, fsync) {
-            let floor = rtt.saturating_add(fsync) as f64 * config.safety_factor;
-            let max_bound = bounds.election_timeout_min_micros.max as f64;
+            let floor = (rtt.saturating_add(fsync) as f64 * config.safety_factor).max(stall_floor);
             let required = floor.min(max_bound);
             if (knobs.election_timeout_min_micros as f64) < required.floor() {
                 return Err(format!(

@@ -878,7 +878,8 @@ fn encode_tuning(
     gauges(
         encoder,
         "shardraft_tuning_election_timeout_floor_seconds",
-        "The lowest election timeout the observed round trips and fdatasyncs allow.",
+        "The lowest election timeout the observed round trips, fdatasyncs and stalls of the \
+         shard's loop allow.",
         tuned
             .iter()
             .map(|(labels, report)| {
@@ -887,6 +888,16 @@ fn encode_tuning(
                     report.election_timeout_floor_micros as f64 / 1e6,
                 )
             })
+            .collect(),
+    )?;
+    gauges(
+        encoder,
+        "shardraft_tuning_stall_max_seconds",
+        "The maximum stall of the shard's loop in the last tuning interval: the largest gap \
+         between two ticks it handled, less the tick interval.",
+        tuned
+            .iter()
+            .map(|(labels, report)| (labels.clone(), report.stall_max_micros as f64 / 1e6))
             .collect(),
     )
 }

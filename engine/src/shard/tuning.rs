@@ -131,6 +131,7 @@ impl ShardTuning {
                 timing_decisions: 0,
                 timing_proposals: 0,
                 election_timeout_floor_micros: 0,
+                stall_max_micros: 0,
                 peers: Vec::new(),
             },
         })
@@ -154,6 +155,12 @@ impl ShardTuning {
     /// Records one linearizable read taken by a group this shard leads.
     pub fn record_read(&mut self) {
         self.collector.record_reads(1);
+    }
+
+    /// Records that the loop handled a tick `late` after it was due.
+    pub fn record_stall(&mut self, late: Duration) {
+        self.collector
+            .record_stall(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Records one turn of the loop: how long it was busy and how many events it handled.
@@ -319,6 +326,7 @@ impl ShardTuning {
         report.measured_p99_micros = samples.commit_latency.p99_micros;
         report.measured_commits_per_second = samples.commit_rate_per_second;
         report.election_timeout_floor_micros = decision.election_timeout_floor_micros;
+        report.stall_max_micros = samples.stall_max_micros;
         if decision.batching.is_some() {
             report.batching_changes += 1;
         }

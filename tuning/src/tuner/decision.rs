@@ -28,6 +28,8 @@ pub struct Measurement {
     ///
     /// [`READ_LATENCY_SAMPLES_MIN`]: super::reads::READ_LATENCY_SAMPLES_MIN
     pub read_p99_micros: Option<u64>,
+    /// The maximum stall of the shard's loop in the interval.
+    pub stall_max_micros: u64,
 }
 
 fn clean_rate(value: f64) -> f64 {
@@ -55,6 +57,7 @@ impl Measurement {
             read_rate_per_second: clean_rate(samples.read_rate_per_second),
             read_p99_micros: (samples.read_latency.count >= super::reads::READ_LATENCY_SAMPLES_MIN)
                 .then_some(samples.read_latency.p99_micros),
+            stall_max_micros: samples.stall_max_micros,
         }
     }
 

@@ -75,16 +75,30 @@ pub(super) enum Basis {
     },
 }
 
-/// Describes why `change` happened: `basis` is the comparison behind a batching move,
-/// `floor_micros` the election timeout floor in force and `envelope_micros` the recent
-/// floors' quantile that a lower timeout heads for.
+/// The election timeout floor behind a timing change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Floor {
+    /// The floor in force.
+    pub floor_micros: u64,
+    /// The recent floors' quantile that a lower timeout heads for.
+    pub envelope_micros: u64,
+    /// The maximum recent stall of the shard's loop, when its floor set the floor.
+    pub stall_micros: Option<u64>,
+}
+
+/// Describes why `change` happened: `basis` is the comparison behind a batching move and
+/// `floor` the election timeout floor behind a timing change.
 pub(super) fn describe(
     change: &KnobChange,
     measured: &Measurement,
     basis: Option<&Basis>,
-    floor_micros: u64,
-    envelope_micros: u64,
+    floor: Floor,
 ) -> String {
+    let Floor {
+        floor_micros,
+        envelope_micros,
+        stall_micros,
+    } = floor;
     let head = format!(
         "{} {} → {}",
         change.knob,
@@ -94,9 +108,15 @@ pub(super) fn describe(
     if change.knob.is_timing() {
         let floor = format_micros(floor_micros as f64);
         return if change.forced {
-            format!(
-                "{head}: election timeout floor {floor} (safety factor × (p99.9 RTT + p99.9 fdatasync)) forced a raise"
-            )
+            match stall_micros {
+                Some(stall) => format!(
+                    "{head}: election timeout floor {floor} (stall safety factor × the maximum recent stall of the shard's loop, {}) forced a raise",
+                    format_micros(stall as f64)
+                ),
+                None => format!(
+                    "{head}: election timeout floor {floor} (safety factor × (p99.9 RTT + p99.9 fdatasync)) forced a raise"
+                ),
+            }
         } else if change.to < change.from {
             let envelope = format_micros(envelope_micros as f64);
             let quantile = super::FLOOR_ENVELOPE_QUANTILE * 100.0;
@@ -141,6 +161,12 @@ pub(super) fn describe(
 mod tests {
     use super::*;
 
+    const NO_FLOOR: Floor = Floor {
+        floor_micros: 0,
+        envelope_micros: 0,
+        stall_micros: None,
+    };
+
     #[test]
     fn batching_reason_names_rate_and_prediction() {
         let change = KnobChange {
@@ -165,7 +191,7 @@ mod tests {
             goal: None,
             exploring: false,
         };
-        let text = describe(&change, &measured, Some(&basis), 0, 0);
+        let text = describe(&change, &measured, Some(&basis), NO_FLOOR);
         assert_eq!(
             text,
             "linger_micros 0 µs → 40 µs: arrival rate 180k/s, predicted p99 600 µs → 400 µs"
@@ -193,7 +219,7 @@ mod tests {
             exploring: false,
         };
         assert_eq!(
-            describe(&change, &Measurement::default(), Some(&basis), 0, 0),
+            describe(&change, &Measurement::default(), Some(&basis), NO_FLOOR),
             "linger_micros 0 µs → 25 µs: arrival rate 0/s, predicted p99 3.4 ms → 3.5 ms, toward 2.1 ms"
         );
     }
@@ -215,7 +241,7 @@ mod tests {
             previous_p99_micros: 2_047.0,
         };
         assert_eq!(
-            describe(&change, &measured, Some(&basis), 0, 0),
+            describe(&change, &measured, Some(&basis), NO_FLOOR),
             "linger_micros 25 µs → 0 µs: arrival rate 60k/s, measured p99 4.1 ms → 2.0 ms (moving back)"
         );
     }

@@ -136,6 +136,99 @@ fn timing_stays_until_floors_are_measured() {
 }
 
 #[test]
+fn stall_raise_holds_for_window() {
+    // The timing first comes down to the latency floor of about 10 ms. Then one interval
+    // in which the loop stalled for 60 ms forces the minimum above twice that, and the
+    // tuner keeps it there while the stall is in the window, however quiet the network.
+    let config = TuningConfig {
+        timing_change_interval_min: 5,
+        stall_window_intervals: 40,
+        ..enabled()
+    };
+    let mut tuner = tuner(config);
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    let load = SyntheticLoad::poisson(5_000.0);
+    for _ in 0..100 {
+        let samples = system.interval(tuner.current(), load);
+        tuner.observe(&samples);
+    }
+    let lowered = tuner.current().election_timeout_min_micros;
+    assert!(lowered < 100_000, "the timing came down first: {lowered}");
+
+    let mut samples = system.interval(tuner.current(), load);
+    samples.stall_max_micros = 60_000;
+    let decision = tuner.observe(&samples);
+    let Some(timing) = decision.timing else {
+        panic!("a stall above the timing must force a raise: {decision:?}");
+    };
+    assert!(timing.forced, "{timing:?}");
+    assert_eq!(decision.election_timeout_floor_micros, 120_000);
+    assert!(tuner.current().election_timeout_min_micros >= 120_000);
+    assert!(
+        decision
+            .reasons
+            .iter()
+            .any(|reason| reason.contains("maximum recent stall")),
+        "{:?}",
+        decision.reasons
+    );
+
+    // 38 more intervals keep the stall in the window of 40.
+    for _ in 0..38 {
+        let samples = system.interval(tuner.current(), load);
+        let decision = tuner.observe(&samples);
+        assert_eq!(decision.election_timeout_floor_micros, 120_000);
+        assert!(tuner.current().election_timeout_min_micros >= 120_000);
+    }
+    // Once the stall has left the window, the timing may come down again.
+    for _ in 0..60 {
+        let samples = system.interval(tuner.current(), load);
+        tuner.observe(&samples);
+    }
+    let after = tuner.current().election_timeout_min_micros;
+    assert!(
+        after < 120_000,
+        "the timing came down after the window: {after}"
+    );
+}
+
+#[test]
+fn stall_factor_zero_leaves_stalls_out() {
+    let config = TuningConfig {
+        timing_change_interval_min: 5,
+        stall_safety_factor: 0.0,
+        ..enabled()
+    };
+    let mut tuner = tuner(config);
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    for _ in 0..100 {
+        let mut samples = system.interval(tuner.current(), SyntheticLoad::poisson(5_000.0));
+        samples.stall_max_micros = 60_000;
+        let decision = tuner.observe(&samples);
+        assert!(
+            decision.election_timeout_floor_micros < 60_000,
+            "{decision:?}"
+        );
+    }
+    assert!(tuner.current().election_timeout_min_micros < 100_000);
+}
+
+#[test]
+fn stall_counts_in_intervals_without_latencies() {
+    // An interval without round trips or fdatasyncs still raises the floor for a stall.
+    let mut tuner = tuner(enabled());
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    let mut samples = system.interval(tuner.current(), SyntheticLoad::poisson(5_000.0));
+    samples.peer_rtts.clear();
+    samples.fsyncs = 0;
+    samples.fsync_latency = Default::default();
+    samples.stall_max_micros = 400_000;
+    let decision = tuner.observe(&samples);
+    assert_eq!(decision.election_timeout_floor_micros, 800_000);
+    assert!(tuner.current().election_timeout_min_micros >= 800_000);
+}
+
+#[test]
 fn floor_envelope_ignores_one_spike() {
     // Twenty quiet intervals and one spike: the spike is above the 90th percentile.
     let mut floors: VecDeque<u64> = std::iter::repeat_n(100_000, 20).collect();

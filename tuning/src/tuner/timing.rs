@@ -24,20 +24,45 @@ pub(super) fn floor_envelope(floors: &VecDeque<u64>, latest: u64) -> u64 {
 }
 
 impl Active {
-    /// Returns the election timeout floor to enforce now: from this interval's latencies
-    /// when it measured both, else the previous floor, because an interval without
-    /// measurements carries no information about the network.
-    pub(super) fn update_floor(&mut self, measured: Measurement) -> u64 {
-        if let (Some(rtt), Some(fsync)) = (measured.rtt_p999_micros, measured.fsync_p999_micros) {
-            self.last_floor_micros = self.guard.rules().election_timeout_floor_micros(rtt, fsync);
-        } else if let Some(one) = measured.rtt_p999_micros.or(measured.fsync_p999_micros) {
-            // One side alone is still a lower bound on the sum.
-            let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
-            self.last_floor_micros = self.last_floor_micros.max(floor);
-        } else {
-            // Nothing measured: the window keeps only floors that measurements gave.
-            return self.last_floor_micros;
+    /// Returns the election timeout floor to enforce now: the larger of the latency floor
+    /// and the stall floor. The latency floor comes from this interval's latencies when it
+    /// measured both, else from the previous floor, because an interval without
+    /// measurements carries no information about the network. The stall floor covers the
+    /// maximum stall of the shard's loop in the last `stall_window_intervals` intervals.
+    pub(super) fn update_floor(&mut self, config: &TuningConfig, measured: Measurement) -> u64 {
+        self.stalls.push_back(measured.stall_max_micros);
+        let stall_window = config.stall_window_intervals.clamp(1, 100_000) as usize;
+        while self.stalls.len() > stall_window {
+            self.stalls.pop_front();
         }
+        let stall_max = self.stalls.iter().copied().max().unwrap_or(0);
+        let stall_floor = self.guard.rules().stall_floor_micros(stall_max);
+
+        let latency_floor = if let (Some(rtt), Some(fsync)) =
+            (measured.rtt_p999_micros, measured.fsync_p999_micros)
+        {
+            Some(self.guard.rules().election_timeout_floor_micros(rtt, fsync))
+        } else {
+            // One side alone is still a lower bound on the sum.
+            measured
+                .rtt_p999_micros
+                .or(measured.fsync_p999_micros)
+                .map(|one| {
+                    let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
+                    self.last_floor_micros.max(floor)
+                })
+        };
+        let Some(latency_floor) = latency_floor else {
+            // Nothing measured: the window keeps only floors that measurements gave, but a
+            // stall still counts, since it happened whatever the network did.
+            if stall_floor > self.last_floor_micros {
+                self.last_floor_micros = stall_floor;
+                self.stall_binds_micros = Some(stall_max);
+            }
+            return self.last_floor_micros;
+        };
+        self.stall_binds_micros = (stall_floor > latency_floor).then_some(stall_max);
+        self.last_floor_micros = latency_floor.max(stall_floor);
         self.floors.push_back(self.last_floor_micros);
         let window = self
             .guard

@@ -65,12 +65,12 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
         extreme_u64(),
         extreme_f64(),
     );
-    let reads = (extreme_u64(), extreme_f64(), summary());
+    let reads = (extreme_u64(), extreme_f64(), summary(), extreme_u64());
     (rates, latencies, reads).prop_map(
         |(
             (interval, count, arrival_rate, dispersion, commit_rate, busy),
             (fsync, commit, peers, queue, queue_max, bytes),
-            (reads, read_rate, read_latency),
+            (reads, read_rate, read_latency, stall),
         )| {
             IntervalSamples {
                 interval_micros: interval,
@@ -98,6 +98,7 @@ pub fn samples() -> impl Strategy<Value = IntervalSamples> {
                 reads,
                 read_rate_per_second: read_rate,
                 read_latency,
+                stall_max_micros: stall,
             }
         },
     )
@@ -138,6 +139,7 @@ pub fn saturated_samples() -> IntervalSamples {
         commit_latency: huge,
         reads: u64::MAX,
         read_rate_per_second: f64::MAX,
+        stall_max_micros: u64::MAX,
         read_latency: huge,
     }
 }
