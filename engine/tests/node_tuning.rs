@@ -1,7 +1,7 @@
 //! The adaptive tuner and the proposal linger in real nodes of this process: off, nothing
 //! changes and nothing is exported; on, the shards run tuning intervals, keep every knob
-//! inside its bounds, batch reads under a read load and export their state. A linger delays
-//! proposals.
+//! inside its bounds, batch reads under a read load, raise the election timeout above a
+//! stall of the shard's loop and export their state. A linger delays proposals.
 
 mod support;
 
@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardraft::config::NodeConfig;
 use shardraft::kv::Command;
+use shardraft::kv::KvStateMachine;
 use shardraft::log::{GroupId, StorageKind};
 use shardraft::metrics::{NodeLabels, NodeMetrics, encode_text};
-use shardraft::node::{GroupStatus, NodeError, ReadMode};
-use shardraft::raft::GroupTiming;
+use shardraft::node::{GroupStatus, Node, NodeError, ReadMode};
+use shardraft::raft::{GroupTiming, LogIndex, Term};
+use shardraft::state_machine::{Snapshot, StateMachine};
 use shardraft::tuning::TuningReport;
 use shardraft_tuning::{Knob, ObjectiveKind};
 use support::*;
@@ -393,4 +395,115 @@ fn tuner_batches_reads_under_read_load() {
         assert!(found, "key before-reads-{reader} after batching");
     }
     cluster.shutdown();
+}
+
+/// How long [`StallingKv`] blocks its shard's thread when it applies [`STALL_KEY`].
+const STALL: Duration = Duration::from_millis(150);
+
+/// The key whose put stalls the shard that applies it.
+const STALL_KEY: &str = "stall";
+
+/// The key-value store, except that applying a put of [`STALL_KEY`] blocks the shard's
+/// thread for [`STALL`], as a long turn of the loop or a paused machine would.
+struct StallingKv {
+    kv: KvStateMachine,
+    stall_command: Bytes,
+}
+
+impl StateMachine for StallingKv {
+    type Output = <KvStateMachine as StateMachine>::Output;
+    type View = <KvStateMachine as StateMachine>::View;
+    type RestoreError = <KvStateMachine as StateMachine>::RestoreError;
+
+    fn apply_command(&mut self, index: LogIndex, term: Term, command: &Bytes) -> Self::Output {
+        if *command == self.stall_command {
+            std::thread::sleep(STALL);
+        }
+        self.kv.apply_command(index, term, command)
+    }
+
+    fn apply_noop(&mut self, index: LogIndex, term: Term) {
+        self.kv.apply_noop(index, term);
+    }
+
+    fn applied_index(&self) -> LogIndex {
+        self.kv.applied_index()
+    }
+
+    fn applied_term(&self) -> Term {
+        self.kv.applied_term()
+    }
+
+    fn snapshot_view(&self) -> Self::View {
+        self.kv.snapshot_view()
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<(), Self::RestoreError> {
+        self.kv.restore(snapshot)
+    }
+}
+
+#[test]
+fn loop_stall_raises_election_timeout() {
+    // One node with its log in memory: no follower round trips and no fdatasyncs, so only
+    // stalls of the shard's loop set the election timeout floor.
+    let dir = test_dir("loop_stall_raises_election_timeout");
+    let mut configs = cluster_configs(&dir, 1, 1, 1);
+    let mut config = configs.remove(0);
+    config.log.storage = StorageKind::Memory;
+    config.tuning.enabled = true;
+    config.tuning.interval_ms = 100;
+    let static_min_micros =
+        u64::from(config.raft.election_timeout_ticks_min) * config.tick_interval_ms * 1_000;
+    let node = Node::start(config.clone(), |_| StallingKv {
+        kv: KvStateMachine::new(kv_limits()),
+        stall_command: put(STALL_KEY),
+    })
+    .expect("starting the node");
+    let handle = node.handle();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.propose(GROUP, put("first")).is_err() {
+        assert!(Instant::now() < deadline, "the node elected no leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle
+        .propose(GROUP, put(STALL_KEY))
+        .expect("the stalling put commits");
+
+    // The tick due during the stall comes at least the stall less one tick interval late,
+    // and the floor is twice the maximum stall of the window.
+    let late_micros = (STALL.as_micros() as u64) - config.tick_interval_ms * 1_000;
+    let floor_micros = (config.tuning.stall_safety_factor * late_micros as f64) as u64;
+    assert!(
+        floor_micros > static_min_micros,
+        "the stall must exceed the static timing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = handle
+            .metrics(Duration::from_secs(5))
+            .expect("reading metrics")
+            .shards
+            .remove(0)
+            .tuning
+            .expect("the shard runs a tuner");
+        if report.election_timeout_floor_micros >= floor_micros {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the floor stayed below {floor_micros} µs after a stall: {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        report.knobs.election_timeout_min_micros >= floor_micros,
+        "the election timeout was not raised above the floor: {report:?}"
+    );
+    assert!(
+        report.knobs.election_timeout_min_micros > static_min_micros,
+        "{report:?}"
+    );
+    node.shutdown().expect("shutting down");
 }
