@@ -105,6 +105,7 @@ fn simulated_clusters_stay_safe_and_live() {
                 "early campaigns after a leader's crash",
                 total(|counts| counts.leader_down_reports),
             ),
+            ("process pauses", total(|counts| counts.pauses)),
         ] {
             assert!(value > 0, "no run had {what} in {count} seeds");
         }

@@ -14,7 +14,7 @@ use shardraft_raft::{
 };
 
 use super::checks::{SafetyChecker, Violation};
-use super::faults::{Fault, ScheduledFault, draw_schedule, draw_timing_changes};
+use super::faults::{Fault, ScheduledFault, draw_pauses, draw_schedule, draw_timing_changes};
 use super::kv::{Command, CommandResult, KvStore};
 use super::network::{LinkQuality, Partition, chance, uniform};
 use super::params::{PHI_THRESHOLD, RunParams, TICK_US, tick_period_us};
@@ -25,6 +25,9 @@ use shardraft_tuning::PhiAccrualDetector;
 
 /// Mixed into a run's seed for the generator of its timing changes.
 const TIMING_CHANGES_SEED_SALT: u64 = 0x7469_6d69_6e67;
+
+/// Mixed into a run's seed for the generator of its process pauses.
+const PAUSES_SEED_SALT: u64 = 0x7061_7573_6573;
 
 /// Mixed into a replica's core seed for its tuner's seed.
 const TUNER_SEED_SALT: u64 = 0x0074_756e_6572;
@@ -59,6 +62,8 @@ pub struct RunCounts {
     pub snapshots_installed: u64,
     pub membership_changes: u64,
     pub wipes: u64,
+    /// Process pauses that began.
+    pub pauses: u64,
     /// Times a failure detector brought a follower's election forward.
     pub elections_brought_forward: u64,
     /// Timing changes a leader accepted.
@@ -210,6 +215,11 @@ struct SimNode {
     /// The adaptive tuner, when the run uses it. A crash loses it with the rest of the
     /// runtime's memory.
     tuner: Option<SimTuner>,
+    /// Until when the process is paused ([`Fault::Pause`]); events for it wait until then.
+    /// 0 when it is not paused.
+    paused_until_us: u64,
+    /// When this incarnation last handled a tick, to measure how late the next one comes.
+    last_tick_us: Option<u64>,
 }
 
 impl SimNode {
@@ -331,6 +341,13 @@ impl Simulation {
             params.faults_start_us,
             params.faults_end_us,
         ));
+        let mut pause_rng = ChaCha8Rng::seed_from_u64(seed ^ PAUSES_SEED_SALT);
+        schedule.extend(draw_pauses(
+            &mut pause_rng,
+            params.nodes,
+            params.faults_start_us,
+            params.faults_end_us,
+        ));
         // Stable, so faults at the same time keep their drawn order.
         schedule.sort_by_key(|scheduled| scheduled.at_us);
         let nodes = (0..params.nodes)
@@ -357,6 +374,8 @@ impl Simulation {
                 detectors: BTreeMap::new(),
                 suspicion_ticks: BTreeMap::new(),
                 tuner: None,
+                paused_until_us: 0,
+                last_tick_us: None,
             })
             .collect();
         let clients = (0..params.clients)
@@ -543,16 +562,57 @@ impl Simulation {
             .push(Reverse((at_us, self.next_event_seq, slot)));
     }
 
+    /// Returns the node whose process handles `event`, if one does.
+    fn event_node(&self, event: &Event) -> Option<usize> {
+        match event {
+            Event::Tick { node, .. }
+            | Event::SnapshotReport { node, .. }
+            | Event::PersistDone { node, .. }
+            | Event::PeerDown { node, .. }
+            | Event::ClientArrive { node, .. }
+            | Event::ClockJump { node } => Some(*node),
+            Event::Deliver { message, .. } | Event::DeliverSnapshot { message, .. } => {
+                let node = usize::try_from(message.to.0).ok()?.checked_sub(1)?;
+                (node < self.nodes.len()).then_some(node)
+            }
+            Event::ClientWake { .. }
+            | Event::ClientResponse { .. }
+            | Event::ClientTimeout { .. }
+            | Event::Fault { .. }
+            | Event::Restart { .. } => None,
+        }
+    }
+
     fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
+        // A paused process handles nothing: its messages, ticks and storage completions
+        // wait, in order, until the pause ends.
+        if let Some(node) = self.event_node(&event)
+            && self.nodes[node].paused_until_us > self.now_us
+        {
+            let resume_us = self.nodes[node].paused_until_us;
+            self.schedule_event(resume_us, event);
+            return Ok(());
+        }
         match event {
             Event::Tick { node, incarnation } => {
                 if self.nodes[node].incarnation != incarnation {
                     return Ok(());
                 }
+                let now_us = self.now_us;
                 let sim_node = &mut self.nodes[node];
                 let Some(raft) = sim_node.raft.as_mut() else {
                     return Ok(());
                 };
+                // The tuner keeps the election timeout above stalls of the loop, which a
+                // pause is; the engine's shard measures them the same way.
+                if let Some(last_tick_us) = sim_node.last_tick_us.replace(now_us)
+                    && let Some(tuner) = sim_node.tuner.as_mut()
+                {
+                    let late_us = now_us
+                        .saturating_sub(last_tick_us)
+                        .saturating_sub(sim_node.tick_period_us);
+                    tuner.record_stall(late_us);
+                }
                 if let Some(ticks) = raft
                     .leader()
                     .and_then(|leader| sim_node.suspicion_ticks.get(&leader))
@@ -807,6 +867,8 @@ impl Simulation {
         sim_node.detectors.clear();
         sim_node.suspicion_ticks.clear();
         sim_node.tuner = tuner;
+        sim_node.paused_until_us = 0;
+        sim_node.last_tick_us = None;
         // The state machine starts from the stored snapshot, or empty, and is rebuilt by
         // applying the log after it.
         let restored = sim_node.durable.restore(sim_node.founding);
@@ -879,6 +941,8 @@ impl Simulation {
         self.counts.crashes += 1;
         sim_node.raft = None;
         sim_node.tuner = None;
+        // The events a pause held back belong to the process that crashed.
+        sim_node.paused_until_us = 0;
         sim_node.incarnation += 1;
         self.report_crash_to_peers(node);
         let sim_node = &mut self.nodes[node];
@@ -1538,7 +1602,7 @@ impl Simulation {
             Fault::Links { quality } => self.links = quality,
             Fault::RemoveNode { node } => {
                 let target = self.nodes[node].id;
-                if let Some(leader) = self.current_leader() {
+                if let Some(leader) = self.leader_taking_requests() {
                     if let Some(raft) = self.nodes[leader].raft.as_mut() {
                         // Refusals (a change pending, the last voter, the leader itself,
                         // which transfers first) are part of what the run exercises.
@@ -1556,8 +1620,18 @@ impl Simulation {
                 }
             }
             Fault::AddNode { node } => self.add_node(node)?,
+            Fault::Pause { node, duration_us } => {
+                if let Some(node) = node.or_else(|| self.current_leader())
+                    && self.nodes[node].raft.is_some()
+                {
+                    let until_us = self.now_us + duration_us;
+                    let sim_node = &mut self.nodes[node];
+                    sim_node.paused_until_us = sim_node.paused_until_us.max(until_us);
+                    self.counts.pauses += 1;
+                }
+            }
             Fault::ChangeTiming { timing } => {
-                if let Some(leader) = self.current_leader() {
+                if let Some(leader) = self.leader_taking_requests() {
                     if let Some(raft) = self.nodes[leader].raft.as_mut()
                         && raft
                             .propose_membership_change(
@@ -1580,7 +1654,7 @@ impl Simulation {
             }
             Fault::TransferLeadership { node } => {
                 let target = self.nodes[node].id;
-                let leader = self.current_leader();
+                let leader = self.leader_taking_requests();
                 if let Some(leader) = leader {
                     if let Some(raft) = self.nodes[leader].raft.as_mut() {
                         // A transfer to itself or to a non-voter is refused; that is fine here.
@@ -1709,7 +1783,7 @@ impl Simulation {
     /// it as a member: empty storage, a learner of its own config, added by the leader to
     /// be promoted once caught up.
     fn add_node(&mut self, node: usize) -> Result<(), RunError> {
-        let Some(leader) = self.current_leader() else {
+        let Some(leader) = self.leader_taking_requests() else {
             return Ok(());
         };
         let id = self.nodes[node].id;
@@ -1745,6 +1819,13 @@ impl Simulation {
             })
             .max()
             .map(|(_, node)| node)
+    }
+
+    /// Returns the current leader, unless its process is paused. An operator's request to
+    /// a paused leader would wait for the pause to end, and the run's faults do not wait.
+    fn leader_taking_requests(&self) -> Option<usize> {
+        self.current_leader()
+            .filter(|&leader| self.nodes[leader].paused_until_us <= self.now_us)
     }
 
     /// Starts the client's next operation, if the run still takes operations.

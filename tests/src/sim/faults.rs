@@ -71,6 +71,14 @@ pub enum Fault {
     ChangeTiming {
         timing: GroupTiming,
     },
+    /// Stop `node`'s process for `duration_us` without losing anything, as a long
+    /// garbage-collection pause, a stopped process or a paused VM would. It handles no
+    /// message, tick or storage completion until then. Afterwards it handles one tick for
+    /// the whole pause, as the engine's ticker does. `None` pauses whichever node leads.
+    Pause {
+        node: Option<usize>,
+        duration_us: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -101,6 +109,14 @@ impl fmt::Display for Fault {
             Fault::AddNode { node } => write!(f, "add n{} back on an empty disk", node + 1),
             Fault::WipeNode { node } => write!(f, "wipe n{} and restart it", node + 1),
             Fault::ChangeTiming { timing } => write!(f, "set the timing: {timing}"),
+            Fault::Pause {
+                node: Some(node),
+                duration_us,
+            } => write!(f, "pause n{} for {} ms", node + 1, duration_us / 1000),
+            Fault::Pause {
+                node: None,
+                duration_us,
+            } => write!(f, "pause the leader for {} ms", duration_us / 1000),
         }
     }
 }
@@ -180,6 +196,38 @@ pub fn draw_timing_changes(
                         election_timeout_ticks_max: max,
                     },
                 },
+            }
+        })
+        .collect()
+}
+
+/// Draws the process pauses of one run between `start_us` and `end_us`: none in half of
+/// the runs, else one or two, each of 20 to 800 ms and over by `end_us`. Half of them pause
+/// the leader, whose followers then elect another while it still believes it leads.
+///
+/// They come from a generator of their own, so that the other faults of a seed stay what
+/// they were before pauses existed.
+pub fn draw_pauses(
+    rng: &mut ChaCha8Rng,
+    nodes: usize,
+    start_us: u64,
+    end_us: u64,
+) -> Vec<ScheduledFault> {
+    if chance(rng, 0.5) {
+        return Vec::new();
+    }
+    (0..uniform(rng, 1, 2))
+        .map(|_| {
+            let duration_us = uniform(rng, 20_000, 800_000);
+            let node = if chance(rng, 0.5) {
+                None
+            } else {
+                Some((rng.next_u64() % nodes as u64) as usize)
+            };
+            let last_start_us = end_us.saturating_sub(duration_us).max(start_us);
+            ScheduledFault {
+                at_us: uniform(rng, start_us, last_start_us),
+                fault: Fault::Pause { node, duration_us },
             }
         })
         .collect()

@@ -99,7 +99,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         let counts = &self.counts;
         let mut text = format!(
-            "seed {} nodes {}: {} events, {} messages ({} lost), {} elections, term {}, applied {}, ops ok {} failed {} unknown {}, crashes {}, snapshots taken {} installed {}, membership changes {}, wipes {}",
+            "seed {} nodes {}: {} events, {} messages ({} lost), {} elections, term {}, applied {}, ops ok {} failed {} unknown {}, crashes {}, snapshots taken {} installed {}, membership changes {}, wipes {}, pauses {}",
             self.seed,
             self.params.nodes,
             counts.events,
@@ -115,7 +115,8 @@ impl RunReport {
             counts.snapshots_taken,
             counts.snapshots_installed,
             counts.membership_changes,
-            counts.wipes
+            counts.wipes,
+            counts.pauses
         );
         if self.params.tuner {
             let _ = write!(

@@ -133,6 +133,12 @@ impl SimTuner {
         self.collector.record_fsync(entries, 0, latency_us);
     }
 
+    /// Records that the replica handled a tick `late_us` after it was due, as the engine's
+    /// shard loop measures its stalls.
+    pub fn record_stall(&mut self, late_us: u64) {
+        self.collector.record_stall(late_us);
+    }
+
     /// Ends the interval once it is due and lets the tuner decide. Returns whether it
     /// ended one.
     pub fn finish_interval_if_due(&mut self, now_us: u64) -> bool {
