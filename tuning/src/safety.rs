@@ -21,8 +21,8 @@
 //!    can spare (`IntervalSamples::rtt_p999_quorum_micros`), because a spurious election
 //!    or step-down needs more followers to fall behind than that. The floor is also at
 //!    least `stall_safety_factor` × the maximum stall of the shard's loop in the last
-//!    `stall_window_intervals` intervals (see [`SafetyRules::stall_floor_micros`]). When the current value
-//!    is below the floor, the guard raises it to
+//!    `stall_window_intervals` intervals (see [`SafetyRules::stall_floor_micros`]). When
+//!    the current value is below the floor, the guard raises it to
 //!    [`FORCED_RAISE_HEADROOM`] × the floor at once, ignoring the rate and step limits,
 //!    and raises the max to keep the spread. These are the only forced changes, and
 //!    [`KnobChange::forced`] marks them.
