@@ -198,9 +198,6 @@ struct Shard<S: StateMachine> {
     accepting_proposals: Rc<Cell<bool>>,
     accepting_changed: Rc<Signal>,
     tick: u64,
-    /// The turn start of the last tick handled, from which the tuner measures how late
-    /// the next one comes.
-    last_tick_at: Option<Instant>,
     /// Time the loop spent handling events and ready work since the shard started.
     busy_time: Duration,
     /// Start of the current turn, the time proposals handled in it count as taken.
@@ -295,7 +292,6 @@ where
             accepting_proposals: Rc::new(Cell::new(true)),
             accepting_changed: Rc::new(Signal::default()),
             tick: 0,
-            last_tick_at: None,
             busy_time: Duration::ZERO,
             turn_started_at: Instant::now(),
             marked_groups: Vec::new(),
@@ -453,15 +449,8 @@ where
         // leader sends no heartbeat meanwhile, so the tuner keeps the election timeout
         // above such stalls. The ticker sleeps a whole interval after each tick, so even
         // an idle loop measures a little lateness: its own wake-up.
-        let now = self.turn_started_at;
-        if let Some(previous) = self.last_tick_at.replace(now)
-            && let Some(tuning) = &mut self.tuning
-        {
-            let interval = Duration::from_millis(self.config.tick_interval_ms);
-            tuning.record_stall(
-                now.saturating_duration_since(previous)
-                    .saturating_sub(interval),
-            );
+        if let Some(tuning) = &mut self.tuning {
+            tuning.record_tick(self.turn_started_at);
         }
         for replica in self.replicas.values_mut() {
             let _entered = replica.span.enter();

@@ -78,6 +78,9 @@ pub(super) struct ShardTuning {
     phi_threshold: f64,
     tick_micros: u64,
     tick_interval_ms: u64,
+    /// The turn start of the last tick the loop handled, from which the next tick's
+    /// lateness is measured.
+    last_tick_at: Option<Instant>,
     /// The timing the tuner chose for the groups this shard leads; `None` until it chose
     /// one, and the configured timing applies.
     group_timing: Option<GroupTiming>,
@@ -119,6 +122,7 @@ impl ShardTuning {
             phi_threshold: config.tuning.phi_threshold,
             tick_micros: config.tick_interval_ms.saturating_mul(1_000).max(1),
             tick_interval_ms: config.tick_interval_ms,
+            last_tick_at: None,
             group_timing: None,
             report: TuningReport {
                 intervals: 0,
@@ -157,10 +161,15 @@ impl ShardTuning {
         self.collector.record_reads(1);
     }
 
-    /// Records that the loop handled a tick `late` after it was due.
-    pub fn record_stall(&mut self, late: Duration) {
-        self.collector
-            .record_stall(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+    /// Records that the loop handles a tick at `now`, and how much later than one tick
+    /// interval after the previous tick that is.
+    pub fn record_tick(&mut self, now: Instant) {
+        if let Some(previous) = self.last_tick_at.replace(now) {
+            let gap_micros = u64::try_from(now.saturating_duration_since(previous).as_micros())
+                .unwrap_or(u64::MAX);
+            self.collector
+                .record_stall(gap_micros.saturating_sub(self.tick_micros));
+        }
     }
 
     /// Records one turn of the loop: how long it was busy and how many events it handled.

@@ -215,11 +215,9 @@ struct SimNode {
     /// The adaptive tuner, when the run uses it. A crash loses it with the rest of the
     /// runtime's memory.
     tuner: Option<SimTuner>,
-    /// Until when the process is paused ([`Fault::Pause`]); events for it wait until then.
-    /// 0 when it is not paused.
+    /// Until when the process is paused ([`Fault::Pause`]), so that events for it wait
+    /// until then. 0 when it is not paused.
     paused_until_us: u64,
-    /// When this incarnation last handled a tick, to measure how late the next one comes.
-    last_tick_us: Option<u64>,
 }
 
 impl SimNode {
@@ -375,7 +373,6 @@ impl Simulation {
                 suspicion_ticks: BTreeMap::new(),
                 tuner: None,
                 paused_until_us: 0,
-                last_tick_us: None,
             })
             .collect();
         let clients = (0..params.clients)
@@ -603,15 +600,10 @@ impl Simulation {
                 let Some(raft) = sim_node.raft.as_mut() else {
                     return Ok(());
                 };
-                // The tuner keeps the election timeout above stalls of the loop, which a
-                // pause is; the engine's shard measures them the same way.
-                if let Some(last_tick_us) = sim_node.last_tick_us.replace(now_us)
-                    && let Some(tuner) = sim_node.tuner.as_mut()
-                {
-                    let late_us = now_us
-                        .saturating_sub(last_tick_us)
-                        .saturating_sub(sim_node.tick_period_us);
-                    tuner.record_stall(late_us);
+                // A pause is a stall of the loop, and the tuner keeps the election timeout
+                // above stalls. The engine's shard measures them the same way.
+                if let Some(tuner) = sim_node.tuner.as_mut() {
+                    tuner.record_tick(now_us, sim_node.tick_period_us);
                 }
                 if let Some(ticks) = raft
                     .leader()
@@ -868,7 +860,6 @@ impl Simulation {
         sim_node.suspicion_ticks.clear();
         sim_node.tuner = tuner;
         sim_node.paused_until_us = 0;
-        sim_node.last_tick_us = None;
         // The state machine starts from the stored snapshot, or empty, and is rebuilt by
         // applying the log after it.
         let restored = sim_node.durable.restore(sim_node.founding);
@@ -941,7 +932,8 @@ impl Simulation {
         self.counts.crashes += 1;
         sim_node.raft = None;
         sim_node.tuner = None;
-        // The events a pause held back belong to the process that crashed.
+        // A crash ends the pause. The events it held back still come at its planned end,
+        // where the crashed incarnation's ticks and storage completions are ignored.
         sim_node.paused_until_us = 0;
         sim_node.incarnation += 1;
         self.report_crash_to_peers(node);
