@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn floor_forces_raise_past_rate_limit() {
         let mut guard = guard();
-        let floor = guard.rules().election_timeout_floor_micros(40_000, 20_000);
+        let floor = guard.rules().election_timeout_floor_micros(150_000, 50_000);
         assert_eq!(floor, 600_000);
         let outcome = guard.apply(&Knobs::default(), floor, 1);
         assert_eq!(guard.current().election_timeout_min_micros, 750_000);
