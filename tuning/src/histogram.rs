@@ -57,6 +57,17 @@ fn bucket_index(value: u64) -> usize {
     (SUB_COUNT + u64::from(shift) * SUB_COUNT + sub) as usize
 }
 
+/// Returns the smallest value that falls into bucket `index`.
+fn bucket_lower_edge(index: usize) -> u64 {
+    let index = index as u64;
+    if index < SUB_COUNT {
+        return index;
+    }
+    let shift = (index - SUB_COUNT) / SUB_COUNT;
+    let sub = (index - SUB_COUNT) % SUB_COUNT;
+    (SUB_COUNT | sub) << shift
+}
+
 /// Returns the largest value that falls into bucket `index`.
 fn bucket_upper_edge(index: usize) -> u64 {
     let index = index as u64;
@@ -87,6 +98,13 @@ impl LatencyHistogram {
         self.record_n(value, 1);
     }
 
+    /// Records `duration` in whole microseconds, rounded up so that a recorded latency is
+    /// never below the truth.
+    pub fn record_duration_micros(&mut self, duration: std::time::Duration) {
+        let micros = duration.as_nanos().div_ceil(1_000);
+        self.record(u64::try_from(micros).unwrap_or(u64::MAX));
+    }
+
     /// Records `count` occurrences of `value`; counters saturate instead of wrapping.
     pub fn record_n(&mut self, value: u64, count: u64) {
         if count == 0 {
@@ -111,6 +129,34 @@ impl LatencyHistogram {
         self.sum = self.sum.saturating_add(other.sum);
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+    }
+
+    /// Returns the values recorded in this histogram since it held `earlier`, for a caller
+    /// that keeps one histogram for a whole run and reads it once per interval.
+    ///
+    /// Counts and the sum are exact differences, saturating at 0 where `earlier` is not a
+    /// past state of this histogram. The smallest and largest values of the difference are
+    /// not kept, so they are the edges of its lowest and highest non-empty buckets, clamped
+    /// to this histogram's own. Quantiles therefore stay within one bucket above the truth.
+    pub fn growth_since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let mut growth = LatencyHistogram::new();
+        let mut lowest = None;
+        let mut highest = None;
+        for (index, (now, before)) in self.counts.iter().zip(earlier.counts.iter()).enumerate() {
+            let count = now.saturating_sub(*before);
+            if count > 0 {
+                growth.counts[index] = count;
+                growth.total = growth.total.saturating_add(count);
+                lowest.get_or_insert(index);
+                highest = Some(index);
+            }
+        }
+        if let (Some(lowest), Some(highest)) = (lowest, highest) {
+            growth.sum = self.sum.saturating_sub(earlier.sum);
+            growth.min = bucket_lower_edge(lowest).clamp(self.min, self.max);
+            growth.max = bucket_upper_edge(highest).clamp(self.min, self.max);
+        }
+        growth
     }
 
     /// Empties the histogram; costs one pass over the fixed bucket array.
@@ -214,6 +260,59 @@ mod tests {
         assert_eq!(histogram.count(), u64::MAX);
         assert_eq!(histogram.quantile(0.999), Some(u64::MAX));
         assert_eq!(histogram.quantile(f64::NAN), Some(u64::MAX));
+    }
+
+    #[test]
+    fn growth_contains_only_later_values() {
+        let mut histogram = LatencyHistogram::new();
+        for value in [5u64, 100, 100, 9_000] {
+            histogram.record(value);
+        }
+        let earlier = histogram.clone();
+        for value in [200u64, 300, 12_000] {
+            histogram.record(value);
+        }
+        let growth = histogram.growth_since(&earlier);
+        assert_eq!(growth.count(), 3);
+        assert_eq!(growth.mean(), Some(12_500.0 / 3.0));
+        let min = growth.min().unwrap_or(0);
+        let max = growth.max().unwrap_or(0);
+        assert!((192..=200).contains(&min), "min {min}");
+        assert_eq!(max, 12_000, "the upper edge is clamped to the recorded max");
+        assert_eq!(growth.quantile(0.5), Some(303));
+        assert_eq!(histogram.growth_since(&histogram).count(), 0);
+        assert_eq!(histogram.growth_since(&histogram).quantile(0.999), None);
+    }
+
+    #[test]
+    fn growth_from_an_unrelated_histogram_saturates() {
+        let mut small = LatencyHistogram::new();
+        small.record(10);
+        let mut large = LatencyHistogram::new();
+        large.record_n(10, 5);
+        large.record(1_000);
+        let growth = small.growth_since(&large);
+        assert_eq!(growth.count(), 0);
+        assert_eq!(growth.mean(), None);
+    }
+
+    #[test]
+    fn durations_round_up_to_whole_microseconds() {
+        let mut histogram = LatencyHistogram::new();
+        histogram.record_duration_micros(std::time::Duration::from_nanos(1_001));
+        histogram.record_duration_micros(std::time::Duration::from_micros(7));
+        histogram.record_duration_micros(std::time::Duration::ZERO);
+        assert_eq!(histogram.max(), Some(7));
+        assert_eq!(histogram.quantile(0.5), Some(2));
+        assert_eq!(histogram.min(), Some(0));
+    }
+
+    #[test]
+    fn lower_edges_bound_their_buckets() {
+        for index in [0usize, 15, 16, 17, 31, 32, 500, BUCKETS - 1] {
+            assert_eq!(bucket_index(bucket_lower_edge(index)), index);
+            assert_eq!(bucket_index(bucket_upper_edge(index)), index);
+        }
     }
 
     #[test]

@@ -181,6 +181,10 @@ pub struct SampleCollector {
     reads: u64,
     read_latency: LatencyHistogram,
     stall_max_micros: u64,
+    /// When the loop handled its last tick. Unlike every other field it carries over into
+    /// the next interval, since the first tick of an interval is late or not by the gap
+    /// since the last tick of the one before.
+    last_tick_micros: Option<u64>,
 }
 
 fn rate_per_second(count: u64, interval_micros: u64) -> f64 {
@@ -226,6 +230,7 @@ impl SampleCollector {
             reads: 0,
             read_latency: LatencyHistogram::new(),
             stall_max_micros: 0,
+            last_tick_micros: None,
         }
     }
 
@@ -283,6 +288,21 @@ impl SampleCollector {
         self.fsync_latency.record_n(latency_micros, count);
     }
 
+    /// Records the fdatasyncs of `latencies` (microseconds), which made `entries` entries of
+    /// `bytes` bytes durable together, for a caller that keeps its own histogram of them and
+    /// passes the growth of each interval (see [`LatencyHistogram::growth_since`]).
+    pub fn record_fsync_latencies(
+        &mut self,
+        latencies: &LatencyHistogram,
+        entries: u64,
+        bytes: u64,
+    ) {
+        self.fsyncs = self.fsyncs.saturating_add(latencies.count());
+        self.fsync_entries = self.fsync_entries.saturating_add(entries);
+        self.fsync_bytes = self.fsync_bytes.saturating_add(bytes);
+        self.fsync_latency.merge(latencies);
+    }
+
     /// Records one round trip to `peer_id` that took `rtt_micros`.
     pub fn record_rtt(&mut self, peer_id: u64, rtt_micros: u64) {
         self.record_rtts(peer_id, rtt_micros, 1);
@@ -304,6 +324,24 @@ impl SampleCollector {
         let mut histogram = LatencyHistogram::new();
         histogram.record_n(rtt_micros, count);
         self.peers.push((peer_id, histogram));
+    }
+
+    /// Records the round trips to `peer_id` in `latencies` (microseconds), as
+    /// [`SampleCollector::record_fsync_latencies`] does for fdatasyncs.
+    pub fn record_rtt_latencies(&mut self, peer_id: u64, latencies: &LatencyHistogram) {
+        let count = latencies.count();
+        if count == 0 {
+            return;
+        }
+        if let Some((_, histogram)) = self.peers.iter_mut().find(|(id, _)| *id == peer_id) {
+            histogram.merge(latencies);
+            return;
+        }
+        if self.peers.len() >= MAX_TRACKED_PEERS {
+            self.rtt_samples_untracked = self.rtt_samples_untracked.saturating_add(count);
+            return;
+        }
+        self.peers.push((peer_id, latencies.clone()));
     }
 
     /// Records one observation of the proposal queue length.
@@ -344,6 +382,20 @@ impl SampleCollector {
         self.stall_max_micros = self.stall_max_micros.max(late_micros);
     }
 
+    /// Records that the shard's loop handled a tick at `now_micros`, and counts as its stall
+    /// the gap since the tick before, less `tick_period_micros`.
+    ///
+    /// The loop's timer asks for one tick per period. A loop that handles a tick later
+    /// than one period after the last one was descheduled, paused or busy for the
+    /// difference, and a leader sends no heartbeat meanwhile. The first tick only sets the
+    /// reference. A clock that steps back counts as no stall.
+    pub fn record_tick(&mut self, now_micros: u64, tick_period_micros: u64) {
+        if let Some(previous_micros) = self.last_tick_micros.replace(now_micros) {
+            let gap_micros = now_micros.saturating_sub(previous_micros);
+            self.record_stall(gap_micros.saturating_sub(tick_period_micros));
+        }
+    }
+
     /// Returns the summary of the interval that ends at `now_micros` and starts the next
     /// interval there.
     ///
@@ -351,8 +403,10 @@ impl SampleCollector {
     pub fn finish_interval(&mut self, now_micros: u64) -> IntervalSamples {
         let interval_micros = now_micros.saturating_sub(self.interval_start_micros);
         let summary = self.summarise(interval_micros);
+        let last_tick_micros = self.last_tick_micros;
         // A clock that stepped back keeps the old start, so intervals never overlap.
         *self = Self::new(now_micros.max(self.interval_start_micros));
+        self.last_tick_micros = last_tick_micros;
         summary
     }
 
@@ -471,6 +525,63 @@ mod tests {
         assert_eq!(samples.arrivals, 0);
         assert!(samples.peer_rtts.is_empty());
         assert_eq!(samples.commit_latency.count, 0);
+    }
+
+    #[test]
+    fn tick_gaps_count_across_intervals() {
+        let mut collector = SampleCollector::new(0);
+        collector.record_tick(1_000, 1_000);
+        collector.record_tick(2_000, 1_000);
+        collector.record_tick(9_500, 1_000);
+        let first = collector.finish_interval(10_000);
+        assert_eq!(
+            first.stall_max_micros, 6_500,
+            "7.5 ms gap less the 1 ms period"
+        );
+        // The gap that spans the interval boundary belongs to the interval it ends in.
+        collector.record_tick(14_000, 1_000);
+        collector.record_tick(12_000, 1_000);
+        let second = collector.finish_interval(20_000);
+        assert_eq!(second.stall_max_micros, 3_500);
+        let third = collector.finish_interval(30_000);
+        assert_eq!(third.stall_max_micros, 0, "no tick, no stall");
+    }
+
+    #[test]
+    fn histograms_add_like_single_samples() {
+        let mut fsyncs = LatencyHistogram::new();
+        let mut rtts = LatencyHistogram::new();
+        let mut single = SampleCollector::new(0);
+        for latency_micros in [150u64, 180, 12_345] {
+            fsyncs.record(latency_micros);
+            single.record_fsync(10, 4_096, latency_micros);
+        }
+        for rtt_micros in [90u64, 110, 17_000] {
+            rtts.record(rtt_micros);
+            single.record_rtt(7, rtt_micros);
+        }
+        let mut merged = SampleCollector::new(0);
+        merged.record_fsync_latencies(&fsyncs, 30, 3 * 4_096);
+        merged.record_rtt_latencies(7, &rtts);
+        merged.record_rtt_latencies(8, &LatencyHistogram::new());
+        assert_eq!(
+            merged.finish_interval(1_000),
+            single.finish_interval(1_000),
+            "an empty histogram adds no peer"
+        );
+    }
+
+    #[test]
+    fn untracked_peer_histograms_are_counted() {
+        let mut rtts = LatencyHistogram::new();
+        rtts.record_n(100, 4);
+        let mut collector = SampleCollector::new(0);
+        for peer in 0..(MAX_TRACKED_PEERS as u64 + 2) {
+            collector.record_rtt_latencies(peer, &rtts);
+        }
+        let samples = collector.finish_interval(1_000);
+        assert_eq!(samples.peer_rtts.len(), MAX_TRACKED_PEERS);
+        assert_eq!(samples.rtt_samples_untracked, 8);
     }
 
     #[test]

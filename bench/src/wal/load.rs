@@ -317,7 +317,7 @@ impl Appender {
 }
 
 /// The log's counters and the clocks at one moment.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Snapshot {
     stats: DiskLogStats,
     at: Instant,

@@ -24,6 +24,7 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile};
 use shardraft_raft::{Entry, EntryKind, HardState, LogIndex, Term};
+use shardraft_tuning::LatencyHistogram;
 
 use super::error::glommio_io_error;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
@@ -235,7 +236,7 @@ struct StagedBatch {
 }
 
 /// Counters of the writer, for benchmarks and metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskLogStats {
     /// Batch writes completed, each followed by one fdatasync unless `sync_writes` is off.
     pub batches: u64,
@@ -258,6 +259,10 @@ pub struct DiskLogStats {
     pub sync_micros_total: u64,
     /// Duration of each fdatasync, of batches and of segment checkpoints.
     pub sync_latency: StageHistogram,
+    /// The same durations in microseconds, each within 1/16 of its value, for the
+    /// tuner's election timeout floor: a bucket of `sync_latency` spans up to twice its
+    /// lower bound, and its upper bound would double the floor.
+    pub sync_latency_micros: LatencyHistogram,
 }
 
 /// Everything recovery hands to the writer.
@@ -507,7 +512,7 @@ impl DiskLog {
     }
 
     pub fn stats(&self) -> DiskLogStats {
-        self.shared.state.borrow().stats
+        self.shared.state.borrow().stats.clone()
     }
 
     /// Returns the live segment count and the groups whose entries keep the oldest segment
@@ -1283,6 +1288,10 @@ async fn try_write_sync_and_publish(
             state.stats.syncs += 1;
             state.stats.sync_micros_total += sync_micros;
             state.stats.sync_latency.record(sync_duration);
+            state
+                .stats
+                .sync_latency_micros
+                .record_duration_micros(sync_duration);
         }
         state.pending_bytes = state
             .pending_bytes
@@ -1407,6 +1416,10 @@ async fn write_checkpoint(shared: &Rc<Shared>) -> Result<Option<u64>, StorageErr
     state.stats.syncs += 1;
     state.stats.bytes += written_bytes;
     state.stats.sync_latency.record(sync_duration);
+    state
+        .stats
+        .sync_latency_micros
+        .record_duration_micros(sync_duration);
     state.active_checkpoint_durable = true;
     Ok(None)
 }

@@ -4,9 +4,14 @@
 //! Proposal arrivals, AppendEntries sent, loop busy time and queue depth are recorded as
 //! they happen. fdatasyncs, round trips and commit latencies come from histograms the
 //! shard keeps anyway (the log's fdatasync latency, the transport's per-peer round trips,
-//! the write stages' total), read as differences at the end of each interval. Each
-//! bucket's count is recorded at the bucket's upper bound, so those latencies are never
-//! below the truth, which errs towards longer election timeouts.
+//! the write stages' total), read as differences at the end of each interval.
+//!
+//! fdatasyncs and round trips set the election timeout floor, so they come from the
+//! log-linear histograms the log and the transport keep for the tuner, whose buckets are
+//! 1/16 of their value wide. Commit and read latencies come from the metrics' histograms,
+//! whose buckets (1, 2, ..., 9 per decade) span up to twice their lower bound. Each
+//! bucket's count is recorded at the bucket's upper bound, so no latency is ever below the
+//! truth, which errs towards longer election timeouts.
 //!
 //! A batching decision sets the replication limits of every group's core on this shard
 //! (followers keep them for when they lead) and the proposal linger of the loop. A timing
@@ -17,7 +22,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use shardraft_raft::{GroupTiming, MessageBody, NodeId, ReplicationLimits};
-use shardraft_tuning::{BatchingKnobs, Decision, PhiAccrualDetector, SampleCollector, Tuner};
+use shardraft_tuning::{
+    BatchingKnobs, Decision, LatencyHistogram, PhiAccrualDetector, SampleCollector, Tuner,
+};
 
 use crate::config::NodeConfig;
 use crate::log::DiskLogStats;
@@ -30,23 +37,12 @@ use crate::tuning::{PeerSuspicion, TuningReport, static_knobs, timing_in_ticks};
 type StageBuckets = [u64; STAGE_BUCKETS + 1];
 
 /// The log's counters at the start of an interval.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 struct LogMark {
     syncs: u64,
     entries: u64,
     bytes: u64,
-    sync_latency: StageBuckets,
-}
-
-impl Default for LogMark {
-    fn default() -> Self {
-        LogMark {
-            syncs: 0,
-            entries: 0,
-            bytes: 0,
-            sync_latency: [0; STAGE_BUCKETS + 1],
-        }
-    }
+    sync_latency_micros: LatencyHistogram,
 }
 
 /// The tuner of one shard with the samples of its current interval.
@@ -59,7 +55,8 @@ pub(super) struct ShardTuning {
     interval: Duration,
     next_interval_at: Instant,
     log_mark: LogMark,
-    peer_marks: BTreeMap<NodeId, StageBuckets>,
+    /// Each peer's round trips at the start of the interval.
+    peer_marks: BTreeMap<NodeId, LatencyHistogram>,
     commit_mark: StageBuckets,
     /// The shard's read latency buckets at the end of the last interval.
     read_mark: StageBuckets,
@@ -78,9 +75,6 @@ pub(super) struct ShardTuning {
     phi_threshold: f64,
     tick_micros: u64,
     tick_interval_ms: u64,
-    /// The turn start of the last tick the loop handled, from which the next tick's
-    /// lateness is measured.
-    last_tick_at: Option<Instant>,
     /// The timing the tuner chose for the groups this shard leads; `None` until it chose
     /// one, and the configured timing applies.
     group_timing: Option<GroupTiming>,
@@ -122,7 +116,6 @@ impl ShardTuning {
             phi_threshold: config.tuning.phi_threshold,
             tick_micros: config.tick_interval_ms.saturating_mul(1_000).max(1),
             tick_interval_ms: config.tick_interval_ms,
-            last_tick_at: None,
             group_timing: None,
             report: TuningReport {
                 intervals: 0,
@@ -164,12 +157,8 @@ impl ShardTuning {
     /// Records that the loop handles a tick at `now`, and how much later than one tick
     /// interval after the previous tick that is.
     pub fn record_tick(&mut self, now: Instant) {
-        if let Some(previous) = self.last_tick_at.replace(now) {
-            let gap_micros = u64::try_from(now.saturating_duration_since(previous).as_micros())
-                .unwrap_or(u64::MAX);
-            self.collector
-                .record_stall(gap_micros.saturating_sub(self.tick_micros));
-        }
+        let now_micros = self.micros(now);
+        self.collector.record_tick(now_micros, self.tick_micros);
     }
 
     /// Records one turn of the loop: how long it was busy and how many events it handled.
@@ -258,14 +247,13 @@ impl ShardTuning {
         for peer in peers {
             // Heartbeat round trips, because an append's round trip also contains the
             // follower's fdatasync, which the fdatasync samples already count.
-            let now_counts = *peer.round_trip.bucket_counts();
-            let before = self
-                .peer_marks
-                .insert(peer.peer, now_counts)
-                .unwrap_or([0; STAGE_BUCKETS + 1]);
-            for (bound_micros, count) in stage_bucket_growth(&now_counts, &before) {
-                self.collector.record_rtts(peer.peer.0, bound_micros, count);
-            }
+            let now = &peer.round_trip_micros;
+            let growth = match self.peer_marks.get(&peer.peer) {
+                Some(before) => now.growth_since(before),
+                None => now.clone(),
+            };
+            self.collector.record_rtt_latencies(peer.peer.0, &growth);
+            self.peer_marks.insert(peer.peer, now.clone());
         }
         let commit_counts = *commits.bucket_counts();
         for (bound_micros, count) in stage_bucket_growth(&commit_counts, &self.commit_mark) {
@@ -301,29 +289,25 @@ impl ShardTuning {
     }
 
     fn record_log_growth(&mut self, log: &DiskLogStats) {
-        let before = self.log_mark;
         let now = LogMark {
             syncs: log.syncs,
             entries: log.entries,
             bytes: log.bytes,
-            sync_latency: *log.sync_latency.bucket_counts(),
+            sync_latency_micros: log.sync_latency_micros.clone(),
         };
-        self.log_mark = now;
-        let syncs = now.syncs.saturating_sub(before.syncs);
-        if syncs == 0 {
+        let before = std::mem::replace(&mut self.log_mark, now);
+        let now = &self.log_mark;
+        if now.syncs == before.syncs {
             return;
         }
-        let entries = now.entries.saturating_sub(before.entries);
-        let bytes = now.bytes.saturating_sub(before.bytes);
-        // The entries and bytes are spread over the buckets in proportion to their counts.
-        for (bound_micros, count) in stage_bucket_growth(&now.sync_latency, &before.sync_latency) {
-            let share = |total: u64| {
-                u64::try_from(u128::from(total) * u128::from(count) / u128::from(syncs))
-                    .unwrap_or(u64::MAX)
-            };
-            self.collector
-                .record_fsyncs(count, share(entries), share(bytes), bound_micros);
-        }
+        let latencies = now
+            .sync_latency_micros
+            .growth_since(&before.sync_latency_micros);
+        self.collector.record_fsync_latencies(
+            &latencies,
+            now.entries.saturating_sub(before.entries),
+            now.bytes.saturating_sub(before.bytes),
+        );
     }
 
     fn note_decision(&mut self, decision: &Decision, samples: &shardraft_tuning::IntervalSamples) {
@@ -418,5 +402,134 @@ impl<P> Default for Lingering<P> {
             proposals: Vec::new(),
             timer_armed: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::config::MemberConfig;
+
+    fn tuned_three_members() -> NodeConfig {
+        let member = |id: u64, port: u16| MemberConfig {
+            id,
+            addresses: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        };
+        let mut config = NodeConfig {
+            members: vec![member(1, 7000), member(2, 7100), member(3, 7200)],
+            ..NodeConfig::default()
+        };
+        config.tuning.enabled = true;
+        config
+    }
+
+    fn peer(id: u64) -> PeerTransportStats {
+        PeerTransportStats {
+            peer: NodeId(id),
+            connected: true,
+            bytes_sent: 0,
+            bytes_received: 0,
+            round_trip: StageHistogram::default(),
+            round_trip_micros: LatencyHistogram::new(),
+            append_round_trip: StageHistogram::default(),
+        }
+    }
+
+    /// Records `count` durations of `micros` in both histograms, as the log and the
+    /// transport do.
+    fn record(stage: &mut StageHistogram, fine: &mut LatencyHistogram, micros: u64, count: u64) {
+        for _ in 0..count {
+            stage.record(Duration::from_micros(micros));
+            fine.record_duration_micros(Duration::from_micros(micros));
+        }
+    }
+
+    #[test]
+    fn floor_follows_each_interval_at_fine_resolution() {
+        let config = tuned_three_members();
+        let factor = config.tuning.safety_factor;
+        let start = Instant::now();
+        let Some(mut tuning) = ShardTuning::new(&config, start) else {
+            panic!("tuning is enabled in the config");
+        };
+        let mut log = DiskLogStats::default();
+        let mut peers = vec![peer(2), peer(3)];
+        let (commits, reads) = (StageHistogram::default(), StageHistogram::default());
+
+        // Two slow operations in 1,000 are the p99.9. In the metrics' buckets 11 and 12 ms
+        // both read as 20 ms, which would put the floor at factor x 40 ms.
+        let fsync = &mut log;
+        record(
+            &mut fsync.sync_latency,
+            &mut fsync.sync_latency_micros,
+            200,
+            998,
+        );
+        record(
+            &mut fsync.sync_latency,
+            &mut fsync.sync_latency_micros,
+            11_000,
+            2,
+        );
+        log.syncs = 1_000;
+        for follower in &mut peers {
+            record(
+                &mut follower.round_trip,
+                &mut follower.round_trip_micros,
+                100,
+                998,
+            );
+            record(
+                &mut follower.round_trip,
+                &mut follower.round_trip_micros,
+                12_000,
+                2,
+            );
+        }
+        let first = tuning.finish_interval(
+            start + Duration::from_millis(100),
+            Some(&log),
+            &peers,
+            &commits,
+            &reads,
+        );
+        let expected = factor * 23_000.0;
+        let floor = first.election_timeout_floor_micros as f64;
+        assert!(
+            (expected..=expected * 1.0625).contains(&floor),
+            "floor {floor} us, expected {expected} us at factor {factor}"
+        );
+
+        // The next interval sees only what happened in it.
+        record(
+            &mut log.sync_latency,
+            &mut log.sync_latency_micros,
+            300,
+            1_000,
+        );
+        log.syncs = 2_000;
+        for follower in &mut peers {
+            record(
+                &mut follower.round_trip,
+                &mut follower.round_trip_micros,
+                150,
+                1_000,
+            );
+        }
+        let second = tuning.finish_interval(
+            start + Duration::from_millis(200),
+            Some(&log),
+            &peers,
+            &commits,
+            &reads,
+        );
+        let expected = factor * 450.0;
+        let floor = second.election_timeout_floor_micros as f64;
+        assert!(
+            (expected..=expected * 1.0625).contains(&floor),
+            "floor {floor} us, expected {expected} us at factor {factor}"
+        );
     }
 }

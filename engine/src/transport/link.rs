@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use shardraft_raft::{MessageBody, NodeId};
+use shardraft_tuning::LatencyHistogram;
 
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameError, FrameKind, encode_frame};
 use super::snapshot_stream::{
@@ -111,7 +112,7 @@ impl RejectionCounts {
 }
 
 /// Traffic with one peer, as seen by one shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerTransportStats {
     pub peer: NodeId,
     /// Whether the outbound connection to the peer is up.
@@ -123,6 +124,10 @@ pub struct PeerTransportStats {
     /// Time from writing a frame with a heartbeat to the peer until a frame with a
     /// heartbeat response from the peer arrives. See [`Transport::peer_stats`].
     pub round_trip: StageHistogram,
+    /// The same round trips in microseconds, each within 1/16 of its value, for the
+    /// tuner's election timeout floor, which the wide buckets of `round_trip` would
+    /// overstate by up to two times.
+    pub round_trip_micros: LatencyHistogram,
     /// Time from writing a frame with entries to the peer until a frame with an append
     /// response from the peer arrives. A follower answers an append only once the entries
     /// are durable, so this minus `round_trip` estimates the peer's own write and
@@ -175,6 +180,7 @@ pub(super) struct PeerLink {
     /// When the heartbeat that the open round-trip probe waits on was written.
     probe_sent_at: Cell<Option<Instant>>,
     round_trip: RefCell<StageHistogram>,
+    round_trip_micros: RefCell<LatencyHistogram>,
     /// When the entries that the open append probe waits on were written.
     append_probe_sent_at: Cell<Option<Instant>>,
     append_round_trip: RefCell<StageHistogram>,
@@ -195,6 +201,7 @@ impl PeerLink {
             bytes_received: Cell::new(0),
             probe_sent_at: Cell::new(None),
             round_trip: RefCell::new(StageHistogram::default()),
+            round_trip_micros: RefCell::new(LatencyHistogram::new()),
             append_probe_sent_at: Cell::new(None),
             append_round_trip: RefCell::new(StageHistogram::default()),
             removed: Cell::new(false),
@@ -432,6 +439,7 @@ impl<E> Transport<E> {
                 bytes_sent: link.bytes_sent.get(),
                 bytes_received: link.bytes_received.get(),
                 round_trip: *link.round_trip.borrow(),
+                round_trip_micros: link.round_trip_micros.borrow().clone(),
                 append_round_trip: *link.append_round_trip.borrow(),
             })
             .collect()
@@ -745,7 +753,11 @@ fn close_round_trip_probe(link: &PeerLink, messages: &[GroupMessage]) {
     if let Some(sent_at) = heartbeat_sent_at
         && answers(|body| matches!(body, MessageBody::HeartbeatResponse { .. }))
     {
-        link.round_trip.borrow_mut().record(sent_at.elapsed());
+        let round_trip = sent_at.elapsed();
+        link.round_trip.borrow_mut().record(round_trip);
+        link.round_trip_micros
+            .borrow_mut()
+            .record_duration_micros(round_trip);
         link.probe_sent_at.set(None);
     }
     if let Some(sent_at) = append_sent_at

@@ -52,8 +52,6 @@ pub struct SimTuner {
     probes: BTreeMap<NodeId, u64>,
     /// The timing the tuner chose, in ticks, once it chose one.
     timing: Option<GroupTiming>,
-    /// When the replica last handled a tick.
-    last_tick_us: Option<u64>,
 }
 
 impl SimTuner {
@@ -108,7 +106,6 @@ impl SimTuner {
             next_interval_us: now_us + TUNING_INTERVAL_US,
             probes: BTreeMap::new(),
             timing: None,
-            last_tick_us: None,
         })
     }
 
@@ -140,11 +137,7 @@ impl SimTuner {
     /// `tick_period_us` after the previous tick that is, as the engine's shard loop
     /// measures its stalls.
     pub fn record_tick(&mut self, now_us: u64, tick_period_us: u64) {
-        if let Some(previous_us) = self.last_tick_us.replace(now_us) {
-            let gap_us = now_us.saturating_sub(previous_us);
-            self.collector
-                .record_stall(gap_us.saturating_sub(tick_period_us));
-        }
+        self.collector.record_tick(now_us, tick_period_us);
     }
 
     /// Ends the interval once it is due and lets the tuner decide. Returns whether it
