@@ -42,7 +42,9 @@
 //! measured p99 values.
 //!
 //! The floor that forces a raise is per interval: `safety_factor × (p99.9 RTT + p99.9
-//! fdatasync)` of the latest interval that measured them. A windowed statistic could be
+//! fdatasync)`, each p99.9 from the latest interval that measured it. A shard that leads
+//! no group measures no round trip, so its floor follows its fdatasyncs and the round
+//! trip it measured when it last led. A windowed statistic could be
 //! lower than one interval's p99.9 and would then let the timeout sit below that interval's
 //! floor, so it is used only for lowering. The floor is also at least
 //! `stall_safety_factor` × the maximum stall of the shard's loop in the last
@@ -132,6 +134,10 @@ struct Active {
     /// Election timeout floors of recent intervals, newest last.
     floors: VecDeque<u64>,
     last_floor_micros: u64,
+    /// The latest p99.9 of the quorum follower's round trip and of fdatasync, each from the
+    /// last interval that measured it.
+    last_rtt_p999_micros: Option<u64>,
+    last_fsync_p999_micros: Option<u64>,
     /// The maximum stall of the shard's loop in each of the last `stall_window_intervals`
     /// intervals, newest last.
     stalls: VecDeque<u64>,
@@ -195,6 +201,8 @@ impl Tuner {
                 last_exploration: None,
                 floors: VecDeque::new(),
                 last_floor_micros: 0,
+                last_rtt_p999_micros: None,
+                last_fsync_p999_micros: None,
                 stalls: VecDeque::new(),
                 stall_binds_micros: None,
                 last_prediction: None,

@@ -213,6 +213,68 @@ fn stall_factor_zero_leaves_stalls_out() {
     assert!(tuner.current().election_timeout_min_micros < 100_000);
 }
 
+/// Returns samples of one interval whose p99.9 round trip of both followers is
+/// `rtt_micros` and whose fdatasync p99.9 is `fsync_micros`, or none where `None`.
+fn tails(rtt_micros: Option<u64>, fsync_micros: Option<u64>) -> IntervalSamples {
+    let summary = |micros: u64| crate::samples::LatencySummary {
+        count: 1_000,
+        p50_micros: micros / 4,
+        p99_micros: micros / 2,
+        p999_micros: micros,
+        max_micros: micros,
+        mean_micros: (micros / 4) as f64,
+    };
+    let mut samples = IntervalSamples {
+        interval_micros: 1_000_000,
+        ..IntervalSamples::default()
+    };
+    if let Some(rtt_micros) = rtt_micros {
+        for peer_id in [2, 3] {
+            samples.peer_rtts.push(crate::samples::PeerRtt {
+                peer_id,
+                rtt: summary(rtt_micros),
+            });
+        }
+    }
+    if let Some(fsync_micros) = fsync_micros {
+        samples.fsyncs = 1_000;
+        samples.fsync_latency = summary(fsync_micros);
+    }
+    samples
+}
+
+#[test]
+fn floor_pairs_each_side_with_latest() {
+    let mut tuner = tuner(enabled());
+    let factor = tuner.config().safety_factor;
+    let floor =
+        |rtt_micros: u64, fsync_micros: u64| ((rtt_micros + fsync_micros) as f64 * factor) as u64;
+
+    let first = tuner.observe(&tails(Some(50_000), Some(100_000)));
+    assert_eq!(first.election_timeout_floor_micros, floor(50_000, 100_000));
+
+    // A follower measures fdatasyncs only: its floor follows them, with the last round trip.
+    let follower = tuner.observe(&tails(None, Some(1_000)));
+    assert_eq!(follower.election_timeout_floor_micros, floor(50_000, 1_000));
+
+    let leader = tuner.observe(&tails(Some(2_000), None));
+    assert_eq!(leader.election_timeout_floor_micros, floor(2_000, 1_000));
+
+    let silent = tuner.observe(&tails(None, None));
+    assert_eq!(silent.election_timeout_floor_micros, floor(2_000, 1_000));
+}
+
+#[test]
+fn first_floor_counts_unmeasured_side_as_zero() {
+    let mut tuner = tuner(enabled());
+    let factor = tuner.config().safety_factor;
+    let decision = tuner.observe(&tails(None, Some(10_000)));
+    assert_eq!(
+        decision.election_timeout_floor_micros,
+        (10_000.0 * factor) as u64
+    );
+}
+
 #[test]
 fn stall_counts_in_intervals_without_latencies() {
     // An interval without round trips or fdatasyncs still raises the floor for a stall.

@@ -25,9 +25,9 @@ pub(super) fn floor_envelope(floors: &VecDeque<u64>, latest: u64) -> u64 {
 
 impl Active {
     /// Returns the election timeout floor to enforce now: the larger of the latency floor
-    /// and the stall floor. The latency floor comes from this interval's latencies when it
-    /// measured both, else from the previous floor, because an interval without
-    /// measurements carries no information about the network. The stall floor covers the
+    /// and the stall floor. The latency floor takes each p99.9 from the latest interval
+    /// that measured it. An interval that measured neither keeps the previous floor,
+    /// because it carries no information about the network. The stall floor covers the
     /// maximum stall of the shard's loop in the last `stall_window_intervals` intervals.
     pub(super) fn update_floor(&mut self, config: &TuningConfig, measured: Measurement) -> u64 {
         self.stalls.push_back(measured.stall_max_micros);
@@ -38,20 +38,23 @@ impl Active {
         let stall_max = self.stalls.iter().copied().max().unwrap_or(0);
         let stall_floor = self.guard.rules().stall_floor_micros(stall_max);
 
-        let latency_floor = if let (Some(rtt), Some(fsync)) =
-            (measured.rtt_p999_micros, measured.fsync_p999_micros)
-        {
-            Some(self.guard.rules().election_timeout_floor_micros(rtt, fsync))
-        } else {
-            // One side alone is still a lower bound on the sum.
-            measured
-                .rtt_p999_micros
-                .or(measured.fsync_p999_micros)
-                .map(|one| {
-                    let floor = self.guard.rules().election_timeout_floor_micros(one, 0);
-                    self.last_floor_micros.max(floor)
-                })
-        };
+        // A side this interval did not measure counts at its latest measurement, and at 0
+        // before its first. Holding the last floor instead would hold a follower's floor
+        // at its highest ever, since a follower measures no round trip.
+        let measured_any =
+            measured.rtt_p999_micros.is_some() || measured.fsync_p999_micros.is_some();
+        if let Some(rtt) = measured.rtt_p999_micros {
+            self.last_rtt_p999_micros = Some(rtt);
+        }
+        if let Some(fsync) = measured.fsync_p999_micros {
+            self.last_fsync_p999_micros = Some(fsync);
+        }
+        let latency_floor = measured_any.then(|| {
+            self.guard.rules().election_timeout_floor_micros(
+                self.last_rtt_p999_micros.unwrap_or(0),
+                self.last_fsync_p999_micros.unwrap_or(0),
+            )
+        });
         let Some(latency_floor) = latency_floor else {
             // Nothing measured: the window keeps only floors that measurements gave, but a
             // stall still counts, since it happened whatever the network did.
