@@ -32,8 +32,10 @@
 //! Before it signals, the watchdog reads the thread's scheduler statistics
 //! (`/proc/self/task/TID/schedstat`): a thread that ran or waited for a CPU for at least
 //! half of the window is busy or starved, not parked, and is left alone. A signal to it
-//! would do no harm, but the warning would mislead. Where the statistics cannot be read,
-//! the watchdog signals every thread that stopped ticking.
+//! would do no harm, but the warning would mislead. So is a thread in an uninterruptible
+//! sleep (state `D`, a synchronous disk write at a shard's start), which a signal cannot
+//! wake. Where the statistics cannot be read, the watchdog signals every thread that
+//! stopped ticking.
 //!
 //! NOTE: why the wake-up is lost (glommio's ring linking or the kernel) is not
 //! established; the watchdog bounds the hang to about [`STALL_MILLIS`].
@@ -116,8 +118,8 @@ pub const NUDGE_SIGNAL: Signal = Signal::SIGURG;
 
 /// Milliseconds without a guard tick after which the watchdog nudges an executor that
 /// slept through them: 3 guard ticks missed. With the watchdog's period, a lost wake-up
-/// then stalls a shard for 30 to 40 ms, about as long as the development VM's own pauses
-/// (up to 37 ms measured), so it raises the tuner's stall floor no further than they do.
+/// then stalls a shard for 30 to 40 ms. The development VM's own pauses last up to 37 ms
+/// (measured), so a lost wake-up raises the tuner's stall floor no further than they do.
 pub const STALL_MILLIS: u64 = 30;
 
 /// How often the watchdog looks at the pulses.
@@ -241,6 +243,15 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
                 );
                 continue;
             }
+            if thread_state(thread_id) == Some(UNINTERRUPTIBLE_STATE) {
+                tracing::debug!(
+                    shard,
+                    thread = %lock(&pulse.thread_name),
+                    "a shard executor missed its guard ticks while blocked in the kernel; \
+                     not interrupting it"
+                );
+                continue;
+            }
             tracing::warn!(
                 shard,
                 thread = %lock(&pulse.thread_name),
@@ -252,6 +263,29 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// The state `/proc` gives a thread in an uninterruptible sleep, such as a synchronous
+/// disk write or fsync. A signal cannot end that sleep, and the thread is not parked in
+/// `io_uring_enter`, which sleeps interruptibly.
+const UNINTERRUPTIBLE_STATE: char = 'D';
+
+/// Returns the scheduler state of thread `thread_id` of this process (`R`, `S`, `D`, ...)
+/// from `/proc/self/task/TID/stat`, or `None` when that cannot be read.
+fn thread_state(thread_id: i32) -> Option<char> {
+    if thread_id == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{thread_id}/stat")).ok()?;
+    state_of_stat(&text)
+}
+
+/// Returns the state field of a `/proc/.../stat` line. The command name before it is in
+/// parentheses and may itself contain spaces and parentheses, so the state is the first
+/// field after the last `)`.
+fn state_of_stat(stat: &str) -> Option<char> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().next()?.chars().next()
 }
 
 /// Returns the nanoseconds that thread `thread_id` of this process has spent running and
@@ -325,6 +359,27 @@ mod tests {
         busy_thread.join().unwrap();
 
         assert_eq!(busy.nudges(), 0, "the busy thread was nudged");
+    }
+
+    #[test]
+    fn stat_state_follows_the_last_parenthesis() {
+        assert_eq!(state_of_stat("42 (shard-1-0-2) S 1 42 42 0 -1"), Some('S'));
+        assert_eq!(state_of_stat("42 (a) b) (c) D 1 42"), Some('D'));
+        assert_eq!(state_of_stat("42 (truncated"), None);
+        assert_eq!(state_of_stat("42 (name)"), None);
+        assert_eq!(state_of_stat(""), None);
+    }
+
+    #[test]
+    fn running_thread_reads_as_running() {
+        let state = thread_state(nix::unistd::gettid().as_raw());
+        if let Some(state) = state {
+            assert_eq!(
+                state, 'R',
+                "the calling thread runs while it reads its own state"
+            );
+        }
+        assert_eq!(thread_state(0), None);
     }
 
     #[test]
