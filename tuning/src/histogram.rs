@@ -134,11 +134,16 @@ impl LatencyHistogram {
     /// Returns the values recorded in this histogram since it held `earlier`, for a caller
     /// that keeps one histogram for a whole run and reads it once per interval.
     ///
-    /// Counts and the sum are exact differences, saturating at 0 where `earlier` is not a
-    /// past state of this histogram. The smallest and largest values of the difference are
-    /// not kept, so they are the edges of its lowest and highest non-empty buckets, clamped
-    /// to this histogram's own. Quantiles therefore stay within one bucket above the truth.
+    /// Counts and the sum are exact differences. A histogram with fewer values than
+    /// `earlier` was started again since (a peer's link replaced, say), so all of its
+    /// values are new and it is returned whole. Other counts that shrank count as 0. The
+    /// smallest and largest values of the difference are not kept, so they are the edges
+    /// of its lowest and highest non-empty buckets, clamped to this histogram's own.
+    /// Quantiles therefore stay within one bucket above the truth.
     pub fn growth_since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        if self.total < earlier.total {
+            return self.clone();
+        }
         let mut growth = LatencyHistogram::new();
         let mut lowest = None;
         let mut highest = None;
@@ -285,15 +290,24 @@ mod tests {
     }
 
     #[test]
-    fn growth_from_an_unrelated_histogram_saturates() {
-        let mut small = LatencyHistogram::new();
-        small.record(10);
-        let mut large = LatencyHistogram::new();
-        large.record_n(10, 5);
-        large.record(1_000);
-        let growth = small.growth_since(&large);
-        assert_eq!(growth.count(), 0);
-        assert_eq!(growth.mean(), None);
+    fn growth_after_a_restart_is_everything() {
+        let mut restarted = LatencyHistogram::new();
+        restarted.record(10);
+        let mut earlier = LatencyHistogram::new();
+        earlier.record_n(10, 5);
+        earlier.record(1_000);
+        assert_eq!(restarted.growth_since(&earlier), restarted);
+    }
+
+    #[test]
+    fn growth_counts_shrunk_buckets_as_zero() {
+        let mut earlier = LatencyHistogram::new();
+        earlier.record_n(10, 5);
+        let mut later = LatencyHistogram::new();
+        later.record_n(1_000, 6);
+        let growth = later.growth_since(&earlier);
+        assert_eq!(growth.count(), 6);
+        assert_eq!(growth.quantile(0.5), Some(1_000));
     }
 
     #[test]

@@ -278,16 +278,6 @@ impl SampleCollector {
         self.fsync_latency.record(latency_micros);
     }
 
-    /// Records `count` fdatasyncs of `latency_micros` each that made `entries` entries of
-    /// `bytes` bytes durable together, for a caller that reads its fdatasyncs from a
-    /// histogram rather than one by one.
-    pub fn record_fsyncs(&mut self, count: u64, entries: u64, bytes: u64, latency_micros: u64) {
-        self.fsyncs = self.fsyncs.saturating_add(count);
-        self.fsync_entries = self.fsync_entries.saturating_add(entries);
-        self.fsync_bytes = self.fsync_bytes.saturating_add(bytes);
-        self.fsync_latency.record_n(latency_micros, count);
-    }
-
     /// Records the fdatasyncs of `latencies` (microseconds), which made `entries` entries of
     /// `bytes` bytes durable together, for a caller that keeps its own histogram of them and
     /// passes the growth of each interval (see [`LatencyHistogram::growth_since`]).

@@ -460,16 +460,15 @@ mod tests {
 
         // Two slow operations in 1,000 are the p99.9. In the metrics' buckets 11 and 12 ms
         // both read as 20 ms, which would put the floor at factor x 40 ms.
-        let fsync = &mut log;
         record(
-            &mut fsync.sync_latency,
-            &mut fsync.sync_latency_micros,
+            &mut log.sync_latency,
+            &mut log.sync_latency_micros,
             200,
             998,
         );
         record(
-            &mut fsync.sync_latency,
-            &mut fsync.sync_latency_micros,
+            &mut log.sync_latency,
+            &mut log.sync_latency_micros,
             11_000,
             2,
         );
