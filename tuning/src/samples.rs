@@ -375,7 +375,7 @@ impl SampleCollector {
     /// Records that the shard's loop handled a tick at `now_micros`, and counts as its stall
     /// the gap since the tick before, less `tick_period_micros`.
     ///
-    /// The loop's timer asks for one tick per period. A loop that handles a tick later
+    /// The loop's timer requests one tick per period. A loop that handles a tick later
     /// than one period after the last one was descheduled, paused or busy for the
     /// difference, and a leader sends no heartbeat meanwhile. The first tick only sets the
     /// reference. A clock that steps back counts as no stall.

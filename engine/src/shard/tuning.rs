@@ -501,7 +501,7 @@ mod tests {
             "floor {floor} us, expected {expected} us at factor {factor}"
         );
 
-        // The next interval sees only what happened in it.
+        // The next interval contains only what happened in it.
         record(
             &mut log.sync_latency,
             &mut log.sync_latency_micros,
