@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::ops::Deref;
@@ -19,12 +20,39 @@ use shardraft::raft::{NodeId, Role};
 pub type KvNode = Node<KvStateMachine>;
 pub type KvHandle = NodeHandle<KvStateMachine>;
 
+/// The lowest port these tests choose, above the usual registered services.
+const TEST_PORT_MIN: u16 = 10_000;
+
 /// `count` distinct free loopback addresses. The listeners are held until all are chosen,
-/// so the addresses differ; they are released before the nodes bind them.
+/// so the addresses differ. They are released before the nodes bind them.
+///
+/// The ports come from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), chosen at random. A port that `bind` to
+/// port 0 returned lies in that range, and the outgoing connections of tests running at
+/// the same time take their source ports from it too, so one of them could take the port
+/// between its release and the node's bind. Where the range leaves too few ports below
+/// it, the kernel chooses as before.
 pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
-        .collect();
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let choices = ephemeral_min.saturating_sub(TEST_PORT_MIN);
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(count);
+    if usize::from(choices) >= 100 * count.max(1) {
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut draws = 0u64;
+        while listeners.len() < count && draws < 100_000 {
+            draws += 1;
+            let port = TEST_PORT_MIN + (hasher.hash_one(draws) % u64::from(choices)) as u16;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(listener);
+            }
+        }
+    }
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"));
+    }
     listeners
         .iter()
         .map(|listener| listener.local_addr().expect("reading a bound address"))
