@@ -27,11 +27,10 @@ const TEST_PORT_MIN: u16 = 10_000;
 /// so the addresses differ. They are released before the nodes bind them.
 ///
 /// The ports come from below the kernel's ephemeral range
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), chosen at random. A port that `bind` to
-/// port 0 returned lies in that range, and the outgoing connections of tests running at
-/// the same time take their source ports from it too, so one of them could take the port
-/// between its release and the node's bind. Where the range leaves too few ports below
-/// it, the kernel chooses as before.
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), chosen at random. A port from `bind` to
+/// port 0 lies in that range. The outgoing connections of tests running at the same time
+/// take their source ports from it too, and one could take the port between its release
+/// and the node's bind. Where the range leaves too few ports below it, the kernel chooses.
 pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
     let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
