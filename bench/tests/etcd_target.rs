@@ -7,6 +7,7 @@
 //! start` installs one. Run with `--nocapture` to see the latency it measures.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -53,11 +54,31 @@ fn etcd_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Returns `count` loopback ports that were free a moment ago.
+/// Returns `count` distinct loopback ports that were free a moment ago, chosen at random
+/// below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`). A port
+/// from `bind` to port 0 lies in that range, where the outgoing connections of tests running
+/// at the same time take their source ports and could take it before etcd binds it.
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free loopback port"))
-        .collect();
+    const PORT_MIN: u16 = 10_000;
+    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let choices = u64::from(ephemeral_min.saturating_sub(PORT_MIN).max(1));
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(count);
+    for draw in 0..100_000u64 {
+        if listeners.len() == count {
+            break;
+        }
+        let port = PORT_MIN + (hasher.hash_one(draw) % choices) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0").expect("binding a free loopback port"));
+    }
     listeners
         .iter()
         .map(|listener| listener.local_addr().unwrap().port())

@@ -8,12 +8,14 @@
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+mod support;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -52,30 +54,6 @@ fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Returns a loopback port that is free now, with the `extra` ports after it free as well,
-/// and keeps them bound in `bound_listeners` until the caller drops it.
-///
-/// NOTE: another process may take a port between the release and the node's bind; the
-/// node then fails to start and the test reports it.
-fn free_port_run(extra: u16, bound_listeners: &mut Vec<TcpListener>) -> u16 {
-    'search: loop {
-        let first = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
-        let port = first.local_addr().expect("a bound address").port();
-        let mut run = vec![first];
-        for offset in 1..=extra {
-            let Some(next) = port.checked_add(offset) else {
-                continue 'search;
-            };
-            match TcpListener::bind(("127.0.0.1", next)) {
-                Ok(listener) => run.push(listener),
-                Err(_) => continue 'search,
-            }
-        }
-        bound_listeners.extend(run);
-        return port;
-    }
-}
-
 /// The ports one node listens on.
 #[derive(Clone, Copy, Debug)]
 struct Ports {
@@ -86,13 +64,13 @@ struct Ports {
 }
 
 fn pick_ports() -> Vec<Ports> {
-    // Every listener stays bound until all ports are chosen, so no two coincide.
-    let mut bound_listeners = Vec::new();
-    (0..NODES)
-        .map(|_| Ports {
-            peer: free_port_run(SHARDS - 1, &mut bound_listeners),
-            client: free_port_run(0, &mut bound_listeners),
-            http: free_port_run(0, &mut bound_listeners),
+    let runs: Vec<u16> = (0..NODES).flat_map(|_| [SHARDS, 1, 1]).collect();
+    support::free_port_runs(&runs)
+        .chunks(3)
+        .map(|ports| Ports {
+            peer: ports[0],
+            client: ports[1],
+            http: ports[2],
         })
         .collect()
 }

@@ -12,12 +12,15 @@
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::free_port;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -38,25 +41,6 @@ const WRITES_MAX: u64 = 5_000;
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shardraft")
-}
-
-/// Returns a loopback port that is free now and was not returned before in this test
-/// process. The kernel may hand out a port again once its listener is closed, and two
-/// listeners of one cluster on the same port would fail its start.
-fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("binding a loopback port")
-            .port();
-        let mut handed_out = HANDED_OUT
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if handed_out.insert(port) {
-            return port;
-        }
-    }
 }
 
 /// How a node process starts: which of `--join` and `--initial-cluster-state` it gets.

@@ -1,13 +1,10 @@
 //! The `shardraft` binary as an operator runs it: real processes on loopback.
 
-use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::test_dir;
+use support::{free_port, test_dir};
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shardraft")
@@ -16,25 +13,6 @@ fn binary() -> &'static str {
 /// Size of each log segment file, which a node preallocates in full: the smallest that
 /// fits the default write size twice, so that these tests take little disk space.
 const SEGMENT_BYTES: &str = "16777216";
-
-/// Returns a loopback port that is free now and was not returned before in this test
-/// process. The kernel may hand out a port again once its listener is closed, and two
-/// listeners of one cluster on the same port would fail its start.
-fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("binding a loopback port")
-            .port();
-        let mut handed_out = HANDED_OUT
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if handed_out.insert(port) {
-            return port;
-        }
-    }
-}
 
 /// `--members` for a one-node cluster on free ports.
 fn single_member() -> String {

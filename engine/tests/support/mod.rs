@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shardraft::config::{MemberConfig, NodeConfig};
@@ -25,36 +27,79 @@ const TEST_PORT_MIN: u16 = 10_000;
 
 /// `count` distinct free loopback addresses. The listeners are held until all are chosen,
 /// so the addresses differ. They are released before the nodes bind them.
+pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
+    free_port_runs(&vec![1; count])
+        .into_iter()
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect()
+}
+
+/// Returns one free loopback port that this test process has not handed out before.
+pub fn free_port() -> u16 {
+    free_port_runs(&[1])[0]
+}
+
+/// Returns, for each length in `run_lengths`, the first port of that many consecutive free
+/// loopback ports. The runs overlap neither each other nor a port this test process handed
+/// out before, since a node that is running or about to start may use such a port.
 ///
 /// The ports come from below the kernel's ephemeral range
 /// (`/proc/sys/net/ipv4/ip_local_port_range`), chosen at random. A port from `bind` to
 /// port 0 lies in that range. The outgoing connections of tests running at the same time
 /// take their source ports from it too, and one could take the port between its release
 /// and the node's bind. Where the range leaves too few ports below it, the kernel chooses.
-pub fn free_addresses(count: usize) -> Vec<SocketAddr> {
+pub fn free_port_runs(run_lengths: &[u16]) -> Vec<u16> {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    let choices = ephemeral_min.saturating_sub(TEST_PORT_MIN);
-    let mut listeners: Vec<TcpListener> = Vec::with_capacity(count);
-    if usize::from(choices) >= 100 * count.max(1) {
-        let hasher = std::collections::hash_map::RandomState::new();
-        let mut draws = 0u64;
-        while listeners.len() < count && draws < 100_000 {
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut draws = 0u64;
+    // Every listener stays bound until all runs are chosen, so no two runs coincide.
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    let mut first_ports = Vec::with_capacity(run_lengths.len());
+    for &length in run_lengths {
+        let length = length.max(1);
+        let choices = ephemeral_min.saturating_sub(TEST_PORT_MIN + length);
+        let mut run = None;
+        while run.is_none() && choices >= 100 && draws < 100_000 {
             draws += 1;
-            let port = TEST_PORT_MIN + (hasher.hash_one(draws) % u64::from(choices)) as u16;
-            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-                listeners.push(listener);
-            }
+            let first = TEST_PORT_MIN + (hasher.hash_one(draws) % u64::from(choices)) as u16;
+            run = bind_run(first, length, &handed_out);
         }
+        while run.is_none() {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+            let first = listener
+                .local_addr()
+                .expect("reading a bound address")
+                .port();
+            drop(listener);
+            run = bind_run(first, length, &handed_out);
+        }
+        let run = run.expect("a run was bound");
+        let first = run[0].local_addr().expect("reading a bound address").port();
+        handed_out.extend(first..first + length);
+        first_ports.push(first);
+        listeners.extend(run);
     }
-    while listeners.len() < count {
-        listeners.push(TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"));
-    }
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("reading a bound address"))
+    first_ports
+}
+
+/// Binds `length` consecutive loopback ports from `first`, or returns `None` if one of
+/// them is taken, was handed out before, or lies past the last port.
+fn bind_run(first: u16, length: u16, handed_out: &BTreeSet<u16>) -> Option<Vec<TcpListener>> {
+    (0..length)
+        .map(|offset| {
+            let port = first.checked_add(offset)?;
+            if handed_out.contains(&port) {
+                return None;
+            }
+            TcpListener::bind(("127.0.0.1", port)).ok()
+        })
         .collect()
 }
 
