@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         let outcome = load::run_timed(
             &log,
             spec,
-            Duration::from_millis(200),
+            load::Warmup::fixed(Duration::from_millis(200)),
             Duration::from_secs(seconds as u64),
         )
         .await?;

@@ -120,6 +120,12 @@ struct LogArgs {
     #[arg(long, default_value_t = 0.3)]
     warmup_secs: f64,
 
+    /// Longest unmeasured start of a cell. A cell keeps warming up while its log prepares
+    /// a segment, and while it would rotate within `--duration-secs` until a rotation
+    /// reuses a retired segment, as in a long run, instead of zero-filling a new one.
+    #[arg(long, default_value_t = 10.0)]
+    warmup_max_secs: f64,
+
     /// Entry payload sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16,256,4096")]
     sizes: Vec<usize>,
@@ -293,6 +299,7 @@ struct Report {
     log_config: ConfigReport,
     duration_secs: f64,
     warmup_secs: f64,
+    warmup_max_secs: f64,
     payload: PayloadKind,
     device: Vec<DeviceSample>,
     cells: Vec<CellReport>,
@@ -311,7 +318,16 @@ struct ConfigReport {
 fn run_log(args: &LogArgs) -> anyhow::Result<()> {
     let specs = load_specs(args)?;
     let duration = seconds(args.duration_secs, "--duration-secs")?;
-    let warmup = seconds(args.warmup_secs, "--warmup-secs")?;
+    let warmup = load::Warmup {
+        min: seconds(args.warmup_secs, "--warmup-secs")?,
+        max: seconds(args.warmup_max_secs, "--warmup-max-secs")?,
+    };
+    anyhow::ensure!(
+        warmup.max >= warmup.min,
+        "invalid --warmup-max-secs {}: expected at least --warmup-secs {}",
+        args.warmup_max_secs,
+        args.warmup_secs
+    );
     let dir = args
         .dir
         .clone()
@@ -332,8 +348,10 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
     let load_average_start = environment::load_average();
     print_header(&machine, &filesystem, &dir, load_average_start, &config);
     println!(
-        "each cell: {:.1} s unmeasured, then {:.1} s measured; one glommio executor, one thread",
-        warmup.as_secs_f64(),
+        "each cell: {:.1} s unmeasured, up to {:.1} s until rotations reuse retired segments, \
+         then {:.1} s measured; one glommio executor, one thread",
+        warmup.min.as_secs_f64(),
+        warmup.max.as_secs_f64(),
         duration.as_secs_f64()
     );
     println!(
@@ -405,7 +423,8 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
                 zero_fill_segments: config.zero_fill_segments,
             },
             duration_secs: duration.as_secs_f64(),
-            warmup_secs: warmup.as_secs_f64(),
+            warmup_secs: warmup.min.as_secs_f64(),
+            warmup_max_secs: warmup.max.as_secs_f64(),
             payload: args.payload,
             device,
             cells,
@@ -564,7 +583,7 @@ async fn measure_all(
     config: &LogConfig,
     specs: &[(LoadSpec, CellRole)],
     payload: PayloadKind,
-    warmup: Duration,
+    warmup: load::Warmup,
     duration: Duration,
 ) -> anyhow::Result<(Vec<DeviceSample>, Vec<CellReport>)> {
     let probe = DeviceProbe::create(run_dir, PROBE_FILE_BYTES, payload).await?;
@@ -597,10 +616,10 @@ async fn measure_all(
         "write-ahead log: closed-loop appenders, one group each; latency from submit to \
          durable; device p99 at the cell's load (mean write size, writes per second), and \
          back to back (b2b); device MiB/s with 1 MiB writes beside 4 KiB cells (the higher \
-         of before and after)"
+         of before and after); unmeasured seconds; new segments of the rotations measured"
     );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>7} {:>6} {:>5} {:>10}",
+        "  {:>6} {:>9} {:>8} {:>11} {:>8} {:>12} {:>9} {:>9} {:>9} {:>10} {:>7} {:>6} {:>5} {:>10} {:>7} {:>7}",
         "entry",
         "appenders",
         "x/submit",
@@ -614,7 +633,9 @@ async fn measure_all(
         "b2b p99",
         "ratio",
         "cpu",
-        "dev MiB/s"
+        "dev MiB/s",
+        "warm s",
+        "new seg"
     );
     let mut cells = Vec::new();
     for (number, (spec, role)) in specs.iter().enumerate() {
@@ -661,6 +682,9 @@ async fn measure_all(
             device: device_sample,
             device_back_to_back,
             sequential_beside,
+            warmup_secs: outcome.warmup.as_secs_f64(),
+            rotations: outcome.rotations,
+            segments_new: outcome.segments_new,
         };
         print_cell(&cell);
         cells.push(cell);
@@ -674,7 +698,7 @@ async fn run_cell(
     cell_dir: &Path,
     config: &LogConfig,
     spec: LoadSpec,
-    warmup: Duration,
+    warmup: load::Warmup,
     duration: Duration,
 ) -> anyhow::Result<load::LoadOutcome> {
     std::fs::create_dir(cell_dir)
@@ -710,7 +734,7 @@ fn print_cell(cell: &CellReport) {
         |sample| format!("{:.1}", sample.mib_per_sec),
     );
     println!(
-        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7.1} {:>6.2} {:>5} {:>10}",
+        "  {:>6} {:>9} {:>8} {:>11.0} {:>8.2} {:>12.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>7.1} {:>6.2} {:>5} {:>10} {:>7.1} {:>7}",
         format_bytes(cell.spec.entry_bytes as u64),
         cell.spec.appenders,
         cell.spec.entries_per_submit,
@@ -724,7 +748,9 @@ fn print_cell(cell: &CellReport) {
         cell.device_back_to_back.latency.p99_micros,
         cell.latency_ratio(),
         cpu,
-        sequential
+        sequential,
+        cell.warmup_secs,
+        format!("{}/{}", cell.segments_new, cell.rotations)
     );
 }
 

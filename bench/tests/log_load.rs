@@ -7,7 +7,7 @@ use std::time::Duration;
 use shardraft::log::{DiskLog, GroupId, LogConfig, LogIdentity, LogStore};
 use shardraft_bench::wal::device::{BLOCK_BYTES, DeviceProbe};
 use shardraft_bench::wal::environment;
-use shardraft_bench::wal::load::{self, LoadSpec};
+use shardraft_bench::wal::load::{self, LoadSpec, Warmup};
 use shardraft_bench::wal::payload::PayloadKind;
 
 /// Creates a fresh directory for one test, on the filesystem the benchmarks default to.
@@ -103,7 +103,7 @@ fn timed_load_reports_its_window() {
         let outcome = load::run_timed(
             &log,
             spec,
-            Duration::from_millis(20),
+            Warmup::fixed(Duration::from_millis(20)),
             Duration::from_millis(100),
         )
         .await
@@ -118,6 +118,89 @@ fn timed_load_reports_its_window() {
     // most one entry per appender.
     assert!(outcome.syncs >= 1);
     assert!(outcome.entries <= 2 * outcome.syncs, "{outcome:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn warmup_lasts_until_segments_are_reused() {
+    let dir = test_dir("steady");
+    // 1 MiB segments fill within a few hundred milliseconds, and compacting every 16
+    // entries lets old segments retire, so that rotations reuse them.
+    let config = small_config(&dir);
+    let spec = LoadSpec {
+        entry_bytes: 4096,
+        appenders: 8,
+        entries_per_submit: 4,
+        compact_every_entries: 16,
+        compact_every_bytes: 0,
+        payload: PayloadKind::Constant,
+    };
+    // The minimum lets the write rate settle: it decides whether the load would rotate.
+    let warmup = Warmup {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(20),
+    };
+    let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+
+    let (outcome, stats) = executor.run(async {
+        let log = DiskLog::open(&config, IDENTITY).await.unwrap();
+        // Any rate above 1 MiB/s rotates the 1 MiB segments within a measured second.
+        let outcome = load::run_timed(&log, spec, warmup, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let stats = log.stats();
+        log.close().await.unwrap();
+        (outcome, stats)
+    });
+
+    // The first reuse comes only after several rotations, well after the minimum.
+    assert!(outcome.warmup > warmup.min, "{:?}", outcome.warmup);
+    assert!(outcome.warmup < warmup.max, "{:?}", outcome.warmup);
+    assert!(outcome.segments_recycled_at_start >= 1, "{outcome:?}");
+    assert!(stats.segments_created >= 1, "{stats:?}");
+    assert!(outcome.rotations >= outcome.segments_new, "{outcome:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn warmup_stops_at_minimum_without_rotations() {
+    let dir = test_dir("short");
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        ..small_config(&dir)
+    };
+    // One appender of 16-byte entries writes far less than a segment in the measured part.
+    let spec = LoadSpec {
+        entry_bytes: 16,
+        appenders: 1,
+        entries_per_submit: 1,
+        compact_every_entries: 0,
+        compact_every_bytes: 0,
+        payload: PayloadKind::Constant,
+    };
+    let warmup = Warmup {
+        min: Duration::from_millis(50),
+        max: Duration::from_secs(20),
+    };
+    let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+
+    let outcome = executor.run(async {
+        let log = DiskLog::open(&config, IDENTITY).await.unwrap();
+        let outcome = load::run_timed(&log, spec, warmup, Duration::from_millis(100))
+            .await
+            .unwrap();
+        log.close().await.unwrap();
+        outcome
+    });
+
+    assert!(outcome.warmup >= warmup.min, "{:?}", outcome.warmup);
+    assert!(
+        outcome.warmup < Duration::from_secs(5),
+        "{:?}",
+        outcome.warmup
+    );
+    assert_eq!(outcome.rotations, 0);
+    assert_eq!(outcome.segments_new, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

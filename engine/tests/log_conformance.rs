@@ -1281,6 +1281,23 @@ fn recycled_segments_survive_restart_and_crash() {
             stats.segments_recycled > 0,
             "no segment was reused: {stats:?}"
         );
+        // Every rotation took a prepared segment, and one more preparation started after
+        // the last; by now all but that one finished.
+        assert_eq!(
+            stats.segments_created + stats.segments_recycled,
+            stats.rotations + 1,
+            "preparations: {stats:?}"
+        );
+        assert!(
+            stats.segments_prepared >= stats.rotations,
+            "preparations finished: {stats:?}"
+        );
+        // The active segment holds at least its header block and a checkpoint.
+        assert!(
+            log.active_segment_free_bytes() < log.segment_bytes() - 4096,
+            "free bytes of the active segment: {}",
+            log.active_segment_free_bytes()
+        );
 
         let expected = snapshot(&log).await;
         let log = fixture.restart(log).await;

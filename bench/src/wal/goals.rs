@@ -73,6 +73,12 @@ pub struct CellReport {
     /// (1 MiB writes), the higher of the samples taken right before and right after the
     /// cell.
     pub sequential_beside: Option<DeviceSample>,
+    /// Seconds of the cell's unmeasured start (see `load::Warmup`).
+    pub warmup_secs: f64,
+    /// Segments the log rotated to while measured, and of those, the new ones it created
+    /// (zero-filled, unless configured otherwise) instead of reusing a retired one.
+    pub rotations: u64,
+    pub segments_new: u64,
 }
 
 impl CellReport {
@@ -369,6 +375,9 @@ mod tests {
             device: device(4096, 10.0, 100.0),
             device_back_to_back: device(4096, 20.0, 50.0),
             sequential_beside: None,
+            warmup_secs: 0.3,
+            rotations: 0,
+            segments_new: 0,
         }
     }
 

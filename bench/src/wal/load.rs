@@ -76,6 +76,15 @@ pub struct LoadOutcome {
     /// Latency from `submit` to the durable report, in nanoseconds, one sample per
     /// submission.
     pub latency_nanos: Histogram<u64>,
+    /// The unmeasured time before the measured part.
+    pub warmup: Duration,
+    /// Retired segments the log had reused since it opened, when the measured part began.
+    pub segments_recycled_at_start: u64,
+    /// Segments the log rotated to.
+    pub rotations: u64,
+    /// Segments the log created and, unless configured otherwise, zero-filled rather than
+    /// reused, counted when their preparation started.
+    pub segments_new: u64,
 }
 
 impl LoadOutcome {
@@ -116,21 +125,59 @@ impl LoadOutcome {
     }
 }
 
-/// Runs `spec` against `log` for `warmup` unmeasured, then for `measure`, and reports the
-/// measured part. Every append that started in that part counts in the latency, also when it
-/// completes after it. Must run on the executor that owns `log`.
+/// The length of an unmeasured start: at least `min`, and up to `max` while the log is not
+/// yet as in a long run.
+#[derive(Clone, Copy, Debug)]
+pub struct Warmup {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Warmup {
+    /// Returns a warm-up of exactly `duration`.
+    pub fn fixed(duration: Duration) -> Warmup {
+        Warmup {
+            min: duration,
+            max: duration,
+        }
+    }
+}
+
+/// How often a warm-up checks whether the log reached its steady state.
+const STEADY_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs `spec` against `log` unmeasured for the `warmup`, then for `measure`, and reports
+/// the measured part. Every append that started in that part counts in the latency, also
+/// when it completes after it. Must run on the executor that owns `log`.
+///
+/// A fresh log zero-fills each new segment, which a long run with compaction does not: it
+/// reuses retired segments instead. So once `warmup.min` passed, the warm-up goes on for at
+/// most `warmup.max` while a segment is being prepared, and while a load that would rotate
+/// within `measure` has not yet reused a retired segment. [`LoadOutcome::segments_new`]
+/// reports the new segments that the measured part still prepared.
 ///
 /// # Errors
 /// The first error the log returns to an appender.
 pub async fn run_timed(
     log: &DiskLog,
     spec: LoadSpec,
-    warmup: Duration,
+    warmup: Warmup,
     measure: Duration,
 ) -> anyhow::Result<LoadOutcome> {
     let control = Rc::new(Control::new());
+    let started = Instant::now();
+    let recycled_at_start = log.stats().segments_recycled;
     let tasks = spawn_appenders(log, spec, &control);
-    glommio::timer::sleep(warmup).await;
+    // The write rate is taken over the second half of the minimum: the appenders start
+    // slower than they run.
+    glommio::timer::sleep(warmup.min / 2).await;
+    let rate_start = Snapshot::take(log);
+    glommio::timer::sleep(warmup.min - warmup.min / 2).await;
+    while started.elapsed() < warmup.max
+        && !reached_steady_state(log, recycled_at_start, &rate_start, measure)
+    {
+        glommio::timer::sleep(STEADY_CHECK_INTERVAL).await;
+    }
 
     let before = Snapshot::take(log);
     control.recording.set(true);
@@ -140,10 +187,44 @@ pub async fn run_timed(
     control.stopping.set(true);
 
     join_appenders(tasks).await?;
-    Ok(after.since(
+    let mut outcome = after.since(
         &before,
         control.latency_nanos.replace(new_latency_histogram()),
-    ))
+    );
+    outcome.warmup = before.at - started;
+    Ok(outcome)
+}
+
+/// Headroom on the write rate measured in the warm-up when judging whether the active
+/// segment lasts through the measured part. The rate in the warm-up of the grid's cells was
+/// up to a third below the measured one.
+const RATE_HEADROOM: f64 = 1.5;
+
+/// Returns whether `log` is as it would be in a long run: no segment preparation runs, and
+/// either a rotation reused a retired segment (the log had reused `recycled_at_start` when
+/// the load began), or the active segment lasts through `measure` at the rate the log wrote
+/// since `rate_start`. Before a write completes, the rate is unknown and the log not steady.
+fn reached_steady_state(
+    log: &DiskLog,
+    recycled_at_start: u64,
+    rate_start: &Snapshot,
+    measure: Duration,
+) -> bool {
+    let stats = log.stats();
+    let preparations_started = stats.segments_created + stats.segments_recycled;
+    if stats.segments_prepared < preparations_started {
+        return false;
+    }
+    if stats.segments_recycled > recycled_at_start {
+        return true;
+    }
+    let written_bytes = stats.bytes - rate_start.stats.bytes;
+    if written_bytes == 0 {
+        return false;
+    }
+    let bytes_per_sec = written_bytes as f64 / rate_start.at.elapsed().as_secs_f64();
+    let bytes_in_measure = bytes_per_sec * measure.as_secs_f64() * RATE_HEADROOM;
+    bytes_in_measure < log.active_segment_free_bytes() as f64
 }
 
 /// Runs `spec` against `log` until `entries` more entries are durable and reports that
@@ -350,6 +431,10 @@ impl Snapshot {
             write_micros_total: self.stats.write_micros_total - before.stats.write_micros_total,
             sync_micros_total: self.stats.sync_micros_total - before.stats.sync_micros_total,
             latency_nanos,
+            warmup: Duration::ZERO,
+            segments_recycled_at_start: before.stats.segments_recycled,
+            rotations: self.stats.rotations - before.stats.rotations,
+            segments_new: self.stats.segments_created - before.stats.segments_created,
         }
     }
 }

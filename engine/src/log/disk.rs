@@ -253,6 +253,12 @@ pub struct DiskLogStats {
     pub segments_deleted: u64,
     /// Retired segments reused as new segments instead of creating and zero-filling one.
     pub segments_recycled: u64,
+    /// Segment files created, counted when their preparation starts: zero-filled unless
+    /// `zero_fill_segments` is off. The segments recovery creates at open are not counted.
+    pub segments_created: u64,
+    /// Preparations of a next segment, created or recycled, that finished. Fewer than
+    /// `segments_created + segments_recycled` while one runs in the background.
+    pub segments_prepared: u64,
     /// Time spent in batch writes, from submission to completion.
     pub write_micros_total: u64,
     /// Time spent in the fdatasync after each batch write.
@@ -504,6 +510,19 @@ impl DiskLog {
         // instead of 55 %. But glommio 0.9 parked the executor for seconds with timers due.
         glommio::spawn_local(run_flusher(Rc::clone(&shared))).detach();
         Ok(DiskLog { shared })
+    }
+
+    /// Returns the size of each segment file, from the config the log was opened with.
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared.config.segment_bytes
+    }
+
+    /// Returns the bytes left in the active segment before the log rotates to the next one.
+    pub fn active_segment_free_bytes(&self) -> u64 {
+        self.shared
+            .config
+            .segment_bytes
+            .saturating_sub(self.shared.state.borrow().write_offset)
     }
 
     /// The shard's directory, `data_dir/shard-N`.
@@ -1018,13 +1037,21 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
         let mut state = shared.state.borrow_mut();
         let recyclable = (!state.recyclable.is_empty()).then(|| state.recyclable.remove(0));
         state.stats.segments_recycled += u64::from(recyclable.is_some());
+        state.stats.segments_created += u64::from(recyclable.is_none());
         recyclable
     };
+    // A weak reference, because the log owns this task until its next rotation, and a
+    // strong one would keep the log alive through it.
+    let weak_shared = Rc::downgrade(shared);
     let task = glommio::spawn_local(async move {
-        match recyclable {
+        let prepared = match recyclable {
             Some(old) => recycle_segment(&dir, identity, old.file, &old.path, segment_seq).await,
             None => prepare_segment(&dir, identity, segment_seq, segment_bytes, zero_fill).await,
+        };
+        if let (Ok(_), Some(shared)) = (&prepared, weak_shared.upgrade()) {
+            shared.state.borrow_mut().stats.segments_prepared += 1;
         }
+        prepared
     });
     shared.state.borrow_mut().prepared = Some(task);
 }
@@ -1469,15 +1496,18 @@ async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
     let file = match prepared {
         Some(task) => task.await?,
         None => {
+            shared.state.borrow_mut().stats.segments_created += 1;
             let config = &shared.config;
-            prepare_segment(
+            let file = prepare_segment(
                 &shared.dir,
                 shared.identity,
                 next_seq,
                 config.segment_bytes,
                 config.zero_fill_segments,
             )
-            .await?
+            .await?;
+            shared.state.borrow_mut().stats.segments_prepared += 1;
+            file
         }
     };
     {
