@@ -166,7 +166,7 @@ fn warmup_lasts_until_segments_are_reused() {
 fn warmup_stops_at_minimum_without_rotations() {
     let dir = test_dir("short");
     let config = LogConfig {
-        segment_bytes: 64 << 20,
+        segment_bytes: 8 << 20,
         ..small_config(&dir)
     };
     // One appender of 16-byte entries writes far less than a segment in the measured part.
