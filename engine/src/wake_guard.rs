@@ -33,7 +33,7 @@
 //! (`/proc/self/task/TID/schedstat`): a thread that ran or waited for a CPU for at least
 //! half of the window is busy or starved, not parked, and is left alone. A signal to it
 //! would do no harm, but the warning would mislead. So is a thread in an uninterruptible
-//! sleep (state `D`, a synchronous disk write at a shard's start), which a signal cannot
+//! sleep (state `D`, a blocking file call such as a rename), which a signal cannot
 //! wake. Where the statistics cannot be read, the watchdog signals every thread that
 //! stopped ticking.
 //!

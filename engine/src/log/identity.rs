@@ -69,7 +69,8 @@ fn parse(path: &Path, text: &str) -> Result<LogIdentity, StorageError> {
 /// new. `has_segments` tells whether the directory already holds log data, in which case a
 /// missing identity file is an error rather than a fresh start.
 ///
-/// Runs once at startup with blocking file calls, before the shard serves anything.
+/// Runs once at startup, before the shard serves anything, with blocking file calls: the
+/// log calls it on glommio's blocking thread pool.
 pub(crate) fn check_or_create(
     dir: &Path,
     expected: LogIdentity,

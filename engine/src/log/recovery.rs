@@ -156,7 +156,13 @@ pub(crate) async fn recover(
 ) -> Result<Recovered, StorageError> {
     remove_interrupted_recycling(dir)?;
     let listed = list_segments(dir)?;
-    identity::check_or_create(dir, identity, !listed.is_empty())?;
+    // Writing the identity file syncs the file and the directory, which can take hundreds
+    // of milliseconds on a slow disk, so it runs off the shard's thread.
+    let identity_dir = dir.to_path_buf();
+    let has_segments = !listed.is_empty();
+    glommio::executor()
+        .spawn_blocking(move || identity::check_or_create(&identity_dir, identity, has_segments))
+        .await?;
     prime_direct_io(dir).await?;
     for pair in listed.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
