@@ -502,7 +502,7 @@ fn load_specs(args: &LogArgs) -> anyhow::Result<Vec<(LoadSpec, CellRole)>> {
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .ok()
-        .filter(|duration| !duration.is_zero() || flag == "--warmup-secs")
+        .filter(|duration| !duration.is_zero() || flag.starts_with("--warmup"))
         .with_context(|| format!("invalid {flag} {value}: expected a positive number of seconds"))
 }
 
