@@ -196,14 +196,15 @@ pub async fn run_timed(
 }
 
 /// Headroom on the write rate measured in the warm-up when judging whether the active
-/// segment lasts through the measured part. The rate in the warm-up of the grid's cells was
-/// up to a third below the measured one.
+/// segment lasts through the measured part, since the appenders may not yet run at full
+/// rate. Over the whole 0.3 s minimum, a cell of 256 appenders wrote at half its later rate.
 const RATE_HEADROOM: f64 = 1.5;
 
-/// Returns whether `log` is as it would be in a long run: no segment preparation runs, and
-/// either a rotation reused a retired segment (the log had reused `recycled_at_start` when
-/// the load began), or the active segment lasts through `measure` at the rate the log wrote
-/// since `rate_start`. Before a write completes, the rate is unknown and the log not steady.
+/// Returns whether `log` is as it would be in a long run. No segment preparation may run.
+/// Then either a rotation reused a retired segment since the load began, when the log had
+/// reused `recycled_at_start`, or the active segment lasts through `measure` at the rate
+/// the log wrote since `rate_start`. Before a write completes, the rate is unknown and the
+/// log not steady.
 fn reached_steady_state(
     log: &DiskLog,
     recycled_at_start: u64,
