@@ -418,6 +418,12 @@ fn metrics_report_proposals_syncs_and_latencies() {
     assert!(syncs > Some(0.0), "fdatasync samples: {syncs:?}");
     let entries = sample(&metrics, "shardraft_log_synced_entries_total{shard=\"0\"}");
     assert!(entries >= Some(20.0), "synced entries: {entries:?}");
+    // A fresh log prepares its next segment at open, with no retired segment to reuse.
+    let created = sample(
+        &metrics,
+        "shardraft_log_created_segments_total{shard=\"0\"}",
+    );
+    assert!(created >= Some(1.0), "created segments: {created:?}");
     let has_leader = sample(&metrics, "shardraft_group_has_leader{group=\"0\"}");
     assert_eq!(has_leader, Some(1.0));
     let is_leader = sample(&metrics, "shardraft_group_is_leader{group=\"0\"}");

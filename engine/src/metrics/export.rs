@@ -680,7 +680,7 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
             .map(|(shard, log)| (shard_label(shard), value(log)))
             .collect()
     };
-    let families: [CounterFamily<DiskLogStats>; 6] = [
+    let families: [CounterFamily<DiskLogStats>; 7] = [
         (
             "shardraft_log_syncs",
             "Write and fdatasync pairs of the write-ahead log, checkpoints included.",
@@ -710,6 +710,12 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
             "shardraft_log_recycled_segments",
             "Retired segments reused as new segments.",
             |log| log.segments_recycled,
+        ),
+        (
+            "shardraft_log_created_segments",
+            "Segment files created, and zero-filled unless configured otherwise, for lack \
+             of a retired segment to reuse.",
+            |log| log.segments_created,
         ),
     ];
     for (name, help, value) in families {
