@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{free_port, test_dir};
+use support::{free_port, reuse_port_bind_succeeds, test_dir};
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shardraft")
@@ -17,6 +17,23 @@ const SEGMENT_BYTES: &str = "16777216";
 /// `--members` for a one-node cluster on free ports.
 fn single_member() -> String {
     format!("1=127.0.0.1:{}/127.0.0.1:{}", free_port(), free_port())
+}
+
+#[test]
+fn port_in_time_wait_is_not_free() {
+    // A std listener, as the HTTP server uses, that closes its side of a connection first
+    // leaves the port in TIME_WAIT. A std bind still succeeds there; glommio's does not.
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the port");
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    let (accepted, _) = listener.accept().expect("accepting the connection");
+    drop(accepted);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(client);
+    drop(listener);
+
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    assert!(!reuse_port_bind_succeeds(port));
 }
 
 #[test]

@@ -95,12 +95,36 @@ fn bind_run(first: u16, length: u16, handed_out: &BTreeSet<u16>) -> Option<Vec<T
     (0..length)
         .map(|offset| {
             let port = first.checked_add(offset)?;
-            if handed_out.contains(&port) {
+            if handed_out.contains(&port) || !reuse_port_bind_succeeds(port) {
                 return None;
             }
             TcpListener::bind(("127.0.0.1", port)).ok()
         })
         .collect()
+}
+
+/// Returns whether a socket with `SO_REUSEPORT` and without `SO_REUSEADDR`, as glommio's
+/// listeners are, can bind loopback `port` now. A std listener sets `SO_REUSEADDR`, so it
+/// binds beside connections in `TIME_WAIT` that a glommio listener then conflicts with,
+/// such as those the HTTP server of an earlier test left on the same port.
+pub fn reuse_port_bind_succeeds(port: u16) -> bool {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+
+    let Ok(socket) = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    if setsockopt(&socket, sockopt::ReusePort, &true).is_err() {
+        return false;
+    }
+    bind(socket.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).is_ok()
 }
 
 /// A fresh directory under the test target directory, which is disk-backed.
