@@ -22,7 +22,7 @@ fn single_member() -> String {
 #[test]
 fn port_in_time_wait_is_not_free() {
     // A std listener, as the HTTP server uses, that closes its side of a connection first
-    // leaves the port in TIME_WAIT. A std bind still succeeds there; glommio's does not.
+    // leaves the port in TIME_WAIT. A std bind still succeeds there, but glommio's does not.
     let port = free_port();
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding the port");
     let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
