@@ -1292,7 +1292,7 @@ fn recycled_segments_survive_restart_and_crash() {
             stats.segments_prepared >= stats.rotations,
             "preparations finished: {stats:?}"
         );
-        // The active segment holds at least its header block and a checkpoint.
+        // The active segment contains at least its header block and a checkpoint.
         assert!(
             log.active_segment_free_bytes() < log.segment_bytes() - 4096,
             "free bytes of the active segment: {}",

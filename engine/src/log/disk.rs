@@ -253,8 +253,9 @@ pub struct DiskLogStats {
     pub segments_deleted: u64,
     /// Retired segments reused as new segments instead of creating and zero-filling one.
     pub segments_recycled: u64,
-    /// Segment files created, counted when their preparation starts: zero-filled unless
-    /// `zero_fill_segments` is off. The segments recovery creates at open are not counted.
+    /// Segment files created, counted when their preparation starts. Each is zero-filled
+    /// unless `zero_fill_segments` is off. Segments that recovery creates at open are not
+    /// counted.
     pub segments_created: u64,
     /// Preparations of a next segment, created or recycled, that finished. Fewer than
     /// `segments_created + segments_recycled` while one runs in the background.
