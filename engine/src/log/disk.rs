@@ -28,7 +28,7 @@ use shardraft_tuning::LatencyHistogram;
 
 use super::error::glommio_io_error;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
-use super::group::{GroupLog, Slot, check_batch};
+use super::group::{CompactionTerms, GroupLog, Slot, check_batch};
 use super::segment::{prepare_segment, recycle_segment, segment_path, sync_directory, write_all};
 use super::staging::{STAGING_PAYLOAD_BYTES_MIN, StagingBuffer};
 use super::{
@@ -948,9 +948,10 @@ fn stage_ops(
     target: StageTarget<'_>,
     staged: &mut StagedBatch,
     batch: WriteBatch,
-    compaction_terms: Vec<Option<Term>>,
+    compaction_terms: CompactionTerms,
 ) {
-    for (op, compaction_term) in batch.ops.into_iter().zip(compaction_terms) {
+    for (position, op) in batch.ops.into_iter().enumerate() {
+        let compaction_term = compaction_terms.for_op(position);
         let group = op.group();
         let log = target.groups.entry(group).or_default();
         match op {

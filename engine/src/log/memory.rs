@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use shardraft_raft::{Entry, LogIndex, Term};
 
-use super::group::{GroupLog, check_batch};
+use super::group::{CompactionTerms, GroupLog, check_batch};
 use super::{
     BatchNumber, GroupId, GroupState, LogConfig, LogStore, StorageError, WriteBatch, WriteOp,
 };
@@ -59,8 +59,9 @@ impl MemoryLog {
 }
 
 impl MemoryVolume {
-    fn apply(&mut self, batch: WriteBatch, compaction_terms: Vec<Option<Term>>) {
-        for (op, compaction_term) in batch.ops.into_iter().zip(compaction_terms) {
+    fn apply(&mut self, batch: WriteBatch, compaction_terms: CompactionTerms) {
+        for (position, op) in batch.ops.into_iter().enumerate() {
+            let compaction_term = compaction_terms.for_op(position);
             let log = self.groups.entry(op.group()).or_default();
             match op {
                 WriteOp::Append { entries, .. } => {
