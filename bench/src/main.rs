@@ -20,7 +20,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use serde::Serialize;
-use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore};
+use shardraft::log::{DiskLog, LogConfig, LogIdentity, LogStore, SyncMethod};
 use shardraft_bench::harness::failover::{FailoverArgs, run_failover};
 use shardraft_bench::harness::result::RunResult;
 use shardraft_bench::harness::workload::RunArgs;
@@ -185,6 +185,11 @@ struct LogArgs {
     #[arg(long)]
     no_zero_fill: bool,
 
+    /// The way the log makes each batch durable: `dsync` (O_DSYNC writes) or `fdatasync`
+    /// (a write, then an fdatasync). The device probe always writes, then calls fdatasync.
+    #[arg(long, default_value = "dsync")]
+    sync_method: SyncMethod,
+
     /// The bytes that entries and the device probe write. A disk that compresses what it
     /// stores writes `constant` payloads faster than real data.
     #[arg(long, value_enum, default_value_t = PayloadKind::Random)]
@@ -313,6 +318,7 @@ struct ConfigReport {
     pending_bytes_max: u64,
     entry_cache_bytes_max: u64,
     zero_fill_segments: bool,
+    sync_method: SyncMethod,
 }
 
 fn run_log(args: &LogArgs) -> anyhow::Result<()> {
@@ -339,6 +345,7 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
         segment_bytes: args.segment_bytes,
         flush_bytes_max: args.flush_bytes_max,
         zero_fill_segments: !args.no_zero_fill,
+        sync_method: args.sync_method,
         ..LogConfig::default()
     };
     config.validate().context("invalid log settings")?;
@@ -421,6 +428,7 @@ fn run_log(args: &LogArgs) -> anyhow::Result<()> {
                 pending_bytes_max: config.pending_bytes_max,
                 entry_cache_bytes_max: config.entry_cache_bytes_max,
                 zero_fill_segments: config.zero_fill_segments,
+                sync_method: config.sync_method,
             },
             duration_secs: duration.as_secs_f64(),
             warmup_secs: warmup.min.as_secs_f64(),
@@ -561,12 +569,13 @@ fn print_header(
     println!("load average at start: {}", format_load(load_average));
     println!(
         "log config: segment_bytes {}, flush_bytes_max {}, pending_bytes_max {}, \
-         entry_cache_bytes_max {}, zero_fill_segments {}",
+         entry_cache_bytes_max {}, zero_fill_segments {}, sync_method {:?}",
         format_bytes(config.segment_bytes),
         format_bytes(config.flush_bytes_max),
         format_bytes(config.pending_bytes_max),
         format_bytes(config.entry_cache_bytes_max),
-        config.zero_fill_segments
+        config.zero_fill_segments,
+        config.sync_method
     );
 }
 

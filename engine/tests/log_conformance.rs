@@ -11,7 +11,7 @@ use log_support::{
 };
 use shardraft::log::{
     BatchNumber, DiskLog, GroupId, Log, LogConfig, LogStore, MemoryLog, MemoryVolume, StorageError,
-    WriteBatch,
+    SyncMethod, WriteBatch,
 };
 use shardraft::raft::{LogIndex, Term};
 
@@ -71,13 +71,18 @@ fn run_disk<F: Future<Output = ()>>(name: &str, case: impl FnOnce(DiskFixture) -
     run(case(fixture));
 }
 
+/// Runs a case on the disk log with `sync_method = "fdatasync"`: each batch's write, then
+/// an fdatasync, instead of O_DSYNC writes.
+fn run_disk_fdatasync<F: Future<Output = ()>>(name: &str, case: impl FnOnce(DiskFixture) -> F) {
+    let mut fixture = DiskFixture::new(&format!("{name}-fdatasync"));
+    fixture.config.sync_method = SyncMethod::Fdatasync;
+    run(case(fixture));
+}
+
 /// Runs a case on the disk log with `sync_writes` off, which behaves the same short of
 /// power-loss safety.
-fn run_disk_without_fdatasync<F: Future<Output = ()>>(
-    name: &str,
-    case: impl FnOnce(DiskFixture) -> F,
-) {
-    let mut fixture = DiskFixture::new(&format!("{name}-without-fdatasync"));
+fn run_disk_unsynced<F: Future<Output = ()>>(name: &str, case: impl FnOnce(DiskFixture) -> F) {
+    let mut fixture = DiskFixture::new(&format!("{name}-unsynced"));
     fixture.config.sync_writes = false;
     run(case(fixture));
 }
@@ -89,8 +94,9 @@ fn run_memory<F: Future<Output = ()>>(case: impl FnOnce(MemoryFixture) -> F) {
     run(case(fixture));
 }
 
-/// Instantiates each generic case once per implementation, as `disk::NAME`,
-/// `disk_without_fdatasync::NAME` and `memory::NAME`.
+/// Instantiates each generic case once per implementation and sync setting, as
+/// `disk::NAME` (O_DSYNC writes, the default), `disk_fdatasync::NAME`,
+/// `disk_unsynced::NAME` and `memory::NAME`.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod disk {
@@ -101,11 +107,19 @@ macro_rules! conformance {
                 }
             )*
         }
-        mod disk_without_fdatasync {
+        mod disk_fdatasync {
             $(
                 #[test]
                 fn $case() {
-                    super::run_disk_without_fdatasync(stringify!($case), super::$case);
+                    super::run_disk_fdatasync(stringify!($case), super::$case);
+                }
+            )*
+        }
+        mod disk_unsynced {
+            $(
+                #[test]
+                fn $case() {
+                    super::run_disk_unsynced(stringify!($case), super::$case);
                 }
             )*
         }
@@ -1177,7 +1191,7 @@ fn log_open_selects_storage_from_config() {
 
 #[test]
 fn unsynced_log_syncs_checkpoints_only() {
-    let mut fixture = DiskFixture::new("log-without-fdatasync");
+    let mut fixture = DiskFixture::new("log-unsynced");
     fixture.config.sync_writes = false;
     run(async {
         let log = fixture.open().await;
@@ -1232,6 +1246,102 @@ fn checkpoint_shares_the_next_batchs_sync() {
         assert_eq!(state.last_index.0, 100, "every entry is recovered");
         log.close().await.expect("closing");
     });
+}
+
+/// Returns the descriptors of this process open on files under `dir`: the file, the
+/// descriptor's number and its open flags as `/proc/self/fdinfo` shows them.
+fn descriptors_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String, i32)> {
+    let mut found = Vec::new();
+    for fd in std::fs::read_dir("/proc/self/fd").expect("listing /proc/self/fd") {
+        let fd = fd.expect("reading /proc/self/fd").file_name();
+        let fd = fd.to_string_lossy().into_owned();
+        // A descriptor may close between the listing and these reads, by this test or one
+        // running beside it.
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
+            continue;
+        };
+        if !target.starts_with(dir) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
+        let octal = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .expect("fdinfo has a flags line")
+            .trim();
+        let flags = i32::from_str_radix(octal, 8).expect("octal open flags");
+        found.push((target, fd, flags));
+    }
+    found
+}
+
+/// Checks that every segment of `log` is open, and open with O_DSYNC exactly when
+/// `dsync_expected`. Descriptors numbered in `earlier` belong to a log opened before
+/// and are left out: a glommio file dropped as its executor ends is never closed.
+fn assert_segment_flags(
+    log: &DiskLog,
+    dir: &std::path::Path,
+    earlier: &[String],
+    dsync_expected: bool,
+) {
+    let dsync = nix::fcntl::OFlag::O_DSYNC.bits();
+    let descriptors = descriptors_under(dir);
+    let paths = log.segment_paths();
+    assert!(!paths.is_empty(), "the log has segments");
+    for path in paths {
+        let path = path.canonicalize().expect("a segment path resolves");
+        let flags: Vec<i32> = descriptors
+            .iter()
+            .filter(|(target, fd, _)| *target == path && !earlier.contains(fd))
+            .map(|(_, _, flags)| *flags)
+            .collect();
+        assert!(!flags.is_empty(), "{} is not open", path.display());
+        for flag in flags {
+            assert_eq!(
+                flag & dsync != 0,
+                dsync_expected,
+                "{} is open with flags {flag:o}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn segments_are_opened_for_the_sync_method() {
+    for (method, dsync_expected) in [(SyncMethod::Dsync, true), (SyncMethod::Fdatasync, false)] {
+        let mut fixture = DiskFixture::new(&format!("open-flags-{method:?}"));
+        fixture.config.sync_method = method;
+        let dir = fixture
+            .config
+            .data_dir
+            .canonicalize()
+            .expect("the data directory resolves");
+        // Enough 1000-byte entries to rotate through several 64 KiB segments, so that
+        // prepared segments count as well as the first.
+        run(async {
+            let log = fixture.open().await;
+            let mut last = [0u64];
+            fill(&log, &[G], &mut last, 200, 1000).await;
+            assert!(log.stats().rotations >= 2, "{:?}", log.stats());
+            assert_segment_flags(&log, &dir, &[], dsync_expected);
+            log.close().await.expect("closing");
+        });
+        let earlier: Vec<String> = descriptors_under(&dir)
+            .into_iter()
+            .map(|(_, fd, _)| fd)
+            .collect();
+        // Segments that recovery opens again get the same flags.
+        run(async {
+            let log = fixture.open().await;
+            assert_segment_flags(&log, &dir, &earlier, dsync_expected);
+            let state = log.group_state(G).expect("group G");
+            assert_eq!(state.last_index.0, 200, "every entry is recovered");
+            log.close().await.expect("closing");
+        });
+    }
 }
 
 /// Sequence numbers of the segment files in `dir`, and whether any file of an interrupted

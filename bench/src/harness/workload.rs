@@ -379,7 +379,8 @@ impl Burst {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
-    /// O_DIRECT writes and fdatasync on a majority before acknowledgement.
+    /// O_DIRECT writes made durable (O_DSYNC, the log's default) on a majority before
+    /// acknowledgement.
     DiskSynced,
     /// O_DIRECT writes on a majority, no fdatasync.
     DiskUnsynced,
@@ -392,7 +393,8 @@ impl Durability {
     pub fn describe(self) -> &'static str {
         match self {
             Durability::DiskSynced => {
-                "disk: O_DIRECT write + fdatasync on a majority before acknowledgement"
+                "disk: O_DIRECT write made durable (O_DSYNC) on a majority before \
+                 acknowledgement"
             }
             Durability::DiskUnsynced => {
                 "disk without fdatasync (--sync off): O_DIRECT write on a majority before \

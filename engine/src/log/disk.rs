@@ -2,9 +2,10 @@
 //! commit.
 //!
 //! Submissions are encoded into staged batches at once. The flusher takes the oldest staged
-//! batch, writes it with one DMA write at the next block boundary of the active segment and
-//! makes it durable with one fdatasync; every submission that arrives meanwhile lands in the
-//! next staged batch, up to `flush_bytes_max`. Each batch starts on a fresh block, so a write
+//! batch and writes it with one DMA write at the next block boundary of the active segment.
+//! The write itself makes it durable, since segments are opened with O_DSYNC, or with
+//! `sync_method = "fdatasync"` one fdatasync after it does. Every submission that arrives
+//! meanwhile lands in the next staged batch, up to `flush_bytes_max`. Each batch starts on a fresh block, so a write
 //! never touches a block that an earlier, acknowledged batch occupies: a torn write can
 //! damage only the batch being written.
 //!
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::io::{DmaBuffer, DmaFile};
@@ -29,11 +31,13 @@ use shardraft_tuning::LatencyHistogram;
 use super::error::glommio_io_error;
 use super::format::{self, BATCH_HEADER_BYTES, BLOCK_BYTES, Record, align_up};
 use super::group::{CompactionTerms, GroupLog, Slot, check_batch};
-use super::segment::{prepare_segment, recycle_segment, segment_path, sync_directory, write_all};
+use super::segment::{
+    SegmentSettings, prepare_segment, recycle_segment, segment_path, sync_directory, write_all,
+};
 use super::staging::{STAGING_PAYLOAD_BYTES_MIN, StagingBuffer};
 use super::{
-    BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, WriteBatch,
-    WriteOp, recovery,
+    BatchNumber, GroupId, GroupState, LogConfig, LogIdentity, LogStore, StorageError, SyncMethod,
+    WriteBatch, WriteOp, recovery,
 };
 use crate::metrics::StageHistogram;
 use crate::signal::Signal;
@@ -238,10 +242,10 @@ struct StagedBatch {
 /// Counters of the writer, for benchmarks and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskLogStats {
-    /// Batch writes completed, each followed by one fdatasync unless `sync_writes` is off.
+    /// Batch writes completed, each made durable unless `sync_writes` is off.
     pub batches: u64,
-    /// fdatasync calls completed: one after each batch write unless `sync_writes` is off,
-    /// and one for each segment's checkpoint.
+    /// Syncs completed: one per batch unless `sync_writes` is off (its O_DSYNC write, or
+    /// the fdatasync after its write), and one fdatasync for each segment's checkpoint.
     pub syncs: u64,
     /// Entry records made durable.
     pub entries: u64,
@@ -262,9 +266,11 @@ pub struct DiskLogStats {
     pub segments_prepared: u64,
     /// Time spent in batch writes, from submission to completion.
     pub write_micros_total: u64,
-    /// Time spent in the fdatasync after each batch write.
+    /// Time spent making each batch durable: its fdatasync, or with O_DSYNC segments its
+    /// whole write, which then also counts in `write_micros_total`.
     pub sync_micros_total: u64,
-    /// Duration of each fdatasync, of batches and of segment checkpoints.
+    /// Duration of each sync, of batches and of segment checkpoints: an fdatasync, or a
+    /// batch's O_DSYNC write.
     pub sync_latency: StageHistogram,
     /// The same durations in microseconds, each within 1/16 of its value, for the
     /// tuner's election timeout floor: a bucket of `sync_latency` spans up to twice its
@@ -1031,8 +1037,7 @@ fn push_record(staged: &mut StagedBatch, record: &Record) {
 fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
     let dir = shared.dir.clone();
     let identity = shared.identity;
-    let segment_bytes = shared.config.segment_bytes;
-    let zero_fill = shared.config.zero_fill_segments;
+    let settings = SegmentSettings::from_config(&shared.config);
     // The oldest retired segment goes first, so that the files left in the directory stay
     // a contiguous run of sequence numbers.
     let recyclable = {
@@ -1048,7 +1053,7 @@ fn start_preparing(shared: &Rc<Shared>, segment_seq: u64) {
     let task = glommio::spawn_local(async move {
         let prepared = match recyclable {
             Some(old) => recycle_segment(&dir, identity, old.file, &old.path, segment_seq).await,
-            None => prepare_segment(&dir, identity, segment_seq, segment_bytes, zero_fill).await,
+            None => prepare_segment(&dir, identity, segment_seq, settings).await,
         };
         if let (Ok(_), Some(shared)) = (&prepared, weak_shared.upgrade()) {
             shared.state.borrow_mut().stats.segments_prepared += 1;
@@ -1282,14 +1287,21 @@ async fn try_write_sync_and_publish(
     let written_bytes = buffer.len() as u64;
     let write_started = std::time::Instant::now();
     write_all(&file, buffer, data_offset, &path).await?;
-    let write_micros = write_started.elapsed().as_micros() as u64;
-    let sync_started = std::time::Instant::now();
-    if shared.config.sync_writes {
-        sync_file(&file, &path).await?;
-    }
-    let sync_duration = sync_started.elapsed();
-    // This fdatasync covers the previous batch too, whose write completed before this one
-    // started, but that batch's own task publishes it: publication stays in order.
+    let write_duration = write_started.elapsed();
+    let write_micros = write_duration.as_micros() as u64;
+    // With O_DSYNC segments the write returned once durable, and its time is the sync's.
+    let sync_duration = match shared.config.sync_method {
+        _ if !shared.config.sync_writes => Duration::ZERO,
+        SyncMethod::Dsync => write_duration,
+        SyncMethod::Fdatasync => {
+            let sync_started = std::time::Instant::now();
+            sync_file(&file, &path).await?;
+            sync_started.elapsed()
+        }
+    };
+    // An fdatasync covers the previous batch too, and an O_DSYNC write covers only
+    // itself, but either way each batch's own task publishes it after the batches before
+    // it, so publication stays in order.
     wait_synced(shared, first_unsynced_seq - 1).await?;
     let sync_micros = sync_duration.as_micros() as u64;
 
@@ -1403,7 +1415,8 @@ fn locate(state: &State, placement: Placement) -> Option<Location> {
 
 /// Writes the checkpoint that opens the active segment. With `sync_writes`, the fdatasync
 /// of the batch written after it makes it durable too, and this returns its batch number
-/// for that batch to cover. A crash before that fdatasync can leave the checkpoint torn and
+/// for that batch to cover. With O_DSYNC segments the checkpoint is durable once its own
+/// write returns, and the same bookkeeping stays correct, only cautious. A crash before that fdatasync can leave the checkpoint torn and
 /// the batch intact. The batch's header records that the checkpoint was not synced yet,
 /// and recovery truncates both. Without `sync_writes`, where batches are not synced, the
 /// checkpoint gets an fdatasync of its own and this returns `None`.
@@ -1499,15 +1512,8 @@ async fn rotate(shared: &Rc<Shared>) -> Result<(), StorageError> {
         Some(task) => task.await?,
         None => {
             shared.state.borrow_mut().stats.segments_created += 1;
-            let config = &shared.config;
-            let file = prepare_segment(
-                &shared.dir,
-                shared.identity,
-                next_seq,
-                config.segment_bytes,
-                config.zero_fill_segments,
-            )
-            .await?;
+            let settings = SegmentSettings::from_config(&shared.config);
+            let file = prepare_segment(&shared.dir, shared.identity, next_seq, settings).await?;
             shared.state.borrow_mut().stats.segments_prepared += 1;
             file
         }

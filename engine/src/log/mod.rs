@@ -44,7 +44,9 @@ use std::ops::Range;
 
 use shardraft_raft::{Entry, HardState, LogIndex, Term};
 
-pub use config::{LogConfig, LogConfigError, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, StorageKind};
+pub use config::{
+    LogConfig, LogConfigError, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, StorageKind, SyncMethod,
+};
 pub use disk::{DiskLog, DiskLogStats, SegmentHolders};
 pub use error::{LogIdentity, StorageError};
 pub use memory::{MemoryLog, MemoryVolume};

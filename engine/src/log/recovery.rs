@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use glommio::io::{DmaFile, ReadResult};
 use shardraft_raft::LogIndex;
 
 use super::disk::{DiskSlot, EntryCache, Location, Placement, Recovered, SegmentFile};
@@ -27,7 +27,9 @@ use super::format::{
     align_up,
 };
 use super::group::GroupLog;
-use super::segment::{list_segments, prepare_segment, segment_path, write_all};
+use super::segment::{
+    SegmentSettings, list_segments, open_for_writes, prepare_segment, segment_path, write_all,
+};
 use super::{GroupId, LogConfig, LogIdentity, StorageError, identity};
 
 /// Bytes read from a segment per request while scanning.
@@ -172,24 +174,26 @@ pub(crate) async fn recover(
         }
     }
 
+    let write_flags = SegmentSettings::from_config(config).write_flags;
     let mut scan = Scan::new(config);
     let mut remaining = listed.into_iter().peekable();
     while let Some((seq, path)) = remaining.next() {
         let is_last = remaining.peek().is_none();
-        let (file, format_version) = match open_segment(&path, identity, seq, is_last).await? {
-            OpenedSegment::Ready {
-                file,
-                format_version,
-            } => (file, format_version),
-            OpenedSegment::Unfinished(file) => {
-                tracing::warn!(
-                    path = %path.display(),
-                    "removing a segment whose preparation did not finish"
-                );
-                scan.unused_segments.push((path, file));
-                continue;
-            }
-        };
+        let (file, format_version) =
+            match open_segment(&path, identity, seq, is_last, write_flags).await? {
+                OpenedSegment::Ready {
+                    file,
+                    format_version,
+                } => (file, format_version),
+                OpenedSegment::Unfinished(file) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "removing a segment whose preparation did not finish"
+                    );
+                    scan.unused_segments.push((path, file));
+                    continue;
+                }
+            };
         if scan.damage.is_some() {
             if !scan.continues_after_stale_tail(seq, &path, &file).await? {
                 scan.check_after_damage(&path, &file).await?;
@@ -221,14 +225,8 @@ pub(crate) async fn recover(
     let (active_seq, write_offset) = match scan.active {
         Some(active) => active,
         None => {
-            let file = prepare_segment(
-                dir,
-                identity,
-                1,
-                config.segment_bytes,
-                config.zero_fill_segments,
-            )
-            .await?;
+            let file =
+                prepare_segment(dir, identity, 1, SegmentSettings::from_config(config)).await?;
             scan.segments.insert(
                 1,
                 empty_segment(1, segment_path(dir, 1), file, FORMAT_VERSION),
@@ -275,11 +273,9 @@ async fn open_segment(
     identity: LogIdentity,
     seq: u64,
     is_last: bool,
+    write_flags: i32,
 ) -> Result<OpenedSegment, StorageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .dma_open(path)
+    let file = open_for_writes(path, write_flags)
         .await
         .map_err(|error| open_error(path, error))?;
     let block = file

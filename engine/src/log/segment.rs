@@ -4,6 +4,9 @@
 //! (`00000000000000000007.wal`). A new segment is prepared ahead of use: created,
 //! allocated to its full size, optionally overwritten with zeros, given its header block and
 //! synced together with its directory, so that switching to it costs the writer nothing.
+//! With [`SyncMethod::Dsync`] the prepared file is then opened again with O_DSYNC for the
+//! log's writes: the preparation's own writes, a zero fill of the whole segment among
+//! them, stay plain writes with one fdatasync at the end.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -12,7 +15,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use super::error::glommio_io_error;
 use super::format::{self, BLOCK_BYTES, SegmentHeader};
-use super::{LogIdentity, StorageError};
+use super::{LogConfig, LogIdentity, StorageError, SyncMethod};
 
 const SEGMENT_EXTENSION: &str = "wal";
 
@@ -21,6 +24,41 @@ pub(crate) const RECYCLING_EXTENSION: &str = "recycling";
 
 /// Bytes written per request while zero-filling a new segment.
 const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
+
+/// The settings from the log's config that preparing and opening segments use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentSettings {
+    pub segment_bytes: u64,
+    pub zero_fill: bool,
+    /// Open flags, beyond O_DIRECT and read-write, of a segment the log writes batches
+    /// into: O_DSYNC when each write is to be durable on completion, else none.
+    pub write_flags: i32,
+}
+
+impl SegmentSettings {
+    pub fn from_config(config: &LogConfig) -> SegmentSettings {
+        let dsync = config.sync_writes && config.sync_method == SyncMethod::Dsync;
+        SegmentSettings {
+            segment_bytes: config.segment_bytes,
+            zero_fill: config.zero_fill_segments,
+            write_flags: if dsync {
+                nix::fcntl::OFlag::O_DSYNC.bits()
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// Opens an existing segment for reads and for the log's writes, with `write_flags`.
+pub(crate) async fn open_for_writes(path: &Path, write_flags: i32) -> glommio::Result<DmaFile, ()> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(write_flags)
+        .dma_open(path)
+        .await
+}
 
 pub(crate) fn segment_path(dir: &Path, segment_seq: u64) -> PathBuf {
     dir.join(format!("{segment_seq:020}.{SEGMENT_EXTENSION}"))
@@ -61,9 +99,13 @@ pub(crate) async fn prepare_segment(
     dir: &Path,
     identity: LogIdentity,
     segment_seq: u64,
-    segment_bytes: u64,
-    zero_fill: bool,
+    settings: SegmentSettings,
 ) -> Result<Rc<DmaFile>, StorageError> {
+    let SegmentSettings {
+        segment_bytes,
+        zero_fill,
+        write_flags,
+    } = settings;
     let path = segment_path(dir, segment_seq);
     let io_error = |operation| {
         let path = path.clone();
@@ -102,7 +144,16 @@ pub(crate) async fn prepare_segment(
 
     write_header_and_sync(&file, identity, segment_seq, &path).await?;
     sync_directory(dir).await?;
-    Ok(Rc::new(file))
+    if write_flags == 0 {
+        return Ok(Rc::new(file));
+    }
+    // O_DSYNC cannot be set on an open file (fcntl ignores it), so the log's handle is a
+    // second open of the prepared file.
+    let reopened = open_for_writes(&path, write_flags)
+        .await
+        .map_err(io_error("opening"))?;
+    file.close().await.map_err(io_error("closing"))?;
+    Ok(Rc::new(reopened))
 }
 
 /// Writes the header block of segment `segment_seq` and makes the file durable.

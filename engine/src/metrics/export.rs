@@ -683,12 +683,12 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
     let families: [CounterFamily<DiskLogStats>; 7] = [
         (
             "shardraft_log_syncs",
-            "Write and fdatasync pairs of the write-ahead log, checkpoints included.",
+            "Syncs of the write-ahead log: O_DSYNC batch writes or fdatasyncs, checkpoints included.",
             |log| log.syncs,
         ),
         (
             "shardraft_log_synced_entries",
-            "Entry records made durable by the fdatasyncs.",
+            "Entry records made durable by the syncs.",
             |log| log.entries,
         ),
         (
@@ -743,7 +743,7 @@ fn encode_log(encoder: &mut DescriptorEncoder, shards: &[ShardMetrics]) -> Resul
     stage_histograms(
         encoder,
         "shardraft_log_sync_duration_seconds",
-        "Duration of each fdatasync of the write-ahead log.",
+        "Duration of each sync of the write-ahead log: an O_DSYNC batch write or an fdatasync.",
         vec![(Labels::new(), &sync_latency)],
     )
 }

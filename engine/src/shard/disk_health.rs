@@ -6,7 +6,7 @@
 //! sending heartbeats, so followers never time it out on their own.
 //!
 //! The figures come from histograms the shard keeps anyway, read as differences from the
-//! previous window: the log's fdatasync latencies (`DiskLogStats::sync_latency`) and the
+//! previous window: the log's sync latencies (`DiskLogStats::sync_latency`) and the
 //! transport's per-peer round trips. A follower answers an append only once the entries
 //! are durable and a heartbeat at once, so its disk latency is estimated as the p99 of its
 //! append round trip minus the median of its heartbeat round trip. Both are sampled one

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use shardraft::log::{GroupId, LogConfig, LogIdentity, LogStore, StorageKind};
+use shardraft::log::{GroupId, LogConfig, LogIdentity, LogStore, StorageKind, SyncMethod};
 use shardraft::raft::{Entry, EntryKind, HardState, LogIndex, NodeId, Term};
 
 pub const IDENTITY: LogIdentity = LogIdentity {
@@ -60,6 +60,7 @@ pub fn small_config(data_dir: &Path) -> LogConfig {
         entry_cache_bytes_max: 1 << 20,
         zero_fill_segments: false,
         sync_writes: true,
+        sync_method: SyncMethod::Dsync,
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Deserialize;
 use shardraft::config::{InitialClusterState, MemberConfig, NodeConfig};
 use shardraft::kv::KvLimits;
-use shardraft::log::StorageKind;
+use shardraft::log::{StorageKind, SyncMethod};
 use shardraft_tuning::TuningConfig;
 
 /// One member of the cluster as the config file lists it.
@@ -51,6 +51,7 @@ pub struct FileConfig {
     pub value_bytes_max: Option<usize>,
     pub segment_bytes: Option<u64>,
     pub sync_writes: Option<bool>,
+    pub sync_method: Option<SyncMethod>,
     pub join: Option<bool>,
     pub initial_cluster_state: Option<InitialClusterState>,
     pub disk_transfer: Option<bool>,
@@ -86,7 +87,7 @@ pub struct ConfigOverrides {
     #[arg(long, env = "SHARDRAFT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// `disk` (O_DIRECT + fdatasync) or `memory` (nothing survives a restart).
+    /// `disk` (O_DIRECT writes, each made durable) or `memory` (nothing survives a restart).
     /// [default: disk]
     #[arg(long, env = "SHARDRAFT_STORAGE")]
     pub storage: Option<StorageKind>,
@@ -172,6 +173,11 @@ pub struct ConfigOverrides {
     /// [default: true]
     #[arg(long, env = "SHARDRAFT_SYNC_WRITES")]
     pub sync_writes: Option<bool>,
+
+    /// The way each log write is made durable: `dsync` (segment files opened with O_DSYNC, one
+    /// operation per write) or `fdatasync` (a write, then an fdatasync). [default: dsync]
+    #[arg(long, env = "SHARDRAFT_SYNC_METHOD")]
+    pub sync_method: Option<SyncMethod>,
 
     /// Start as a learner of every group and wait for the cluster to add this node
     /// (`shardraft member add`); list the running members and this node in `members`. Once
@@ -457,6 +463,7 @@ pub fn merge(
     node.log.data_dir = pick!(overrides, file, data_dir, node.log.data_dir.clone());
     node.log.segment_bytes = pick!(overrides, file, segment_bytes, node.log.segment_bytes);
     node.log.sync_writes = pick!(overrides, file, sync_writes, node.log.sync_writes);
+    node.log.sync_method = pick!(overrides, file, sync_method, node.log.sync_method);
     node.join = pick!(overrides, file, join, node.join);
     node.initial_cluster_state = pick!(
         overrides,
@@ -686,6 +693,30 @@ inflight_appends_max = {{ min = 4, max = 64 }}
         assert!(message.contains("initial_cluster_state"), "{message}");
         assert!(message.contains("\"new\""), "{message}");
         assert!(message.contains("\"existing\""), "{message}");
+    }
+
+    #[test]
+    fn sync_method_comes_from_file_then_flag() {
+        let default = merge(
+            toml::from_str::<FileConfig>(MEMBERS).expect("the config parses"),
+            &ConfigOverrides::default(),
+        )
+        .expect("valid");
+        let text = format!("sync_method = \"fdatasync\"\n{MEMBERS}");
+        let file: FileConfig = toml::from_str(&text).expect("the config parses");
+        let from_file = merge(file.clone(), &ConfigOverrides::default()).expect("valid");
+        let overrides = ConfigOverrides {
+            sync_method: Some(SyncMethod::Dsync),
+            ..ConfigOverrides::default()
+        };
+        let from_flag = merge(file, &overrides).expect("valid");
+
+        assert_eq!(default.node.log.sync_method, SyncMethod::Dsync);
+        assert_eq!(from_file.node.log.sync_method, SyncMethod::Fdatasync);
+        assert_eq!(from_flag.node.log.sync_method, SyncMethod::Dsync);
+        let error = toml::from_str::<FileConfig>(&format!("sync_method = \"fsync\"\n{MEMBERS}"))
+            .expect_err("an invalid method");
+        assert!(error.to_string().contains("fdatasync"), "{error}");
     }
 
     #[test]
