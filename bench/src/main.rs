@@ -121,8 +121,9 @@ struct LogArgs {
     warmup_secs: f64,
 
     /// Longest unmeasured start of a cell. A cell keeps warming up while its log prepares
-    /// a segment, and while it would rotate within `--duration-secs` until a rotation
-    /// reuses a retired segment, as in a long run, instead of zero-filling a new one.
+    /// a segment, and while it would rotate within `--duration-secs` until it rotated onto
+    /// reused segments as many times in a row as it would in `--duration-secs`, as in a
+    /// long run, instead of zero-filling new ones.
     #[arg(long, default_value_t = 10.0)]
     warmup_max_secs: f64,
 

@@ -153,8 +153,12 @@ const STEADY_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 /// A fresh log zero-fills each new segment, which a long run with compaction does not: it
 /// reuses retired segments instead. So once `warmup.min` passed, the warm-up goes on for at
 /// most `warmup.max` while a segment is being prepared, and while a load that would rotate
-/// within `measure` has not yet reused a retired segment. [`LoadOutcome::segments_new`]
-/// reports the new segments that the measured part still prepared.
+/// within `measure` has not yet made as many rotations in a row onto reused segments as it
+/// would make in `measure`. One reuse is not enough: groups compact in rounds, so the
+/// number of live segments can still grow after the first, and a cell of 256 appenders of
+/// 256-byte entries then created a new segment in its measured part.
+/// [`LoadOutcome::segments_new`] reports the new segments that the measured part still
+/// prepared.
 ///
 /// # Errors
 /// The first error the log returns to an appender.
@@ -166,7 +170,7 @@ pub async fn run_timed(
 ) -> anyhow::Result<LoadOutcome> {
     let control = Rc::new(Control::new());
     let started = Instant::now();
-    let recycled_at_start = log.stats().segments_recycled;
+    let mut reuse = ReuseRun::start(&log.stats());
     let tasks = spawn_appenders(log, spec, &control);
     // The write rate is taken over the second half of the minimum: the appenders start
     // slower than they run.
@@ -174,7 +178,7 @@ pub async fn run_timed(
     let rate_start = Snapshot::take(log);
     glommio::timer::sleep(warmup.min - warmup.min / 2).await;
     while started.elapsed() < warmup.max
-        && !reached_steady_state(log, recycled_at_start, &rate_start, measure)
+        && !reached_steady_state(log, &mut reuse, &rate_start, measure)
     {
         glommio::timer::sleep(STEADY_CHECK_INTERVAL).await;
     }
@@ -200,24 +204,49 @@ pub async fn run_timed(
 /// rate. Over the whole 0.3 s minimum, a cell of 256 appenders wrote at half its later rate.
 const RATE_HEADROOM: f64 = 1.5;
 
+/// The rotations onto reused segments since the log last created a new one.
+#[derive(Debug)]
+struct ReuseRun {
+    /// `segments_created` when last seen.
+    created: u64,
+    /// `segments_recycled` when `created` last changed, or at the start.
+    recycled_at_mark: u64,
+}
+
+impl ReuseRun {
+    fn start(stats: &DiskLogStats) -> ReuseRun {
+        ReuseRun {
+            created: stats.segments_created,
+            recycled_at_mark: stats.segments_recycled,
+        }
+    }
+
+    /// Returns the reuses in a row up to `stats`; a new segment restarts the count.
+    fn observe(&mut self, stats: &DiskLogStats) -> u64 {
+        if stats.segments_created != self.created {
+            self.created = stats.segments_created;
+            self.recycled_at_mark = stats.segments_recycled;
+        }
+        stats.segments_recycled - self.recycled_at_mark
+    }
+}
+
 /// Returns whether `log` is as it would be in a long run. No segment preparation may run.
-/// Then either a rotation reused a retired segment since the load began, when the log had
-/// reused `recycled_at_start`, or the active segment lasts through `measure` at the rate
-/// the log wrote since `rate_start`. Before a write completes, the rate is unknown and the
-/// log not steady.
+/// Then either the active segment lasts through `measure` at the rate the log wrote since
+/// `rate_start`, or the log made as many rotations in a row onto reused segments as it
+/// would make in `measure` at that rate. Before a write completes, the rate is unknown and
+/// the log not steady.
 fn reached_steady_state(
     log: &DiskLog,
-    recycled_at_start: u64,
+    reuse: &mut ReuseRun,
     rate_start: &Snapshot,
     measure: Duration,
 ) -> bool {
     let stats = log.stats();
+    let reuses_in_a_row = reuse.observe(&stats);
     let preparations_started = stats.segments_created + stats.segments_recycled;
     if stats.segments_prepared < preparations_started {
         return false;
-    }
-    if stats.segments_recycled > recycled_at_start {
-        return true;
     }
     let written_bytes = stats.bytes - rate_start.stats.bytes;
     if written_bytes == 0 {
@@ -225,7 +254,13 @@ fn reached_steady_state(
     }
     let bytes_per_sec = written_bytes as f64 / rate_start.at.elapsed().as_secs_f64();
     let bytes_in_measure = bytes_per_sec * measure.as_secs_f64() * RATE_HEADROOM;
-    bytes_in_measure < log.active_segment_free_bytes() as f64
+    let free_bytes = log.active_segment_free_bytes() as f64;
+    if bytes_in_measure < free_bytes {
+        return true;
+    }
+    let rotations_in_measure =
+        ((bytes_in_measure - free_bytes) / log.segment_bytes() as f64).ceil() as u64;
+    reuses_in_a_row >= rotations_in_measure
 }
 
 /// Runs `spec` against `log` until `entries` more entries are durable and reports that
@@ -443,6 +478,28 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(created: u64, recycled: u64) -> DiskLogStats {
+        DiskLogStats {
+            segments_created: created,
+            segments_recycled: recycled,
+            ..DiskLogStats::default()
+        }
+    }
+
+    #[test]
+    fn new_segment_restarts_the_reuse_count() {
+        let mut reuse = ReuseRun::start(&stats(3, 5));
+        assert_eq!(reuse.observe(&stats(3, 5)), 0);
+        assert_eq!(reuse.observe(&stats(3, 7)), 2);
+        assert_eq!(
+            reuse.observe(&stats(4, 7)),
+            0,
+            "a creation restarts the count"
+        );
+        assert_eq!(reuse.observe(&stats(4, 8)), 1);
+        assert_eq!(reuse.observe(&stats(4, 10)), 3);
+    }
 
     #[test]
     fn unbounded_control_gives_full_submissions() {
