@@ -59,8 +59,9 @@ pub struct CellReport {
     pub latency: LatencySummary,
     /// CPU time of the executor's thread as a share of wall time.
     pub thread_cpu_share: Option<f64>,
-    /// Mean time of one batch write and of the fdatasync after it, as the log's own tasks
-    /// saw them: the device's time plus the wait until the executor noticed completion.
+    /// Mean time of one batch write and of its sync, as the log's own tasks saw them: the
+    /// device's time plus the wait until the executor noticed completion. With O_DSYNC
+    /// segments the sync is the write itself, and both means are the same.
     pub log_write_micros_mean: Option<f64>,
     pub log_sync_micros_mean: Option<f64>,
     /// The device alone at the cell's load: writes of `write_bytes_mean` rounded up to a
