@@ -5,9 +5,9 @@
 //! batch and writes it with one DMA write at the next block boundary of the active segment.
 //! The write itself makes it durable, since segments are opened with O_DSYNC, or with
 //! `sync_method = "fdatasync"` one fdatasync after it does. Every submission that arrives
-//! meanwhile lands in the next staged batch, up to `flush_bytes_max`. Each batch starts on a fresh block, so a write
-//! never touches a block that an earlier, acknowledged batch occupies: a torn write can
-//! damage only the batch being written.
+//! meanwhile lands in the next staged batch, up to `flush_bytes_max`. Each batch starts on
+//! a fresh block, so a write never touches a block that an earlier, acknowledged batch
+//! occupies: a torn write can damage only the batch being written.
 //!
 //! When a batch does not fit in the active segment, the flusher switches to the next segment
 //! (prepared in the background) and writes a checkpoint first: the hard state and compaction
@@ -1415,11 +1415,12 @@ fn locate(state: &State, placement: Placement) -> Option<Location> {
 
 /// Writes the checkpoint that opens the active segment. With `sync_writes`, the fdatasync
 /// of the batch written after it makes it durable too, and this returns its batch number
-/// for that batch to cover. With O_DSYNC segments the checkpoint is durable once its own
-/// write returns, and the same bookkeeping stays correct, only cautious. A crash before that fdatasync can leave the checkpoint torn and
+/// for that batch to cover. A crash before that fdatasync can leave the checkpoint torn and
 /// the batch intact. The batch's header records that the checkpoint was not synced yet,
-/// and recovery truncates both. Without `sync_writes`, where batches are not synced, the
-/// checkpoint gets an fdatasync of its own and this returns `None`.
+/// and recovery truncates both. With O_DSYNC segments the checkpoint is durable once its
+/// own write returns, and the same bookkeeping stays correct, only cautious. Without
+/// `sync_writes`, where batches are not synced, the checkpoint gets an fdatasync of its own
+/// and this returns `None`.
 async fn write_checkpoint(shared: &Rc<Shared>) -> Result<Option<u64>, StorageError> {
     let (file, path, offset, buffer, checkpoint_seq) = {
         let mut state = shared.state.borrow_mut();
