@@ -8,7 +8,8 @@ mod log_support;
 use log_support::{GroupSnapshot, IDENTITY, TestDir, entry, hard_state, payload, small_config};
 use proptest::prelude::*;
 use shardraft::log::{
-    BatchNumber, DiskLog, GroupId, LogConfig, LogStore, MemoryLog, StorageError, WriteBatch,
+    BatchNumber, DiskLog, GroupId, LogConfig, LogStore, MemoryLog, StorageError, SyncMethod,
+    WriteBatch,
 };
 use shardraft::raft::{Entry, LogIndex, Term};
 
@@ -297,10 +298,18 @@ fn cases(default: u32) -> ProptestConfig {
 proptest! {
     #![proptest_config(cases(24))]
 
+    /// Each case draws the way batches are made durable too: an O_DSYNC write covers only
+    /// its own batch, where an fdatasync covers every write completed before it.
     #[test]
-    fn disk_log_recovers_a_durable_prefix(ops in proptest::collection::vec(op_strategy(), 1..80)) {
+    fn disk_log_recovers_a_durable_prefix(
+        ops in proptest::collection::vec(op_strategy(), 1..80),
+        fdatasync in proptest::bool::ANY,
+    ) {
         let dir = TestDir::new("model-disk");
-        let config = small_config(&dir.path);
+        let mut config = small_config(&dir.path);
+        if fdatasync {
+            config.sync_method = SyncMethod::Fdatasync;
+        }
         let subject = DiskSubject { _dir: dir, config };
         log_support::run(check_sequence(subject, ops))?;
     }
