@@ -120,8 +120,9 @@ pub struct PointResult {
     /// CPU seconds of the processes under test during the measured part, when known (the
     /// embedded target counts this process: all replicas and the load generator).
     pub cpu_seconds: Option<f64>,
-    /// fdatasync calls of all replicas during the measured part, when the target reports
-    /// them.
+    /// Log syncs of all replicas during the measured part, when the target reports them:
+    /// O_DSYNC batch writes, or fdatasyncs with the log's `sync_method = "fdatasync"`. The
+    /// field keeps its name so that earlier result files still read.
     pub fdatasyncs: Option<u64>,
     /// Log entries made durable by all replicas during the measured part, when known.
     pub log_entries: Option<u64>,

@@ -2,7 +2,7 @@
 //!
 //! The header states what ran: the target, the durability class, the workload and the
 //! machine with the device's own sync latency. Each point then gets a block with its
-//! throughput, latency quantiles, errors, entries per fdatasync, CPU time per operation
+//! throughput, latency quantiles, errors, entries per sync, CPU time per operation
 //! and the check's verdict, and a sweep ends with one table row per point.
 
 use std::collections::BTreeMap;
@@ -404,15 +404,14 @@ fn print_counters(point: &PointResult, operations: u64, cpu_scope: &str) {
         entries_per_fdatasync(point),
     ) {
         (Some(entries), Some(syncs), Some(ratio)) => println!(
-            "  log      {ratio:.1} entries per fdatasync ({syncs} fdatasyncs and {entries} \
-             entries on all replicas)"
+            "  log      {ratio:.1} entries per sync ({syncs} syncs and {entries} entries on all \
+             replicas)"
         ),
         (Some(entries), Some(_), None) => {
-            println!("  log      no fdatasync per batch ({entries} entries on all replicas)")
+            println!("  log      no sync per batch ({entries} entries on all replicas)")
         }
         (Some(entries), None, _) => println!(
-            "  log      {entries} entries appended on the listed replicas; fdatasyncs not \
-             reported"
+            "  log      {entries} entries appended on the listed replicas; syncs not reported"
         ),
         (None, _, _) => println!(
             "  log      no log counters (memory storage, or a target that does not report them)"
@@ -611,7 +610,7 @@ fn point_totals(point: &PointResult) -> (u64, u64, Option<Histogram<u64>>) {
     (ok, errors, latency)
 }
 
-/// Computes the log entries per fdatasync of a point, when the target reports both.
+/// Computes the log entries per sync of a point, when the target reports both.
 fn entries_per_fdatasync(point: &PointResult) -> Option<f64> {
     match (point.log_entries, point.fdatasyncs) {
         (Some(entries), Some(syncs)) if syncs > 0 => Some(entries as f64 / syncs as f64),
