@@ -221,7 +221,7 @@ impl ReuseRun {
         }
     }
 
-    /// Returns the reuses in a row up to `stats`; a new segment restarts the count.
+    /// Returns the reuses in a row up to `stats`. A new segment restarts the count.
     fn observe(&mut self, stats: &DiskLogStats) -> u64 {
         if stats.segments_created != self.created {
             self.created = stats.segments_created;

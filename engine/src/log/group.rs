@@ -380,7 +380,7 @@ pub(crate) fn check_batch<S: Slot>(
     Ok(CompactionTerms(compaction_terms))
 }
 
-/// Checks one op against `view` and records its effect there; returns the term a
+/// Checks one op against `view` and records its effect there. Returns the term a
 /// compaction records.
 fn check_op<S: Slot>(
     view: &mut PendingBounds<'_, S>,

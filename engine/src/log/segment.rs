@@ -36,6 +36,7 @@ pub(crate) struct SegmentSettings {
 }
 
 impl SegmentSettings {
+    /// Returns the settings that `config` sets for segments.
     pub fn from_config(config: &LogConfig) -> SegmentSettings {
         let dsync = config.sync_writes && config.sync_method == SyncMethod::Dsync;
         SegmentSettings {
