@@ -1310,7 +1310,7 @@ fn assert_segment_flags(
 }
 
 #[test]
-fn segments_are_opened_for_the_sync_method() {
+fn segment_flags_follow_sync_method() {
     for (method, dsync_expected) in [(SyncMethod::Dsync, true), (SyncMethod::Fdatasync, false)] {
         let mut fixture = DiskFixture::new(&format!("open-flags-{method:?}"));
         fixture.config.sync_method = method;

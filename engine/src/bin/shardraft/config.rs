@@ -696,7 +696,7 @@ inflight_appends_max = {{ min = 4, max = 64 }}
     }
 
     #[test]
-    fn sync_method_comes_from_file_then_flag() {
+    fn sync_method_file_then_flag() {
         let default = merge(
             toml::from_str::<FileConfig>(MEMBERS).expect("the config parses"),
             &ConfigOverrides::default(),
