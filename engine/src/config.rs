@@ -39,9 +39,10 @@ impl MemberConfig {
 #[serde(try_from = "String")]
 pub enum InitialClusterState {
     /// A founding member of a new cluster. Each group without durable state starts as one
-    /// of the group's founders, whose acknowledgements count at once. It still votes for no
-    /// candidate with a log until it has caught up. A node restarted with its data may keep
-    /// this value, because its groups ignore it.
+    /// of the group's founders, which votes as in plain Raft and whose acknowledgements
+    /// count at once. A node restarted with its data may keep this value, because its
+    /// groups ignore it. A node whose data was wiped must not: it could vote twice in a
+    /// term.
     #[default]
     New,
     /// A node that replaces a member, lost its data directory, or restarted on `memory`

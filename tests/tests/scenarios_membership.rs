@@ -1225,6 +1225,33 @@ fn new_group_commits_with_voters_down() {
 }
 
 #[test]
+fn founder_that_heard_nothing_still_votes() {
+    // Node 3 hears nothing from the first leader, which then fails. Node 3 is a blank
+    // founding member that never voted or acknowledged an entry, so it may vote for node 2,
+    // whose log has the committed entries. Had it caught up as a wiped node does, it
+    // would refuse node 2's longer log, node 2 would refuse its empty one, and the two
+    // healthy voters of three would elect nobody until node 1 returned.
+    let mut cluster = Cluster::new(3);
+    cluster.isolate(3);
+    cluster.elect(1, ELECTION_TICKS);
+    let before = cluster.propose_and_commit("committed by nodes 1 and 2");
+    cluster.crash(1);
+    cluster.heal();
+    cluster.run_ticks(4 * ELECTION_TICKS);
+
+    assert_eq!(cluster.leader(), Some(2), "node 2 leads without node 1");
+    let after = cluster.propose_and_commit("committed by nodes 2 and 3");
+    for id in 2..=3 {
+        for proposal in [before, after] {
+            assert!(
+                cluster.has_applied(id, proposal),
+                "node {id} applied {proposal:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn non_founding_group_waits_for_every_voter() {
     // Blank nodes that are not founding members cannot tell a new group from one whose
     // data they lost, so they catch up, and the first leader commits only once every voter

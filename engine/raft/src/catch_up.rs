@@ -17,8 +17,8 @@
 //! discounts as many catching-up voters as the group tolerates failures, since each of
 //! them may have lost its disk, and needs a quorum among the rest: a quorum of voters that
 //! are not held back always suffices. The founding members of a new group start without
-//! data too, but the runtime marks them (`RestoredState::founding`). They still catch up
-//! before voting for a candidate with a log, but their responses do not report it, so a
+//! data too, but the runtime marks them (`RestoredState::founding`). They lost nothing, so
+//! they do not catch up at all: they vote as in plain Raft and are never held back, and a
 //! new group commits with a quorum of its voters. Were they held back, its first leader
 //! would need every voter to acknowledge a round before anything committed.
 

@@ -204,7 +204,7 @@ impl RaftNode {
                     message.from,
                     MessageBody::HeartbeatResponse {
                         read_round: None,
-                        catching_up: self.reports_catching_up(),
+                        catching_up: self.catching_up,
                     },
                 );
             }

@@ -82,12 +82,15 @@ pub struct RestoredState {
     /// since. A replica without any durable state catches up even when this is false.
     pub catching_up: bool,
     /// Set when this replica is a founding member of a new group, started with the group's
-    /// initial membership. A founding replica without durable state still catches up
-    /// before it votes for a candidate with a log. But its responses do not ask the leader
-    /// to hold it back, so a new group commits with any quorum of its voters. No replica
-    /// can tell a new group from one whose data it lost, so only the runtime's operator can
-    /// say this. Setting it for a wiped replica lets a deposed leader commit through it.
-    /// Ignored when the replica has durable state.
+    /// initial membership. A founding replica without durable state never voted and never
+    /// acknowledged an entry, so it does not catch up: it votes and campaigns as in plain
+    /// Raft, and a new group commits with any quorum of its voters. Catching up instead
+    /// would stall elections whenever the first leader fails before its log reached every
+    /// founder. The founder that heard nothing would refuse every candidate with a log,
+    /// and the others would refuse its empty log. No replica can tell a new group from one
+    /// whose data it lost, so only the runtime's operator can say this. Setting it for a
+    /// wiped replica lets it vote twice in a term and a deposed leader commit through it.
+    /// Ignored when the replica has durable state or `catching_up` is set.
     pub founding: bool,
 }
 
@@ -338,17 +341,13 @@ pub struct RaftNode {
     pub(crate) latest_snapshot: Option<SnapshotMeta>,
     /// A snapshot from the leader that the next `Ready` hands to the runtime.
     pub(crate) snapshot_to_install: Option<SnapshotInstall>,
-    /// Set while a replica that started without any durable state has not yet stored the
-    /// leader's committed log. It may have voted or acknowledged entries before it lost its
-    /// data, so until then it neither campaigns nor votes, except in a group whose logs are
-    /// all still empty (a new group). Unless it is `founding`, its responses carry a flag
-    /// for it, and the leader counts them only once it has confirmed its term since (see
-    /// `catch_up.rs`).
+    /// Set while a replica that started without any durable state, and not as a founding
+    /// member (see [`RestoredState::founding`]), has not yet stored the leader's committed
+    /// log. It may have voted or acknowledged entries before it lost its data, so until
+    /// then it neither campaigns nor votes, except in a group whose logs are all still
+    /// empty (a new group). Its responses carry a flag for it, and the leader counts them
+    /// only once it has confirmed its term since (see `catch_up.rs`).
     pub(crate) catching_up: bool,
-    /// Set when this replica started without durable state as a founding member of a new
-    /// group (see [`RestoredState::founding`]): while it catches up, its responses do not
-    /// report it.
-    pub(crate) founding: bool,
     /// The leader's commit index from the newest `AppendEntries` or heartbeat; catching up
     /// ends once the durable log reaches it.
     pub(crate) catch_up_target: Option<LogIndex>,
@@ -453,8 +452,7 @@ impl RaftNode {
             membership_log,
             latest_snapshot: restored.snapshot,
             snapshot_to_install: None,
-            catching_up: blank || restored.catching_up,
-            founding: blank && restored.founding,
+            catching_up: (blank && !restored.founding) || restored.catching_up,
             catch_up_target: None,
             catch_up_ended_unreported: false,
             term: hard_state.term,
@@ -525,16 +523,11 @@ impl RaftNode {
         self.membership_log.last_change_index()
     }
 
-    /// Returns whether this replica started without durable state and has not yet stored
-    /// the leader's committed log. It does not vote meanwhile.
+    /// Returns whether this replica started without durable state, and not as a founding
+    /// member, and has not yet stored the leader's committed log. It does not vote
+    /// meanwhile.
     pub fn is_catching_up(&self) -> bool {
         self.catching_up
-    }
-
-    /// Returns whether this replica's responses ask the leader to hold it back: it is
-    /// catching up and did not start as a founding member of a new group.
-    pub(crate) fn reports_catching_up(&self) -> bool {
-        self.catching_up && !self.founding
     }
 
     /// Returns the newest snapshot the runtime stored, as last given to

@@ -192,7 +192,7 @@ impl RaftNode {
             from,
             MessageBody::HeartbeatResponse {
                 read_round,
-                catching_up: self.reports_catching_up(),
+                catching_up: self.catching_up,
             },
         );
     }
@@ -660,7 +660,7 @@ impl RaftNode {
 
     /// Queues a response to an `AppendEntries` or `InstallSnapshot` from `to`.
     fn send_append_response(&mut self, to: NodeId, outcome: AppendOutcome) {
-        let catching_up = self.reports_catching_up();
+        let catching_up = self.catching_up;
         self.send(
             to,
             MessageBody::AppendEntriesResponse {

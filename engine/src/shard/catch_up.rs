@@ -3,9 +3,10 @@
 //! A replica that starts without any durable state may have voted or acknowledged entries
 //! before it lost its data, so the Raft core keeps it out of elections until its durable log
 //! contains a leader's committed log (`RaftNode::is_catching_up`). The exception is a
-//! founding member of a new group (`initial_cluster_state = "new"`), which gets no mark. That must survive a restart
-//! in the middle, when the replica is no longer blank. So the shard writes a mark for such a
-//! group before it writes anything else for it, hands it back to the core in
+//! founding member of a new group (`initial_cluster_state = "new"`), which does not catch
+//! up and gets no mark. Catching up must survive a restart in the middle, when the replica
+//! is no longer blank. So the shard writes a mark for such a group before it writes
+//! anything else for it, hands it back to the core in
 //! `RestoredState::catching_up`, and removes it once the batch that reports
 //! `Ready::catch_up_ended` is durable.
 //!
