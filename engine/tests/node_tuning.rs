@@ -15,9 +15,9 @@ use shardraft::kv::KvStateMachine;
 use shardraft::log::{GroupId, StorageKind};
 use shardraft::metrics::{NodeLabels, NodeMetrics, encode_text};
 use shardraft::node::{GroupStatus, Node, NodeError, ReadMode};
-use shardraft::raft::{GroupTiming, LogIndex, Term};
+use shardraft::raft::{GroupTiming, LogIndex, NodeId, Term};
 use shardraft::state_machine::{Snapshot, StateMachine};
-use shardraft::tuning::TuningReport;
+use shardraft::tuning::{PeerSuspicion, TuningReport};
 use shardraft_tuning::{Knob, ObjectiveKind};
 use support::*;
 
@@ -176,6 +176,48 @@ fn tuner_runs_within_its_bounds() {
     cluster.shutdown();
 }
 
+/// Waits until, on every one of `handles` other than `peer` itself, the failure detector's
+/// view of `peer` in the latest tuning report passes `check`. Reports refresh once per
+/// tuning interval, and on a busy machine heartbeats come late, so a fixed sleep is not
+/// enough.
+fn wait_for_suspicion(
+    handles: &[KvHandle],
+    peer: NodeId,
+    condition: &str,
+    check: impl Fn(&PeerSuspicion) -> bool,
+) {
+    let timeout = Duration::from_secs(10);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let views: Vec<(u64, Option<PeerSuspicion>)> = handles
+            .iter()
+            .filter(|handle| handle.node_id() != peer)
+            .map(|handle| {
+                let report = tuning_reports(handle)[0]
+                    .clone()
+                    .expect("every shard runs a tuner");
+                let view = report
+                    .peers
+                    .into_iter()
+                    .find(|suspicion| suspicion.peer == peer);
+                (handle.node_id().0, view)
+            })
+            .collect();
+        if views
+            .iter()
+            .all(|(_, view)| view.as_ref().is_some_and(&check))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{condition} within {timeout:?}; views of node {}: {views:?}",
+            peer.0
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn detector_suspects_a_stopped_leader() {
     let dir = test_dir("detector_suspects_a_stopped_leader");
@@ -184,14 +226,16 @@ fn detector_suspects_a_stopped_leader() {
         config.tuning.enabled = true;
         config.tuning.interval_ms = 100;
     }
+    let phi_threshold = configs[0].tuning.phi_threshold;
     let mut cluster = Cluster::start(&configs);
     let old_leader = cluster.leader().node_id();
-    // Enough heartbeats for every follower's detector to leave its cold start.
-    let heartbeat = Duration::from_millis(
-        configs[0].tick_interval_ms * u64::from(configs[0].raft.heartbeat_interval_ticks),
+    // A detector leaves its cold start once it has seen `phi_min_gaps` heartbeat gaps.
+    wait_for_suspicion(
+        &cluster.handles,
+        old_leader,
+        "every follower's detector left its cold start",
+        |suspicion| suspicion.suspicion_delay_micros.is_some(),
     );
-    let gaps = configs[0].tuning.phi_min_gaps as u32 + 5;
-    std::thread::sleep(heartbeat * gaps);
     let position = cluster
         .handles
         .iter()
@@ -202,24 +246,12 @@ fn detector_suspects_a_stopped_leader() {
 
     let new_leader = cluster.leader().node_id();
     assert_ne!(new_leader, old_leader);
-    std::thread::sleep(Duration::from_millis(250));
-    for handle in &cluster.handles {
-        let report = tuning_reports(handle)[0]
-            .clone()
-            .expect("every shard runs a tuner");
-        let suspicion = report
-            .peers
-            .iter()
-            .find(|suspicion| suspicion.peer == old_leader)
-            .expect("the detector saw the old leader's heartbeats");
-        assert!(
-            suspicion.phi >= configs[0].tuning.phi_threshold,
-            "node {} rates the stopped leader at phi {}",
-            handle.node_id().0,
-            suspicion.phi
-        );
-        assert!(suspicion.suspicion_delay_micros.is_some());
-    }
+    wait_for_suspicion(
+        &cluster.handles,
+        old_leader,
+        "every survivor suspects the stopped leader",
+        |suspicion| suspicion.phi >= phi_threshold && suspicion.suspicion_delay_micros.is_some(),
+    );
     cluster.shutdown();
 }
 

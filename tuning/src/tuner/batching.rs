@@ -320,7 +320,8 @@ impl Active {
                     .saturating_mul(self.bytes_per_entry),
             ),
             inflight_appends_max: setting.inflight_appends_max,
-            // TODO: no read-path samples exist yet, so read_batch_max keeps its static value.
+            // `read_batch_max` and the timing knobs lie outside the arm grid: the read
+            // policy (`reads.rs`) and the timing rules set them, so they keep `base`'s.
             ..*base
         }
     }
