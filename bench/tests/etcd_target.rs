@@ -6,12 +6,13 @@
 //! `PATH` or `/usr/bin/etcd`) and prints why it skips otherwise; `scripts/peer-etcd.sh
 //! start` installs one. Run with `--nocapture` to see the latency it measures.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,12 +55,27 @@ fn etcd_binary() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Returns `count` distinct loopback ports that were free a moment ago, chosen at random
-/// below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`). A port
-/// from `bind` to port 0 lies in that range, where the outgoing connections of tests running
-/// at the same time take their source ports and could take it before etcd binds it.
+/// Returns `count` distinct loopback ports that were free a moment ago (see
+/// [`bind_unused_ports`]), released for etcd to bind.
 fn free_ports(count: usize) -> Vec<u16> {
+    bind_unused_ports(count)
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Binds `count` loopback listeners on ports chosen at random below the kernel's ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`), none of which this test process has
+/// bound before. A port from `bind` to port 0 lies in that range. The outgoing connections
+/// of tests running at the same time take their source ports from it too. So such a port
+/// could be taken before etcd binds it, or bound by another test's server right after a
+/// test closed it to see connections refused.
+fn bind_unused_ports(count: usize) -> Vec<TcpListener> {
     const PORT_MIN: u16 = 10_000;
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -72,7 +88,11 @@ fn free_ports(count: usize) -> Vec<u16> {
             break;
         }
         let port = PORT_MIN + (hasher.hash_one(draw) % choices) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
             listeners.push(listener);
         }
     }
@@ -80,9 +100,6 @@ fn free_ports(count: usize) -> Vec<u16> {
         listeners.push(TcpListener::bind("127.0.0.1:0").expect("binding a free loopback port"));
     }
     listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
 }
 
 /// A cluster started by `scripts/peer-etcd.sh start`, stopped and removed on drop.
@@ -285,7 +302,7 @@ enum Reply {
 /// `replies`, one connection at a time. The server closes its listener and ends once every
 /// reply is used. Returns its address and its thread.
 fn start_malformed_server(replies: Vec<Reply>) -> (String, thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = bind_unused_ports(1).remove(0);
     let address = listener.local_addr().unwrap().to_string();
     let mut replies = VecDeque::from(replies);
     let server = thread::spawn(move || {
