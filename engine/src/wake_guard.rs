@@ -32,10 +32,11 @@
 //! Before it signals, the watchdog reads the thread's scheduler statistics
 //! (`/proc/self/task/TID/schedstat`): a thread that ran or waited for a CPU for at least
 //! half of the window is busy or starved, not parked, and is left alone. A signal to it
-//! would do no harm, but the warning would mislead. So is a thread in an uninterruptible
-//! sleep (state `D`, a blocking file call such as a rename), which a signal cannot
-//! wake. Where the statistics cannot be read, the watchdog signals every thread that
-//! stopped ticking.
+//! would do no harm, but the warning would mislead. So is a thread that is running or
+//! waiting for a CPU right now (state `R`), since the statistics count a wait only once it
+//! ended. So is a thread in an uninterruptible sleep (state `D`, a blocking file call such
+//! as a rename), which a signal cannot wake. Where neither can be read, the watchdog
+//! signals every thread that stopped ticking.
 //!
 //! NOTE: why the wake-up is lost (glommio's ring linking or the kernel) is not
 //! established; the watchdog bounds the hang to about [`STALL_MILLIS`].
@@ -243,14 +244,26 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
                 );
                 continue;
             }
-            if thread_state(thread_id) == Some(UNINTERRUPTIBLE_STATE) {
-                tracing::debug!(
-                    shard,
-                    thread = %lock(&pulse.thread_name),
-                    "a shard executor missed its guard ticks while blocked in the kernel; \
-                     not interrupting it"
-                );
-                continue;
+            match thread_state(thread_id) {
+                Some(RUNNABLE_STATE) => {
+                    tracing::debug!(
+                        shard,
+                        thread = %lock(&pulse.thread_name),
+                        "a shard executor missed its guard ticks while running or waiting \
+                         for a CPU; not interrupting it"
+                    );
+                    continue;
+                }
+                Some(UNINTERRUPTIBLE_STATE) => {
+                    tracing::debug!(
+                        shard,
+                        thread = %lock(&pulse.thread_name),
+                        "a shard executor missed its guard ticks while blocked in the kernel; \
+                         not interrupting it"
+                    );
+                    continue;
+                }
+                _ => {}
             }
             tracing::warn!(
                 shard,
@@ -264,6 +277,12 @@ fn watch(pulses: &[Arc<ShardPulse>], stop: &AtomicBool) {
         }
     }
 }
+
+/// The state `/proc` gives a thread that runs or waits for a CPU. An executor parked in
+/// `io_uring_enter` sleeps instead. The scheduler adds a thread's wait for a CPU to
+/// `schedstat` only once the thread runs, so a thread starved for most of the window can
+/// show little scheduled time there and still be in this state.
+const RUNNABLE_STATE: char = 'R';
 
 /// The state `/proc` gives a thread in an uninterruptible sleep, such as a synchronous
 /// disk write or fsync. A signal cannot end that sleep, and the thread is not parked in
