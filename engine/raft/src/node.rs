@@ -79,7 +79,8 @@ pub struct RestoredState {
     pub applied: LogIndex,
     /// Set when storage records that this replica was catching up (see
     /// [`RaftNode::is_catching_up`]) and no `Ready` with `catch_up_ended` became durable
-    /// since. A replica without any durable state catches up even when this is false.
+    /// since. A replica without any durable state catches up even when this is false,
+    /// unless it is `founding`.
     pub catching_up: bool,
     /// Set when this replica is a founding member of a new group, started with the group's
     /// initial membership. A founding replica without durable state never voted and never
