@@ -106,6 +106,10 @@ fn simulated_clusters_stay_safe_and_live() {
                 total(|counts| counts.leader_down_reports),
             ),
             ("process pauses", total(|counts| counts.pauses)),
+            (
+                "leaders held down after the faults",
+                total(|counts| counts.leaders_held_down),
+            ),
         ] {
             assert!(value > 0, "no run had {what} in {count} seeds");
         }

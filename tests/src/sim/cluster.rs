@@ -75,6 +75,9 @@ pub struct RunCounts {
     /// Times a follower forgot its leader because the runtime found the leader's process
     /// gone, and so campaigned early.
     pub leader_down_reports: u64,
+    /// Runs whose leader crashed as faults stopped and stayed down until another leader
+    /// committed (`RunParams::leader_down_after_faults`).
+    pub leaders_held_down: u64,
 }
 
 #[derive(Debug)]
@@ -307,8 +310,12 @@ pub struct Simulation {
     crash_leader_on_commit: bool,
     /// Armed by [`Fault::SplitVote`].
     split_vote_armed: bool,
-    /// Highest last index of any replica when the faults stopped.
+    /// Highest last index of any replica when the faults stopped, leaving out a leader
+    /// held down then.
     last_index_at_heal: Option<LogIndex>,
+    /// The leader that crashed as faults stopped and stays down until another leader
+    /// commits (`RunParams::leader_down_after_faults`).
+    held_down: Option<usize>,
     /// Highest commit index of any replica when the clients stopped.
     commit_at_clients_stop: Option<LogIndex>,
 }
@@ -412,6 +419,7 @@ impl Simulation {
             crash_leader_on_commit: false,
             split_vote_armed: false,
             last_index_at_heal: None,
+            held_down: None,
             commit_at_clients_stop: None,
         }
     }
@@ -709,6 +717,35 @@ impl Simulation {
         }
     }
 
+    /// Crashes the current leader and keeps it down until another leader commits, if the
+    /// newest membership's other voters that may vote are a quorum of it. A voter catching
+    /// up after a wipe votes for no candidate with a log until a leader brings it up to
+    /// date, so without the leader it counts as failed.
+    fn hold_leader_down(&mut self) {
+        let (Some(leader), Some(membership)) = (self.current_leader(), self.newest_membership())
+        else {
+            return;
+        };
+        let id = self.nodes[leader].id;
+        let voting_others = self
+            .nodes
+            .iter()
+            .filter(|node| node.id != id && membership.voters.contains(&node.id))
+            .filter(|node| {
+                node.raft
+                    .as_ref()
+                    .is_some_and(|raft| !raft.is_catching_up())
+            })
+            .count();
+        if !membership.voters.contains(&id) || voting_others < membership.quorum() {
+            return;
+        }
+        tracing::debug!(node = %id, "holding the leader down after the faults");
+        self.crash_node(leader);
+        self.held_down = Some(leader);
+        self.counts.leaders_held_down += 1;
+    }
+
     fn check_liveness(&mut self) -> Result<(), RunError> {
         if self.now_us >= self.params.clients_stop_us && self.commit_at_clients_stop.is_none() {
             let highest_commit = self
@@ -724,10 +761,15 @@ impl Simulation {
         }
         // Only an entry appended after the faults stopped shows progress: a leader may have
         // committed before, even inside a minority that was then healed.
+        let held_down = self.held_down;
         let last_index_at_heal = *self.last_index_at_heal.get_or_insert_with(|| {
+            // A held-down leader's entries past the others' logs were never committed: a
+            // committed entry is on a quorum, which includes one of the others.
             self.nodes
                 .iter()
-                .map(|node| {
+                .enumerate()
+                .filter(|(index, _)| Some(*index) != held_down)
+                .map(|(_, node)| {
                     let durable = node.durable.last_index();
                     node.raft
                         .as_ref()
@@ -750,6 +792,10 @@ impl Simulation {
         if leader_committed {
             self.liveness_met = true;
             self.healthy_since_us = Some(self.now_us);
+            // The survivors elected a leader without it; it returns and must catch up.
+            if let Some(node) = self.held_down.take() {
+                self.start_node(node)?;
+            }
             return Ok(());
         }
         if self.now_us > self.params.faults_end_us + self.params.liveness_bound_us {
@@ -1589,6 +1635,10 @@ impl Simulation {
                     if self.nodes[node].raft.is_none() {
                         self.start_node(node)?;
                     }
+                }
+                if self.params.leader_down_after_faults && self.now_us >= self.params.faults_end_us
+                {
+                    self.hold_leader_down();
                 }
             }
             Fault::Links { quality } => self.links = quality,

@@ -125,6 +125,9 @@ impl RunReport {
                 counts.tuned_timing_changes
             );
         }
+        if counts.leaders_held_down > 0 {
+            text.push_str(", leader held down after the faults");
+        }
         if let Verdict::Failed { reason } = &self.verdict {
             let _ = write!(text, "\n  FAILED: {reason}\n  faults:");
             for scheduled in &self.schedule {

@@ -32,7 +32,7 @@ pub struct RunParams {
     pub disk_stall_probability: f64,
     pub disk_stall_us: u64,
     /// Faults happen between `faults_start_us` and `faults_end_us`; then every node is up
-    /// and every link healthy.
+    /// and every link healthy, except a leader held down by `leader_down_after_faults`.
     pub faults_start_us: u64,
     pub faults_end_us: u64,
     /// Once faults stop, a leader must commit an entry appended after that within this
@@ -57,6 +57,10 @@ pub struct RunParams {
     /// Whether each replica runs the engine's adaptive tuner, and a leader proposes the
     /// group timing its tuner chooses. Only in runs with pre-vote and check-quorum.
     pub tuner: bool,
+    /// Whether the node leading when faults stop crashes then and stays down until another
+    /// leader commits an entry of its own, where the other voters are still a quorum. The
+    /// survivors must then elect a leader without it, as after losing a machine for good.
+    pub leader_down_after_faults: bool,
 }
 
 /// The phi at which a replica's failure detector suspects its leader, the engine's
@@ -113,6 +117,8 @@ impl RunParams {
             // removed while cut off keeps deposing leaders, and a group then depends on its
             // timing to commit between two depositions.
             tuner: pre_vote && check_quorum && seed.wrapping_mul(0x94d0_49bb_1331_11eb) >> 63 == 1,
+            // Also from the seed, for the same reason, in a quarter of the runs.
+            leader_down_after_faults: seed.wrapping_mul(0xd6e8_feb8_6659_fd93) >> 62 == 0,
         }
     }
 
