@@ -722,6 +722,9 @@ impl Simulation {
     /// up after a wipe votes for no candidate with a log until a leader brings it up to
     /// date, so without the leader it counts as failed.
     fn hold_leader_down(&mut self) {
+        if self.liveness_met {
+            return;
+        }
         let (Some(leader), Some(membership)) = (self.current_leader(), self.newest_membership())
         else {
             return;
@@ -744,6 +747,9 @@ impl Simulation {
         self.crash_node(leader);
         self.held_down = Some(leader);
         self.counts.leaders_held_down += 1;
+        // An event at the same instant before this one may have taken the mark with the
+        // leader's log in it.
+        self.last_index_at_heal = None;
     }
 
     fn check_liveness(&mut self) -> Result<(), RunError> {
