@@ -1229,8 +1229,8 @@ fn founder_that_heard_nothing_still_votes() {
     // Node 3 hears nothing from the first leader, which then fails. Node 3 is a blank
     // founding member that never voted or acknowledged an entry, so it may vote for node 2,
     // whose log has the committed entries. Had it caught up as a wiped node does, it
-    // would refuse node 2's longer log, node 2 would refuse its empty one, and the two
-    // healthy voters of three would elect nobody until node 1 returned.
+    // would reject node 2's longer log, node 2 would reject its empty one, and the two
+    // healthy voters of three would elect no leader until node 1 returned.
     let mut cluster = Cluster::new(3);
     cluster.isolate(3);
     cluster.elect(1, ELECTION_TICKS);

@@ -87,8 +87,8 @@ pub struct RestoredState {
     /// acknowledged an entry, so it does not catch up: it votes and campaigns as in plain
     /// Raft, and a new group commits with any quorum of its voters. Catching up instead
     /// would stall elections whenever the first leader fails before its log reached every
-    /// founder. The founder that heard nothing would refuse every candidate with a log,
-    /// and the others would refuse its empty log. No replica can tell a new group from one
+    /// founder. The founder that heard nothing would reject every candidate with a log,
+    /// and the others would reject its empty log. No replica can tell a new group from one
     /// whose data it lost, so only the runtime's operator can say this. Setting it for a
     /// wiped replica lets it vote twice in a term and a deposed leader commit through it.
     /// Ignored when the replica has durable state or `catching_up` is set.

@@ -1146,8 +1146,8 @@ async fn restore_groups<S: StateMachine>(
             && restored.snapshot.is_none();
         // Any blank group may have voted or acknowledged entries before its data was lost,
         // so the core makes it catch up before it votes for a candidate with a log. A
-        // founding member's blank group has lost nothing: it gets no mark, and the core
-        // neither makes it catch up nor asks the leader to hold it back.
+        // founding member's blank group has lost nothing: it gets no mark, it does not catch
+        // up, and its responses do not mark it for the leader to hold back.
         let founding = config.founds_new_groups();
         let catches_up_from_blank = blank && !founding;
         if catches_up_from_blank {
