@@ -83,15 +83,12 @@ pub struct RestoredState {
     /// unless it is `founding`.
     pub catching_up: bool,
     /// Set when this replica is a founding member of a new group, started with the group's
-    /// initial membership. A founding replica without durable state never voted and never
-    /// acknowledged an entry, so it does not catch up: it votes and campaigns as in plain
-    /// Raft, and a new group commits with any quorum of its voters. Catching up instead
-    /// would stall elections whenever the first leader fails before its log reached every
-    /// founder. The founder that heard nothing would reject every candidate with a log,
-    /// and the others would reject its empty log. No replica can tell a new group from one
-    /// whose data it lost, so only the runtime's operator can say this. Setting it for a
-    /// wiped replica lets it vote twice in a term and a deposed leader commit through it.
-    /// Ignored when the replica has durable state or `catching_up` is set.
+    /// initial membership. A blank founder never voted or acknowledged an entry, so it does
+    /// not catch up. It votes as in plain Raft, so that a first leader that fails before
+    /// its log reached every founder does not stall elections. No replica can tell a new
+    /// group from one whose data it lost, so only the runtime's operator can set this. Set
+    /// for a wiped replica, it lets the replica vote twice in a term and a deposed leader
+    /// commit through it. Ignored when the replica has durable state or `catching_up` is set.
     pub founding: bool,
 }
 

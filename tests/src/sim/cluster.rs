@@ -747,8 +747,8 @@ impl Simulation {
         self.crash_node(leader);
         self.held_down = Some(leader);
         self.counts.leaders_held_down += 1;
-        // An event at the same instant before this one may have taken the mark with the
-        // leader's log in it.
+        // An event at the same instant, handled before this one, may have computed
+        // `last_index_at_heal` with the leader's log in it.
         self.last_index_at_heal = None;
     }
 
@@ -769,8 +769,8 @@ impl Simulation {
         // committed before, even inside a minority that was then healed.
         let held_down = self.held_down;
         let last_index_at_heal = *self.last_index_at_heal.get_or_insert_with(|| {
-            // A held-down leader's entries past the others' logs were never committed: a
-            // committed entry is on a quorum, which includes one of the others.
+            // A held-down leader's entries past the others' logs were never committed,
+            // because the others that may vote are a quorum, which overlaps every commit's.
             self.nodes
                 .iter()
                 .enumerate()

@@ -58,8 +58,8 @@ pub struct RunParams {
     /// group timing its tuner chooses. Only in runs with pre-vote and check-quorum.
     pub tuner: bool,
     /// Whether the node leading when faults stop crashes then and stays down until another
-    /// leader commits an entry of its own, where the other voters are still a quorum. The
-    /// survivors must then elect a leader without it, as after losing a machine for good.
+    /// leader commits an entry of its own term. This happens only where the other voters
+    /// that may vote are still a quorum, and they must elect a leader without it.
     pub leader_down_after_faults: bool,
 }
 
