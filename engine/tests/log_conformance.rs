@@ -1248,6 +1248,64 @@ fn checkpoint_shares_the_next_batchs_sync() {
     });
 }
 
+#[test]
+fn close_releases_every_segment_file() {
+    // A process that opens and closes logs must not keep their files open. That covers
+    // the live segments, the retired ones kept for recycling and the one prepared ahead.
+    let mut fixture = DiskFixture::new("close-releases-files");
+    // A small cache, so that the oldest entries are read from their segment.
+    fixture.config.entry_cache_bytes_max = 16 * 1024;
+    let shard_dir = fixture
+        .config
+        .data_dir
+        .join(format!("shard-{}", IDENTITY.shard));
+    let groups = [GroupId(0), GroupId(1)];
+    run(async {
+        let log = fixture.open().await;
+        let mut last = [0u64; 2];
+        fill(&log, &groups, &mut last, 120, 1000).await;
+        let mut batch = WriteBatch::new();
+        for (slot, group) in groups.iter().enumerate() {
+            batch.compact(*group, LogIndex(last[slot] - 40));
+        }
+        submit_durably(&log, batch).await;
+        fill(&log, &groups, &mut last, 60, 1000).await;
+        let stats = log.stats();
+        assert!(
+            stats.segments_deleted > 0,
+            "the test needs retired segments: {stats:?}"
+        );
+        let open_before = descriptors_under(&shard_dir);
+        assert!(
+            open_before.len() >= 2,
+            "the open log holds its segment files: {open_before:?}"
+        );
+        let oldest = log.group_state(groups[0]).expect("group 0").first_index();
+        let read = log.read(groups[0], oldest..LogIndex(oldest.0 + 1), u64::MAX);
+        assert_eq!(read.await.expect("reading before close").len(), 1);
+        let paths = log.segment_paths();
+
+        log.close().await.expect("closing");
+        let open_after = descriptors_under(&shard_dir);
+        assert!(
+            open_after.is_empty(),
+            "files still open after close: {open_after:?}"
+        );
+        assert_eq!(log.segment_paths(), paths, "segment paths after close");
+        let read = log.read(groups[0], oldest..LogIndex(oldest.0 + 1), u64::MAX);
+        assert!(
+            matches!(read.await, Err(StorageError::Closed)),
+            "a read from a closed segment file reports the closed log"
+        );
+    });
+    run(async {
+        let log = fixture.open().await;
+        let state = log.group_state(groups[0]).expect("group 0 after reopening");
+        assert_eq!(state.last_index.0, 180, "every entry is recovered");
+        log.close().await.expect("closing");
+    });
+}
+
 /// Returns the descriptors of this process open on files under `dir`: the file, the
 /// descriptor's number and its open flags as `/proc/self/fdinfo` shows them.
 fn descriptors_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String, i32)> {

@@ -337,6 +337,10 @@ struct State {
     to_remove: VecDeque<SegmentFile>,
     /// A task is removing the files in `to_remove`.
     removing: bool,
+    /// Whether `close` closed every segment file. Reads from disk then fail with `Closed`.
+    files_closed: bool,
+    /// The segment paths in use when `close` closed their files, for `segment_paths`.
+    closed_segment_paths: Vec<PathBuf>,
     /// The active segment has an older format version, so the next batch starts a new
     /// segment: an older reader must never meet a record it does not know.
     rotate_before_next_write: bool,
@@ -498,6 +502,8 @@ impl DiskLog {
             recyclable: Vec::new(),
             to_remove: VecDeque::new(),
             removing: false,
+            files_closed: false,
+            closed_segment_paths: Vec::new(),
             rotate_before_next_write,
             stats: DiskLogStats::default(),
         };
@@ -571,9 +577,13 @@ impl DiskLog {
         }
     }
 
-    /// Paths of the segment files in use, oldest first.
+    /// Paths of the segment files in use, oldest first. After [`close`](LogStore::close),
+    /// the paths in use when it closed them.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         let state = self.shared.state.borrow();
+        if state.files_closed {
+            return state.closed_segment_paths.clone();
+        }
         state.segments.values().map(|s| s.path.clone()).collect()
     }
 
@@ -771,6 +781,7 @@ impl LogStore for DiskLog {
             .progress
             .wait_for(|| self.shared.state.borrow().flusher_stopped.then_some(()))
             .await;
+        close_segment_files(&self.shared).await;
         let state = self.shared.state.borrow();
         match &state.failure {
             None | Some(StorageError::Closed) => Ok(()),
@@ -894,6 +905,9 @@ impl DiskLog {
         let (file, path) =
             {
                 let state = self.shared.state.borrow();
+                if state.files_closed {
+                    return Err(StorageError::Closed);
+                }
                 let segment = state.segments.get(&first.segment_seq).ok_or_else(|| {
                     StorageError::Compacted {
                         group,
@@ -1111,13 +1125,54 @@ async fn run_flusher(shared: Rc<Shared>) {
         .progress
         .wait_for(|| (shared.state.borrow().syncs_running == 0).then_some(()))
         .await;
-    // Drop the preparation of a segment that will never be used; its file stays and is
+    // Stop the preparation of a segment that will never be used; its file stays and is
     // reused or removed by the next recovery.
     let prepared = shared.state.borrow_mut().prepared.take();
-    drop(prepared);
+    if let Some(task) = prepared
+        && let Some(Ok(file)) = task.cancel().await
+    {
+        close_file(file).await;
+    }
     shared.state.borrow_mut().flusher_stopped = true;
     shared.progress.notify_all();
     wake_durable_waiters(&shared);
+}
+
+/// Closes every segment file of the log, once its flusher stopped. Otherwise glommio
+/// closes a file only when the log is dropped, and never when the drop comes after the
+/// executor ended. A process that opens and closes logs, as tests and an embedded cluster
+/// that restarts a node do, would then keep their descriptors open.
+async fn close_segment_files(shared: &Shared) {
+    let files: Vec<Rc<DmaFile>> = {
+        let mut state = shared.state.borrow_mut();
+        if state.files_closed {
+            return;
+        }
+        state.files_closed = true;
+        let segments = std::mem::take(&mut state.segments);
+        state.closed_segment_paths = segments.values().map(|s| s.path.clone()).collect();
+        let recyclable = std::mem::take(&mut state.recyclable);
+        let to_remove = std::mem::take(&mut state.to_remove);
+        segments
+            .into_values()
+            .chain(recyclable)
+            .chain(to_remove)
+            .map(|segment| segment.file)
+            .collect()
+    };
+    for file in files {
+        close_file(file).await;
+    }
+}
+
+/// Closes `file` if this is its last reference. A read still in flight holds another one,
+/// and its drop closes the file later. Every batch was written before the flusher stopped,
+/// so a failed close loses nothing and is only logged.
+async fn close_file(file: Rc<DmaFile>) {
+    let path = file.path().map(|path| path.to_path_buf());
+    if let Err(error) = file.close_rc().await {
+        tracing::warn!(path = ?path, error = %glommio_io_error(error), "closing a segment file failed");
+    }
 }
 
 /// Stops the log after a failed write or sync: later writes are refused, since retrying a

@@ -272,7 +272,9 @@ pub trait LogStore {
         bytes_max: u64,
     ) -> impl Future<Output = Result<Vec<Entry>, StorageError>>;
 
-    /// Makes everything submitted durable and stops the log.
+    /// Makes everything submitted durable and stops the log. Later submissions fail with
+    /// [`StorageError::Closed`]. A disk log also closes its segment files, so a later read
+    /// of an entry that is no longer in its cache fails the same way.
     fn close(&self) -> impl Future<Output = Result<(), StorageError>>;
 }
 
