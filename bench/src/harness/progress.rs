@@ -17,6 +17,10 @@ const TERMINAL_INTERVAL: Duration = Duration::from_millis(250);
 /// Time between plain lines when standard error is not a terminal.
 const LINES_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Measured time before a line shows a rate. Operations that complete in the first
+/// instants after the warm-up, divided by a few microseconds, read as millions per second.
+const RATE_MEASURED_MIN: Duration = Duration::from_millis(200);
+
 /// Display mode of the progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressStyle {
@@ -144,16 +148,16 @@ pub fn format_line(label: &str, snapshot: &ProgressSnapshot) -> String {
         RunLength::Duration { secs } => format!("{measured_secs:.1}/{secs:.1} s"),
         RunLength::Operations { count } => format!("{}/{count} ops", snapshot.ok + snapshot.errors),
     };
-    let rate = if measured_secs > 0.0 {
-        snapshot.ok as f64 / measured_secs
+    let rate = if snapshot.measured >= RATE_MEASURED_MIN {
+        format!("{:.0}", snapshot.ok as f64 / measured_secs)
     } else {
-        0.0
+        "-".to_string()
     };
     let p99 = snapshot
         .p99_nanos
         .map_or_else(|| "-".to_string(), format_latency_nanos);
     let mut line = format!(
-        "{label}: {done}, {rate:.0} ops/s, p99 {p99}, {} errors",
+        "{label}: {done}, {rate} ops/s, p99 {p99}, {} errors",
         snapshot.errors
     );
     if snapshot.late > 0 {
@@ -196,6 +200,21 @@ mod tests {
         assert_eq!(
             line,
             "point 1/1: 2.0/5.0 s, 2500 ops/s, p99 1.25 ms, 1 errors"
+        );
+    }
+
+    #[test]
+    fn line_right_after_warmup_shows_no_rate() {
+        let snapshot = ProgressSnapshot {
+            measured: Duration::from_micros(80),
+            ok: 500,
+            errors: 0,
+            p99_nanos: None,
+            ..measuring()
+        };
+        assert_eq!(
+            format_line("point 1/1", &snapshot),
+            "point 1/1: 0.0/5.0 s, - ops/s, p99 -, 0 errors"
         );
     }
 
