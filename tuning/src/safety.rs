@@ -8,7 +8,10 @@
 //!    intervals and a timing knob at most once per `timing_change_interval_min` intervals.
 //!    A proposed change inside the window is dropped.
 //! 2. **Step limit.** A knob moves at most by the factor `step_ratio_max` per change, or by
-//!    its [`Knob::step_unit`] where that is larger, so a knob at 0 can still leave 0.
+//!    its [`Knob::step_unit`] where that is larger, so a knob at 0 can still leave 0. After
+//!    forced raises (rule 6), one change may also lower the knob back to the value it had
+//!    before them. The raise followed the measurements in one step, and undoing it once
+//!    they allow needs no more steps than that.
 //! 3. **Bounds.** Every knob stays inside its configured `[min, max]`.
 //! 4. **Memory.** `batch_bytes_max × inflight_appends_max × peers ≤ memory_budget_bytes`.
 //!    A proposal that breaks it keeps the current `inflight_appends_max`, and then the
@@ -187,6 +190,9 @@ pub struct KnobGuard {
     current: Knobs,
     /// The interval of each knob's last change, indexed by [`Knob::index`].
     last_change: [Option<u64>; Knob::ALL.len()],
+    /// Each knob's value before the forced raises since its last unforced change, indexed
+    /// by [`Knob::index`]: the lowest value one change may return it to.
+    before_forced_raise: [Option<u64>; Knob::ALL.len()],
 }
 
 impl KnobGuard {
@@ -245,6 +251,7 @@ impl KnobGuard {
             rules,
             current: initial,
             last_change: [None; Knob::ALL.len()],
+            before_forced_raise: [None; Knob::ALL.len()],
         })
     }
 
@@ -271,11 +278,27 @@ impl KnobGuard {
         }
     }
 
+    /// Returns the lowest value one change may set `knob` to from its current value: a
+    /// step down, or the value before the forced raises since its last unforced change.
+    pub fn step_low(&self, knob: Knob) -> u64 {
+        self.step_low_from(knob, self.current.get(knob))
+    }
+
+    fn step_low_from(&self, knob: Knob, from: u64) -> u64 {
+        let ratio = self.rules.step_ratio_max.max(2);
+        let step = (from / ratio).min(from.saturating_sub(knob.step_unit()));
+        match self.before_forced_raise[knob.index()] {
+            Some(before) => step.min(before),
+            None => step,
+        }
+    }
+
     fn step_limited(&self, knob: Knob, from: u64, to: u64) -> u64 {
         let ratio = self.rules.step_ratio_max.max(2);
-        let unit = knob.step_unit();
-        let low = (from / ratio).min(from.saturating_sub(unit));
-        let high = from.saturating_mul(ratio).max(from.saturating_add(unit));
+        let low = self.step_low_from(knob, from);
+        let high = from
+            .saturating_mul(ratio)
+            .max(from.saturating_add(knob.step_unit()));
         to.clamp(low, high)
     }
 
@@ -344,13 +367,19 @@ impl KnobGuard {
             let from = current.get(knob);
             let to = candidate.get(knob);
             if from != to {
+                let index = knob.index();
                 changes.push(KnobChange {
                     knob,
                     from,
                     to,
-                    forced: forced[knob.index()],
+                    forced: forced[index],
                 });
-                self.last_change[knob.index()] = Some(interval);
+                self.last_change[index] = Some(interval);
+                if forced[index] {
+                    self.before_forced_raise[index].get_or_insert(from);
+                } else {
+                    self.before_forced_raise[index] = None;
+                }
             }
         }
         debug_assert!(
@@ -457,6 +486,43 @@ mod tests {
         // A second, higher floor in the next interval raises again.
         let _ = guard.apply(&Knobs::default(), 2_000_000, 2);
         assert_eq!(guard.current().election_timeout_min_micros, 2_500_000);
+    }
+
+    #[test]
+    fn lowering_may_undo_forced_raise() {
+        let mut guard = guard();
+        let timing = |min: u64, max: u64| Knobs {
+            election_timeout_min_micros: min,
+            election_timeout_max_micros: max,
+            ..Knobs::default()
+        };
+        let static_min = guard.current().election_timeout_min_micros;
+        let static_max = guard.current().election_timeout_max_micros;
+        // Two forced raises, 500 ms and then 2.5 s.
+        let _ = guard.apply(&Knobs::default(), 400_000, 1);
+        let raised = *guard.current();
+        let _ = guard.apply(&raised, 2_000_000, 2);
+        assert_eq!(guard.current().election_timeout_min_micros, 2_500_000);
+        assert_eq!(
+            guard.step_low(Knob::ElectionTimeoutMinMicros),
+            static_min,
+            "one change may return to the value before both raises"
+        );
+
+        // Once the floor is low again, one change goes back to the static timing, past the
+        // step limit of 2.
+        let outcome = guard.apply(&timing(static_min, static_max), 10_000, 40);
+        assert!(outcome.changes.iter().all(|change| !change.forced));
+        assert_eq!(guard.current().election_timeout_min_micros, static_min);
+        assert_eq!(guard.current().election_timeout_max_micros, static_max);
+
+        // Below it, the step limit applies again.
+        let _ = guard.apply(&timing(10_000, 20_000), 10_000, 80);
+        assert_eq!(
+            guard.current().election_timeout_min_micros,
+            static_min / 2,
+            "a lowering past the value before the raise is step-limited"
+        );
     }
 
     #[test]

@@ -193,6 +193,49 @@ fn stall_raise_holds_for_window() {
 }
 
 #[test]
+fn startup_raise_undone_in_one_change() {
+    // The first interval's fdatasyncs are slow, as while a node creates and fills its first
+    // segments. The forced raise follows one interval, so once the window of quiet floors
+    // allows it, one change returns the timing to the static value it replaced.
+    let config = TuningConfig {
+        timing_change_interval_min: 5,
+        ..enabled()
+    };
+    let mut tuner = tuner(config);
+    let static_min = tuner.current().election_timeout_min_micros;
+    let mut system = SyntheticSystem::new(SyntheticParams::default(), 3);
+    let load = SyntheticLoad::poisson(5_000.0);
+    let mut samples = system.interval(tuner.current(), load);
+    samples.fsync_latency.p999_micros = 400_000;
+    samples.fsync_latency.max_micros = 400_000;
+    let decision = tuner.observe(&samples);
+    assert!(
+        decision.timing.is_some_and(|timing| timing.forced),
+        "a slow first interval forces a raise: {decision:?}"
+    );
+    let raised = tuner.current().election_timeout_min_micros;
+    assert!(raised > 2 * static_min, "raised to {raised}");
+
+    let mut lowerings = Vec::new();
+    for _ in 0..20 {
+        let samples = system.interval(tuner.current(), load);
+        let decision = tuner.observe(&samples);
+        lowerings.extend(
+            decision
+                .changes
+                .iter()
+                .filter(|change| change.knob == Knob::ElectionTimeoutMinMicros)
+                .map(|change| change.to),
+        );
+    }
+    assert_eq!(
+        lowerings.first(),
+        Some(&static_min),
+        "the first lowering returns to the static minimum: {lowerings:?}"
+    );
+}
+
+#[test]
 fn stall_factor_zero_leaves_stalls_out() {
     let config = TuningConfig {
         timing_change_interval_min: 5,

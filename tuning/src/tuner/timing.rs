@@ -115,9 +115,9 @@ impl Active {
             return;
         }
         // Step the min first, then derive the others from it, so the shape holds after the
-        // guard's per-knob step limit.
-        let ratio = rules.step_ratio_max.max(2);
-        let min = desired.max(current.election_timeout_min_micros / ratio);
+        // guard's per-knob step limit. After a forced raise the step may go straight back
+        // to the timing before it.
+        let min = desired.max(self.guard.step_low(Knob::ElectionTimeoutMinMicros));
         let heartbeat = bounds
             .heartbeat_interval_micros
             .clamp(min / self.heartbeat_divisor)
