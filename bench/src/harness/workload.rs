@@ -244,6 +244,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "COUNT")]
     pub read_batch_max: Option<usize>,
 
+    /// Ticks between a leader's heartbeats in the embedded nodes (the engine's
+    /// `raft.heartbeat_interval_ticks`), at most a third of the minimum election timeout.
+    /// Default: the engine's, 3.
+    #[arg(long, value_name = "TICKS")]
+    pub heartbeat_ticks: Option<u32>,
+
     /// Whether followers in the embedded nodes campaign within a heartbeat interval once
     /// their leader refuses connections (the engine's `raft.campaign_when_leader_down`).
     /// Off: they wait out the election timeout, as after a host crash or a partition.
@@ -431,6 +437,7 @@ pub struct ClusterSpec {
     pub max_inflight_messages: Option<usize>,
     pub max_entries_per_message: Option<usize>,
     pub read_batch_max: Option<usize>,
+    pub heartbeat_ticks: Option<u32>,
     /// Whether followers campaign at once when their leader refuses connections; `None`
     /// keeps the engine's default.
     pub campaign_when_leader_down: Option<bool>,
@@ -562,6 +569,7 @@ impl RunArgs {
                     self.max_entries_per_message.is_some(),
                 ),
                 ("--read-batch-max", self.read_batch_max.is_some()),
+                ("--heartbeat-ticks", self.heartbeat_ticks.is_some()),
                 (
                     "--campaign-when-leader-down",
                     self.campaign_when_leader_down.is_some(),
@@ -622,6 +630,7 @@ impl RunArgs {
             max_inflight_messages: self.max_inflight_messages,
             max_entries_per_message: self.max_entries_per_message,
             read_batch_max: self.read_batch_max,
+            heartbeat_ticks: self.heartbeat_ticks,
             campaign_when_leader_down: self
                 .campaign_when_leader_down
                 .map(|arg| arg == LeaderDownArg::On),
@@ -1366,6 +1375,8 @@ mod tests {
             "8",
             "--max-entries-per-message",
             "64",
+            "--heartbeat-ticks",
+            "2",
             "--tuning",
         ])
         .unwrap()
@@ -1374,6 +1385,7 @@ mod tests {
         assert_eq!(spec.linger_us, Some(200));
         assert_eq!(spec.max_inflight_messages, Some(8));
         assert_eq!(spec.max_entries_per_message, Some(64));
+        assert_eq!(spec.heartbeat_ticks, Some(2));
         assert!(spec.tuning);
         let message = error_of(&[
             "--target",
@@ -1385,6 +1397,18 @@ mod tests {
         ]);
         assert!(
             message.contains("--linger-us applies to --target embedded only"),
+            "{message}"
+        );
+        let message = error_of(&[
+            "--target",
+            "etcd",
+            "--endpoints",
+            "127.0.0.1:2379",
+            "--heartbeat-ticks",
+            "2",
+        ]);
+        assert!(
+            message.contains("--heartbeat-ticks applies to --target embedded only"),
             "{message}"
         );
     }

@@ -481,6 +481,9 @@ fn node_configs(spec: &ClusterSpec, data_dir: Option<&Path>) -> anyhow::Result<V
         if let Some(reads) = spec.read_batch_max {
             config.raft.read_batch_max = reads;
         }
+        if let Some(ticks) = spec.heartbeat_ticks {
+            config.raft.heartbeat_interval_ticks = ticks;
+        }
         if let Some(campaign) = spec.campaign_when_leader_down {
             config.raft.campaign_when_leader_down = campaign;
         }
