@@ -498,8 +498,9 @@ mod tests {
         };
         let static_min = guard.current().election_timeout_min_micros;
         let static_max = guard.current().election_timeout_max_micros;
-        // Two forced raises, 500 ms and then 2.5 s.
-        let _ = guard.apply(&Knobs::default(), 400_000, 1);
+        // Two forced raises, to 750 ms and then to 2.5 s.
+        let _ = guard.apply(&Knobs::default(), 600_000, 1);
+        assert_eq!(guard.current().election_timeout_min_micros, 750_000);
         let raised = *guard.current();
         let _ = guard.apply(&raised, 2_000_000, 2);
         assert_eq!(guard.current().election_timeout_min_micros, 2_500_000);

@@ -195,8 +195,8 @@ fn stall_raise_holds_for_window() {
 #[test]
 fn startup_raise_undone_in_one_change() {
     // The first interval's fdatasyncs are slow, as while a node creates and fills its first
-    // segments. The forced raise follows one interval, so once the window of quiet floors
-    // allows it, one change returns the timing to the static value it replaced.
+    // segments. The forced raise reflects that one interval, so once the window of quiet
+    // floors allows it, one change returns the timing to the static value it replaced.
     let config = TuningConfig {
         timing_change_interval_min: 5,
         ..enabled()
