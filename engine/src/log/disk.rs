@@ -1165,8 +1165,8 @@ async fn close_segment_files(shared: &Shared) {
     }
 }
 
-/// Closes `file` if this is its last reference. A read still in flight holds another one,
-/// and its drop closes the file later. Every batch was written before the flusher stopped,
+/// Closes `file` if this is its last reference. A read still in flight keeps another
+/// reference, and its drop closes the file later. Every batch was written before the flusher stopped,
 /// so a failed close loses nothing and is only logged.
 async fn close_file(file: Rc<DmaFile>) {
     let path = file.path().map(|path| path.to_path_buf());
