@@ -278,8 +278,9 @@ impl KnobGuard {
         }
     }
 
-    /// Returns the lowest value one change may set `knob` to from its current value: a
-    /// step down, or the value before the forced raises since its last unforced change.
+    /// Returns the lowest value one change may set `knob` to from its current value: the
+    /// lower of one step down and the value before the forced raises since its last
+    /// unforced change.
     pub fn step_low(&self, knob: Knob) -> u64 {
         self.step_low_from(knob, self.current.get(knob))
     }

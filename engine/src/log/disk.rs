@@ -1125,8 +1125,8 @@ async fn run_flusher(shared: Rc<Shared>) {
         .progress
         .wait_for(|| (shared.state.borrow().syncs_running == 0).then_some(()))
         .await;
-    // Stop the preparation of a segment that will never be used; its file stays and is
-    // reused or removed by the next recovery.
+    // Stop the preparation of a segment that will never be used. Its file stays, and the
+    // next recovery reuses or removes it.
     let prepared = shared.state.borrow_mut().prepared.take();
     if let Some(task) = prepared
         && let Some(Ok(file)) = task.cancel().await
